@@ -1,0 +1,23 @@
+//! Generates the gRPC code from `proto/` with protox (pure Rust, so no system `protoc` is
+//! needed) and writes the file descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+const PROTOS: &[&str] = &["proto/coffer/v1/common.proto", "proto/coffer/v1/customers.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    // Source info keeps the proto comments, so `grpcurl describe` shows the documentation.
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(out_dir.join("coffer_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        // Maps as BTreeMap: encodings are deterministic, which idempotency fingerprints rely on.
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Customers use cases.
+
+use time::OffsetDateTime;
+
+use super::idempotency::{Done, IdempotentCall};
+use super::{App, AppError, RejectionKind, TenantCtx};
+use crate::domain::Violations;
+use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
+use crate::domain::ids::CustomerId;
+use crate::domain::page::{FilterDigest, PageSize, PageToken};
+use crate::store::{audit, customers as store};
+
+pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
+pub const REASON_EXTERNAL_ID_TAKEN: &str = "CUSTOMER_EXTERNAL_ID_TAKEN";
+
+/// Filters and position of a ListCustomers call.
+#[derive(Debug, Clone)]
+pub struct CustomerQuery {
+    pub email: Option<Email>,
+    pub page_size: PageSize,
+    pub page_token: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+impl App {
+    pub async fn create_customer(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        new: NewCustomer,
+    ) -> Result<Done<Customer>, AppError> {
+        let ctx = *ctx;
+        self.mutate(&ctx, call, move |conn| {
+            Box::pin(async move {
+                let id = CustomerId::generate();
+                let now = OffsetDateTime::now_utc();
+                let customer = store::insert_customer(conn, ctx.tenant, id, &new, now)
+                    .await?
+                    .ok_or_else(external_id_taken)?;
+                audit::insert_audit(
+                    conn,
+                    ctx.tenant,
+                    Some(ctx.key),
+                    "customer.created",
+                    "customer",
+                    id.as_uuid(),
+                )
+                .await?;
+                Ok(customer)
+            })
+        })
+        .await
+    }
+
+    pub async fn get_customer(
+        &self,
+        ctx: &TenantCtx,
+        by: &CustomerRef,
+    ) -> Result<Customer, AppError> {
+        let mut conn = self.pool.acquire().await?;
+        store::find_customer(&mut conn, ctx.tenant, by)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    pub async fn update_customer(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        id: CustomerId,
+        patch: CustomerPatch,
+    ) -> Result<Done<Customer>, AppError> {
+        let ctx = *ctx;
+        self.mutate(&ctx, call, move |conn| {
+            Box::pin(async move {
+                let current = store::lock_customer(conn, ctx.tenant, id)
+                    .await?
+                    .ok_or_else(not_found)?;
+                if patch.is_empty() {
+                    return Ok(current);
+                }
+                let mut changed = patch.apply(current);
+                changed.updated_at = OffsetDateTime::now_utc();
+                let customer = store::update_customer(conn, ctx.tenant, &changed)
+                    .await
+                    .map_err(|e| match e.unique_violation() {
+                        Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
+                        _ => AppError::from(e),
+                    })?;
+                audit::insert_audit(
+                    conn,
+                    ctx.tenant,
+                    Some(ctx.key),
+                    "customer.updated",
+                    "customer",
+                    id.as_uuid(),
+                )
+                .await?;
+                Ok(customer)
+            })
+        })
+        .await
+    }
+
+    /// Soft-deletes a customer. Subscriptions do not exist yet; when they do, a live one
+    /// refuses the delete with CUSTOMER_HAS_LIVE_SUBSCRIPTION, checked here under the row lock.
+    pub async fn delete_customer(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        id: CustomerId,
+    ) -> Result<Done<Customer>, AppError> {
+        let ctx = *ctx;
+        self.mutate(&ctx, call, move |conn| {
+            Box::pin(async move {
+                let customer =
+                    store::soft_delete_customer(conn, ctx.tenant, id, OffsetDateTime::now_utc())
+                        .await?
+                        .ok_or_else(not_found)?;
+                audit::insert_audit(
+                    conn,
+                    ctx.tenant,
+                    Some(ctx.key),
+                    "customer.deleted",
+                    "customer",
+                    id.as_uuid(),
+                )
+                .await?;
+                Ok(customer)
+            })
+        })
+        .await
+    }
+
+    pub async fn list_customers(
+        &self,
+        ctx: &TenantCtx,
+        query: &CustomerQuery,
+    ) -> Result<Page<Customer>, AppError> {
+        let email = query.email.as_ref().map(Email::as_str);
+        let filters = FilterDigest::of(&[email.unwrap_or("")]);
+        let after = match query.page_token.as_deref() {
+            None | Some("") => None,
+            Some(token) => Some(
+                PageToken::decode(token, filters)
+                    .map_err(|e| Violations::single("page_token", e.0))?,
+            ),
+        };
+        let size = query.page_size.get();
+        let mut conn = self.pool.acquire().await?;
+        let mut items = store::list_customers(
+            &mut conn,
+            ctx.tenant,
+            email,
+            after.map(|t| CustomerId::from_uuid(t.after)),
+            size as i64 + 1,
+        )
+        .await?;
+        let next_page_token = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|c| PageToken::new(c.id.as_uuid(), filters).encode())
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}
+
+fn not_found() -> AppError {
+    AppError::not_found(REASON_NOT_FOUND, "customer not found")
+}
+
+fn external_id_taken() -> AppError {
+    AppError::rejected(
+        RejectionKind::AlreadyExists,
+        REASON_EXTERNAL_ID_TAKEN,
+        "a live customer already has this external_id",
+    )
+}

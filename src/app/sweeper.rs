@@ -1,0 +1,38 @@
+//! Deletes idempotency keys past their 24-hour retention, in small batches so it never holds
+//! long locks.
+
+use std::time::Duration;
+
+use super::App;
+use crate::shutdown::Shutdown;
+use crate::store::idempotency::delete_expired_keys;
+
+const BATCH: i64 = 1_000;
+
+/// Runs until shutdown, sweeping every `every`.
+pub async fn run(app: App, every: Duration, mut shutdown: Shutdown) {
+    loop {
+        match sweep_once(&app).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// Deletes every expired key, a batch at a time; returns how many.
+pub async fn sweep_once(app: &App) -> Result<u64, crate::store::StoreError> {
+    let mut total = 0;
+    loop {
+        let mut conn = app.pool.acquire().await?;
+        let n = delete_expired_keys(&mut conn, BATCH).await?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}

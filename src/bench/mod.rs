@@ -1,0 +1,209 @@
+//! `coffer bench`: drives a running server the way a real client does (API key, idempotency
+//! keys, real gRPC) and, in the same run, the machine's own baselines, so each result reads as
+//! a ratio to what this machine can do at all.
+//!
+//! The frame is [`run_load`]: N workers call an operation in a loop for a fixed time and the
+//! latencies are gathered into a [`Measurement`]. A scenario is a set of such operations: the
+//! one under test and its baselines.
+
+mod customers;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use customers::customers;
+
+/// Throughput and latency of one operation under load.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub name: String,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Sorted latencies of the successful calls, in microseconds.
+    latencies_us: Vec<u32>,
+    pub first_error: Option<String>,
+}
+
+impl Measurement {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The latency below which `q` (0..1) of the calls completed, in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.latencies_us.len() as f64 * q).ceil() as usize)
+            .clamp(1, self.latencies_us.len())
+            - 1;
+        f64::from(self.latencies_us[idx]) / 1000.0
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `warmup` (unmeasured) and then `duration`.
+/// `op(worker, seq)` is called with a worker index and a per-worker sequence number, so an
+/// operation can make unique ids without coordination.
+pub async fn run_load<F, Fut, E>(
+    name: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> Measurement
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: fmt::Display,
+{
+    let op = Arc::new(op);
+    let seq = Arc::new(AtomicU64::new(0));
+    // Warm-up: connections, caches, the planner.
+    if !warmup.is_zero() {
+        let _ = measure(&op, &seq, concurrency, warmup).await;
+    }
+    let (elapsed, results) = measure(&op, &seq, concurrency, duration).await;
+    let mut latencies_us = Vec::new();
+    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    for r in results {
+        ok += r.ok;
+        errors += r.errors;
+        latencies_us.extend(r.latencies_us);
+        first_error = first_error.or(r.first_error);
+    }
+    latencies_us.sort_unstable();
+    Measurement {
+        name: name.to_owned(),
+        ok,
+        errors,
+        elapsed,
+        latencies_us,
+        first_error,
+    }
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+    first_error: Option<String>,
+}
+
+async fn measure<F, Fut, E>(
+    op: &Arc<F>,
+    seq: &Arc<AtomicU64>,
+    concurrency: usize,
+    duration: Duration,
+) -> (Duration, Vec<WorkerResult>)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: fmt::Display,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let op = op.clone();
+        let seq = seq.clone();
+        workers.spawn(async move {
+            let mut r = WorkerResult::default();
+            while Instant::now() < deadline {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match op(worker, n).await {
+                    Ok(()) => {
+                        r.ok += 1;
+                        r.latencies_us
+                            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Err(e) => {
+                        r.errors += 1;
+                        if r.first_error.is_none() {
+                            r.first_error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+            r
+        });
+    }
+    let mut results = Vec::with_capacity(concurrency);
+    while let Some(r) = workers.join_next().await {
+        results.push(r.expect("a benchmark worker panicked"));
+    }
+    (started.elapsed(), results)
+}
+
+/// A benchmark's printed result: the measurements and the ratios that matter.
+pub struct Report {
+    pub title: String,
+    pub measurements: Vec<Measurement>,
+    /// (label, numerator index, denominator index) of rate ratios to print.
+    pub ratios: Vec<(String, usize, usize)>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.title)?;
+        writeln!(
+            f,
+            "{:<44} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8}",
+            "operation", "ok", "errors", "req/s", "p50 ms", "p99 ms", "p999 ms"
+        )?;
+        for m in &self.measurements {
+            writeln!(
+                f,
+                "{:<44} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+                m.name,
+                m.ok,
+                m.errors,
+                m.rate(),
+                m.quantile_ms(0.50),
+                m.quantile_ms(0.99),
+                m.quantile_ms(0.999),
+            )?;
+        }
+        for (label, a, b) in &self.ratios {
+            let (a, b) = (&self.measurements[*a], &self.measurements[*b]);
+            let ratio = if b.rate() > 0.0 { a.rate() / b.rate() } else { 0.0 };
+            writeln!(f, "{label}: {ratio:.2}")?;
+        }
+        for m in &self.measurements {
+            if let Some(e) = &m.first_error {
+                writeln!(f, "first error of {}: {e}", m.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn run_load_counts_and_orders_latencies() {
+        let m = run_load(
+            "sleep",
+            4,
+            Duration::ZERO,
+            Duration::from_millis(200),
+            |_, seq| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if seq % 10 == 0 { Err("every tenth fails") } else { Ok(()) }
+            },
+        )
+        .await;
+        assert!(m.ok > 50, "ok = {}", m.ok);
+        assert!(m.errors > 0);
+        assert!(m.quantile_ms(0.5) >= 2.0);
+        assert!(m.quantile_ms(0.5) <= m.quantile_ms(0.99));
+        assert_eq!(m.first_error.as_deref(), Some("every tenth fails"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Command-line flags, each with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about = "Payments and billing over gRPC")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Log format: json for machines, pretty for people.
+    #[arg(long, env = "COFFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// Where `serve --dev` keeps its key and private Postgres.
+    #[arg(long, env = "COFFER_STATE_DIR", default_value = ".coffer", global = true)]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres URL. Without it, `serve --dev` and the admin commands use Postgres on
+    /// localhost:5432 or a private cluster under the state directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Database name used when the server is found rather than given by URL.
+    #[arg(long, env = "COFFER_DATABASE_NAME", default_value = "coffer", global = true)]
+    pub database_name: String,
+    /// Most connections in the pool.
+    #[arg(long, env = "COFFER_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_max_connections: u32,
+    /// How long a call waits for a pooled connection (e.g. 3s, 500ms).
+    #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+    /// Server-side limit on any one statement.
+    #[arg(long, env = "COFFER_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub db_statement_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server, the admin listener and the workers.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Load-test a running server next to the machine's own baselines.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Zero-configuration development mode: find or start Postgres, create the `dev` tenant,
+    /// keep its key in <state dir>/dev-key and print it.
+    #[arg(long, env = "COFFER_DEV")]
+    pub dev: bool,
+    /// gRPC listen address.
+    #[arg(long, env = "COFFER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "COFFER_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+    /// How often the database is checked for health.
+    #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// How long to report NOT_SERVING before refusing new calls on shutdown.
+    #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first key (read,write,admin) alone on stdout.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print it alone on stdout. It is shown once, never again.
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long, conflicts_with = "system", required_unless_present = "system")]
+        tenant: Option<String>,
+        /// A system key (events:ingest only), which belongs to no tenant.
+        #[arg(long)]
+        system: bool,
+        /// Comma-separated: read, write, admin, events:ingest.
+        #[arg(long)]
+        scopes: String,
+    },
+    /// List keys (ids and scopes, never secrets).
+    List,
+    /// Revoke a key; it stops working within a second.
+    Revoke {
+        /// The key's id, `key_...`, as `coffer key list` shows it.
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CreateCustomer over gRPC, against Postgres single-row inserts and an empty gRPC call.
+    Customers(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The server to load.
+    #[arg(long, env = "COFFER_BENCH_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// API key with the write scope; defaults to the key `serve --dev` keeps.
+    #[arg(long, env = "COFFER_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured load before each measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// gRPC connections the load is spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+}
+
+/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has an unknown unit (ms, s, m, h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,35 @@
+//! Coffer: a payments and billing microservice.
+//!
+//! Internal services call Coffer over gRPC to manage customers (and, as the service grows,
+//! checkouts, subscriptions and usage). Everything Coffer knows lives in Postgres.
+//!
+//! # Module map
+//!
+//! - [`grpc`]: the gRPC surface — protobuf ⇄ domain, `Status` mapping, the auth and telemetry
+//!   layers. Nothing else.
+//! - [`app`]: use cases, one module per service: transactions, idempotency, authentication,
+//!   tenant administration, background workers.
+//! - [`domain`]: typed values and rules (ids, emails, keys, scopes, page tokens). Knows neither
+//!   protobuf nor SQL nor HTTP.
+//! - [`store`]: all SQL, and the pool and migrations.
+//! - [`startup`]: wires the listeners, health, reflection, admin HTTP and workers together, and
+//!   drains them on shutdown ([`shutdown`]).
+//! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces, Prometheus.
+//! - [`pg_local`]: finds or starts a Postgres for `serve --dev` and the tests.
+//! - [`bench`]: the load generator behind `coffer bench`.
+//!
+//! Dependencies point inwards: `grpc` → `app` → `domain`, with `app` using `store`.
+
+pub mod admin;
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod dev;
+pub mod domain;
+pub mod grpc;
+pub mod metrics;
+pub mod pg_local;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,163 @@
+//! The `coffer` binary: parse the command line, set up telemetry, run the command.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use coffer::app::App;
+use coffer::app::tenants::KeyFor;
+use coffer::config::{BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, TenantCommand};
+use coffer::domain::auth::{Scopes, TenantName};
+use coffer::domain::ids::KeyId;
+use coffer::pg_local::{self, Source};
+use coffer::startup::{Server, ServerConfig};
+use coffer::store::pool::{self, PoolConfig};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = coffer::telemetry::init(cli.global.log_format)?;
+    let state_dir = cli.global.state_dir.clone();
+    let db = cli.global.db.clone();
+    match cli.command {
+        Command::Serve(args) => serve(args, &db, &state_dir).await,
+        Command::Migrate => {
+            let (pool, _) = open_database(&db, &state_dir, true).await?;
+            pool::migrate(&pool).await.context("applying migrations")?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Tenant(cmd) => tenant(cmd, &db, &state_dir).await,
+        Command::Key(cmd) => key(cmd, &db, &state_dir).await,
+        Command::Bench(BenchCommand::Customers(args)) => {
+            let (pool, _) = open_database(&db, &state_dir, true).await?;
+            let report = coffer::bench::customers(&args, &state_dir, &pool)
+                .await
+                .context("running the benchmark")?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+/// Finds the database: `DATABASE_URL` if given; otherwise (dev mode and the admin commands)
+/// Postgres on localhost or a private cluster, with the database named by
+/// `--database-name`. Creates the database if missing and applies migrations.
+async fn open_database(
+    db: &DbArgs,
+    state_dir: &Path,
+    discover: bool,
+) -> anyhow::Result<(PgPool, Option<std::path::PathBuf>)> {
+    let (options, private) = match &db.database_url {
+        Some(url) if !url.is_empty() => (url.parse::<PgConnectOptions>().context("DATABASE_URL")?, None),
+        _ if discover => {
+            let located = pg_local::locate(state_dir).await?;
+            let private = match located.source {
+                Source::Private(dir) => Some(dir),
+                _ => None,
+            };
+            (located.options.database(&db.database_name), private)
+        }
+        _ => bail!("DATABASE_URL is not set (or run `coffer serve --dev` to find a local Postgres)"),
+    };
+    pool::create_database_if_missing(&options)
+        .await
+        .context("connecting to Postgres to create the database")?;
+    let pool = pool::pool(
+        &options,
+        &PoolConfig {
+            max_connections: db.db_max_connections,
+            acquire_timeout: db.db_acquire_timeout,
+            statement_timeout: db.db_statement_timeout,
+        },
+    );
+    pool::migrate(&pool).await.context("applying migrations")?;
+    Ok((pool, private))
+}
+
+async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let (pool, private) = open_database(db, state_dir, args.dev).await?;
+    let config = ServerConfig {
+        grpc_addr: args.grpc_addr,
+        admin_addr: args.admin_addr,
+        health_interval: args.health_interval,
+        shutdown_grace: args.shutdown_grace,
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, pool).await?;
+    if args.dev {
+        let key = coffer::dev::ensure_dev_key(server.app(), state_dir).await?;
+        eprintln!("{}", coffer::dev::banner(&key, server.grpc_addr(), state_dir));
+    }
+    let result = server.run(coffer::shutdown::signal()).await;
+    if let Some(dir) = private {
+        tracing::info!(dir = %dir.display(), "stopping the private Postgres");
+        tokio::task::spawn_blocking(move || pg_local::stop_private(&dir)).await?;
+    }
+    Ok(result?)
+}
+
+async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let (pool, _) = open_database(db, state_dir, true).await?;
+    let app = App::new(pool);
+    match cmd {
+        TenantCommand::Create { name } => {
+            let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!("tenant name: {e}"))?;
+            let (id, key) = app.create_tenant(&name).await?;
+            eprintln!("created tenant {} ({id}); its key, shown once:", name.as_str());
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", key.expose())?;
+        }
+        TenantCommand::List => {
+            for t in app.list_tenants().await? {
+                println!("{}\t{}\t{}", t.id, t.name, t.created_at);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn key(cmd: KeyCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let (pool, _) = open_database(db, state_dir, true).await?;
+    let app = App::new(pool);
+    match cmd {
+        KeyCommand::Create {
+            tenant,
+            system,
+            scopes,
+        } => {
+            let scopes = Scopes::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let owner = match (tenant, system) {
+                (_, true) => KeyFor::System,
+                (Some(t), false) => {
+                    KeyFor::Tenant(TenantName::parse(&t).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?)
+                }
+                (None, false) => bail!("give --tenant NAME or --system"),
+            };
+            let key = app.create_key(&owner, &scopes).await?;
+            eprintln!("created key {} with scopes {scopes}; shown once:", key.id());
+            writeln!(std::io::stdout().lock(), "{}", key.expose())?;
+        }
+        KeyCommand::List => {
+            for k in app.list_keys().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.tenant_name.as_deref().unwrap_or("(system)"),
+                    k.scopes.join(","),
+                    k.created_at,
+                    k.revoked_at.map_or("active".to_owned(), |t| format!("revoked {t}")),
+                );
+            }
+        }
+        KeyCommand::Revoke { key_id } => {
+            let id = KeyId::parse(&key_id).map_err(|e| anyhow::anyhow!("key id: {e}"))?;
+            app.revoke_key(id).await?;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Wiring: binds the gRPC and admin listeners, registers the services, health and reflection,
+//! starts the background workers, and on shutdown drains them in order: report NOT_SERVING,
+//! wait the grace period, stop accepting, finish in-flight calls, stop the workers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+
+use crate::admin::{self, Readiness};
+use crate::app::{App, sweeper};
+use crate::grpc::auth::AuthLayer;
+use crate::grpc::customers::CustomersService;
+use crate::grpc::pb::customers_server::CustomersServer;
+use crate::grpc::telemetry::TelemetryLayer;
+use crate::grpc::FILE_DESCRIPTOR_SET;
+use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, ShutdownController};
+use crate::store::pool::ping;
+
+/// Every service health reports on, besides the whole server ("").
+pub const SERVICES: &[&str] = &["coffer.v1.Customers"];
+
+/// Largest request message accepted.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// How often the database is pinged for health.
+    pub health_interval: Duration,
+    /// How long to report NOT_SERVING before refusing new calls, so load balancers notice.
+    pub shutdown_grace: Duration,
+    /// How often expired idempotency keys are swept.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            admin_addr: ([127, 0, 0, 1], 9090).into(),
+            health_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::ZERO,
+            sweep_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A server whose listeners are bound and which is ready to run.
+pub struct Server {
+    config: ServerConfig,
+    app: App,
+    metrics: Arc<Metrics>,
+    grpc: TcpListener,
+    admin: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server failed")]
+    Admin(#[source] std::io::Error),
+}
+
+impl Server {
+    pub async fn bind(config: ServerConfig, pool: PgPool) -> Result<Self, ServeError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        Ok(Self {
+            grpc: bind(config.grpc_addr).await?,
+            admin: bind(config.admin_addr).await?,
+            app: App::new(pool),
+            metrics: Arc::new(Metrics::new()),
+            config,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener")
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until `signal` completes, then drains and returns.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let Server {
+            config,
+            app,
+            metrics,
+            grpc,
+            admin,
+        } = self;
+        let workers = ShutdownController::new();
+        let readiness = Arc::new(Readiness::default());
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let up = ping(&app.pool, config.health_interval.max(Duration::from_secs(1))).await;
+        set_health(&health, &readiness, &metrics, up).await;
+        let watcher = tokio::spawn(watch_database(
+            app.clone(),
+            health.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            config.health_interval,
+            workers.subscribe(),
+        ));
+        let sweeper = tokio::spawn(sweeper::run(
+            app.clone(),
+            config.sweep_interval,
+            workers.subscribe(),
+        ));
+
+        let mut admin_stop = workers.subscribe();
+        let admin_router = admin::router(metrics.clone(), readiness.clone());
+        let admin_server = tokio::spawn(async move {
+            axum::serve(admin, admin_router)
+                .with_graceful_shutdown(async move { admin_stop.recv().await })
+                .await
+        });
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptors are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the embedded descriptors are valid");
+        let customers = CustomersServer::new(CustomersService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        let layers = ServiceBuilder::new()
+            .layer(TelemetryLayer::new(metrics.clone()))
+            .layer(AuthLayer::new(app.auth.clone()));
+
+        // Once `signal` fires: NOT_SERVING first, then after the grace period stop accepting;
+        // tonic then lets in-flight calls finish before `serve` returns.
+        let drain = {
+            let health = health.clone();
+            let readiness = readiness.clone();
+            let grace = config.shutdown_grace;
+            async move {
+                signal.await;
+                tracing::info!("shutting down: reporting NOT_SERVING and draining");
+                readiness.draining.store(true, Ordering::Relaxed);
+                set_all(&health, ServingStatus::NotServing).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+
+        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+        tracing::info!(
+            grpc = %config.grpc_addr, admin = %config.admin_addr,
+            "coffer is serving"
+        );
+        let served = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(customers)
+            .serve_with_incoming_shutdown(incoming, drain)
+            .await;
+
+        workers.shutdown().await;
+        let _ = watcher.await;
+        let _ = sweeper.await;
+        let admin_result = admin_server.await;
+        served?;
+        match admin_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServeError::Admin(e)),
+            Err(e) => return Err(ServeError::Admin(std::io::Error::other(e))),
+        }
+        tracing::info!("drained; bye");
+        Ok(())
+    }
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for s in SERVICES {
+        health.set_service_status(*s, status).await;
+    }
+}
+
+async fn set_health(health: &HealthReporter, readiness: &Readiness, metrics: &Metrics, up: bool) {
+    let was = readiness.database_up.swap(up, Ordering::Relaxed);
+    metrics.set_database_up(up);
+    if readiness.draining.load(Ordering::Relaxed) {
+        return;
+    }
+    set_all(
+        health,
+        if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        },
+    )
+    .await;
+    if was != up {
+        if up {
+            tracing::info!("database reachable: SERVING");
+        } else {
+            tracing::warn!("database unreachable: NOT_SERVING");
+        }
+    }
+}
+
+/// Pings the database every `every` and keeps health and readiness in step with it.
+async fn watch_database(
+    app: App,
+    health: HealthReporter,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.recv() => return,
+        }
+        let up = ping(&app.pool, every.max(Duration::from_millis(500))).await;
+        set_health(&health, &readiness, &metrics, up).await;
+    }
+}

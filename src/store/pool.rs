@@ -1,0 +1,94 @@
+//! Connecting: the pool, creating the database when it is missing, migrations, health pings.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::{MIGRATOR, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// Server-side cap on any one statement, so a runaway query cannot hold a connection.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pool on `options`' database. Connections are opened lazily, so a pool exists even while
+/// the database is down; health checks report that state.
+pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
+    let options = options
+        .clone()
+        .application_name("coffer")
+        .options([(
+            "statement_timeout",
+            format!("{}ms", config.statement_timeout.as_millis()),
+        )]);
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options)
+}
+
+/// Creates `options`' database when it does not exist (through the `postgres` database).
+pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<bool, StoreError> {
+    let name = options
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "e!""#, name)
+            .fetch_one(&mut admin)
+            .await?;
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE {}", quote_ident(&name));
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+        Ok(_) => Ok(true),
+        // Another process created it first (42P04 duplicate_database), or the catalog's unique
+        // index caught the race (23505).
+        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops a database, closing its connections (used by tests and the benchmark's scratch data).
+pub async fn drop_database(options: &PgConnectOptions, name: &str) -> Result<(), StoreError> {
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    Ok(())
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether the database answers within `timeout`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
+    let check = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::query_scalar!("SELECT 1").fetch_one(&mut *conn).await
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(_)))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
