@@ -21,7 +21,12 @@ pub struct Global {
     #[arg(long, env = "COFFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
     /// Where `serve --dev` keeps its key and private Postgres.
-    #[arg(long, env = "COFFER_STATE_DIR", default_value = ".coffer", global = true)]
+    #[arg(
+        long,
+        env = "COFFER_STATE_DIR",
+        default_value = ".coffer",
+        global = true
+    )]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
@@ -40,10 +45,20 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Database name used when the server is found rather than given by URL.
-    #[arg(long, env = "COFFER_DATABASE_NAME", default_value = "coffer", global = true)]
+    #[arg(
+        long,
+        env = "COFFER_DATABASE_NAME",
+        default_value = "coffer",
+        global = true
+    )]
     pub database_name: String,
     /// Most connections in the pool.
-    #[arg(long, env = "COFFER_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "COFFER_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
     /// How long a call waits for a pooled connection (e.g. 3s, 500ms).
     #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
@@ -130,7 +145,11 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// The server to load.
-    #[arg(long, env = "COFFER_BENCH_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "COFFER_BENCH_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub endpoint: String,
     /// API key with the write scope; defaults to the key `serve --dev` keeps.
     #[arg(long, env = "COFFER_API_KEY", hide_env_values = true)]

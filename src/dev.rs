@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::app::App;
-use crate::app::tenants::KeyFor;
 use crate::app::AppError;
+use crate::app::tenants::KeyFor;
 use crate::domain::auth::{ApiKey, Scope, Scopes, TenantName};
 
 pub const DEV_TENANT: &str = "dev";

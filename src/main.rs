@@ -52,7 +52,10 @@ async fn open_database(
     discover: bool,
 ) -> anyhow::Result<(PgPool, Option<std::path::PathBuf>)> {
     let (options, private) = match &db.database_url {
-        Some(url) if !url.is_empty() => (url.parse::<PgConnectOptions>().context("DATABASE_URL")?, None),
+        Some(url) if !url.is_empty() => (
+            url.parse::<PgConnectOptions>().context("DATABASE_URL")?,
+            None,
+        ),
         _ if discover => {
             let located = pg_local::locate(state_dir).await?;
             let private = match located.source {
@@ -61,7 +64,9 @@ async fn open_database(
             };
             (located.options.database(&db.database_name), private)
         }
-        _ => bail!("DATABASE_URL is not set (or run `coffer serve --dev` to find a local Postgres)"),
+        _ => {
+            bail!("DATABASE_URL is not set (or run `coffer serve --dev` to find a local Postgres)")
+        }
     };
     pool::create_database_if_missing(&options)
         .await
@@ -90,7 +95,10 @@ async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result
     let server = Server::bind(config, pool).await?;
     if args.dev {
         let key = coffer::dev::ensure_dev_key(server.app(), state_dir).await?;
-        eprintln!("{}", coffer::dev::banner(&key, server.grpc_addr(), state_dir));
+        eprintln!(
+            "{}",
+            coffer::dev::banner(&key, server.grpc_addr(), state_dir)
+        );
     }
     let result = server.run(coffer::shutdown::signal()).await;
     if let Some(dir) = private {
@@ -107,7 +115,10 @@ async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Re
         TenantCommand::Create { name } => {
             let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!("tenant name: {e}"))?;
             let (id, key) = app.create_tenant(&name).await?;
-            eprintln!("created tenant {} ({id}); its key, shown once:", name.as_str());
+            eprintln!(
+                "created tenant {} ({id}); its key, shown once:",
+                name.as_str()
+            );
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", key.expose())?;
         }
@@ -129,12 +140,13 @@ async fn key(cmd: KeyCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<(
             system,
             scopes,
         } => {
-            let scopes = Scopes::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let scopes =
+                Scopes::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
             let owner = match (tenant, system) {
                 (_, true) => KeyFor::System,
-                (Some(t), false) => {
-                    KeyFor::Tenant(TenantName::parse(&t).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?)
-                }
+                (Some(t), false) => KeyFor::Tenant(
+                    TenantName::parse(&t).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?,
+                ),
                 (None, false) => bail!("give --tenant NAME or --system"),
             };
             let key = app.create_key(&owner, &scopes).await?;
@@ -149,7 +161,8 @@ async fn key(cmd: KeyCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<(
                     k.tenant_name.as_deref().unwrap_or("(system)"),
                     k.scopes.join(","),
                     k.created_at,
-                    k.revoked_at.map_or("active".to_owned(), |t| format!("revoked {t}")),
+                    k.revoked_at
+                        .map_or("active".to_owned(), |t| format!("revoked {t}")),
                 );
             }
         }

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
@@ -86,7 +86,11 @@ pub async fn locate(state_dir: &Path) -> Result<Located, LocateError> {
 
 async fn answers(options: &PgConnectOptions) -> bool {
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), sqlx::PgConnection::connect_with(options)).await,
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::PgConnection::connect_with(options)
+        )
+        .await,
         Ok(Ok(_))
     )
 }
@@ -121,7 +125,8 @@ fn find_bindir() -> Option<PathBuf> {
         return Some(bin);
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
     })
 }
 
@@ -131,7 +136,8 @@ fn unprivileged_account() -> Option<(u32, u32)> {
     ["postgres", "nobody"].iter().find_map(|name| {
         passwd.lines().find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
-            (f.len() > 3 && f[0] == *name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+            (f.len() > 3 && f[0] == *name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     })
 }
@@ -143,14 +149,16 @@ fn is_root() -> bool {
 }
 
 /// Starts (or reuses) the private cluster in `dir`, returning options for it. Blocking.
-fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
+pub fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
     let fail = |detail: String| LocateError::Private {
         dir: dir.to_owned(),
         detail,
     };
     let bindir = find_bindir().ok_or(LocateError::NoPostgres)?;
     let account = if is_root() {
-        Some(unprivileged_account().ok_or_else(|| fail("running as root and no postgres or nobody account exists".into()))?)
+        Some(unprivileged_account().ok_or_else(|| {
+            fail("running as root and no postgres or nobody account exists".into())
+        })?)
     } else {
         None
     };
@@ -174,7 +182,8 @@ fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
     if let Some((uid, gid)) = account {
         chown_recursive(&data, uid, gid).map_err(|e| fail(e.to_string()))?;
     }
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(e.to_string()))?;
 
     let run = |program: &str, args: &[&str]| -> Result<std::process::Output, LocateError> {
         let mut cmd = Command::new(bindir.join(program));
@@ -187,19 +196,54 @@ fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
 
     if !data.join("PG_VERSION").exists() {
         let d = data.to_string_lossy();
-        let out = run("initdb", &["-D", &d, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
+        let out = run(
+            "initdb",
+            &[
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
         if !out.status.success() {
-            return Err(fail(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(fail(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
     }
     let port = match running_port(&data) {
-        Some(port) if run("pg_ctl", &["-D", &data.to_string_lossy(), "status"])?.status.success() => port,
+        Some(port)
+            if run("pg_ctl", &["-D", &data.to_string_lossy(), "status"])?
+                .status
+                .success() =>
+        {
+            port
+        }
         _ => {
             let port = free_port().map_err(|e| fail(e.to_string()))?;
             let d = data.to_string_lossy();
             let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {d} -c fsync=off");
             let log = data.join("server.log");
-            let out = run("pg_ctl", &["-D", &d, "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "30", "start"])?;
+            let out = run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &d,
+                    "-l",
+                    &log.to_string_lossy(),
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-t",
+                    "30",
+                    "start",
+                ],
+            )?;
             if !out.status.success() {
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(fail(format!(

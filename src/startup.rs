@@ -17,11 +17,11 @@ use tower::ServiceBuilder;
 
 use crate::admin::{self, Readiness};
 use crate::app::{App, sweeper};
+use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::telemetry::TelemetryLayer;
-use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownController};
 use crate::store::pool::ping;
@@ -120,7 +120,11 @@ impl Server {
         let readiness = Arc::new(Readiness::default());
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let up = ping(&app.pool, config.health_interval.max(Duration::from_secs(1))).await;
+        let up = ping(
+            &app.pool,
+            config.health_interval.max(Duration::from_secs(1)),
+        )
+        .await;
         set_health(&health, &readiness, &metrics, up).await;
         let watcher = tokio::spawn(watch_database(
             app.clone(),

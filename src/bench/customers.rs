@@ -52,18 +52,21 @@ pub async fn customers(
 
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let endpoint = Endpoint::from_shared(args.endpoint.clone()).map_err(|source| {
-            BenchError::Connect {
+        let endpoint =
+            Endpoint::from_shared(args.endpoint.clone()).map_err(|source| BenchError::Connect {
                 endpoint: args.endpoint.clone(),
                 source,
-            }
-        })?;
-        channels.push(endpoint.tcp_nodelay(true).connect().await.map_err(|source| {
-            BenchError::Connect {
-                endpoint: args.endpoint.clone(),
-                source,
-            }
-        })?);
+            })?;
+        channels.push(
+            endpoint
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|source| BenchError::Connect {
+                    endpoint: args.endpoint.clone(),
+                    source,
+                })?,
+        );
     }
     let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
     let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
@@ -86,7 +89,9 @@ pub async fn customers(
                     name: format!("Bench Customer {seq}"),
                     metadata: Default::default(),
                 });
-                request.metadata_mut().insert("authorization", bearer.clone());
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
                 let idem = format!("bench-{run}-{seq}").parse().expect("ascii");
                 request.metadata_mut().insert("idempotency-key", idem);
                 async move { client.create_customer(request).await.map(|_| ()) }

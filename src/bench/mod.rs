@@ -171,7 +171,11 @@ impl fmt::Display for Report {
         }
         for (label, a, b) in &self.ratios {
             let (a, b) = (&self.measurements[*a], &self.measurements[*b]);
-            let ratio = if b.rate() > 0.0 { a.rate() / b.rate() } else { 0.0 };
+            let ratio = if b.rate() > 0.0 {
+                a.rate() / b.rate()
+            } else {
+                0.0
+            };
             writeln!(f, "{label}: {ratio:.2}")?;
         }
         for m in &self.measurements {
@@ -196,7 +200,11 @@ mod tests {
             Duration::from_millis(200),
             |_, seq| async move {
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                if seq % 10 == 0 { Err("every tenth fails") } else { Ok(()) }
+                if seq % 10 == 0 {
+                    Err("every tenth fails")
+                } else {
+                    Ok(())
+                }
             },
         )
         .await;

@@ -128,7 +128,8 @@ pub struct TenantName(String);
 
 impl TenantName {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let ok_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
         if s.is_empty()
             || s.len() > 63
             || !s.starts_with(|c: char| c.is_ascii_lowercase())

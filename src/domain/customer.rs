@@ -201,7 +201,9 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@sub.example.org"] {
             assert!(Email::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "plain", "@b.co", "a@", "a@b", "a@@b.co", "a b@c.co", "a@.b.co", "a@b..co"] {
+        for bad in [
+            "", "plain", "@b.co", "a@", "a@b", "a@@b.co", "a b@c.co", "a@.b.co", "a@b..co",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
         let long = format!("{}@example.com", "a".repeat(250));

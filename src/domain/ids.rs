@@ -123,7 +123,10 @@ mod tests {
         let uuid = Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap();
         assert_eq!(encode_suffix(uuid), "01h455vb4pex5vsknk084sn02q");
         assert_eq!(encode_suffix(Uuid::max()), "7zzzzzzzzzzzzzzzzzzzzzzzzz");
-        assert_eq!(decode_suffix("00000000000000000000000000").unwrap(), Uuid::nil());
+        assert_eq!(
+            decode_suffix("00000000000000000000000000").unwrap(),
+            Uuid::nil()
+        );
     }
 
     #[test]

@@ -157,7 +157,9 @@ const UPDATABLE: [&str; 4] = ["external_id", "email", "name", "metadata"];
 
 /// AIP-134: with a mask, exactly its paths (empty values clear); without one, every populated
 /// field. An unknown path is INVALID_ARGUMENT.
-fn parse_update(req: &pb::UpdateCustomerRequest) -> Result<(CustomerId, CustomerPatch), Violations> {
+fn parse_update(
+    req: &pb::UpdateCustomerRequest,
+) -> Result<(CustomerId, CustomerPatch), Violations> {
     let mut v = Violations::new();
     let Some(c) = &req.customer else {
         return Err(Violations::single("customer", "is required"));
@@ -169,7 +171,9 @@ fn parse_update(req: &pb::UpdateCustomerRequest) -> Result<(CustomerId, Customer
                 if !UPDATABLE.contains(&p.as_str()) {
                     v.add(
                         "update_mask",
-                        format!("unknown or read-only path {p:?} (external_id, email, name, metadata)"),
+                        format!(
+                            "unknown or read-only path {p:?} (external_id, email, name, metadata)"
+                        ),
                     );
                 }
             }
@@ -189,12 +193,18 @@ fn parse_update(req: &pb::UpdateCustomerRequest) -> Result<(CustomerId, Customer
     for path in paths {
         match path {
             "external_id" => {
-                patch.external_id =
-                    optional(&mut v, "customer.external_id", &c.external_id, ExternalId::parse)
+                patch.external_id = optional(
+                    &mut v,
+                    "customer.external_id",
+                    &c.external_id,
+                    ExternalId::parse,
+                )
             }
             "email" => patch.email = optional(&mut v, "customer.email", &c.email, Email::parse),
             "name" => patch.name = optional(&mut v, "customer.name", &c.name, CustomerName::parse),
-            "metadata" => patch.metadata = v.check("customer.metadata", Metadata::parse(&c.metadata)),
+            "metadata" => {
+                patch.metadata = v.check("customer.metadata", Metadata::parse(&c.metadata))
+            }
             _ => {}
         }
     }
@@ -217,9 +227,21 @@ fn from_timestamp(t: &Timestamp) -> Option<OffsetDateTime> {
 pub fn to_proto(c: &Customer) -> pb::Customer {
     pb::Customer {
         id: c.id.to_string(),
-        external_id: c.external_id.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
-        email: c.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
-        name: c.name.as_ref().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        external_id: c
+            .external_id
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
+        email: c
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
+        name: c
+            .name
+            .as_ref()
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
         metadata: c.metadata.as_map().clone(),
         create_time: Some(timestamp(c.created_at)),
         update_time: Some(timestamp(c.updated_at)),
@@ -233,7 +255,10 @@ fn from_proto(p: &pb::Customer) -> Option<Customer> {
     }
     Some(Customer {
         id: CustomerId::parse(&p.id).ok()?,
-        external_id: opt(&p.external_id).map(ExternalId::parse).transpose().ok()?,
+        external_id: opt(&p.external_id)
+            .map(ExternalId::parse)
+            .transpose()
+            .ok()?,
         email: opt(&p.email).map(Email::parse).transpose().ok()?,
         name: opt(&p.name).map(CustomerName::parse).transpose().ok()?,
         metadata: Metadata::parse(&p.metadata).ok()?,

@@ -19,7 +19,12 @@ pub const REASON_INTERNAL: &str = "INTERNAL";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_SCOPE_MISSING: &str = "SCOPE_MISSING";
 
-fn with_info(code: Code, reason: &str, message: impl Into<String>, mut details: ErrorDetails) -> Status {
+fn with_info(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    mut details: ErrorDetails,
+) -> Status {
     details.set_error_info(reason, DOMAIN, HashMap::new());
     Status::with_error_details(code, message, details)
 }

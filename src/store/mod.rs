@@ -40,7 +40,10 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let unavailable = match &e {
+            // A connection that breaks mid-conversation (a proxy or load balancer in front of a
+            // dead server accepts, then closes) surfaces as a protocol error.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

@@ -29,13 +29,10 @@ impl Default for PoolConfig {
 /// A pool on `options`' database. Connections are opened lazily, so a pool exists even while
 /// the database is down; health checks report that state.
 pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
-    let options = options
-        .clone()
-        .application_name("coffer")
-        .options([(
-            "statement_timeout",
-            format!("{}ms", config.statement_timeout.as_millis()),
-        )]);
+    let options = options.clone().application_name("coffer").options([(
+        "statement_timeout",
+        format!("{}ms", config.statement_timeout.as_millis()),
+    )]);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
@@ -44,24 +41,28 @@ pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
 
 /// Creates `options`' database when it does not exist (through the `postgres` database).
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<bool, StoreError> {
-    let name = options
-        .get_database()
-        .unwrap_or("postgres")
-        .to_owned();
+    let name = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let exists: bool =
-        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "e!""#, name)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "e!""#,
+        name
+    )
+    .fetch_one(&mut admin)
+    .await?;
     if exists {
         return Ok(false);
     }
     let sql = format!("CREATE DATABASE {}", quote_ident(&name));
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+    {
         Ok(_) => Ok(true),
         // Another process created it first (42P04 duplicate_database), or the catalog's unique
         // index caught the race (23505).
-        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
             Ok(false)
         }
         Err(e) => Err(e.into()),
@@ -72,7 +73,9 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<bo
 pub async fn drop_database(options: &PgConnectOptions, name: &str) -> Result<(), StoreError> {
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
     let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await?;
     Ok(())
 }
 

@@ -1,0 +1,518 @@
+//! The real `coffer` binary: the CLI, `serve --dev`, SIGTERM draining, JSON logs, OTLP export,
+//! and the private Postgres cluster.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coffer::grpc::pb::CreateCustomerRequest;
+use coffer::grpc::pb::customers_client::CustomersClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::{TestDb, eventually, req};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+
+/// The URL of a test database, for the binary's DATABASE_URL.
+fn db_url(db: &TestDb) -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+        let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+        return match query {
+            Some(q) => format!("{server}/{}?{q}", db.name),
+            None => format!("{server}/{}", db.name),
+        };
+    }
+    format!(
+        "postgres://{}@{}:{}/{}",
+        db.options.get_username(),
+        db.options.get_host(),
+        db.options.get_port(),
+        db.name
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("coffer-test-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn coffer(db: &TestDb, state: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db_url(db))
+        .env("COFFER_STATE_DIR", state)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("running coffer")
+}
+
+#[tokio::test]
+async fn tenant_and_key_commands() {
+    let db = TestDb::new().await;
+    let state = TempDir::new();
+
+    let out = coffer(&db, &state.0, &["tenant", "create", "acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "the key alone on stdout: {stdout:?}");
+    let key = lines[0];
+    assert!(coffer::domain::auth::ApiKey::parse(key).is_ok(), "{key}");
+
+    let out = coffer(&db, &state.0, &["tenant", "create", "acme"]);
+    assert!(!out.status.success(), "an existing name is an error");
+    assert!(out.stdout.is_empty());
+
+    let out = coffer(
+        &db,
+        &state.0,
+        &["key", "create", "--tenant", "acme", "--scopes", "read"],
+    );
+    assert!(out.status.success());
+    let reader = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = coffer(
+        &db,
+        &state.0,
+        &["key", "create", "--system", "--scopes", "events:ingest"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = coffer(
+        &db,
+        &state.0,
+        &["key", "create", "--system", "--scopes", "read"],
+    );
+    assert!(!out.status.success(), "system keys hold only events:ingest");
+    let out = coffer(
+        &db,
+        &state.0,
+        &["key", "create", "--tenant", "nobody", "--scopes", "read"],
+    );
+    assert!(!out.status.success());
+
+    let out = coffer(&db, &state.0, &["key", "list"]);
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    assert!(listing.contains("(system)\tevents:ingest"));
+    for secret in [key, reader.as_str()] {
+        assert!(
+            !listing.contains(&secret[30..]),
+            "secrets are never shown again"
+        );
+    }
+
+    let reader_id = format!("key_{}", &reader[3..29]);
+    let out = coffer(&db, &state.0, &["key", "revoke", &reader_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = coffer(&db, &state.0, &["key", "revoke", &reader_id]);
+    assert!(!out.status.success(), "already revoked");
+    let listing = String::from_utf8(coffer(&db, &state.0, &["key", "list"]).stdout).unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&reader_id) && l.contains("revoked"))
+    );
+}
+
+/// A running `coffer serve` child process.
+struct Served {
+    child: Child,
+    grpc: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Served {
+    async fn start(db: &TestDb, state: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let grpc_port = free_port();
+        let admin_port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(extra)
+            .env("DATABASE_URL", db_url(db))
+            .env("COFFER_STATE_DIR", state)
+            .env("COFFER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("COFFER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting coffer serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let grpc = format!("http://127.0.0.1:{grpc_port}");
+        let ready = eventually(Duration::from_secs(30), || {
+            let grpc = grpc.clone();
+            async move {
+                let Ok(channel) = tonic::transport::Channel::from_shared(grpc)
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
+                    return false;
+                };
+                HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == 1)
+            }
+        })
+        .await;
+        let served = Self {
+            child,
+            grpc,
+            stderr,
+        };
+        assert!(ready, "coffer did not become SERVING:\n{}", served.logs());
+        served
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    async fn customers(&self) -> CustomersClient<tonic::transport::Channel> {
+        CustomersClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the process to exit; its exit code.
+    async fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return (status.code(), self.logs());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("coffer did not exit after SIGTERM:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_dev_keeps_and_prints_its_key() {
+    let db = TestDb::new().await;
+    let state = TempDir::new();
+    let served = Served::start(&db, &state.0, &["--dev"], &[]).await;
+    let key_file = state.0.join("dev-key");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let logs = served.logs();
+    assert!(logs.contains(&key), "the key is printed for the newcomer");
+    assert!(logs.contains("grpcurl -plaintext"), "{logs}");
+
+    let mut c = served.customers().await;
+    c.create_customer(req(CreateCustomerRequest::default(), &key))
+        .await
+        .unwrap();
+    served.sigterm();
+    let (code, _) = served.wait().await;
+    assert_eq!(code, Some(0));
+
+    // A restart reuses the saved key.
+    let served = Served::start(&db, &state.0, &["--dev"], &[]).await;
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), key);
+    assert!(served.logs().contains(&key));
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE name = 'dev'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 1);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_and_exits_zero() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, key) = coffer::app::App::new(pool.clone())
+        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let key = key.expose().to_owned();
+    let state = TempDir::new();
+    let served = Served::start(&db, &state.0, &[], &[]).await;
+
+    // Callers keep creating customers while the server is told to stop.
+    let mut callers = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut c = served.customers().await;
+        let key = key.clone();
+        callers.spawn(async move {
+            let (mut ok, mut refused) = (0u32, 0u32);
+            for i in 0..400 {
+                let r = CreateCustomerRequest {
+                    external_id: format!("w{worker}-{i}"),
+                    ..Default::default()
+                };
+                match c.create_customer(req(r, &key)).await {
+                    Ok(_) => ok += 1,
+                    Err(status) => {
+                        assert!(
+                            matches!(
+                                status.code(),
+                                tonic::Code::Unavailable
+                                    | tonic::Code::Cancelled
+                                    | tonic::Code::Unknown
+                            ),
+                            "{status:?}"
+                        );
+                        refused += 1;
+                        break;
+                    }
+                }
+            }
+            (ok, refused)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    let mut ok_total = 0;
+    while let Some(r) = callers.join_next().await {
+        ok_total += r.unwrap().0;
+    }
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("drained"), "{logs}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(ok_total > 0);
+    // Every call that was answered OK is stored, and nothing was stored without an answer.
+    assert_eq!(stored, i64::from(ok_total));
+
+    // Logs are JSON, one object a line, and never hold the key.
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(!logs.contains(&key[30..]), "no API key in the logs");
+}
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp_addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(receiver.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, key) = coffer::app::App::new(pool)
+        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let key = key.expose().to_owned();
+    let state = TempDir::new();
+    let served = Served::start(
+        &db,
+        &state.0,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    )
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_span = "00f067aa0ba902b7";
+    let mut c = served.customers().await;
+    let mut r = req(CreateCustomerRequest::default(), &key);
+    r.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_span}-01").parse().unwrap(),
+    );
+    c.create_customer(r).await.unwrap();
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+
+    let exports = receiver.0.lock().unwrap().clone();
+    let spans: Vec<_> = exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .collect();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let span = spans
+        .iter()
+        .find(|s| s.name == "coffer.v1.Customers/CreateCustomer")
+        .unwrap_or_else(|| {
+            panic!(
+                "no CreateCustomer span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        hex(&span.trace_id),
+        trace_id,
+        "the caller's trace continues"
+    );
+    assert_eq!(hex(&span.parent_span_id), parent_span);
+    assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
+    let attr = |k: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref()?.value.clone())
+    };
+    assert_eq!(attr("rpc.system"), Some(Value::StringValue("grpc".into())));
+    assert_eq!(
+        attr("rpc.service"),
+        Some(Value::StringValue("coffer.v1.Customers".into()))
+    );
+    assert_eq!(
+        attr("rpc.method"),
+        Some(Value::StringValue("CreateCustomer".into()))
+    );
+    assert_eq!(attr("rpc.grpc.status_code"), Some(Value::IntValue(0)));
+    // The key is never an attribute.
+    let all = format!("{exports:?}");
+    assert!(!all.contains(&key[30..]));
+    // The use case's own span is a child in the same trace.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "create_customer" && hex(&s.trace_id) == trace_id)
+    );
+}
+
+#[test]
+fn a_private_cluster_starts_from_the_machines_binaries() {
+    let dir = TempDir::new();
+    let pg_dir = dir.0.join("postgres");
+    let options = match coffer::pg_local::start_private(&pg_dir) {
+        Ok(o) => o,
+        Err(coffer::pg_local::LocateError::NoPostgres) => {
+            eprintln!("no Postgres binaries on this machine; nothing to start");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+    });
+    // Starting again reuses the running cluster.
+    let again = coffer::pg_local::start_private(&pg_dir).unwrap();
+    assert_eq!(again.get_port(), options.get_port());
+    coffer::pg_local::stop_private(&pg_dir);
+}

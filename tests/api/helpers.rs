@@ -1,0 +1,287 @@
+//! Test harness: each test gets its own database on the Postgres the suite finds the same way
+//! `serve --dev` does, and a real server on ephemeral ports, called through real tonic clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coffer::app::App;
+use coffer::app::tenants::KeyFor;
+use coffer::domain::auth::{Scopes, TenantName};
+use coffer::grpc::pb::customers_client::CustomersClient;
+use coffer::startup::{ServeError, Server, ServerConfig};
+use coffer::store::pool::{self, PoolConfig};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The repository's state directory, where a private test cluster lives if one is needed.
+pub fn state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".coffer")
+}
+
+/// A database of one test's own, dropped when the test ends (passing or not).
+pub struct TestDb {
+    pub options: PgConnectOptions,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let located = coffer::pg_local::locate(&state_dir())
+            .await
+            .expect("finding a Postgres for the tests");
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!(
+            "coffer_test_{stamp}_{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let options = located.options.database(&name);
+        pool::create_database_if_missing(&options)
+            .await
+            .expect("creating the test database");
+        Self { options, name }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        let pool = pool::pool(&self.options, &PoolConfig::default());
+        pool::migrate(&pool).await.expect("migrating");
+        pool
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        let name = self.name.clone();
+        // Drop runs outside async context rules; a small runtime on its own thread does the work.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = pool::drop_database(&options, &name).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A running server with its own database and a tenant "acme" whose read,write,admin key is
+/// `key`.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub pool: PgPool,
+    pub app: App,
+    pub key: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+    /// Held so the database lives exactly as long as the server.
+    _db: TestDb,
+}
+
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        health_interval: Duration::from_millis(200),
+        ..ServerConfig::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        Self::spawn_on(db, pool.clone(), pool, test_config()).await
+    }
+
+    /// Serves with `server_pool` (which may go through a proxy) while the test keeps `pool`.
+    pub async fn spawn_on(
+        db: TestDb,
+        pool: PgPool,
+        server_pool: PgPool,
+        config: ServerConfig,
+    ) -> Self {
+        let server = Server::bind(config, server_pool).await.expect("binding");
+        let addr = server.grpc_addr();
+        let admin_addr = server.admin_addr();
+        let app = App::new(pool.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let (_, key) = app
+            .create_tenant(&TenantName::parse("acme").unwrap())
+            .await
+            .expect("creating tenant acme");
+        Self {
+            addr,
+            admin_addr,
+            pool,
+            app,
+            key: key.expose().to_owned(),
+            stop: Some(stop),
+            handle: Some(handle),
+            _db: db,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to the test server")
+    }
+
+    pub async fn customers(&self) -> CustomersClient<Channel> {
+        CustomersClient::new(self.channel().await)
+    }
+
+    /// A new tenant and its read,write,admin key.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (_, key) = self
+            .app
+            .create_tenant(&TenantName::parse(name).unwrap())
+            .await
+            .unwrap();
+        key.expose().to_owned()
+    }
+
+    pub async fn key(&self, owner: KeyFor, scopes: &str) -> String {
+        let key = self
+            .app
+            .create_key(&owner, &Scopes::parse_list(scopes).unwrap())
+            .await
+            .unwrap();
+        key.expose().to_owned()
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap()
+    }
+}
+
+/// Wraps `message` in a request carrying `key` (and an idempotency key when given).
+pub fn req<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+pub fn idem<T>(message: T, key: &str, idempotency_key: &str) -> tonic::Request<T> {
+    let mut r = req(message, key);
+    r.metadata_mut()
+        .insert("idempotency-key", idempotency_key.parse().unwrap());
+    r
+}
+
+/// The ErrorInfo reason and the BadRequest fields of an error.
+pub fn details(status: &tonic::Status) -> (String, Vec<String>) {
+    use tonic_types::StatusExt;
+    let d = status.get_error_details();
+    let reason = d.error_info().map(|i| i.reason.clone()).unwrap_or_default();
+    let fields = d
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    if let Some(info) = d.error_info() {
+        assert_eq!(info.domain, "coffer");
+    }
+    (reason, fields)
+}
+
+/// A plain HTTP/1.0 GET, enough for the admin endpoints: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf[9..12].parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A TCP proxy in front of Postgres that a test can cut and restore, to lose the database
+/// without touching the real server.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                conns2.lock().await.push(task);
+            }
+        });
+        Self { addr, cut, conns }
+    }
+
+    /// Refuses new connections and kills the open ones.
+    pub async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().await.drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,11 @@
+//! Integration tests: real Postgres, real sockets, real tonic clients. One binary, so the
+//! crate links once.
+
+mod auth;
+mod binary;
+mod customers;
+mod health;
+mod helpers;
+mod idempotency;
+mod tenancy;
+mod validation;
