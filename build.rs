@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["proto/coffer/v1/common.proto", "proto/coffer/v1/customers.proto"];
+const PROTOS: &[&str] = &[
+    "proto/coffer/v1/common.proto",
+    "proto/coffer/v1/customers.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -155,16 +155,16 @@ pub struct BenchArgs {
     #[arg(long, env = "COFFER_API_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "COFFER_BENCH_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// How long each measurement runs.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Unmeasured load before each measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// gRPC connections the load is spread over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
 }
 

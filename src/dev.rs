@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::app::App;
@@ -30,6 +30,15 @@ pub enum DevError {
 /// first time).
 pub async fn ensure_dev_key(app: &App, state_dir: &Path) -> Result<ApiKey, DevError> {
     let path = state_dir.join("dev-key");
+    if path.exists() {
+        // Tighten a file that was created or copied with looser permissions.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| DevError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+    }
     if let Ok(saved) = std::fs::read_to_string(&path)
         && let Ok(key) = ApiKey::parse(saved.trim())
         && let Ok(Ok(_)) = app

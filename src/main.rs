@@ -25,20 +25,37 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args, &db, &state_dir).await,
         Command::Migrate => {
-            let (pool, _) = open_database(&db, &state_dir, true).await?;
-            pool::migrate(&pool).await.context("applying migrations")?;
+            // open_database applies the migrations.
+            open_database(&db, &state_dir, true).await?.close().await;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Tenant(cmd) => tenant(cmd, &db, &state_dir).await,
         Command::Key(cmd) => key(cmd, &db, &state_dir).await,
         Command::Bench(BenchCommand::Customers(args)) => {
-            let (pool, _) = open_database(&db, &state_dir, true).await?;
-            let report = coffer::bench::customers(&args, &state_dir, &pool)
-                .await
-                .context("running the benchmark")?;
-            print!("{report}");
+            let database = open_database(&db, &state_dir, true).await?;
+            let report = coffer::bench::customers(&args, &state_dir, &database.pool).await;
+            database.close().await;
+            print!("{}", report.context("running the benchmark")?);
             Ok(())
+        }
+    }
+}
+
+/// An open database, and the private cluster this process started for it, if any.
+struct Database {
+    pool: PgPool,
+    started_private: Option<std::path::PathBuf>,
+}
+
+impl Database {
+    /// Closes the pool and stops a private cluster this process started. One that was already
+    /// running may be serving a test run or another process, so it is left alone.
+    async fn close(self) {
+        self.pool.close().await;
+        if let Some(dir) = self.started_private {
+            tracing::info!(dir = %dir.display(), "stopping the private Postgres");
+            let _ = tokio::task::spawn_blocking(move || pg_local::stop_private(&dir)).await;
         }
     }
 }
@@ -46,11 +63,7 @@ async fn main() -> anyhow::Result<()> {
 /// Finds the database: `DATABASE_URL` if given; otherwise (dev mode and the admin commands)
 /// Postgres on localhost or a private cluster, with the database named by
 /// `--database-name`. Creates the database if missing and applies migrations.
-async fn open_database(
-    db: &DbArgs,
-    state_dir: &Path,
-    discover: bool,
-) -> anyhow::Result<(PgPool, Option<std::path::PathBuf>)> {
+async fn open_database(db: &DbArgs, state_dir: &Path, discover: bool) -> anyhow::Result<Database> {
     let (options, private) = match &db.database_url {
         Some(url) if !url.is_empty() => (
             url.parse::<PgConnectOptions>().context("DATABASE_URL")?,
@@ -59,7 +72,7 @@ async fn open_database(
         _ if discover => {
             let located = pg_local::locate(state_dir).await?;
             let private = match located.source {
-                Source::Private(dir) => Some(dir),
+                Source::Private { dir, started: true } => Some(dir),
                 _ => None,
             };
             (located.options.database(&db.database_name), private)
@@ -80,11 +93,14 @@ async fn open_database(
         },
     );
     pool::migrate(&pool).await.context("applying migrations")?;
-    Ok((pool, private))
+    Ok(Database {
+        pool,
+        started_private: private,
+    })
 }
 
 async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let (pool, private) = open_database(db, state_dir, args.dev).await?;
+    let database = open_database(db, state_dir, args.dev).await?;
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
@@ -92,7 +108,7 @@ async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result
         shutdown_grace: args.shutdown_grace,
         ..ServerConfig::default()
     };
-    let server = Server::bind(config, pool).await?;
+    let server = Server::bind(config, database.pool.clone()).await?;
     if args.dev {
         let key = coffer::dev::ensure_dev_key(server.app(), state_dir).await?;
         eprintln!(
@@ -101,16 +117,18 @@ async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result
         );
     }
     let result = server.run(coffer::shutdown::signal()).await;
-    if let Some(dir) = private {
-        tracing::info!(dir = %dir.display(), "stopping the private Postgres");
-        tokio::task::spawn_blocking(move || pg_local::stop_private(&dir)).await?;
-    }
+    database.close().await;
     Ok(result?)
 }
 
 async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let (pool, _) = open_database(db, state_dir, true).await?;
-    let app = App::new(pool);
+    let database = open_database(db, state_dir, true).await?;
+    let result = tenant_command(cmd, &App::new(database.pool.clone())).await;
+    database.close().await;
+    result
+}
+
+async fn tenant_command(cmd: TenantCommand, app: &App) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
             let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!("tenant name: {e}"))?;
@@ -132,8 +150,13 @@ async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Re
 }
 
 async fn key(cmd: KeyCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let (pool, _) = open_database(db, state_dir, true).await?;
-    let app = App::new(pool);
+    let database = open_database(db, state_dir, true).await?;
+    let result = key_command(cmd, &App::new(database.pool.clone())).await;
+    database.close().await;
+    result
+}
+
+async fn key_command(cmd: KeyCommand, app: &App) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Create {
             tenant,

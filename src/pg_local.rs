@@ -31,12 +31,17 @@ pub enum LocateError {
     Private { dir: PathBuf, detail: String },
 }
 
-/// Where the Postgres came from; `Url` means the caller chose the database too.
+/// Where the Postgres came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     DatabaseUrl,
     Localhost,
-    Private(PathBuf),
+    /// A private cluster under `dir`; `started` when this process started it (and so should
+    /// stop it), rather than finding it already running.
+    Private {
+        dir: PathBuf,
+        started: bool,
+    },
 }
 
 /// A reachable Postgres server.
@@ -72,7 +77,7 @@ pub async fn locate(state_dir: &Path) -> Result<Located, LocateError> {
     }
     let dir = state_dir.join("postgres");
     let private = dir.clone();
-    let options = tokio::task::spawn_blocking(move || start_private(&private))
+    let (options, started) = tokio::task::spawn_blocking(move || start_private(&private))
         .await
         .map_err(|e| LocateError::Private {
             dir: dir.clone(),
@@ -80,7 +85,7 @@ pub async fn locate(state_dir: &Path) -> Result<Located, LocateError> {
         })??;
     Ok(Located {
         options,
-        source: Source::Private(dir),
+        source: Source::Private { dir, started },
     })
 }
 
@@ -148,8 +153,9 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// Starts (or reuses) the private cluster in `dir`, returning options for it. Blocking.
-pub fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
+/// Starts (or reuses) the private cluster in `dir`, returning options for it and whether this
+/// call started it. Blocking.
+pub fn start_private(dir: &Path) -> Result<(PgConnectOptions, bool), LocateError> {
     let fail = |detail: String| LocateError::Private {
         dir: dir.to_owned(),
         detail,
@@ -216,18 +222,18 @@ pub fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
             )));
         }
     }
-    let port = match running_port(&data) {
+    let (port, started) = match running_port(&data) {
         Some(port)
             if run("pg_ctl", &["-D", &data.to_string_lossy(), "status"])?
                 .status
                 .success() =>
         {
-            port
+            (port, false)
         }
         _ => {
             let port = free_port().map_err(|e| fail(e.to_string()))?;
             let d = data.to_string_lossy();
-            let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {d} -c fsync=off");
+            let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {d}");
             let log = data.join("server.log");
             let out = run(
                 "pg_ctl",
@@ -252,15 +258,16 @@ pub fn start_private(dir: &Path) -> Result<PgConnectOptions, LocateError> {
                     tail.lines().rev().take(5).collect::<Vec<_>>().join("\n")
                 )));
             }
-            port
+            (port, true)
         }
     };
     drop(lock);
-    Ok(PgConnectOptions::new()
+    let options = PgConnectOptions::new()
         .host("127.0.0.1")
         .port(port)
         .username("postgres")
-        .database("postgres"))
+        .database("postgres");
+    Ok((options, started))
 }
 
 /// The port of a cluster that is running, from line 4 of its `postmaster.pid`.

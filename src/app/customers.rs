@@ -144,7 +144,8 @@ impl App {
         query: &CustomerQuery,
     ) -> Result<Page<Customer>, AppError> {
         let email = query.email.as_ref().map(Email::as_str);
-        let filters = FilterDigest::of(&[email.unwrap_or("")]);
+        // The filter compares case-insensitively, so its token binding does too.
+        let filters = FilterDigest::of(&[&email.unwrap_or("").to_lowercase()]);
         let after = match query.page_token.as_deref() {
             None | Some("") => None,
             Some(token) => Some(

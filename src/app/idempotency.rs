@@ -12,6 +12,7 @@
 use futures_core::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::error::{AppError, Rejection, RejectionKind};
@@ -63,7 +64,29 @@ pub type Work<'c, T> = BoxFuture<'c, Result<T, AppError>>;
 
 impl App {
     /// Runs `work` in a transaction, under `call`'s idempotency key when there is one.
+    ///
+    /// The mutation runs on its own task, so a caller that disconnects or times out does not
+    /// cancel it half-way: it completes and stores its outcome, and the caller's retry gets the
+    /// replay instead of waiting out the lease.
     pub async fn mutate<T, F>(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        work: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
+    {
+        let app = self.clone();
+        let ctx = *ctx;
+        let work = async move { app.mutate_here(&ctx, call, work).await };
+        tokio::spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(AppError::internal)?
+    }
+
+    async fn mutate_here<T, F>(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,

@@ -6,6 +6,7 @@ use super::{App, AppError, RejectionKind};
 use crate::domain::Violations;
 use crate::domain::auth::{ApiKey, KeyOwner, Scope, Scopes, TenantName, check_scopes_for};
 use crate::domain::ids::{KeyId, TenantId};
+use crate::store::audit;
 use crate::store::tenants::{self as store, KeyListing, TenantRow};
 
 pub const REASON_TENANT_NAME_TAKEN: &str = "TENANT_NAME_TAKEN";
@@ -32,6 +33,7 @@ impl App {
                 format!("a tenant named {:?} already exists", name.as_str()),
             ));
         }
+        audit::insert_audit(&mut tx, id, None, "tenant.created", "tenant", id.as_uuid()).await?;
         let scopes = Scopes::new([Scope::Read, Scope::Write, Scope::Admin]);
         let key = insert_key(&mut tx, KeyOwner::Tenant(id), &scopes).await?;
         tx.commit().await?;
@@ -50,10 +52,11 @@ impl App {
 
     pub async fn create_key(&self, owner: &KeyFor, scopes: &Scopes) -> Result<ApiKey, AppError> {
         let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
         let owner = match owner {
             KeyFor::System => KeyOwner::System,
             KeyFor::Tenant(name) => KeyOwner::Tenant(
-                store::find_tenant_by_name(&mut conn, name)
+                store::find_tenant_by_name(&mut tx, name)
                     .await?
                     .ok_or_else(|| {
                         AppError::not_found(
@@ -63,7 +66,9 @@ impl App {
                     })?,
             ),
         };
-        insert_key(&mut conn, owner, scopes).await
+        let key = insert_key(&mut tx, owner, scopes).await?;
+        tx.commit().await?;
+        Ok(key)
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyListing>, AppError> {
@@ -73,14 +78,23 @@ impl App {
 
     pub async fn revoke_key(&self, id: KeyId) -> Result<(), AppError> {
         let mut conn = self.pool.acquire().await?;
-        if store::revoke_api_key(&mut conn, id).await? {
-            Ok(())
-        } else {
-            Err(AppError::not_found(
-                REASON_KEY_NOT_FOUND,
-                format!("no active key {id}"),
-            ))
+        let mut tx = conn.begin().await?;
+        let tenant = store::revoke_api_key(&mut tx, id).await?.ok_or_else(|| {
+            AppError::not_found(REASON_KEY_NOT_FOUND, format!("no active key {id}"))
+        })?;
+        if let Some(tenant) = tenant {
+            audit::insert_audit(
+                &mut tx,
+                tenant,
+                None,
+                "api_key.revoked",
+                "api_key",
+                id.as_uuid(),
+            )
+            .await?;
         }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -96,5 +110,17 @@ async fn insert_key(
         KeyOwner::System => None,
     };
     store::insert_api_key(conn, key.id(), tenant, &scopes.as_strs(), &key.hash()).await?;
+    // System keys belong to no tenant; their creation shows in `coffer key list`.
+    if let Some(tenant) = tenant {
+        audit::insert_audit(
+            conn,
+            tenant,
+            None,
+            "api_key.created",
+            "api_key",
+            key.id().as_uuid(),
+        )
+        .await?;
+    }
     Ok(key)
 }

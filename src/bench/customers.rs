@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -101,12 +100,9 @@ pub async fn customers(
     };
 
     // 2. Baseline: the same rows straight into a copy of the customers table, one per
-    //    transaction, over as many connections as there are workers.
-    let baseline_pool = PgPoolOptions::new()
-        .max_connections(args.concurrency as u32)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    //    transaction, through a pool as large as the server's (--db-max-connections, the same
+    //    flag and default `serve` uses), so both sides get the same number of connections.
+    let baseline_pool = pool.clone();
     let table = store::create_baseline_table(&baseline_pool).await?;
     let insert = {
         let pool = baseline_pool.clone();
@@ -135,7 +131,6 @@ pub async fn customers(
         .await
     };
     store::drop_baseline_table(&baseline_pool, table).await?;
-    baseline_pool.close().await;
 
     // 3. Baseline: the cheapest gRPC call the server answers, on the same connections.
     let empty = run_load(
@@ -159,9 +154,10 @@ pub async fn customers(
 
     Ok(Report {
         title: format!(
-            "coffer bench customers: {} workers over {} connections, {:?} each (after {:?} warm-up), {}",
+            "coffer bench customers: {} workers over {} gRPC connections, {} Postgres connections for the baseline, {:?} each (after {:?} warm-up), {}",
             args.concurrency,
             args.connections.max(1),
+            pool.options().get_max_connections(),
             args.duration,
             args.warmup,
             args.endpoint

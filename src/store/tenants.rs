@@ -128,13 +128,18 @@ pub async fn list_api_keys(conn: &mut PgConnection) -> Result<Vec<KeyListing>, S
         .collect())
 }
 
-/// Revokes a key; `false` when there is no such key or it was already revoked.
-pub async fn revoke_api_key(conn: &mut PgConnection, id: KeyId) -> Result<bool, StoreError> {
-    let done = sqlx::query!(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+/// Revokes a key. `None` when there is no such active key; otherwise the key's tenant (`None`
+/// inside for a system key).
+pub async fn revoke_api_key(
+    conn: &mut PgConnection,
+    id: KeyId,
+) -> Result<Option<Option<TenantId>>, StoreError> {
+    let row = sqlx::query!(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+         RETURNING tenant_id",
         id.as_uuid(),
     )
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(row.map(|r| r.tenant_id.map(TenantId::from_uuid)))
 }

@@ -89,11 +89,11 @@ async fn scopes_are_enforced() {
     ] {
         assert_eq!(err.code(), Code::PermissionDenied);
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 1, "only the writer's customer exists");
+    assert_eq!(
+        app.customer_rows().await,
+        1,
+        "only the writer's customer exists"
+    );
 }
 
 #[tokio::test]

@@ -494,7 +494,10 @@ fn a_private_cluster_starts_from_the_machines_binaries() {
     let dir = TempDir::new();
     let pg_dir = dir.0.join("postgres");
     let options = match coffer::pg_local::start_private(&pg_dir) {
-        Ok(o) => o,
+        Ok((o, started)) => {
+            assert!(started);
+            o
+        }
         Err(coffer::pg_local::LocateError::NoPostgres) => {
             eprintln!("no Postgres binaries on this machine; nothing to start");
             return;
@@ -512,7 +515,8 @@ fn a_private_cluster_starts_from_the_machines_binaries() {
         assert_eq!(one, 1);
     });
     // Starting again reuses the running cluster.
-    let again = coffer::pg_local::start_private(&pg_dir).unwrap();
+    let (again, started) = coffer::pg_local::start_private(&pg_dir).unwrap();
+    assert!(!started);
     assert_eq!(again.get_port(), options.get_port());
     coffer::pg_local::stop_private(&pg_dir);
 }

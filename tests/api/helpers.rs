@@ -169,6 +169,14 @@ impl TestApp {
         key.expose().to_owned()
     }
 
+    /// How many customer rows exist, deleted or not, across tenants.
+    pub async fn customer_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM customers")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) -> Result<(), ServeError> {
         let _ = self.stop.take().unwrap().send(());

@@ -21,13 +21,6 @@ fn replayed<T>(r: &tonic::Response<T>) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-async fn customer_rows(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM customers")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_replay_returns_the_stored_response() {
     let app = TestApp::spawn().await;
@@ -47,7 +40,7 @@ async fn a_replay_returns_the_stored_response() {
         first.get_ref(),
         "byte-for-byte the first response"
     );
-    assert_eq!(customer_rows(&app).await, 1);
+    assert_eq!(app.customer_rows().await, 1);
 
     // The same key with a different request is refused and changes nothing.
     let err = c
@@ -56,7 +49,7 @@ async fn a_replay_returns_the_stored_response() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(details(&err).0, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(customer_rows(&app).await, 1);
+    assert_eq!(app.customer_rows().await, 1);
 
     // Keys are per method and per tenant.
     let id = first.get_ref().id.clone();
@@ -197,7 +190,7 @@ async fn fifty_concurrent_duplicates_create_exactly_one_customer() {
     assert_eq!(created.len() - replays, 1, "exactly one call did the work");
     created.dedup();
     assert_eq!(created.len(), 1, "every success names the same customer");
-    assert_eq!(customer_rows(&app).await, 1);
+    assert_eq!(app.customer_rows().await, 1);
 }
 
 #[tokio::test]

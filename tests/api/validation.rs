@@ -11,13 +11,6 @@ use tonic::Code;
 
 use crate::helpers::{TestApp, details, idem, req};
 
-async fn customer_rows(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM customers")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn create_names_each_bad_field() {
     let app = TestApp::spawn().await;
@@ -102,7 +95,7 @@ async fn create_names_each_bad_field() {
         assert_eq!(reason, "INVALID_REQUEST");
         assert_eq!(got, fields, "{request:?}");
     }
-    assert_eq!(customer_rows(&app).await, 0, "nothing was written");
+    assert_eq!(app.customer_rows().await, 0, "nothing was written");
 }
 
 #[tokio::test]
@@ -263,5 +256,5 @@ async fn list_and_metadata_arguments_are_checked() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(details(&err).1, vec!["idempotency-key"]);
-    assert_eq!(customer_rows(&app).await, 0);
+    assert_eq!(app.customer_rows().await, 0);
 }
