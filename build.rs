@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate!() embeds migrations/ but cannot tell cargo to watch it on stable Rust.
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     // Source info keeps the proto comments, so `grpcurl describe` shows the documentation.

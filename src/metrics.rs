@@ -76,8 +76,7 @@ impl Metrics {
     }
 
     pub fn observe_grpc(&self, service: &str, method: &str, code: i32, elapsed: Duration) {
-        // Every Coffer RPC so far is unary; streaming RPCs will label themselves when they come.
-        let grpc_type = "unary";
+        let grpc_type = grpc_type(service, method);
         self.handled
             .get_or_create(&HandledLabels {
                 grpc_type,
@@ -105,6 +104,18 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The kind of call, as go-grpc-prometheus labels it. Every Coffer RPC so far is unary; the
+/// streaming ones are reflection's and health's Watch.
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
+            "bidi_stream"
+        }
+        ("grpc.health.v1.Health", "Watch") => "server_stream",
+        _ => "unary",
     }
 }
 

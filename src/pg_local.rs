@@ -15,7 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Connection;
-use sqlx::postgres::PgConnectOptions;
+// A server found on loopback is spoken to without TLS: encryption there protects nothing and
+// costs both sides CPU on every call. A DATABASE_URL keeps its own sslmode.
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
@@ -67,7 +69,8 @@ pub async fn locate(state_dir: &Path) -> Result<Located, LocateError> {
             .host("127.0.0.1")
             .port(5432)
             .username(user)
-            .database("postgres");
+            .database("postgres")
+            .ssl_mode(PgSslMode::Disable);
         if answers(&options).await {
             return Ok(Located {
                 options,
@@ -266,7 +269,8 @@ pub fn start_private(dir: &Path) -> Result<(PgConnectOptions, bool), LocateError
         .host("127.0.0.1")
         .port(port)
         .username("postgres")
-        .database("postgres");
+        .database("postgres")
+        .ssl_mode(PgSslMode::Disable);
     Ok((options, started))
 }
 
@@ -285,9 +289,11 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A stable name for `dir`'s fallback location. `absolute` does not touch the file system, so
+/// the name is the same before and after the directory exists.
 fn dir_key(dir: &Path) -> String {
     use sha2::{Digest, Sha256};
-    let abs = std::fs::canonicalize(dir.parent().unwrap_or(dir)).unwrap_or_else(|_| dir.to_owned());
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     let digest = Sha256::digest(abs.to_string_lossy().as_bytes());
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -330,5 +336,17 @@ pub fn stop_private(dir: &Path) {
             cmd.uid(uid).gid(gid);
         }
         let _ = cmd.output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_name_does_not_depend_on_the_directory_existing() {
+        let relative = Path::new("does-not-exist-yet/postgres");
+        let absolute = std::env::current_dir().unwrap().join(relative);
+        assert_eq!(dir_key(relative), dir_key(&absolute));
     }
 }

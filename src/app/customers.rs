@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::idempotency::{Done, IdempotentCall};
+use super::idempotency::{Done, IdempotentCall, Replayable};
 use super::{App, AppError, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
@@ -29,18 +29,56 @@ pub struct Page<T> {
 }
 
 impl App {
+    /// Creates a customer. The common case is one statement: Coffer picks the id and the
+    /// timestamps, so the response is known before the insert, and the customer, its audit row
+    /// and the stored idempotent response commit together in a single round trip. When that
+    /// statement conflicts (the idempotency key was used before or is held by a call still
+    /// running, or the external id is taken) it writes nothing, and the general mechanism
+    /// decides: replay, IDEMPOTENCY_KEY_REUSED/IN_USE, or the stored CUSTOMER_EXTERNAL_ID_TAKEN.
     pub async fn create_customer(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         new: NewCustomer,
     ) -> Result<Done<Customer>, AppError> {
+        let now = now_micros();
+        let customer = Customer {
+            id: CustomerId::generate(),
+            external_id: new.external_id.clone(),
+            email: new.email.clone(),
+            name: new.name.clone(),
+            metadata: new.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        };
+        let outcome = call.as_ref().map(|c| c.outcome(customer.encode_replay()));
+        let mut conn = self.pool.acquire().await?;
+        match store::insert_customer_once(
+            &mut conn,
+            ctx.tenant,
+            ctx.key,
+            &customer,
+            outcome.as_ref(),
+        )
+        .await
+        {
+            Ok(()) => {
+                return Ok(Done {
+                    value: customer,
+                    replayed: false,
+                });
+            }
+            Err(e) if e.unique_violation().is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(conn);
+
         let ctx = *ctx;
         self.mutate(&ctx, call, move |conn| {
             Box::pin(async move {
                 let id = CustomerId::generate();
-                let now = OffsetDateTime::now_utc();
-                let customer = store::insert_customer(conn, ctx.tenant, id, &new, now)
+                let customer = store::insert_customer(conn, ctx.tenant, id, &new, now_micros())
                     .await?
                     .ok_or_else(external_id_taken)?;
                 audit::insert_audit(
@@ -86,7 +124,7 @@ impl App {
                     return Ok(current);
                 }
                 let mut changed = patch.apply(current);
-                changed.updated_at = OffsetDateTime::now_utc();
+                changed.updated_at = now_micros();
                 let customer = store::update_customer(conn, ctx.tenant, &changed)
                     .await
                     .map_err(|e| match e.unique_violation() {
@@ -119,10 +157,9 @@ impl App {
         let ctx = *ctx;
         self.mutate(&ctx, call, move |conn| {
             Box::pin(async move {
-                let customer =
-                    store::soft_delete_customer(conn, ctx.tenant, id, OffsetDateTime::now_utc())
-                        .await?
-                        .ok_or_else(not_found)?;
+                let customer = store::soft_delete_customer(conn, ctx.tenant, id, now_micros())
+                    .await?
+                    .ok_or_else(not_found)?;
                 audit::insert_audit(
                     conn,
                     ctx.tenant,
@@ -176,6 +213,14 @@ impl App {
             next_page_token,
         })
     }
+}
+
+/// Now, at the microsecond precision Postgres stores, so a response built before an insert
+/// equals the row read back later.
+fn now_micros() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .expect("a whole number of microseconds is a valid nanosecond")
 }
 
 fn not_found() -> AppError {

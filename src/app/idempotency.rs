@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::error::{AppError, Rejection, RejectionKind};
 use super::{App, TenantCtx};
 use crate::domain::idempotency::IdempotencyKey;
-use crate::store::idempotency::{self as store, Outcome};
+use crate::store::idempotency::{self as store, NewOutcome, Outcome};
 
 /// How long a claim holds a key while its attempt runs.
 pub const LEASE_SECS: i64 = 60;
@@ -50,6 +50,18 @@ pub struct IdempotentCall {
     /// The full gRPC method name; keys are scoped per method.
     pub method: &'static str,
     pub fingerprint: Fingerprint,
+}
+
+impl IdempotentCall {
+    /// The completed outcome to write with a change whose response is known before it runs.
+    pub fn outcome(&self, response: Vec<u8>) -> NewOutcome<'_> {
+        NewOutcome {
+            method: self.method,
+            key: &self.key,
+            fingerprint: &self.fingerprint.0,
+            response,
+        }
+    }
 }
 
 /// A mutation's result, and whether it was a replay of a stored one.

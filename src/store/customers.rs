@@ -11,7 +11,8 @@ use super::{StoreError, corrupt};
 use crate::domain::customer::{
     Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata, NewCustomer,
 };
-use crate::domain::ids::{CustomerId, TenantId};
+use crate::domain::ids::{CustomerId, KeyId, TenantId};
+use crate::store::idempotency::NewOutcome;
 
 /// The unique index that makes external_id unique among a tenant's live customers.
 pub const EXTERNAL_ID_INDEX: &str = "customers_external_id_live";
@@ -86,6 +87,50 @@ pub async fn insert_customer(
     .fetch_optional(conn)
     .await?;
     row.map(CustomerRow::into_domain).transpose()
+}
+
+/// Inserts a customer, its audit row and (with an idempotency key) the stored outcome, all in
+/// one statement: the cheapest way to commit them together. Any conflict aborts the whole
+/// statement and writes nothing: a unique violation on [`EXTERNAL_ID_INDEX`] (the external id
+/// is taken) or on the idempotency key (used before, or held by a call still running).
+pub async fn insert_customer_once(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    by: KeyId,
+    customer: &Customer,
+    outcome: Option<&NewOutcome<'_>>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"WITH c AS (
+               INSERT INTO customers
+                   (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+               RETURNING tenant_id, id),
+           a AS (
+               INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
+               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c),
+           k AS (
+               INSERT INTO idempotency_keys
+                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response)
+               SELECT tenant_id, $9, $10, $11, 'completed', id, now(), $12 FROM c
+               WHERE $10::text IS NOT NULL)
+           SELECT id FROM c"#,
+        tenant.as_uuid(),
+        customer.id.as_uuid(),
+        customer.external_id.as_ref().map(ExternalId::as_str),
+        customer.email.as_ref().map(Email::as_str),
+        customer.name.as_ref().map(CustomerName::as_str),
+        Json(customer.metadata.as_map()) as _,
+        customer.created_at,
+        by.as_uuid(),
+        outcome.map(|o| o.method),
+        outcome.map(|o| o.key.as_str()),
+        outcome.map(|o| &o.fingerprint[..]),
+        outcome.map(|o| &o.response[..]),
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(())
 }
 
 /// A live customer by Coffer id or external id.

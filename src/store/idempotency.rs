@@ -10,6 +10,14 @@ use crate::domain::ids::TenantId;
 /// How long a stored outcome is kept.
 pub const RETENTION_SECS: i64 = 24 * 3600;
 
+/// A completed outcome written by the same statement as the change it records.
+pub struct NewOutcome<'a> {
+    pub method: &'a str,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: &'a [u8; 32],
+    pub response: Vec<u8>,
+}
+
 /// The state of a key someone else holds.
 pub struct StoredKey {
     pub fingerprint: Vec<u8>,

@@ -29,13 +29,23 @@ impl Default for PoolConfig {
 /// A pool on `options`' database. Connections are opened lazily, so a pool exists even while
 /// the database is down; health checks report that state.
 pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
-    let options = options.clone().application_name("coffer").options([(
-        "statement_timeout",
-        format!("{}ms", config.statement_timeout.as_millis()),
-    )]);
+    let statement_ms = config.statement_timeout.as_millis();
+    let options = options.clone().application_name("coffer").options([
+        ("statement_timeout", format!("{statement_ms}ms")),
+        // A client that opens a transaction and hangs cannot hold its locks (or an
+        // idempotency claim) for long.
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", 3 * statement_ms),
+        ),
+    ]);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
+        // No ping before every acquire: it is a round trip per call on the hot path. A dead
+        // connection fails its query as UNAVAILABLE (retryable) and the pool drops it, and
+        // the health watcher reports the outage.
+        .test_before_acquire(false)
         .connect_lazy_with(options)
 }
 
