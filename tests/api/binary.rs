@@ -337,15 +337,19 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
                 match c.create_customer(req(r, &key)).await {
                     Ok(_) => ok += 1,
                     Err(status) => {
-                        assert!(
-                            matches!(
-                                status.code(),
-                                tonic::Code::Unavailable
-                                    | tonic::Code::Cancelled
-                                    | tonic::Code::Unknown
-                            ),
-                            "{status:?}"
-                        );
+                        // The server stopped accepting: the call was refused before it ran.
+                        // A call racing the server's GOAWAY is refused by the client's own
+                        // HTTP/2 stack, which tonic reports as an INTERNAL "h2 protocol error"
+                        // although the server never saw it; the count below proves it did not
+                        // run.
+                        let refused_by_transport = matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Cancelled
+                                | tonic::Code::Unknown
+                        ) || (status.code() == tonic::Code::Internal
+                            && status.message().starts_with("h2 protocol error"));
+                        assert!(refused_by_transport, "{status:?}");
                         refused += 1;
                         break;
                     }
