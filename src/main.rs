@@ -101,6 +101,13 @@ async fn open_database(db: &DbArgs, state_dir: &Path, discover: bool) -> anyhow:
 
 async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
     let database = open_database(db, state_dir, args.dev).await?;
+    // Whatever happens next, close the database (and a private cluster this process started).
+    let result = run_server(&args, &database, state_dir).await;
+    database.close().await;
+    result
+}
+
+async fn run_server(args: &ServeArgs, database: &Database, state_dir: &Path) -> anyhow::Result<()> {
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
@@ -116,9 +123,7 @@ async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result
             coffer::dev::banner(&key, server.grpc_addr(), state_dir)
         );
     }
-    let result = server.run(coffer::shutdown::signal()).await;
-    database.close().await;
-    Ok(result?)
+    Ok(server.run(coffer::shutdown::signal()).await?)
 }
 
 async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {

@@ -116,6 +116,9 @@ impl Server {
             grpc,
             admin,
         } = self;
+        // The bound addresses: with port 0 in the config, only these say where to connect.
+        let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
+        let admin_addr = admin.local_addr().unwrap_or(config.admin_addr);
         let workers = ShutdownController::new();
         let readiness = Arc::new(Readiness::default());
 
@@ -181,10 +184,7 @@ impl Server {
         };
 
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-        tracing::info!(
-            grpc = %config.grpc_addr, admin = %config.admin_addr,
-            "coffer is serving"
-        );
+        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
         let served = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
             .layer(layers)
