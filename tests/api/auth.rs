@@ -111,13 +111,15 @@ async fn a_revoked_key_stops_working_within_a_second() {
     app.app.revoke_key(id).await.unwrap();
     let revoked_at = Instant::now();
     loop {
+        // Judged by when each call was sent, so a slow machine cannot fail the test.
+        let sent = revoked_at.elapsed();
         match c
             .list_customers(req(ListCustomersRequest::default(), &key))
             .await
         {
             Ok(_) => assert!(
-                revoked_at.elapsed() < Duration::from_secs(1),
-                "still accepted after 1 s"
+                sent < Duration::from_secs(1),
+                "still accepted a call sent {sent:?} after the revocation"
             ),
             Err(e) => {
                 assert_eq!(e.code(), Code::Unauthenticated);
