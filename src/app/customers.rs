@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::idempotency::{Done, IdempotentCall, Replayable};
+use super::idempotency::{Done, IdempotentCall};
 use super::{App, AppError, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
@@ -29,18 +29,15 @@ pub struct Page<T> {
 }
 
 impl App {
-    /// Creates a customer. The common case is one statement: Coffer picks the id and the
-    /// timestamps, so the response is known before the insert, and the customer, its audit row
-    /// and the stored idempotent response commit together in a single round trip. When that
-    /// statement conflicts (the idempotency key was used before or is held by a call still
-    /// running, or the external id is taken) it writes nothing, and the general mechanism
-    /// decides: replay, IDEMPOTENCY_KEY_REUSED/IN_USE, or the stored CUSTOMER_EXTERNAL_ID_TAKEN.
+    /// Creates a customer: in the common case one statement writes the customer, its audit
+    /// row and the stored outcome (see [`App::create`]).
     pub async fn create_customer(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         new: NewCustomer,
     ) -> Result<Done<Customer>, AppError> {
+        let ctx = *ctx;
         let now = now_micros();
         let customer = Customer {
             id: CustomerId::generate(),
@@ -52,47 +49,34 @@ impl App {
             updated_at: now,
             deleted_at: None,
         };
-        let outcome = call.as_ref().map(|c| c.outcome(customer.encode_replay()));
-        let mut conn = self.pool.acquire().await?;
-        match store::insert_customer_once(
-            &mut conn,
-            ctx.tenant,
-            ctx.key,
-            &customer,
-            outcome.as_ref(),
+        self.create(
+            &ctx,
+            call,
+            customer,
+            move |conn, customer, outcome| {
+                Box::pin(store::insert_customer_once(
+                    conn, ctx.tenant, ctx.key, customer, outcome,
+                ))
+            },
+            move |conn| {
+                Box::pin(async move {
+                    let id = CustomerId::generate();
+                    let customer = store::insert_customer(conn, ctx.tenant, id, &new, now_micros())
+                        .await?
+                        .ok_or_else(external_id_taken)?;
+                    audit::insert_audit(
+                        conn,
+                        ctx.tenant,
+                        Some(ctx.key),
+                        "customer.created",
+                        "customer",
+                        id.as_uuid(),
+                    )
+                    .await?;
+                    Ok(customer)
+                })
+            },
         )
-        .await
-        {
-            Ok(()) => {
-                return Ok(Done {
-                    value: customer,
-                    replayed: false,
-                });
-            }
-            Err(e) if e.unique_violation().is_some() => {}
-            Err(e) => return Err(e.into()),
-        }
-        drop(conn);
-
-        let ctx = *ctx;
-        self.mutate(&ctx, call, move |conn| {
-            Box::pin(async move {
-                let id = CustomerId::generate();
-                let customer = store::insert_customer(conn, ctx.tenant, id, &new, now_micros())
-                    .await?
-                    .ok_or_else(external_id_taken)?;
-                audit::insert_audit(
-                    conn,
-                    ctx.tenant,
-                    Some(ctx.key),
-                    "customer.created",
-                    "customer",
-                    id.as_uuid(),
-                )
-                .await?;
-                Ok(customer)
-            })
-        })
         .await
     }
 

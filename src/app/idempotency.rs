@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::error::{AppError, Rejection, RejectionKind};
 use super::{App, TenantCtx};
 use crate::domain::idempotency::IdempotencyKey;
+use crate::store::StoreError;
 use crate::store::idempotency::{self as store, NewOutcome, Outcome};
 
 /// How long a claim holds a key while its attempt runs.
@@ -189,6 +190,49 @@ impl App {
                 Err(other)
             }
         }
+    }
+}
+
+impl App {
+    /// A create: its response is known before it runs, because Coffer picks the id and the
+    /// timestamps. `once` writes the change, its audit row and (with a key) the completed
+    /// outcome in one statement — one round trip, one commit. That statement must have no
+    /// `ON CONFLICT`, so any unique violation (the key was used before or is held by a call
+    /// still running, or the caller's own data conflicts) aborts it whole; then `fallback`
+    /// runs through [`App::mutate`], which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE,
+    /// a stale claim taken over, or the caller's refusal stored against the key.
+    pub async fn create<T, O, F>(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        value: T,
+        once: O,
+        fallback: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        O: for<'c> FnOnce(
+            &'c mut PgConnection,
+            &'c T,
+            Option<&'c NewOutcome<'c>>,
+        ) -> BoxFuture<'c, Result<(), StoreError>>,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
+    {
+        let outcome = call.as_ref().map(|c| c.outcome(value.encode_replay()));
+        let mut conn = self.pool.acquire().await?;
+        match once(&mut conn, &value, outcome.as_ref()).await {
+            Ok(()) => {
+                return Ok(Done {
+                    value,
+                    replayed: false,
+                });
+            }
+            Err(e) if e.unique_violation().is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(outcome);
+        drop(conn);
+        self.mutate(ctx, call, fallback).await
     }
 }
 
