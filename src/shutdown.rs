@@ -65,10 +65,6 @@ impl Shutdown {
         // An error means the controller is gone, which is a shutdown too.
         let _ = self.signal.wait_for(|stop| *stop).await;
     }
-
-    pub fn is_shutdown(&self) -> bool {
-        *self.signal.borrow()
-    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

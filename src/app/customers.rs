@@ -41,14 +41,15 @@ impl App {
         let now = now_micros();
         let customer = Customer {
             id: CustomerId::generate(),
-            external_id: new.external_id.clone(),
-            email: new.email.clone(),
-            name: new.name.clone(),
-            metadata: new.metadata.clone(),
+            external_id: new.external_id,
+            email: new.email,
+            name: new.name,
+            metadata: new.metadata,
             created_at: now,
             updated_at: now,
             deleted_at: None,
         };
+        let retry = customer.clone();
         self.create(
             &ctx,
             call,
@@ -58,22 +59,17 @@ impl App {
                     conn, ctx.tenant, ctx.key, customer, outcome,
                 ))
             },
+            // The general path runs the same statement, with no outcome of its own: `mutate`
+            // stores it. A taken external id aborts the statement, which is the refusal.
             move |conn| {
                 Box::pin(async move {
-                    let id = CustomerId::generate();
-                    let customer = store::insert_customer(conn, ctx.tenant, id, &new, now_micros())
-                        .await?
-                        .ok_or_else(external_id_taken)?;
-                    audit::insert_audit(
-                        conn,
-                        ctx.tenant,
-                        Some(ctx.key),
-                        "customer.created",
-                        "customer",
-                        id.as_uuid(),
-                    )
-                    .await?;
-                    Ok(customer)
+                    store::insert_customer_once(conn, ctx.tenant, ctx.key, &retry, None)
+                        .await
+                        .map_err(|e| match e.unique_violation() {
+                            Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
+                            _ => AppError::from(e),
+                        })?;
+                    Ok(retry)
                 })
             },
         )

@@ -103,7 +103,7 @@ pub async fn customers(
     //    transaction, through a pool as large as the server's (--db-max-connections, the same
     //    flag and default `serve` uses), so both sides get the same number of connections.
     let baseline_pool = pool.clone();
-    let table = store::create_baseline_table(&baseline_pool).await?;
+    store::create_baseline_table(&baseline_pool).await?;
     let insert = {
         let pool = baseline_pool.clone();
         let run = run.clone();
@@ -130,7 +130,7 @@ pub async fn customers(
         )
         .await
     };
-    store::drop_baseline_table(&baseline_pool, table).await?;
+    store::drop_baseline_table(&baseline_pool).await?;
 
     // 3. Baseline: the cheapest gRPC call the server answers, on the same connections.
     let empty = run_load(

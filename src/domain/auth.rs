@@ -75,10 +75,6 @@ impl Scopes {
         self.0.contains(&needed) || (needed == Scope::Read && self.0.contains(&Scope::Write))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
-        self.0.iter().copied()
-    }
-
     pub fn as_strs(&self) -> Vec<String> {
         self.0.iter().map(|s| s.as_str().to_owned()).collect()
     }

@@ -6,17 +6,15 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-pub const BASELINE_TABLE: &str = "bench_baseline_customers";
-
-/// Creates the scratch table afresh and returns its name.
-pub async fn create_baseline_table(pool: &PgPool) -> Result<&'static str, StoreError> {
+/// Creates the scratch table `bench_baseline_customers` afresh.
+pub async fn create_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_baseline_customers;
          CREATE TABLE bench_baseline_customers (LIKE customers INCLUDING ALL);",
     )
     .execute(pool)
     .await?;
-    Ok(BASELINE_TABLE)
+    Ok(())
 }
 
 pub async fn insert_baseline_row(
@@ -41,8 +39,7 @@ pub async fn insert_baseline_row(
     Ok(())
 }
 
-pub async fn drop_baseline_table(pool: &PgPool, table: &str) -> Result<(), StoreError> {
-    debug_assert_eq!(table, BASELINE_TABLE);
+pub async fn drop_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::raw_sql("DROP TABLE IF EXISTS bench_baseline_customers")
         .execute(pool)
         .await?;

@@ -8,9 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{StoreError, corrupt};
-use crate::domain::customer::{
-    Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata, NewCustomer,
-};
+use crate::domain::customer::{Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
 use crate::store::idempotency::NewOutcome;
 
@@ -59,40 +57,11 @@ impl CustomerRow {
     }
 }
 
-/// Inserts a customer; `None` when a live customer of the tenant already has its external_id.
-pub async fn insert_customer(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    id: CustomerId,
-    new: &NewCustomer,
-    now: OffsetDateTime,
-) -> Result<Option<Customer>, StoreError> {
-    let row = sqlx::query_as!(
-        CustomerRow,
-        r#"INSERT INTO customers (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-           ON CONFLICT (tenant_id, external_id) WHERE deleted_at IS NULL AND external_id IS NOT NULL
-           DO NOTHING
-           RETURNING id, external_id, email, name,
-                     metadata AS "metadata: Json<BTreeMap<String, String>>",
-                     created_at, updated_at, deleted_at"#,
-        tenant.as_uuid(),
-        id.as_uuid(),
-        new.external_id.as_ref().map(ExternalId::as_str),
-        new.email.as_ref().map(Email::as_str),
-        new.name.as_ref().map(CustomerName::as_str),
-        Json(new.metadata.as_map()) as _,
-        now,
-    )
-    .fetch_optional(conn)
-    .await?;
-    row.map(CustomerRow::into_domain).transpose()
-}
-
 /// Inserts a customer, its audit row and (with an idempotency key) the stored outcome, all in
 /// one statement: the cheapest way to commit them together. Any conflict aborts the whole
 /// statement and writes nothing: a unique violation on [`EXTERNAL_ID_INDEX`] (the external id
-/// is taken) or on the idempotency key (used before, or held by a call still running).
+/// is taken) or on the idempotency key (used before, or held by a call still running). Inside
+/// a transaction, that violation aborts the transaction too.
 pub async fn insert_customer_once(
     conn: &mut PgConnection,
     tenant: TenantId,

@@ -2,14 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use coffer::grpc::pb::{
-    self, CreateCustomerRequest, DeleteCustomerRequest, GetCustomerRequest, ListCustomersRequest,
-    UpdateCustomerRequest, get_customer_request::Lookup,
-};
-use prost_types::FieldMask;
+use coffer::grpc::pb::{self, CreateCustomerRequest, DeleteCustomerRequest, ListCustomersRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, details, req};
+use crate::helpers::{TestApp, by_external_id, by_id, details, req, update};
 
 fn create(external_id: &str, email: &str) -> CreateCustomerRequest {
     CreateCustomerRequest {
@@ -17,12 +13,6 @@ fn create(external_id: &str, email: &str) -> CreateCustomerRequest {
         email: email.into(),
         name: "Ada Lovelace".into(),
         metadata: BTreeMap::from([("plan".into(), "pro".into())]),
-    }
-}
-
-fn by_id(id: &str) -> GetCustomerRequest {
-    GetCustomerRequest {
-        lookup: Some(Lookup::Id(id.into())),
     }
 }
 
@@ -53,12 +43,7 @@ async fn create_then_get_by_id_and_external_id() {
         .into_inner();
     assert_eq!(got, created);
     let got = c
-        .get_customer(req(
-            GetCustomerRequest {
-                lookup: Some(Lookup::ExternalId("user-1".into())),
-            },
-            &app.key,
-        ))
+        .get_customer(req(by_external_id("user-1"), &app.key))
         .await
         .unwrap()
         .into_inner();
@@ -107,14 +92,14 @@ async fn update_with_and_without_a_mask() {
     // No mask: every populated field is written, empty ones are left alone.
     let updated = c
         .update_customer(req(
-            UpdateCustomerRequest {
-                customer: Some(pb::Customer {
+            update(
+                pb::Customer {
                     id: created.id.clone(),
                     name: "Ada King".into(),
                     ..Default::default()
-                }),
-                update_mask: None,
-            },
+                },
+                &[],
+            ),
             &app.key,
         ))
         .await
@@ -129,18 +114,16 @@ async fn update_with_and_without_a_mask() {
     // With a mask: exactly its paths; an empty value clears; metadata is replaced whole.
     let updated = c
         .update_customer(req(
-            UpdateCustomerRequest {
-                customer: Some(pb::Customer {
+            update(
+                pb::Customer {
                     id: created.id.clone(),
                     email: String::new(),
                     name: "ignored: not in the mask".into(),
                     metadata: BTreeMap::from([("tier".into(), "gold".into())]),
                     ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["email".into(), "metadata".into()],
-                }),
-            },
+                },
+                &["email", "metadata"],
+            ),
             &app.key,
         ))
         .await
@@ -186,15 +169,15 @@ async fn external_id_is_unique_among_live_customers() {
         .into_inner();
     let err = c
         .update_customer(req(
-            UpdateCustomerRequest {
-                customer: Some(pb::Customer {
+            update(
+                pb::Customer {
                     id: second.id.clone(),
                     external_id: "user-1".into(),
                     name: "changed".into(),
                     ..Default::default()
-                }),
-                update_mask: None,
-            },
+                },
+                &[],
+            ),
             &app.key,
         ))
         .await
@@ -270,14 +253,14 @@ async fn delete_is_soft() {
     assert_eq!(err.code(), Code::NotFound);
     let err = c
         .update_customer(req(
-            UpdateCustomerRequest {
-                customer: Some(pb::Customer {
+            update(
+                pb::Customer {
                     id: created.id.clone(),
                     name: "x".into(),
                     ..Default::default()
-                }),
-                update_mask: None,
-            },
+                },
+                &[],
+            ),
             &app.key,
         ))
         .await

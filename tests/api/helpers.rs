@@ -11,8 +11,11 @@ use coffer::app::App;
 use coffer::app::tenants::KeyFor;
 use coffer::domain::auth::{Scopes, TenantName};
 use coffer::grpc::pb::customers_client::CustomersClient;
+use coffer::grpc::pb::get_customer_request::Lookup;
+use coffer::grpc::pb::{self, GetCustomerRequest, UpdateCustomerRequest};
 use coffer::startup::{ServeError, Server, ServerConfig};
 use coffer::store::pool::{self, PoolConfig};
+use prost_types::FieldMask;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,6 +200,31 @@ pub fn idem<T>(message: T, key: &str, idempotency_key: &str) -> tonic::Request<T
     r.metadata_mut()
         .insert("idempotency-key", idempotency_key.parse().unwrap());
     r
+}
+
+/// GetCustomer by Coffer's id.
+pub fn by_id(id: &str) -> GetCustomerRequest {
+    GetCustomerRequest {
+        lookup: Some(Lookup::Id(id.into())),
+    }
+}
+
+/// GetCustomer by the caller's own id.
+pub fn by_external_id(external_id: &str) -> GetCustomerRequest {
+    GetCustomerRequest {
+        lookup: Some(Lookup::ExternalId(external_id.into())),
+    }
+}
+
+/// UpdateCustomer of `customer.id` with `paths` as the mask; no paths means no mask (every
+/// populated field).
+pub fn update(customer: pb::Customer, paths: &[&str]) -> UpdateCustomerRequest {
+    UpdateCustomerRequest {
+        customer: Some(customer),
+        update_mask: (!paths.is_empty()).then(|| FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
 }
 
 /// The ErrorInfo reason and the BadRequest fields of an error.

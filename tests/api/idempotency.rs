@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use coffer::grpc::pb::{self, CreateCustomerRequest, DeleteCustomerRequest, UpdateCustomerRequest};
+use coffer::grpc::pb::{self, CreateCustomerRequest, DeleteCustomerRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, details, idem};
+use crate::helpers::{TestApp, details, idem, update};
 
 fn create(external_id: &str) -> CreateCustomerRequest {
     CreateCustomerRequest {
@@ -91,13 +91,15 @@ async fn updates_replay_and_the_callers_own_errors_are_stored() {
         .unwrap()
         .into_inner();
 
-    let rename = |name: &str| UpdateCustomerRequest {
-        customer: Some(pb::Customer {
-            id: second.id.clone(),
-            name: name.into(),
-            ..Default::default()
-        }),
-        update_mask: None,
+    let rename = |name: &str| {
+        update(
+            pb::Customer {
+                id: second.id.clone(),
+                name: name.into(),
+                ..Default::default()
+            },
+            &[],
+        )
     };
     let first = c
         .update_customer(idem(rename("One"), &app.key, "u"))

@@ -1,13 +1,10 @@
 //! Tenants never see each other's data: another tenant's customer is NOT_FOUND, never
 //! PERMISSION_DENIED, so ids do not leak.
 
-use coffer::grpc::pb::{
-    self, CreateCustomerRequest, DeleteCustomerRequest, GetCustomerRequest, ListCustomersRequest,
-    UpdateCustomerRequest, get_customer_request::Lookup,
-};
+use coffer::grpc::pb::{self, CreateCustomerRequest, DeleteCustomerRequest, ListCustomersRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, req};
+use crate::helpers::{TestApp, by_external_id, by_id, req, update};
 
 #[tokio::test]
 async fn another_tenant_gets_not_found() {
@@ -27,12 +24,8 @@ async fn another_tenant_gets_not_found() {
         .unwrap()
         .into_inner();
 
-    let by_id = GetCustomerRequest {
-        lookup: Some(Lookup::Id(acme_customer.id.clone())),
-    };
-    let by_external = GetCustomerRequest {
-        lookup: Some(Lookup::ExternalId("user-1".into())),
-    };
+    let by_id = by_id(&acme_customer.id);
+    let by_external = by_external_id("user-1");
     assert_eq!(
         c.get_customer(req(by_id.clone(), &other))
             .await
@@ -49,14 +42,14 @@ async fn another_tenant_gets_not_found() {
     );
     let err = c
         .update_customer(req(
-            UpdateCustomerRequest {
-                customer: Some(pb::Customer {
+            update(
+                pb::Customer {
                     id: acme_customer.id.clone(),
                     name: "hijacked".into(),
                     ..Default::default()
-                }),
-                update_mask: None,
-            },
+                },
+                &[],
+            ),
             &other,
         ))
         .await

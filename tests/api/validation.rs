@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 
 use coffer::grpc::pb::{
     self, CreateCustomerRequest, DeleteCustomerRequest, GetCustomerRequest, ListCustomersRequest,
-    UpdateCustomerRequest, get_customer_request::Lookup,
+    UpdateCustomerRequest,
 };
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{TestApp, details, idem, req};
+use crate::helpers::{TestApp, by_external_id, by_id, details, idem, req, update};
 
 #[tokio::test]
 async fn create_names_each_bad_field() {
@@ -109,15 +108,7 @@ async fn ids_are_checked_for_shape_and_prefix() {
         (wrong_prefix.as_str(), "wrong prefix"),
         ("customer_0000000000000000000000000U", "upper case"),
     ] {
-        let err = c
-            .get_customer(req(
-                GetCustomerRequest {
-                    lookup: Some(Lookup::Id(id.into())),
-                },
-                &app.key,
-            ))
-            .await
-            .unwrap_err();
+        let err = c.get_customer(req(by_id(id), &app.key)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{id}");
         assert_eq!(details(&err).1, vec!["id"]);
         let err = c
@@ -132,12 +123,7 @@ async fn ids_are_checked_for_shape_and_prefix() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = c
-        .get_customer(req(
-            GetCustomerRequest {
-                lookup: Some(Lookup::ExternalId(String::new())),
-            },
-            &app.key,
-        ))
+        .get_customer(req(by_external_id(""), &app.key))
         .await
         .unwrap_err();
     assert_eq!(details(&err).1, vec!["external_id"]);
@@ -159,20 +145,14 @@ async fn update_refuses_unknown_paths_and_bad_values() {
         .unwrap()
         .into_inner();
 
-    let update = |mask: Vec<&str>, customer: pb::Customer| UpdateCustomerRequest {
-        customer: Some(customer),
-        update_mask: Some(FieldMask {
-            paths: mask.into_iter().map(String::from).collect(),
-        }),
-    };
     let err = c
         .update_customer(req(
             update(
-                vec!["id"],
                 pb::Customer {
                     id: created.id.clone(),
                     ..Default::default()
                 },
+                &["id"],
             ),
             &app.key,
         ))
@@ -184,12 +164,12 @@ async fn update_refuses_unknown_paths_and_bad_values() {
     let err = c
         .update_customer(req(
             update(
-                vec!["email"],
                 pb::Customer {
                     id: created.id.clone(),
                     email: "bad".into(),
                     ..Default::default()
                 },
+                &["email"],
             ),
             &app.key,
         ))
@@ -204,12 +184,7 @@ async fn update_refuses_unknown_paths_and_bad_values() {
     assert_eq!(details(&err).1, vec!["customer"]);
 
     let unchanged = c
-        .get_customer(req(
-            GetCustomerRequest {
-                lookup: Some(Lookup::Id(created.id.clone())),
-            },
-            &app.key,
-        ))
+        .get_customer(req(by_id(&created.id), &app.key))
         .await
         .unwrap()
         .into_inner();
