@@ -8,6 +8,7 @@ use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
 use crate::domain::ids::CustomerId;
 use crate::domain::page::{FilterDigest, PageSize, PageToken};
+use crate::store::customers::CustomerInsert;
 use crate::store::{audit, customers as store};
 
 pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
@@ -54,22 +55,30 @@ impl App {
             &ctx,
             call,
             customer,
-            move |conn, customer, outcome| {
-                Box::pin(store::insert_customer_once(
-                    conn, ctx.tenant, ctx.key, customer, outcome,
-                ))
+            &self.customer_writes,
+            |customer, outcome| CustomerInsert {
+                tenant: ctx.tenant,
+                by: ctx.key,
+                customer: customer.clone(),
+                outcome,
             },
             // The general path runs the same statement, with no outcome of its own: `mutate`
             // stores it. A taken external id aborts the statement, which is the refusal.
             move |conn| {
                 Box::pin(async move {
-                    store::insert_customer_once(conn, ctx.tenant, ctx.key, &retry, None)
+                    let row = CustomerInsert {
+                        tenant: ctx.tenant,
+                        by: ctx.key,
+                        customer: retry,
+                        outcome: None,
+                    };
+                    store::insert_customers(conn, std::slice::from_ref(&row))
                         .await
                         .map_err(|e| match e.unique_violation() {
                             Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
                             _ => AppError::from(e),
                         })?;
-                    Ok(retry)
+                    Ok(row.customer)
                 })
             },
         )

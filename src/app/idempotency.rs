@@ -15,10 +15,10 @@ use sqlx::{Connection, PgConnection};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::combine::{Combiner, Written};
 use super::error::{AppError, Rejection, RejectionKind};
 use super::{App, TenantCtx};
 use crate::domain::idempotency::IdempotencyKey;
-use crate::store::StoreError;
 use crate::store::idempotency::{self as store, NewOutcome, Outcome};
 
 /// How long a claim holds a key while its attempt runs.
@@ -55,11 +55,11 @@ pub struct IdempotentCall {
 
 impl IdempotentCall {
     /// The completed outcome to write with a change whose response is known before it runs.
-    pub fn outcome(&self, response: Vec<u8>) -> NewOutcome<'_> {
+    pub fn outcome(&self, response: Vec<u8>) -> NewOutcome {
         NewOutcome {
             method: self.method,
-            key: &self.key,
-            fingerprint: &self.fingerprint.0,
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.0,
             response,
         }
     }
@@ -70,6 +70,16 @@ impl IdempotentCall {
 pub struct Done<T> {
     pub value: T,
     pub replayed: bool,
+}
+
+impl<T> Done<T> {
+    /// A result made by this call, not replayed.
+    fn new(value: T) -> Self {
+        Self {
+            value,
+            replayed: false,
+        }
+    }
 }
 
 /// The work a mutation does inside its transaction.
@@ -114,10 +124,7 @@ impl App {
             let mut tx = conn.begin().await?;
             let value = work(&mut tx).await?;
             tx.commit().await?;
-            return Ok(Done {
-                value,
-                replayed: false,
-            });
+            return Ok(Done::new(value));
         };
 
         let tenant = ctx.tenant;
@@ -156,10 +163,7 @@ impl App {
                     return Err(in_use());
                 }
                 tx.commit().await?;
-                Ok(Done {
-                    value,
-                    replayed: false,
-                })
+                Ok(Done::new(value))
             }
             Err(AppError::Rejected(rejection)) => {
                 tx.rollback().await?;
@@ -195,44 +199,42 @@ impl App {
 
 impl App {
     /// A create: its response is known before it runs, because Coffer picks the id and the
-    /// timestamps. `once` writes the change, its audit row and (with a key) the completed
-    /// outcome in one statement — one round trip, one commit. That statement must have no
-    /// `ON CONFLICT`, so any unique violation (the key was used before or is held by a call
-    /// still running, or the caller's own data conflicts) aborts it whole; then `fallback`
-    /// runs through [`App::mutate`], which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE,
-    /// a stale claim taken over, or the caller's refusal stored against the key.
-    pub async fn create<T, O, F>(
+    /// timestamps. So the change, its audit row and (with a key) the completed outcome are one
+    /// row for `writes`' insert statement, which writes them together with the rows of
+    /// concurrent creates: one statement, one commit for the lot (see [`Combiner`]). That
+    /// statement has no `ON CONFLICT`: any unique violation (a key used before or held by a
+    /// call still running, or the caller's own data conflicting) aborts it whole. A refused
+    /// batch's rows are written alone, and when a row alone conflicts, `fallback` runs through [`App::mutate`],
+    /// which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE, a stale claim taken over, or
+    /// the caller's refusal stored against the key.
+    pub async fn create<T, R, F>(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         value: T,
-        once: O,
+        writes: &Combiner<R>,
+        row: impl FnOnce(&T, Option<NewOutcome>) -> R,
         fallback: F,
     ) -> Result<Done<T>, AppError>
     where
         T: Replayable + Send + 'static,
-        O: for<'c> FnOnce(
-            &'c mut PgConnection,
-            &'c T,
-            Option<&'c NewOutcome<'c>>,
-        ) -> BoxFuture<'c, Result<(), StoreError>>,
+        R: Send + Sync + 'static,
         F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
     {
         let outcome = call.as_ref().map(|c| c.outcome(value.encode_replay()));
-        let mut conn = self.pool.acquire().await?;
-        match once(&mut conn, &value, outcome.as_ref()).await {
-            Ok(()) => {
-                return Ok(Done {
-                    value,
-                    replayed: false,
-                });
+        let written = match writes.submit(row(&value, outcome)).await {
+            Written::Stored => Ok(()),
+            Written::Refused(row) => {
+                let mut conn = self.pool.acquire().await?;
+                writes.insert_alone(&mut conn, row).await
             }
-            Err(e) if e.unique_violation().is_some() => {}
-            Err(e) => return Err(e.into()),
+            Written::Failed(e) => Err(e),
+        };
+        match written {
+            Ok(()) => Ok(Done::new(value)),
+            Err(e) if e.unique_violation().is_some() => self.mutate(ctx, call, fallback).await,
+            Err(e) => Err(e.into()),
         }
-        drop(outcome);
-        drop(conn);
-        self.mutate(ctx, call, fallback).await
     }
 }
 

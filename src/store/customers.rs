@@ -57,47 +57,88 @@ impl CustomerRow {
     }
 }
 
-/// Inserts a customer, its audit row and (with an idempotency key) the stored outcome, all in
-/// one statement: the cheapest way to commit them together. Any conflict aborts the whole
-/// statement and writes nothing: a unique violation on [`EXTERNAL_ID_INDEX`] (the external id
-/// is taken) or on the idempotency key (used before, or held by a call still running). Inside
-/// a transaction, that violation aborts the transaction too.
-pub async fn insert_customer_once(
+/// A customer to insert, with who creates it and, under an idempotency key, the completed
+/// outcome to store with it.
+pub struct CustomerInsert {
+    pub tenant: TenantId,
+    pub by: KeyId,
+    pub customer: Customer,
+    pub outcome: Option<NewOutcome>,
+}
+
+/// Inserts customers, their audit rows and their stored outcomes, all in one statement: the
+/// cheapest way to commit them together, whether `rows` holds one customer or a batch of
+/// concurrent creates. Any conflict aborts the whole statement and writes nothing: a unique
+/// violation on [`EXTERNAL_ID_INDEX`] (the external id is taken) or on an idempotency key
+/// (used before, or held by a call still running). Inside a transaction, that violation
+/// aborts the transaction too.
+pub async fn insert_customers(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    by: KeyId,
-    customer: &Customer,
-    outcome: Option<&NewOutcome<'_>>,
+    rows: &[CustomerInsert],
 ) -> Result<(), StoreError> {
+    let n = rows.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut external_id = Vec::with_capacity(n);
+    let mut email = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut by = Vec::with_capacity(n);
+    let mut method = Vec::with_capacity(n);
+    let mut key = Vec::with_capacity(n);
+    let mut fingerprint = Vec::with_capacity(n);
+    let mut response = Vec::with_capacity(n);
+    for row in rows {
+        let c = &row.customer;
+        tenant.push(row.tenant.as_uuid());
+        id.push(c.id.as_uuid());
+        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
+        email.push(c.email.as_ref().map(Email::as_str));
+        name.push(c.name.as_ref().map(CustomerName::as_str));
+        metadata.push(Json(c.metadata.as_map()));
+        created_at.push(c.created_at);
+        by.push(row.by.as_uuid());
+        let outcome = row.outcome.as_ref();
+        method.push(outcome.map(|o| o.method));
+        key.push(outcome.map(|o| o.key.as_str()));
+        fingerprint.push(outcome.map(|o| &o.fingerprint[..]));
+        response.push(outcome.map(|o| &o.response[..]));
+    }
     sqlx::query!(
-        r#"WITH c AS (
-               INSERT INTO customers
-                   (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-               RETURNING tenant_id, id),
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::text[],
+                                    $10::text[], $11::bytea[], $12::bytea[])
+                   AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
+                        method, key, fingerprint, response)),
            a AS (
                INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
-               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c),
+               SELECT tenant_id, key_id, 'customer.created', 'customer', id FROM input),
            k AS (
                INSERT INTO idempotency_keys
                    (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response)
-               SELECT tenant_id, $9, $10, $11, 'completed', id, now(), $12 FROM c
-               WHERE $10::text IS NOT NULL)
-           SELECT id FROM c"#,
-        tenant.as_uuid(),
-        customer.id.as_uuid(),
-        customer.external_id.as_ref().map(ExternalId::as_str),
-        customer.email.as_ref().map(Email::as_str),
-        customer.name.as_ref().map(CustomerName::as_str),
-        Json(customer.metadata.as_map()) as _,
-        customer.created_at,
-        by.as_uuid(),
-        outcome.map(|o| o.method),
-        outcome.map(|o| o.key.as_str()),
-        outcome.map(|o| &o.fingerprint[..]),
-        outcome.map(|o| &o.response[..]),
+               SELECT tenant_id, method, key, fingerprint, 'completed', id, now(), response
+               FROM input
+               WHERE key IS NOT NULL)
+           INSERT INTO customers
+               (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
+           SELECT tenant_id, id, external_id, email, name, metadata, created_at, created_at
+           FROM input"#,
+        &tenant,
+        &id,
+        &external_id as _,
+        &email as _,
+        &name as _,
+        &metadata as _,
+        &created_at,
+        &by,
+        &method as _,
+        &key as _,
+        &fingerprint as _,
+        &response as _,
     )
-    .fetch_one(conn)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -11,10 +11,10 @@ use crate::domain::ids::TenantId;
 pub const RETENTION_SECS: i64 = 24 * 3600;
 
 /// A completed outcome written by the same statement as the change it records.
-pub struct NewOutcome<'a> {
-    pub method: &'a str,
-    pub key: &'a IdempotencyKey,
-    pub fingerprint: &'a [u8; 32],
+pub struct NewOutcome {
+    pub method: &'static str,
+    pub key: IdempotencyKey,
+    pub fingerprint: [u8; 32],
     pub response: Vec<u8>,
 }
 

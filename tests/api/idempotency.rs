@@ -251,3 +251,55 @@ async fn a_crashed_claim_expires_and_old_keys_are_swept() {
         .unwrap();
     assert_eq!(left, vec!["busy"]);
 }
+
+#[tokio::test]
+async fn concurrent_creates_racing_for_one_external_id_get_one_winner_and_stored_refusals() {
+    let app = TestApp::spawn().await;
+    let channel = app.channel().await;
+    let key = Arc::new(app.key.clone());
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let mut c = pb::customers_client::CustomersClient::new(channel.clone());
+        let (key, barrier) = (key.clone(), barrier.clone());
+        calls.spawn(async move {
+            barrier.wait().await;
+            let k = format!("race-{i}");
+            let first = c.create_customer(idem(create("contested"), &key, &k)).await;
+            let again = c.create_customer(idem(create("contested"), &key, &k)).await;
+            (first, again)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        let (first, again) = result.unwrap();
+        match (first, again) {
+            (Ok(first), Ok(again)) => {
+                assert!(!replayed(&first) && replayed(&again));
+                assert_eq!(first.get_ref(), again.get_ref());
+                winners.push(first.into_inner().id);
+            }
+            (Err(first), Err(again)) => {
+                for status in [first, again] {
+                    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                    assert_eq!(details(&status).0, "CUSTOMER_EXTERNAL_ID_TAKEN");
+                }
+            }
+            (first, again) => panic!("a replay differs: {first:?} then {again:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one call creates the customer");
+    assert_eq!(app.customer_rows().await, 1);
+    let (completed, audited): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM idempotency_keys WHERE state = 'completed'),
+                (SELECT count(*) FROM audit_log WHERE object_type = 'customer')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (completed, audited),
+        (20, 1),
+        "every outcome stored, one change audited"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod combine;
 mod customers;
 mod health;
 mod helpers;

@@ -1,0 +1,199 @@
+//! The write combiner against real Postgres: a row that finds a writer free is written at
+//! once; rows that queue while every writer is busy go in one statement and one transaction;
+//! a batch with a conflict writes nothing and hands every row back to be written alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer::app::combine::{Combiner, Written};
+use coffer::domain::customer::{Customer, ExternalId, Metadata};
+use coffer::domain::idempotency::IdempotencyKey;
+use coffer::domain::ids::{CustomerId, KeyId, TenantId};
+use coffer::store::customers::{self, CustomerInsert, EXTERNAL_ID_INDEX};
+use coffer::store::idempotency::NewOutcome;
+use sqlx::{Connection, PgConnection, PgPool};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use crate::helpers::{TestDb, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn row(tenant: TenantId, external_id: &str) -> CustomerInsert {
+    let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    CustomerInsert {
+        tenant,
+        by: KeyId::generate(),
+        customer: Customer {
+            id: CustomerId::generate(),
+            external_id: Some(ExternalId::parse(external_id).unwrap()),
+            email: None,
+            name: None,
+            metadata: Metadata::parse(&BTreeMap::new()).unwrap(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        },
+        outcome: Some(NewOutcome {
+            method: "/coffer.v1.Customers/CreateCustomer",
+            key: IdempotencyKey::parse(&format!("key-{external_id}")).unwrap(),
+            fingerprint: [7; 32],
+            response: external_id.as_bytes().to_vec(),
+        }),
+    }
+}
+
+fn start(pool: &PgPool) -> Arc<Combiner<CustomerInsert>> {
+    // One writer, so a blocked batch holds back everything submitted after it.
+    Arc::new(Combiner::new(pool.clone(), 1, |conn, rows| {
+        Box::pin(customers::insert_customers(conn, rows))
+    }))
+}
+
+/// Holds `external_id` in an uncommitted transaction, so a batch that inserts it waits.
+async fn hold(db: &TestDb, tenant: TenantId, external_id: &str) -> PgConnection {
+    let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    let r = row(tenant, external_id);
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, id, external_id, created_at, updated_at)
+         VALUES ($1, $2, $3, now(), now())",
+    )
+    .bind(tenant.as_uuid())
+    .bind(r.customer.id.as_uuid())
+    .bind(external_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn
+}
+
+async fn blocked_on_lock(pool: &PgPool) -> bool {
+    eventually(WAIT, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        waiting == 1
+    })
+    .await
+}
+
+fn submit(
+    combiner: &Arc<Combiner<CustomerInsert>>,
+    r: CustomerInsert,
+) -> JoinHandle<Written<CustomerInsert>> {
+    let combiner = combiner.clone();
+    tokio::spawn(async move { combiner.submit(r).await })
+}
+
+/// How many transactions wrote the customers, audit rows and keys of `external_ids`.
+async fn transactions(pool: &PgPool, external_ids: &[&str]) -> (i64, i64, i64, i64) {
+    let keys: Vec<String> = external_ids.iter().map(|e| format!("key-{e}")).collect();
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM customers WHERE external_id = ANY($1)),
+                (SELECT count(DISTINCT c.xmin::text) FROM customers c
+                   JOIN audit_log a ON a.object_id = c.id AND a.xmin::text = c.xmin::text
+                   JOIN idempotency_keys k ON k.lease_id = c.id AND k.xmin::text = c.xmin::text
+                 WHERE c.external_id = ANY($1)),
+                (SELECT count(*) FROM audit_log a JOIN customers c ON a.object_id = c.id
+                 WHERE c.external_id = ANY($1)),
+                (SELECT count(*) FROM idempotency_keys WHERE key = ANY($2))",
+    )
+    .bind(external_ids)
+    .bind(&keys)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rows_queued_behind_a_busy_writer_commit_in_one_transaction() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let combiner = start(&pool);
+    let tenant = TenantId::generate();
+
+    let blocker = hold(&db, tenant, "held").await;
+    let first = submit(&combiner, row(tenant, "held"));
+    assert!(
+        blocked_on_lock(&pool).await,
+        "the first batch waits on the held row"
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let queued: Vec<_> = names
+        .iter()
+        .map(|n| submit(&combiner, row(tenant, n)))
+        .collect();
+    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+
+    blocker.close().await.unwrap(); // rolls back: "held" is free again
+    assert!(matches!(first.await.unwrap(), Written::Stored));
+    for call in queued {
+        assert!(matches!(call.await.unwrap(), Written::Stored));
+    }
+    // Eight customers, each with its audit row and stored outcome, from one transaction.
+    assert_eq!(transactions(&pool, &names).await, (8, 1, 8, 8));
+    assert_eq!(transactions(&pool, &["held"]).await, (1, 1, 1, 1));
+}
+
+#[tokio::test]
+async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let combiner = start(&pool);
+    let tenant = TenantId::generate();
+
+    let mut blocker = hold(&db, tenant, "held").await;
+    let first = submit(&combiner, row(tenant, "held"));
+    assert!(blocked_on_lock(&pool).await);
+    // "p" twice: the second one conflicts with the first, inside one batch.
+    let names = ["p", "q", "r", "s", "p"];
+    let queued: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut r = row(tenant, n);
+            r.outcome.as_mut().unwrap().key = IdempotencyKey::parse(&format!("k{i}")).unwrap();
+            submit(&combiner, r)
+        })
+        .collect();
+    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap(); // "held" is taken now
+    let Written::Failed(alone) = first.await.unwrap() else {
+        panic!("a row written alone reports its own conflict");
+    };
+    assert_eq!(alone.unique_violation(), Some(EXTERNAL_ID_INDEX));
+    let mut refused = Vec::new();
+    for call in queued {
+        let Written::Refused(r) = call.await.unwrap() else {
+            panic!("every row of a refused batch comes back");
+        };
+        refused.push(r);
+    }
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM audit_log)
+              + (SELECT count(*) FROM idempotency_keys)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(written, 1, "only the blocker's own customer exists");
+
+    let mut conn = pool.acquire().await.unwrap();
+    let mut outcomes = Vec::new();
+    for r in refused {
+        outcomes.push(match combiner.insert_alone(&mut conn, r).await {
+            Ok(()) => None,
+            Err(e) => e.unique_violation().map(str::to_owned),
+        });
+    }
+    let taken = Some(EXTERNAL_ID_INDEX.to_owned());
+    assert_eq!(outcomes, [None, None, None, None, taken]);
+    assert_eq!(transactions(&pool, &["p", "q", "r", "s"]).await.0, 4);
+}
