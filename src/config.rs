@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::pool::PoolConfig;
+
 #[derive(Debug, Parser)]
 #[command(name = "coffer", version, about = "Payments and billing over gRPC")]
 pub struct Cli {
@@ -68,6 +70,17 @@ pub struct DbArgs {
     pub db_statement_timeout: Duration,
 }
 
+impl DbArgs {
+    /// The pool settings these flags give.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+            statement_timeout: self.db_statement_timeout,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server, the admin listener and the workers.
@@ -118,13 +131,18 @@ pub enum KeyCommand {
     /// Create a key and print it alone on stdout. It is shown once, never again.
     Create {
         /// The tenant the key belongs to.
-        #[arg(long, conflicts_with = "system", required_unless_present = "system")]
+        #[arg(
+            long,
+            env = "COFFER_KEY_TENANT",
+            conflicts_with = "system",
+            required_unless_present = "system"
+        )]
         tenant: Option<String>,
         /// A system key (events:ingest only), which belongs to no tenant.
-        #[arg(long)]
+        #[arg(long, env = "COFFER_KEY_SYSTEM")]
         system: bool,
         /// Comma-separated: read, write, admin, events:ingest.
-        #[arg(long)]
+        #[arg(long, env = "COFFER_KEY_SCOPES")]
         scopes: String,
     },
     /// List keys (ids and scopes, never secrets).

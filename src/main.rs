@@ -12,7 +12,7 @@ use coffer::domain::auth::{Scopes, TenantName};
 use coffer::domain::ids::KeyId;
 use coffer::pg_local::{self, Source};
 use coffer::startup::{Server, ServerConfig};
-use coffer::store::pool::{self, PoolConfig};
+use coffer::store::pool;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
@@ -84,14 +84,7 @@ async fn open_database(db: &DbArgs, state_dir: &Path, discover: bool) -> anyhow:
     pool::create_database_if_missing(&options)
         .await
         .context("connecting to Postgres to create the database")?;
-    let pool = pool::pool(
-        &options,
-        &PoolConfig {
-            max_connections: db.db_max_connections,
-            acquire_timeout: db.db_acquire_timeout,
-            statement_timeout: db.db_statement_timeout,
-        },
-    );
+    let pool = pool::pool(&options, &db.pool_config());
     pool::migrate(&pool).await.context("applying migrations")?;
     Ok(Database {
         pool,

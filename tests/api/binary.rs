@@ -73,8 +73,13 @@ impl Drop for TempDir {
 }
 
 fn coffer(db: &TestDb, state: &Path, args: &[&str]) -> Output {
+    coffer_with_env(db, state, args, &[])
+}
+
+fn coffer_with_env(db: &TestDb, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("DATABASE_URL", db_url(db))
         .env("COFFER_STATE_DIR", state)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -110,10 +115,15 @@ async fn tenant_and_key_commands() {
     );
     assert!(out.status.success());
     let reader = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = coffer(
+    // The flags' environment fallbacks.
+    let out = coffer_with_env(
         &db,
         &state.0,
-        &["key", "create", "--system", "--scopes", "events:ingest"],
+        &["key", "create"],
+        &[
+            ("COFFER_KEY_SYSTEM", "true"),
+            ("COFFER_KEY_SCOPES", "events:ingest"),
+        ],
     );
     assert!(
         out.status.success(),

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod combine;
+mod config;
 mod customers;
 mod health;
 mod helpers;
