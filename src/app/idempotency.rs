@@ -204,9 +204,9 @@ impl App {
     /// concurrent creates: one statement, one commit for the lot (see [`Combiner`]). That
     /// statement has no `ON CONFLICT`: any unique violation (a key used before or held by a
     /// call still running, or the caller's own data conflicting) aborts it whole. A refused
-    /// batch's rows are written alone, and when a row alone conflicts, `fallback` runs through [`App::mutate`],
-    /// which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE, a stale claim taken over, or
-    /// the caller's refusal stored against the key.
+    /// batch's rows are written alone, and when a row alone conflicts, `fallback` runs through
+    /// [`App::mutate`], which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE, a stale claim
+    /// taken over, or the caller's refusal stored against the key.
     pub async fn create<T, R, F>(
         &self,
         ctx: &TenantCtx,
