@@ -91,6 +91,14 @@ fn submit(
     tokio::spawn(async move { combiner.submit(r).await })
 }
 
+/// The answer to a submitted row; a row left in the queue fails the test instead of hanging it.
+async fn answer(call: JoinHandle<Written<CustomerInsert>>) -> Written<CustomerInsert> {
+    tokio::time::timeout(WAIT, call)
+        .await
+        .expect("every submitted row is answered")
+        .unwrap()
+}
+
 /// How many transactions wrote the customers, audit rows and keys of `external_ids`.
 async fn transactions(pool: &PgPool, external_ids: &[&str]) -> (i64, i64, i64, i64) {
     let keys: Vec<String> = external_ids.iter().map(|e| format!("key-{e}")).collect();
@@ -132,9 +140,9 @@ async fn rows_queued_behind_a_busy_writer_commit_in_one_transaction() {
     assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
 
     blocker.close().await.unwrap(); // rolls back: "held" is free again
-    assert!(matches!(first.await.unwrap(), Written::Stored));
+    assert!(matches!(answer(first).await, Written::Stored));
     for call in queued {
-        assert!(matches!(call.await.unwrap(), Written::Stored));
+        assert!(matches!(answer(call).await, Written::Stored));
     }
     // Eight customers, each with its audit row and stored outcome, from one transaction.
     assert_eq!(transactions(&pool, &names).await, (8, 1, 8, 8));
@@ -165,13 +173,13 @@ async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone()
     assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
 
     sqlx::query("COMMIT").execute(&mut blocker).await.unwrap(); // "held" is taken now
-    let Written::Failed(alone) = first.await.unwrap() else {
+    let Written::Failed(alone) = answer(first).await else {
         panic!("a row written alone reports its own conflict");
     };
     assert_eq!(alone.unique_violation(), Some(EXTERNAL_ID_INDEX));
     let mut refused = Vec::new();
     for call in queued {
-        let Written::Refused(r) = call.await.unwrap() else {
+        let Written::Refused(r) = answer(call).await else {
             panic!("every row of a refused batch comes back");
         };
         refused.push(r);
@@ -196,4 +204,29 @@ async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone()
     let taken = Some(EXTERNAL_ID_INDEX.to_owned());
     assert_eq!(outcomes, [None, None, None, None, taken]);
     assert_eq!(transactions(&pool, &["p", "q", "r", "s"]).await.0, 4);
+}
+
+#[tokio::test]
+async fn a_cancelled_writer_hands_its_slot_to_the_rows_queued_behind_it() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let combiner = start(&pool);
+    let tenant = TenantId::generate();
+
+    let _blocker = hold(&db, tenant, "held").await;
+    let first = submit(&combiner, row(tenant, "held"));
+    assert!(blocked_on_lock(&pool).await);
+    let names = ["x", "y", "z"];
+    let queued: Vec<_> = names
+        .iter()
+        .map(|n| submit(&combiner, row(tenant, n)))
+        .collect();
+    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+
+    // The caller writing "held" goes away while its statement still waits on the lock.
+    first.abort();
+    for call in queued {
+        assert!(matches!(answer(call).await, Written::Stored));
+    }
+    assert_eq!(transactions(&pool, &names).await, (3, 1, 3, 3));
 }
