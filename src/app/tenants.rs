@@ -82,6 +82,7 @@ impl App {
         let tenant = store::revoke_api_key(&mut tx, id).await?.ok_or_else(|| {
             AppError::not_found(REASON_KEY_NOT_FOUND, format!("no active key {id}"))
         })?;
+        tracing::info!(key_id = %id, owner = %owner_label(tenant), "api key revoked");
         if let Some(tenant) = tenant {
             audit::insert_audit(
                 &mut tx,
@@ -110,7 +111,9 @@ async fn insert_key(
         KeyOwner::System => None,
     };
     store::insert_api_key(conn, key.id(), tenant, &scopes.as_strs(), &key.hash()).await?;
-    // System keys belong to no tenant; their creation shows in `coffer key list`.
+    // The log line is the record of a system key, which has no tenant to own an audit row.
+    // It names the key by id; the secret is never logged.
+    tracing::info!(key_id = %key.id(), owner = %owner_label(tenant), %scopes, "api key created");
     if let Some(tenant) = tenant {
         audit::insert_audit(
             conn,
@@ -123,4 +126,9 @@ async fn insert_key(
         .await?;
     }
     Ok(key)
+}
+
+/// A key's owner in log lines: the tenant's id, or "system".
+fn owner_label(tenant: Option<TenantId>) -> String {
+    tenant.map_or_else(|| "system".to_owned(), |t| t.to_string())
 }

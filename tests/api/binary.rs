@@ -125,11 +125,19 @@ async fn tenant_and_key_commands() {
             ("COFFER_KEY_SCOPES", "events:ingest"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    // A system key has no tenant to own an audit row; its log line is the record.
+    let system = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let system_id = format!("key_{}", &system[3..29]);
+    let created = logs
+        .lines()
+        .find(|l| l.contains("api key created"))
+        .expect("a log line for the new key");
+    for field in [system_id.as_str(), "\"owner\":\"system\"", "events:ingest"] {
+        assert!(created.contains(field), "{field} in {created}");
+    }
+    assert!(!logs.contains(&system[30..]), "the secret is never logged");
     let out = coffer(
         &db,
         &state.0,
