@@ -18,6 +18,10 @@
 //! A batch of queued rows is written on its own task, so a caller that goes away cancels
 //! nothing but its wait. A caller writing its own row alone can be cancelled mid-statement;
 //! that is safe because the statement commits whole or not at all.
+//!
+//! Every statement has a client span, `INSERT <table>`. A row written alone is a child of its
+//! caller's span; a batch belongs to no one caller, so its span is a root that links to the
+//! span of every caller whose row it carries, and `coffer.batch.rows` says how many.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +56,8 @@ pub enum Written<R> {
 struct Entry<R> {
     row: R,
     reply: oneshot::Sender<Written<R>>,
+    /// The caller's span, which the batch's span links to.
+    caller: tracing::Span,
 }
 
 struct Inner<R> {
@@ -61,6 +67,8 @@ struct Inner<R> {
     slots: Arc<Semaphore>,
     pool: PgPool,
     insert: InsertFn<R>,
+    /// The table the statement inserts into, for its spans.
+    table: &'static str,
 }
 
 /// Writer slots and a queue of rows for one insert statement.
@@ -69,15 +77,16 @@ pub struct Combiner<R> {
 }
 
 impl<R: Send + Sync + 'static> Combiner<R> {
-    /// `writers` bounds the statements in flight, and so the pool connections this combiner
-    /// holds at once. Fewer writers make larger batches.
-    pub fn new(pool: PgPool, writers: usize, insert: InsertFn<R>) -> Self {
+    /// `insert` writes rows into `table`. `writers` bounds the statements in flight, and so
+    /// the pool connections this combiner holds at once. Fewer writers make larger batches.
+    pub fn new(pool: PgPool, writers: usize, table: &'static str, insert: InsertFn<R>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 queue: Mutex::default(),
                 slots: Arc::new(Semaphore::new(writers.max(1))),
                 pool,
                 insert,
+                table,
             }),
         }
     }
@@ -91,7 +100,8 @@ impl<R: Send + Sync + 'static> Combiner<R> {
                     inner: inner.clone(),
                     permit: Some(permit),
                 };
-                let written = inner.write_one(row).await;
+                let span = inner.statement_span(1);
+                let written = inner.write_one(row).instrument(span).await;
                 drop(slot);
                 return written;
             }
@@ -123,7 +133,8 @@ impl<R: Send + Sync + 'static> Combiner<R> {
 impl<R> Entry<R> {
     fn new(row: R) -> (Self, oneshot::Receiver<Written<R>>) {
         let (reply, answer) = oneshot::channel();
-        (Self { row, reply }, answer)
+        let caller = tracing::Span::current();
+        (Self { row, reply, caller }, answer)
     }
 }
 
@@ -158,11 +169,28 @@ impl<R: Send + Sync + 'static> Inner<R> {
             if batch.is_empty() {
                 break;
             }
-            let span = tracing::debug_span!("batch insert", db.operation.batch.size = batch.len());
+            let span = self.statement_span(batch.len());
+            for entry in &batch {
+                span.follows_from(entry.caller.id());
+            }
             self.write_batch(batch).instrument(span).await;
         }
         drop(permit);
         self.kick();
+    }
+
+    /// The client span of one statement: the current span's child, or in a drain task (which
+    /// has none) a root.
+    fn statement_span(&self, rows: usize) -> tracing::Span {
+        tracing::info_span!(
+            "db statement",
+            otel.name = format!("INSERT {}", self.table),
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = self.table,
+            coffer.batch.rows = rows as i64,
+        )
     }
 
     async fn write_one(&self, row: R) -> Written<R> {

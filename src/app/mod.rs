@@ -35,6 +35,7 @@ impl App {
             customer_writes: Arc::new(combine::Combiner::new(
                 pool.clone(),
                 writers,
+                "customers",
                 |conn, rows| Box::pin(crate::store::customers::insert_customers(conn, rows)),
             )),
             pool,

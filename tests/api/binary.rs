@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -416,18 +417,60 @@ impl TraceService for Receiver {
     }
 }
 
+impl Receiver {
+    /// Serves OTLP on a free port; returns the environment that points `coffer serve` at it.
+    async fn start() -> (Self, Vec<(&'static str, String)>) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp_addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ];
+        (receiver, env)
+    }
+
+    fn spans(&self) -> Vec<OtlpSpan> {
+        let exports = self.0.lock().unwrap().clone();
+        exports
+            .into_iter()
+            .flat_map(|e| e.resource_spans)
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attr(span: &OtlpSpan, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.clone())
+}
+
+/// A request that continues the trace `trace_id` from the caller's span `parent`.
+fn traced<T>(message: T, key: &str, trace_id: &str, parent: &str) -> tonic::Request<T> {
+    let mut r = req(message, key);
+    r.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+    );
+    r
+}
+
 #[tokio::test]
 async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp_addr = listener.local_addr().unwrap();
-    let service = TraceServiceServer::new(receiver.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-
+    let (receiver, otlp_env) = Receiver::start().await;
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, key) = coffer::app::App::new(pool)
@@ -436,38 +479,23 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
         .unwrap();
     let key = key.expose().to_owned();
     let state = TempDir::new();
-    let served = Served::start(
-        &db,
-        &state.0,
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}")),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ],
-    )
-    .await;
+    let served = Served::start(&db, &state.0, &[], &otlp_env).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_span = "00f067aa0ba902b7";
     let mut c = served.customers().await;
-    let mut r = req(CreateCustomerRequest::default(), &key);
-    r.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_span}-01").parse().unwrap(),
+    let r = traced(
+        CreateCustomerRequest::default(),
+        &key,
+        trace_id,
+        parent_span,
     );
     c.create_customer(r).await.unwrap();
     served.sigterm();
     let (code, logs) = served.wait().await;
     assert_eq!(code, Some(0), "{logs}");
 
-    let exports = receiver.0.lock().unwrap().clone();
-    let spans: Vec<_> = exports
-        .iter()
-        .flat_map(|e| &e.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .collect();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let spans = receiver.spans();
     let span = spans
         .iter()
         .find(|s| s.name == "coffer.v1.Customers/CreateCustomer")
@@ -484,31 +512,136 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
     );
     assert_eq!(hex(&span.parent_span_id), parent_span);
     assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
-    let attr = |k: &str| {
-        span.attributes
-            .iter()
-            .find(|a| a.key == k)
-            .and_then(|a| a.value.as_ref()?.value.clone())
-    };
-    assert_eq!(attr("rpc.system"), Some(Value::StringValue("grpc".into())));
     assert_eq!(
-        attr("rpc.service"),
+        attr(span, "rpc.system"),
+        Some(Value::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attr(span, "rpc.service"),
         Some(Value::StringValue("coffer.v1.Customers".into()))
     );
     assert_eq!(
-        attr("rpc.method"),
+        attr(span, "rpc.method"),
         Some(Value::StringValue("CreateCustomer".into()))
     );
-    assert_eq!(attr("rpc.grpc.status_code"), Some(Value::IntValue(0)));
+    assert_eq!(attr(span, "rpc.grpc.status_code"), Some(Value::IntValue(0)));
     // The key is never an attribute.
-    let all = format!("{exports:?}");
+    let all = format!("{:?}", receiver.0.lock().unwrap());
     assert!(!all.contains(&key[30..]));
-    // The use case's own span is a child in the same trace.
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.name == "create_customer" && hex(&s.trace_id) == trace_id)
+    // The use case's span is a child in the same trace, and the statement's span its child.
+    let use_case = spans
+        .iter()
+        .find(|s| s.name == "create_customer" && hex(&s.trace_id) == trace_id)
+        .expect("the use case's span");
+    let statement = spans
+        .iter()
+        .find(|s| s.name == "INSERT customers" && hex(&s.trace_id) == trace_id)
+        .expect("the statement's span");
+    assert_eq!(statement.parent_span_id, use_case.span_id);
+    assert_eq!(statement.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(
+        attr(statement, "db.system.name"),
+        Some(Value::StringValue("postgresql".into()))
     );
+}
+
+/// Creates that queue behind a busy writer are written by one statement, whose span is a root
+/// linking to every caller's span.
+#[tokio::test]
+async fn a_batched_statement_links_to_the_span_of_every_caller() {
+    let (receiver, otlp_env) = Receiver::start().await;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (tenant, key) = coffer::app::App::new(pool.clone())
+        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let key = key.expose().to_owned();
+    let state = TempDir::new();
+    // Four connections make one writer slot, so one blocked statement holds the others back.
+    let served = Served::start(&db, &state.0, &["--db-max-connections", "4"], &otlp_env).await;
+
+    // Hold external id "held" in an open transaction: the create that inserts it waits.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, id, external_id, created_at, updated_at)
+         VALUES ($1, gen_random_uuid(), 'held', now(), now())",
+    )
+    .bind(tenant.as_uuid())
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let create = |external_id: &str, trace_id: &str| {
+        let message = CreateCustomerRequest {
+            external_id: external_id.into(),
+            ..Default::default()
+        };
+        traced(message, &key, trace_id, "00f067aa0ba902b7")
+    };
+    let c = served.customers().await;
+    let mut held = c.clone();
+    let first = create("held", "11111111111111111111111111111111");
+    let first = tokio::spawn(async move { held.create_customer(first).await });
+    let waiting = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    assert!(waiting, "the first create waits on the held row");
+    let traces = [
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    ];
+    let queued: Vec<_> = traces
+        .iter()
+        .enumerate()
+        .map(|(i, trace_id)| {
+            let mut c = c.clone();
+            let r = create(&format!("queued-{i}"), trace_id);
+            tokio::spawn(async move { c.create_customer(r).await })
+        })
+        .collect();
+    // The queue is inside the server; give both calls time to reach it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocker.rollback().await.unwrap();
+    first.await.unwrap().unwrap();
+    for call in queued {
+        call.await.unwrap().unwrap();
+    }
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+
+    let spans = receiver.spans();
+    let batch = spans
+        .iter()
+        .find(|s| {
+            s.name == "INSERT customers" && attr(s, "coffer.batch.rows") == Some(Value::IntValue(2))
+        })
+        .unwrap_or_else(|| {
+            let seen: Vec<_> = spans
+                .iter()
+                .map(|s| (&s.name, hex(&s.trace_id), attr(s, "coffer.batch.rows")))
+                .collect();
+            panic!("no batch of two among {seen:#?}")
+        });
+    assert!(batch.parent_span_id.is_empty(), "a batch has no one parent");
+    let mut linked: Vec<String> = batch.links.iter().map(|l| hex(&l.trace_id)).collect();
+    linked.sort();
+    assert_eq!(linked, traces, "linked to both callers' traces");
+    for link in &batch.links {
+        let caller = spans
+            .iter()
+            .find(|s| s.span_id == link.span_id)
+            .expect("the linked span is exported");
+        assert_eq!(caller.name, "create_customer");
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn row(tenant: TenantId, external_id: &str) -> CustomerInsert {
 
 fn start(pool: &PgPool) -> Arc<Combiner<CustomerInsert>> {
     // One writer, so a blocked batch holds back everything submitted after it.
-    Arc::new(Combiner::new(pool.clone(), 1, |conn, rows| {
+    Arc::new(Combiner::new(pool.clone(), 1, "customers", |conn, rows| {
         Box::pin(customers::insert_customers(conn, rows))
     }))
 }
