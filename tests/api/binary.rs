@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{TestDb, eventually, req};
+use crate::helpers::{TestDb, eventually, hold_external_id, one_session_waits_on_a_lock, req};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -180,6 +180,16 @@ async fn tenant_and_key_commands() {
     );
 }
 
+/// Migrates `db` and creates the tenant "acme"; returns a pool, the tenant and its key.
+async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::TenantId, String) {
+    let pool = db.pool().await;
+    let (tenant, key) = coffer::app::App::new(pool.clone())
+        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
+        .await
+        .unwrap();
+    (pool, tenant, key.expose().to_owned())
+}
+
 /// A running `coffer serve` child process.
 struct Served {
     child: Child,
@@ -332,12 +342,7 @@ async fn serve_dev_keeps_and_prints_its_key() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, key) = coffer::app::App::new(pool.clone())
-        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
-        .await
-        .unwrap();
-    let key = key.expose().to_owned();
+    let (pool, _, key) = acme(&db).await;
     let state = TempDir::new();
     let served = Served::start(&db, &state.0, &[], &[]).await;
 
@@ -472,12 +477,7 @@ fn traced<T>(message: T, key: &str, trace_id: &str, parent: &str) -> tonic::Requ
 async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
     let (receiver, otlp_env) = Receiver::start().await;
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, key) = coffer::app::App::new(pool)
-        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
-        .await
-        .unwrap();
-    let key = key.expose().to_owned();
+    let (_, _, key) = acme(&db).await;
     let state = TempDir::new();
     let served = Served::start(&db, &state.0, &[], &otlp_env).await;
 
@@ -551,26 +551,13 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
 async fn a_batched_statement_links_to_the_span_of_every_caller() {
     let (receiver, otlp_env) = Receiver::start().await;
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (tenant, key) = coffer::app::App::new(pool.clone())
-        .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
-        .await
-        .unwrap();
-    let key = key.expose().to_owned();
+    let (pool, tenant, key) = acme(&db).await;
     let state = TempDir::new();
     // Four connections make one writer slot, so one blocked statement holds the others back.
     let served = Served::start(&db, &state.0, &["--db-max-connections", "4"], &otlp_env).await;
 
     // Hold external id "held" in an open transaction: the create that inserts it waits.
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO customers (tenant_id, id, external_id, created_at, updated_at)
-         VALUES ($1, gen_random_uuid(), 'held', now(), now())",
-    )
-    .bind(tenant.as_uuid())
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = hold_external_id(&pool, tenant, "held").await;
     let create = |external_id: &str, trace_id: &str| {
         let message = CreateCustomerRequest {
             external_id: external_id.into(),
@@ -582,18 +569,10 @@ async fn a_batched_statement_links_to_the_span_of_every_caller() {
     let mut held = c.clone();
     let first = create("held", "11111111111111111111111111111111");
     let first = tokio::spawn(async move { held.create_customer(first).await });
-    let waiting = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-            == 1
-    })
-    .await;
-    assert!(waiting, "the first create waits on the held row");
+    assert!(
+        one_session_waits_on_a_lock(&pool).await,
+        "the first create waits on the held row"
+    );
     let traces = [
         "22222222222222222222222222222222",
         "33333333333333333333333333333333",

@@ -12,11 +12,11 @@ use coffer::domain::idempotency::IdempotencyKey;
 use coffer::domain::ids::{CustomerId, KeyId, TenantId};
 use coffer::store::customers::{self, CustomerInsert, EXTERNAL_ID_INDEX};
 use coffer::store::idempotency::NewOutcome;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{TestDb, eventually};
+use crate::helpers::{TestDb, eventually, hold_external_id, one_session_waits_on_a_lock};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -49,38 +49,6 @@ fn start(pool: &PgPool) -> Arc<Combiner<CustomerInsert>> {
     Arc::new(Combiner::new(pool.clone(), 1, "customers", |conn, rows| {
         Box::pin(customers::insert_customers(conn, rows))
     }))
-}
-
-/// Holds `external_id` in an uncommitted transaction, so a batch that inserts it waits.
-async fn hold(db: &TestDb, tenant: TenantId, external_id: &str) -> PgConnection {
-    let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-    let r = row(tenant, external_id);
-    sqlx::query(
-        "INSERT INTO customers (tenant_id, id, external_id, created_at, updated_at)
-         VALUES ($1, $2, $3, now(), now())",
-    )
-    .bind(tenant.as_uuid())
-    .bind(r.customer.id.as_uuid())
-    .bind(external_id)
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn
-}
-
-async fn blocked_on_lock(pool: &PgPool) -> bool {
-    eventually(WAIT, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        waiting == 1
-    })
-    .await
 }
 
 fn submit(
@@ -126,10 +94,10 @@ async fn rows_queued_behind_a_busy_writer_commit_in_one_transaction() {
     let combiner = start(&pool);
     let tenant = TenantId::generate();
 
-    let blocker = hold(&db, tenant, "held").await;
+    let blocker = hold_external_id(&pool, tenant, "held").await;
     let first = submit(&combiner, row(tenant, "held"));
     assert!(
-        blocked_on_lock(&pool).await,
+        one_session_waits_on_a_lock(&pool).await,
         "the first batch waits on the held row"
     );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
@@ -139,7 +107,7 @@ async fn rows_queued_behind_a_busy_writer_commit_in_one_transaction() {
         .collect();
     assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
 
-    blocker.close().await.unwrap(); // rolls back: "held" is free again
+    blocker.rollback().await.unwrap(); // "held" is free again
     assert!(matches!(answer(first).await, Written::Stored));
     for call in queued {
         assert!(matches!(answer(call).await, Written::Stored));
@@ -156,9 +124,9 @@ async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone()
     let combiner = start(&pool);
     let tenant = TenantId::generate();
 
-    let mut blocker = hold(&db, tenant, "held").await;
+    let blocker = hold_external_id(&pool, tenant, "held").await;
     let first = submit(&combiner, row(tenant, "held"));
-    assert!(blocked_on_lock(&pool).await);
+    assert!(one_session_waits_on_a_lock(&pool).await);
     // "p" twice: the second one conflicts with the first, inside one batch.
     let names = ["p", "q", "r", "s", "p"];
     let queued: Vec<_> = names
@@ -172,7 +140,7 @@ async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone()
         .collect();
     assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
 
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap(); // "held" is taken now
+    blocker.commit().await.unwrap(); // "held" is taken now
     let Written::Failed(alone) = answer(first).await else {
         panic!("a row written alone reports its own conflict");
     };
@@ -213,9 +181,9 @@ async fn a_cancelled_writer_hands_its_slot_to_the_rows_queued_behind_it() {
     let combiner = start(&pool);
     let tenant = TenantId::generate();
 
-    let _blocker = hold(&db, tenant, "held").await;
+    let _blocker = hold_external_id(&pool, tenant, "held").await;
     let first = submit(&combiner, row(tenant, "held"));
-    assert!(blocked_on_lock(&pool).await);
+    assert!(one_session_waits_on_a_lock(&pool).await);
     let names = ["x", "y", "z"];
     let queued: Vec<_> = names
         .iter()

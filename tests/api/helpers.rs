@@ -10,14 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use coffer::app::App;
 use coffer::app::tenants::KeyFor;
 use coffer::domain::auth::{Scopes, TenantName};
+use coffer::domain::ids::TenantId;
 use coffer::grpc::pb::customers_client::CustomersClient;
 use coffer::grpc::pb::get_customer_request::Lookup;
 use coffer::grpc::pb::{self, GetCustomerRequest, UpdateCustomerRequest};
 use coffer::startup::{ServeError, Server, ServerConfig};
 use coffer::store::pool::{self, PoolConfig};
 use prost_types::FieldMask;
-use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, oneshot};
@@ -320,4 +321,39 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Inserts a live customer with `external_id` for `tenant` in a transaction left open: until it
+/// ends, an insert of the same external id waits on it.
+pub async fn hold_external_id(
+    pool: &PgPool,
+    tenant: TenantId,
+    external_id: &str,
+) -> Transaction<'static, Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, id, external_id, created_at, updated_at)
+         VALUES ($1, gen_random_uuid(), $2, now(), now())",
+    )
+    .bind(tenant.as_uuid())
+    .bind(external_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
+/// Whether, within 10 s, exactly one session of `pool`'s database waits on a lock.
+pub async fn one_session_waits_on_a_lock(pool: &PgPool) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        waiting == 1
+    })
+    .await
 }
