@@ -12,7 +12,7 @@ use coffer::domain::idempotency::IdempotencyKey;
 use coffer::domain::ids::{CustomerId, KeyId, TenantId};
 use coffer::store::customers::{self, CustomerInsert, EXTERNAL_ID_INDEX};
 use coffer::store::idempotency::NewOutcome;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
@@ -59,6 +59,44 @@ fn submit(
     tokio::spawn(async move { combiner.submit(r).await })
 }
 
+/// One writer slot, taken by a row for external id "held" that waits on `blocker`, which
+/// holds that id in an open transaction; `queued` were submitted behind it and wait in the
+/// queue.
+struct Blocked {
+    pool: PgPool,
+    combiner: Arc<Combiner<CustomerInsert>>,
+    blocker: Transaction<'static, Postgres>,
+    first: JoinHandle<Written<CustomerInsert>>,
+    queued: Vec<JoinHandle<Written<CustomerInsert>>>,
+    /// Last, so the database outlives everything that uses it.
+    _db: TestDb,
+}
+
+async fn blocked(rows: impl FnOnce(TenantId) -> Vec<CustomerInsert>) -> Blocked {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let combiner = start(&pool);
+    let tenant = TenantId::generate();
+    let blocker = hold_external_id(&pool, tenant, "held").await;
+    let first = submit(&combiner, row(tenant, "held"));
+    assert!(
+        one_session_waits_on_a_lock(&pool).await,
+        "the first row's statement waits on the held one"
+    );
+    let rows = rows(tenant);
+    let n = rows.len();
+    let queued = rows.into_iter().map(|r| submit(&combiner, r)).collect();
+    assert!(eventually(WAIT, || async { combiner.queued() == n }).await);
+    Blocked {
+        pool,
+        combiner,
+        blocker,
+        first,
+        queued,
+        _db: db,
+    }
+}
+
 /// The answer to a submitted row; a row left in the queue fails the test instead of hanging it.
 async fn answer(call: JoinHandle<Written<CustomerInsert>>) -> Written<CustomerInsert> {
     tokio::time::timeout(WAIT, call)
@@ -89,64 +127,37 @@ async fn transactions(pool: &PgPool, external_ids: &[&str]) -> (i64, i64, i64, i
 
 #[tokio::test]
 async fn rows_queued_behind_a_busy_writer_commit_in_one_transaction() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let combiner = start(&pool);
-    let tenant = TenantId::generate();
-
-    let blocker = hold_external_id(&pool, tenant, "held").await;
-    let first = submit(&combiner, row(tenant, "held"));
-    assert!(
-        one_session_waits_on_a_lock(&pool).await,
-        "the first batch waits on the held row"
-    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
-    let queued: Vec<_> = names
-        .iter()
-        .map(|n| submit(&combiner, row(tenant, n)))
-        .collect();
-    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+    let b = blocked(|t| names.iter().map(|n| row(t, n)).collect()).await;
 
-    blocker.rollback().await.unwrap(); // "held" is free again
-    assert!(matches!(answer(first).await, Written::Stored));
-    for call in queued {
+    b.blocker.rollback().await.unwrap(); // "held" is free again
+    assert!(matches!(answer(b.first).await, Written::Stored));
+    for call in b.queued {
         assert!(matches!(answer(call).await, Written::Stored));
     }
     // Eight customers, each with its audit row and stored outcome, from one transaction.
-    assert_eq!(transactions(&pool, &names).await, (8, 1, 8, 8));
-    assert_eq!(transactions(&pool, &["held"]).await, (1, 1, 1, 1));
+    assert_eq!(transactions(&b.pool, &names).await, (8, 1, 8, 8));
+    assert_eq!(transactions(&b.pool, &["held"]).await, (1, 1, 1, 1));
 }
 
 #[tokio::test]
 async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let combiner = start(&pool);
-    let tenant = TenantId::generate();
-
-    let blocker = hold_external_id(&pool, tenant, "held").await;
-    let first = submit(&combiner, row(tenant, "held"));
-    assert!(one_session_waits_on_a_lock(&pool).await);
-    // "p" twice: the second one conflicts with the first, inside one batch.
+    // "p" twice, under different keys: the second conflicts with the first, inside one batch.
     let names = ["p", "q", "r", "s", "p"];
-    let queued: Vec<_> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let mut r = row(tenant, n);
-            r.outcome.as_mut().unwrap().key = IdempotencyKey::parse(&format!("k{i}")).unwrap();
-            submit(&combiner, r)
-        })
-        .collect();
-    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+    let b = blocked(|t| {
+        let mut rows: Vec<_> = names.iter().map(|n| row(t, n)).collect();
+        rows[4].outcome.as_mut().unwrap().key = IdempotencyKey::parse("key-p-again").unwrap();
+        rows
+    })
+    .await;
 
-    blocker.commit().await.unwrap(); // "held" is taken now
-    let Written::Failed(alone) = answer(first).await else {
+    b.blocker.commit().await.unwrap(); // "held" is taken now
+    let Written::Failed(alone) = answer(b.first).await else {
         panic!("a row written alone reports its own conflict");
     };
     assert_eq!(alone.unique_violation(), Some(EXTERNAL_ID_INDEX));
     let mut refused = Vec::new();
-    for call in queued {
+    for call in b.queued {
         let Written::Refused(r) = answer(call).await else {
             panic!("every row of a refused batch comes back");
         };
@@ -156,45 +167,34 @@ async fn a_conflict_refuses_the_whole_batch_and_each_row_is_then_written_alone()
         "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM audit_log)
               + (SELECT count(*) FROM idempotency_keys)",
     )
-    .fetch_one(&pool)
+    .fetch_one(&b.pool)
     .await
     .unwrap();
     assert_eq!(written, 1, "only the blocker's own customer exists");
 
-    let mut conn = pool.acquire().await.unwrap();
+    let mut conn = b.pool.acquire().await.unwrap();
     let mut outcomes = Vec::new();
     for r in refused {
-        outcomes.push(match combiner.insert_alone(&mut conn, r).await {
+        outcomes.push(match b.combiner.insert_alone(&mut conn, r).await {
             Ok(()) => None,
             Err(e) => e.unique_violation().map(str::to_owned),
         });
     }
     let taken = Some(EXTERNAL_ID_INDEX.to_owned());
     assert_eq!(outcomes, [None, None, None, None, taken]);
-    assert_eq!(transactions(&pool, &["p", "q", "r", "s"]).await.0, 4);
+    assert_eq!(transactions(&b.pool, &["p", "q", "r", "s"]).await.0, 4);
 }
 
 #[tokio::test]
 async fn a_cancelled_writer_hands_its_slot_to_the_rows_queued_behind_it() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let combiner = start(&pool);
-    let tenant = TenantId::generate();
-
-    let _blocker = hold_external_id(&pool, tenant, "held").await;
-    let first = submit(&combiner, row(tenant, "held"));
-    assert!(one_session_waits_on_a_lock(&pool).await);
     let names = ["x", "y", "z"];
-    let queued: Vec<_> = names
-        .iter()
-        .map(|n| submit(&combiner, row(tenant, n)))
-        .collect();
-    assert!(eventually(WAIT, || async { combiner.queued() == names.len() }).await);
+    let b = blocked(|t| names.iter().map(|n| row(t, n)).collect()).await;
 
-    // The caller writing "held" goes away while its statement still waits on the lock.
-    first.abort();
-    for call in queued {
+    // The caller writing "held" goes away while its statement still waits on the lock, which
+    // `b.blocker` keeps holding.
+    b.first.abort();
+    for call in b.queued {
         assert!(matches!(answer(call).await, Written::Stored));
     }
-    assert_eq!(transactions(&pool, &names).await, (3, 1, 3, 3));
+    assert_eq!(transactions(&b.pool, &names).await, (3, 1, 3, 3));
 }
