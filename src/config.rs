@@ -116,6 +116,13 @@ pub struct ServeArgs {
     /// How long to report NOT_SERVING before refusing new calls on shutdown.
     #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long an idempotency key stays claimed by an attempt that crashed or hung.
+    #[arg(long, env = "COFFER_IDEMPOTENCY_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub idempotency_lease: Duration,
+    /// The longest a mutation's database work may run before it is rolled back and its key
+    /// released; at most half the lease, and at least the statement timeout.
+    #[arg(long, env = "COFFER_WORK_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub work_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]

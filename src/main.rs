@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use coffer::app::App;
 use coffer::app::tenants::KeyFor;
+use coffer::app::{App, IdempotencyConfig};
 use coffer::config::{BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, TenantCommand};
 use coffer::domain::auth::{Scopes, TenantName};
 use coffer::domain::ids::KeyId;
@@ -95,17 +95,30 @@ async fn open_database(db: &DbArgs, state_dir: &Path, discover: bool) -> anyhow:
 async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
     let database = open_database(db, state_dir, args.dev).await?;
     // Whatever happens next, close the database (and a private cluster this process started).
-    let result = run_server(&args, &database, state_dir).await;
+    let result = run_server(&args, db, &database, state_dir).await;
     database.close().await;
     result
 }
 
-async fn run_server(args: &ServeArgs, database: &Database, state_dir: &Path) -> anyhow::Result<()> {
+async fn run_server(
+    args: &ServeArgs,
+    db: &DbArgs,
+    database: &Database,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let idempotency = IdempotencyConfig {
+        lease: args.idempotency_lease,
+        work_timeout: args.work_timeout,
+    };
+    idempotency
+        .check(db.db_statement_timeout)
+        .map_err(|e| anyhow::anyhow!("--work-timeout / --idempotency-lease: {e}"))?;
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
+        idempotency,
         ..ServerConfig::default()
     };
     let server = Server::bind(config, database.pool.clone()).await?;

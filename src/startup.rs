@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
 use crate::admin::{self, Readiness};
-use crate::app::{App, sweeper};
+use crate::app::{App, IdempotencyConfig, sweeper};
 use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How often expired idempotency keys are swept.
     pub sweep_interval: Duration,
+    /// Idempotency leases and the work timeout under them.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -89,7 +92,7 @@ impl Server {
         Ok(Self {
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
-            app: App::new(pool),
+            app: App::with_config(pool, config.idempotency),
             metrics: Arc::new(Metrics::new()),
             config,
         })

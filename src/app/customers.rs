@@ -2,17 +2,21 @@
 
 use time::OffsetDateTime;
 
-use super::idempotency::{Done, IdempotentCall};
-use super::{App, AppError, RejectionKind, TenantCtx};
+use sqlx::PgPool;
+
+use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::{AppError, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
 use crate::domain::ids::CustomerId;
 use crate::domain::page::{FilterDigest, PageSize, PageToken};
-use crate::store::customers::CustomerInsert;
 use crate::store::{audit, customers as store};
 
 pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
 pub const REASON_EXTERNAL_ID_TAKEN: &str = "CUSTOMER_EXTERNAL_ID_TAKEN";
+
+/// The list a page token of ListCustomers belongs to.
+const LIST: &str = "coffer.v1.Customers/ListCustomers";
 
 /// Filters and position of a ListCustomers call.
 #[derive(Debug, Clone)]
@@ -29,10 +33,21 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
-impl App {
-    /// Creates a customer: in the common case one statement writes the customer, its audit
-    /// row and the stored outcome (see [`App::create`]).
-    pub async fn create_customer(
+/// The Customers service's use cases.
+#[derive(Clone)]
+pub struct Customers {
+    pool: PgPool,
+    mutations: Mutations,
+}
+
+impl Customers {
+    pub fn new(pool: PgPool, mutations: Mutations) -> Self {
+        Self { pool, mutations }
+    }
+
+    /// Creates a customer, with its audit row, in one statement. A taken external id is the
+    /// statement finding the conflict and writing nothing, not a failed insert.
+    pub async fn create(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
@@ -50,53 +65,27 @@ impl App {
             updated_at: now,
             deleted_at: None,
         };
-        let retry = customer.clone();
-        self.create(
-            &ctx,
-            call,
-            customer,
-            &self.customer_writes,
-            |customer, outcome| CustomerInsert {
-                tenant: ctx.tenant,
-                by: ctx.key,
-                customer: customer.clone(),
-                outcome,
-            },
-            // The general path runs the same statement, with no outcome of its own: `mutate`
-            // stores it. A taken external id aborts the statement, which is the refusal.
-            move |conn| {
+        self.mutations
+            .run(&ctx, call, move |conn| {
                 Box::pin(async move {
-                    let row = CustomerInsert {
-                        tenant: ctx.tenant,
-                        by: ctx.key,
-                        customer: retry,
-                        outcome: None,
-                    };
-                    store::insert_customers(conn, std::slice::from_ref(&row))
-                        .await
-                        .map_err(|e| match e.unique_violation() {
-                            Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
-                            _ => AppError::from(e),
-                        })?;
-                    Ok(row.customer)
+                    if store::insert_customer(conn, ctx.tenant, ctx.key, &customer).await? {
+                        Ok(customer)
+                    } else {
+                        Err(external_id_taken())
+                    }
                 })
-            },
-        )
-        .await
+            })
+            .await
     }
 
-    pub async fn get_customer(
-        &self,
-        ctx: &TenantCtx,
-        by: &CustomerRef,
-    ) -> Result<Customer, AppError> {
+    pub async fn get(&self, ctx: &TenantCtx, by: &CustomerRef) -> Result<Customer, AppError> {
         let mut conn = self.pool.acquire().await?;
         store::find_customer(&mut conn, ctx.tenant, by)
             .await?
             .ok_or_else(not_found)
     }
 
-    pub async fn update_customer(
+    pub async fn update(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
@@ -104,74 +93,84 @@ impl App {
         patch: CustomerPatch,
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
-        self.mutate(&ctx, call, move |conn| {
-            Box::pin(async move {
-                let current = store::lock_customer(conn, ctx.tenant, id)
-                    .await?
-                    .ok_or_else(not_found)?;
-                if patch.is_empty() {
-                    return Ok(current);
-                }
-                let mut changed = patch.apply(current);
-                changed.updated_at = now_micros();
-                let customer = store::update_customer(conn, ctx.tenant, &changed)
-                    .await
-                    .map_err(|e| match e.unique_violation() {
-                        Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
-                        _ => AppError::from(e),
-                    })?;
-                audit::insert_audit(
-                    conn,
-                    ctx.tenant,
-                    Some(ctx.key),
-                    "customer.updated",
-                    "customer",
-                    id.as_uuid(),
-                )
-                .await?;
-                Ok(customer)
+        self.mutations
+            .run(&ctx, call, move |conn| {
+                Box::pin(async move {
+                    let current = store::lock_customer(conn, ctx.tenant, id)
+                        .await?
+                        .ok_or_else(not_found)?;
+                    if patch.is_empty() {
+                        return Ok(current);
+                    }
+                    let mut changed = patch.apply(current);
+                    changed.updated_at = now_micros();
+                    // The expected conflict is found by a read; a concurrent create of the
+                    // same external id between the read and the write still trips the unique
+                    // index, and means the same.
+                    if let Some(external_id) = &changed.external_id
+                        && store::external_id_taken(conn, ctx.tenant, external_id, id).await?
+                    {
+                        return Err(external_id_taken());
+                    }
+                    let customer = store::update_customer(conn, ctx.tenant, &changed)
+                        .await
+                        .map_err(|e| match e.unique_violation() {
+                            Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
+                            _ => AppError::from(e),
+                        })?;
+                    audit::insert_audit(
+                        conn,
+                        ctx.tenant,
+                        Some(ctx.key),
+                        "customer.updated",
+                        "customer",
+                        id.as_uuid(),
+                    )
+                    .await?;
+                    Ok(customer)
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// Soft-deletes a customer. Subscriptions do not exist yet; when they do, a live one
     /// refuses the delete with CUSTOMER_HAS_LIVE_SUBSCRIPTION, checked here under the row lock.
-    pub async fn delete_customer(
+    pub async fn delete(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         id: CustomerId,
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
-        self.mutate(&ctx, call, move |conn| {
-            Box::pin(async move {
-                let customer = store::soft_delete_customer(conn, ctx.tenant, id, now_micros())
-                    .await?
-                    .ok_or_else(not_found)?;
-                audit::insert_audit(
-                    conn,
-                    ctx.tenant,
-                    Some(ctx.key),
-                    "customer.deleted",
-                    "customer",
-                    id.as_uuid(),
-                )
-                .await?;
-                Ok(customer)
+        self.mutations
+            .run(&ctx, call, move |conn| {
+                Box::pin(async move {
+                    let customer = store::soft_delete_customer(conn, ctx.tenant, id, now_micros())
+                        .await?
+                        .ok_or_else(not_found)?;
+                    audit::insert_audit(
+                        conn,
+                        ctx.tenant,
+                        Some(ctx.key),
+                        "customer.deleted",
+                        "customer",
+                        id.as_uuid(),
+                    )
+                    .await?;
+                    Ok(customer)
+                })
             })
-        })
-        .await
+            .await
     }
 
-    pub async fn list_customers(
+    pub async fn list(
         &self,
         ctx: &TenantCtx,
         query: &CustomerQuery,
     ) -> Result<Page<Customer>, AppError> {
         let email = query.email.as_ref().map(Email::as_str);
         // The filter compares case-insensitively, so its token binding does too.
-        let filters = FilterDigest::of(&[&email.unwrap_or("").to_lowercase()]);
+        let filters = FilterDigest::of(LIST, &[&email.unwrap_or("").to_lowercase()]);
         let after = match query.page_token.as_deref() {
             None | Some("") => None,
             Some(token) => Some(

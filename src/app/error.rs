@@ -11,13 +11,26 @@ pub enum AppError {
     /// The request is well-formed but refused (not found, conflict, wrong state, ...).
     #[error("{}", .0.message)]
     Rejected(Rejection),
-    /// A dependency is down; the caller should retry later.
+    /// A dependency is down, timed out or lost a conflict, and nothing was committed: the
+    /// caller should retry later. Which of the three the cause says picks the code.
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
+    /// A commit was sent and its answer lost: the change may or may not have been applied.
+    /// Only a retry under the same idempotency key is safe.
+    #[error("outcome unknown")]
+    OutcomeUnknown(#[source] StoreError),
+    /// A refusal stored under an idempotency key, replayed exactly as first sent: the
+    /// transport's own encoding of it (for gRPC, a `google.rpc.Status`).
+    #[error("replayed refusal")]
+    Replayed(StoredStatus),
     /// A bug or an unexpected failure; logged with its cause, returned without detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// The stored encoding of a refusal, opaque to this layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStatus(pub Vec<u8>);
 
 /// A refusal with a stable, upper-case reason (listed in ARCHITECTURE.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,17 +62,10 @@ impl RejectionKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            RejectionKind::NotFound,
-            RejectionKind::AlreadyExists,
-            RejectionKind::FailedPrecondition,
-            RejectionKind::Aborted,
-            RejectionKind::Unauthenticated,
-            RejectionKind::PermissionDenied,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+    /// Whether a refusal of this kind is the same on every try, and so is stored against an
+    /// idempotency key. ABORTED says "try again", so it never is.
+    pub fn is_deterministic(self) -> bool {
+        !matches!(self, RejectionKind::Aborted)
     }
 }
 
@@ -81,11 +87,25 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// The error of a statement that commits: a `COMMIT`, or a write outside a transaction.
+    /// A connection lost after sending it leaves the outcome unknown, which must not read as
+    /// "retry": a caller without an idempotency key would apply the change twice.
+    pub fn from_commit(e: StoreError) -> Self {
+        if e.may_have_committed() {
+            AppError::OutcomeUnknown(e)
+        } else {
+            e.into()
+        }
+    }
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => AppError::Unavailable(e),
-            other => AppError::Internal(Box::new(other)),
+        if e.is_retryable() {
+            AppError::Unavailable(e)
+        } else {
+            AppError::Internal(Box::new(e))
         }
     }
 }

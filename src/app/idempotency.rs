@@ -1,31 +1,83 @@
-//! Idempotency for every mutating RPC, built once.
+//! Idempotency for every mutating RPC, built once, as explicit steps.
 //!
-//! A caller's `idempotency-key` claims a row in `idempotency_keys` (its own short transaction,
-//! so a concurrent duplicate sees the claim at once and gets ABORTED instead of waiting). The
-//! work then runs in a transaction that also stores the outcome, so the change and the record of
-//! it commit together or not at all. Claims carry a lease: a crashed attempt's claim runs out
-//! and the key can be used again. Only deterministic outcomes are stored — the response and
-//! the caller's own refusals (NOT_FOUND, ALREADY_EXISTS, ...). Malformed requests are refused
-//! before anything is claimed and, like INTERNAL and UNAVAILABLE, are not stored, so the caller
-//! can fix or retry under the same key.
+//! 1. **Claim**: [`Mutations::claim`] inserts an `in_flight` row for (tenant, method, key)
+//!    holding the request's fingerprint and a lease, and commits it at once, on its own. A
+//!    concurrent duplicate therefore sees the claim immediately and is answered ABORTED
+//!    (`IDEMPOTENCY_KEY_IN_USE`), never left waiting on a row lock; a key already completed
+//!    is answered from storage. One rule, whatever the mutation.
+//! 2. **Complete**: [`Lease::complete`] stores the outcome in the transaction of the change
+//!    it records, guarded by the lease, so the change and its record commit together or not at
+//!    all, and an attempt whose lease was taken over rolls back instead of applying twice.
+//! 3. **Release**: [`Lease::release`] frees the key when the attempt ended without a
+//!    deterministic outcome (INTERNAL, UNAVAILABLE, ABORTED, a timeout), so the caller can
+//!    retry under the same key.
+//!
+//! Between claim and complete the attempt may do anything, including calling a payment
+//! provider outside any transaction and recording the result afterwards; [`Mutations::run`]
+//! is the driver for the common case of database-only work in one transaction.
+//!
+//! Only deterministic outcomes are stored: the encoded response, and the caller's own
+//! refusals as the transport encoded them (a full `google.rpc.Status` with its details), so a
+//! replay is byte-for-byte the first answer whatever later code would say. Malformed requests
+//! are refused before anything is claimed.
+
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::combine::{Combiner, Written};
-use super::error::{AppError, Rejection, RejectionKind};
-use super::{App, TenantCtx};
+use super::TenantCtx;
+use super::error::{AppError, Rejection, RejectionKind, StoredStatus};
 use crate::domain::idempotency::IdempotencyKey;
-use crate::store::idempotency::{self as store, NewOutcome, Outcome};
-
-/// How long a claim holds a key while its attempt runs.
-pub const LEASE_SECS: i64 = 60;
+use crate::domain::ids::TenantId;
+use crate::store::StoreError;
+use crate::store::idempotency::{self as store, KeyRef, Outcome, StoredState};
 
 pub const REASON_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 pub const REASON_IN_USE: &str = "IDEMPOTENCY_KEY_IN_USE";
+
+/// How long a claim holds its key, and how long the work under it may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    /// A claim's lease: after it, a crashed or hung attempt's key can be claimed again.
+    pub lease: Duration,
+    /// The longest an attempt's work may run before it is abandoned (rolled back and its key
+    /// released). Shorter than the lease, so a live attempt never loses its key to a retry.
+    pub work_timeout: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(60),
+            work_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    /// Checks the timeouts nest: a statement ends before the work does, and the work (plus a
+    /// margin for its commit) before the lease.
+    pub fn check(&self, statement_timeout: Duration) -> Result<(), String> {
+        if self.work_timeout.is_zero() || self.work_timeout * 2 > self.lease {
+            return Err(format!(
+                "the work timeout ({:?}) must be positive and at most half the idempotency lease ({:?})",
+                self.work_timeout, self.lease
+            ));
+        }
+        if statement_timeout > self.work_timeout {
+            return Err(format!(
+                "the database statement timeout ({statement_timeout:?}) must not exceed the work timeout ({:?})",
+                self.work_timeout
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A response that can be stored and handed back on replay. Implemented by the transport for
 /// the types it returns, so the stored bytes are exactly what the first caller received.
@@ -34,7 +86,7 @@ pub trait Replayable: Sized {
     fn decode_replay(bytes: &[u8]) -> Option<Self>;
 }
 
-/// The SHA-256 of a request's deterministic encoding.
+/// The SHA-256 of a request's deterministic encoding, output-only fields left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint(pub [u8; 32]);
 
@@ -51,18 +103,8 @@ pub struct IdempotentCall {
     /// The full gRPC method name; keys are scoped per method.
     pub method: &'static str,
     pub fingerprint: Fingerprint,
-}
-
-impl IdempotentCall {
-    /// The completed outcome to write with a change whose response is known before it runs.
-    pub fn outcome(&self, response: Vec<u8>) -> NewOutcome {
-        NewOutcome {
-            method: self.method,
-            key: self.key.clone(),
-            fingerprint: self.fingerprint.0,
-            response,
-        }
-    }
+    /// The transport's encoding of a refusal, stored so a replay is the same bytes.
+    pub encode_refusal: fn(&Rejection) -> Vec<u8>,
 }
 
 /// A mutation's result, and whether it was a replay of a stored one.
@@ -74,7 +116,7 @@ pub struct Done<T> {
 
 impl<T> Done<T> {
     /// A result made by this call, not replayed.
-    fn new(value: T) -> Self {
+    pub fn new(value: T) -> Self {
         Self {
             value,
             replayed: false,
@@ -82,16 +124,110 @@ impl<T> Done<T> {
     }
 }
 
+/// What a claim found.
+pub enum Claim<T> {
+    /// The key is this attempt's: do the work, then complete or release.
+    Mine(Lease),
+    /// The key holds a completed outcome for the same request: answer with it.
+    Replay(Result<Done<T>, AppError>),
+}
+
+/// The encoded outcome of an attempt, ready to store.
+pub enum Record {
+    Response(Vec<u8>),
+    Refusal(Vec<u8>),
+}
+
+/// A claimed key, held by one attempt until its lease runs out.
+#[must_use = "a lease must be completed or released"]
+pub struct Lease {
+    tenant: TenantId,
+    call: IdempotentCall,
+    id: Uuid,
+}
+
 /// The work a mutation does inside its transaction.
 pub type Work<'c, T> = BoxFuture<'c, Result<T, AppError>>;
 
-impl App {
-    /// Runs `work` in a transaction, under `call`'s idempotency key when there is one.
+/// The idempotency steps and the driver for database work. Cheap to clone.
+#[derive(Clone)]
+pub struct Mutations {
+    pool: PgPool,
+    config: IdempotencyConfig,
+    tasks: TaskTracker,
+}
+
+impl Mutations {
+    pub fn new(pool: PgPool, config: IdempotencyConfig, tasks: TaskTracker) -> Self {
+        Self {
+            pool,
+            config,
+            tasks,
+        }
+    }
+
+    pub fn config(&self) -> IdempotencyConfig {
+        self.config
+    }
+
+    /// Step 1: claims `call`'s key for this attempt, in a statement of its own, or answers
+    /// from what already holds it.
+    pub async fn claim<T: Replayable>(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        call: &IdempotentCall,
+    ) -> Result<Claim<T>, AppError> {
+        let lease = Uuid::now_v7();
+        let key = KeyRef {
+            tenant,
+            method: call.method,
+            key: &call.key,
+        };
+        let held = store::claim_key(
+            conn,
+            key,
+            &call.fingerprint.0,
+            lease,
+            self.config.lease.as_secs_f64(),
+        )
+        .await
+        .map_err(AppError::from_commit)?;
+        let Some(stored) = held else {
+            return Ok(Claim::Mine(Lease {
+                tenant,
+                call: call.clone(),
+                id: lease,
+            }));
+        };
+        // A different request under the same key is refused first, even while the first
+        // call still runs.
+        if stored.fingerprint != call.fingerprint.0 {
+            return Ok(Claim::Replay(Err(AppError::rejected(
+                RejectionKind::FailedPrecondition,
+                REASON_REUSED,
+                "this idempotency key was used with a different request",
+            ))));
+        }
+        Ok(Claim::Replay(match stored.state {
+            StoredState::InFlight => Err(in_use()),
+            StoredState::Response(bytes) => T::decode_replay(&bytes)
+                .map(|value| Done {
+                    value,
+                    replayed: true,
+                })
+                .ok_or_else(|| AppError::internal("a stored idempotent response does not decode")),
+            StoredState::Status(bytes) => Err(AppError::Replayed(StoredStatus(bytes))),
+        }))
+    }
+
+    /// Runs `work` in a transaction, under `call`'s idempotency key when there is one: claim,
+    /// then the work and its outcome in one transaction, or release.
     ///
-    /// The mutation runs on its own task, so a caller that disconnects or times out does not
-    /// cancel it half-way: it completes and stores its outcome, and the caller's retry gets the
-    /// replay instead of waiting out the lease.
-    pub async fn mutate<T, F>(
+    /// The mutation runs on a task of the server's tracker, so a caller that disconnects or
+    /// times out does not cancel it half-way: it completes and stores its outcome, the
+    /// caller's retry gets the replay, and shutdown waits for it.
+    pub async fn run<T, F>(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
@@ -101,17 +237,18 @@ impl App {
         T: Replayable + Send + 'static,
         F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
     {
-        let app = self.clone();
-        let ctx = *ctx;
-        let work = async move { app.mutate_here(&ctx, call, work).await };
-        tokio::spawn(work.instrument(tracing::Span::current()))
+        let this = self.clone();
+        let tenant = ctx.tenant;
+        let attempt = async move { this.run_here(tenant, call, work).await };
+        self.tasks
+            .spawn(attempt.instrument(tracing::Span::current()))
             .await
             .map_err(AppError::internal)?
     }
 
-    async fn mutate_here<T, F>(
+    async fn run_here<T, F>(
         &self,
-        ctx: &TenantCtx,
+        tenant: TenantId,
         call: Option<IdempotentCall>,
         work: F,
     ) -> Result<Done<T>, AppError>
@@ -122,160 +259,117 @@ impl App {
         let mut conn = self.pool.acquire().await?;
         let Some(call) = call else {
             let mut tx = conn.begin().await?;
-            let value = work(&mut tx).await?;
-            tx.commit().await?;
+            let value = self.bounded(work(&mut tx)).await?;
+            tx.commit()
+                .await
+                .map_err(|e| AppError::from_commit(e.into()))?;
             return Ok(Done::new(value));
         };
-
-        let tenant = ctx.tenant;
-        let lease = Uuid::now_v7();
-        let claimed = store::claim_key(
-            &mut conn,
-            tenant,
-            call.method,
-            &call.key,
-            &call.fingerprint.0,
-            lease,
-            LEASE_SECS,
-        )
-        .await?;
-        if !claimed {
-            return replay(&mut conn, ctx, &call).await;
-        }
+        let lease = match self.claim(&mut conn, tenant, &call).await? {
+            Claim::Mine(lease) => lease,
+            Claim::Replay(answer) => return answer,
+        };
 
         let mut tx = conn.begin().await?;
-        match work(&mut tx).await {
-            Ok(value) => {
-                let bytes = value.encode_replay();
-                let kept = store::complete_key(
-                    &mut tx,
-                    tenant,
-                    call.method,
-                    &call.key,
-                    lease,
-                    Outcome::Response(&bytes),
-                )
-                .await?;
-                if !kept {
-                    // Our lease ran out and another attempt owns the key now: undo our change
-                    // rather than apply the request twice.
-                    tx.rollback().await?;
-                    return Err(in_use());
-                }
-                tx.commit().await?;
-                Ok(Done::new(value))
-            }
-            Err(AppError::Rejected(rejection)) => {
-                tx.rollback().await?;
-                store::complete_key(
-                    &mut conn,
-                    tenant,
-                    call.method,
-                    &call.key,
-                    lease,
-                    Outcome::Error {
-                        kind: rejection.kind.as_str(),
-                        reason: &rejection.reason,
-                        message: &rejection.message,
-                    },
-                )
-                .await?;
-                Err(AppError::Rejected(rejection))
-            }
-            Err(other) => {
-                // Not a storable outcome: free the key so the caller can retry. Should this
-                // fail too (the database is gone), the lease runs out on its own.
-                drop(tx);
-                if let Err(e) =
-                    store::release_key(&mut conn, tenant, call.method, &call.key, lease).await
-                {
-                    tracing::warn!(error = %e, "could not release an idempotency key");
-                }
-                Err(other)
-            }
-        }
-    }
-}
-
-impl App {
-    /// A create: its response is known before it runs, because Coffer picks the id and the
-    /// timestamps. So the change, its audit row and (with a key) the completed outcome are one
-    /// row for `writes`' insert statement, which writes them together with the rows of
-    /// concurrent creates: one statement, one commit for the lot (see [`Combiner`]). That
-    /// statement has no `ON CONFLICT`: any unique violation (a key used before or held by a
-    /// call still running, or the caller's own data conflicting) aborts it whole. A refused
-    /// batch's rows are written alone, and when a row alone conflicts, `fallback` runs through
-    /// [`App::mutate`], which decides: replay, IDEMPOTENCY_KEY_REUSED or _IN_USE, a stale claim
-    /// taken over, or the caller's refusal stored against the key.
-    pub async fn create<T, R, F>(
-        &self,
-        ctx: &TenantCtx,
-        call: Option<IdempotentCall>,
-        value: T,
-        writes: &Combiner<R>,
-        row: impl FnOnce(&T, Option<NewOutcome>) -> R,
-        fallback: F,
-    ) -> Result<Done<T>, AppError>
-    where
-        T: Replayable + Send + 'static,
-        R: Send + Sync + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
-    {
-        let outcome = call.as_ref().map(|c| c.outcome(value.encode_replay()));
-        let written = match writes.submit(row(&value, outcome)).await {
-            Written::Stored => Ok(()),
-            Written::Refused(row) => {
-                let mut conn = self.pool.acquire().await?;
-                writes.insert_alone(&mut conn, row).await
-            }
-            Written::Failed(e) => Err(e),
+        let result = self.bounded(work(&mut tx)).await;
+        let Some(record) = lease.record(&result) else {
+            drop(tx);
+            lease.release(&mut conn).await;
+            return result.map(Done::new);
         };
-        match written {
-            Ok(()) => Ok(Done::new(value)),
-            Err(e) if e.unique_violation().is_some() => self.mutate(ctx, call, fallback).await,
-            Err(e) => Err(e.into()),
+        if let Err(e) = lease.complete(&mut tx, record).await {
+            drop(tx);
+            lease.release(&mut conn).await;
+            return Err(e);
+        }
+        match tx.commit().await {
+            Ok(()) => result.map(Done::new),
+            Err(e) => {
+                let e = AppError::from_commit(e.into());
+                // Whether or not the commit went through, releasing is safe: it only removes
+                // a claim still in flight, and a committed outcome is no longer one.
+                lease.release_elsewhere(&self.pool).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `work`, abandoning it after the work timeout (its transaction is then dropped and
+    /// rolled back). The statement timeout is shorter still, so the database stops first.
+    async fn bounded<T>(&self, work: Work<'_, T>) -> Result<T, AppError> {
+        match tokio::time::timeout(self.config.work_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(AppError::Unavailable(StoreError::Timeout(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the work ran past its timeout",
+                ),
+            )))),
         }
     }
 }
 
-/// Answers a call whose key was already claimed: the stored outcome, or why there is none.
-async fn replay<T: Replayable>(
-    conn: &mut PgConnection,
-    ctx: &TenantCtx,
-    call: &IdempotentCall,
-) -> Result<Done<T>, AppError> {
-    // No row means the holder released it a moment ago; asking again is right either way.
-    let Some(stored) = store::find_key(conn, ctx.tenant, call.method, &call.key).await? else {
-        return Err(in_use());
-    };
-    if stored.fingerprint != call.fingerprint.0 {
-        return Err(AppError::rejected(
-            RejectionKind::FailedPrecondition,
-            REASON_REUSED,
-            "this idempotency key was used with a different request",
-        ));
+impl Lease {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef {
+            tenant: self.tenant,
+            method: self.call.method,
+            key: &self.call.key,
+        }
     }
-    if !stored.completed {
-        return Err(in_use());
+
+    /// What of `result` is stored against the key: the response, or a deterministic refusal;
+    /// `None` for failures (INTERNAL, UNAVAILABLE, ABORTED, ...), after which the key is
+    /// released instead.
+    pub fn record<T: Replayable>(&self, result: &Result<T, AppError>) -> Option<Record> {
+        match result {
+            Ok(value) => Some(Record::Response(value.encode_replay())),
+            Err(AppError::Rejected(r)) if r.kind.is_deterministic() => {
+                Some(Record::Refusal((self.call.encode_refusal)(r)))
+            }
+            Err(_) => None,
+        }
     }
-    if let Some(bytes) = stored.response {
-        let value = T::decode_replay(&bytes)
-            .ok_or_else(|| AppError::internal("a stored idempotent response does not decode"))?;
-        return Ok(Done {
-            value,
-            replayed: true,
-        });
+
+    /// Step 2: stores `record` against the key inside the work's transaction `tx`; commit
+    /// `tx` after it. A refusal first undoes whatever the work wrote before refusing, so `tx`
+    /// then holds the outcome alone. A lost lease (it ran out and another attempt took the
+    /// key) is ABORTED (`IDEMPOTENCY_KEY_IN_USE`), and `tx` must be rolled back.
+    pub async fn complete(&self, tx: &mut PgConnection, record: Record) -> Result<(), AppError> {
+        if let Record::Refusal(_) = record {
+            sqlx::query("ROLLBACK AND CHAIN")
+                .execute(&mut *tx)
+                .await
+                .map_err(AppError::from)?;
+        }
+        let outcome = match &record {
+            Record::Response(bytes) => Outcome::Response(bytes),
+            Record::Refusal(bytes) => Outcome::Status(bytes),
+        };
+        if store::complete_key(tx, self.key(), self.id, outcome).await? {
+            Ok(())
+        } else {
+            // Another attempt owns the key now: undo our change rather than apply the request
+            // twice.
+            Err(in_use())
+        }
     }
-    let kind = stored
-        .error_kind
-        .as_deref()
-        .and_then(RejectionKind::parse)
-        .ok_or_else(|| AppError::internal("a stored idempotent outcome has no known kind"))?;
-    Err(AppError::Rejected(Rejection {
-        kind,
-        reason: stored.error_reason.unwrap_or_default(),
-        message: stored.error_message.unwrap_or_default(),
-    }))
+
+    /// Step 3: frees the key so the caller can retry. Best effort: should the database be
+    /// gone, the lease runs out on its own.
+    pub async fn release(self, conn: &mut PgConnection) {
+        if let Err(e) = store::release_key(conn, self.key(), self.id).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    }
+
+    /// Releases on a fresh connection, for when the attempt's own connection broke.
+    pub async fn release_elsewhere(self, pool: &PgPool) {
+        match pool.acquire().await {
+            Ok(mut conn) => self.release(&mut conn).await,
+            Err(e) => tracing::warn!(error = %e, "could not release an idempotency key"),
+        }
+    }
 }
 
 fn in_use() -> AppError {

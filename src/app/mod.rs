@@ -1,52 +1,48 @@
-//! Use cases: one module per service, plus authentication, tenant administration and the
+//! Use cases: one struct per service, plus authentication, tenant administration and the
 //! background workers. This layer opens transactions, applies idempotency, and calls `store`
 //! (and, later, `providers`); it never sees protobuf.
 
 pub mod auth;
-pub mod combine;
 pub mod customers;
 pub mod error;
 pub mod idempotency;
 pub mod sweeper;
 pub mod tenants;
 
-use std::sync::Arc;
-
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
-pub use error::{AppError, Rejection, RejectionKind};
+pub use error::{AppError, Rejection, RejectionKind, StoredStatus};
+pub use idempotency::IdempotencyConfig;
 
 use crate::domain::ids::{KeyId, TenantId};
-use crate::store::customers::CustomerInsert;
 
-/// Shared state of the use cases. Cheap to clone.
+/// The use cases, wired to one pool. Cheap to clone: each service holds only handles.
 #[derive(Clone)]
 pub struct App {
     pub pool: PgPool,
     pub auth: auth::Authenticator,
-    customer_writes: Arc<combine::Combiner<CustomerInsert>>,
+    /// Every task the use cases spawn (mutations that outlive their call, for one), so
+    /// shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub customers: customers::Customers,
 }
 
 impl App {
     pub fn new(pool: PgPool) -> Self {
-        let writers = batch_writers(&pool);
+        Self::with_config(pool, IdempotencyConfig::default())
+    }
+
+    pub fn with_config(pool: PgPool, idempotency: IdempotencyConfig) -> Self {
+        let tasks = TaskTracker::new();
+        let mutations = idempotency::Mutations::new(pool.clone(), idempotency, tasks.clone());
         Self {
             auth: auth::Authenticator::new(pool.clone()),
-            customer_writes: Arc::new(combine::Combiner::new(
-                pool.clone(),
-                writers,
-                "customers",
-                |conn, rows| Box::pin(crate::store::customers::insert_customers(conn, rows)),
-            )),
+            customers: customers::Customers::new(pool.clone(), mutations),
+            tasks,
             pool,
         }
     }
-}
-
-/// How many batches of one kind may be written at once. A quarter of the pool leaves the rest
-/// to reads and to the general mutation path; fewer writers make larger batches.
-fn batch_writers(pool: &PgPool) -> usize {
-    (pool.options().get_max_connections() as usize / 4).max(1)
 }
 
 /// The tenant a call acts for, and the key that made it (for the audit log).

@@ -1,4 +1,4 @@
-//! AIP-158 pagination: page sizes and opaque page tokens bound to their filters.
+//! AIP-158 pagination: page sizes and opaque page tokens bound to their list and filters.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -76,14 +76,16 @@ impl PageToken {
     }
 }
 
-/// A short digest of a list request's filters.
+/// A short digest of which list a request pages through and with which filters, so a token of
+/// one list is refused by another, and by the same list asked with other filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FilterDigest([u8; 8]);
 
 impl FilterDigest {
-    pub fn of(parts: &[&str]) -> Self {
+    /// `list` names the list (its method, say); `parts` are its filter values.
+    pub fn of(list: &str, parts: &[&str]) -> Self {
         let mut h = Sha256::new();
-        for p in parts {
+        for p in std::iter::once(&list).chain(parts) {
             // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
             h.update((p.len() as u64).to_be_bytes());
             h.update(p.as_bytes());
@@ -109,10 +111,12 @@ mod tests {
 
     #[test]
     fn tokens_are_bound_to_filters() {
-        let f = FilterDigest::of(&["a@b.co"]);
+        let f = FilterDigest::of("customers", &["a@b.co"]);
         let t = PageToken::new(Uuid::now_v7(), f);
         assert_eq!(PageToken::decode(&t.encode(), f).unwrap(), t);
-        assert!(PageToken::decode(&t.encode(), FilterDigest::of(&[""])).is_err());
+        assert!(PageToken::decode(&t.encode(), FilterDigest::of("customers", &[""])).is_err());
+        // The same filter values on another list.
+        assert!(PageToken::decode(&t.encode(), FilterDigest::of("plans", &["a@b.co"])).is_err());
         assert!(PageToken::decode("garbage!", f).is_err());
         assert!(PageToken::decode("", f).is_err());
     }

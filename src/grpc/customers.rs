@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::customers_server::Customers;
 use super::pb::{self, get_customer_request::Lookup};
-use super::{idempotent_call, respond, status, tenant_ctx};
+use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::customers::CustomerQuery;
 use crate::app::idempotency::Replayable;
@@ -43,7 +43,7 @@ impl Customers for CustomersService {
         let ctx = tenant_ctx(&request)?;
         let call = idempotent_call(request.metadata(), CREATE, request.get_ref())?;
         let new = parse_new(request.get_ref()).map_err(|v| status::invalid(&v))?;
-        let done = self.app.create_customer(&ctx, call, new).await?;
+        let done = self.app.customers.create(&ctx, call, new).await?;
         Ok(respond(done, |c| to_proto(&c)))
     }
 
@@ -66,7 +66,7 @@ impl Customers for CustomersService {
         };
         v.finish().map_err(|v| status::invalid(&v))?;
         let by = by.expect("checked above");
-        let customer = self.app.get_customer(&ctx, &by).await?;
+        let customer = self.app.customers.get(&ctx, &by).await?;
         Ok(Response::new(to_proto(&customer)))
     }
 
@@ -78,7 +78,7 @@ impl Customers for CustomersService {
         let ctx = tenant_ctx(&request)?;
         let call = idempotent_call(request.metadata(), UPDATE, request.get_ref())?;
         let (id, patch) = parse_update(request.get_ref()).map_err(|v| status::invalid(&v))?;
-        let done = self.app.update_customer(&ctx, call, id, patch).await?;
+        let done = self.app.customers.update(&ctx, call, id, patch).await?;
         Ok(respond(done, |c| to_proto(&c)))
     }
 
@@ -91,7 +91,7 @@ impl Customers for CustomersService {
         let call = idempotent_call(request.metadata(), DELETE, request.get_ref())?;
         let id = CustomerId::parse(&request.get_ref().id)
             .map_err(|e| status::invalid(&Violations::single("id", e.0)))?;
-        let done = self.app.delete_customer(&ctx, call, id).await?;
+        let done = self.app.customers.delete(&ctx, call, id).await?;
         Ok(respond(done, |c| to_proto(&c)))
     }
 
@@ -115,11 +115,25 @@ impl Customers for CustomersService {
             page_size: page_size.expect("checked above"),
             page_token: Some(req.page_token.clone()).filter(|t| !t.is_empty()),
         };
-        let page = self.app.list_customers(&ctx, &query).await?;
+        let page = self.app.customers.list(&ctx, &query).await?;
         Ok(Response::new(pb::ListCustomersResponse {
             customers: page.items.iter().map(to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
+    }
+}
+
+impl Fingerprinted for pb::CreateCustomerRequest {}
+
+impl Fingerprinted for pb::DeleteCustomerRequest {}
+
+impl Fingerprinted for pb::UpdateCustomerRequest {
+    fn clear_output_only(&mut self) {
+        if let Some(c) = &mut self.customer {
+            c.create_time = None;
+            c.update_time = None;
+            c.delete_time = None;
+        }
     }
 }
 

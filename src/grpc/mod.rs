@@ -49,8 +49,16 @@ pub fn tenant_ctx<T>(request: &tonic::Request<T>) -> Result<TenantCtx, tonic::St
     }
 }
 
+/// A mutating request, as far as its idempotency fingerprint goes: output-only fields (a
+/// resource's create_time and update_time, say) are left out, so a caller that re-fetched the
+/// resource and retries with it is still making the same request.
+pub trait Fingerprinted: Message + Clone {
+    /// Clears every output-only field.
+    fn clear_output_only(&mut self) {}
+}
+
 /// Reads the optional `idempotency-key` of a mutating call and fingerprints the request.
-pub fn idempotent_call<M: Message>(
+pub fn idempotent_call<M: Fingerprinted>(
     metadata: &MetadataMap,
     method: &'static str,
     request: &M,
@@ -63,10 +71,13 @@ pub fn idempotent_call<M: Message>(
         .map_err(|_| crate::domain::Invalid::new("must be printable ASCII"))
         .and_then(IdempotencyKey::parse)
         .map_err(|e| status::invalid(&Violations::single(IDEMPOTENCY_KEY, e.0)))?;
+    let mut input = request.clone();
+    input.clear_output_only();
     Ok(Some(IdempotentCall {
         key,
         method,
-        fingerprint: Fingerprint::of(&request.encode_to_vec()),
+        fingerprint: Fingerprint::of(&input.encode_to_vec()),
+        encode_refusal: status::encode_refusal,
     }))
 }
 

@@ -1,6 +1,7 @@
 //! `AppError` → `tonic::Status`, with the rich error model: every error carries an `ErrorInfo`
 //! (domain "coffer", a stable reason), INVALID_ARGUMENT a `BadRequest` with one violation per
-//! field, UNAVAILABLE a `RetryInfo`. Internal errors are logged with their cause chain and
+//! field, UNAVAILABLE (and ABORTED for a transaction conflict) a `RetryInfo`. UNKNOWN with
+//! `OUTCOME_UNKNOWN` means a commit was sent and its answer lost: not safe to retry blindly. Internal errors are logged with their cause chain and
 //! returned with no detail.
 
 use std::collections::HashMap;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::app::{AppError, RejectionKind};
+use crate::app::{AppError, Rejection, RejectionKind, StoredStatus};
 use crate::domain::Violations;
+use crate::store::StoreError;
 
 pub const DOMAIN: &str = "coffer";
 pub const REASON_INVALID: &str = "INVALID_REQUEST";
@@ -18,6 +20,9 @@ pub const REASON_UNAVAILABLE: &str = "UNAVAILABLE";
 pub const REASON_INTERNAL: &str = "INTERNAL";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_SCOPE_MISSING: &str = "SCOPE_MISSING";
+pub const REASON_DATABASE_TIMEOUT: &str = "DATABASE_TIMEOUT";
+pub const REASON_TRANSACTION_CONFLICT: &str = "TRANSACTION_CONFLICT";
+pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 
 fn with_info(
     code: Code,
@@ -66,24 +71,76 @@ pub fn unavailable(message: &str) -> Status {
     with_info(Code::Unavailable, REASON_UNAVAILABLE, message, details)
 }
 
+fn retry_in(code: Code, reason: &str, message: &str, after: Duration) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(after));
+    with_info(code, reason, message, details)
+}
+
+/// The status of a caller's refusal. Stored whole under an idempotency key (see
+/// [`encode_refusal`]), so this function decides the bytes of the first answer and of every
+/// replay alike.
+fn refusal(r: &Rejection) -> Status {
+    let code = match r.kind {
+        RejectionKind::NotFound => Code::NotFound,
+        RejectionKind::AlreadyExists => Code::AlreadyExists,
+        RejectionKind::FailedPrecondition => Code::FailedPrecondition,
+        RejectionKind::Aborted => Code::Aborted,
+        RejectionKind::Unauthenticated => Code::Unauthenticated,
+        RejectionKind::PermissionDenied => Code::PermissionDenied,
+    };
+    with_info(code, &r.reason, r.message.clone(), ErrorDetails::new())
+}
+
+/// A refusal as stored under an idempotency key: the encoded `google.rpc.Status` (code,
+/// message and details) that tonic sends as `grpc-status-details-bin`.
+pub fn encode_refusal(r: &Rejection) -> Vec<u8> {
+    refusal(r).details().to_vec()
+}
+
+/// A stored refusal, answered again exactly as it was first sent.
+fn replayed(stored: &StoredStatus) -> Status {
+    use prost::Message;
+    match tonic_types::Status::decode(stored.0.as_slice()) {
+        Ok(s) => Status::with_details(Code::from_i32(s.code), s.message, stored.0.clone().into()),
+        Err(e) => {
+            AppError::internal(format!("a stored idempotent status does not decode: {e}")).into()
+        }
+    }
+}
+
 impl From<AppError> for Status {
     fn from(e: AppError) -> Self {
         match e {
             AppError::Invalid(v) => invalid(&v),
-            AppError::Rejected(r) => {
-                let code = match r.kind {
-                    RejectionKind::NotFound => Code::NotFound,
-                    RejectionKind::AlreadyExists => Code::AlreadyExists,
-                    RejectionKind::FailedPrecondition => Code::FailedPrecondition,
-                    RejectionKind::Aborted => Code::Aborted,
-                    RejectionKind::Unauthenticated => Code::Unauthenticated,
-                    RejectionKind::PermissionDenied => Code::PermissionDenied,
-                };
-                with_info(code, &r.reason, r.message, ErrorDetails::new())
-            }
+            AppError::Rejected(r) => refusal(&r),
+            AppError::Replayed(stored) => replayed(&stored),
             AppError::Unavailable(cause) => {
-                tracing::warn!(error = %chain(&cause), "dependency unavailable");
-                unavailable("service temporarily unavailable, retry shortly")
+                tracing::warn!(error = %chain(&cause), "retryable failure");
+                match cause {
+                    StoreError::Conflict(_) => retry_in(
+                        Code::Aborted,
+                        REASON_TRANSACTION_CONFLICT,
+                        "the transaction conflicted with another and was rolled back; retry",
+                        Duration::from_millis(100),
+                    ),
+                    StoreError::Timeout(_) => retry_in(
+                        Code::Unavailable,
+                        REASON_DATABASE_TIMEOUT,
+                        "the database did not finish in time and nothing was changed; retry shortly",
+                        Duration::from_secs(1),
+                    ),
+                    _ => unavailable("service temporarily unavailable, retry shortly"),
+                }
+            }
+            AppError::OutcomeUnknown(cause) => {
+                tracing::warn!(error = %chain(&cause), "outcome unknown: the answer to a commit was lost");
+                with_info(
+                    Code::Unknown,
+                    REASON_OUTCOME_UNKNOWN,
+                    "the change was sent to the database but its answer was lost, so it may or may not have been applied; retry with the same idempotency-key to learn which",
+                    ErrorDetails::new(),
+                )
             }
             AppError::Internal(cause) => {
                 tracing::error!(error = %chain(cause.as_ref()), "internal error");

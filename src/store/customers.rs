@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{StoreError, corrupt};
 use crate::domain::customer::{Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
-use crate::store::idempotency::NewOutcome;
 
 /// The unique index that makes external_id unique among a tenant's live customers.
 pub const EXTERNAL_ID_INDEX: &str = "customers_external_id_live";
@@ -57,90 +57,63 @@ impl CustomerRow {
     }
 }
 
-/// A customer to insert, with who creates it and, under an idempotency key, the completed
-/// outcome to store with it.
-pub struct CustomerInsert {
-    pub tenant: TenantId,
-    pub by: KeyId,
-    pub customer: Customer,
-    pub outcome: Option<NewOutcome>,
-}
-
-/// Inserts customers, their audit rows and their stored outcomes, all in one statement: the
-/// cheapest way to commit them together, whether `rows` holds one customer or a batch of
-/// concurrent creates. Any conflict aborts the whole statement and writes nothing: a unique
-/// violation on [`EXTERNAL_ID_INDEX`] (the external id is taken) or on an idempotency key
-/// (used before, or held by a call still running). Inside a transaction, that violation
-/// aborts the transaction too.
-pub async fn insert_customers(
+/// Inserts a customer and its audit row in one statement; `false`, writing nothing, when a
+/// live customer of the tenant already has its external id. The conflict is an expected
+/// outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than failing, and the
+/// external id never reaches the database's error log.
+pub async fn insert_customer(
     conn: &mut PgConnection,
-    rows: &[CustomerInsert],
-) -> Result<(), StoreError> {
-    let n = rows.len();
-    let mut tenant = Vec::with_capacity(n);
-    let mut id = Vec::with_capacity(n);
-    let mut external_id = Vec::with_capacity(n);
-    let mut email = Vec::with_capacity(n);
-    let mut name = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut created_at = Vec::with_capacity(n);
-    let mut by = Vec::with_capacity(n);
-    let mut method = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
-    let mut fingerprint = Vec::with_capacity(n);
-    let mut response = Vec::with_capacity(n);
-    for row in rows {
-        let c = &row.customer;
-        tenant.push(row.tenant.as_uuid());
-        id.push(c.id.as_uuid());
-        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
-        email.push(c.email.as_ref().map(Email::as_str));
-        name.push(c.name.as_ref().map(CustomerName::as_str));
-        metadata.push(Json(c.metadata.as_map()));
-        created_at.push(c.created_at);
-        by.push(row.by.as_uuid());
-        let outcome = row.outcome.as_ref();
-        method.push(outcome.map(|o| o.method));
-        key.push(outcome.map(|o| o.key.as_str()));
-        fingerprint.push(outcome.map(|o| &o.fingerprint[..]));
-        response.push(outcome.map(|o| &o.response[..]));
-    }
-    sqlx::query!(
-        r#"WITH input AS (
-               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::text[],
-                                    $10::text[], $11::bytea[], $12::bytea[])
-                   AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
-                        method, key, fingerprint, response)),
+    tenant: TenantId,
+    by: KeyId,
+    c: &Customer,
+) -> Result<bool, StoreError> {
+    let created = sqlx::query_scalar!(
+        r#"WITH c AS (
+               INSERT INTO customers
+                   (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+               ON CONFLICT (tenant_id, external_id)
+                   WHERE deleted_at IS NULL AND external_id IS NOT NULL
+                   DO NOTHING
+               RETURNING tenant_id, id),
            a AS (
                INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
-               SELECT tenant_id, key_id, 'customer.created', 'customer', id FROM input),
-           k AS (
-               INSERT INTO idempotency_keys
-                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response)
-               SELECT tenant_id, method, key, fingerprint, 'completed', id, now(), response
-               FROM input
-               WHERE key IS NOT NULL)
-           INSERT INTO customers
-               (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
-           SELECT tenant_id, id, external_id, email, name, metadata, created_at, created_at
-           FROM input"#,
-        &tenant,
-        &id,
-        &external_id as _,
-        &email as _,
-        &name as _,
-        &metadata as _,
-        &created_at,
-        &by,
-        &method as _,
-        &key as _,
-        &fingerprint as _,
-        &response as _,
+               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c)
+           SELECT EXISTS (SELECT 1 FROM c) AS "created!""#,
+        tenant.as_uuid(),
+        c.id.as_uuid(),
+        c.external_id.as_ref().map(ExternalId::as_str),
+        c.email.as_ref().map(Email::as_str),
+        c.name.as_ref().map(CustomerName::as_str),
+        Json(c.metadata.as_map()) as _,
+        c.created_at,
+        by.as_uuid(),
     )
-    .execute(conn)
+    .fetch_one(conn)
+    .instrument(super::statement_span!("INSERT", "customers"))
     .await?;
-    Ok(())
+    Ok(created)
+}
+
+/// Whether a live customer of the tenant other than `except` has `external_id`.
+pub async fn external_id_taken(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    external_id: &ExternalId,
+    except: CustomerId,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query_scalar!(
+        r#"SELECT EXISTS (
+               SELECT 1 FROM customers
+               WHERE tenant_id = $1 AND external_id = $2 AND deleted_at IS NULL AND id <> $3
+           ) AS "taken!""#,
+        tenant.as_uuid(),
+        external_id.as_str(),
+        except.as_uuid(),
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(taken)
 }
 
 /// A live customer by Coffer id or external id.
@@ -218,6 +191,7 @@ pub async fn update_customer(
         customer.updated_at,
     )
     .fetch_one(conn)
+    .instrument(super::statement_span!("UPDATE", "customers"))
     .await?;
     row.into_domain()
 }
@@ -241,6 +215,7 @@ pub async fn soft_delete_customer(
         now,
     )
     .fetch_optional(conn)
+    .instrument(super::statement_span!("UPDATE", "customers"))
     .await?;
     row.map(CustomerRow::into_domain).transpose()
 }

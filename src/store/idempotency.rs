@@ -1,6 +1,13 @@
 //! The idempotency_keys table: claims with leases, and stored outcomes.
+//!
+//! A row is either `in_flight` (a claim: the attempt holding `lease_id` runs until
+//! `locked_until`) or `completed` (it holds the outcome: the encoded response, or the encoded
+//! `google.rpc.Status` of the caller's refusal). Every statement here succeeds for the
+//! expected outcomes — a key already held, already completed or taken over — and says which by
+//! what it returns, so none of them logs an error in the database with the key in it.
 
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -10,132 +17,147 @@ use crate::domain::ids::TenantId;
 /// How long a stored outcome is kept.
 pub const RETENTION_SECS: i64 = 24 * 3600;
 
-/// A completed outcome written by the same statement as the change it records.
-pub struct NewOutcome {
-    pub method: &'static str,
-    pub key: IdempotencyKey,
-    pub fingerprint: [u8; 32],
-    pub response: Vec<u8>,
+/// Which key: (tenant, full method name, key).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRef<'a> {
+    pub tenant: TenantId,
+    pub method: &'a str,
+    pub key: &'a IdempotencyKey,
 }
 
-/// The state of a key someone else holds.
+/// The state of a key another attempt claimed or completed.
+#[derive(Debug)]
 pub struct StoredKey {
     pub fingerprint: Vec<u8>,
-    pub completed: bool,
-    pub response: Option<Vec<u8>>,
-    pub error_kind: Option<String>,
-    pub error_reason: Option<String>,
-    pub error_message: Option<String>,
+    pub state: StoredState,
 }
 
-/// Claims `key` for one attempt, identified by `lease`. Succeeds when the key is new, when a
-/// previous claim's lease ran out (its holder crashed or hung), or when the stored outcome is
-/// older than the retention period. Commits on its own, before the work starts, so that a
-/// concurrent duplicate sees the claim at once instead of waiting on a row lock.
+#[derive(Debug)]
+pub enum StoredState {
+    InFlight,
+    /// The encoded response of a call that succeeded.
+    Response(Vec<u8>),
+    /// The encoded `google.rpc.Status` of a call that was refused.
+    Status(Vec<u8>),
+}
+
+/// Claims `key` for the attempt identified by `lease`, for `lease_secs`. Succeeds (`None`)
+/// when the key is new, when a previous claim's lease ran out (its holder crashed or hung), or
+/// when the stored outcome is past retention. Otherwise returns what holds the key. Runs on
+/// its own, outside the work's transaction, so that a concurrent duplicate sees the claim at
+/// once instead of waiting on a row lock.
 pub async fn claim_key(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    method: &str,
-    key: &IdempotencyKey,
+    key: KeyRef<'_>,
     fingerprint: &[u8; 32],
     lease: Uuid,
-    lease_secs: i64,
-) -> Result<bool, StoreError> {
-    let claimed = sqlx::query_scalar!(
-        r#"INSERT INTO idempotency_keys
-               (tenant_id, method, key, fingerprint, state, lease_id, locked_until)
-           VALUES ($1, $2, $3, $4, 'in_flight', $5, now() + make_interval(secs => $6))
-           ON CONFLICT (tenant_id, method, key) DO UPDATE
-           SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
-               lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
-               response = NULL, error_kind = NULL, error_reason = NULL, error_message = NULL,
-               created_at = now()
-           WHERE (idempotency_keys.state = 'in_flight' AND idempotency_keys.locked_until < now())
-              OR idempotency_keys.created_at < now() - make_interval(secs => $7)
-           RETURNING lease_id"#,
-        tenant.as_uuid(),
-        method,
-        key.as_str(),
-        &fingerprint[..],
-        lease,
-        lease_secs as f64,
-        RETENTION_SECS as f64,
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(claimed == Some(lease))
-}
-
-pub async fn find_key(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    method: &str,
-    key: &IdempotencyKey,
+    lease_secs: f64,
 ) -> Result<Option<StoredKey>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT fingerprint, state = 'completed' AS "completed!", response,
-                  error_kind, error_reason, error_message
+        r#"WITH claim AS (
+               INSERT INTO idempotency_keys
+                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until)
+               VALUES ($1, $2, $3, $4, 'in_flight', $5, now() + make_interval(secs => $6))
+               ON CONFLICT (tenant_id, method, key) DO UPDATE
+               SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
+                   lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
+                   response = NULL, status = NULL, created_at = now()
+               WHERE (idempotency_keys.state = 'in_flight'
+                      AND idempotency_keys.locked_until < now())
+                  OR idempotency_keys.created_at < now() - make_interval(secs => $7)
+               RETURNING lease_id)
+           SELECT EXISTS (SELECT 1 FROM claim) AS "claimed!""#,
+        key.tenant.as_uuid(),
+        key.method,
+        key.key.as_str(),
+        &fingerprint[..],
+        lease,
+        lease_secs,
+        RETENTION_SECS as f64,
+    )
+    .fetch_one(&mut *conn)
+    .instrument(super::statement_span!("INSERT", "idempotency_keys"))
+    .await?;
+    if row.claimed {
+        return Ok(None);
+    }
+    // Someone else holds the key. Read what they hold; the row may be gone again (its holder
+    // released it a moment ago), which reads as in flight: asking again is right either way.
+    Ok(Some(find_key(conn, key).await?.unwrap_or(StoredKey {
+        fingerprint: fingerprint.to_vec(),
+        state: StoredState::InFlight,
+    })))
+}
+
+/// The key as stored, if it exists.
+pub async fn find_key(
+    conn: &mut PgConnection,
+    key: KeyRef<'_>,
+) -> Result<Option<StoredKey>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT fingerprint, state = 'completed' AS "completed!", response, status
            FROM idempotency_keys WHERE tenant_id = $1 AND method = $2 AND key = $3"#,
-        tenant.as_uuid(),
-        method,
-        key.as_str(),
+        key.tenant.as_uuid(),
+        key.method,
+        key.key.as_str(),
     )
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| StoredKey {
+    let Some(r) = row else { return Ok(None) };
+    let state = match (r.completed, r.response, r.status) {
+        (false, _, _) => StoredState::InFlight,
+        (true, Some(response), _) => StoredState::Response(response),
+        (true, None, Some(status)) => StoredState::Status(status),
+        (true, None, None) => {
+            return Err(super::corrupt(
+                "idempotency outcome",
+                "completed with neither response nor status",
+            ));
+        }
+    };
+    Ok(Some(StoredKey {
         fingerprint: r.fingerprint,
-        completed: r.completed,
-        response: r.response,
-        error_kind: r.error_kind,
-        error_reason: r.error_reason,
-        error_message: r.error_message,
+        state,
     }))
 }
 
-/// The outcome to store: a response, or a caller's error.
+/// The outcome to store.
+#[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
+    /// The encoded response.
     Response(&'a [u8]),
-    Error {
-        kind: &'a str,
-        reason: &'a str,
-        message: &'a str,
-    },
+    /// The encoded `google.rpc.Status` of a refusal.
+    Status(&'a [u8]),
 }
 
 /// Stores the outcome of the attempt holding `lease`; `false` when that lease was lost (it ran
-/// out and another attempt took the key), in which case the caller must roll back.
+/// out and another attempt took the key), in which case the caller must roll back. Inside the
+/// work's transaction the update locks the row, so a takeover waits for the commit and then
+/// finds the key completed.
 pub async fn complete_key(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    method: &str,
-    key: &IdempotencyKey,
+    key: KeyRef<'_>,
     lease: Uuid,
     outcome: Outcome<'_>,
 ) -> Result<bool, StoreError> {
-    let (response, kind, reason, message) = match outcome {
-        Outcome::Response(r) => (Some(r), None, None, None),
-        Outcome::Error {
-            kind,
-            reason,
-            message,
-        } => (None, Some(kind), Some(reason), Some(message)),
+    let (response, status) = match outcome {
+        Outcome::Response(r) => (Some(r), None),
+        Outcome::Status(s) => (None, Some(s)),
     };
     let done = sqlx::query!(
         "UPDATE idempotency_keys
-         SET state = 'completed', response = $5, error_kind = $6, error_reason = $7,
-             error_message = $8
+         SET state = 'completed', response = $5, status = $6
          WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4
            AND state = 'in_flight'",
-        tenant.as_uuid(),
-        method,
-        key.as_str(),
+        key.tenant.as_uuid(),
+        key.method,
+        key.key.as_str(),
         lease,
         response,
-        kind,
-        reason,
-        message,
+        status,
     )
     .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -143,18 +165,16 @@ pub async fn complete_key(
 /// Gives up a claim whose attempt ended without a storable outcome, so a retry can run.
 pub async fn release_key(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    method: &str,
-    key: &IdempotencyKey,
+    key: KeyRef<'_>,
     lease: Uuid,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "DELETE FROM idempotency_keys
          WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4
            AND state = 'in_flight'",
-        tenant.as_uuid(),
-        method,
-        key.as_str(),
+        key.tenant.as_uuid(),
+        key.method,
+        key.key.as_str(),
         lease,
     )
     .execute(conn)

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{TestDb, eventually, hold_external_id, one_session_waits_on_a_lock, req};
+use crate::helpers::{TestDb, eventually, req};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -543,84 +543,6 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace() {
         attr(statement, "db.system.name"),
         Some(Value::StringValue("postgresql".into()))
     );
-}
-
-/// Creates that queue behind a busy writer are written by one statement, whose span is a root
-/// linking to every caller's span.
-#[tokio::test]
-async fn a_batched_statement_links_to_the_span_of_every_caller() {
-    let (receiver, otlp_env) = Receiver::start().await;
-    let db = TestDb::new().await;
-    let (pool, tenant, key) = acme(&db).await;
-    let state = TempDir::new();
-    // Four connections make one writer slot, so one blocked statement holds the others back.
-    let served = Served::start(&db, &state.0, &["--db-max-connections", "4"], &otlp_env).await;
-
-    // Hold external id "held" in an open transaction: the create that inserts it waits.
-    let blocker = hold_external_id(&pool, tenant, "held").await;
-    let create = |external_id: &str, trace_id: &str| {
-        let message = CreateCustomerRequest {
-            external_id: external_id.into(),
-            ..Default::default()
-        };
-        traced(message, &key, trace_id, "00f067aa0ba902b7")
-    };
-    let c = served.customers().await;
-    let mut held = c.clone();
-    let first = create("held", "11111111111111111111111111111111");
-    let first = tokio::spawn(async move { held.create_customer(first).await });
-    assert!(
-        one_session_waits_on_a_lock(&pool).await,
-        "the first create waits on the held row"
-    );
-    let traces = [
-        "22222222222222222222222222222222",
-        "33333333333333333333333333333333",
-    ];
-    let queued: Vec<_> = traces
-        .iter()
-        .enumerate()
-        .map(|(i, trace_id)| {
-            let mut c = c.clone();
-            let r = create(&format!("queued-{i}"), trace_id);
-            tokio::spawn(async move { c.create_customer(r).await })
-        })
-        .collect();
-    // The queue is inside the server; give both calls time to reach it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    blocker.rollback().await.unwrap();
-    first.await.unwrap().unwrap();
-    for call in queued {
-        call.await.unwrap().unwrap();
-    }
-    served.sigterm();
-    let (code, logs) = served.wait().await;
-    assert_eq!(code, Some(0), "{logs}");
-
-    let spans = receiver.spans();
-    let batch = spans
-        .iter()
-        .find(|s| {
-            s.name == "INSERT customers" && attr(s, "coffer.batch.rows") == Some(Value::IntValue(2))
-        })
-        .unwrap_or_else(|| {
-            let seen: Vec<_> = spans
-                .iter()
-                .map(|s| (&s.name, hex(&s.trace_id), attr(s, "coffer.batch.rows")))
-                .collect();
-            panic!("no batch of two among {seen:#?}")
-        });
-    assert!(batch.parent_span_id.is_empty(), "a batch has no one parent");
-    let mut linked: Vec<String> = batch.links.iter().map(|l| hex(&l.trace_id)).collect();
-    linked.sort();
-    assert_eq!(linked, traces, "linked to both callers' traces");
-    for link in &batch.links {
-        let caller = spans
-            .iter()
-            .find(|s| s.span_id == link.span_id)
-            .expect("the linked span is exported");
-        assert_eq!(caller.name, "create_customer");
-    }
 }
 
 #[test]

@@ -357,3 +357,64 @@ pub async fn one_session_waits_on_a_lock(pool: &PgPool) -> bool {
     })
     .await
 }
+
+/// A TCP proxy in front of Postgres that, once armed, passes on the next `COMMIT` a client
+/// sends and then cuts that connection before the server's answer comes back: the commit
+/// happens, and the client never learns it did.
+pub struct CommitCutter {
+    pub addr: SocketAddr,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitCutter {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let armed2 = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let armed = armed2.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client_r, mut client_w) = client.into_split();
+                    let (mut up_r, mut up_w) = upstream.into_split();
+                    let answers =
+                        tokio::spawn(
+                            async move { tokio::io::copy(&mut up_r, &mut client_w).await },
+                        );
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let commit = chunk.windows(6).any(|w| w == b"COMMIT");
+                        if commit && armed.swap(false, Ordering::SeqCst) {
+                            // Stop the answers first, so none of the reply reaches the client.
+                            answers.abort();
+                            let _ = up_w.write_all(chunk).await;
+                            let _ = up_w.flush().await;
+                            // Give the server the time to read it before the connection goes.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                        if up_w.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    answers.abort();
+                });
+            }
+        });
+        Self { addr, armed }
+    }
+
+    /// Cuts the connection that sends the next `COMMIT`, right after passing it on.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}

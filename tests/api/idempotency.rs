@@ -5,7 +5,20 @@ use std::sync::Arc;
 use coffer::grpc::pb::{self, CreateCustomerRequest, DeleteCustomerRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, details, idem, update};
+use std::time::Duration;
+
+use coffer::app::idempotency::{Done, IdempotencyConfig, IdempotentCall, Mutations};
+use coffer::app::{AppError, TenantCtx};
+use coffer::domain::customer::{Customer, ExternalId, Metadata};
+use coffer::domain::idempotency::IdempotencyKey;
+use coffer::domain::ids::CustomerId;
+use coffer::store::pool::{self, PoolConfig};
+use tokio_util::task::TaskTracker;
+
+use crate::helpers::{
+    CommitCutter, TestApp, TestDb, by_id, details, eventually, hold_external_id, idem,
+    one_session_waits_on_a_lock, req, test_config, update,
+};
 
 fn create(external_id: &str) -> CreateCustomerRequest {
     CreateCustomerRequest {
@@ -117,24 +130,36 @@ async fn updates_replay_and_the_callers_own_errors_are_stored() {
     assert_eq!(again.get_ref().name, "One");
     assert_eq!(again.get_ref(), first.get_ref());
 
-    // A conflict is the caller's own deterministic error: stored and replayed.
-    let err = c
+    // A conflict is the caller's own deterministic error: stored whole, as the encoded
+    // google.rpc.Status with its details, and replayed byte for byte.
+    let first = c
         .create_customer(idem(create("taken"), &app.key, "c"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
-    let stored: String =
-        sqlx::query_scalar("SELECT error_reason FROM idempotency_keys WHERE key = 'c'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(stored, "CUSTOMER_EXTERNAL_ID_TAKEN");
-    let err = c
+    assert_eq!(first.code(), Code::AlreadyExists);
+    assert_eq!(details(&first).0, "CUSTOMER_EXTERNAL_ID_TAKEN");
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT status FROM idempotency_keys WHERE key = 'c'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, first.details());
+    let again = c
         .create_customer(idem(create("taken"), &app.key, "c"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(details(&err).0, "CUSTOMER_EXTERNAL_ID_TAKEN");
+    assert_eq!(again.code(), first.code());
+    assert_eq!(again.message(), first.message());
+    assert_eq!(again.details(), first.details());
+    // Even once the conflict is gone, the replay is the stored answer, not a new attempt.
+    sqlx::query("UPDATE customers SET deleted_at = now() WHERE external_id = 'taken'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let later = c
+        .create_customer(idem(create("taken"), &app.key, "c"))
+        .await
+        .unwrap_err();
+    assert_eq!(later.details(), first.details());
 
     // A malformed request is not stored: the caller can fix it under the same key.
     let err = c
@@ -302,4 +327,319 @@ async fn concurrent_creates_racing_for_one_external_id_get_one_winner_and_stored
         (20, 1),
         "every outcome stored, one change audited"
     );
+}
+
+/// A caller that re-fetched the customer and retries its update with the fresh copy sends
+/// other output-only fields (update_time), but the same request: it gets the replay.
+#[tokio::test]
+async fn an_update_retried_after_a_refetch_is_a_replay() {
+    let app = TestApp::spawn().await;
+    let mut c = app.customers().await;
+    let created = c
+        .create_customer(req(create("user-1"), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let rename = |mut customer: pb::Customer| {
+        customer.name = "Ada".into();
+        update(customer, &["name"])
+    };
+    let first = c
+        .update_customer(idem(rename(created.clone()), &app.key, "rename"))
+        .await
+        .unwrap();
+    assert!(!replayed(&first));
+    let fetched = c
+        .get_customer(req(by_id(&created.id), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(fetched.update_time, created.update_time);
+    let retry = c
+        .update_customer(idem(rename(fetched), &app.key, "rename"))
+        .await
+        .unwrap();
+    assert!(replayed(&retry));
+    assert_eq!(retry.get_ref(), first.get_ref());
+    // A real difference under the same key is still refused.
+    let mut other = created.clone();
+    other.name = "Grace".into();
+    let err = c
+        .update_customer(idem(update(other, &["name"]), &app.key, "rename"))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&err).0, "IDEMPOTENCY_KEY_REUSED");
+}
+
+/// UNAVAILABLE (a statement timeout here) and INTERNAL are not outcomes: the key is released
+/// and the caller's retry under the same key does the work.
+#[tokio::test]
+async fn an_attempt_that_times_out_or_fails_releases_its_key_for_the_retry() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let short = pool::pool(
+        &db.options,
+        &PoolConfig {
+            statement_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        },
+    );
+    let app = TestApp::spawn_on(db, pool, short, test_config()).await;
+    let mut c = app.customers().await;
+    let created = c
+        .create_customer(req(create("user-1"), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let rename = || {
+        update(
+            pb::Customer {
+                id: created.id.clone(),
+                name: "Ada".into(),
+                ..Default::default()
+            },
+            &[],
+        )
+    };
+    let keys = |key: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The row is locked elsewhere: the update waits, and the statement timeout ends it.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE external_id = 'user-1' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let err = c
+        .update_customer(idem(rename(), &app.key, "slow"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(details(&err).0, "DATABASE_TIMEOUT");
+    assert!(
+        tonic_types::StatusExt::get_error_details(&err)
+            .retry_info()
+            .is_some()
+    );
+    assert_eq!(keys("slow").await, 0, "released");
+    lock.rollback().await.unwrap();
+
+    // A create waits on another session's uncommitted insert of the same external id.
+    let tenant = coffer::domain::ids::TenantId::from_uuid(
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap(),
+    );
+    let held = hold_external_id(&app.pool, tenant, "held").await;
+    let (mut waiting, key) = (c.clone(), app.key.clone());
+    let call = tokio::spawn(async move {
+        waiting
+            .create_customer(idem(create("held"), &key, "h"))
+            .await
+    });
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(details(&err).0, "DATABASE_TIMEOUT");
+    held.rollback().await.unwrap();
+    assert_eq!(keys("h").await, 0, "released");
+    let retried = c
+        .update_customer(idem(rename(), &app.key, "slow"))
+        .await
+        .unwrap();
+    assert!(!replayed(&retried));
+    assert_eq!(retried.get_ref().name, "Ada");
+
+    // A row the domain refuses makes the use case fail INTERNAL; the key is released too.
+    sqlx::query("UPDATE customers SET email = 'not an email' WHERE external_id = 'user-1'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let err = c
+        .update_customer(idem(rename(), &app.key, "broken"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(keys("broken").await, 0, "released");
+    sqlx::query("UPDATE customers SET email = 'a@example.com' WHERE external_id = 'user-1'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let retried = c
+        .update_customer(idem(rename(), &app.key, "broken"))
+        .await
+        .unwrap();
+    assert!(!replayed(&retried));
+}
+
+/// An attempt that outlives its lease loses the key to a retry; when it finally completes it
+/// rolls back and is told ABORTED, so the request is applied once, by the new holder.
+#[tokio::test]
+async fn an_attempt_that_lost_its_lease_rolls_back() {
+    let app = TestApp::spawn().await;
+    let (tenant, key) = app
+        .app
+        .create_tenant(&coffer::domain::auth::TenantName::parse("lease").unwrap())
+        .await
+        .unwrap();
+    let ctx = TenantCtx {
+        tenant,
+        key: key.id(),
+    };
+    // A short lease and a long work timeout, so the first attempt outlives its lease; the
+    // server refuses such a configuration, which is why this drives the mechanism directly.
+    let mutations = Mutations::new(
+        app.pool.clone(),
+        IdempotencyConfig {
+            lease: Duration::from_millis(500),
+            work_timeout: Duration::from_secs(10),
+        },
+        TaskTracker::new(),
+    );
+    let call = IdempotentCall {
+        key: IdempotencyKey::parse("slow").unwrap(),
+        method: "/test/Lease",
+        fingerprint: coffer::app::idempotency::Fingerprint::of(b"the request"),
+        encode_refusal: coffer::grpc::status::encode_refusal,
+    };
+    let attempt = |external_id: &'static str, wait: Duration| {
+        let (mutations, call) = (mutations.clone(), call.clone());
+        async move {
+            mutations
+                .run(&ctx, Some(call), move |conn| {
+                    Box::pin(async move {
+                        let customer = customer(external_id);
+                        tokio::time::sleep(wait).await;
+                        coffer::store::customers::insert_customer(
+                            conn, ctx.tenant, ctx.key, &customer,
+                        )
+                        .await?;
+                        Ok(customer)
+                    })
+                })
+                .await
+        }
+    };
+    let first = tokio::spawn(attempt("first", Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second: Done<Customer> = attempt("second", Duration::ZERO).await.unwrap();
+    assert!(
+        !second.replayed,
+        "the lease ran out, so the retry took the key over"
+    );
+    let first = first.await.unwrap();
+    let Err(AppError::Rejected(r)) = first else {
+        panic!("the first attempt must be refused: {first:?}")
+    };
+    assert_eq!(r.reason, "IDEMPOTENCY_KEY_IN_USE");
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT external_id FROM customers WHERE tenant_id = $1 ORDER BY external_id",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec!["second"],
+        "applied once, by the holder of the key"
+    );
+    // And the key answers with the second attempt's outcome.
+    let third: Done<Customer> = attempt("third", Duration::ZERO).await.unwrap();
+    assert!(third.replayed);
+    assert_eq!(third.value.id, second.value.id);
+}
+
+fn customer(external_id: &str) -> Customer {
+    let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    Customer {
+        id: CustomerId::generate(),
+        external_id: Some(ExternalId::parse(external_id).unwrap()),
+        email: None,
+        name: None,
+        metadata: Metadata::parse(&Default::default()).unwrap(),
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+    }
+}
+
+/// A commit whose answer is lost may have been applied: the caller is told UNKNOWN
+/// (OUTCOME_UNKNOWN), never the "retry shortly" of UNAVAILABLE, and a retry under the same
+/// key learns the outcome.
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_outcome_unknown() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let target = format!("{}:{}", db.options.get_host(), db.options.get_port());
+    let cutter = CommitCutter::start(target.parse().unwrap()).await;
+    let through = pool::pool(
+        &db.options
+            .clone()
+            .host("127.0.0.1")
+            .port(cutter.addr.port()),
+        &PoolConfig::default(),
+    );
+    let app = TestApp::spawn_on(db, pool, through, test_config()).await;
+    let mut c = app.customers().await;
+    let created = c
+        .create_customer(req(create("user-1"), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let rename = update(
+        pb::Customer {
+            id: created.id.clone(),
+            name: "Ada".into(),
+            ..Default::default()
+        },
+        &[],
+    );
+
+    cutter.arm();
+    let err = c
+        .update_customer(idem(rename.clone(), &app.key, "lost"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    assert_eq!(details(&err).0, "OUTCOME_UNKNOWN");
+    assert!(err.message().contains("idempotency-key"));
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM customers WHERE external_id = 'user-1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(name, "Ada", "the commit went through");
+    let retry = c
+        .update_customer(idem(rename, &app.key, "lost"))
+        .await
+        .unwrap();
+    assert!(replayed(&retry), "the retry learns the outcome");
+    assert_eq!(retry.get_ref().name, "Ada");
+
+    // Without a key the caller is told the same, so it does not blindly create a second one.
+    cutter.arm();
+    let err = c
+        .create_customer(req(create("user-2"), &app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    // The client heard of the cut at once; the server may still be finishing the commit.
+    let made = eventually(Duration::from_secs(5), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM customers WHERE external_id = 'user-2'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    assert!(made, "the commit went through");
 }

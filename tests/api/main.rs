@@ -3,7 +3,6 @@
 
 mod auth;
 mod binary;
-mod combine;
 mod config;
 mod customers;
 mod health;
