@@ -6,7 +6,12 @@ use coffer::grpc::pb::{
     self, CreateCustomerRequest, DeleteCustomerRequest, GetCustomerRequest, ListCustomersRequest,
     UpdateCustomerRequest,
 };
+use prost::Message;
+use prost::bytes::BufMut;
 use tonic::Code;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic_prost::ProstDecoder;
 
 use crate::helpers::{TestApp, by_external_id, by_id, details, idem, req, update};
 
@@ -422,4 +427,120 @@ async fn idempotency_keys_with_outer_spaces_are_refused() {
         assert_eq!(details(&err).1, vec!["idempotency-key"], "{key:?}");
     }
     assert_eq!(written(&app).await, (0, 0));
+}
+
+/// Sends bytes exactly as given, so a test can send what no well-behaved encoder would, and
+/// decodes the answer as a `Customer`.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::Customer;
+    type Encoder = RawEncoder;
+    type Decoder = ProstDecoder<pb::Customer>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<pb::Customer> {
+        ProstDecoder::default()
+    }
+}
+
+/// `message` encoded, with the byte of its one DEL character (a placeholder inside a string)
+/// replaced by 0xff, which is never valid UTF-8.
+fn not_utf8<M: Message>(message: &M) -> Vec<u8> {
+    let mut bytes = message.encode_to_vec();
+    let at: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] == 0x7f).collect();
+    assert_eq!(at.len(), 1, "one placeholder");
+    bytes[at[0]] = 0xff;
+    bytes
+}
+
+async fn send_raw(
+    channel: Channel,
+    key: &str,
+    method: &'static str,
+    bytes: Vec<u8>,
+) -> Result<pb::Customer, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(method);
+    grpc.unary(idem(bytes, key, "raw"), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_argument_naming_the_field() {
+    let app = TestApp::spawn().await;
+    const CREATE: &str = "/coffer.v1.Customers/CreateCustomer";
+    const UPDATE: &str = "/coffer.v1.Customers/UpdateCustomer";
+    let cases: Vec<(&'static str, Vec<u8>, &str)> = vec![
+        (
+            CREATE,
+            not_utf8(&CreateCustomerRequest {
+                email: "a\u{7f}@b.co".into(),
+                ..Default::default()
+            }),
+            "email",
+        ),
+        (
+            CREATE,
+            not_utf8(&CreateCustomerRequest {
+                metadata: BTreeMap::from([("k".into(), "v\u{7f}".into())]),
+                ..Default::default()
+            }),
+            "metadata",
+        ),
+        (
+            UPDATE,
+            not_utf8(&update(
+                pb::Customer {
+                    id: "customer_01jd0000000000000000000000".into(),
+                    name: "\u{7f}".into(),
+                    ..Default::default()
+                },
+                &[],
+            )),
+            "customer.name",
+        ),
+        // Not protobuf at all (tag 0): no field to name.
+        (CREATE, vec![0, 0], "request"),
+    ];
+    for (method, bytes, field) in cases {
+        let err = send_raw(app.channel().await, &app.key, method, bytes)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(
+            details(&err),
+            ("INVALID_REQUEST".to_owned(), vec![field.to_owned()]),
+        );
+    }
+    assert_eq!(written(&app).await, (0, 0));
+
+    // The same path with valid bytes is served, so the refusals above are about the bytes.
+    let ok = CreateCustomerRequest {
+        email: "a@b.co".into(),
+        ..Default::default()
+    };
+    let created = send_raw(app.channel().await, &app.key, CREATE, ok.encode_to_vec())
+        .await
+        .unwrap();
+    assert_eq!(created.email, "a@b.co");
 }
