@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Maps as BTreeMap: encodings are deterministic, which idempotency fingerprints rely on.
         .btree_map(".")
+        // A request that does not decode is the caller's mistake, not INTERNAL.
+        .codec_path("crate::grpc::codec::CofferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

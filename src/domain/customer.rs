@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 use super::ids::CustomerId;
-use super::validation::{Invalid, is_printable_ascii};
+use super::validation::{Invalid, TextKind, is_printable_ascii, untrimmed, visible};
 
-/// The caller's own id for a customer: 1-255 printable ASCII characters.
+/// The caller's own id for a customer: 1-255 printable ASCII characters, with no space at either
+/// end (a trimmed copy would be another customer's id, or none).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExternalId(String);
 
@@ -19,6 +20,7 @@ impl ExternalId {
         if !is_printable_ascii(s) {
             return Err(Invalid::new("must be printable ASCII"));
         }
+        untrimmed(s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -28,7 +30,8 @@ impl ExternalId {
 }
 
 /// An email address: at most 254 characters, a plain syntax check (one `@`, a non-empty local
-/// part, a dotted domain, no spaces or control characters). Deliverability is not our concern.
+/// part, a dotted domain, no spaces), and no invisible characters at all, so two addresses that
+/// look alike are alike. Deliverability is not our concern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -37,8 +40,9 @@ impl Email {
         if s.chars().count() > 254 {
             return Err(Invalid::new("must be at most 254 characters"));
         }
+        visible(s, TextKind::Identifier)?;
         let bad = || Invalid::new("must be an email address like name@example.com");
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.chars().any(char::is_whitespace) {
             return Err(bad());
         }
         let (local, domain) = s.split_once('@').ok_or_else(bad)?;
@@ -58,7 +62,8 @@ impl Email {
     }
 }
 
-/// A display name: at most 256 characters, no control characters.
+/// A display name: at most 256 characters, none of them invisible but the joiners some scripts
+/// need (see [`TextKind::Prose`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerName(String);
 
@@ -67,9 +72,7 @@ impl CustomerName {
         if s.chars().count() > 256 {
             return Err(Invalid::new("must be at most 256 characters"));
         }
-        if s.chars().any(char::is_control) {
-            return Err(Invalid::new("must not contain control characters"));
-        }
+        visible(s, TextKind::Prose)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -79,7 +82,8 @@ impl CustomerName {
 }
 
 /// Free-form key/value pairs. At most 45 keys: Stripe allows 50 and Coffer keeps 5 for its own
-/// references when it mirrors an object to a provider.
+/// references when it mirrors an object to a provider. Keys follow the identifier rule for
+/// invisible characters, values the prose rule (see [`TextKind`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata(BTreeMap<String, String>);
 
@@ -103,15 +107,16 @@ impl Metadata {
                     Self::MAX_KEY_CHARS
                 )));
             }
-            if k.chars().any(char::is_control) {
-                return Err(Invalid::new("keys must not contain control characters"));
-            }
+            // The key is not echoed: it is the bad value here.
+            visible(k, TextKind::Identifier).map_err(|e| Invalid::new(format!("keys {e}")))?;
             if v.chars().count() > Self::MAX_VALUE_CHARS {
                 return Err(Invalid::new(format!(
                     "value of key {k:?} must be at most {} characters",
                     Self::MAX_VALUE_CHARS
                 )));
             }
+            visible(v, TextKind::Prose)
+                .map_err(|e| Invalid::new(format!("value of key {k:?} {e}")))?;
         }
         Ok(Self(map.clone()))
     }
@@ -194,6 +199,65 @@ mod tests {
         assert!(ExternalId::parse(&"x".repeat(256)).is_err());
         assert!(ExternalId::parse("tab\there").is_err());
         assert!(ExternalId::parse("é").is_err());
+    }
+
+    #[test]
+    fn external_id_has_no_outer_spaces() {
+        assert!(ExternalId::parse("user 42").is_ok());
+        for bad in [" user-42", "user-42 ", " "] {
+            assert!(ExternalId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn email_refuses_invisible_characters() {
+        for bad in [
+            "a@b.c\u{200b}",
+            "\u{202e}evil@x.com",
+            "a\u{200d}b@x.com",
+            "a@b.co\u{0}",
+            "\u{feff}a@b.co",
+        ] {
+            let err = Email::parse(bad).unwrap_err();
+            assert!(err.0.contains("invisible"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn name_refuses_invisible_characters_but_keeps_joiners() {
+        for bad in [
+            "Ada\u{0}",
+            "Ada\nLovelace",
+            "\u{202e}Ada",
+            "A\u{200b}da",
+            "Ada\u{2069}",
+        ] {
+            assert!(CustomerName::parse(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["Ada Lovelace", "مهر\u{200c}نوش", "Zoë"] {
+            assert!(CustomerName::parse(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_refuses_invisible_characters_naming_the_key() {
+        let nul_value = BTreeMap::from([("plan".into(), "v\u{0}".into())]);
+        let err = Metadata::parse(&nul_value).unwrap_err();
+        assert_eq!(
+            err.0,
+            "value of key \"plan\" must not contain control or invisible formatting characters \
+             (found U+0000)"
+        );
+        let bidi_value = BTreeMap::from([("k".into(), "\u{202e}gpj.exe".into())]);
+        assert!(Metadata::parse(&bidi_value).is_err());
+        for key in ["k\u{0}", "k\u{200b}", "\u{200d}"] {
+            let bad_key = BTreeMap::from([(key.to_owned(), "v".into())]);
+            let err = Metadata::parse(&bad_key).unwrap_err();
+            assert!(err.0.starts_with("keys must not contain"), "{key:?}: {err}");
+            assert!(!err.0.contains(key), "the key is not echoed");
+        }
+        let joined = BTreeMap::from([("k".into(), "a\u{200c}b".into())]);
+        assert!(Metadata::parse(&joined).is_ok());
     }
 
     #[test]

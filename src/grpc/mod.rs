@@ -3,6 +3,7 @@
 //! cases live in `app`.
 
 pub mod auth;
+pub mod codec;
 pub mod customers;
 pub mod status;
 pub mod telemetry;
