@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use sqlx::PgPool;
 
 use super::idempotency::{Done, IdempotentCall, Mutations};
-use super::{AppError, RejectionKind, TenantCtx};
+use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
 use crate::domain::ids::CustomerId;
@@ -65,16 +65,21 @@ impl Customers {
             updated_at: now,
             deleted_at: None,
         };
+        let row = customer.clone();
         self.mutations
-            .run(&ctx, call, move |conn| {
-                Box::pin(async move {
-                    if store::insert_customer(conn, ctx.tenant, ctx.key, &customer).await? {
-                        Ok(customer)
-                    } else {
-                        Err(external_id_taken())
-                    }
-                })
-            })
+            .run_statement(
+                &ctx,
+                call,
+                customer,
+                external_id_taken(),
+                move |conn, completion| {
+                    Box::pin(async move {
+                        store::insert_customer(conn, ctx.tenant, ctx.key, &row, completion)
+                            .await
+                            .map_err(AppError::from_commit)
+                    })
+                },
+            )
             .await
     }
 
@@ -110,12 +115,14 @@ impl Customers {
                     if let Some(external_id) = &changed.external_id
                         && store::external_id_taken(conn, ctx.tenant, external_id, id).await?
                     {
-                        return Err(external_id_taken());
+                        return Err(AppError::Rejected(external_id_taken()));
                     }
                     let customer = store::update_customer(conn, ctx.tenant, &changed)
                         .await
                         .map_err(|e| match e.unique_violation() {
-                            Some(store::EXTERNAL_ID_INDEX) => external_id_taken(),
+                            Some(store::EXTERNAL_ID_INDEX) => {
+                                AppError::Rejected(external_id_taken())
+                            }
                             _ => AppError::from(e),
                         })?;
                     audit::insert_audit(
@@ -215,10 +222,10 @@ fn not_found() -> AppError {
     AppError::not_found(REASON_NOT_FOUND, "customer not found")
 }
 
-fn external_id_taken() -> AppError {
-    AppError::rejected(
-        RejectionKind::AlreadyExists,
-        REASON_EXTERNAL_ID_TAKEN,
-        "a live customer already has this external_id",
-    )
+fn external_id_taken() -> Rejection {
+    Rejection {
+        kind: RejectionKind::AlreadyExists,
+        reason: REASON_EXTERNAL_ID_TAKEN.to_owned(),
+        message: "a live customer already has this external_id".to_owned(),
+    }
 }

@@ -36,6 +36,7 @@ use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::ids::TenantId;
 use crate::store::StoreError;
 use crate::store::idempotency::{self as store, KeyRef, Outcome, StoredState};
+pub use crate::store::idempotency::{Completion, Written};
 
 pub const REASON_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 pub const REASON_IN_USE: &str = "IDEMPOTENCY_KEY_IN_USE";
@@ -131,6 +132,10 @@ pub enum Claim<T> {
     /// The key holds a completed outcome for the same request: answer with it.
     Replay(Result<Done<T>, AppError>),
 }
+
+/// The statement of a one-statement mutation. It commits on its own, so its errors go
+/// through [`AppError::from_commit`].
+pub type StatementWork<'c> = BoxFuture<'c, Result<Written, AppError>>;
 
 /// The encoded outcome of an attempt, ready to store.
 pub enum Record {
@@ -292,6 +297,69 @@ impl Mutations {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a mutation whose work is one statement that records its own outcome: a create,
+    /// whose response (`value`) is known before it runs because Coffer picks the id and the
+    /// timestamps, and whose one possible refusal (`refusal`, a conflict the statement finds
+    /// without failing) is known too. Claim, then the statement, which writes the change and
+    /// completes the key under the lease's row lock: two round trips and no explicit
+    /// transaction, where [`Mutations::run`] takes five.
+    pub async fn run_statement<T, F>(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        value: T,
+        refusal: Rejection,
+        statement: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection, Option<Completion<'c>>) -> StatementWork<'c>
+            + Send
+            + 'static,
+    {
+        let this = self.clone();
+        let tenant = ctx.tenant;
+        let attempt = async move {
+            let mut conn = this.pool.acquire().await?;
+            let lease = match &call {
+                None => None,
+                Some(call) => match this.claim(&mut conn, tenant, call).await? {
+                    Claim::Mine(lease) => Some(lease),
+                    Claim::Replay(answer) => return answer,
+                },
+            };
+            let response = lease.as_ref().map(|_| value.encode_replay());
+            let refused = lease.as_ref().map(|l| (l.call.encode_refusal)(&refusal));
+            let completion = match (&lease, &response, &refused) {
+                (Some(lease), Some(response), Some(refused)) => Some(Completion {
+                    key: lease.key(),
+                    lease: lease.id,
+                    response,
+                    refusal: refused,
+                }),
+                _ => None,
+            };
+            let written = this.bounded(statement(&mut conn, completion)).await;
+            match written {
+                Ok(Written { applied: true, .. }) => Ok(Done::new(value)),
+                Ok(Written {
+                    completed: false, ..
+                }) if lease.is_some() => Err(in_use()),
+                Ok(_) => Err(AppError::Rejected(refusal)),
+                Err(e) => {
+                    if let Some(lease) = lease {
+                        lease.release_elsewhere(&this.pool).await;
+                    }
+                    Err(e)
+                }
+            }
+        };
+        self.tasks
+            .spawn(attempt.instrument(tracing::Span::current()))
+            .await
+            .map_err(AppError::internal)?
     }
 
     /// Runs `work`, abandoning it after the work timeout (its transaction is then dropped and

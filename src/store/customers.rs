@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{StoreError, corrupt};
 use crate::domain::customer::{Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
+use crate::store::idempotency::{Completion, Written};
 
 /// The unique index that makes external_id unique among a tenant's live customers.
 pub const EXTERNAL_ID_INDEX: &str = "customers_external_id_live";
@@ -57,29 +58,48 @@ impl CustomerRow {
     }
 }
 
-/// Inserts a customer and its audit row in one statement; `false`, writing nothing, when a
-/// live customer of the tenant already has its external id. The conflict is an expected
-/// outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than failing, and the
-/// external id never reaches the database's error log.
+/// Inserts a customer and its audit row in one statement, and with a `completion` also
+/// stores the outcome under the idempotency key: the response when the customer was written,
+/// the refusal when a live customer of the tenant already has its external id. The conflict is
+/// an expected outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than
+/// failing, and the external id never reaches the database's error log. The key's row is
+/// locked for the statement and must still carry the lease; if another attempt took it over,
+/// nothing is written and `completed` is false.
 pub async fn insert_customer(
     conn: &mut PgConnection,
     tenant: TenantId,
     by: KeyId,
     c: &Customer,
-) -> Result<bool, StoreError> {
-    let created = sqlx::query_scalar!(
-        r#"WITH c AS (
+    completion: Option<Completion<'_>>,
+) -> Result<Written, StoreError> {
+    let key = completion.as_ref();
+    let row = sqlx::query!(
+        r#"WITH lease AS (
+               SELECT 1 FROM idempotency_keys
+               WHERE tenant_id = $1 AND method = $9 AND key = $10 AND lease_id = $11
+                 AND state = 'in_flight'
+               FOR UPDATE),
+           c AS (
                INSERT INTO customers
                    (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+               SELECT $1, $2, $3, $4, $5, $6, $7, $7
+               WHERE $9::text IS NULL OR EXISTS (SELECT 1 FROM lease)
                ON CONFLICT (tenant_id, external_id)
                    WHERE deleted_at IS NULL AND external_id IS NOT NULL
                    DO NOTHING
                RETURNING tenant_id, id),
            a AS (
                INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
-               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c)
-           SELECT EXISTS (SELECT 1 FROM c) AS "created!""#,
+               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c),
+           k AS (
+               UPDATE idempotency_keys
+               SET state = 'completed',
+                   response = CASE WHEN EXISTS (SELECT 1 FROM c) THEN $12::bytea END,
+                   status = CASE WHEN EXISTS (SELECT 1 FROM c) THEN NULL ELSE $13::bytea END
+               WHERE tenant_id = $1 AND method = $9 AND key = $10 AND lease_id = $11
+                 AND state = 'in_flight' AND EXISTS (SELECT 1 FROM lease)
+               RETURNING 1)
+           SELECT EXISTS (SELECT 1 FROM c) AS "applied!", EXISTS (SELECT 1 FROM k) AS "completed!""#,
         tenant.as_uuid(),
         c.id.as_uuid(),
         c.external_id.as_ref().map(ExternalId::as_str),
@@ -88,11 +108,19 @@ pub async fn insert_customer(
         Json(c.metadata.as_map()) as _,
         c.created_at,
         by.as_uuid(),
+        key.map(|k| k.key.method),
+        key.map(|k| k.key.key.as_str()),
+        key.map(|k| k.lease),
+        key.map(|k| k.response),
+        key.map(|k| k.refusal),
     )
     .fetch_one(conn)
     .instrument(super::statement_span!("INSERT", "customers"))
     .await?;
-    Ok(created)
+    Ok(Written {
+        applied: row.applied,
+        completed: row.completed,
+    })
 }
 
 /// Whether a live customer of the tenant other than `except` has `external_id`.

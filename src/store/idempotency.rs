@@ -25,6 +25,26 @@ pub struct KeyRef<'a> {
     pub key: &'a IdempotencyKey,
 }
 
+/// What a one-statement mutation needs to complete its key in the same statement: the key,
+/// the lease that must still hold it (locked for the statement), and both possible outcomes,
+/// encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub key: KeyRef<'a>,
+    pub lease: Uuid,
+    pub response: &'a [u8],
+    pub refusal: &'a [u8],
+}
+
+/// What a one-statement mutation did: whether it applied the change (else it found the
+/// conflict and wrote the refusal), and whether it completed the key (false with a
+/// completion: the lease was lost, and then it applied nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub applied: bool,
+    pub completed: bool,
+}
+
 /// The state of a key another attempt claimed or completed.
 #[derive(Debug)]
 pub struct StoredKey {

@@ -359,11 +359,13 @@ pub async fn one_session_waits_on_a_lock(pool: &PgPool) -> bool {
 }
 
 /// A TCP proxy in front of Postgres that, once armed, passes on the next `COMMIT` a client
-/// sends and then cuts that connection before the server's answer comes back: the commit
-/// happens, and the client never learns it did.
+/// sends (or, armed for any statement, the next message at all) and then cuts that connection
+/// before the server's answer comes back: the commit happens, and the client never learns it
+/// did.
 pub struct CommitCutter {
     pub addr: SocketAddr,
     armed: Arc<AtomicBool>,
+    any: Arc<AtomicBool>,
 }
 
 impl CommitCutter {
@@ -371,10 +373,11 @@ impl CommitCutter {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let armed = Arc::new(AtomicBool::new(false));
-        let armed2 = armed.clone();
+        let any = Arc::new(AtomicBool::new(false));
+        let (armed2, any2) = (armed.clone(), any.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let armed = armed2.clone();
+                let (armed, any) = (armed2.clone(), any2.clone());
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(target).await else {
                         return;
@@ -386,13 +389,32 @@ impl CommitCutter {
                             async move { tokio::io::copy(&mut up_r, &mut client_w).await },
                         );
                     let mut buf = vec![0u8; 64 * 1024];
+                    // Whether this connection executed a statement since the cutter was armed.
+                    let mut executed = false;
                     loop {
                         let n = match client_r.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
                         let chunk = &buf[..n];
-                        let commit = chunk.windows(6).any(|w| w == b"COMMIT");
+                        let commit = if !armed.load(Ordering::SeqCst) {
+                            false
+                        } else if any.load(Ordering::SeqCst) {
+                            // A statement outside a transaction runs at its Execute of the
+                            // unnamed portal (`E`, length 9, the portal's empty name) and commits
+                            // at the Sync after it (`S`, length 4); the Parse, the Execute and
+                            // the Sync may each come in a write of their own.
+                            let execute: &[u8] = b"E\0\0\0\x09\0";
+                            let sync: &[u8] = b"S\0\0\0\x04";
+                            let from = chunk.windows(execute.len()).position(|w| w == execute);
+                            executed |= from.is_some();
+                            executed
+                                && chunk[from.unwrap_or(0)..]
+                                    .windows(sync.len())
+                                    .any(|w| w == sync)
+                        } else {
+                            chunk.windows(6).any(|w| w == b"COMMIT")
+                        };
                         if commit && armed.swap(false, Ordering::SeqCst) {
                             // Stop the answers first, so none of the reply reaches the client.
                             answers.abort();
@@ -410,11 +432,19 @@ impl CommitCutter {
                 });
             }
         });
-        Self { addr, armed }
+        Self { addr, armed, any }
     }
 
     /// Cuts the connection that sends the next `COMMIT`, right after passing it on.
     pub fn arm(&self) {
+        self.any.store(false, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Cuts the connection that next executes a statement, right after passing it on: for a
+    /// statement that commits on its own.
+    pub fn arm_any(&self) {
+        self.any.store(true, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
     }
 }

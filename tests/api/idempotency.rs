@@ -12,6 +12,7 @@ use coffer::app::{AppError, TenantCtx};
 use coffer::domain::customer::{Customer, ExternalId, Metadata};
 use coffer::domain::idempotency::IdempotencyKey;
 use coffer::domain::ids::CustomerId;
+use coffer::startup::ServerConfig;
 use coffer::store::pool::{self, PoolConfig};
 use tokio_util::task::TaskTracker;
 
@@ -519,7 +520,7 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
                         let customer = customer(external_id);
                         tokio::time::sleep(wait).await;
                         coffer::store::customers::insert_customer(
-                            conn, ctx.tenant, ctx.key, &customer,
+                            conn, ctx.tenant, ctx.key, &customer, None,
                         )
                         .await?;
                         Ok(customer)
@@ -558,6 +559,78 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
     assert_eq!(third.value.id, second.value.id);
 }
 
+/// The one-statement path: a statement carrying a lease that was taken over writes nothing and
+/// completes nothing; the holder's statement does both.
+#[tokio::test]
+async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
+    use coffer::store::idempotency::{Completion, KeyRef, claim_key, find_key};
+    let app = TestApp::spawn().await;
+    let (tenant, api_key) = app
+        .app
+        .create_tenant(&coffer::domain::auth::TenantName::parse("lease").unwrap())
+        .await
+        .unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let idempotency_key = IdempotencyKey::parse("one").unwrap();
+    let key = KeyRef {
+        tenant,
+        method: "/test/One",
+        key: &idempotency_key,
+    };
+    let (stale, holder) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // A lease that has already run out, then a second attempt taking the key over.
+    assert!(
+        claim_key(&mut conn, key, &[7; 32], stale, -1.0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        claim_key(&mut conn, key, &[7; 32], holder, 60.0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let completion = |lease| Completion {
+        key,
+        lease,
+        response: b"response",
+        refusal: b"refusal",
+    };
+    let written = coffer::store::customers::insert_customer(
+        &mut conn,
+        tenant,
+        api_key.id(),
+        &customer("late"),
+        Some(completion(stale)),
+    )
+    .await
+    .unwrap();
+    assert!(!written.applied && !written.completed, "{written:?}");
+    let written = coffer::store::customers::insert_customer(
+        &mut conn,
+        tenant,
+        api_key.id(),
+        &customer("holder"),
+        Some(completion(holder)),
+    )
+    .await
+    .unwrap();
+    assert!(written.applied && written.completed, "{written:?}");
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT external_id FROM customers WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec!["holder"]);
+    let stored = find_key(&mut conn, key).await.unwrap().unwrap();
+    assert!(matches!(
+        stored.state,
+        coffer::store::idempotency::StoredState::Response(ref r) if r == b"response"
+    ));
+}
+
 fn customer(external_id: &str) -> Customer {
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     Customer {
@@ -588,7 +661,12 @@ async fn a_commit_whose_answer_was_lost_is_outcome_unknown() {
             .port(cutter.addr.port()),
         &PoolConfig::default(),
     );
-    let app = TestApp::spawn_on(db, pool, through, test_config()).await;
+    // No health pings during the test: the cutter must meet only the calls' own statements.
+    let config = ServerConfig {
+        health_interval: Duration::from_secs(3600),
+        ..test_config()
+    };
+    let app = TestApp::spawn_on(db, pool, through, config).await;
     let mut c = app.customers().await;
     let created = c
         .create_customer(req(create("user-1"), &app.key))
@@ -626,7 +704,8 @@ async fn a_commit_whose_answer_was_lost_is_outcome_unknown() {
     assert_eq!(retry.get_ref().name, "Ada");
 
     // Without a key the caller is told the same, so it does not blindly create a second one.
-    cutter.arm();
+    // A create is one statement that commits on its own.
+    cutter.arm_any();
     let err = c
         .create_customer(req(create("user-2"), &app.key))
         .await
