@@ -26,8 +26,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownController};
 use crate::store::pool::ping;
 
-/// Every service health reports on, besides the whole server ("").
-pub const SERVICES: &[&str] = &["coffer.v1.Customers"];
+/// Every service health reports on, besides the whole server (""), from the policy table.
+pub const SERVICES: &[&str] = &crate::grpc::policy::HEALTH_REPORTED;
 
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;

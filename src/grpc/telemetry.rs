@@ -1,7 +1,8 @@
 //! The outermost layer: one span per call with OpenTelemetry's RPC attributes (`rpc.system`,
 //! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), parented on the caller's
 //! `traceparent`, and the go-grpc-prometheus metrics `grpc_server_handled_total` and
-//! `grpc_server_handling_seconds`.
+//! `grpc_server_handling_seconds`. Names come from the policy table, so a made-up path adds no
+//! series and no span attribute of the caller's choosing.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +16,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::policy;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -75,14 +77,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
 
-        let (service, method) = split_path(req.uri().path());
+        let policy = policy::of(req.uri().path());
+        let (service, method) = policy.map_or(("unknown", "unknown"), |p| (p.service, p.method));
         let span = tracing::info_span!(
             "grpc",
             otel.name = %format_args!("{service}/{method}"),
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
+            rpc.service = service,
+            rpc.method = method,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
@@ -111,19 +114,10 @@ where
             if is_server_error(code) {
                 span.set_status(opentelemetry::trace::Status::error(code_description(code)));
             }
-            metrics.observe_grpc(&service, &method, code, started.elapsed());
+            metrics.observe_grpc(policy, code, started.elapsed());
             tracing::debug!(parent: &span, code, elapsed_ms = started.elapsed().as_millis() as u64, "handled");
             result
         })
-    }
-}
-
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn split_path(path: &str) -> (String, String) {
-    let trimmed = path.trim_start_matches('/');
-    match trimmed.split_once('/') {
-        Some((s, m)) => (s.to_owned(), m.to_owned()),
-        None => (trimmed.to_owned(), String::new()),
     }
 }
 
