@@ -185,8 +185,9 @@ impl Server {
 
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
+        // No `.timeout(..)`: the telemetry layer enforces deadlines, so timed-out calls are
+        // counted (`grpc::telemetry::SERVER_DEADLINE`).
         let served = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)

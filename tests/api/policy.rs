@@ -1,17 +1,21 @@
 //! The policy table as callers meet it: a path no service answers is UNIMPLEMENTED without a
-//! key lookup and counted under `unknown`, so made-up names cannot grow `/metrics`.
+//! key lookup and counted under `unknown`, so made-up names cannot grow `/metrics`; a call
+//! that runs past its deadline, or whose client gives up, is still counted, once.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use coffer::domain::auth::ApiKey;
-use coffer::domain::ids::KeyId;
-use coffer::grpc::pb::ListCustomersRequest;
+use coffer::domain::ids::{KeyId, TenantId};
+use coffer::grpc::pb::{CreateCustomerRequest, ListCustomersRequest};
 use http::uri::PathAndQuery;
 use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, http_get, req};
+use crate::helpers::{
+    TestApp, eventually, hold_external_id, http_get, one_session_waits_on_a_lock, req,
+};
 
 /// A unary call with an empty message to any path.
 async fn call(channel: Channel, path: &str, key: Option<&str>) -> Result<(), tonic::Status> {
@@ -40,6 +44,14 @@ fn sample(body: &str, family: &str, labels: &[&str]) -> Option<f64> {
         .collect();
     assert!(lines.len() <= 1, "{lines:?}");
     lines.first()?.rsplit(' ').next()?.parse().ok()
+}
+
+async fn acme(app: &TestApp) -> TenantId {
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    TenantId::from_uuid(id)
 }
 
 #[tokio::test]
@@ -128,4 +140,87 @@ async fn made_up_method_names_do_not_grow_metrics() {
         before.len(),
         after.len()
     );
+}
+
+/// How many CreateCustomer calls `/metrics` counts with each of `codes`.
+async fn creates_counted(app: &TestApp, codes: &[&str]) -> Vec<f64> {
+    let body = http_get(app.admin_addr, "/metrics").await.1;
+    codes
+        .iter()
+        .map(|code| {
+            sample(
+                &body,
+                "grpc_server_handled_total",
+                &[
+                    "grpc_method=\"CreateCustomer\"",
+                    &format!("grpc_code=\"{code}\""),
+                ],
+            )
+            .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_is_counted() {
+    let app = TestApp::spawn().await;
+    let holder = hold_external_id(&app.pool, acme(&app).await, "slow").await;
+    let mut c = app.customers().await;
+
+    let mut request = req(
+        CreateCustomerRequest {
+            external_id: "slow".into(),
+            ..Default::default()
+        },
+        &app.key,
+    );
+    // Sent as `grpc-timeout`. Tonic's client enforces it too, and started first, so it gives
+    // up (CANCELLED, "Timeout expired") and resets the stream at about the moment the server's
+    // own timer ends the call: the server counts whichever came first. (The server's own
+    // answer, DEADLINE_EXCEEDED, is what a caller sees when the server's limit is the shorter;
+    // `grpc::telemetry`'s unit tests cover it.)
+    request.set_timeout(Duration::from_millis(300));
+    let err = c.create_customer(request).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+
+    let counted = eventually(Duration::from_secs(5), || async {
+        let counts = creates_counted(&app, &["DeadlineExceeded", "Canceled"]).await;
+        counts.iter().sum::<f64>() == 1.0
+    })
+    .await;
+    assert!(counted, "the timed-out call is counted once");
+    holder.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_its_client_abandons_is_counted_as_cancelled() {
+    let app = TestApp::spawn().await;
+    let holder = hold_external_id(&app.pool, acme(&app).await, "slow").await;
+    let mut c = app.customers().await;
+
+    let key = app.key.clone();
+    let create = tokio::spawn(async move {
+        c.create_customer(req(
+            CreateCustomerRequest {
+                external_id: "slow".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+    });
+    // The client gives up once the create waits on the held row; dropping the call resets
+    // its stream.
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    create.abort();
+
+    let counted = eventually(Duration::from_secs(5), || async {
+        creates_counted(&app, &["Canceled"]).await == [1.0]
+    })
+    .await;
+    assert!(counted, "the abandoned call is counted as Canceled");
+    holder.rollback().await.unwrap();
 }
