@@ -3,16 +3,22 @@
 //! extensions. A path with no policy is answered UNIMPLEMENTED at once, without looking at its
 //! key, so made-up methods cost no database work.
 
+use std::collections::HashMap;
 use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
 use http::{Request, Response};
-use tonic::Status;
 use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{policy, status};
-use crate::app::auth::{AuthError, Authenticator};
+use crate::app::auth::{AuthError, Authenticator, LOOKUP_RETRY_AFTER};
+
+/// The reason of RESOURCE_EXHAUSTED when a key could not be checked because the budget of key
+/// lookups was spent (see `app::auth`).
+pub const REASON_KEY_LOOKUPS_EXHAUSTED: &str = "KEY_LOOKUPS_EXHAUSTED";
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -83,6 +89,7 @@ where
                 Ok(Err(AuthError::Invalid)) => {
                     return Ok(status::unauthenticated("invalid or revoked api key").into_http());
                 }
+                Ok(Err(AuthError::Busy)) => return Ok(lookups_exhausted().into_http()),
                 Err(e) => return Ok(tonic::Status::from(e).into_http()),
             };
             if !caller.scopes.allows(needed) {
@@ -96,4 +103,15 @@ where
             inner.call(req).await
         })
     }
+}
+
+fn lookups_exhausted() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(REASON_KEY_LOOKUPS_EXHAUSTED, status::DOMAIN, HashMap::new());
+    details.set_retry_info(Some(LOOKUP_RETRY_AFTER));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "too many api keys being checked at once, retry shortly",
+        details,
+    )
 }
