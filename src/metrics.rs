@@ -1,5 +1,7 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`. The gRPC families use
-//! the go-grpc-prometheus names and labels, so existing dashboards work unchanged.
+//! the go-grpc-prometheus names and labels, so existing dashboards work unchanged. Their labels
+//! come from the policy table only: a path no service answers is counted under `unknown`, so
+//! callers cannot add series, and labelling a call allocates nothing.
 
 use std::time::Duration;
 
@@ -10,19 +12,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::grpc::policy::Policy;
+
+/// The `grpc_type`, `grpc_service` and `grpc_method` of a path with no policy.
+const UNKNOWN: &str = "unknown";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandledLabels {
     grpc_type: &'static str,
-    grpc_service: String,
-    grpc_method: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
     grpc_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     grpc_type: &'static str,
-    grpc_service: String,
-    grpc_method: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
 }
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
@@ -75,22 +82,30 @@ impl Metrics {
         }
     }
 
-    pub fn observe_grpc(&self, service: &str, method: &str, code: i32, elapsed: Duration) {
-        let grpc_type = grpc_type(service, method);
+    /// Counts one call of `policy`'s method (`None`: a path no service answers).
+    pub fn observe_grpc(&self, policy: Option<&'static Policy>, code: i32, elapsed: Duration) {
+        let method = policy.map_or(
+            MethodLabels {
+                grpc_type: UNKNOWN,
+                grpc_service: UNKNOWN,
+                grpc_method: UNKNOWN,
+            },
+            |p| MethodLabels {
+                grpc_type: p.call_type.as_label(),
+                grpc_service: p.service,
+                grpc_method: p.method,
+            },
+        );
         self.handled
             .get_or_create(&HandledLabels {
-                grpc_type,
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
+                grpc_type: method.grpc_type,
+                grpc_service: method.grpc_service,
+                grpc_method: method.grpc_method,
                 grpc_code: code_name(code),
             })
             .inc();
         self.handling
-            .get_or_create(&MethodLabels {
-                grpc_type,
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
-            })
+            .get_or_create(&method)
             .observe(elapsed.as_secs_f64());
     }
 
@@ -104,18 +119,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-/// The kind of call, as go-grpc-prometheus labels it. Every Coffer RPC so far is unary; the
-/// streaming ones are reflection's and health's Watch.
-fn grpc_type(service: &str, method: &str) -> &'static str {
-    match (service, method) {
-        ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
-            "bidi_stream"
-        }
-        ("grpc.health.v1.Health", "Watch") => "server_stream",
-        _ => "unary",
     }
 }
 

@@ -26,8 +26,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownController};
 use crate::store::pool::ping;
 
-/// Every service health reports on, besides the whole server ("").
-pub const SERVICES: &[&str] = &["coffer.v1.Customers"];
+/// Every service health reports on, besides the whole server (""), from the policy table.
+pub const SERVICES: &[&str] = &crate::grpc::policy::HEALTH_REPORTED;
 
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -188,8 +188,9 @@ impl Server {
 
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
+        // No `.timeout(..)`: the telemetry layer enforces deadlines, so timed-out calls are
+        // counted (`grpc::telemetry::SERVER_DEADLINE`).
         let served = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)

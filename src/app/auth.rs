@@ -1,12 +1,22 @@
 //! Authenticating API keys, with a short cache so the hot path does not hit the database on
-//! every call. Entries live at most [`CACHE_TTL`], which bounds how long a revoked key keeps
-//! working.
+//! every call, and a budget of key lookups of their own, so a flood of made-up keys can neither
+//! take the pool from real calls nor push real keys out of the cache.
+//!
+//! - An entry lives at most [`CACHE_TTL`], which bounds how long a revoked key keeps working.
+//! - Keys that exist and ids that do not are cached apart. The first cache holds at most one
+//!   entry per row of `api_keys`, which callers cannot add to, so it is never emptied; the
+//!   second is bounded ([`LookupBudget::negatives`]) and only it is emptied when full.
+//! - Refreshing a key the cache has found before is not limited: real keys are few. Looking up
+//!   any other id (a new key's first use, or a made-up one) needs one of a few permits
+//!   ([`LookupBudget::concurrent`]); a lookup that waits longer than [`LookupBudget::wait`] for
+//!   one is answered [`AuthError::Busy`] without touching the database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use super::AppError;
 use crate::domain::auth::{ApiKey, Caller, KeyOwner, Scope, Scopes};
@@ -15,31 +25,82 @@ use crate::store::tenants::{KeyRecord, find_api_key};
 
 /// A revocation takes effect within this long.
 pub const CACHE_TTL: Duration = Duration::from_millis(500);
-/// Past this many entries the cache is emptied, so made-up key ids cannot grow it unbounded.
-const CACHE_MAX: usize = 10_000;
+/// When a caller refused [`AuthError::Busy`] may retry.
+pub const LOOKUP_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Key id → when it was looked up, and what was found (`None`: no such key).
-type KeyCache = HashMap<KeyId, (Instant, Option<Arc<KeyRecord>>)>;
+/// What key lookups may cost.
+#[derive(Debug, Clone)]
+pub struct LookupBudget {
+    /// How long a lookup's answer is trusted.
+    pub ttl: Duration,
+    /// Lookups of ids not known to exist that may run at once.
+    pub concurrent: usize,
+    /// How long such a lookup waits for its turn before the call is refused.
+    pub wait: Duration,
+    /// Ids found not to exist that are remembered, at most.
+    pub negatives: usize,
+}
+
+impl LookupBudget {
+    /// A quarter of `pool`'s connections for lookups of unknown ids, one to four: enough to
+    /// admit a new key at once, too few for a flood of made-up ones to starve real calls or the
+    /// health check.
+    pub fn for_pool(pool: &PgPool) -> Self {
+        Self {
+            ttl: CACHE_TTL,
+            concurrent: (pool.options().get_max_connections() as usize / 4).clamp(1, 4),
+            wait: Duration::from_millis(100),
+            negatives: 10_000,
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyCache {
+    /// Key id → when it was looked up and its row.
+    found: HashMap<KeyId, (Instant, Arc<KeyRecord>)>,
+    /// Key id → when it was found not to exist.
+    missing: HashMap<KeyId, Instant>,
+}
 
 #[derive(Clone)]
 pub struct Authenticator {
     pool: PgPool,
+    budget: LookupBudget,
     cache: Arc<Mutex<KeyCache>>,
+    permits: Arc<Semaphore>,
 }
 
-/// Why a presented key was refused. Deliberately vague towards the caller.
+/// Why a presented key was not accepted. Deliberately vague towards the caller.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing api key")]
     Missing,
     #[error("invalid api key")]
     Invalid,
+    /// The key could not be checked: too many lookups of unknown ids are running.
+    #[error("too many api key lookups")]
+    Busy,
+}
+
+/// What a lookup found.
+enum Found {
+    Key(Arc<KeyRecord>),
+    Nothing,
+    Busy,
 }
 
 impl Authenticator {
     pub fn new(pool: PgPool) -> Self {
+        let budget = LookupBudget::for_pool(&pool);
+        Self::with_budget(pool, budget)
+    }
+
+    pub fn with_budget(pool: PgPool, budget: LookupBudget) -> Self {
         Self {
             pool,
+            permits: Arc::new(Semaphore::new(budget.concurrent)),
+            budget,
             cache: Arc::default(),
         }
     }
@@ -61,8 +122,10 @@ impl Authenticator {
         let Ok(key) = ApiKey::parse(token.trim()) else {
             return Ok(Err(AuthError::Invalid));
         };
-        let Some(record) = self.lookup(key.id()).await? else {
-            return Ok(Err(AuthError::Invalid));
+        let record = match self.lookup(key.id()).await? {
+            Found::Key(record) => record,
+            Found::Nothing => return Ok(Err(AuthError::Invalid)),
+            Found::Busy => return Ok(Err(AuthError::Busy)),
         };
         if record.revoked || !key.matches(&record.key_hash) {
             return Ok(Err(AuthError::Invalid));
@@ -80,22 +143,63 @@ impl Authenticator {
         }))
     }
 
-    async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, AppError> {
-        {
-            let cache = self.cache.lock().expect("auth cache poisoned");
-            if let Some((at, record)) = cache.get(&id)
-                && at.elapsed() < CACHE_TTL
-            {
-                return Ok(record.clone());
-            }
+    /// The fresh cached answer for `id`, or whether the id is known to exist.
+    fn cached(&self, id: KeyId) -> Result<Found, bool> {
+        let cache = self.cache.lock().expect("auth cache poisoned");
+        if let Some((at, record)) = cache.found.get(&id) {
+            return if at.elapsed() < self.budget.ttl {
+                Ok(Found::Key(record.clone()))
+            } else {
+                Err(true)
+            };
         }
+        match cache.missing.get(&id) {
+            Some(at) if at.elapsed() < self.budget.ttl => Ok(Found::Nothing),
+            _ => Err(false),
+        }
+    }
+
+    async fn lookup(&self, id: KeyId) -> Result<Found, AppError> {
+        let known = match self.cached(id) {
+            Ok(found) => return Ok(found),
+            Err(known) => known,
+        };
+        let _permit = if known {
+            None
+        } else {
+            let Ok(Ok(permit)) =
+                tokio::time::timeout(self.budget.wait, self.permits.acquire()).await
+            else {
+                return Ok(Found::Busy);
+            };
+            // Concurrent calls with the same new key queue here; the first one's answer
+            // serves the rest.
+            if let Ok(found) = self.cached(id) {
+                return Ok(found);
+            }
+            Some(permit)
+        };
         let mut conn = self.pool.acquire().await?;
         let record = find_api_key(&mut conn, id).await?.map(Arc::new);
+        drop(conn);
+        let now = Instant::now();
         let mut cache = self.cache.lock().expect("auth cache poisoned");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(id, (Instant::now(), record.clone()));
-        Ok(record)
+        Ok(match record {
+            Some(record) => {
+                cache.missing.remove(&id);
+                cache.found.insert(id, (now, record.clone()));
+                Found::Key(record)
+            }
+            None => {
+                cache.found.remove(&id);
+                // Emptying all of it at once keeps inserts O(1); a forgotten made-up id only
+                // costs another budgeted lookup.
+                if cache.missing.len() >= self.budget.negatives {
+                    cache.missing.clear();
+                }
+                cache.missing.insert(id, now);
+                Found::Nothing
+            }
+        })
     }
 }

@@ -1,37 +1,24 @@
 //! The authentication layer: every call but health and reflection needs an API key with the
-//! scope its method requires. The caller is handed to the service in the request extensions.
+//! scope its method's policy requires. The caller is handed to the service in the request
+//! extensions. A path with no policy is answered UNIMPLEMENTED at once, without looking at its
+//! key, so made-up methods cost no database work.
 
+use std::collections::HashMap;
 use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
 use http::{Request, Response};
 use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use super::status;
-use crate::app::auth::{AuthError, Authenticator};
-use crate::domain::auth::Scope;
+use super::{policy, status};
+use crate::app::auth::{AuthError, Authenticator, LOOKUP_RETRY_AFTER};
 
-/// The scope a method needs; `None` for the public health and reflection services. Anything
-/// not listed as a read needs `write`, so a new RPC is never accidentally open to readers.
-pub fn required_scope(path: &str) -> Option<Scope> {
-    const PUBLIC: [&str; 3] = [
-        "/grpc.health.v1.Health/",
-        "/grpc.reflection.v1.ServerReflection/",
-        "/grpc.reflection.v1alpha.ServerReflection/",
-    ];
-    const READS: [&str; 2] = [
-        "/coffer.v1.Customers/GetCustomer",
-        "/coffer.v1.Customers/ListCustomers",
-    ];
-    if PUBLIC.iter().any(|p| path.starts_with(p)) {
-        None
-    } else if READS.contains(&path) {
-        Some(Scope::Read)
-    } else {
-        Some(Scope::Write)
-    }
-}
+/// The reason of RESOURCE_EXHAUSTED when a key could not be checked because the budget of key
+/// lookups was spent (see `app::auth`).
+pub const REASON_KEY_LOOKUPS_EXHAUSTED: &str = "KEY_LOOKUPS_EXHAUSTED";
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -80,7 +67,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let Some(needed) = required_scope(req.uri().path()) else {
+            let Some(policy) = policy::of(req.uri().path()) else {
+                // Like tonic's own answer for an unknown method: no details.
+                return Ok(Status::unimplemented("unknown method").into_http());
+            };
+            let Some(needed) = policy.scope else {
                 return inner.call(req).await;
             };
             let header = req
@@ -98,6 +89,7 @@ where
                 Ok(Err(AuthError::Invalid)) => {
                     return Ok(status::unauthenticated("invalid or revoked api key").into_http());
                 }
+                Ok(Err(AuthError::Busy)) => return Ok(lookups_exhausted().into_http()),
                 Err(e) => return Ok(tonic::Status::from(e).into_http()),
             };
             if !caller.scopes.allows(needed) {
@@ -111,4 +103,15 @@ where
             inner.call(req).await
         })
     }
+}
+
+fn lookups_exhausted() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(REASON_KEY_LOOKUPS_EXHAUSTED, status::DOMAIN, HashMap::new());
+    details.set_retry_info(Some(LOOKUP_RETRY_AFTER));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "too many api keys being checked at once, retry shortly",
+        details,
+    )
 }

@@ -8,5 +8,6 @@ mod customers;
 mod health;
 mod helpers;
 mod idempotency;
+mod policy;
 mod tenancy;
 mod validation;
