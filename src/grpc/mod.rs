@@ -65,6 +65,12 @@ pub fn idempotent_call<M: Fingerprinted>(
     method: &'static str,
     request: &M,
 ) -> Result<Option<IdempotentCall>, tonic::Status> {
+    // The policy table says which methods honour idempotency keys; a handler that reads one
+    // must be listed so (the descriptor test then keeps the table honest).
+    debug_assert!(
+        policy::of(method).is_some_and(|p| p.idempotent),
+        "{method} reads an idempotency-key but its policy does not say so"
+    );
     let Some(value) = metadata.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
