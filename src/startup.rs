@@ -23,7 +23,7 @@ use crate::grpc::customers::CustomersService;
 use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, ShutdownController};
+use crate::shutdown::CancellationToken;
 use crate::store::pool::ping;
 
 /// Every service health reports on, besides the whole server ("").
@@ -119,7 +119,6 @@ impl Server {
         // The bound addresses: with port 0 in the config, only these say where to connect.
         let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
         let admin_addr = admin.local_addr().unwrap_or(config.admin_addr);
-        let workers = ShutdownController::new();
         let readiness = Arc::new(Readiness::default());
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -129,25 +128,27 @@ impl Server {
         )
         .await;
         set_health(&health, &readiness, &metrics, up).await;
-        let watcher = tokio::spawn(watch_database(
+
+        // Every task is spawned on the app's tracker, which is closed and awaited at the end.
+        let workers = CancellationToken::new();
+        app.tasks.spawn(watch_database(
             app.clone(),
             health.clone(),
             readiness.clone(),
             metrics.clone(),
             config.health_interval,
-            workers.subscribe(),
+            workers.clone(),
         ));
-        let sweeper = tokio::spawn(sweeper::run(
+        app.tasks.spawn(sweeper::run(
             app.clone(),
             config.sweep_interval,
-            workers.subscribe(),
+            workers.clone(),
         ));
-
-        let mut admin_stop = workers.subscribe();
         let admin_router = admin::router(metrics.clone(), readiness.clone());
-        let admin_server = tokio::spawn(async move {
+        let admin_stop = workers.clone().cancelled_owned();
+        let admin_server = app.tasks.spawn(async move {
             axum::serve(admin, admin_router)
-                .with_graceful_shutdown(async move { admin_stop.recv().await })
+                .with_graceful_shutdown(admin_stop)
                 .await
         });
 
@@ -195,12 +196,13 @@ impl Server {
             .serve_with_incoming_shutdown(incoming, drain)
             .await;
 
-        workers.shutdown().await;
-        let _ = watcher.await;
-        let _ = sweeper.await;
-        let admin_result = admin_server.await;
+        workers.cancel();
+        app.tasks.close();
+        // The workers stop as soon as they are told; work a caller left behind (a mutation
+        // whose caller went away) finishes, up to its statement timeout.
+        app.tasks.wait().await;
         served?;
-        match admin_result {
+        match admin_server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ServeError::Admin(e)),
             Err(e) => return Err(ServeError::Admin(std::io::Error::other(e))),
@@ -248,12 +250,12 @@ async fn watch_database(
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     every: Duration,
-    mut shutdown: Shutdown,
+    stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.recv() => return,
+            () = stop.cancelled() => return,
         }
         let up = ping(&app.pool, every.max(Duration::from_millis(500))).await;
         set_health(&health, &readiness, &metrics, up).await;

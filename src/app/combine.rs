@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_core::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::store::StoreError;
@@ -66,6 +67,8 @@ struct Inner<R> {
     queue: Mutex<VecDeque<Entry<R>>>,
     slots: Arc<Semaphore>,
     pool: PgPool,
+    /// Owns the batch writers' tasks, so shutdown waits for them.
+    tasks: TaskTracker,
     insert: InsertFn<R>,
     /// The table the statement inserts into, for its spans.
     table: &'static str,
@@ -79,12 +82,19 @@ pub struct Combiner<R> {
 impl<R: Send + Sync + 'static> Combiner<R> {
     /// `insert` writes rows into `table`. `writers` bounds the statements in flight, and so
     /// the pool connections this combiner holds at once. Fewer writers make larger batches.
-    pub fn new(pool: PgPool, writers: usize, table: &'static str, insert: InsertFn<R>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        tasks: TaskTracker,
+        writers: usize,
+        table: &'static str,
+        insert: InsertFn<R>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 queue: Mutex::default(),
                 slots: Arc::new(Semaphore::new(writers.max(1))),
                 pool,
+                tasks,
                 insert,
                 table,
             }),
@@ -108,7 +118,7 @@ impl<R: Send + Sync + 'static> Combiner<R> {
             // Others were first: join their batch, written on the slot just taken.
             let (entry, answer) = Entry::new(row);
             inner.queue().push_back(entry);
-            tokio::spawn(inner.clone().drain(permit));
+            inner.tasks.spawn(inner.clone().drain(permit));
             return answer.await.unwrap_or_else(|_| crashed());
         }
         let (entry, answer) = Entry::new(row);
@@ -152,7 +162,7 @@ impl<R: Send + Sync + 'static> Inner<R> {
             return;
         }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            tokio::spawn(self.drain(permit));
+            self.tasks.spawn(self.clone().drain(permit));
         }
     }
 

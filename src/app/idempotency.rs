@@ -104,7 +104,8 @@ impl App {
         let app = self.clone();
         let ctx = *ctx;
         let work = async move { app.mutate_here(&ctx, call, work).await };
-        tokio::spawn(work.instrument(tracing::Span::current()))
+        self.tasks
+            .spawn(work.instrument(tracing::Span::current()))
             .await
             .map_err(AppError::internal)?
     }

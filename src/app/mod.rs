@@ -13,6 +13,7 @@ pub mod tenants;
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
 pub use error::{AppError, Rejection, RejectionKind};
 
@@ -24,20 +25,25 @@ use crate::store::customers::CustomerInsert;
 pub struct App {
     pub pool: PgPool,
     pub auth: auth::Authenticator,
+    /// Owns every task the use cases spawn, so shutdown can wait for them.
+    pub tasks: TaskTracker,
     customer_writes: Arc<combine::Combiner<CustomerInsert>>,
 }
 
 impl App {
     pub fn new(pool: PgPool) -> Self {
         let writers = batch_writers(&pool);
+        let tasks = TaskTracker::new();
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customer_writes: Arc::new(combine::Combiner::new(
                 pool.clone(),
+                tasks.clone(),
                 writers,
                 "customers",
                 |conn, rows| Box::pin(crate::store::customers::insert_customers(conn, rows)),
             )),
+            tasks,
             pool,
         }
     }

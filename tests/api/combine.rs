@@ -46,9 +46,14 @@ fn row(tenant: TenantId, external_id: &str) -> CustomerInsert {
 
 fn start(pool: &PgPool) -> Arc<Combiner<CustomerInsert>> {
     // One writer, so a blocked batch holds back everything submitted after it.
-    Arc::new(Combiner::new(pool.clone(), 1, "customers", |conn, rows| {
-        Box::pin(customers::insert_customers(conn, rows))
-    }))
+    let tasks = tokio_util::task::TaskTracker::new();
+    Arc::new(Combiner::new(
+        pool.clone(),
+        tasks,
+        1,
+        "customers",
+        |conn, rows| Box::pin(customers::insert_customers(conn, rows)),
+    ))
 }
 
 fn submit(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coffer::grpc::pb::{CreateCustomerRequest, ListCustomersRequest};
+use coffer::grpc::pb::{CreateCustomerRequest, DeleteCustomerRequest, ListCustomersRequest};
 use coffer::store::pool::{self, PoolConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -177,4 +177,51 @@ async fn shutdown_reports_not_serving_and_drains() {
         .list_customers(req(ListCustomersRequest::default(), &key))
         .await;
     assert!(gone.is_err(), "nothing answers after shutdown");
+}
+
+/// A mutation outlives its call (its caller may go away), and shutdown waits for it: the
+/// server's `run` returns only once the work its callers left behind is done.
+#[tokio::test]
+async fn shutdown_waits_for_the_work_callers_left_behind() {
+    let app = TestApp::spawn().await;
+    let mut customers = app.customers().await;
+    let created = customers
+        .create_customer(req(
+            CreateCustomerRequest {
+                external_id: "locked".into(),
+                ..Default::default()
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Lock the row, so the delete waits; its caller gives up after 200 ms.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE external_id = 'locked' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut delete = req(DeleteCustomerRequest { id: created.id }, &app.key);
+    delete.set_timeout(Duration::from_millis(200));
+    let err = customers.delete_customer(delete).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+
+    let stopping = tokio::spawn(app.stop());
+    // The delete cannot commit while the row is locked, so the server must still be waiting.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!stopping.is_finished(), "the server waits for the delete");
+    lock.rollback().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the server returns once the delete is done")
+        .unwrap()
+        .unwrap();
 }
