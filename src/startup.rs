@@ -24,7 +24,7 @@ use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
-use crate::store::pool::ping;
+use crate::store::pool::Pinger;
 
 /// Every service health reports on, besides the whole server ("").
 pub const SERVICES: &[&str] = &["coffer.v1.Customers"];
@@ -121,21 +121,18 @@ impl Server {
         let admin_addr = admin.local_addr().unwrap_or(config.admin_addr);
         let readiness = Arc::new(Readiness::default());
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let up = ping(
-            &app.pool,
-            config.health_interval.max(Duration::from_secs(1)),
-        )
-        .await;
-        set_health(&health, &readiness, &metrics, up).await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Arc::new(Health::new(reporter, readiness.clone(), metrics.clone()));
+        let mut pinger = Pinger::new(&app.pool);
+        health
+            .database(pinger.ping(ping_timeout(config.health_interval)).await)
+            .await;
 
         // Every task is spawned on the app's tracker, which is closed and awaited at the end.
         let workers = CancellationToken::new();
         app.tasks.spawn(watch_database(
-            app.clone(),
+            pinger,
             health.clone(),
-            readiness.clone(),
-            metrics.clone(),
             config.health_interval,
             workers.clone(),
         ));
@@ -173,13 +170,11 @@ impl Server {
         // tonic then lets in-flight calls finish before `serve` returns.
         let drain = {
             let health = health.clone();
-            let readiness = readiness.clone();
             let grace = config.shutdown_grace;
             async move {
                 signal.await;
                 tracing::info!("shutting down: reporting NOT_SERVING and draining");
-                readiness.draining.store(true, Ordering::Relaxed);
-                set_all(&health, ServingStatus::NotServing).await;
+                health.drain().await;
                 tokio::time::sleep(grace).await;
             }
         };
@@ -219,45 +214,144 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-async fn set_health(health: &HealthReporter, readiness: &Readiness, metrics: &Metrics, up: bool) {
-    let was = readiness.database_up.swap(up, Ordering::Relaxed);
-    metrics.set_database_up(up);
-    if readiness.draining.load(Ordering::Relaxed) {
-        return;
+/// Health as clients and orchestrators see it. The watcher's updates and the drain take one
+/// lock, so once draining has begun no tick in progress can set SERVING again; and a status is
+/// written only when it changes, since every write sends a message to every Watch stream.
+struct Health {
+    reporter: HealthReporter,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    state: tokio::sync::Mutex<Reported>,
+}
+
+#[derive(Default)]
+struct Reported {
+    /// The status last written; `None` before the first.
+    status: Option<ServingStatus>,
+    draining: bool,
+}
+
+impl Health {
+    fn new(reporter: HealthReporter, readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            reporter,
+            readiness,
+            metrics,
+            state: tokio::sync::Mutex::default(),
+        }
     }
-    set_all(
-        health,
-        if up {
+
+    /// Records a ping's result; health follows it unless the server is draining.
+    async fn database(&self, up: bool) {
+        let mut state = self.state.lock().await;
+        self.readiness.database_up.store(up, Ordering::Relaxed);
+        self.metrics.set_database_up(up);
+        if state.draining {
+            return;
+        }
+        let status = if up {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
-        },
-    )
-    .await;
-    if was != up {
+        };
+        if state.status == Some(status) {
+            return;
+        }
+        set_all(&self.reporter, status).await;
+        state.status = Some(status);
         if up {
             tracing::info!("database reachable: SERVING");
         } else {
             tracing::warn!("database unreachable: NOT_SERVING");
         }
     }
+
+    /// NOT_SERVING from now on, whatever the database does.
+    async fn drain(&self) {
+        let mut state = self.state.lock().await;
+        state.draining = true;
+        self.readiness.draining.store(true, Ordering::Relaxed);
+        if state.status != Some(ServingStatus::NotServing) {
+            set_all(&self.reporter, ServingStatus::NotServing).await;
+            state.status = Some(ServingStatus::NotServing);
+        }
+    }
+}
+
+fn ping_timeout(every: Duration) -> Duration {
+    every.max(Duration::from_secs(1))
 }
 
 /// Pings the database every `every` and keeps health and readiness in step with it.
 async fn watch_database(
-    app: App,
-    health: HealthReporter,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
+    mut pinger: Pinger,
+    health: Arc<Health>,
     every: Duration,
     stop: CancellationToken,
 ) {
+    let timeout = ping_timeout(every);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
         }
-        let up = ping(&app.pool, every.max(Duration::from_millis(500))).await;
-        set_health(&health, &readiness, &metrics, up).await;
+        let up = tokio::select! {
+            up = pinger.ping(timeout) => up,
+            () = stop.cancelled() => return,
+        };
+        health.database(up).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health as _;
+    use tonic_health::server::HealthService;
+
+    use super::*;
+
+    async fn reported(reporter: &HealthReporter) -> i32 {
+        HealthService::from_health_reporter(reporter.clone())
+            .check(tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+
+    /// A tick racing the drain never leaves SERVING behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_tick_sets_serving_once_the_drain_began() {
+        let metrics = Arc::new(Metrics::new());
+        for _ in 0..2000 {
+            let (reporter, _) = tonic_health::server::health_reporter();
+            let health = Arc::new(Health::new(
+                reporter.clone(),
+                Arc::default(),
+                metrics.clone(),
+            ));
+            health.database(true).await;
+            let ticks = {
+                let health = health.clone();
+                tokio::spawn(async move {
+                    // Alternating, so every tick writes.
+                    for i in 0..20 {
+                        health.database(i % 2 == 1).await;
+                    }
+                })
+            };
+            tokio::task::yield_now().await;
+            health.drain().await;
+            ticks.await.unwrap();
+            assert_eq!(
+                reported(&reporter).await,
+                ServingStatus::NotServing as i32,
+                "NOT_SERVING stays"
+            );
+            assert!(!health.readiness.is_ready());
+        }
     }
 }
