@@ -1,9 +1,10 @@
 //! The gRPC surface: protobuf ⇄ domain conversion, `AppError` → `tonic::Status`, and the tower
-//! layers every call passes through (telemetry, then authentication). Nothing else: the use
-//! cases live in `app`.
+//! layers every call passes through (telemetry, then the call limits, then authentication).
+//! Nothing else: the use cases live in `app`.
 
 pub mod auth;
 pub mod customers;
+pub mod limits;
 pub mod status;
 pub mod telemetry;
 

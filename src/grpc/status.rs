@@ -1,6 +1,6 @@
 //! `AppError` → `tonic::Status`, with the rich error model: every error carries an `ErrorInfo`
 //! (domain "coffer", a stable reason), INVALID_ARGUMENT a `BadRequest` with one violation per
-//! field, UNAVAILABLE a `RetryInfo`. Internal errors are logged with their cause chain and
+//! field, UNAVAILABLE and RESOURCE_EXHAUSTED a `RetryInfo`. Internal errors are logged with their cause chain and
 //! returned with no detail.
 
 use std::collections::HashMap;
@@ -18,6 +18,8 @@ pub const REASON_UNAVAILABLE: &str = "UNAVAILABLE";
 pub const REASON_INTERNAL: &str = "INTERNAL";
 pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_SCOPE_MISSING: &str = "SCOPE_MISSING";
+pub const REASON_OVERLOADED: &str = "OVERLOADED";
+pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 
 fn with_info(
     code: Code,
@@ -64,6 +66,24 @@ pub fn unavailable(message: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_retry_info(Some(Duration::from_secs(1)));
     with_info(Code::Unavailable, REASON_UNAVAILABLE, message, details)
+}
+
+/// The server is at its limit of calls or streams and refused this one without running it.
+pub fn overloaded(message: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(Duration::from_secs(1)));
+    with_info(Code::ResourceExhausted, REASON_OVERLOADED, message, details)
+}
+
+/// The call may or may not have taken effect, so it must not be retried blindly (UNAVAILABLE
+/// would say it is safe to), only with the same idempotency key.
+pub fn outcome_unknown(message: &str) -> Status {
+    with_info(
+        Code::Unknown,
+        REASON_OUTCOME_UNKNOWN,
+        message,
+        ErrorDetails::new(),
+    )
 }
 
 impl From<AppError> for Status {

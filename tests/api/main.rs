@@ -9,5 +9,6 @@ mod customers;
 mod health;
 mod helpers;
 mod idempotency;
+mod serving;
 mod tenancy;
 mod validation;
