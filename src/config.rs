@@ -123,6 +123,35 @@ pub struct ServeArgs {
     /// released; at most half the lease, and at least the statement timeout.
     #[arg(long, env = "COFFER_WORK_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub work_timeout: Duration,
+    /// After the grace period, how long calls in flight have to finish on shutdown; then open
+    /// streams and calls still running end with UNAVAILABLE and the process exits.
+    #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Unary calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COFFER_MAX_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls: u32,
+    /// Streams (Health/Watch, reflection) open at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COFFER_MAX_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// HTTP/2 streams one client connection may have open at once.
+    #[arg(long, env = "COFFER_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Client connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, env = "COFFER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a new connection has to send the HTTP/2 preface before it is closed.
+    #[arg(long, env = "COFFER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING checks that a client is still there.
+    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// Idle time before TCP keep-alive probes start on a client connection.
+    #[arg(long, env = "COFFER_TCP_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    pub tcp_keepalive: Duration,
 }
 
 #[derive(Debug, Subcommand)]

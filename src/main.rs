@@ -42,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// How long closing the pool may wait for connections still in use.
+const POOL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// An open database, and the private cluster this process started for it, if any.
 struct Database {
     pool: PgPool,
@@ -52,7 +55,14 @@ impl Database {
     /// Closes the pool and stops a private cluster this process started. One that was already
     /// running may be serving a test run or another process, so it is left alone.
     async fn close(self) {
-        self.pool.close().await;
+        // A task abandoned at the drain deadline may still hold a connection; closing waits for
+        // every connection, so it is bounded too, and the rest are dropped with the process.
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy: not waiting for them");
+        }
         if let Some(dir) = self.started_private {
             tracing::info!(dir = %dir.display(), "stopping the private Postgres");
             let _ = tokio::task::spawn_blocking(move || pg_local::stop_private(&dir)).await;
@@ -119,6 +129,15 @@ async fn run_server(
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
+        drain_timeout: args.drain_timeout,
+        max_calls: args.max_calls as usize,
+        max_streams: args.max_streams as usize,
+        max_streams_per_connection: args.max_streams_per_connection,
+        max_connections: args.max_connections as usize,
+        handshake_timeout: args.handshake_timeout,
+        http2_keepalive_interval: args.http2_keepalive_interval,
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
+        tcp_keepalive: args.tcp_keepalive,
         ..ServerConfig::default()
     };
     let server = Server::bind(config, database.pool.clone()).await?;

@@ -1,6 +1,7 @@
 //! Wiring: binds the gRPC and admin listeners, registers the services, health and reflection,
 //! starts the background workers, and on shutdown drains them in order: report NOT_SERVING,
-//! wait the grace period, stop accepting, finish in-flight calls, stop the workers.
+//! wait the grace period, stop accepting, finish in-flight calls, end what is still open at the
+//! drain deadline, stop the workers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -20,11 +22,12 @@ use crate::app::{App, IdempotencyConfig, sweeper};
 use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
+use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, ShutdownController};
-use crate::store::pool::ping;
+use crate::shutdown::CancellationToken;
+use crate::store::pool::Pinger;
 
 /// Every service health reports on, besides the whole server (""), from the policy table.
 pub const SERVICES: &[&str] = &crate::grpc::policy::HEALTH_REPORTED;
@@ -44,6 +47,25 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Idempotency leases and the work timeout under them.
     pub idempotency: IdempotencyConfig,
+    /// After the grace period, how long calls in flight have to finish. Then what is still open
+    /// (streams, calls still running) is ended with UNAVAILABLE and `run` returns.
+    pub drain_timeout: Duration,
+    /// Unary calls in flight at once, server-wide; more are refused with RESOURCE_EXHAUSTED.
+    pub max_calls: usize,
+    /// Streams (Health/Watch, reflection) open at once, server-wide; a budget of their own.
+    pub max_streams: usize,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// Client connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// How long a new connection has to send the HTTP/2 preface before it is closed.
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING checks that an open connection's peer is still there.
+    pub http2_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+    /// Idle time before TCP keep-alive probes start, so dead peers' sockets are reclaimed.
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +77,15 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
             idempotency: IdempotencyConfig::default(),
+            drain_timeout: Duration::from_secs(10),
+            max_calls: 1024,
+            max_streams: 1024,
+            max_streams_per_connection: 100,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -110,7 +141,9 @@ impl Server {
         &self.app
     }
 
-    /// Serves until `signal` completes, then drains and returns.
+    /// Serves until `signal` completes, then drains and returns. From `signal` to the return
+    /// takes at most the grace period plus the drain timeout, and a little over a second to
+    /// let the last answers out and stop the workers.
     pub async fn run(self, signal: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let Server {
             config,
@@ -122,35 +155,33 @@ impl Server {
         // The bound addresses: with port 0 in the config, only these say where to connect.
         let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
         let admin_addr = admin.local_addr().unwrap_or(config.admin_addr);
-        let workers = ShutdownController::new();
         let readiness = Arc::new(Readiness::default());
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let up = ping(
-            &app.pool,
-            config.health_interval.max(Duration::from_secs(1)),
-        )
-        .await;
-        set_health(&health, &readiness, &metrics, up).await;
-        let watcher = tokio::spawn(watch_database(
-            app.clone(),
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Arc::new(Health::new(reporter, readiness.clone(), metrics.clone()));
+        let mut pinger = Pinger::new(&app.pool);
+        health
+            .database(pinger.ping(ping_timeout(config.health_interval)).await)
+            .await;
+
+        // Every task is spawned on the app's tracker, which is closed and awaited at the end.
+        let workers = CancellationToken::new();
+        app.tasks.spawn(watch_database(
+            pinger,
             health.clone(),
-            readiness.clone(),
-            metrics.clone(),
             config.health_interval,
-            workers.subscribe(),
+            workers.clone(),
         ));
-        let sweeper = tokio::spawn(sweeper::run(
+        app.tasks.spawn(sweeper::run(
             app.clone(),
             config.sweep_interval,
-            workers.subscribe(),
+            workers.clone(),
         ));
-
-        let mut admin_stop = workers.subscribe();
         let admin_router = admin::router(metrics.clone(), readiness.clone());
-        let admin_server = tokio::spawn(async move {
+        let admin_stop = workers.clone().cancelled_owned();
+        let admin_server = app.tasks.spawn(async move {
             axum::serve(admin, admin_router)
-                .with_graceful_shutdown(async move { admin_stop.recv().await })
+                .with_graceful_shutdown(admin_stop)
                 .await
         });
 
@@ -167,51 +198,110 @@ impl Server {
         let customers = CustomersServer::new(CustomersService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
+        // Limits before authentication, so a flood is refused before it costs a key lookup;
+        // after telemetry, so refusals are counted.
+        let limits = CallLimits::new(config.max_calls, config.max_streams);
         let layers = ServiceBuilder::new()
             .layer(TelemetryLayer::new(metrics.clone()))
+            .layer(limits.clone())
             .layer(AuthLayer::new(app.auth.clone()));
 
-        // Once `signal` fires: NOT_SERVING first, then after the grace period stop accepting;
-        // tonic then lets in-flight calls finish before `serve` returns.
-        let drain = {
-            let health = health.clone();
-            let readiness = readiness.clone();
-            let grace = config.shutdown_grace;
-            async move {
-                signal.await;
-                tracing::info!("shutting down: reporting NOT_SERVING and draining");
-                readiness.draining.store(true, Ordering::Relaxed);
-                set_all(&health, ServingStatus::NotServing).await;
-                tokio::time::sleep(grace).await;
-            }
-        };
-
-        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let stop_accepting = CancellationToken::new();
+        let incoming = Incoming::new(
+            TcpIncoming::from(grpc)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(config.tcp_keepalive)),
+            config.max_connections,
+            config.handshake_timeout,
+        );
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
         // No `.timeout(..)`: the telemetry layer enforces deadlines, so timed-out calls are
-        // counted (`grpc::telemetry::SERVER_DEADLINE`).
-        let served = tonic::transport::Server::builder()
+        // counted (`grpc::telemetry::SERVER_DEADLINE`). Returns once it stopped accepting and
+        // every connection has closed.
+        let serving = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(customers)
-            .serve_with_incoming_shutdown(incoming, drain)
-            .await;
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
-        workers.shutdown().await;
-        let _ = watcher.await;
-        let _ = sweeper.await;
-        let admin_result = admin_server.await;
+        let draining = drain(signal, &config, &health, &limits, &stop_accepting);
+        let served = tokio::select! {
+            served = serving => served,
+            () = draining => {
+                tracing::warn!("connections still open after the drain deadline: closing them");
+                Ok(())
+            }
+        };
+        let deadline = health.deadline().await;
+
+        workers.cancel();
+        app.tasks.close();
+        // Work left behind by callers has until the deadline; the workers stop as soon as they
+        // are told, so past it they get only a moment.
+        let tasks_deadline = (deadline + LAST_WORDS).max(Instant::now() + WORKERS_STOP);
+        if tokio::time::timeout_at(tasks_deadline, app.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = app.tasks.len(),
+                "background tasks still running at the drain deadline: abandoning them"
+            );
+        }
         served?;
-        match admin_result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServeError::Admin(e)),
-            Err(e) => return Err(ServeError::Admin(std::io::Error::other(e))),
+        if admin_server.is_finished() {
+            match admin_server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ServeError::Admin(e)),
+                Err(e) => return Err(ServeError::Admin(std::io::Error::other(e))),
+            }
         }
         tracing::info!("drained; bye");
         Ok(())
     }
+}
+
+/// How long, past the drain deadline, the last answers have to reach their clients.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// How long the workers have to stop once told, when the deadline has passed.
+const WORKERS_STOP: Duration = Duration::from_millis(200);
+
+/// The shutdown sequence, from `signal` on. It completes only when connections are still open a
+/// moment past the drain deadline; tonic's own drain usually finishes first.
+async fn drain(
+    signal: impl Future<Output = ()>,
+    config: &ServerConfig,
+    health: &Health,
+    limits: &CallLimits,
+    stop_accepting: &CancellationToken,
+) {
+    signal.await;
+    let deadline = Instant::now() + config.shutdown_grace + config.drain_timeout;
+    tracing::info!("shutting down: reporting NOT_SERVING and draining");
+    health.drain(deadline).await;
+    tokio::time::sleep(config.shutdown_grace).await;
+    stop_accepting.cancel();
+    // Unary calls end by themselves; streams such as Watch never do, so once the calls are done
+    // (or the deadline passes) waiting any longer serves nobody.
+    let _ = tokio::time::timeout_at(deadline, limits.drain()).await;
+    if limits.calls_in_flight() > 0 {
+        tracing::warn!(
+            calls = limits.calls_in_flight(),
+            "drain deadline passed: answering the calls still running with UNKNOWN"
+        );
+    }
+    limits.end_open_calls();
+    tokio::time::sleep_until(deadline + LAST_WORDS).await;
+}
+
+fn ping_timeout(every: Duration) -> Duration {
+    every.max(Duration::from_secs(1))
 }
 
 async fn set_all(health: &HealthReporter, status: ServingStatus) {
@@ -221,45 +311,150 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-async fn set_health(health: &HealthReporter, readiness: &Readiness, metrics: &Metrics, up: bool) {
-    let was = readiness.database_up.swap(up, Ordering::Relaxed);
-    metrics.set_database_up(up);
-    if readiness.draining.load(Ordering::Relaxed) {
-        return;
+/// Health as clients and orchestrators see it. The watcher's updates and the drain take one
+/// lock, so once draining has begun no tick in progress can set SERVING again; and a status is
+/// written only when it changes, since every write sends a message to every Watch stream.
+struct Health {
+    reporter: HealthReporter,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    state: tokio::sync::Mutex<Reported>,
+}
+
+#[derive(Default)]
+struct Reported {
+    /// The status last written; `None` before the first.
+    status: Option<ServingStatus>,
+    /// When the drain must end, once it has begun.
+    draining_until: Option<Instant>,
+}
+
+impl Health {
+    fn new(reporter: HealthReporter, readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            reporter,
+            readiness,
+            metrics,
+            state: tokio::sync::Mutex::default(),
+        }
     }
-    set_all(
-        health,
-        if up {
+
+    /// Records a ping's result; health follows it unless the server is draining.
+    async fn database(&self, up: bool) {
+        let mut state = self.state.lock().await;
+        self.readiness.database_up.store(up, Ordering::Relaxed);
+        self.metrics.set_database_up(up);
+        if state.draining_until.is_some() {
+            return;
+        }
+        let status = if up {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
-        },
-    )
-    .await;
-    if was != up {
+        };
+        if state.status == Some(status) {
+            return;
+        }
+        set_all(&self.reporter, status).await;
+        state.status = Some(status);
         if up {
             tracing::info!("database reachable: SERVING");
         } else {
             tracing::warn!("database unreachable: NOT_SERVING");
         }
     }
+
+    /// NOT_SERVING from now on, whatever the database does.
+    async fn drain(&self, deadline: Instant) {
+        let mut state = self.state.lock().await;
+        state.draining_until = Some(deadline);
+        self.readiness.draining.store(true, Ordering::Relaxed);
+        if state.status != Some(ServingStatus::NotServing) {
+            set_all(&self.reporter, ServingStatus::NotServing).await;
+            state.status = Some(ServingStatus::NotServing);
+        }
+    }
+
+    /// The drain deadline, or now if the server stopped without being told to (an error).
+    async fn deadline(&self) -> Instant {
+        self.state
+            .lock()
+            .await
+            .draining_until
+            .unwrap_or_else(Instant::now)
+    }
 }
 
 /// Pings the database every `every` and keeps health and readiness in step with it.
 async fn watch_database(
-    app: App,
-    health: HealthReporter,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
+    mut pinger: Pinger,
+    health: Arc<Health>,
     every: Duration,
-    mut shutdown: Shutdown,
+    stop: CancellationToken,
 ) {
+    let timeout = ping_timeout(every);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.recv() => return,
+            () = stop.cancelled() => return,
         }
-        let up = ping(&app.pool, every.max(Duration::from_millis(500))).await;
-        set_health(&health, &readiness, &metrics, up).await;
+        let up = tokio::select! {
+            up = pinger.ping(timeout) => up,
+            () = stop.cancelled() => return,
+        };
+        health.database(up).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health as _;
+    use tonic_health::server::HealthService;
+
+    use super::*;
+
+    async fn reported(reporter: &HealthReporter) -> i32 {
+        HealthService::from_health_reporter(reporter.clone())
+            .check(tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+
+    /// A tick racing the drain never leaves SERVING behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_tick_sets_serving_once_the_drain_began() {
+        let metrics = Arc::new(Metrics::new());
+        for _ in 0..2000 {
+            let (reporter, _) = tonic_health::server::health_reporter();
+            let health = Arc::new(Health::new(
+                reporter.clone(),
+                Arc::default(),
+                metrics.clone(),
+            ));
+            health.database(true).await;
+            let ticks = {
+                let health = health.clone();
+                tokio::spawn(async move {
+                    // Alternating, so every tick writes.
+                    for i in 0..20 {
+                        health.database(i % 2 == 1).await;
+                    }
+                })
+            };
+            tokio::task::yield_now().await;
+            health.drain(Instant::now()).await;
+            ticks.await.unwrap();
+            assert_eq!(
+                reported(&reporter).await,
+                ServingStatus::NotServing as i32,
+                "NOT_SERVING stays"
+            );
+            assert!(!health.readiness.is_ready());
+        }
     }
 }

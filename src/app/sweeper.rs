@@ -4,22 +4,28 @@
 use std::time::Duration;
 
 use super::App;
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 use crate::store::idempotency::delete_expired_keys;
 
 const BATCH: i64 = 1_000;
 
 /// Runs until shutdown, sweeping every `every`.
-pub async fn run(app: App, every: Duration, mut shutdown: Shutdown) {
+pub async fn run(app: App, every: Duration, stop: CancellationToken) {
     loop {
-        match sweep_once(&app).await {
+        // A sweep in progress is abandoned at shutdown: each batch is its own statement, so
+        // nothing is left half-done, and the next start sweeps again.
+        let swept = tokio::select! {
+            swept = sweep_once(&app) => swept,
+            () = stop.cancelled() => return,
+        };
+        match swept {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.recv() => return,
+            () = stop.cancelled() => return,
         }
     }
 }

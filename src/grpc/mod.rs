@@ -1,10 +1,11 @@
 //! The gRPC surface: protobuf ⇄ domain conversion, `AppError` → `tonic::Status`, and the tower
-//! layers every call passes through (telemetry, then authentication), which read each method's
-//! policy from one table. Nothing else: the use cases live in `app`.
+//! layers every call passes through (telemetry, then the call limits, then authentication),
+//! which read each method's policy from one table. Nothing else: the use cases live in `app`.
 
 pub mod auth;
 pub mod codec;
 pub mod customers;
+pub mod limits;
 pub mod policy;
 pub mod status;
 pub mod telemetry;

@@ -48,6 +48,19 @@ pub struct Policy {
     pub call_type: CallType,
 }
 
+impl Policy {
+    /// Whether the method stays open until one side ends it (any streaming kind).
+    pub fn is_stream(&self) -> bool {
+        self.call_type != CallType::Unary
+    }
+
+    /// Whether the method only reads: public, or needing no more than the `read` scope. A call
+    /// of any other method may have written something by the time it is cut short.
+    pub fn reads_only(&self) -> bool {
+        matches!(self.scope, None | Some(Scope::Read))
+    }
+}
+
 /// One service and its methods.
 #[derive(Debug)]
 pub struct Service {

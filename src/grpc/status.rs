@@ -1,7 +1,8 @@
 //! `AppError` → `tonic::Status`, with the rich error model: every error carries an `ErrorInfo`
 //! (domain "coffer", a stable reason), INVALID_ARGUMENT a `BadRequest` with one violation per
-//! field, UNAVAILABLE (and ABORTED for a transaction conflict) a `RetryInfo`. UNKNOWN with
-//! `OUTCOME_UNKNOWN` means a commit was sent and its answer lost: not safe to retry blindly. Internal errors are logged with their cause chain and
+//! field, UNAVAILABLE, RESOURCE_EXHAUSTED (and ABORTED for a transaction conflict) a
+//! `RetryInfo`. UNKNOWN with `OUTCOME_UNKNOWN` means a commit was sent and its answer lost: not
+//! safe to retry blindly. Internal errors are logged with their cause chain and
 //! returned with no detail.
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ pub const REASON_UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const REASON_SCOPE_MISSING: &str = "SCOPE_MISSING";
 pub const REASON_DATABASE_TIMEOUT: &str = "DATABASE_TIMEOUT";
 pub const REASON_TRANSACTION_CONFLICT: &str = "TRANSACTION_CONFLICT";
+pub const REASON_OVERLOADED: &str = "OVERLOADED";
 pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 
 fn with_info(
@@ -107,6 +109,24 @@ fn replayed(stored: &StoredStatus) -> Status {
             AppError::internal(format!("a stored idempotent status does not decode: {e}")).into()
         }
     }
+}
+
+/// The server is at its limit of calls or streams and refused this one without running it.
+pub fn overloaded(message: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(Duration::from_secs(1)));
+    with_info(Code::ResourceExhausted, REASON_OVERLOADED, message, details)
+}
+
+/// The call may or may not have taken effect, so it must not be retried blindly (UNAVAILABLE
+/// would say it is safe to), only with the same idempotency key.
+pub fn outcome_unknown(message: &str) -> Status {
+    with_info(
+        Code::Unknown,
+        REASON_OUTCOME_UNKNOWN,
+        message,
+        ErrorDetails::new(),
+    )
 }
 
 impl From<AppError> for Status {

@@ -93,13 +93,46 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-/// Whether the database answers within `timeout`.
-pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
-    let check = async {
-        let mut conn = pool.acquire().await?;
-        sqlx::query_scalar!("SELECT 1").fetch_one(&mut *conn).await
-    };
-    matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(_)))
+/// Pings the database for health on a connection of its own, outside the pool: readiness
+/// measures whether the database answers, not whether the pool has a connection free. A busy
+/// pool is load, which concurrency limits and acquire timeouts deal with; reporting it as
+/// NOT_SERVING would make a load balancer drain every replica at once.
+pub struct Pinger {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+}
+
+impl Pinger {
+    /// A pinger for the database `pool` connects to, with the same settings. It connects on the
+    /// first ping.
+    pub fn new(pool: &PgPool) -> Self {
+        let options = (*pool.connect_options())
+            .clone()
+            .application_name("coffer health");
+        Self {
+            options,
+            conn: None,
+        }
+    }
+
+    /// Whether the database answers within `timeout`, connecting again when the last connection
+    /// failed.
+    pub async fn ping(&mut self, timeout: Duration) -> bool {
+        let conn = &mut self.conn;
+        let check = async {
+            let c = match conn {
+                Some(c) => c,
+                None => conn.insert(PgConnection::connect_with(&self.options).await?),
+            };
+            sqlx::query_scalar!("SELECT 1").fetch_one(c).await
+        };
+        let up = matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(_)));
+        if !up {
+            // Broken, or cut off mid-query by the timeout: either way not to be used again.
+            self.conn = None;
+        }
+        up
+    }
 }
 
 fn quote_ident(name: &str) -> String {

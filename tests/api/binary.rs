@@ -1,5 +1,5 @@
-//! The real `coffer` binary: the CLI, `serve --dev`, SIGTERM draining, JSON logs, OTLP export,
-//! and the private Postgres cluster.
+//! The real `coffer` binary: the CLI, `serve --dev`, SIGTERM draining (and its deadline), JSON
+//! logs, OTLP export, and the private Postgres cluster.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,9 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{TestDb, eventually, req};
+use crate::helpers::{
+    TestDb, details, eventually, hold_external_id, one_session_waits_on_a_lock, req,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -56,10 +58,10 @@ fn free_port() -> u16 {
 }
 
 /// A fresh scratch directory, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir =
             std::env::temp_dir().join(format!("coffer-test-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -181,7 +183,7 @@ async fn tenant_and_key_commands() {
 }
 
 /// Migrates `db` and creates the tenant "acme"; returns a pool, the tenant and its key.
-async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::TenantId, String) {
+pub(crate) async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::TenantId, String) {
     let pool = db.pool().await;
     let (tenant, key) = coffer::app::App::new(pool.clone())
         .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
@@ -191,14 +193,19 @@ async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::TenantId, Stri
 }
 
 /// A running `coffer serve` child process.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    grpc: String,
+    pub(crate) grpc: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Served {
-    async fn start(db: &TestDb, state: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+    pub(crate) async fn start(
+        db: &TestDb,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let grpc_port = free_port();
         let admin_port = free_port();
         let mut cmd = Command::new(BIN);
@@ -260,15 +267,19 @@ impl Served {
         served
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    async fn customers(&self) -> CustomersClient<tonic::transport::Channel> {
+    pub(crate) async fn customers(&self) -> CustomersClient<tonic::transport::Channel> {
         CustomersClient::connect(self.grpc.clone()).await.unwrap()
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -278,7 +289,7 @@ impl Served {
     }
 
     /// Waits for the process to exit; its exit code.
-    async fn wait(mut self) -> (Option<i32>, String) {
+    pub(crate) async fn wait(mut self) -> (Option<i32>, String) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -406,6 +417,120 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         assert!(v.get("level").is_some(), "{line}");
     }
     assert!(!logs.contains(&key[30..]), "no API key in the logs");
+}
+
+/// Opens a Watch on the whole server and reads its first message.
+async fn watch(grpc: &str) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = tonic::transport::Channel::from_shared(grpc.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, 1, "SERVING");
+    stream
+}
+
+/// Reads a Watch stream to its end: the statuses it heard, and the status it ended with.
+async fn watch_to_end(
+    mut stream: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> (Vec<i32>, Option<tonic::Status>) {
+    let mut heard = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => heard.push(m.status),
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    (heard, ended)
+}
+
+/// A Watch stream never ends by itself; SIGTERM must not wait for it. The stream hears
+/// NOT_SERVING, then ends with UNAVAILABLE, and the process exits 0 well within the deadline.
+#[tokio::test]
+async fn sigterm_ends_open_watch_streams_and_exits_zero() {
+    let db = TestDb::new().await;
+    let state = TempDir::new();
+    let env = [("COFFER_DRAIN_TIMEOUT", "3s".to_owned())];
+    let served = Served::start(&db, &state.0, &[], &env).await;
+    let stream = watch(&served.grpc).await;
+
+    let sent = std::time::Instant::now();
+    served.sigterm();
+    let (heard, ended) = watch_to_end(stream).await;
+    let (code, logs) = served.wait().await;
+    let exited = sent.elapsed();
+    assert_eq!(code, Some(0), "{logs}");
+    assert_eq!(heard, [2], "NOT_SERVING, once");
+    let ended = ended.expect("ended with a status");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(
+        exited < Duration::from_millis(4500),
+        "exited after {exited:?}, past the 3 s deadline:\n{logs}"
+    );
+}
+
+/// At the drain deadline, a call still running is answered UNKNOWN (it may yet commit), an
+/// open stream ends with UNAVAILABLE, and the process exits 0 at once.
+#[tokio::test]
+async fn at_the_drain_deadline_what_is_still_open_ends_and_the_process_exits_zero() {
+    let db = TestDb::new().await;
+    let (pool, tenant, key) = acme(&db).await;
+    let state = TempDir::new();
+    let env = [("COFFER_DRAIN_TIMEOUT", "2s".to_owned())];
+    let served = Served::start(&db, &state.0, &[], &env).await;
+    let stream = watch(&served.grpc).await;
+
+    // A create that waits on a row lock for as long as the test holds it.
+    let blocker = hold_external_id(&pool, tenant, "held").await;
+    let mut c = served.customers().await;
+    let create = CreateCustomerRequest {
+        external_id: "held".into(),
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move {
+        let answer = c.create_customer(req(create, &key)).await;
+        (answer, std::time::Instant::now())
+    });
+    assert!(one_session_waits_on_a_lock(&pool).await);
+
+    let sent = std::time::Instant::now();
+    served.sigterm();
+    let watched = tokio::spawn(watch_to_end(stream));
+    let (answer, answered) = call.await.unwrap();
+    let (code, logs) = served.wait().await;
+    let exited = sent.elapsed();
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(code, Some(0), "{logs}");
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert_eq!(details(&err).0, "OUTCOME_UNKNOWN");
+    let waited = answered - sent;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the call had until the deadline, answered after {waited:?}"
+    );
+    let (heard, ended) = watched.await.unwrap();
+    assert_eq!(heard, [2]);
+    assert_eq!(ended.map(|s| s.code()), Some(tonic::Code::Unavailable));
+    assert!(
+        exited < Duration::from_millis(4000),
+        "exited after {exited:?}, past the 2 s deadline:\n{logs}"
+    );
+    assert!(logs.contains("drain deadline passed"), "{logs}");
 }
 
 #[derive(Clone, Default)]

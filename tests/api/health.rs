@@ -1,9 +1,9 @@
-//! Health follows the database; the admin listener reports liveness, readiness and metrics;
-//! shutdown reports NOT_SERVING and drains.
+//! Health follows the database, not the pool; it changes only when the database does; the admin
+//! listener reports liveness, readiness and metrics; shutdown reports NOT_SERVING and drains.
 
 use std::time::Duration;
 
-use coffer::grpc::pb::{CreateCustomerRequest, ListCustomersRequest};
+use coffer::grpc::pb::{CreateCustomerRequest, DeleteCustomerRequest, ListCustomersRequest};
 use coffer::store::pool::{self, PoolConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -177,4 +177,124 @@ async fn shutdown_reports_not_serving_and_drains() {
         .list_customers(req(ListCustomersRequest::default(), &key))
         .await;
     assert!(gone.is_err(), "nothing answers after shutdown");
+}
+
+/// A Watch stream hears the current status, then only changes: nothing while the health ticks
+/// (every 200 ms here) find the database as it was.
+#[tokio::test]
+async fn watch_hears_only_changes() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel().await);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut heard = Vec::new();
+    let listening = tokio::time::timeout(Duration::from_millis(2200), async {
+        while let Some(m) = stream.message().await.unwrap() {
+            heard.push(m.status);
+        }
+    })
+    .await;
+    assert!(listening.is_err(), "the stream stays open");
+    assert_eq!(heard, [SERVING], "one message over ten quiet ticks");
+    drop(stream);
+    app.stop().await.unwrap();
+}
+
+/// Readiness measures the database, not the pool's queue: with every pooled connection taken,
+/// calls wait and fail, but health stays SERVING.
+#[tokio::test]
+async fn health_stays_serving_while_every_pooled_connection_is_busy() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let server_pool = pool::pool(
+        &db.options,
+        &PoolConfig {
+            max_connections: 2,
+            acquire_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        },
+    );
+    let app = TestApp::spawn_on(db, pool, server_pool.clone(), test_config()).await;
+    let mut health = HealthClient::new(app.channel().await);
+    let mut customers = app.customers().await;
+    assert_eq!(status(&mut health, "").await, SERVING);
+
+    let held = [
+        server_pool.begin().await.unwrap(),
+        server_pool.begin().await.unwrap(),
+    ];
+    let err = customers
+        .list_customers(req(ListCustomersRequest::default(), &app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "the pool is exhausted"
+    );
+    // Ten health ticks with the pool exhausted.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(status(&mut health, "").await, SERVING);
+        assert_eq!(http_get(app.admin_addr, "/readyz").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    customers
+        .list_customers(req(ListCustomersRequest::default(), &app.key))
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+}
+
+/// A mutation outlives its call (its caller may go away), and shutdown waits for it: the
+/// server's `run` returns only once the work its callers left behind is done.
+#[tokio::test]
+async fn shutdown_waits_for_the_work_callers_left_behind() {
+    let app = TestApp::spawn().await;
+    let mut customers = app.customers().await;
+    let created = customers
+        .create_customer(req(
+            CreateCustomerRequest {
+                external_id: "locked".into(),
+                ..Default::default()
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Lock the row, so the delete waits; its caller gives up after 200 ms.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE external_id = 'locked' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut delete = req(DeleteCustomerRequest { id: created.id }, &app.key);
+    delete.set_timeout(Duration::from_millis(200));
+    let err = customers.delete_customer(delete).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+
+    let stopping = tokio::spawn(app.stop());
+    // The delete cannot commit while the row is locked, so the server must still be waiting.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!stopping.is_finished(), "the server waits for the delete");
+    lock.rollback().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the server returns once the delete is done")
+        .unwrap()
+        .unwrap();
 }

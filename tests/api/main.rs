@@ -9,5 +9,6 @@ mod health;
 mod helpers;
 mod idempotency;
 mod policy;
+mod serving;
 mod tenancy;
 mod validation;
