@@ -63,10 +63,10 @@ pub struct DbArgs {
     )]
     pub db_max_connections: u32,
     /// How long a call waits for a pooled connection (e.g. 3s, 500ms).
-    #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
     pub db_acquire_timeout: Duration,
     /// Server-side limit on any one statement.
-    #[arg(long, env = "COFFER_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "COFFER_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub db_statement_timeout: Duration,
 }
 
@@ -111,10 +111,10 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
     /// How often the database is checked for health.
-    #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls on shutdown.
-    #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -176,32 +176,14 @@ pub struct BenchArgs {
     #[arg(long, env = "COFFER_BENCH_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// How long each measurement runs.
-    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Unmeasured load before each measurement.
-    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// gRPC connections the load is spread over.
     #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
-}
-
-/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has an unknown unit (ms, s, m, h)")),
-    }
 }
 
 #[cfg(test)]
@@ -209,13 +191,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+    fn durations_name_their_unit() {
+        let parse = |flag: &str| {
+            Cli::try_parse_from(["coffer", "--db-acquire-timeout", flag, "migrate"])
+                .map(|cli| cli.global.db.db_acquire_timeout)
+        };
+        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        // A bare number hides its unit: refused rather than guessed.
+        assert!(parse("7").is_err());
+        assert!(parse("ten").is_err());
     }
 
     #[test]
