@@ -30,6 +30,12 @@ pub struct Global {
         global = true
     )]
     pub state_dir: PathBuf,
+    /// Find or start the development database as `serve --dev` does (Postgres on
+    /// localhost:5432 or a private cluster under the state directory). `serve`: also create
+    /// the `dev` tenant and print its key. Without it, `serve` needs DATABASE_URL, and the
+    /// other commands need it too unless the state directory records a private cluster.
+    #[arg(long, env = "COFFER_DEV", global = true)]
+    pub dev: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -42,8 +48,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Postgres URL. Without it, `serve --dev` and the admin commands use Postgres on
-    /// localhost:5432 or a private cluster under the state directory.
+    /// Postgres URL. Without it, `--dev` finds Postgres on localhost:5432 or a private
+    /// cluster under the state directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Database name used when the server is found rather than given by URL.
@@ -100,10 +106,6 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Zero-configuration development mode: find or start Postgres, create the `dev` tenant,
-    /// keep its key in <state dir>/dev-key and print it.
-    #[arg(long, env = "COFFER_DEV")]
-    pub dev: bool,
     /// gRPC listen address.
     #[arg(long, env = "COFFER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,

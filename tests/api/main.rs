@@ -6,6 +6,7 @@ mod binary;
 mod combine;
 mod config;
 mod customers;
+mod dev;
 mod health;
 mod helpers;
 mod idempotency;
