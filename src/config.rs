@@ -30,6 +30,12 @@ pub struct Global {
         global = true
     )]
     pub state_dir: PathBuf,
+    /// Find or start the development database as `serve --dev` does (Postgres on
+    /// localhost:5432 or a private cluster under the state directory). `serve`: also create
+    /// the `dev` tenant and print its key. Without it, `serve` needs DATABASE_URL, and the
+    /// other commands need it too unless the state directory records a private cluster.
+    #[arg(long, env = "COFFER_DEV", global = true)]
+    pub dev: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -42,8 +48,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Postgres URL. Without it, `serve --dev` and the admin commands use Postgres on
-    /// localhost:5432 or a private cluster under the state directory.
+    /// Postgres URL. Without it, `--dev` finds Postgres on localhost:5432 or a private
+    /// cluster under the state directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Database name used when the server is found rather than given by URL.
@@ -63,10 +69,10 @@ pub struct DbArgs {
     )]
     pub db_max_connections: u32,
     /// How long a call waits for a pooled connection (e.g. 3s, 500ms).
-    #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "COFFER_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration, global = true)]
     pub db_acquire_timeout: Duration,
     /// Server-side limit on any one statement.
-    #[arg(long, env = "COFFER_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "COFFER_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub db_statement_timeout: Duration,
 }
 
@@ -100,10 +106,6 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Zero-configuration development mode: find or start Postgres, create the `dev` tenant,
-    /// keep its key in <state dir>/dev-key and print it.
-    #[arg(long, env = "COFFER_DEV")]
-    pub dev: bool,
     /// gRPC listen address.
     #[arg(long, env = "COFFER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -111,21 +113,21 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
     /// How often the database is checked for health.
-    #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls on shutdown.
-    #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_SHUTDOWN_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// How long an idempotency key stays claimed by an attempt that crashed or hung.
-    #[arg(long, env = "COFFER_IDEMPOTENCY_LEASE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_IDEMPOTENCY_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idempotency_lease: Duration,
     /// The longest a mutation's database work may run before it is rolled back and its key
     /// released; at most half the lease, and at least the statement timeout.
-    #[arg(long, env = "COFFER_WORK_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_WORK_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub work_timeout: Duration,
     /// After the grace period, how long calls in flight have to finish on shutdown; then open
     /// streams and calls still running end with UNAVAILABLE and the process exits.
-    #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Unary calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "COFFER_MAX_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -141,16 +143,16 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// How long a new connection has to send the HTTP/2 preface before it is closed.
-    #[arg(long, env = "COFFER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
     /// How often an HTTP/2 PING checks that a client is still there.
-    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_interval: Duration,
     /// How long a PING may go unanswered before the connection is closed.
-    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_timeout: Duration,
     /// Idle time before TCP keep-alive probes start on a client connection.
-    #[arg(long, env = "COFFER_TCP_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub tcp_keepalive: Duration,
 }
 
@@ -212,32 +214,14 @@ pub struct BenchArgs {
     #[arg(long, env = "COFFER_BENCH_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// How long each measurement runs.
-    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Unmeasured load before each measurement.
-    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// gRPC connections the load is spread over.
     #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
-}
-
-/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has an unknown unit (ms, s, m, h)")),
-    }
 }
 
 #[cfg(test)]
@@ -245,13 +229,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+    fn durations_name_their_unit() {
+        let parse = |flag: &str| {
+            Cli::try_parse_from(["coffer", "--db-acquire-timeout", flag, "migrate"])
+                .map(|cli| cli.global.db.db_acquire_timeout)
+        };
+        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        // A bare number hides its unit: refused rather than guessed.
+        assert!(parse("7").is_err());
+        assert!(parse("ten").is_err());
     }
 
     #[test]

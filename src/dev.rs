@@ -2,50 +2,57 @@
 //! printed with a ready grpcurl line at every start. The key goes to the terminal, never to
 //! the logs.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::app::App;
 use crate::app::AppError;
 use crate::app::tenants::KeyFor;
 use crate::domain::auth::{ApiKey, Scope, Scopes, TenantName};
+use crate::pg_local::safe_fs::{Dir, UnsafePath};
 
 pub const DEV_TENANT: &str = "dev";
+
+/// The key's file in the state directory.
+const DEV_KEY_FILE: &str = "dev-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error(transparent)]
     App(#[from] AppError),
-    #[error("writing {path}")]
-    Io {
-        path: String,
+    #[error("the dev key in {dir}")]
+    Unsafe {
+        dir: String,
         #[source]
-        source: std::io::Error,
+        source: UnsafePath,
     },
 }
 
 /// The dev tenant's key: the saved one if it still works, else a new one (and the tenant, the
 /// first time).
+///
+/// The state directory may be made and written by root, so it is reached through
+/// [`Dir`]: never through a symlink someone else planted, and never inside a directory
+/// someone else can change. The key file is opened without following a symlink and
+/// tightened to 0600 through its descriptor.
 pub async fn ensure_dev_key(app: &App, state_dir: &Path) -> Result<ApiKey, DevError> {
-    let path = state_dir.join("dev-key");
-    if path.exists() {
-        // Tighten a file that was created or copied with looser permissions.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| DevError::Io {
-                path: path.display().to_string(),
-                source,
-            },
-        )?;
-    }
-    if let Ok(saved) = std::fs::read_to_string(&path)
+    let refuse = |source| DevError::Unsafe {
+        dir: state_dir.display().to_string(),
+        source,
+    };
+    let state = Dir::walk(state_dir, Some(0o755)).map_err(refuse)?;
+    state.check_writable_by_us_only().map_err(refuse)?;
+    if let Some(saved) = state.read(DEV_KEY_FILE, None).map_err(refuse)?
         && let Ok(key) = ApiKey::parse(saved.trim())
         && let Ok(Ok(_)) = app
             .auth
             .authenticate(Some(&format!("Bearer {}", key.expose())))
             .await
     {
+        // Tighten a file that was created or copied with looser permissions.
+        state
+            .open_file(DEV_KEY_FILE, false, Some(0o600), None)
+            .map_err(refuse)?;
         return Ok(key);
     }
     let name = TenantName::parse(DEV_TENANT).expect("a valid name");
@@ -59,19 +66,9 @@ pub async fn ensure_dev_key(app: &App, state_dir: &Path) -> Result<ApiKey, DevEr
         }
         None => app.create_tenant(&name).await?.1,
     };
-    let io = |source| DevError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(state_dir).map_err(io)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    writeln!(file, "{}", key.expose()).map_err(io)?;
+    state
+        .write(DEV_KEY_FILE, &format!("{}\n", key.expose()), 0o600)
+        .map_err(refuse)?;
     Ok(key)
 }
 
@@ -85,8 +82,8 @@ pub fn banner(key: &ApiKey, grpc_addr: SocketAddr, state_dir: &Path) -> String {
            grpcurl -plaintext -H \"authorization: Bearer $(cat {})\" \\\n    \
              -d '{{\"external_id\": \"user-1\", \"email\": \"ada@example.com\", \"name\": \"Ada\"}}' \\\n    \
              {grpc_addr} coffer.v1.Customers/CreateCustomer\n",
-        state_dir.join("dev-key").display(),
+        state_dir.join(DEV_KEY_FILE).display(),
         key.expose(),
-        state_dir.join("dev-key").display(),
+        state_dir.join(DEV_KEY_FILE).display(),
     )
 }

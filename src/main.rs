@@ -10,7 +10,7 @@ use coffer::app::{App, IdempotencyConfig};
 use coffer::config::{BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, TenantCommand};
 use coffer::domain::auth::{Scopes, TenantName};
 use coffer::domain::ids::KeyId;
-use coffer::pg_local::{self, Source};
+use coffer::pg_local::{self, Located, Source};
 use coffer::startup::{Server, ServerConfig};
 use coffer::store::pool;
 use sqlx::PgPool;
@@ -22,18 +22,28 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = coffer::telemetry::init(cli.global.log_format)?;
     let state_dir = cli.global.state_dir.clone();
     let db = cli.global.db.clone();
+    // Without --dev, serve needs a URL; the other commands may use the private cluster the
+    // state directory records (the one `serve --dev` made), but never start or pick another.
+    let find = match (&cli.command, cli.global.dev) {
+        (_, true) => Find::Dev,
+        (Command::Serve(_), false) => Find::Nothing,
+        _ => Find::Recorded,
+    };
     match cli.command {
-        Command::Serve(args) => serve(args, &db, &state_dir).await,
+        Command::Serve(args) => serve(args, find, &db, &state_dir).await,
         Command::Migrate => {
             // open_database applies the migrations.
-            open_database(&db, &state_dir, true).await?.close().await;
+            open_database(&db, &state_dir, find, Announce::Stderr)
+                .await?
+                .close()
+                .await;
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Tenant(cmd) => tenant(cmd, &db, &state_dir).await,
-        Command::Key(cmd) => key(cmd, &db, &state_dir).await,
+        Command::Tenant(cmd) => tenant(cmd, find, &db, &state_dir).await,
+        Command::Key(cmd) => key(cmd, find, &db, &state_dir).await,
         Command::Bench(BenchCommand::Customers(args)) => {
-            let database = open_database(&db, &state_dir, true).await?;
+            let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
             let report = coffer::bench::customers(&args, &state_dir, &database.pool).await;
             database.close().await;
             print!("{}", report.context("running the benchmark")?);
@@ -70,42 +80,97 @@ impl Database {
     }
 }
 
-/// Finds the database: `DATABASE_URL` if given; otherwise (dev mode and the admin commands)
-/// Postgres on localhost or a private cluster, with the database named by
-/// `--database-name`. Creates the database if missing and applies migrations.
-async fn open_database(db: &DbArgs, state_dir: &Path, discover: bool) -> anyhow::Result<Database> {
-    let (options, private) = match &db.database_url {
-        Some(url) if !url.is_empty() => (
-            url.parse::<PgConnectOptions>().context("DATABASE_URL")?,
-            None,
-        ),
-        _ if discover => {
-            let located = pg_local::locate(state_dir).await?;
-            let private = match located.source {
-                Source::Private { dir, started: true } => Some(dir),
-                _ => None,
-            };
-            (located.options.database(&db.database_name), private)
-        }
-        _ => {
-            bail!("DATABASE_URL is not set (or run `coffer serve --dev` to find a local Postgres)")
-        }
-    };
-    pool::create_database_if_missing(&options)
-        .await
-        .context("connecting to Postgres to create the database")?;
-    let pool = pool::pool(&options, &db.pool_config());
-    pool::migrate(&pool).await.context("applying migrations")?;
-    Ok(Database {
-        pool,
-        started_private: private,
-    })
+/// Where a command looks for Postgres when it is given no URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Find {
+    /// `--dev`: as `serve --dev` does (the recorded private cluster, localhost:5432, or a new
+    /// private cluster).
+    Dev,
+    /// Only the private cluster the state directory records.
+    Recorded,
+    /// Nowhere: `serve` without `--dev` needs a URL.
+    Nothing,
 }
 
-async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let database = open_database(db, state_dir, args.dev).await?;
+/// How the chosen database is announced: a line on stderr for a person at a shell, a log
+/// event for the server (whose stderr is its log stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    Stderr,
+    Log,
+}
+
+/// Finds the database (`DATABASE_URL`, else as `find` says, with the database named by
+/// `--database-name`), says which it is, creates it if missing and applies migrations.
+async fn open_database(
+    db: &DbArgs,
+    state_dir: &Path,
+    find: Find,
+    announce: Announce,
+) -> anyhow::Result<Database> {
+    let located = match &db.database_url {
+        Some(url) if !url.is_empty() => Located {
+            options: url.parse::<PgConnectOptions>().context("DATABASE_URL")?,
+            source: Source::DatabaseUrl,
+        },
+        _ => {
+            let mut located = match find {
+                Find::Dev => pg_local::locate(state_dir).await?,
+                Find::Recorded => pg_local::recorded(state_dir).await?.with_context(|| {
+                    format!(
+                        "no database given: set DATABASE_URL (or --database-url), or pass --dev \
+                         to use the one `serve --dev` uses (Postgres on 127.0.0.1:5432, or a \
+                         private cluster under {})",
+                        state_dir.display()
+                    )
+                })?,
+                Find::Nothing => bail!(
+                    "DATABASE_URL is not set (or run `coffer serve --dev` to find a local Postgres)"
+                ),
+            };
+            located.options = located.options.database(&db.database_name);
+            located
+        }
+    };
+    match announce {
+        Announce::Stderr => eprintln!("using {}", located.describe()),
+        Announce::Log => tracing::info!(database = %located.describe(), "using the database"),
+    }
+    let private = match located.source {
+        Source::Private {
+            dir, started: true, ..
+        } => Some(dir),
+        _ => None,
+    };
+    let options = located.options;
+    let opened = async {
+        pool::create_database_if_missing(&options)
+            .await
+            .context("connecting to Postgres to create the database")?;
+        let pool = pool::pool(&options, &db.pool_config());
+        pool::migrate(&pool).await.context("applying migrations")?;
+        anyhow::Ok(pool)
+    }
+    .await;
+    match opened {
+        Ok(pool) => Ok(Database {
+            pool,
+            started_private: private,
+        }),
+        Err(e) => {
+            // Leave nothing running that this command started.
+            if let Some(dir) = private {
+                let _ = tokio::task::spawn_blocking(move || pg_local::stop_private(&dir)).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs, find: Find, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let database = open_database(db, state_dir, find, Announce::Log).await?;
     // Whatever happens next, close the database (and a private cluster this process started).
-    let result = run_server(&args, db, &database, state_dir).await;
+    let result = run_server(&args, db, find == Find::Dev, &database, state_dir).await;
     database.close().await;
     result
 }
@@ -113,6 +178,7 @@ async fn serve(args: ServeArgs, db: &DbArgs, state_dir: &Path) -> anyhow::Result
 async fn run_server(
     args: &ServeArgs,
     db: &DbArgs,
+    dev: bool,
     database: &Database,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -141,7 +207,7 @@ async fn run_server(
         ..ServerConfig::default()
     };
     let server = Server::bind(config, database.pool.clone()).await?;
-    if args.dev {
+    if dev {
         let key = coffer::dev::ensure_dev_key(server.app(), state_dir).await?;
         eprintln!(
             "{}",
@@ -151,8 +217,13 @@ async fn run_server(
     Ok(server.run(coffer::shutdown::signal()).await?)
 }
 
-async fn tenant(cmd: TenantCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let database = open_database(db, state_dir, true).await?;
+async fn tenant(
+    cmd: TenantCommand,
+    find: Find,
+    db: &DbArgs,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let database = open_database(db, state_dir, find, Announce::Stderr).await?;
     let result = tenant_command(cmd, &App::new(database.pool.clone())).await;
     database.close().await;
     result
@@ -179,8 +250,8 @@ async fn tenant_command(cmd: TenantCommand, app: &App) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn key(cmd: KeyCommand, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
-    let database = open_database(db, state_dir, true).await?;
+async fn key(cmd: KeyCommand, find: Find, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    let database = open_database(db, state_dir, find, Announce::Stderr).await?;
     let result = key_command(cmd, &App::new(database.pool.clone())).await;
     database.close().await;
     result

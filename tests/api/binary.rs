@@ -24,10 +24,10 @@ use crate::helpers::{
     TestDb, details, eventually, hold_external_id, one_session_waits_on_a_lock, req,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
 /// The URL of a test database, for the binary's DATABASE_URL.
-fn db_url(db: &TestDb) -> String {
+pub(crate) fn db_url(db: &TestDb) -> String {
     if let Ok(url) = std::env::var("DATABASE_URL")
         && !url.is_empty()
     {
@@ -40,13 +40,21 @@ fn db_url(db: &TestDb) -> String {
             None => format!("{server}/{}", db.name),
         };
     }
-    format!(
-        "postgres://{}@{}:{}/{}",
-        db.options.get_username(),
-        db.options.get_host(),
-        db.options.get_port(),
-        db.name
-    )
+    let user = db.options.get_username();
+    let port = db.options.get_port();
+    match db.options.get_socket() {
+        // A private cluster is reached over its socket only.
+        Some(socket) => format!(
+            "postgres://{user}@localhost/{}?host={}&port={port}",
+            db.name,
+            socket.display()
+        ),
+        None => format!(
+            "postgres://{user}@{}:{port}/{}",
+            db.options.get_host(),
+            db.name
+        ),
+    }
 }
 
 fn free_port() -> u16 {

@@ -27,15 +27,9 @@ async fn status(client: &mut HealthClient<tonic::transport::Channel>, service: &
 async fn health_flips_with_the_database() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let host = db.options.get_host().to_owned();
-    let target = tokio::net::lookup_host((host.as_str(), db.options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
+    let proxy = Proxy::to_db(&db.options).await;
     let through_proxy = pool::pool(
-        &db.options.clone().host("127.0.0.1").port(proxy.addr.port()),
+        &proxy.options(&db.options),
         &PoolConfig {
             acquire_timeout: Duration::from_millis(500),
             ..PoolConfig::default()

@@ -2,6 +2,7 @@
 //! `serve --dev` does, and a real server on ephemeral ports, called through real tonic clients.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -259,39 +260,116 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A TCP proxy in front of Postgres that a test can cut and restore, to lose the database
-/// without touching the real server.
+/// A proxy in front of Postgres that a test can cut and restore, to lose the database without
+/// touching the real server. Connect through it with [`Proxy::options`].
 pub struct Proxy {
-    pub addr: SocketAddr,
+    listen: Listen,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// Where a proxy listens: on loopback TCP in front of a TCP server, or on a Unix socket in a
+/// directory of its own in front of a private cluster, which takes no TCP connection and must
+/// not be given one.
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Either end of a proxied connection.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Listener::Tcp(l) => Box::new(l.accept().await?.0),
+            Listener::Unix(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Target {
+    async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Target::Tcp(addr) => Box::new(TcpStream::connect(addr).await?),
+            Target::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        })
+    }
+}
+
 impl Proxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A proxy in front of the server `db` reaches, over the same kind of socket.
+    pub async fn to_db(db: &PgConnectOptions) -> Self {
+        let socket_file = format!(".s.PGSQL.{}", db.get_port());
+        let (listen, listener, target) = match db.get_socket() {
+            Some(dir) => {
+                let own = std::env::temp_dir()
+                    .join(format!("coffer-proxy-{}", uuid::Uuid::now_v7().simple()));
+                std::fs::create_dir(&own).unwrap();
+                std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+                let listener = tokio::net::UnixListener::bind(own.join(&socket_file)).unwrap();
+                (
+                    Listen::Unix(own),
+                    Listener::Unix(listener),
+                    Target::Unix(dir.join(&socket_file)),
+                )
+            }
+            None => {
+                let target = tokio::net::lookup_host((db.get_host(), db.get_port()))
+                    .await
+                    .unwrap()
+                    .next()
+                    .unwrap();
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                (
+                    Listen::Tcp(listener.local_addr().unwrap()),
+                    Listener::Tcp(listener),
+                    Target::Tcp(target),
+                )
+            }
+        };
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (cut2, conns2) = (cut.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok(mut client) = listener.accept().await else {
                     return;
                 };
                 if cut2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
+                let target = target.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut upstream) = TcpStream::connect(target).await {
+                    if let Ok(mut upstream) = target.connect().await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                     }
                 });
                 conns2.lock().await.push(task);
             }
         });
-        Self { addr, cut, conns }
+        Self { listen, cut, conns }
+    }
+
+    /// `db`'s options, going through this proxy.
+    pub fn options(&self, db: &PgConnectOptions) -> PgConnectOptions {
+        match &self.listen {
+            Listen::Tcp(addr) => db.clone().host(&addr.ip().to_string()).port(addr.port()),
+            Listen::Unix(dir) => db.clone().socket(dir),
+        }
     }
 
     /// Refuses new connections and kills the open ones.
@@ -304,6 +382,14 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Listen::Unix(dir) = &self.listen {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod config;
 mod customers;
+mod dev;
 mod health;
 mod helpers;
 mod idempotency;
