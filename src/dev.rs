@@ -56,15 +56,16 @@ pub async fn ensure_dev_key(app: &App, state_dir: &Path) -> Result<ApiKey, DevEr
         return Ok(key);
     }
     let name = TenantName::parse(DEV_TENANT).expect("a valid name");
-    let key = match app.find_tenant(&name).await? {
+    let key = match app.tenants.find_tenant(&name).await? {
         Some(_) => {
-            app.create_key(
-                &KeyFor::Tenant(name),
-                &Scopes::new([Scope::Read, Scope::Write, Scope::Admin]),
-            )
-            .await?
+            app.tenants
+                .create_key(
+                    &KeyFor::Tenant(name),
+                    &Scopes::new([Scope::Read, Scope::Write, Scope::Admin]),
+                )
+                .await?
         }
-        None => app.create_tenant(&name).await?.1,
+        None => app.tenants.create_tenant(&name).await?.1,
     };
     state
         .write(DEV_KEY_FILE, &format!("{}\n", key.expose()), 0o600)

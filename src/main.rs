@@ -233,7 +233,7 @@ async fn tenant_command(cmd: TenantCommand, app: &App) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
             let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!("tenant name: {e}"))?;
-            let (id, key) = app.create_tenant(&name).await?;
+            let (id, key) = app.tenants.create_tenant(&name).await?;
             eprintln!(
                 "created tenant {} ({id}); its key, shown once:",
                 name.as_str()
@@ -242,7 +242,7 @@ async fn tenant_command(cmd: TenantCommand, app: &App) -> anyhow::Result<()> {
             writeln!(out, "{}", key.expose())?;
         }
         TenantCommand::List => {
-            for t in app.list_tenants().await? {
+            for t in app.tenants.list_tenants().await? {
                 println!("{}\t{}\t{}", t.id, t.name, t.created_at);
             }
         }
@@ -273,12 +273,12 @@ async fn key_command(cmd: KeyCommand, app: &App) -> anyhow::Result<()> {
                 ),
                 (None, false) => bail!("give --tenant NAME or --system"),
             };
-            let key = app.create_key(&owner, &scopes).await?;
+            let key = app.tenants.create_key(&owner, &scopes).await?;
             eprintln!("created key {} with scopes {scopes}; shown once:", key.id());
             writeln!(std::io::stdout().lock(), "{}", key.expose())?;
         }
         KeyCommand::List => {
-            for k in app.list_keys().await? {
+            for k in app.tenants.list_keys().await? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     k.id,
@@ -292,7 +292,7 @@ async fn key_command(cmd: KeyCommand, app: &App) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { key_id } => {
             let id = KeyId::parse(&key_id).map_err(|e| anyhow::anyhow!("key id: {e}"))?;
-            app.revoke_key(id).await?;
+            app.tenants.revoke_key(id).await?;
             eprintln!("revoked {id}");
         }
     }

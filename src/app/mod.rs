@@ -26,6 +26,7 @@ pub struct App {
     /// shutdown can wait for them.
     pub tasks: TaskTracker,
     pub customers: customers::Customers,
+    pub tenants: tenants::Tenants,
 }
 
 impl App {
@@ -39,6 +40,7 @@ impl App {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations),
+            tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,
         }

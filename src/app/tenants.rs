@@ -2,7 +2,9 @@
 
 use sqlx::Connection;
 
-use super::{App, AppError, RejectionKind};
+use sqlx::PgPool;
+
+use super::{AppError, RejectionKind};
 use crate::domain::Violations;
 use crate::domain::auth::{ApiKey, KeyOwner, Scope, Scopes, TenantName, check_scopes_for};
 use crate::domain::ids::{KeyId, TenantId};
@@ -20,7 +22,17 @@ pub enum KeyFor {
     System,
 }
 
-impl App {
+/// Tenant and key administration. Not a gRPC service: the CLI's.
+#[derive(Clone)]
+pub struct Tenants {
+    pool: PgPool,
+}
+
+impl Tenants {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
     /// Creates a tenant and its first key (`read,write,admin`), together or not at all.
     pub async fn create_tenant(&self, name: &TenantName) -> Result<(TenantId, ApiKey), AppError> {
         let mut conn = self.pool.acquire().await?;

@@ -113,7 +113,7 @@ async fn a_revoked_key_stops_working_within_a_second() {
         .unwrap();
 
     let id = ApiKey::parse(&key).unwrap().id();
-    app.app.revoke_key(id).await.unwrap();
+    app.app.tenants.revoke_key(id).await.unwrap();
     let revoked_at = Instant::now();
     loop {
         // Judged by when each call was sent, so a slow machine cannot fail the test.
@@ -216,6 +216,7 @@ async fn a_flood_of_unknown_keys_does_not_evict_a_known_one() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, key) = App::new(pool.clone())
+        .tenants
         .create_tenant(&TenantName::parse("acme").unwrap())
         .await
         .unwrap();

@@ -194,6 +194,7 @@ async fn tenant_and_key_commands() {
 pub(crate) async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::TenantId, String) {
     let pool = db.pool().await;
     let (tenant, key) = coffer::app::App::new(pool.clone())
+        .tenants
         .create_tenant(&coffer::domain::auth::TenantName::parse("acme").unwrap())
         .await
         .unwrap();

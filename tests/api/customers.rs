@@ -393,3 +393,106 @@ async fn list_pages_through_every_customer_once() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(details(&err).1, vec!["page_token"]);
 }
+
+/// Expected refusals — a taken external id, an idempotency replay, a key held by another
+/// attempt — are found by statements that succeed, never by an insert that fails on purpose:
+/// such a failure aborts a transaction and writes the key or the external id into the
+/// database's error log on every refusal.
+#[tokio::test]
+async fn expected_refusals_abort_no_transaction() {
+    use std::time::Duration;
+
+    use crate::helpers::idem;
+    let app = TestApp::spawn().await;
+    let mut c = app.customers().await;
+    c.create_customer(idem(create("taken", "a@example.com"), &app.key, "first"))
+        .await
+        .unwrap();
+    // Another session holds the key "held" in flight.
+    c.create_customer(req(create("other", "b@example.com"), &app.key))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, method, key, fingerprint, state, lease_id, locked_until)
+         SELECT id, '/coffer.v1.Customers/CreateCustomer', 'held', $1, 'in_flight', gen_random_uuid(), now() + interval '1 minute'
+         FROM tenants WHERE name = 'acme'",
+    )
+    .bind(
+        coffer::app::idempotency::Fingerprint::of(&prost::Message::encode_to_vec(&create(
+            "x",
+            "d@example.com",
+        )))
+        .0
+        .to_vec(),
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Statistics reach pg_stat_database when a backend goes idle, at most once a second.
+    let rollbacks = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sqlx::query_scalar::<_, i64>(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = rollbacks().await;
+    for i in 0..5 {
+        // The external id is taken, with and without a key.
+        let err = c
+            .create_customer(idem(
+                create("taken", "c@example.com"),
+                &app.key,
+                &format!("t{i}"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(details(&err).0, "CUSTOMER_EXTERNAL_ID_TAKEN");
+        let err = c
+            .create_customer(req(create("taken", "c@example.com"), &app.key))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+        // A replay of the first create, and a key still held elsewhere.
+        c.create_customer(idem(create("taken", "a@example.com"), &app.key, "first"))
+            .await
+            .unwrap();
+        let err = c
+            .create_customer(idem(create("x", "d@example.com"), &app.key, "held"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Aborted);
+        // An update to an external id another customer has.
+        let other = c
+            .get_customer(req(by_external_id("other"), &app.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let err = c
+            .update_customer(req(
+                update(
+                    pb::Customer {
+                        id: other.id,
+                        external_id: "taken".into(),
+                        ..Default::default()
+                    },
+                    &["external_id"],
+                ),
+                &app.key,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+    }
+    let after = rollbacks().await;
+    // The refused update's own transaction is rolled back on purpose (it wrote nothing), at
+    // most once per refusal (the rollback is sent lazily); nothing else is. A statement that
+    // failed on purpose would add one for each of the other twenty refusals.
+    assert!(
+        after - before <= 5,
+        "refusals aborted {} transactions",
+        after - before
+    );
+}

@@ -128,6 +128,7 @@ impl TestApp {
             let _ = stopped.await;
         }));
         let (_, key) = app
+            .tenants
             .create_tenant(&TenantName::parse("acme").unwrap())
             .await
             .expect("creating tenant acme");
@@ -159,6 +160,7 @@ impl TestApp {
     pub async fn tenant(&self, name: &str) -> String {
         let (_, key) = self
             .app
+            .tenants
             .create_tenant(&TenantName::parse(name).unwrap())
             .await
             .unwrap();
@@ -168,6 +170,7 @@ impl TestApp {
     pub async fn key(&self, owner: KeyFor, scopes: &str) -> String {
         let key = self
             .app
+            .tenants
             .create_key(&owner, &Scopes::parse_list(scopes).unwrap())
             .await
             .unwrap();

@@ -488,6 +488,7 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
     let app = TestApp::spawn().await;
     let (tenant, key) = app
         .app
+        .tenants
         .create_tenant(&coffer::domain::auth::TenantName::parse("lease").unwrap())
         .await
         .unwrap();
@@ -567,6 +568,7 @@ async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
     let app = TestApp::spawn().await;
     let (tenant, api_key) = app
         .app
+        .tenants
         .create_tenant(&coffer::domain::auth::TenantName::parse("lease").unwrap())
         .await
         .unwrap();

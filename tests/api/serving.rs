@@ -176,6 +176,12 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
             "8",
             "--db-statement-timeout",
             "120s",
+            // The work under an idempotency key must outlast the statements, and the lease
+            // the work.
+            "--work-timeout",
+            "120s",
+            "--idempotency-lease",
+            "240s",
         ],
         &[],
     )
@@ -186,9 +192,11 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
         channels.push(connect(&served.grpc).await);
     }
 
-    // Slow calls: creates that wait on a row lock the test holds.
+    // Slow calls: creates that wait on a row lock the test holds. Each holds a pooled
+    // connection while it waits, so they are half the pool (16): the other half serves the
+    // flood's calls that get past the call limit.
     let blocker = hold_external_id(&pool, tenant, "held").await;
-    let slow: Vec<_> = (0..16)
+    let slow: Vec<_> = (0..8)
         .map(|i| {
             let mut c = CustomersClient::new(channels[i].clone());
             let r = req(
