@@ -4,12 +4,16 @@ use time::OffsetDateTime;
 
 use sqlx::PgPool;
 
-use super::idempotency::{Done, IdempotentCall, Mutations};
+use tokio_util::task::TaskTracker;
+
+use super::group_commit::GroupCommit;
+use super::idempotency::{Done, IdempotentCall, Mutations, Written};
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
 use crate::domain::ids::CustomerId;
 use crate::domain::page::{FilterDigest, PageSize, PageToken};
+use crate::store::customers::CustomerInsert;
 use crate::store::{audit, customers as store};
 
 pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
@@ -38,15 +42,29 @@ pub struct Page<T> {
 pub struct Customers {
     pool: PgPool,
     mutations: Mutations,
+    /// Concurrent creates share a statement and a commit.
+    inserts: GroupCommit<CustomerInsert, Written>,
 }
 
 impl Customers {
-    pub fn new(pool: PgPool, mutations: Mutations) -> Self {
-        Self { pool, mutations }
+    pub fn new(pool: PgPool, mutations: Mutations, tasks: TaskTracker) -> Self {
+        let inserts = GroupCommit::new(
+            "customer inserts",
+            pool.clone(),
+            tasks,
+            |conn, rows| Box::pin(store::insert_customers(conn, rows)),
+            store::order_inserts,
+        );
+        Self {
+            pool,
+            mutations,
+            inserts,
+        }
     }
 
-    /// Creates a customer, with its audit row, in one statement. A taken external id is the
-    /// statement finding the conflict and writing nothing, not a failed insert.
+    /// Creates a customer: after the claim, one statement writes it, its audit row and the
+    /// key's outcome, shared with concurrent creates (group commit). A taken external id is
+    /// the statement finding the conflict and writing nothing, not a failed insert.
     pub async fn create(
         &self,
         ctx: &TenantCtx,
@@ -65,19 +83,18 @@ impl Customers {
             updated_at: now,
             deleted_at: None,
         };
-        let row = customer.clone();
         self.mutations
             .run_statement(
                 &ctx,
                 call,
-                customer,
+                customer.clone(),
                 external_id_taken(),
-                move |conn, completion| {
-                    Box::pin(async move {
-                        store::insert_customer(conn, ctx.tenant, ctx.key, &row, completion)
-                            .await
-                            .map_err(AppError::from_commit)
-                    })
+                &self.inserts,
+                move |completion| CustomerInsert {
+                    tenant: ctx.tenant,
+                    by: ctx.key,
+                    customer,
+                    completion,
                 },
             )
             .await

@@ -19,6 +19,10 @@ pub enum AppError {
     /// Only a retry under the same idempotency key is safe.
     #[error("outcome unknown")]
     OutcomeUnknown(#[source] StoreError),
+    /// The server is at a bound (here, a full write queue) and refused the call without
+    /// running it; the caller should retry after a pause.
+    #[error("overloaded: {0} queue full")]
+    Overloaded(&'static str),
     /// A refusal stored under an idempotency key, replayed exactly as first sent: the
     /// transport's own encoding of it (for gRPC, a `google.rpc.Status`).
     #[error("replayed refusal")]

@@ -32,10 +32,11 @@ use uuid::Uuid;
 
 use super::TenantCtx;
 use super::error::{AppError, Rejection, RejectionKind, StoredStatus};
+use super::group_commit::GroupCommit;
 use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::ids::TenantId;
 use crate::store::StoreError;
-use crate::store::idempotency::{self as store, KeyRef, Outcome, StoredState};
+use crate::store::idempotency::{self as store, ClaimRow, KeyRef, Outcome, StoredState};
 pub use crate::store::idempotency::{Completion, Written};
 
 pub const REASON_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
@@ -133,10 +134,6 @@ pub enum Claim<T> {
     Replay(Result<Done<T>, AppError>),
 }
 
-/// The statement of a one-statement mutation. It commits on its own, so its errors go
-/// through [`AppError::from_commit`].
-pub type StatementWork<'c> = BoxFuture<'c, Result<Written, AppError>>;
-
 /// The encoded outcome of an attempt, ready to store.
 pub enum Record {
     Response(Vec<u8>),
@@ -160,14 +157,24 @@ pub struct Mutations {
     pool: PgPool,
     config: IdempotencyConfig,
     tasks: TaskTracker,
+    /// Every claim goes through one group commit, so concurrent calls share its commit.
+    claims: GroupCommit<ClaimRow, bool>,
 }
 
 impl Mutations {
     pub fn new(pool: PgPool, config: IdempotencyConfig, tasks: TaskTracker) -> Self {
+        let claims = GroupCommit::new(
+            "idempotency claims",
+            pool.clone(),
+            tasks.clone(),
+            |conn, rows| Box::pin(store::claim_keys(conn, rows)),
+            store::order_claims,
+        );
         Self {
             pool,
             config,
             tasks,
+            claims,
         }
     }
 
@@ -179,32 +186,35 @@ impl Mutations {
     /// from what already holds it.
     pub async fn claim<T: Replayable>(
         &self,
-        conn: &mut PgConnection,
         tenant: TenantId,
         call: &IdempotentCall,
     ) -> Result<Claim<T>, AppError> {
         let lease = Uuid::now_v7();
-        let key = KeyRef {
-            tenant,
-            method: call.method,
-            key: &call.key,
-        };
-        let held = store::claim_key(
-            conn,
-            key,
-            &call.fingerprint.0,
-            lease,
-            self.config.lease.as_secs_f64(),
-        )
-        .await
-        .map_err(AppError::from_commit)?;
-        let Some(stored) = held else {
+        let claimed = self
+            .claims
+            .write(ClaimRow {
+                tenant,
+                method: call.method,
+                key: call.key.clone(),
+                fingerprint: call.fingerprint.0,
+                lease,
+                lease_secs: self.config.lease.as_secs_f64(),
+            })
+            .await?;
+        if claimed {
             return Ok(Claim::Mine(Lease {
                 tenant,
                 call: call.clone(),
                 id: lease,
             }));
+        }
+        let key = KeyRef {
+            tenant,
+            method: call.method,
+            key: &call.key,
         };
+        let mut conn = self.pool.acquire().await?;
+        let stored = store::held(&mut conn, key, &call.fingerprint.0).await?;
         // A different request under the same key is refused first, even while the first
         // call still runs.
         if stored.fingerprint != call.fingerprint.0 {
@@ -261,8 +271,8 @@ impl Mutations {
         T: Replayable + Send,
         F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send,
     {
-        let mut conn = self.pool.acquire().await?;
         let Some(call) = call else {
+            let mut conn = self.pool.acquire().await?;
             let mut tx = conn.begin().await?;
             let value = self.bounded(work(&mut tx)).await?;
             tx.commit()
@@ -270,10 +280,11 @@ impl Mutations {
                 .map_err(|e| AppError::from_commit(e.into()))?;
             return Ok(Done::new(value));
         };
-        let lease = match self.claim(&mut conn, tenant, &call).await? {
+        let lease = match self.claim(tenant, &call).await? {
             Claim::Mine(lease) => lease,
             Claim::Replay(answer) => return answer,
         };
+        let mut conn = self.pool.acquire().await?;
 
         let mut tx = conn.begin().await?;
         let result = self.bounded(work(&mut tx)).await;
@@ -305,44 +316,41 @@ impl Mutations {
     /// without failing) is known too. Claim, then the statement, which writes the change and
     /// completes the key under the lease's row lock: two round trips and no explicit
     /// transaction, where [`Mutations::run`] takes five.
-    pub async fn run_statement<T, F>(
+    pub async fn run_statement<T, R>(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         value: T,
         refusal: Rejection,
-        statement: F,
+        writes: &GroupCommit<R, Written>,
+        row: impl FnOnce(Option<Completion>) -> R + Send + 'static,
     ) -> Result<Done<T>, AppError>
     where
         T: Replayable + Send + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection, Option<Completion<'c>>) -> StatementWork<'c>
-            + Send
-            + 'static,
+        R: Send + Sync + 'static,
     {
         let this = self.clone();
+        let writes = writes.clone();
         let tenant = ctx.tenant;
         let attempt = async move {
-            let mut conn = this.pool.acquire().await?;
             let lease = match &call {
                 None => None,
-                Some(call) => match this.claim(&mut conn, tenant, call).await? {
+                Some(call) => match this.claim(tenant, call).await? {
                     Claim::Mine(lease) => Some(lease),
                     Claim::Replay(answer) => return answer,
                 },
             };
-            let response = lease.as_ref().map(|_| value.encode_replay());
-            let refused = lease.as_ref().map(|l| (l.call.encode_refusal)(&refusal));
-            let completion = match (&lease, &response, &refused) {
-                (Some(lease), Some(response), Some(refused)) => Some(Completion {
-                    key: lease.key(),
-                    lease: lease.id,
-                    response,
-                    refusal: refused,
-                }),
-                _ => None,
-            };
-            let written = this.bounded(statement(&mut conn, completion)).await;
-            match written {
+            let completion = lease.as_ref().map(|lease| Completion {
+                method: lease.call.method,
+                key: lease.call.key.clone(),
+                lease: lease.id,
+                response: value.encode_replay(),
+                refusal: (lease.call.encode_refusal)(&refusal),
+            });
+            // Not bounded by the work timeout: a row handed to a batch may be written after
+            // its caller stopped waiting, so giving up here could not honestly say "nothing
+            // changed". The statement timeout bounds the statement, and the queue is bounded.
+            match writes.write(row(completion)).await {
                 Ok(Written { applied: true, .. }) => Ok(Done::new(value)),
                 Ok(Written {
                     completed: false, ..

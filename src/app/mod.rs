@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod customers;
 pub mod error;
+pub mod group_commit;
 pub mod idempotency;
 pub mod sweeper;
 pub mod tenants;
@@ -39,7 +40,7 @@ impl App {
         let mutations = idempotency::Mutations::new(pool.clone(), idempotency, tasks.clone());
         Self {
             auth: auth::Authenticator::new(pool.clone()),
-            customers: customers::Customers::new(pool.clone(), mutations),
+            customers: customers::Customers::new(pool.clone(), mutations, tasks.clone()),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,

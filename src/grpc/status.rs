@@ -135,6 +135,9 @@ impl From<AppError> for Status {
             AppError::Invalid(v) => invalid(&v),
             AppError::Rejected(r) => refusal(&r),
             AppError::Replayed(stored) => replayed(&stored),
+            AppError::Overloaded(what) => overloaded(&format!(
+                "server overloaded: too many {what} writes waiting"
+            )),
             AppError::Unavailable(cause) => {
                 tracing::warn!(error = %chain(&cause), "retryable failure");
                 match cause {

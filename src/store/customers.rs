@@ -58,69 +58,160 @@ impl CustomerRow {
     }
 }
 
-/// Inserts a customer and its audit row in one statement, and with a `completion` also
-/// stores the outcome under the idempotency key: the response when the customer was written,
-/// the refusal when a live customer of the tenant already has its external id. The conflict is
-/// an expected outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than
-/// failing, and the external id never reaches the database's error log. The key's row is
-/// locked for the statement and must still carry the lease; if another attempt took it over,
-/// nothing is written and `completed` is false.
-pub async fn insert_customer(
+/// A customer to insert, with who creates it and, under an idempotency key, what completes
+/// the key in the same statement.
+#[derive(Debug, Clone)]
+pub struct CustomerInsert {
+    pub tenant: TenantId,
+    pub by: KeyId,
+    pub customer: Customer,
+    pub completion: Option<Completion>,
+}
+
+/// The order a batch inserts in: by the unique key it may wait on, so two batches cannot
+/// deadlock.
+pub fn order_inserts(a: &CustomerInsert, b: &CustomerInsert) -> std::cmp::Ordering {
+    fn key(r: &CustomerInsert) -> (uuid::Uuid, Option<&str>) {
+        (
+            r.tenant.as_uuid(),
+            r.customer.external_id.as_ref().map(ExternalId::as_str),
+        )
+    }
+    key(a).cmp(&key(b))
+}
+
+/// Inserts customers and their audit rows in one statement, and for each row with a
+/// completion also stores its outcome under its idempotency key: the response when the
+/// customer was written, the refusal when a live customer of the tenant already has its
+/// external id (in the table, or earlier in the same batch). The conflict is an expected
+/// outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than failing, and the
+/// external id never reaches the database's error log. A key's row is locked for the statement
+/// and must still carry the row's lease; if another attempt took it over, nothing is written
+/// for that row and `completed` is false. One result per row, in the rows' order.
+pub async fn insert_customers(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    by: KeyId,
-    c: &Customer,
-    completion: Option<Completion<'_>>,
-) -> Result<Written, StoreError> {
-    let key = completion.as_ref();
-    let row = sqlx::query!(
-        r#"WITH lease AS (
-               SELECT 1 FROM idempotency_keys
-               WHERE tenant_id = $1 AND method = $9 AND key = $10 AND lease_id = $11
-                 AND state = 'in_flight'
-               FOR UPDATE),
+    rows: &[CustomerInsert],
+) -> Result<Vec<Written>, StoreError> {
+    let n = rows.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut external_id = Vec::with_capacity(n);
+    let mut email = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut by = Vec::with_capacity(n);
+    let mut method = Vec::with_capacity(n);
+    let mut key = Vec::with_capacity(n);
+    let mut lease = Vec::with_capacity(n);
+    let mut response = Vec::with_capacity(n);
+    let mut refusal = Vec::with_capacity(n);
+    for row in rows {
+        let c = &row.customer;
+        tenant.push(row.tenant.as_uuid());
+        id.push(c.id.as_uuid());
+        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
+        email.push(c.email.as_ref().map(Email::as_str));
+        name.push(c.name.as_ref().map(CustomerName::as_str));
+        metadata.push(Json(c.metadata.as_map()));
+        created_at.push(c.created_at);
+        by.push(row.by.as_uuid());
+        let k = row.completion.as_ref();
+        method.push(k.map(|k| k.method));
+        key.push(k.map(|k| k.key.as_str()));
+        lease.push(k.map(|k| k.lease));
+        response.push(k.map(|k| &k.response[..]));
+        refusal.push(k.map(|k| &k.refusal[..]));
+    }
+    let written = sqlx::query!(
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::text[],
+                                    $10::text[], $11::uuid[], $12::bytea[], $13::bytea[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
+                        method, key, lease_id, response, refusal, n)),
+           lease AS (
+               SELECT i.id
+               FROM input i
+               JOIN idempotency_keys k
+                 ON k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
+                AND k.lease_id = i.lease_id AND k.state = 'in_flight'
+               ORDER BY k.tenant_id, k.method, k.key
+               FOR UPDATE OF k),
            c AS (
                INSERT INTO customers
                    (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
-               SELECT $1, $2, $3, $4, $5, $6, $7, $7
-               WHERE $9::text IS NULL OR EXISTS (SELECT 1 FROM lease)
+               SELECT tenant_id, id, external_id, email, name, metadata, created_at, created_at
+               FROM input
+               WHERE key IS NULL OR id IN (SELECT id FROM lease)
+               ORDER BY n
                ON CONFLICT (tenant_id, external_id)
                    WHERE deleted_at IS NULL AND external_id IS NOT NULL
                    DO NOTHING
                RETURNING tenant_id, id),
            a AS (
                INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
-               SELECT tenant_id, $8, 'customer.created', 'customer', id FROM c),
+               SELECT c.tenant_id, i.key_id, 'customer.created', 'customer', c.id
+               FROM c JOIN input i ON i.id = c.id),
            k AS (
-               UPDATE idempotency_keys
+               UPDATE idempotency_keys k
                SET state = 'completed',
-                   response = CASE WHEN EXISTS (SELECT 1 FROM c) THEN $12::bytea END,
-                   status = CASE WHEN EXISTS (SELECT 1 FROM c) THEN NULL ELSE $13::bytea END
-               WHERE tenant_id = $1 AND method = $9 AND key = $10 AND lease_id = $11
-                 AND state = 'in_flight' AND EXISTS (SELECT 1 FROM lease)
-               RETURNING 1)
-           SELECT EXISTS (SELECT 1 FROM c) AS "applied!", EXISTS (SELECT 1 FROM k) AS "completed!""#,
-        tenant.as_uuid(),
-        c.id.as_uuid(),
-        c.external_id.as_ref().map(ExternalId::as_str),
-        c.email.as_ref().map(Email::as_str),
-        c.name.as_ref().map(CustomerName::as_str),
-        Json(c.metadata.as_map()) as _,
-        c.created_at,
-        by.as_uuid(),
-        key.map(|k| k.key.method),
-        key.map(|k| k.key.key.as_str()),
-        key.map(|k| k.lease),
-        key.map(|k| k.response),
-        key.map(|k| k.refusal),
+                   response = CASE WHEN c.id IS NOT NULL THEN i.response END,
+                   status = CASE WHEN c.id IS NULL THEN i.refusal END
+               FROM input i LEFT JOIN c ON c.id = i.id
+               WHERE i.id IN (SELECT id FROM lease)
+                 AND k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
+                 AND k.lease_id = i.lease_id AND k.state = 'in_flight'
+               RETURNING i.id)
+           SELECT EXISTS (SELECT 1 FROM c WHERE c.id = i.id) AS "applied!",
+                  EXISTS (SELECT 1 FROM k WHERE k.id = i.id) AS "completed!"
+           FROM input i
+           ORDER BY i.n"#,
+        &tenant,
+        &id,
+        &external_id as _,
+        &email as _,
+        &name as _,
+        &metadata as _,
+        &created_at,
+        &by,
+        &method as _,
+        &key as _,
+        &lease as _,
+        &response as _,
+        &refusal as _,
     )
-    .fetch_one(conn)
+    .fetch_all(conn)
     .instrument(super::statement_span!("INSERT", "customers"))
     .await?;
-    Ok(Written {
-        applied: row.applied,
-        completed: row.completed,
-    })
+    Ok(written
+        .into_iter()
+        .map(|r| Written {
+            applied: r.applied,
+            completed: r.completed,
+        })
+        .collect())
+}
+
+/// Inserts one customer (see [`insert_customers`]).
+pub async fn insert_customer(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    by: KeyId,
+    customer: &Customer,
+    completion: Option<Completion>,
+) -> Result<Written, StoreError> {
+    let row = CustomerInsert {
+        tenant,
+        by,
+        customer: customer.clone(),
+        completion,
+    };
+    let mut written = insert_customers(conn, std::slice::from_ref(&row)).await?;
+    written
+        .pop()
+        .ok_or_else(|| super::corrupt("insert result", "no row"))
 }
 
 /// Whether a live customer of the tenant other than `except` has `external_id`.

@@ -21,19 +21,21 @@ pub const RETENTION_SECS: i64 = 24 * 3600;
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRef<'a> {
     pub tenant: TenantId,
-    pub method: &'a str,
+    /// The full gRPC method name.
+    pub method: &'static str,
     pub key: &'a IdempotencyKey,
 }
 
-/// What a one-statement mutation needs to complete its key in the same statement: the key,
-/// the lease that must still hold it (locked for the statement), and both possible outcomes,
+/// What a one-statement mutation needs to complete its key in its own statement: the key, the
+/// lease that must still hold it (locked for the statement), and both possible outcomes,
 /// encoded.
-#[derive(Debug, Clone, Copy)]
-pub struct Completion<'a> {
-    pub key: KeyRef<'a>,
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub method: &'static str,
+    pub key: IdempotencyKey,
     pub lease: Uuid,
-    pub response: &'a [u8],
-    pub refusal: &'a [u8],
+    pub response: Vec<u8>,
+    pub refusal: Vec<u8>,
 }
 
 /// What a one-statement mutation did: whether it applied the change (else it found the
@@ -61,11 +63,88 @@ pub enum StoredState {
     Status(Vec<u8>),
 }
 
-/// Claims `key` for the attempt identified by `lease`, for `lease_secs`. Succeeds (`None`)
-/// when the key is new, when a previous claim's lease ran out (its holder crashed or hung), or
-/// when the stored outcome is past retention. Otherwise returns what holds the key. Runs on
-/// its own, outside the work's transaction, so that a concurrent duplicate sees the claim at
-/// once instead of waiting on a row lock.
+/// One claim in a batch: the key, the request's fingerprint, and the lease to take.
+#[derive(Debug, Clone)]
+pub struct ClaimRow {
+    pub tenant: TenantId,
+    pub method: &'static str,
+    pub key: IdempotencyKey,
+    pub fingerprint: [u8; 32],
+    pub lease: Uuid,
+    pub lease_secs: f64,
+}
+
+/// The order claims lock their keys in.
+pub fn order_claims(a: &ClaimRow, b: &ClaimRow) -> std::cmp::Ordering {
+    (a.tenant.as_uuid(), a.method, a.key.as_str()).cmp(&(
+        b.tenant.as_uuid(),
+        b.method,
+        b.key.as_str(),
+    ))
+}
+
+/// Claims each row's key for the attempt identified by its lease, in one statement; `true`
+/// for a row whose claim succeeded: the key was new, its previous claim's lease ran out (its
+/// holder crashed or hung), or its stored outcome is past retention. Commits on its own,
+/// before the work starts, so that a concurrent duplicate sees the claim at once instead of
+/// waiting on a row lock. Rows must come in [`order_claims`] order; of several rows with one
+/// key, only the first can succeed.
+pub async fn claim_keys(
+    conn: &mut PgConnection,
+    rows: &[ClaimRow],
+) -> Result<Vec<bool>, StoreError> {
+    let n = rows.len();
+    let (mut tenant, mut method, mut key, mut fingerprint, mut lease, mut secs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (i, row) in rows.iter().enumerate() {
+        // ON CONFLICT DO UPDATE cannot touch one row twice in a statement.
+        if i > 0 && order_claims(&rows[i - 1], row).is_eq() {
+            continue;
+        }
+        tenant.push(row.tenant.as_uuid());
+        method.push(row.method);
+        key.push(row.key.as_str());
+        fingerprint.push(&row.fingerprint[..]);
+        lease.push(row.lease);
+        secs.push(row.lease_secs);
+    }
+    let claimed: Vec<Uuid> = sqlx::query_scalar!(
+        r#"INSERT INTO idempotency_keys
+               (tenant_id, method, key, fingerprint, state, lease_id, locked_until)
+           SELECT tenant_id, method, key, fingerprint, 'in_flight', lease_id,
+                  now() + make_interval(secs => lease_secs)
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[],
+                       $6::float8[])
+               AS t(tenant_id, method, key, fingerprint, lease_id, lease_secs)
+           ON CONFLICT (tenant_id, method, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
+               lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
+               response = NULL, status = NULL, created_at = now()
+           WHERE (idempotency_keys.state = 'in_flight'
+                  AND idempotency_keys.locked_until < now())
+              OR idempotency_keys.created_at < now() - make_interval(secs => $7)
+           RETURNING lease_id"#,
+        &tenant,
+        &method as _,
+        &key as _,
+        &fingerprint as _,
+        &lease,
+        &secs,
+        RETENTION_SECS as f64,
+    )
+    .fetch_all(&mut *conn)
+    .instrument(super::statement_span!("INSERT", "idempotency_keys"))
+    .await?;
+    Ok(rows.iter().map(|r| claimed.contains(&r.lease)).collect())
+}
+
+/// Claims one key (see [`claim_keys`]); `None` when claimed, else what holds the key.
 pub async fn claim_key(
     conn: &mut PgConnection,
     key: KeyRef<'_>,
@@ -73,40 +152,31 @@ pub async fn claim_key(
     lease: Uuid,
     lease_secs: f64,
 ) -> Result<Option<StoredKey>, StoreError> {
-    let row = sqlx::query!(
-        r#"WITH claim AS (
-               INSERT INTO idempotency_keys
-                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until)
-               VALUES ($1, $2, $3, $4, 'in_flight', $5, now() + make_interval(secs => $6))
-               ON CONFLICT (tenant_id, method, key) DO UPDATE
-               SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
-                   lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
-                   response = NULL, status = NULL, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $7)
-               RETURNING lease_id)
-           SELECT EXISTS (SELECT 1 FROM claim) AS "claimed!""#,
-        key.tenant.as_uuid(),
-        key.method,
-        key.key.as_str(),
-        &fingerprint[..],
+    let row = ClaimRow {
+        tenant: key.tenant,
+        method: key.method,
+        key: key.key.clone(),
+        fingerprint: *fingerprint,
         lease,
         lease_secs,
-        RETENTION_SECS as f64,
-    )
-    .fetch_one(&mut *conn)
-    .instrument(super::statement_span!("INSERT", "idempotency_keys"))
-    .await?;
-    if row.claimed {
+    };
+    if claim_keys(conn, std::slice::from_ref(&row)).await? == [true] {
         return Ok(None);
     }
-    // Someone else holds the key. Read what they hold; the row may be gone again (its holder
-    // released it a moment ago), which reads as in flight: asking again is right either way.
-    Ok(Some(find_key(conn, key).await?.unwrap_or(StoredKey {
+    held(conn, key, fingerprint).await.map(Some)
+}
+
+/// What holds a key a claim did not get. The row may be gone again (its holder released it a
+/// moment ago), which reads as in flight: asking again is right either way.
+pub async fn held(
+    conn: &mut PgConnection,
+    key: KeyRef<'_>,
+    fingerprint: &[u8; 32],
+) -> Result<StoredKey, StoreError> {
+    Ok(find_key(conn, key).await?.unwrap_or(StoredKey {
         fingerprint: fingerprint.to_vec(),
         state: StoredState::InFlight,
-    })))
+    }))
 }
 
 /// The key as stored, if it exists.

@@ -84,6 +84,30 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The same kind of error, for each caller of a batch that failed as a whole: the same
+    /// variant, and the same answer to [`StoreError::may_have_committed`].
+    pub fn replicate(&self) -> StoreError {
+        let lost = |e: &sqlx::Error| sqlx::Error::Io(std::io::Error::other(e.to_string()));
+        match self {
+            StoreError::Unavailable(sqlx::Error::PoolTimedOut) => {
+                StoreError::Unavailable(sqlx::Error::PoolTimedOut)
+            }
+            StoreError::Unavailable(sqlx::Error::PoolClosed) => {
+                StoreError::Unavailable(sqlx::Error::PoolClosed)
+            }
+            StoreError::Unavailable(e) => StoreError::Unavailable(lost(e)),
+            StoreError::Timeout(e) => StoreError::Timeout(lost(e)),
+            StoreError::Conflict(e) => StoreError::Conflict(lost(e)),
+            StoreError::Database(e) => StoreError::Database(sqlx::Error::Protocol(e.to_string())),
+            StoreError::Corrupt { what, detail } => StoreError::Corrupt {
+                what,
+                detail: detail.clone(),
+            },
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let code = match &e {

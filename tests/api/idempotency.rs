@@ -594,10 +594,11 @@ async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
             .is_none()
     );
     let completion = |lease| Completion {
-        key,
+        method: key.method,
+        key: idempotency_key.clone(),
         lease,
-        response: b"response",
-        refusal: b"refusal",
+        response: b"response".to_vec(),
+        refusal: b"refusal".to_vec(),
     };
     let written = coffer::store::customers::insert_customer(
         &mut conn,
