@@ -116,6 +116,22 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
         }
     }
 
+    /// Bounds the queue at `rows` instead of the default (four full batches).
+    pub fn with_max_queued(self, rows: usize) -> Self {
+        let inner = Arc::into_inner(self.inner).expect("bounded before it is shared");
+        Self {
+            inner: Arc::new(Inner {
+                max_queued: rows,
+                ..inner
+            }),
+        }
+    }
+
+    /// How many rows wait for a writer.
+    pub fn queued(&self) -> usize {
+        self.inner.queue().len()
+    }
+
     /// Writes `row`: alone if a slot is free and nobody waits, else in the next batch. An error
     /// is the statement's: see [`AppError::from_commit`] for what it means to the caller.
     pub async fn write(&self, row: R) -> Result<O, AppError> {

@@ -6,6 +6,7 @@ mod binary;
 mod config;
 mod customers;
 mod dev;
+mod group_commit;
 mod health;
 mod helpers;
 mod idempotency;
