@@ -132,13 +132,15 @@ pub async fn insert_customers(
                    AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
                         method, key, lease_id, response, refusal, n)),
            lease AS (
-               SELECT i.id
+               -- One index lookup per row, whatever the batch's size: a join here would let
+               -- the planner scan the whole table for a large batch.
+               SELECT i.id, l.kctid
                FROM input i
-               JOIN idempotency_keys k
-                 ON k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
-                AND k.lease_id = i.lease_id AND k.state = 'in_flight'
-               ORDER BY k.tenant_id, k.method, k.key
-               FOR UPDATE OF k),
+               CROSS JOIN LATERAL (
+                   SELECT k.ctid AS kctid FROM idempotency_keys k
+                   WHERE k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
+                     AND k.lease_id = i.lease_id AND k.state = 'in_flight'
+                   FOR UPDATE) l),
            c AS (
                INSERT INTO customers
                    (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
@@ -159,14 +161,11 @@ pub async fn insert_customers(
                SET state = 'completed',
                    response = CASE WHEN c.id IS NOT NULL THEN i.response END,
                    status = CASE WHEN c.id IS NULL THEN i.refusal END
-               FROM input i LEFT JOIN c ON c.id = i.id
-               WHERE i.id IN (SELECT id FROM lease)
-                 AND k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
-                 AND k.lease_id = i.lease_id AND k.state = 'in_flight'
+               FROM lease l JOIN input i ON i.id = l.id LEFT JOIN c ON c.id = i.id
+               WHERE k.ctid = l.kctid
                RETURNING i.id)
-           SELECT EXISTS (SELECT 1 FROM c WHERE c.id = i.id) AS "applied!",
-                  EXISTS (SELECT 1 FROM k WHERE k.id = i.id) AS "completed!"
-           FROM input i
+           SELECT c.id IS NOT NULL AS "applied!", k.id IS NOT NULL AS "completed!"
+           FROM input i LEFT JOIN c ON c.id = i.id LEFT JOIN k ON k.id = i.id
            ORDER BY i.n"#,
         &tenant,
         &id,
@@ -235,32 +234,43 @@ pub async fn external_id_taken(
     Ok(taken)
 }
 
-/// A live customer by Coffer id or external id.
+/// A live customer by Coffer id or external id: two statements, so each has a plan that uses
+/// its own index.
 pub async fn find_customer(
     conn: &mut PgConnection,
     tenant: TenantId,
     by: &CustomerRef,
 ) -> Result<Option<Customer>, StoreError> {
-    let (id, external_id) = match by {
-        CustomerRef::Id(id) => (Some(id.as_uuid()), None),
-        CustomerRef::External(e) => (None, Some(e.as_str())),
+    let row = match by {
+        CustomerRef::Id(id) => {
+            sqlx::query_as!(
+                CustomerRow,
+                r#"SELECT id, external_id, email, name,
+                          metadata AS "metadata: Json<BTreeMap<String, String>>",
+                          created_at, updated_at, deleted_at
+                   FROM customers
+                   WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"#,
+                tenant.as_uuid(),
+                id.as_uuid(),
+            )
+            .fetch_optional(conn)
+            .await?
+        }
+        CustomerRef::External(external_id) => {
+            sqlx::query_as!(
+                CustomerRow,
+                r#"SELECT id, external_id, email, name,
+                          metadata AS "metadata: Json<BTreeMap<String, String>>",
+                          created_at, updated_at, deleted_at
+                   FROM customers
+                   WHERE tenant_id = $1 AND external_id = $2 AND deleted_at IS NULL"#,
+                tenant.as_uuid(),
+                external_id.as_str(),
+            )
+            .fetch_optional(conn)
+            .await?
+        }
     };
-    let row = sqlx::query_as!(
-        CustomerRow,
-        r#"SELECT id, external_id, email, name,
-                  metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  created_at, updated_at, deleted_at
-           FROM customers
-           WHERE tenant_id = $1 AND deleted_at IS NULL
-             AND (id = $2::uuid OR $2::uuid IS NULL)
-             AND (external_id = $3::text OR $3::text IS NULL)
-             AND ($2::uuid IS NOT NULL OR $3::text IS NOT NULL)"#,
-        tenant.as_uuid(),
-        id,
-        external_id,
-    )
-    .fetch_optional(conn)
-    .await?;
     row.map(CustomerRow::into_domain).transpose()
 }
 
@@ -339,7 +349,8 @@ pub async fn soft_delete_customer(
     row.map(CustomerRow::into_domain).transpose()
 }
 
-/// One page of live customers in id (creation) order, after `after` when given.
+/// One page of live customers in id (creation) order, after `after` when given. With an
+/// email filter and without it are two statements, each with its own index.
 pub async fn list_customers(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -347,23 +358,45 @@ pub async fn list_customers(
     after: Option<CustomerId>,
     limit: i64,
 ) -> Result<Vec<Customer>, StoreError> {
-    let rows = sqlx::query_as!(
-        CustomerRow,
-        r#"SELECT id, external_id, email, name,
-                  metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  created_at, updated_at, deleted_at
-           FROM customers
-           WHERE tenant_id = $1 AND deleted_at IS NULL
-             AND ($2::text IS NULL OR lower(email) = lower($2))
-             AND ($3::uuid IS NULL OR id > $3)
-           ORDER BY id
-           LIMIT $4"#,
-        tenant.as_uuid(),
-        email,
-        after.map(|a| a.as_uuid()),
-        limit,
-    )
-    .fetch_all(conn)
-    .await?;
+    // Every id sorts after the nil UUID, so "from the start" needs no predicate of its own.
+    let after = after.map_or(uuid::Uuid::nil(), |a| a.as_uuid());
+    let rows = match email {
+        None => {
+            sqlx::query_as!(
+                CustomerRow,
+                r#"SELECT id, external_id, email, name,
+                          metadata AS "metadata: Json<BTreeMap<String, String>>",
+                          created_at, updated_at, deleted_at
+                   FROM customers
+                   WHERE tenant_id = $1 AND deleted_at IS NULL AND id > $2
+                   ORDER BY id
+                   LIMIT $3"#,
+                tenant.as_uuid(),
+                after,
+                limit,
+            )
+            .fetch_all(conn)
+            .await?
+        }
+        Some(email) => {
+            sqlx::query_as!(
+                CustomerRow,
+                r#"SELECT id, external_id, email, name,
+                          metadata AS "metadata: Json<BTreeMap<String, String>>",
+                          created_at, updated_at, deleted_at
+                   FROM customers
+                   WHERE tenant_id = $1 AND deleted_at IS NULL AND lower(email) = lower($2)
+                     AND id > $3
+                   ORDER BY id
+                   LIMIT $4"#,
+                tenant.as_uuid(),
+                email,
+                after,
+                limit,
+            )
+            .fetch_all(conn)
+            .await?
+        }
+    };
     rows.into_iter().map(CustomerRow::into_domain).collect()
 }

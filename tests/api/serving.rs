@@ -192,9 +192,7 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
         channels.push(connect(&served.grpc).await);
     }
 
-    // Slow calls: creates that wait on a row lock the test holds. Each holds a pooled
-    // connection while it waits, so they are half the pool (16): the other half serves the
-    // flood's calls that get past the call limit.
+    // Slow calls: creates that wait on a row lock the test holds.
     let blocker = hold_external_id(&pool, tenant, "held").await;
     let slow: Vec<_> = (0..8)
         .map(|i| {
@@ -218,7 +216,11 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
             .fetch_one(&pool)
             .await
             .unwrap();
-            waiting >= 1
+            // Four of them hold the four writer slots of the create group commit (a quarter
+            // of the pool) and wait in the database; the rest queue behind them and hold no
+            // connection. All four must be waiting before the flood starts, or one could
+            // still be asking the saturated pool for its connection.
+            waiting >= 4
         })
         .await
     );
