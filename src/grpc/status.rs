@@ -158,11 +158,9 @@ impl From<AppError> for Status {
             }
             AppError::OutcomeUnknown(cause) => {
                 tracing::warn!(error = %chain(&cause), "outcome unknown: the answer to a commit was lost");
-                with_info(
-                    Code::Unknown,
-                    REASON_OUTCOME_UNKNOWN,
-                    "the change was sent to the database but its answer was lost, so it may or may not have been applied; retry with the same idempotency-key to learn which",
-                    ErrorDetails::new(),
+                outcome_unknown(
+                    "the change was sent to the database but its answer was lost, so it may or \
+                     may not have been applied; retry with the same idempotency-key to learn which",
                 )
             }
             AppError::Internal(cause) => {

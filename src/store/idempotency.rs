@@ -144,28 +144,6 @@ pub async fn claim_keys(
     Ok(rows.iter().map(|r| claimed.contains(&r.lease)).collect())
 }
 
-/// Claims one key (see [`claim_keys`]); `None` when claimed, else what holds the key.
-pub async fn claim_key(
-    conn: &mut PgConnection,
-    key: KeyRef<'_>,
-    fingerprint: &[u8; 32],
-    lease: Uuid,
-    lease_secs: f64,
-) -> Result<Option<StoredKey>, StoreError> {
-    let row = ClaimRow {
-        tenant: key.tenant,
-        method: key.method,
-        key: key.key.clone(),
-        fingerprint: *fingerprint,
-        lease,
-        lease_secs,
-    };
-    if claim_keys(conn, std::slice::from_ref(&row)).await? == [true] {
-        return Ok(None);
-    }
-    held(conn, key, fingerprint).await.map(Some)
-}
-
 /// What holds a key a claim did not get. The row may be gone again (its holder released it a
 /// moment ago), which reads as in flight: asking again is right either way.
 pub async fn held(

@@ -564,7 +564,7 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
 /// completes nothing; the holder's statement does both.
 #[tokio::test]
 async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
-    use coffer::store::idempotency::{Completion, KeyRef, claim_key, find_key};
+    use coffer::store::idempotency::{ClaimRow, Completion, KeyRef, claim_keys, find_key};
     let app = TestApp::spawn().await;
     let (tenant, api_key) = app
         .app
@@ -580,19 +580,17 @@ async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
         key: &idempotency_key,
     };
     let (stale, holder) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let claim = |lease, lease_secs| ClaimRow {
+        tenant,
+        method: key.method,
+        key: idempotency_key.clone(),
+        fingerprint: [7; 32],
+        lease,
+        lease_secs,
+    };
     // A lease that has already run out, then a second attempt taking the key over.
-    assert!(
-        claim_key(&mut conn, key, &[7; 32], stale, -1.0)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        claim_key(&mut conn, key, &[7; 32], holder, 60.0)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(claim_keys(&mut conn, &[claim(stale, -1.0)]).await.unwrap() == [true]);
+    assert!(claim_keys(&mut conn, &[claim(holder, 60.0)]).await.unwrap() == [true]);
     let completion = |lease| Completion {
         method: key.method,
         key: idempotency_key.clone(),
