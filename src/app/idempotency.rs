@@ -200,7 +200,14 @@ impl Mutations {
                 lease,
                 lease_secs: self.config.lease.as_secs_f64(),
             })
-            .await?;
+            .await
+            // Whatever became of the claim, no work ran under it: the call changed nothing
+            // and may be retried. (A claim that did commit holds the key until its lease runs
+            // out; the retry is then told IDEMPOTENCY_KEY_IN_USE until it does.)
+            .map_err(|e| match e {
+                AppError::OutcomeUnknown(cause) => AppError::Unavailable(cause),
+                other => other,
+            })?;
         if claimed {
             return Ok(Claim::Mine(Lease {
                 tenant,
