@@ -8,6 +8,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "proto/coffer/v1/common.proto",
     "proto/coffer/v1/customers.proto",
+    "proto/coffer/v1/usage.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

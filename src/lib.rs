@@ -1,7 +1,8 @@
 //! Coffer: a payments and billing microservice.
 //!
-//! Internal services call Coffer over gRPC to manage customers (and, as the service grows,
-//! checkouts, subscriptions and usage). Everything Coffer knows lives in Postgres.
+//! Internal services call Coffer over gRPC to manage customers and usage meters (and, as the
+//! service grows, checkouts, subscriptions and the rest of usage). Everything Coffer knows
+//! lives in Postgres.
 //!
 //! # Module map
 //!

@@ -24,7 +24,9 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::customers_server::CustomersServer;
+use crate::grpc::pb::usage_server::UsageServer;
 use crate::grpc::telemetry::TelemetryLayer;
+use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
 use crate::store::pool::Pinger;
@@ -197,6 +199,8 @@ impl Server {
             .expect("the embedded descriptors are valid");
         let customers = CustomersServer::new(CustomersService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let usage = UsageServer::new(UsageService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         // Limits before authentication, so a flood is refused before it costs a key lookup;
         // after telemetry, so refusals are counted.
@@ -227,6 +231,7 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(customers)
+            .add_service(usage)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);

@@ -8,11 +8,11 @@ use tokio_util::task::TaskTracker;
 
 use super::group_commit::GroupCommit;
 use super::idempotency::{Done, IdempotentCall, Mutations, Written};
+use super::page::{self, Page};
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
-use crate::domain::Violations;
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
 use crate::domain::ids::CustomerId;
-use crate::domain::page::{FilterDigest, PageSize, PageToken};
+use crate::domain::page::{FilterDigest, PageSize};
 use crate::store::customers::CustomerInsert;
 use crate::store::{audit, customers as store};
 
@@ -28,13 +28,6 @@ pub struct CustomerQuery {
     pub email: Option<Email>,
     pub page_size: PageSize,
     pub page_token: Option<String>,
-}
-
-/// One page of a list.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: Option<String>,
 }
 
 /// The Customers service's use cases.
@@ -195,41 +188,25 @@ impl Customers {
         let email = query.email.as_ref().map(Email::as_str);
         // The filter compares case-insensitively, so its token binding does too.
         let filters = FilterDigest::of(LIST, &[&email.unwrap_or("").to_lowercase()]);
-        let after = match query.page_token.as_deref() {
-            None | Some("") => None,
-            Some(token) => Some(
-                PageToken::decode(token, filters)
-                    .map_err(|e| Violations::single("page_token", e.0))?,
-            ),
-        };
-        let size = query.page_size.get();
+        let after = page::start(query.page_token.as_deref(), filters)?;
         let mut conn = self.pool.acquire().await?;
-        let mut items = store::list_customers(
+        let items = store::list_customers(
             &mut conn,
             ctx.tenant,
             email,
-            after.map(|t| CustomerId::from_uuid(t.after)),
-            size as i64 + 1,
+            after.map(CustomerId::from_uuid),
+            query.page_size.get() as i64 + 1,
         )
         .await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|c| PageToken::new(c.id.as_uuid(), filters).encode())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok(Page::of(items, query.page_size, filters, |c| {
+            c.id.as_uuid()
+        }))
     }
 }
 
 /// Now, at the microsecond precision Postgres stores, so a response built before an insert
 /// equals the row read back later.
-fn now_micros() -> OffsetDateTime {
+pub(crate) fn now_micros() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
         .expect("a whole number of microseconds is a valid nanosecond")

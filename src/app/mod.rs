@@ -7,8 +7,10 @@ pub mod customers;
 pub mod error;
 pub mod group_commit;
 pub mod idempotency;
+pub mod page;
 pub mod sweeper;
 pub mod tenants;
+pub mod usage;
 
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
@@ -28,6 +30,7 @@ pub struct App {
     pub tasks: TaskTracker,
     pub customers: customers::Customers,
     pub tenants: tenants::Tenants,
+    pub usage: usage::Usage,
 }
 
 impl App {
@@ -40,7 +43,8 @@ impl App {
         let mutations = idempotency::Mutations::new(pool.clone(), idempotency, tasks.clone());
         Self {
             auth: auth::Authenticator::new(pool.clone()),
-            customers: customers::Customers::new(pool.clone(), mutations, tasks.clone()),
+            customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
+            usage: usage::Usage::new(pool.clone(), mutations),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,

@@ -65,9 +65,9 @@ impl Email {
 /// A display name: at most 256 characters, none of them invisible but the joiners some scripts
 /// need (see [`TextKind::Prose`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerName(String);
+pub struct DisplayName(String);
 
-impl CustomerName {
+impl DisplayName {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         if s.chars().count() > 256 {
             return Err(Invalid::new("must be at most 256 characters"));
@@ -132,7 +132,7 @@ pub struct Customer {
     pub id: CustomerId,
     pub external_id: Option<ExternalId>,
     pub email: Option<Email>,
-    pub name: Option<CustomerName>,
+    pub name: Option<DisplayName>,
     pub metadata: Metadata,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -144,7 +144,7 @@ pub struct Customer {
 pub struct NewCustomer {
     pub external_id: Option<ExternalId>,
     pub email: Option<Email>,
-    pub name: Option<CustomerName>,
+    pub name: Option<DisplayName>,
     pub metadata: Metadata,
 }
 
@@ -153,7 +153,7 @@ pub struct NewCustomer {
 pub struct CustomerPatch {
     pub external_id: Option<Option<ExternalId>>,
     pub email: Option<Option<Email>>,
-    pub name: Option<Option<CustomerName>>,
+    pub name: Option<Option<DisplayName>>,
     pub metadata: Option<Metadata>,
 }
 
@@ -232,10 +232,10 @@ mod tests {
             "A\u{200b}da",
             "Ada\u{2069}",
         ] {
-            assert!(CustomerName::parse(bad).is_err(), "{bad:?}");
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
         }
         for ok in ["Ada Lovelace", "مهر\u{200c}نوش", "Zoë"] {
-            assert!(CustomerName::parse(ok).is_ok(), "{ok:?}");
+            assert!(DisplayName::parse(ok).is_ok(), "{ok:?}");
         }
     }
 

@@ -100,6 +100,11 @@ typed_id!(
     KeyId,
     "key"
 );
+typed_id!(
+    /// A usage meter of a tenant.
+    MeterId,
+    "meter"
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use crate::app::customers::CustomerQuery;
 use crate::app::idempotency::Replayable;
 use crate::domain::Violations;
 use crate::domain::customer::{
-    Customer, CustomerName, CustomerPatch, CustomerRef, Email, ExternalId, Metadata, NewCustomer,
+    Customer, CustomerPatch, CustomerRef, DisplayName, Email, ExternalId, Metadata, NewCustomer,
 };
 use crate::domain::ids::CustomerId;
 use crate::domain::page::PageSize;
@@ -155,7 +155,7 @@ fn parse_new(req: &pb::CreateCustomerRequest) -> Result<NewCustomer, Violations>
     let mut v = Violations::new();
     let external_id = optional(&mut v, "external_id", &req.external_id, ExternalId::parse);
     let email = optional(&mut v, "email", &req.email, Email::parse);
-    let name = optional(&mut v, "name", &req.name, CustomerName::parse);
+    let name = optional(&mut v, "name", &req.name, DisplayName::parse);
     let metadata = v.check("metadata", Metadata::parse(&req.metadata));
     v.finish()?;
     Ok(NewCustomer {
@@ -215,7 +215,7 @@ fn parse_update(
                 )
             }
             "email" => patch.email = optional(&mut v, "customer.email", &c.email, Email::parse),
-            "name" => patch.name = optional(&mut v, "customer.name", &c.name, CustomerName::parse),
+            "name" => patch.name = optional(&mut v, "customer.name", &c.name, DisplayName::parse),
             "metadata" => {
                 patch.metadata = v.check("customer.metadata", Metadata::parse(&c.metadata))
             }
@@ -226,14 +226,14 @@ fn parse_update(
     Ok((id.expect("checked"), patch))
 }
 
-fn timestamp(t: OffsetDateTime) -> Timestamp {
+pub(super) fn timestamp(t: OffsetDateTime) -> Timestamp {
     Timestamp {
         seconds: t.unix_timestamp(),
         nanos: t.nanosecond() as i32,
     }
 }
 
-fn from_timestamp(t: &Timestamp) -> Option<OffsetDateTime> {
+pub(super) fn from_timestamp(t: &Timestamp) -> Option<OffsetDateTime> {
     let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
     OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
@@ -274,7 +274,7 @@ fn from_proto(p: &pb::Customer) -> Option<Customer> {
             .transpose()
             .ok()?,
         email: opt(&p.email).map(Email::parse).transpose().ok()?,
-        name: opt(&p.name).map(CustomerName::parse).transpose().ok()?,
+        name: opt(&p.name).map(DisplayName::parse).transpose().ok()?,
         metadata: Metadata::parse(&p.metadata).ok()?,
         created_at: from_timestamp(p.create_time.as_ref()?)?,
         updated_at: from_timestamp(p.update_time.as_ref()?)?,

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod policy;
 pub mod status;
 pub mod telemetry;
+pub mod usage;
 
 use prost::Message;
 use tonic::metadata::MetadataMap;

@@ -72,6 +72,7 @@ pub struct Service {
 }
 
 const CUSTOMERS: &str = "coffer.v1.Customers";
+const USAGE: &str = "coffer.v1.Usage";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -103,6 +104,15 @@ pub const SERVICES: &[Service] = &[
             rpc(CUSTOMERS, "UpdateCustomer", Some(Scope::Write), true, Unary),
             rpc(CUSTOMERS, "DeleteCustomer", Some(Scope::Write), true, Unary),
             rpc(CUSTOMERS, "ListCustomers", Some(Scope::Read), false, Unary),
+        ],
+    },
+    Service {
+        name: USAGE,
+        health_reported: true,
+        methods: &[
+            rpc(USAGE, "CreateMeter", Some(Scope::Write), true, Unary),
+            rpc(USAGE, "GetMeter", Some(Scope::Read), false, Unary),
+            rpc(USAGE, "ListMeters", Some(Scope::Read), false, Unary),
         ],
     },
     Service {
@@ -298,6 +308,6 @@ mod tests {
 
     #[test]
     fn health_reports_on_the_coffer_services() {
-        assert_eq!(HEALTH_REPORTED, ["coffer.v1.Customers"]);
+        assert_eq!(HEALTH_REPORTED, ["coffer.v1.Customers", "coffer.v1.Usage"]);
     }
 }

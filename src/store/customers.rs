@@ -9,7 +9,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{StoreError, corrupt};
-use crate::domain::customer::{Customer, CustomerName, CustomerRef, Email, ExternalId, Metadata};
+use crate::domain::customer::{Customer, CustomerRef, DisplayName, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
 use crate::store::idempotency::{Completion, Written};
 
@@ -46,7 +46,7 @@ impl CustomerRow {
             name: self
                 .name
                 .as_deref()
-                .map(CustomerName::parse)
+                .map(DisplayName::parse)
                 .transpose()
                 .map_err(|e| corrupt("customer name", e))?,
             metadata: Metadata::parse(&self.metadata.0)
@@ -112,7 +112,7 @@ pub async fn insert_customers(
         id.push(c.id.as_uuid());
         external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
         email.push(c.email.as_ref().map(Email::as_str));
-        name.push(c.name.as_ref().map(CustomerName::as_str));
+        name.push(c.name.as_ref().map(DisplayName::as_str));
         metadata.push(Json(c.metadata.as_map()));
         created_at.push(c.created_at);
         by.push(row.by.as_uuid());
@@ -315,7 +315,7 @@ pub async fn update_customer(
         customer.id.as_uuid(),
         customer.external_id.as_ref().map(ExternalId::as_str),
         customer.email.as_ref().map(Email::as_str),
-        customer.name.as_ref().map(CustomerName::as_str),
+        customer.name.as_ref().map(DisplayName::as_str),
         Json(customer.metadata.as_map()) as _,
         customer.updated_at,
     )

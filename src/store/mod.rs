@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bench;
 pub mod customers;
 pub mod idempotency;
+pub mod meters;
 pub mod pool;
 pub mod tenants;
 

@@ -152,6 +152,10 @@ impl TestApp {
             .expect("connecting to the test server")
     }
 
+    pub async fn usage(&self) -> coffer::grpc::pb::usage_client::UsageClient<Channel> {
+        coffer::grpc::pb::usage_client::UsageClient::new(self.channel().await)
+    }
+
     pub async fn customers(&self) -> CustomersClient<Channel> {
         CustomersClient::new(self.channel().await)
     }

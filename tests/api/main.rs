@@ -10,6 +10,7 @@ mod group_commit;
 mod health;
 mod helpers;
 mod idempotency;
+mod meters;
 mod policy;
 mod serving;
 mod tenancy;
