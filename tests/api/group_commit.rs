@@ -3,44 +3,32 @@
 //! with its own result; the queue is bounded; a caller that gave up gets nothing written; a
 //! writer that panics leaves no row behind.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coffer::app::AppError;
 use coffer::app::group_commit::GroupCommit;
 use coffer::app::idempotency::Written;
-use coffer::domain::customer::{Customer, ExternalId, Metadata};
-use coffer::domain::ids::{CustomerId, KeyId, TenantId};
+use coffer::domain::customer::ExternalId;
+use coffer::domain::ids::{KeyId, TenantId};
 use coffer::store::StoreError;
 use coffer::store::customers::{self, CustomerInsert};
 use coffer::store::pool::{self, PoolConfig};
 use futures_core::future::BoxFuture;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::helpers::{TestDb, eventually, hold_external_id, one_session_waits_on_a_lock};
+use crate::helpers::{TestDb, customer, eventually, hold_external_id, one_session_waits_on_a_lock};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 type Inserts = GroupCommit<CustomerInsert, Written>;
 
 fn row(tenant: TenantId, external_id: &str) -> CustomerInsert {
-    let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
     CustomerInsert {
         tenant,
         by: KeyId::generate(),
-        customer: Customer {
-            id: CustomerId::generate(),
-            external_id: Some(ExternalId::parse(external_id).unwrap()),
-            email: None,
-            name: None,
-            metadata: Metadata::parse(&BTreeMap::new()).unwrap(),
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-        },
+        customer: customer(external_id),
         completion: None,
     }
 }

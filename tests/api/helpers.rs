@@ -541,3 +541,19 @@ impl CommitCutter {
         self.armed.store(true, Ordering::SeqCst);
     }
 }
+
+/// A customer with `external_id` and nothing else, for tests that write to the store directly.
+pub fn customer(external_id: &str) -> coffer::domain::customer::Customer {
+    use coffer::domain::customer::{Customer, ExternalId, Metadata};
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    Customer {
+        id: coffer::domain::ids::CustomerId::generate(),
+        external_id: Some(ExternalId::parse(external_id).unwrap()),
+        email: None,
+        name: None,
+        metadata: Metadata::parse(&Default::default()).unwrap(),
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+    }
+}

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use coffer::app::idempotency::{Done, IdempotencyConfig, IdempotentCall, Mutations};
 use coffer::app::{AppError, TenantCtx};
-use coffer::domain::customer::{Customer, ExternalId, Metadata};
+use coffer::domain::customer::Customer;
 use coffer::domain::idempotency::IdempotencyKey;
-use coffer::domain::ids::CustomerId;
 use coffer::startup::ServerConfig;
 use coffer::store::pool::{self, PoolConfig};
 use tokio_util::task::TaskTracker;
 
 use crate::helpers::{
-    CommitCutter, TestApp, TestDb, by_id, details, eventually, hold_external_id, idem,
+    CommitCutter, TestApp, TestDb, by_id, customer, details, eventually, hold_external_id, idem,
     one_session_waits_on_a_lock, req, test_config, update,
 };
 
@@ -630,20 +629,6 @@ async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
         stored.state,
         coffer::store::idempotency::StoredState::Response(ref r) if r == b"response"
     ));
-}
-
-fn customer(external_id: &str) -> Customer {
-    let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-    Customer {
-        id: CustomerId::generate(),
-        external_id: Some(ExternalId::parse(external_id).unwrap()),
-        email: None,
-        name: None,
-        metadata: Metadata::parse(&Default::default()).unwrap(),
-        created_at: now,
-        updated_at: now,
-        deleted_at: None,
-    }
 }
 
 /// A commit whose answer is lost may have been applied: the caller is told UNKNOWN
