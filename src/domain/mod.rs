@@ -1,8 +1,10 @@
-//! Typed values and rules: ids, customer fields, meters, API keys and scopes, pagination.
+//! Typed values and rules: ids, customer fields, provider accounts, meters, API keys and scopes,
+//! pagination.
 //!
 //! Nothing here knows protobuf, SQL or HTTP. Every type that holds caller input has a private
 //! field and a `parse` that returns `Result`, so a value that exists is a valid one.
 
+pub mod account;
 pub mod auth;
 pub mod customer;
 pub mod idempotency;
