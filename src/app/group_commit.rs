@@ -15,7 +15,8 @@
 //!   CONFLICT DO NOTHING`, a lease that no longer holds) and returns one result per row, so a
 //!   conflicting row never fails the rows beside it, other tenants' included.
 //! - **Bounded.** The queue holds at most `max_queued` rows; past that a row is refused at once
-//!   (RESOURCE_EXHAUSTED), not queued.
+//!   (RESOURCE_EXHAUSTED), not queued. Rows of different sizes (a client's batch of usage
+//!   events) are counted by weight, for the queue and for each batch.
 //! - **Nothing written for a caller that gave up.** Rows whose caller has gone (its deadline
 //!   passed, its client hung up) are dropped from a batch before it is written.
 //! - **One lock order.** A batch is sorted by the write's own order (the keys it locks or
@@ -52,8 +53,12 @@ pub type WriteFn<R, O> =
 pub type OrderFn<R> = fn(&R, &R) -> Ordering;
 
 /// The most rows one statement carries: enough to share a commit many times over, few enough
-/// that a batch stays well inside the statement timeout.
+/// that a batch stays well inside the statement timeout. A [`GroupCommit`] whose rows differ in
+/// size (a row that is itself a batch of usage events) counts by weight instead.
 pub const MAX_BATCH: usize = 256;
+
+/// How much of a batch a row takes up.
+pub type WeightFn<R> = fn(&R) -> usize;
 
 struct Entry<R, O> {
     row: R,
@@ -62,9 +67,28 @@ struct Entry<R, O> {
     caller: tracing::Span,
 }
 
+/// The rows waiting for a writer, and their total weight.
+struct Queue<R, O> {
+    entries: VecDeque<Entry<R, O>>,
+    weight: usize,
+}
+
+impl<R, O> Default for Queue<R, O> {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            weight: 0,
+        }
+    }
+}
+
 struct Inner<R, O> {
-    queue: Mutex<VecDeque<Entry<R, O>>>,
+    queue: Mutex<Queue<R, O>>,
+    /// The most weight the queue holds; past it a row is refused.
     max_queued: usize,
+    /// The most weight one batch carries (a single heavier row is still written, alone).
+    max_batch: usize,
+    weight: WeightFn<R>,
     slots: Arc<Semaphore>,
     pool: PgPool,
     write: WriteFn<R, O>,
@@ -106,6 +130,8 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
             inner: Arc::new(Inner {
                 queue: Mutex::default(),
                 max_queued: MAX_BATCH * 4,
+                max_batch: MAX_BATCH,
+                weight: |_| 1,
                 slots: Arc::new(Semaphore::new(writers)),
                 pool,
                 write,
@@ -127,9 +153,23 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
         }
     }
 
+    /// Counts each row as `weight` of it: a batch carries at most `max_batch` of weight and the
+    /// queue at most `max_queued`.
+    pub fn weighed(self, weight: WeightFn<R>, max_batch: usize, max_queued: usize) -> Self {
+        let inner = Arc::into_inner(self.inner).expect("weighed before it is shared");
+        Self {
+            inner: Arc::new(Inner {
+                weight,
+                max_batch,
+                max_queued,
+                ..inner
+            }),
+        }
+    }
+
     /// How many rows wait for a writer.
     pub fn queued(&self) -> usize {
-        self.inner.queue().len()
+        self.inner.queue().entries.len()
     }
 
     /// Writes `row`: alone if a slot is free and nobody waits, else in the next batch. An error
@@ -137,7 +177,7 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
     pub async fn write(&self, row: R) -> Result<O, AppError> {
         let inner = &self.inner;
         if let Ok(permit) = inner.slots.clone().try_acquire_owned()
-            && inner.queue().is_empty()
+            && inner.queue().entries.is_empty()
         {
             let _slot = Slot {
                 inner: inner.clone(),
@@ -152,10 +192,12 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
         let (reply, answer) = oneshot::channel();
         {
             let mut queue = inner.queue();
-            if queue.len() >= inner.max_queued {
+            let weight = (inner.weight)(&row);
+            if queue.weight + weight > inner.max_queued {
                 return Err(AppError::Overloaded(inner.name));
             }
-            queue.push_back(Entry {
+            queue.weight += weight;
+            queue.entries.push_back(Entry {
                 row,
                 reply,
                 caller: tracing::Span::current(),
@@ -177,7 +219,7 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
 }
 
 impl<R: Send + Sync + 'static, O: Send + 'static> Inner<R, O> {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Entry<R, O>>> {
+    fn queue(&self) -> MutexGuard<'_, Queue<R, O>> {
         // The lock guards plain pushes and pops, which cannot panic half-way.
         self.queue
             .lock()
@@ -186,7 +228,7 @@ impl<R: Send + Sync + 'static, O: Send + 'static> Inner<R, O> {
 
     /// Starts a writer for the queue if a slot is free and there is work.
     fn kick(self: Arc<Self>) {
-        if self.queue().is_empty() {
+        if self.queue().entries.is_empty() {
             return;
         }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -205,8 +247,18 @@ impl<R: Send + Sync + 'static, O: Send + 'static> Inner<R, O> {
         loop {
             let mut batch: Vec<Entry<R, O>> = {
                 let mut queue = self.queue();
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
+                let mut batch = Vec::new();
+                let mut weight = 0;
+                while let Some(entry) = queue.entries.front() {
+                    let w = (self.weight)(&entry.row);
+                    if !batch.is_empty() && weight + w > self.max_batch {
+                        break;
+                    }
+                    weight += w;
+                    batch.extend(queue.entries.pop_front());
+                }
+                queue.weight -= weight;
+                batch
             };
             if batch.is_empty() {
                 return;

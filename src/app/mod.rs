@@ -44,7 +44,7 @@ impl App {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
-            usage: usage::Usage::new(pool.clone(), mutations),
+            usage: usage::Usage::new(pool.clone(), mutations, tasks.clone()),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,

@@ -1,5 +1,6 @@
-//! Deletes idempotency keys past their 24-hour retention, in small batches so it never holds
-//! long locks.
+//! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
+//! never holds long locks; makes the monthly usage partitions ahead of time and forgets usage
+//! event ids past the 40-day dedupe horizon (`Usage::maintain`).
 
 use std::time::Duration;
 
@@ -22,6 +23,21 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        let maintained = tokio::select! {
+            done = app.usage.maintain() => done,
+            () = stop.cancelled() => return,
+        };
+        match maintained {
+            Ok((0, 0)) => {}
+            Ok((made, forgotten)) => {
+                tracing::info!(
+                    partitions_made = made,
+                    ids_forgotten = forgotten,
+                    "usage retention"
+                )
+            }
+            Err(e) => tracing::warn!(error = ?e, "usage retention failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use super::ids::TenantId;
 use super::Invalid;
+use super::ids::TenantId;
 
 /// An account's name: 1-64 characters of a-z, 0-9, `-` and `_`, starting with a letter or
 /// digit, so it is safe as a URL path segment and as a metric label.

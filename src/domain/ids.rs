@@ -105,6 +105,11 @@ typed_id!(
     MeterId,
     "meter"
 );
+typed_id!(
+    /// A grant of usage credits to a customer.
+    GrantId,
+    "grant"
+);
 
 #[cfg(test)]
 mod tests {

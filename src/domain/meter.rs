@@ -48,7 +48,7 @@ impl Aggregation {
 
 /// A meter's key or an event property's name: 1-64 characters of `a-z`, `0-9`, `_`, `-` and
 /// `.`, starting with a letter, so it is safe in metric names, URLs and provider APIs alike.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MeterKey(String);
 
 impl MeterKey {

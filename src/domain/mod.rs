@@ -1,4 +1,4 @@
-//! Typed values and rules: ids, customer fields, provider accounts, meters, API keys and scopes,
+//! Typed values and rules: ids, customer fields, provider accounts, meters, usage events, API keys and scopes,
 //! pagination.
 //!
 //! Nothing here knows protobuf, SQL or HTTP. Every type that holds caller input has a private
@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod meter;
 pub mod page;
+pub mod usage;
 pub mod validation;
 
 pub use validation::{Invalid, Violations};

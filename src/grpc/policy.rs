@@ -113,6 +113,12 @@ pub const SERVICES: &[Service] = &[
             rpc(USAGE, "CreateMeter", Some(Scope::Write), true, Unary),
             rpc(USAGE, "GetMeter", Some(Scope::Read), false, Unary),
             rpc(USAGE, "ListMeters", Some(Scope::Read), false, Unary),
+            // Events de-duplicate by their own ids, not by idempotency-key.
+            rpc(USAGE, "RecordUsage", Some(Scope::Write), false, Unary),
+            rpc(USAGE, "StreamUsage", Some(Scope::Write), false, BidiStream),
+            rpc(USAGE, "GetUsage", Some(Scope::Read), false, Unary),
+            rpc(USAGE, "GrantCredits", Some(Scope::Write), true, Unary),
+            rpc(USAGE, "GetBalance", Some(Scope::Read), false, Unary),
         ],
     },
     Service {

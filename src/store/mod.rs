@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod meters;
 pub mod pool;
 pub mod tenants;
+pub mod usage;
 
 use sqlx::migrate::Migrator;
 

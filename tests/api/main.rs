@@ -14,4 +14,5 @@ mod meters;
 mod policy;
 mod serving;
 mod tenancy;
+mod usage;
 mod validation;

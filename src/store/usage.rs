@@ -1,0 +1,452 @@
+//! Usage events, their dedupe ids, rollups and credit grants.
+//!
+//! One statement stores a batch: it claims the ids in `usage_event_ids`, inserts the events
+//! whose claim it won, and folds them into `usage_rollups` (and, for UNIQUE_COUNT meters,
+//! `usage_unique_keys`). One statement is one transaction, so an id is never claimed without
+//! its event, nor an event stored without its rollup.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::domain::ids::{CustomerId, GrantId, MeterId, TenantId};
+use crate::domain::usage::{Grant, Properties, UsageWindow};
+
+/// One event ready to store: ids resolved, value read, window checked.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event_id: String,
+    pub customer: Uuid,
+    pub meter: Uuid,
+    pub occurred_at: OffsetDateTime,
+    /// An exact decimal (see `domain::usage::Quantity`).
+    pub value: String,
+    pub unique_key: Option<String>,
+    /// Stored as a JSON object, or null when empty.
+    pub properties: Properties,
+}
+
+/// One caller's batch of a tenant's events, with no id twice.
+#[derive(Debug)]
+pub struct EventBatch {
+    pub tenant: TenantId,
+    pub rows: Vec<EventRow>,
+}
+
+/// Batches are written in tenant order; the events within the statement are sorted by id.
+pub fn order_batches(a: &EventBatch, b: &EventBatch) -> std::cmp::Ordering {
+    a.tenant.cmp(&b.tenant)
+}
+
+/// Stores several batches in one statement; returns how many events of each were new (the
+/// rest were duplicates of stored events, or of events earlier in the same statement).
+///
+/// Events are sent sorted by (tenant, id), so two statements claiming the same ids lock them in
+/// the same order and cannot deadlock; rollup rows are upserted in key order for the same
+/// reason. An id already claimed by a transaction still in flight waits for it, then counts as
+/// a duplicate if it committed: an id is counted once however many callers race.
+pub async fn insert_event_batches(
+    conn: &mut PgConnection,
+    batches: &[EventBatch],
+) -> Result<Vec<u32>, StoreError> {
+    let total: usize = batches.iter().map(|b| b.rows.len()).sum();
+    // Flatten, remembering each event's batch, and keep one event per (tenant, id): a later
+    // batch's copy of an id an earlier batch in this statement carries is its duplicate.
+    let mut order: Vec<(usize, &EventRow)> = Vec::with_capacity(total);
+    for (i, batch) in batches.iter().enumerate() {
+        order.extend(batch.rows.iter().map(|r| (i, r)));
+    }
+    let tenant_of = |i: usize| batches[i].tenant;
+    order.sort_by(|(ia, a), (ib, b)| {
+        (tenant_of(*ia), &a.event_id, ia).cmp(&(tenant_of(*ib), &b.event_id, ib))
+    });
+    order.dedup_by(|(ib, b), (ia, a)| tenant_of(*ia) == tenant_of(*ib) && a.event_id == b.event_id);
+
+    let n = order.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut event_id = Vec::with_capacity(n);
+    let mut customer = Vec::with_capacity(n);
+    let mut meter = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    let mut value = Vec::with_capacity(n);
+    let mut unique_key = Vec::with_capacity(n);
+    let mut properties = Vec::with_capacity(n);
+    let mut batch_of = Vec::with_capacity(n);
+    for (i, row) in &order {
+        tenant.push(tenant_of(*i).as_uuid());
+        event_id.push(row.event_id.as_str());
+        customer.push(row.customer);
+        meter.push(row.meter);
+        occurred_at.push(row.occurred_at);
+        value.push(row.value.as_str());
+        unique_key.push(row.unique_key.as_deref());
+        properties.push((!row.properties.is_empty()).then(|| Json(row.properties.as_map())));
+        batch_of.push(*i as i32);
+    }
+    let stored = sqlx::query_scalar!(
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[],
+                                    $5::timestamptz[], $6::text[], $7::text[], $8::jsonb[],
+                                    $9::int4[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, event_id, customer_id, meter_id, occurred_at, value,
+                        unique_key, properties, batch, n)),
+           claimed AS (
+               INSERT INTO usage_event_ids (tenant_id, event_id, occurred_at)
+               SELECT tenant_id, event_id, occurred_at FROM input ORDER BY n
+               ON CONFLICT DO NOTHING
+               RETURNING tenant_id, event_id),
+           fresh AS MATERIALIZED (
+               SELECT i.tenant_id, i.event_id, i.customer_id, i.meter_id, i.occurred_at,
+                      i.value::numeric AS value, i.unique_key, i.properties,
+                      i.batch, date_trunc('hour', i.occurred_at, 'UTC') AS hour
+               FROM input i JOIN claimed c USING (tenant_id, event_id)),
+           stored AS (
+               INSERT INTO usage_events (tenant_id, customer_id, meter_id, occurred_at,
+                                         event_id, value, unique_key, properties)
+               SELECT tenant_id, customer_id, meter_id, occurred_at, event_id, value,
+                      unique_key, properties
+               FROM fresh),
+           rolled AS (
+               INSERT INTO usage_rollups AS r
+                   (tenant_id, customer_id, meter_id, hour, events, total, max_value,
+                    latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, hour, count(*), sum(value), max(value),
+                      (array_agg(occurred_at ORDER BY occurred_at DESC, event_id DESC))[1],
+                      (array_agg(event_id ORDER BY occurred_at DESC, event_id DESC))[1],
+                      (array_agg(value ORDER BY occurred_at DESC, event_id DESC))[1]
+               FROM fresh
+               GROUP BY tenant_id, customer_id, meter_id, hour
+               ORDER BY tenant_id, customer_id, meter_id, hour
+               ON CONFLICT (tenant_id, customer_id, meter_id, hour) DO UPDATE SET
+                   events = r.events + excluded.events,
+                   total = r.total + excluded.total,
+                   max_value = greatest(r.max_value, excluded.max_value),
+                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                         > (r.latest_at, r.latest_event_id)
+                                    THEN excluded.latest_at ELSE r.latest_at END,
+                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                            > (r.latest_at, r.latest_event_id)
+                                       THEN excluded.latest_value ELSE r.latest_value END,
+                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                               > (r.latest_at, r.latest_event_id)
+                                          THEN excluded.latest_event_id
+                                          ELSE r.latest_event_id END),
+           keys AS (
+               INSERT INTO usage_unique_keys (tenant_id, customer_id, meter_id, hour, key)
+               SELECT DISTINCT tenant_id, customer_id, meter_id, hour, unique_key
+               FROM fresh WHERE unique_key IS NOT NULL
+               ORDER BY tenant_id, customer_id, meter_id, hour, unique_key
+               ON CONFLICT DO NOTHING)
+           SELECT batch AS "batch!" FROM fresh"#,
+        &tenant,
+        &event_id as _,
+        &customer,
+        &meter,
+        &occurred_at,
+        &value as _,
+        &unique_key as _,
+        &properties as _,
+        &batch_of,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("INSERT", "usage_events"))
+    .await?;
+    let mut accepted = vec![0u32; batches.len()];
+    for batch in stored {
+        if let Some(count) = accepted.get_mut(batch as usize) {
+            *count += 1;
+        }
+    }
+    Ok(accepted)
+}
+
+/// The live customers of a tenant among `ids` and `external_ids`: (id, external id) pairs.
+pub async fn resolve_customers(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    ids: &[Uuid],
+    external_ids: &[&str],
+) -> Result<Vec<(Uuid, Option<String>)>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT id, external_id FROM customers
+         WHERE tenant_id = $1 AND deleted_at IS NULL
+           AND (id = ANY($2) OR external_id = ANY($3))",
+        tenant.as_uuid(),
+        ids,
+        external_ids as _,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "customers"))
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.external_id)).collect())
+}
+
+/// One window's aggregates as Postgres computed them, decimals as text.
+#[derive(Debug, Clone)]
+pub struct WindowRow {
+    /// None for the range's total.
+    pub bucket: Option<OffsetDateTime>,
+    pub events: i64,
+    pub total: String,
+    pub max_value: String,
+    pub latest_value: String,
+}
+
+/// The aggregates of a customer's meter over `[from, to)`: full UTC hours from the rollups,
+/// the partial hours at either end from the events themselves, per window and in total.
+pub async fn usage_windows(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+    meter: MeterId,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    window: UsageWindow,
+) -> Result<Vec<WindowRow>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH bounds AS (
+               SELECT date_trunc('hour', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
+                      date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
+           parts AS (
+               SELECT r.hour, r.events, r.total, r.max_value, r.latest_at, r.latest_event_id,
+                      r.latest_value
+               FROM usage_rollups r, bounds b
+               WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
+                 AND r.hour >= b.first_hour AND r.hour < b.last_hour
+               UNION ALL
+               SELECT date_trunc('hour', e.occurred_at, 'UTC'), count(*), sum(e.value),
+                      max(e.value),
+                      (array_agg(e.occurred_at ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
+                      (array_agg(e.event_id ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
+                      (array_agg(e.value ORDER BY e.occurred_at DESC, e.event_id DESC))[1]
+               FROM usage_events e, bounds b
+               WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                 AND e.occurred_at >= $4 AND e.occurred_at < $5
+                 AND (e.occurred_at < b.first_hour OR e.occurred_at >= b.last_hour
+                      OR b.first_hour >= b.last_hour)
+               GROUP BY 1),
+           windowed AS (
+               SELECT CASE $6::text WHEN 'hour' THEN hour
+                                    WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
+                      * FROM parts)
+           SELECT bucket, grouping(bucket) = 1 AS "is_total!",
+                  coalesce(sum(events), 0)::int8 AS "events!",
+                  trim_scale(coalesce(sum(total), 0))::text AS "total!",
+                  trim_scale(coalesce(max(max_value), 0))::text AS "max_value!",
+                  trim_scale(coalesce((array_agg(latest_value
+                      ORDER BY latest_at DESC, latest_event_id DESC))[1], 0))::text
+                      AS "latest_value!"
+           FROM windowed
+           GROUP BY GROUPING SETS ((bucket), ())
+           ORDER BY 2 DESC, 1"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter.as_uuid(),
+        from,
+        to,
+        window.as_str(),
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "usage_rollups"))
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.is_total || r.bucket.is_some())
+        .map(|r| WindowRow {
+            bucket: if r.is_total { None } else { r.bucket },
+            events: r.events,
+            total: r.total,
+            max_value: r.max_value,
+            latest_value: r.latest_value,
+        })
+        .collect())
+}
+
+/// The distinct keys of a UNIQUE_COUNT meter over `[from, to)`, per window and in total
+/// (None): full hours from `usage_unique_keys`, partial hours from the events.
+pub async fn unique_counts(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+    meter: MeterId,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    window: UsageWindow,
+) -> Result<HashMap<Option<OffsetDateTime>, i64>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH bounds AS (
+               SELECT date_trunc('hour', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
+                      date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
+           keys AS (
+               SELECT k.hour, k.key
+               FROM usage_unique_keys k, bounds b
+               WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
+                 AND k.hour >= b.first_hour AND k.hour < b.last_hour
+               UNION ALL
+               SELECT date_trunc('hour', e.occurred_at, 'UTC'), e.unique_key
+               FROM usage_events e, bounds b
+               WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                 AND e.occurred_at >= $4 AND e.occurred_at < $5
+                 AND (e.occurred_at < b.first_hour OR e.occurred_at >= b.last_hour
+                      OR b.first_hour >= b.last_hour)
+                 AND e.unique_key IS NOT NULL),
+           windowed AS (
+               SELECT CASE $6::text WHEN 'hour' THEN hour
+                                    WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
+                      key FROM keys)
+           SELECT bucket, grouping(bucket) = 1 AS "is_total!",
+                  count(DISTINCT key) AS "distinct!"
+           FROM windowed
+           GROUP BY GROUPING SETS ((bucket), ())"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter.as_uuid(),
+        from,
+        to,
+        window.as_str(),
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "usage_unique_keys"))
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.is_total || r.bucket.is_some())
+        .map(|r| (if r.is_total { None } else { r.bucket }, r.distinct))
+        .collect())
+}
+
+/// Creates the monthly partitions of `usage_events` that do not exist yet, from the month 40
+/// days ago through the month of `through`; returns how many it made.
+pub async fn ensure_partitions(
+    conn: &mut PgConnection,
+    through: OffsetDateTime,
+) -> Result<i32, StoreError> {
+    let made = sqlx::query_scalar!(r#"SELECT usage_ensure_partitions($1) AS "made!""#, through)
+        .fetch_one(conn)
+        .instrument(super::statement_span!("SELECT", "usage_events"))
+        .await?;
+    Ok(made)
+}
+
+/// Forgets up to `limit` event ids whose events happened before `before`; returns how many.
+pub async fn delete_expired_ids(
+    conn: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        "DELETE FROM usage_event_ids WHERE ctid = ANY (ARRAY(
+             SELECT ctid FROM usage_event_ids WHERE occurred_at < $1 LIMIT $2))",
+        before,
+        limit,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("DELETE", "usage_event_ids"))
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A credit grant as stored.
+#[derive(Debug, Clone)]
+pub struct GrantRow {
+    pub id: GrantId,
+    pub amount: String,
+    pub granted_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+pub async fn insert_grant(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    grant: &Grant,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO credit_grants
+             (tenant_id, id, customer_id, meter_id, amount, granted_at, expires_at, reason)
+         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
+        tenant.as_uuid(),
+        grant.id.as_uuid(),
+        grant.customer.as_uuid(),
+        grant.meter.as_uuid(),
+        grant.amount.as_str(),
+        grant.granted_at,
+        grant.expires_at,
+        grant.reason.as_deref(),
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("INSERT", "credit_grants"))
+    .await?;
+    Ok(())
+}
+
+/// Every grant of a customer's meter that a balance at `now` depends on (the live ones, and
+/// the expired ones that overlapped them), and the meter's usage per UTC hour since the oldest
+/// of them: what a balance is worked out from.
+pub async fn balance_inputs(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+    meter: MeterId,
+    now: OffsetDateTime,
+) -> Result<(Vec<GrantRow>, Vec<(OffsetDateTime, String)>), StoreError> {
+    let grants = sqlx::query!(
+        r#"WITH g AS (
+               SELECT id, amount, granted_at, expires_at FROM credit_grants
+               WHERE tenant_id = $1 AND customer_id = $2 AND meter_id = $3),
+           live AS (
+               SELECT min(granted_at) AS since FROM g
+               WHERE expires_at IS NULL OR expires_at > $4)
+           SELECT id, amount::text AS "amount!", granted_at, expires_at
+           FROM g, live
+           WHERE live.since IS NOT NULL
+             AND (expires_at IS NULL OR expires_at > live.since - interval '1 hour')
+           ORDER BY granted_at, id"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter.as_uuid(),
+        now,
+    )
+    .fetch_all(&mut *conn)
+    .instrument(super::statement_span!("SELECT", "credit_grants"))
+    .await?;
+    let grants: Vec<GrantRow> = grants
+        .into_iter()
+        .map(|g| GrantRow {
+            id: GrantId::from_uuid(g.id),
+            amount: g.amount,
+            granted_at: g.granted_at,
+            expires_at: g.expires_at,
+        })
+        .collect();
+    let Some(since) = grants.iter().map(|g| g.granted_at).min() else {
+        return Ok((grants, Vec::new()));
+    };
+    let hours = sqlx::query!(
+        r#"SELECT hour, total::text AS "total!"
+           FROM usage_rollups
+           WHERE tenant_id = $1 AND customer_id = $2 AND meter_id = $3
+             AND hour >= date_trunc('hour', $4::timestamptz, 'UTC')
+           ORDER BY hour"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter.as_uuid(),
+        since,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "usage_rollups"))
+    .await?;
+    Ok((
+        grants,
+        hours.into_iter().map(|h| (h.hour, h.total)).collect(),
+    ))
+}

@@ -1,0 +1,814 @@
+//! Usage ingestion, queries and credits, through real gRPC against real Postgres.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coffer::grpc::pb::usage_client::UsageClient;
+use coffer::grpc::pb::{
+    self, Aggregation, CreateCustomerRequest, CreateMeterRequest, GetBalanceRequest,
+    GetUsageRequest, GrantCreditsRequest, RecordUsageRequest, StreamUsageRequest, UsageEvent,
+    UsageWindow,
+};
+use prost_types::Timestamp;
+use time::OffsetDateTime;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{TestApp, details, idem, one_session_waits_on_a_lock, req};
+
+const HOUR: i64 = 3_600;
+const DAY: i64 = 24 * HOUR;
+
+fn ts(unix: i64) -> Timestamp {
+    Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
+}
+
+/// A UTC midnight a few days back, so every event of a test is inside the 35-day window.
+fn base() -> i64 {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    now - now.rem_euclid(DAY) - 3 * DAY
+}
+
+fn event(id: &str, customer: &str, meter: &str, value: &str, at: i64) -> UsageEvent {
+    UsageEvent {
+        event_id: id.into(),
+        customer: Some(pb::usage_event::Customer::ExternalId(customer.into())),
+        meter_key: meter.into(),
+        value: value.into(),
+        occurred_at: Some(ts(at)),
+        properties: BTreeMap::new(),
+    }
+}
+
+fn with_property(mut e: UsageEvent, k: &str, v: &str) -> UsageEvent {
+    e.properties.insert(k.into(), v.into());
+    e
+}
+
+async fn setup(app: &TestApp, key: &str, customers: &[&str]) -> UsageClient<Channel> {
+    let mut u = app.usage().await;
+    for (k, aggregation, value_key) in [
+        ("calls", Aggregation::Count, ""),
+        ("tokens", Aggregation::Sum, "tokens"),
+        ("peak", Aggregation::Max, "peak"),
+        ("users", Aggregation::UniqueCount, "user"),
+        ("seats", Aggregation::Latest, "seats"),
+    ] {
+        u.create_meter(req(
+            CreateMeterRequest {
+                key: k.into(),
+                name: String::new(),
+                aggregation: aggregation as i32,
+                value_key: value_key.into(),
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut c = app.customers().await;
+    for x in customers {
+        c.create_customer(req(
+            CreateCustomerRequest {
+                external_id: (*x).into(),
+                ..Default::default()
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+    }
+    u
+}
+
+async fn record(
+    u: &mut UsageClient<Channel>,
+    key: &str,
+    events: Vec<UsageEvent>,
+) -> pb::RecordUsageResponse {
+    u.record_usage(req(RecordUsageRequest { events }, key))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn usage(
+    u: &mut UsageClient<Channel>,
+    key: &str,
+    customer: &str,
+    meter: &str,
+    from: i64,
+    to: i64,
+    window: UsageWindow,
+) -> pb::GetUsageResponse {
+    u.get_usage(req(
+        GetUsageRequest {
+            customer: Some(pb::get_usage_request::Customer::ExternalId(customer.into())),
+            meter_key: meter.into(),
+            from: Some(ts(from)),
+            to: Some(ts(to)),
+            window: window as i32,
+        },
+        key,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn total(r: &pb::GetUsageResponse) -> (String, i64) {
+    let t = r.total.as_ref().unwrap();
+    (t.value.clone(), t.events)
+}
+
+fn values(r: &pb::GetUsageResponse) -> Vec<String> {
+    r.windows
+        .iter()
+        .map(|w| w.figure.as_ref().unwrap().value.clone())
+        .collect()
+}
+
+/// Every aggregation on a small data set whose answers are worked out by hand, over a range
+/// with partial hours at both ends (read from the events) and whole hours (read from the
+/// rollups), per hour and per day.
+#[tokio::test]
+async fn every_aggregation_gives_the_hand_computed_answer() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    // Day 0: 00:10, 00:50, 01:30, 05:00; day 1: 10:00, 10:00 (same instant, greater id wins
+    // LATEST), 23:59:59.
+    let at = [
+        b + 600,
+        b + 3_000,
+        b + HOUR + 1_800,
+        b + 5 * HOUR,
+        b + DAY + 10 * HOUR,
+        b + DAY + 10 * HOUR,
+        b + 2 * DAY - 1,
+    ];
+    let tokens = ["5", "2.5", "10", "0.25", "1", "4", "7"];
+    let users = ["u1", "u2", "u1", "u3", "u2", "u1", "u4"];
+    let seats = ["3", "4", "5", "6", "9", "8", "2"];
+    let mut events = Vec::new();
+    for i in 0..7 {
+        events.push(event(&format!("c{i}"), "ada", "calls", "", at[i]));
+        events.push(event(&format!("t{i}"), "ada", "tokens", tokens[i], at[i]));
+        // The value of a MAX meter may come from its value_key property.
+        events.push(with_property(
+            event(&format!("p{i}"), "ada", "peak", "", at[i]),
+            "peak",
+            tokens[i],
+        ));
+        events.push(with_property(
+            event(&format!("u{i}"), "ada", "users", "", at[i]),
+            "user",
+            users[i],
+        ));
+        // "s5" and "s4" share an instant: the greater id, s5, is the latest.
+        events.push(event(&format!("s{i}"), "ada", "seats", seats[i], at[i]));
+    }
+    let r = record(&mut u, &app.key, events).await;
+    assert_eq!(
+        (r.accepted, r.duplicates, r.rejected.len()),
+        (35, 0, 0),
+        "{r:?}"
+    );
+
+    // The whole two days.
+    let (from, to) = (b, b + 2 * DAY);
+    let k = &app.key;
+    let n = UsageWindow::None;
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "calls", from, to, n).await),
+        ("7".into(), 7)
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "tokens", from, to, n).await).0,
+        "29.75"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "peak", from, to, n).await).0,
+        "10"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "users", from, to, n).await).0,
+        "4"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "seats", from, to, n).await).0,
+        "2"
+    );
+
+    // [00:30, 10:00 of day 1): partial first hour, whole hours, and an end on an hour.
+    let (from, to) = (b + 1_800, b + DAY + 10 * HOUR);
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "calls", from, to, n).await).0,
+        "3"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "tokens", from, to, n).await).0,
+        "12.75"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "users", from, to, n).await).0,
+        "3"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "seats", from, to, n).await).0,
+        "6"
+    );
+    // [01:00, 10:00:01 of day 1): the end's partial hour holds both 10:00 events.
+    let (from, to) = (b + HOUR, b + DAY + 10 * HOUR + 1);
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "seats", from, to, n).await).0,
+        "8"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "peak", from, to, n).await).0,
+        "10"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "tokens", from, to, n).await).0,
+        "15.25"
+    );
+
+    // Per day: UNIQUE_COUNT is per window, and its total is distinct over the range.
+    let (from, to) = (b, b + 2 * DAY);
+    let d = UsageWindow::Day;
+    let per_day = usage(&mut u, k, "ada", "users", from, to, d).await;
+    assert_eq!(values(&per_day), ["3", "3"]);
+    assert_eq!(total(&per_day).0, "4");
+    assert_eq!(
+        values(&usage(&mut u, k, "ada", "tokens", from, to, d).await),
+        ["17.75", "12"]
+    );
+    assert_eq!(
+        values(&usage(&mut u, k, "ada", "seats", from, to, d).await),
+        ["6", "2"]
+    );
+    assert_eq!(
+        values(&usage(&mut u, k, "ada", "peak", from, to, d).await),
+        ["10", "7"]
+    );
+
+    // Per hour over [00:30, 02:15): three windows, clipped, the empty one as zero.
+    let per_hour = usage(
+        &mut u,
+        k,
+        "ada",
+        "calls",
+        b + 1_800,
+        b + 2 * HOUR + 900,
+        UsageWindow::Hour,
+    )
+    .await;
+    assert_eq!(values(&per_hour), ["1", "1", "0"]);
+    assert_eq!(per_hour.windows[0].start, Some(ts(b + 1_800)));
+    assert_eq!(per_hour.windows[0].end, Some(ts(b + HOUR)));
+    assert_eq!(per_hour.windows[2].end, Some(ts(b + 2 * HOUR + 900)));
+    let hours = usage(
+        &mut u,
+        k,
+        "ada",
+        "tokens",
+        b,
+        b + 6 * HOUR,
+        UsageWindow::Hour,
+    )
+    .await;
+    assert_eq!(values(&hours), ["7.5", "10", "0", "0", "0", "0.25"]);
+}
+
+/// 10 000 distinct events sent with 10 % repeats — inside a batch, across batches and across
+/// concurrent streams — are counted exactly once each.
+#[tokio::test]
+async fn ten_thousand_events_with_repeats_count_exactly() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada", "bob"]).await;
+    let b = base();
+    let ev = |i: usize| {
+        let who = if i.is_multiple_of(2) { "ada" } else { "bob" };
+        event(
+            &format!("evt-{i}"),
+            who,
+            "tokens",
+            "1.5",
+            b + (i as i64 % 40) * HOUR,
+        )
+    };
+    // Four streams, each with 2 500 distinct events plus 285 repeats: 100 inside its own
+    // batches, 135 of its earlier batches, 50 of another stream's events.
+    let mut tasks = Vec::new();
+    for s in 0..4usize {
+        let mut client = u.clone();
+        let key = app.key.clone();
+        let mut batches: Vec<Vec<UsageEvent>> = Vec::new();
+        let mine: Vec<usize> = (s * 2_500..(s + 1) * 2_500).collect();
+        for (n, chunk) in mine.chunks(250).enumerate() {
+            let mut batch: Vec<UsageEvent> = chunk.iter().map(|&i| ev(i)).collect();
+            batch.extend(chunk[..10].iter().map(|&i| ev(i))); // inside the batch
+            if n > 0 {
+                batch.extend(mine[..15].iter().map(|&i| ev(i + n))); // earlier batches
+            }
+            let other = (s + 1) % 4 * 2_500;
+            batch.extend((0..5).map(|j| ev(other + n * 5 + j))); // another stream's
+            batches.push(batch);
+        }
+        tasks.push(tokio::spawn(async move {
+            let sent: usize = batches.iter().map(Vec::len).sum();
+            let requests = tokio_stream::iter(
+                batches
+                    .into_iter()
+                    .map(|events| StreamUsageRequest { events }),
+            );
+            let mut answers = client
+                .stream_usage(req(requests, &key))
+                .await
+                .unwrap()
+                .into_inner();
+            let (mut accepted, mut duplicates, mut seq) = (0, 0, 0);
+            while let Some(a) = answers.message().await.unwrap() {
+                assert_eq!(a.sequence, seq, "answers come in order");
+                assert!(a.rejected.is_empty(), "{a:?}");
+                seq += 1;
+                accepted += a.accepted;
+                duplicates += a.duplicates;
+            }
+            assert_eq!(seq, 10);
+            (accepted, duplicates, sent)
+        }));
+    }
+    let (mut accepted, mut duplicates, mut sent) = (0, 0, 0);
+    for t in tasks {
+        let (a, d, s) = t.await.unwrap();
+        accepted += a;
+        duplicates += d;
+        sent += s;
+    }
+    assert_eq!(accepted, 10_000);
+    assert_eq!(duplicates as usize, sent - 10_000);
+    assert!(sent >= 11_000, "at least 10 % repeats: {sent}");
+    // And once more, all through RecordUsage: nothing new.
+    for chunk in (0..10_000).collect::<Vec<_>>().chunks(1_000) {
+        let r = record(&mut u, &app.key, chunk.iter().map(|&i| ev(i)).collect()).await;
+        assert_eq!((r.accepted, r.duplicates), (0, 1_000));
+    }
+    let (from, to) = (b - DAY, b + 3 * DAY);
+    let ada = usage(
+        &mut u,
+        &app.key,
+        "ada",
+        "tokens",
+        from,
+        to,
+        UsageWindow::None,
+    )
+    .await;
+    let bob = usage(
+        &mut u,
+        &app.key,
+        "bob",
+        "tokens",
+        from,
+        to,
+        UsageWindow::None,
+    )
+    .await;
+    assert_eq!(total(&ada), ("7500".into(), 5_000));
+    assert_eq!(total(&bob), ("7500".into(), 5_000));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10_000);
+}
+
+/// Bad events are refused one by one, named by index and field; the good ones are stored.
+#[tokio::test]
+async fn a_batch_with_bad_events_stores_the_good_ones() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut no_customer = event("e2", "ada", "calls", "", b);
+    no_customer.customer = None;
+    let events = vec![
+        event("e0", "ada", "tokens", "3", b),
+        event("e1", "nobody", "tokens", "3", b),
+        no_customer,
+        event("e3", "ada", "no_such_meter", "3", b),
+        event("e4", "ada", "tokens", "3", now - 36 * DAY),
+        event("e5", "ada", "tokens", "3", now + 600),
+        event("e6", "ada", "tokens", "-3", b),
+        event("e7", "ada", "tokens", "", b),
+        with_property(event("e8", "ada", "peak", "", b), "peak", "lots"),
+        event("e9", "ada", "users", "", b),
+        event("", "ada", "tokens", "3", b),
+        with_property(event("e11", "ada", "calls", "", b), "Bad Key", "x"),
+        event("e12", "ada", "calls", "", b),
+    ];
+    let r = record(&mut u, &app.key, events).await;
+    assert_eq!((r.accepted, r.duplicates), (2, 0));
+    let got: Vec<(i32, &str, &str)> = r
+        .rejected
+        .iter()
+        .map(|x| (x.index, x.reason.as_str(), x.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "UNKNOWN_CUSTOMER", "events[1].external_id"),
+            (2, "INVALID_FIELD", "events[2].customer_id"),
+            (3, "UNKNOWN_METER", "events[3].meter_key"),
+            (4, "OUT_OF_WINDOW", "events[4].occurred_at"),
+            (5, "OUT_OF_WINDOW", "events[5].occurred_at"),
+            (6, "MALFORMED_VALUE", "events[6].value"),
+            (7, "MALFORMED_VALUE", "events[7].value"),
+            (8, "MALFORMED_VALUE", "events[8].properties[peak]"),
+            (9, "MALFORMED_VALUE", "events[9].properties[user]"),
+            (10, "INVALID_FIELD", "events[10].event_id"),
+            (11, "INVALID_FIELD", "events[11].properties[Bad Key]"),
+        ]
+    );
+    // A refused event's id is not claimed: fixed, it is accepted.
+    let r = record(&mut u, &app.key, vec![event("e6", "ada", "tokens", "3", b)]).await;
+    assert_eq!(r.accepted, 1);
+    // The batch as a whole must be 1..=1000 events.
+    for n in [0, 1_001] {
+        let err = u
+            .record_usage(req(
+                RecordUsageRequest {
+                    events: (0..n)
+                        .map(|i| event(&format!("x{i}"), "ada", "calls", "", b))
+                        .collect(),
+                },
+                &app.key,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(details(&err).1, ["events"]);
+    }
+}
+
+/// A stream cut part-way leaves whole committed batches; resending everything gives the same
+/// totals as one clean pass.
+#[tokio::test]
+async fn a_cut_stream_leaves_whole_batches_and_a_resend_gives_the_same_totals() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    let batches: Vec<Vec<UsageEvent>> = (0..20)
+        .map(|n| {
+            (0..500)
+                .map(|i| event(&format!("b{n}-{i}"), "ada", "tokens", "2", b + i))
+                .collect()
+        })
+        .collect();
+    // Send all 20 batches but hang up after the third answer.
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    for batch in batches.clone() {
+        tx.send(StreamUsageRequest { events: batch }).await.unwrap();
+    }
+    let mut answers = u
+        .stream_usage(req(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        answers.message().await.unwrap().unwrap();
+    }
+    drop(answers);
+    drop(tx);
+    // Whatever was stored is whole batches of 500.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(stored >= 1_500 && (stored as u64).is_multiple_of(500), "{stored}");
+    let partial: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT split_part(event_id, '-', 1) AS batch, count(*) AS n
+           FROM usage_events GROUP BY 1) b WHERE n <> 500",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(partial, 0, "no batch is stored in part");
+
+    // Resend every batch on a new stream.
+    let requests = tokio_stream::iter(
+        batches
+            .into_iter()
+            .map(|events| StreamUsageRequest { events }),
+    );
+    let mut answers = u
+        .stream_usage(req(requests, &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut accepted, mut duplicates) = (0i64, 0i64);
+    while let Some(a) = answers.message().await.unwrap() {
+        accepted += i64::from(a.accepted);
+        duplicates += i64::from(a.duplicates);
+    }
+    assert_eq!(accepted + stored, 10_000);
+    assert_eq!(duplicates, stored);
+    let t = usage(
+        &mut u,
+        &app.key,
+        "ada",
+        "tokens",
+        b - DAY,
+        b + DAY,
+        UsageWindow::None,
+    )
+    .await;
+    assert_eq!(total(&t), ("20000".into(), 10_000));
+}
+
+/// A batch whose write fails — its connection lost mid-statement — leaves no id claimed: the
+/// same events sent again are all accepted.
+#[tokio::test]
+async fn a_failed_write_leaves_no_event_id_claimed() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    let batch: Vec<UsageEvent> = (0..1_000)
+        .map(|i| event(&format!("f-{i:04}"), "ada", "calls", "", b + i))
+        .collect();
+    // Hold one id of the batch in an open transaction, so the batch's statement stops there
+    // with half its ids claimed, then lose its connection.
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO usage_event_ids (tenant_id, event_id, occurred_at) VALUES ($1, 'f-0500', now())")
+        .bind(tenant)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut client = u.clone();
+    let key = app.key.clone();
+    let sent = batch.clone();
+    let call = tokio::spawn(async move {
+        client
+            .record_usage(req(RecordUsageRequest { events: sent }, &key))
+            .await
+    });
+    assert!(
+        one_session_waits_on_a_lock(&app.pool).await,
+        "the batch waits on the held id"
+    );
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::Unknown),
+        "a lost connection is retryable: {err:?}"
+    );
+    holder.rollback().await.unwrap();
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_event_ids")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0, "the failed statement claimed nothing");
+    let r = record(&mut u, &app.key, batch).await;
+    assert_eq!((r.accepted, r.duplicates), (1_000, 0));
+}
+
+/// Meters, events, usage and balances of one tenant are invisible to another, which may use
+/// the same event ids and meter keys for its own.
+#[tokio::test]
+async fn tenants_never_see_each_others_usage() {
+    let app = TestApp::spawn().await;
+    let other = app.tenant("globex").await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    record(
+        &mut u,
+        &app.key,
+        vec![event("same-id", "ada", "tokens", "5", b)],
+    )
+    .await;
+    // Globex has no meter "tokens" and no customer "ada" yet.
+    let r = record(&mut u, &other, vec![event("x", "ada", "tokens", "5", b)]).await;
+    assert_eq!(r.rejected[0].reason, "UNKNOWN_CUSTOMER");
+    let err = u
+        .get_usage(req(
+            GetUsageRequest {
+                customer: Some(pb::get_usage_request::Customer::ExternalId("ada".into())),
+                meter_key: "tokens".into(),
+                from: Some(ts(b - DAY)),
+                to: Some(ts(b + DAY)),
+                window: 0,
+            },
+            &other,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // With its own meter and customer, the same event id is its own.
+    setup(&app, &other, &["ada"]).await;
+    let r = record(
+        &mut u,
+        &other,
+        vec![event("same-id", "ada", "tokens", "7", b)],
+    )
+    .await;
+    assert_eq!((r.accepted, r.duplicates), (1, 0));
+    let mine = usage(
+        &mut u,
+        &app.key,
+        "ada",
+        "tokens",
+        b - DAY,
+        b + DAY,
+        UsageWindow::None,
+    )
+    .await;
+    let theirs = usage(
+        &mut u,
+        &other,
+        "ada",
+        "tokens",
+        b - DAY,
+        b + DAY,
+        UsageWindow::None,
+    )
+    .await;
+    assert_eq!(total(&mine).0, "5");
+    assert_eq!(total(&theirs).0, "7");
+    // Credits too.
+    grant(&mut u, &app.key, "ada", "tokens", "100", None, "g1")
+        .await
+        .unwrap();
+    assert_eq!(balance(&mut u, &other, "ada", "tokens").await.granted, "0");
+}
+
+async fn grant(
+    u: &mut UsageClient<Channel>,
+    key: &str,
+    customer: &str,
+    meter: &str,
+    amount: &str,
+    expires_at: Option<i64>,
+    idempotency_key: &str,
+) -> Result<pb::CreditGrant, tonic::Status> {
+    u.grant_credits(idem(
+        GrantCreditsRequest {
+            customer: Some(pb::grant_credits_request::Customer::ExternalId(
+                customer.into(),
+            )),
+            meter_key: meter.into(),
+            amount: amount.into(),
+            expires_at: expires_at.map(ts),
+            reason: "welcome credit".into(),
+        },
+        key,
+        idempotency_key,
+    ))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn balance(
+    u: &mut UsageClient<Channel>,
+    key: &str,
+    customer: &str,
+    meter: &str,
+) -> pb::Balance {
+    u.get_balance(req(
+        GetBalanceRequest {
+            customer: Some(pb::get_balance_request::Customer::ExternalId(
+                customer.into(),
+            )),
+            meter_key: meter.into(),
+        },
+        key,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// Credits are granted, drawn by usage soonest-expiry first, and left out once expired.
+#[tokio::test]
+async fn credits_are_granted_used_and_expire() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let k = &app.key;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let lasting = grant(&mut u, k, "ada", "tokens", "100", None, "g-lasting")
+        .await
+        .unwrap();
+    assert!(lasting.id.starts_with("grant_"));
+    // Replayed under its key: the same grant, not a second one.
+    let again = grant(&mut u, k, "ada", "tokens", "100", None, "g-lasting")
+        .await
+        .unwrap();
+    assert_eq!(again, lasting);
+    let err = grant(&mut u, k, "ada", "tokens", "999", None, "g-lasting")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    grant(&mut u, k, "ada", "tokens", "30", Some(now + 3), "g-lapsing")
+        .await
+        .unwrap();
+    let b = balance(&mut u, k, "ada", "tokens").await;
+    assert_eq!(
+        (b.granted.as_str(), b.used.as_str(), b.remaining.as_str()),
+        ("130", "0", "130")
+    );
+
+    // 45 tokens used now: 30 from the lapsing grant, 15 from the lasting one.
+    let r = record(
+        &mut u,
+        k,
+        vec![
+            event("use-1", "ada", "tokens", "20", now),
+            event("use-2", "ada", "tokens", "25", now),
+        ],
+    )
+    .await;
+    assert_eq!(r.accepted, 2);
+    let b = balance(&mut u, k, "ada", "tokens").await;
+    assert_eq!(
+        (b.granted.as_str(), b.used.as_str(), b.remaining.as_str()),
+        ("130", "45", "85")
+    );
+
+    // Once the lapsing grant has expired it is left out.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let b = balance(&mut u, k, "ada", "tokens").await;
+    assert_eq!(
+        (b.granted.as_str(), b.used.as_str(), b.remaining.as_str()),
+        ("100", "15", "85")
+    );
+
+    // Refusals: a non-additive meter, a zero amount, an expiry in the past.
+    let err = grant(&mut u, k, "ada", "seats", "5", None, "g-seats")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(details(&err).0, "METER_NOT_ADDITIVE");
+    let err = grant(&mut u, k, "ada", "tokens", "0", None, "g-zero")
+        .await
+        .unwrap_err();
+    assert_eq!(details(&err).1, ["amount"]);
+    let err = grant(&mut u, k, "ada", "tokens", "5", Some(now - 10), "g-past")
+        .await
+        .unwrap_err();
+    assert_eq!(details(&err).1, ["expires_at"]);
+    let err = grant(&mut u, k, "nobody", "tokens", "5", None, "g-nobody")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// GetUsage names the field at fault.
+#[tokio::test]
+async fn get_usage_refuses_bad_ranges() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    for (from, to, window, field) in [
+        (b, b, UsageWindow::None, "to"),
+        (b, b - 1, UsageWindow::None, "to"),
+        (b - 40 * DAY, b, UsageWindow::Hour, "to"),
+    ] {
+        let err = u
+            .get_usage(req(
+                GetUsageRequest {
+                    customer: Some(pb::get_usage_request::Customer::ExternalId("ada".into())),
+                    meter_key: "calls".into(),
+                    from: Some(ts(from)),
+                    to: Some(ts(to)),
+                    window: window as i32,
+                },
+                &app.key,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(details(&err).1, [field]);
+    }
+    let err = u
+        .get_usage(req(GetUsageRequest::default(), &app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&err).1, ["customer_id", "meter_key", "from", "to"]);
+}
