@@ -196,6 +196,24 @@ pub enum KeyCommand {
 pub enum BenchCommand {
     /// CreateCustomer over gRPC, against Postgres single-row inserts and an empty gRPC call.
     Customers(BenchArgs),
+    /// Usage events through StreamUsage and RecordUsage, against the same rows COPYed into
+    /// Postgres.
+    Usage(UsageBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageBenchArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// Events per batch (at most 1 000).
+    #[arg(long, env = "COFFER_BENCH_BATCH_SIZE", default_value_t = 1_000)]
+    pub batch_size: usize,
+    /// Share of each batch whose ids repeat the previous batch's (0 to 1).
+    #[arg(long, env = "COFFER_BENCH_REPEAT_SHARE", default_value_t = 0.1)]
+    pub repeat_share: f64,
+    /// Customers the events are spread over.
+    #[arg(long, env = "COFFER_BENCH_CUSTOMERS", default_value_t = 100)]
+    pub customers: usize,
 }
 
 #[derive(Debug, Clone, Args)]

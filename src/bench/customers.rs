@@ -5,68 +5,24 @@
 use std::path::Path;
 
 use sqlx::PgPool;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
-use super::{Report, run_load};
+use super::{BenchError, Report, bearer, connect, run_load};
 use crate::config::BenchArgs;
 use crate::grpc::pb::CreateCustomerRequest;
 use crate::grpc::pb::customers_client::CustomersClient;
 use crate::store::bench as store;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("no API key: pass --key, set COFFER_API_KEY, or run `coffer serve --dev` first ({0})")]
-    NoKey(String),
-    #[error("connecting to {endpoint}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("preparing the Postgres baseline")]
-    Baseline(#[from] crate::store::StoreError),
-}
 
 pub async fn customers(
     args: &BenchArgs,
     state_dir: &Path,
     pool: &PgPool,
 ) -> Result<Report, BenchError> {
-    let key = match &args.key {
-        Some(k) => k.clone(),
-        None => {
-            let path = state_dir.join("dev-key");
-            std::fs::read_to_string(&path)
-                .map_err(|e| BenchError::NoKey(format!("{}: {e}", path.display())))?
-                .trim()
-                .to_owned()
-        }
-    };
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {key}")
-        .parse()
-        .map_err(|_| BenchError::NoKey("the key is not valid header text".into()))?;
-
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let endpoint =
-            Endpoint::from_shared(args.endpoint.clone()).map_err(|source| BenchError::Connect {
-                endpoint: args.endpoint.clone(),
-                source,
-            })?;
-        channels.push(
-            endpoint
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|source| BenchError::Connect {
-                    endpoint: args.endpoint.clone(),
-                    source,
-                })?,
-        );
-    }
+    let bearer = bearer(args, state_dir)?;
+    let channels = connect(args).await?;
     let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
     let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
 

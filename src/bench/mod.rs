@@ -7,6 +7,7 @@
 //! one under test and its baselines.
 
 mod customers;
+mod usage;
 
 use std::fmt;
 use std::future::Future;
@@ -15,6 +16,60 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use customers::customers;
+pub use usage::usage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("no API key: pass --key, set COFFER_API_KEY, or run `coffer serve --dev` first ({0})")]
+    NoKey(String),
+    #[error("connecting to {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("preparing the benchmark")]
+    Setup(#[from] tonic::Status),
+    #[error("preparing the Postgres baseline")]
+    Baseline(#[from] crate::store::StoreError),
+}
+
+/// The `authorization` value for the key given, or the one `serve --dev` keeps.
+fn bearer(
+    args: &crate::config::BenchArgs,
+    state_dir: &std::path::Path,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, BenchError> {
+    let key = match &args.key {
+        Some(k) => k.clone(),
+        None => {
+            let path = state_dir.join("dev-key");
+            std::fs::read_to_string(&path)
+                .map_err(|e| BenchError::NoKey(format!("{}: {e}", path.display())))?
+                .trim()
+                .to_owned()
+        }
+    };
+    format!("Bearer {key}")
+        .parse()
+        .map_err(|_| BenchError::NoKey("the key is not valid header text".into()))
+}
+
+/// `--connections` gRPC connections to the server.
+async fn connect(
+    args: &crate::config::BenchArgs,
+) -> Result<Vec<tonic::transport::Channel>, BenchError> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let failed = |source| BenchError::Connect {
+            endpoint: args.endpoint.clone(),
+            source,
+        };
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(args.endpoint.clone()).map_err(failed)?;
+        channels.push(endpoint.tcp_nodelay(true).connect().await.map_err(failed)?);
+    }
+    Ok(channels)
+}
 
 /// Throughput and latency of one operation under load.
 #[derive(Debug, Clone)]
@@ -26,9 +81,44 @@ pub struct Measurement {
     /// Sorted latencies of the successful calls, in microseconds.
     latencies_us: Vec<u32>,
     pub first_error: Option<String>,
+    /// What the successful operations carried (rows, events): `ok` unless an operation
+    /// carries several.
+    pub items: u64,
 }
 
 impl Measurement {
+    /// A measurement taken by a scenario's own loop (a stream, say), latencies in microseconds.
+    pub fn from_parts(
+        name: &str,
+        ok: u64,
+        errors: u64,
+        elapsed: Duration,
+        mut latencies_us: Vec<u32>,
+        first_error: Option<String>,
+        items: u64,
+    ) -> Self {
+        latencies_us.sort_unstable();
+        Self {
+            name: name.to_owned(),
+            ok,
+            errors,
+            elapsed,
+            latencies_us,
+            first_error,
+            items,
+        }
+    }
+
+    /// Each successful operation carried `n` items.
+    pub fn items_per_op(mut self, n: u64) -> Self {
+        self.items = self.ok * n;
+        self
+    }
+
+    pub fn item_rate(&self) -> f64 {
+        self.items as f64 / self.elapsed.as_secs_f64()
+    }
+
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -83,6 +173,7 @@ where
         elapsed,
         latencies_us,
         first_error,
+        items: ok,
     }
 }
 
@@ -144,7 +235,7 @@ where
 pub struct Report {
     pub title: String,
     pub measurements: Vec<Measurement>,
-    /// (label, numerator index, denominator index) of rate ratios to print.
+    /// (label, numerator index, denominator index) of item-rate ratios to print.
     pub ratios: Vec<(String, usize, usize)>,
 }
 
@@ -153,17 +244,18 @@ impl fmt::Display for Report {
         writeln!(f, "{}", self.title)?;
         writeln!(
             f,
-            "{:<44} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8}",
-            "operation", "ok", "errors", "req/s", "p50 ms", "p99 ms", "p999 ms"
+            "{:<44} {:>9} {:>7} {:>10} {:>11} {:>8} {:>8} {:>8}",
+            "operation", "ok", "errors", "req/s", "items/s", "p50 ms", "p99 ms", "p999 ms"
         )?;
         for m in &self.measurements {
             writeln!(
                 f,
-                "{:<44} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<44} {:>9} {:>7} {:>10.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2}",
                 m.name,
                 m.ok,
                 m.errors,
                 m.rate(),
+                m.item_rate(),
                 m.quantile_ms(0.50),
                 m.quantile_ms(0.99),
                 m.quantile_ms(0.999),
@@ -171,8 +263,8 @@ impl fmt::Display for Report {
         }
         for (label, a, b) in &self.ratios {
             let (a, b) = (&self.measurements[*a], &self.measurements[*b]);
-            let ratio = if b.rate() > 0.0 {
-                a.rate() / b.rate()
+            let ratio = if b.item_rate() > 0.0 {
+                a.item_rate() / b.item_rate()
             } else {
                 0.0
             };

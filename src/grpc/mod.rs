@@ -102,3 +102,18 @@ pub fn respond<T, M>(done: Done<T>, to_proto: impl FnOnce(T) -> M) -> tonic::Res
     }
     response
 }
+
+/// A stream fed by a bounded channel: the server's answers on a streaming RPC, or a client's
+/// requests (the benchmark's).
+pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}

@@ -1,8 +1,5 @@
 //! The Usage service: protobuf ⇄ domain, nothing else.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -10,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::customers::{from_timestamp, timestamp};
 use super::pb::usage_server::Usage;
 use super::pb::{self, get_meter_request::Lookup};
-use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
+use super::{Fingerprinted, ReceiverStream, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::idempotency::Replayable;
 use crate::app::usage::Recorded;
@@ -174,7 +171,7 @@ impl Usage for UsageService {
                 }
             }
         });
-        Ok(Response::new(Answers(out)))
+        Ok(Response::new(ReceiverStream(out)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -229,16 +226,8 @@ impl Usage for UsageService {
     }
 }
 
-/// A server stream fed by a bounded channel.
-pub struct Answers<T>(mpsc::Receiver<Result<T, Status>>);
-
-impl<T> futures_core::Stream for Answers<T> {
-    type Item = Result<T, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
+/// The answers of a StreamUsage call.
+pub type Answers<T> = ReceiverStream<Result<T, Status>>;
 
 impl Fingerprinted for pb::CreateMeterRequest {}
 impl Fingerprinted for pb::GrantCreditsRequest {}

@@ -493,7 +493,10 @@ async fn a_cut_stream_leaves_whole_batches_and_a_resend_gives_the_same_totals() 
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert!(stored >= 1_500 && (stored as u64).is_multiple_of(500), "{stored}");
+    assert!(
+        stored >= 1_500 && (stored as u64).is_multiple_of(500),
+        "{stored}"
+    );
     let partial: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT split_part(event_id, '-', 1) AS batch, count(*) AS n
            FROM usage_events GROUP BY 1) b WHERE n <> 500",

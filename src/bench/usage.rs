@@ -1,0 +1,328 @@
+//! `coffer bench usage`: usage events through StreamUsage (and, as a second line, RecordUsage
+//! batches), with a share of repeated event ids, next to the same rows `COPY`ed straight into
+//! a plain copy of the `usage_events` table, at the same concurrency and batch size.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::{BenchError, Measurement, Report, bearer, connect, run_load};
+use crate::config::UsageBenchArgs;
+use crate::grpc::ReceiverStream;
+use crate::grpc::pb::customers_client::CustomersClient;
+use crate::grpc::pb::usage_client::UsageClient;
+use crate::grpc::pb::{
+    self, Aggregation, CreateCustomerRequest, CreateMeterRequest, RecordUsageRequest,
+    StreamUsageRequest, UsageEvent,
+};
+use crate::store::bench as store;
+
+const METER: &str = "bench_tokens";
+/// Batches one stream keeps in flight (sent, not yet answered): the server's own pipeline.
+const IN_FLIGHT: usize = 8;
+
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn authorized<T>(message: T, bearer: &Bearer) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", bearer.clone());
+    r
+}
+
+/// What a batch carries: `batch` events for the customers in turn, the first `repeats` of
+/// them with the ids of the same positions in the worker's previous batch.
+struct Batches {
+    run: String,
+    worker: usize,
+    customers: Arc<Vec<String>>,
+    batch: usize,
+    repeats: usize,
+}
+
+impl Batches {
+    fn events(&self, seq: u64) -> Vec<UsageEvent> {
+        let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+        (0..self.batch)
+            .map(|i| {
+                let from = if i < self.repeats && seq > 0 {
+                    seq - 1
+                } else {
+                    seq
+                };
+                UsageEvent {
+                    event_id: format!("{}-{}-{from}-{i}", self.run, self.worker),
+                    customer: Some(pb::usage_event::Customer::ExternalId(
+                        self.customers[i % self.customers.len()].clone(),
+                    )),
+                    meter_key: METER.into(),
+                    value: "1".into(),
+                    occurred_at: Some(now),
+                    properties: Default::default(),
+                }
+            })
+            .collect()
+    }
+}
+
+pub async fn usage(
+    args: &UsageBenchArgs,
+    state_dir: &Path,
+    pool: &PgPool,
+) -> Result<Report, BenchError> {
+    let common = &args.common;
+    let bearer = bearer(common, state_dir)?;
+    let channels = connect(common).await?;
+    let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
+    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let batch = args
+        .batch_size
+        .clamp(1, crate::domain::usage::MAX_EVENTS_PER_BATCH);
+    let repeats = ((batch as f64) * args.repeat_share.clamp(0.0, 1.0)).round() as usize;
+
+    // The meter (made once per database) and this run's customers.
+    let mut usage = UsageClient::new(channel(0));
+    match usage
+        .create_meter(authorized(
+            CreateMeterRequest {
+                key: METER.into(),
+                name: "coffer bench usage".into(),
+                aggregation: Aggregation::Sum as i32,
+                value_key: "tokens".into(),
+            },
+            &bearer,
+        ))
+        .await
+    {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) => return Err(s.into()),
+    }
+    let mut customers = CustomersClient::new(channel(0));
+    let mut names = Vec::new();
+    for i in 0..args.customers.max(1) {
+        let external_id = format!("bench-usage-{run}-{i}");
+        customers
+            .create_customer(authorized(
+                CreateCustomerRequest {
+                    external_id: external_id.clone(),
+                    ..Default::default()
+                },
+                &bearer,
+            ))
+            .await?;
+        names.push(external_id);
+    }
+    let names = Arc::new(names);
+    let batches = |worker: usize, run: &str| Batches {
+        run: run.to_owned(),
+        worker,
+        customers: names.clone(),
+        batch,
+        repeats,
+    };
+
+    // 1. StreamUsage: each worker one stream, IN_FLIGHT batches outstanding.
+    let streamed = {
+        let warm = format!("{run}w");
+        let _ = stream_load(&channel, &bearer, common.concurrency, common.warmup, |w| {
+            batches(w, &warm)
+        })
+        .await;
+        let label = format!("grpc StreamUsage ({batch}/batch, {repeats} repeats)");
+        let mut m = stream_load(
+            &channel,
+            &bearer,
+            common.concurrency,
+            common.duration,
+            |w| batches(w, &run),
+        )
+        .await;
+        m.name = label;
+        m
+    };
+
+    // 2. RecordUsage: one batch per call.
+    let recorded = {
+        let channel = channel.clone();
+        let bearer = bearer.clone();
+        let makers: Vec<Batches> = (0..common.concurrency)
+            .map(|w| batches(w, &format!("{run}r")))
+            .collect();
+        let makers = Arc::new(makers);
+        let seqs: Arc<Vec<std::sync::atomic::AtomicU64>> =
+            Arc::new((0..common.concurrency).map(|_| 0.into()).collect());
+        run_load(
+            &format!("grpc RecordUsage ({batch}/call, {repeats} repeats)"),
+            common.concurrency,
+            common.warmup,
+            common.duration,
+            move |worker, _| {
+                let seq = seqs[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let events = makers[worker].events(seq);
+                let mut client = UsageClient::new(channel(worker));
+                let request = authorized(RecordUsageRequest { events }, &bearer);
+                async move { client.record_usage(request).await.map(|_| ()) }
+            },
+        )
+        .await
+        .items_per_op(batch as u64)
+    };
+
+    // 3. Baseline: the same rows COPYed into a plain copy of usage_events, a batch per COPY,
+    //    at the same concurrency.
+    store::create_usage_baseline_table(pool).await?;
+    let copied = {
+        let pool = pool.clone();
+        let tenant = Uuid::now_v7();
+        let meter = Uuid::now_v7();
+        let customers: Arc<Vec<Uuid>> =
+            Arc::new((0..args.customers.max(1)).map(|_| Uuid::now_v7()).collect());
+        let run = run.clone();
+        run_load(
+            &format!("postgres COPY usage rows ({batch}/COPY)"),
+            common.concurrency,
+            common.warmup,
+            common.duration,
+            move |worker, seq| {
+                let pool = pool.clone();
+                let customers = customers.clone();
+                let run = run.clone();
+                async move {
+                    store::copy_usage_baseline(
+                        &pool, tenant, meter, &customers, &run, worker, seq, batch,
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .items_per_op(batch as u64)
+    };
+    store::drop_usage_baseline_table(pool).await?;
+
+    Ok(Report {
+        title: format!(
+            "coffer bench usage: {} streams/workers over {} gRPC connections, {} events per batch, {:.0}% repeated ids, {} customers, {:?} each (after {:?} warm-up), {}",
+            common.concurrency,
+            common.connections.max(1),
+            batch,
+            args.repeat_share * 100.0,
+            args.customers.max(1),
+            common.duration,
+            common.warmup,
+            common.endpoint
+        ),
+        measurements: vec![streamed, recorded, copied],
+        ratios: vec![
+            ("StreamUsage events/s / COPY rows/s".into(), 0, 2),
+            ("RecordUsage events/s / COPY rows/s".into(), 1, 2),
+        ],
+    })
+}
+
+/// Runs `streams` StreamUsage calls for `duration`, each keeping [`IN_FLIGHT`] batches
+/// outstanding; latency is from a batch's send to its answer.
+async fn stream_load(
+    channel: &(impl Fn(usize) -> Channel + Clone + Send + 'static),
+    bearer: &Bearer,
+    streams: usize,
+    duration: Duration,
+    batches: impl Fn(usize) -> Batches,
+) -> Measurement {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..streams {
+        let maker = batches(worker);
+        let mut client = UsageClient::new(channel(worker));
+        let bearer = bearer.clone();
+        workers.spawn(async move {
+            let (tx, rx) = mpsc::channel(IN_FLIGHT);
+            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+            let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+            let sender = {
+                let (slots, sent_at) = (slots.clone(), sent_at.clone());
+                tokio::spawn(async move {
+                    let mut seq = 0;
+                    while Instant::now() < deadline {
+                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                            return;
+                        };
+                        permit.forget();
+                        let events = maker.events(seq);
+                        seq += 1;
+                        sent_at.lock().await.push_back(Instant::now());
+                        if tx.send(StreamUsageRequest { events }).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            let mut latencies = Vec::new();
+            let (mut events, mut errors, mut first_error) = (0u64, 0u64, None);
+            match client
+                .stream_usage(authorized(ReceiverStream(rx), &bearer))
+                .await
+            {
+                Err(e) => {
+                    errors += 1;
+                    first_error = Some(e.to_string());
+                }
+                Ok(answers) => {
+                    let mut answers = answers.into_inner();
+                    loop {
+                        match answers.message().await {
+                            Ok(Some(a)) => {
+                                if let Some(t) = sent_at.lock().await.pop_front() {
+                                    latencies
+                                        .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                }
+                                events += (a.accepted + a.duplicates) as u64;
+                                if !a.rejected.is_empty() {
+                                    errors += 1;
+                                    first_error.get_or_insert_with(|| {
+                                        format!("rejected: {:?}", a.rejected[0])
+                                    });
+                                }
+                                slots.add_permits(1);
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert_with(|| e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            slots.close();
+            let _ = sender.await;
+            (latencies, events, errors, first_error)
+        });
+    }
+    let (mut latencies, mut events, mut errors, mut first_error) = (Vec::new(), 0, 0, None);
+    while let Some(r) = workers.join_next().await {
+        let (l, e, x, f) = r.expect("a stream worker panicked");
+        latencies.extend(l);
+        events += e;
+        errors += x;
+        first_error = first_error.or(f);
+    }
+    let batches = latencies.len() as u64;
+    Measurement::from_parts(
+        "grpc StreamUsage",
+        batches,
+        errors,
+        started.elapsed(),
+        latencies,
+        first_error,
+        events,
+    )
+}
