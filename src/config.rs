@@ -199,6 +199,17 @@ pub enum BenchCommand {
     /// Usage events through StreamUsage and RecordUsage, against the same rows COPYed into
     /// Postgres.
     Usage(UsageBenchArgs),
+    /// GetUsage over 30 days of a customer with many events (loaded first).
+    UsageQuery(UsageQueryBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageQueryBenchArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// Events loaded for the one customer before measuring.
+    #[arg(long, env = "COFFER_BENCH_EVENTS", default_value_t = 1_000_000)]
+    pub events: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -49,6 +49,11 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.context("running the benchmark")?);
             Ok(())
         }
+        Command::Bench(BenchCommand::UsageQuery(args)) => {
+            let report = coffer::bench::usage_query(&args, &state_dir).await;
+            print!("{}", report.context("running the benchmark")?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Usage(args)) => {
             let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
             let report = coffer::bench::usage(&args, &state_dir, &database.pool).await;

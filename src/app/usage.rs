@@ -284,6 +284,7 @@ impl Usage {
                 occurred_at: event.occurred_at,
                 value: value.as_str().to_owned(),
                 unique_key,
+                latest: meter.reading.aggregation() == Aggregation::Latest,
                 properties: event.properties,
             });
         }

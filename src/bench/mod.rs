@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use customers::customers;
-pub use usage::usage;
+pub use usage::{usage, usage_query};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use super::{BenchError, Measurement, Report, bearer, connect, run_load};
-use crate::config::UsageBenchArgs;
+use crate::config::{UsageBenchArgs, UsageQueryBenchArgs};
 use crate::grpc::ReceiverStream;
 use crate::grpc::pb::customers_client::CustomersClient;
 use crate::grpc::pb::usage_client::UsageClient;
@@ -86,23 +86,7 @@ pub async fn usage(
     let repeats = ((batch as f64) * args.repeat_share.clamp(0.0, 1.0)).round() as usize;
 
     // The meter (made once per database) and this run's customers.
-    let mut usage = UsageClient::new(channel(0));
-    match usage
-        .create_meter(authorized(
-            CreateMeterRequest {
-                key: METER.into(),
-                name: "coffer bench usage".into(),
-                aggregation: Aggregation::Sum as i32,
-                value_key: "tokens".into(),
-            },
-            &bearer,
-        ))
-        .await
-    {
-        Ok(_) => {}
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-        Err(s) => return Err(s.into()),
-    }
+    ensure_meter(&channel(0), &bearer).await?;
     let mut customers = CustomersClient::new(channel(0));
     let mut names = Vec::new();
     for i in 0..args.customers.max(1) {
@@ -325,4 +309,181 @@ async fn stream_load(
         first_error,
         events,
     )
+}
+
+/// `coffer bench usage-query`: loads `--events` events for one customer, spread evenly over
+/// the last 30 days, then measures GetUsage over those 30 days (the total, per day and per
+/// hour), with the range's ends off the hour so the partial hours are read from the events.
+pub async fn usage_query(
+    args: &UsageQueryBenchArgs,
+    state_dir: &Path,
+) -> Result<Report, BenchError> {
+    let common = &args.common;
+    let bearer = bearer(common, state_dir)?;
+    let channels = connect(common).await?;
+    let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
+    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let customer = format!("bench-query-{run}");
+    ensure_meter(&channel(0), &bearer).await?;
+    CustomersClient::new(channel(0))
+        .create_customer(authorized(
+            CreateCustomerRequest {
+                external_id: customer.clone(),
+                ..Default::default()
+            },
+            &bearer,
+        ))
+        .await?;
+
+    // Load: one StreamUsage per connection, 1 000 events a batch.
+    let now = time::OffsetDateTime::now_utc();
+    let span = time::Duration::days(30);
+    let total = args.events.max(1);
+    let step_ns = span.whole_nanoseconds() / total as i128;
+    let loaded = Instant::now();
+    let streams = common.connections.max(1);
+    let mut loaders = tokio::task::JoinSet::new();
+    for s in 0..streams {
+        let mut client = UsageClient::new(channel(s));
+        let bearer = bearer.clone();
+        let customer = customer.clone();
+        let run = run.clone();
+        loaders.spawn(async move {
+            let (tx, rx) = mpsc::channel(IN_FLIGHT);
+            let producer = tokio::spawn(async move {
+                let mine: Vec<u64> = (s as u64..total).step_by(streams).collect();
+                for chunk in mine.chunks(1_000) {
+                    let events = chunk
+                        .iter()
+                        .map(|&i| {
+                            let at = now - span
+                                + time::Duration::nanoseconds((step_ns * i as i128) as i64);
+                            UsageEvent {
+                                event_id: format!("{run}-{i}"),
+                                customer: Some(pb::usage_event::Customer::ExternalId(
+                                    customer.clone(),
+                                )),
+                                meter_key: METER.into(),
+                                value: "1".into(),
+                                occurred_at: Some(prost_types::Timestamp {
+                                    seconds: at.unix_timestamp(),
+                                    nanos: at.nanosecond() as i32,
+                                }),
+                                properties: Default::default(),
+                            }
+                        })
+                        .collect();
+                    if tx.send(StreamUsageRequest { events }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut answers = client
+                .stream_usage(authorized(ReceiverStream(rx), &bearer))
+                .await?
+                .into_inner();
+            let mut stored = 0u64;
+            while let Some(a) = answers.message().await? {
+                stored += a.accepted as u64;
+            }
+            let _ = producer.await;
+            Ok::<u64, tonic::Status>(stored)
+        });
+    }
+    let mut stored = 0;
+    while let Some(r) = loaders.join_next().await {
+        stored += r.expect("a loader panicked")?;
+    }
+    let load = Measurement::from_parts(
+        "load: StreamUsage, one customer over 30 days",
+        stored.div_ceil(1_000),
+        0,
+        loaded.elapsed(),
+        Vec::new(),
+        None,
+        stored,
+    );
+
+    let mut measurements = vec![load];
+    let from = now - span + time::Duration::minutes(7);
+    let to = now - time::Duration::minutes(3);
+    for (label, window) in [
+        ("grpc GetUsage 30 days, total", pb::UsageWindow::None),
+        ("grpc GetUsage 30 days, per day", pb::UsageWindow::Day),
+        ("grpc GetUsage 30 days, per hour", pb::UsageWindow::Hour),
+    ] {
+        let channel = channel.clone();
+        let bearer = bearer.clone();
+        let customer = customer.clone();
+        measurements.push(
+            run_load(
+                label,
+                common.concurrency,
+                common.warmup,
+                common.duration,
+                move |worker, _| {
+                    let mut client = UsageClient::new(channel(worker));
+                    let request = authorized(
+                        pb::GetUsageRequest {
+                            customer: Some(pb::get_usage_request::Customer::ExternalId(
+                                customer.clone(),
+                            )),
+                            meter_key: METER.into(),
+                            from: Some(prost_types::Timestamp {
+                                seconds: from.unix_timestamp(),
+                                nanos: 0,
+                            }),
+                            to: Some(prost_types::Timestamp {
+                                seconds: to.unix_timestamp(),
+                                nanos: 0,
+                            }),
+                            window: window as i32,
+                        },
+                        &bearer,
+                    );
+                    async move {
+                        let r = client.get_usage(request).await?.into_inner();
+                        match r.total {
+                            Some(t) if t.events > 0 => Ok(()),
+                            _ => Err(tonic::Status::internal("no usage in the answer")),
+                        }
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    Ok(Report {
+        title: format!(
+            "coffer bench usage-query: {} events for one customer over 30 days; GetUsage from {} workers over {} connections, {:?} each (after {:?} warm-up), {}",
+            stored,
+            common.concurrency,
+            common.connections.max(1),
+            common.duration,
+            common.warmup,
+            common.endpoint
+        ),
+        measurements,
+        ratios: Vec::new(),
+    })
+}
+
+/// Makes the benchmark's SUM meter, unless an earlier run did.
+async fn ensure_meter(channel: &Channel, bearer: &Bearer) -> Result<(), BenchError> {
+    match UsageClient::new(channel.clone())
+        .create_meter(authorized(
+            CreateMeterRequest {
+                key: METER.into(),
+                name: "coffer bench usage".into(),
+                aggregation: Aggregation::Sum as i32,
+                value_key: "tokens".into(),
+            },
+            bearer,
+        ))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(s.into()),
+    }
 }

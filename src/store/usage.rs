@@ -27,6 +27,8 @@ pub struct EventRow {
     /// An exact decimal (see `domain::usage::Quantity`).
     pub value: String,
     pub unique_key: Option<String>,
+    /// Whether the meter is a LATEST one, whose rollups keep the newest event.
+    pub latest: bool,
     /// Stored as a JSON object, or null when empty.
     pub properties: Properties,
 }
@@ -46,9 +48,11 @@ pub fn order_batches(a: &EventBatch, b: &EventBatch) -> std::cmp::Ordering {
 /// Stores several batches in one statement; returns how many events of each were new (the
 /// rest were duplicates of stored events, or of events earlier in the same statement).
 ///
+/// The rollup rows it writes are its connection's own (`shard` = the backend pid), so
+/// concurrent statements never wait on each other's rollup rows.
+///
 /// Events are sent sorted by (tenant, id), so two statements claiming the same ids lock them in
-/// the same order and cannot deadlock; rollup rows are upserted in key order for the same
-/// reason. An id already claimed by a transaction still in flight waits for it, then counts as
+/// the same order and cannot deadlock. An id already claimed by a transaction still in flight waits for it, then counts as
 /// a duplicate if it committed: an id is counted once however many callers race.
 pub async fn insert_event_batches(
     conn: &mut PgConnection,
@@ -77,6 +81,7 @@ pub async fn insert_event_batches(
     let mut unique_key = Vec::with_capacity(n);
     let mut properties = Vec::with_capacity(n);
     let mut batch_of = Vec::with_capacity(n);
+    let mut latest = Vec::with_capacity(n);
     for (i, row) in &order {
         tenant.push(tenant_of(*i).as_uuid());
         event_id.push(row.event_id.as_str());
@@ -87,15 +92,16 @@ pub async fn insert_event_batches(
         unique_key.push(row.unique_key.as_deref());
         properties.push((!row.properties.is_empty()).then(|| Json(row.properties.as_map())));
         batch_of.push(*i as i32);
+        latest.push(row.latest);
     }
     let stored = sqlx::query_scalar!(
         r#"WITH input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[],
                                     $5::timestamptz[], $6::text[], $7::text[], $8::jsonb[],
-                                    $9::int4[])
+                                    $9::int4[], $10::bool[])
                    WITH ORDINALITY
                    AS t(tenant_id, event_id, customer_id, meter_id, occurred_at, value,
-                        unique_key, properties, batch, n)),
+                        unique_key, properties, batch, latest, n)),
            claimed AS (
                INSERT INTO usage_event_ids (tenant_id, event_id, occurred_at)
                SELECT tenant_id, event_id, occurred_at FROM input ORDER BY n
@@ -104,7 +110,7 @@ pub async fn insert_event_batches(
            fresh AS MATERIALIZED (
                SELECT i.tenant_id, i.event_id, i.customer_id, i.meter_id, i.occurred_at,
                       i.value::numeric AS value, i.unique_key, i.properties,
-                      i.batch, date_trunc('hour', i.occurred_at, 'UTC') AS hour
+                      i.batch, i.latest, date_trunc('hour', i.occurred_at, 'UTC') AS hour
                FROM input i JOIN claimed c USING (tenant_id, event_id)),
            stored AS (
                INSERT INTO usage_events (tenant_id, customer_id, meter_id, occurred_at,
@@ -112,36 +118,48 @@ pub async fn insert_event_batches(
                SELECT tenant_id, customer_id, meter_id, occurred_at, event_id, value,
                       unique_key, properties
                FROM fresh),
+           -- count, sum and max hash-aggregate; only LATEST meters' events are sorted
+           -- for their newest. Rollup rows are this connection's own, so no lock order is
+           -- needed here.
            rolled AS (
                INSERT INTO usage_rollups AS r
-                   (tenant_id, customer_id, meter_id, hour, events, total, max_value,
+                   (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
                     latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, hour, count(*), sum(value), max(value),
-                      (array_agg(occurred_at ORDER BY occurred_at DESC, event_id DESC))[1],
-                      (array_agg(event_id ORDER BY occurred_at DESC, event_id DESC))[1],
-                      (array_agg(value ORDER BY occurred_at DESC, event_id DESC))[1]
-               FROM fresh
-               GROUP BY tenant_id, customer_id, meter_id, hour
-               ORDER BY tenant_id, customer_id, meter_id, hour
-               ON CONFLICT (tenant_id, customer_id, meter_id, hour) DO UPDATE SET
+               SELECT g.tenant_id, g.customer_id, g.meter_id, g.hour, pg_backend_pid(),
+                      g.events, g.total, g.max_value, l.occurred_at, l.event_id, l.value
+               FROM (SELECT tenant_id, customer_id, meter_id, hour, count(*) AS events,
+                            sum(value) AS total, max(value) AS max_value
+                     FROM fresh GROUP BY tenant_id, customer_id, meter_id, hour) g
+               LEFT JOIN (
+                     SELECT DISTINCT ON (tenant_id, customer_id, meter_id, hour)
+                            tenant_id, customer_id, meter_id, hour, occurred_at, event_id, value
+                     FROM fresh WHERE latest
+                     ORDER BY tenant_id, customer_id, meter_id, hour,
+                              occurred_at DESC, event_id DESC) l
+                   USING (tenant_id, customer_id, meter_id, hour)
+               ON CONFLICT (tenant_id, customer_id, meter_id, hour, shard) DO UPDATE SET
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
                    max_value = greatest(r.max_value, excluded.max_value),
                    latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
                                          > (r.latest_at, r.latest_event_id)
+                                         OR r.latest_at IS NULL
                                     THEN excluded.latest_at ELSE r.latest_at END,
                    latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
                                             > (r.latest_at, r.latest_event_id)
+                                            OR r.latest_at IS NULL
                                        THEN excluded.latest_value ELSE r.latest_value END,
                    latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
                                                > (r.latest_at, r.latest_event_id)
+                                               OR r.latest_at IS NULL
                                           THEN excluded.latest_event_id
                                           ELSE r.latest_event_id END),
            keys AS (
-               INSERT INTO usage_unique_keys (tenant_id, customer_id, meter_id, hour, key)
-               SELECT DISTINCT tenant_id, customer_id, meter_id, hour, unique_key
+               INSERT INTO usage_unique_keys
+                   (tenant_id, customer_id, meter_id, hour, shard, key)
+               SELECT DISTINCT tenant_id, customer_id, meter_id, hour, pg_backend_pid(),
+                      unique_key
                FROM fresh WHERE unique_key IS NOT NULL
-               ORDER BY tenant_id, customer_id, meter_id, hour, unique_key
                ON CONFLICT DO NOTHING)
            SELECT batch AS "batch!" FROM fresh"#,
         &tenant,
@@ -153,6 +171,7 @@ pub async fn insert_event_batches(
         &unique_key as _,
         &properties as _,
         &batch_of,
+        &latest,
     )
     .fetch_all(conn)
     .instrument(super::statement_span!("INSERT", "usage_events"))
@@ -242,7 +261,7 @@ pub async fn usage_windows(
                   trim_scale(coalesce(sum(total), 0))::text AS "total!",
                   trim_scale(coalesce(max(max_value), 0))::text AS "max_value!",
                   trim_scale(coalesce((array_agg(latest_value
-                      ORDER BY latest_at DESC, latest_event_id DESC))[1], 0))::text
+                      ORDER BY latest_at DESC NULLS LAST, latest_event_id DESC))[1], 0))::text
                       AS "latest_value!"
            FROM windowed
            GROUP BY GROUPING SETS ((bucket), ())
@@ -432,10 +451,11 @@ pub async fn balance_inputs(
         return Ok((grants, Vec::new()));
     };
     let hours = sqlx::query!(
-        r#"SELECT hour, total::text AS "total!"
+        r#"SELECT hour, sum(total)::text AS "total!"
            FROM usage_rollups
            WHERE tenant_id = $1 AND customer_id = $2 AND meter_id = $3
              AND hour >= date_trunc('hour', $4::timestamptz, 'UTC')
+           GROUP BY hour
            ORDER BY hour"#,
         tenant.as_uuid(),
         customer.as_uuid(),
