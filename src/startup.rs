@@ -28,6 +28,7 @@ use crate::grpc::pb::usage_server::UsageServer;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::shutdown::CancellationToken;
 use crate::store::pool::Pinger;
 
@@ -68,6 +69,8 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Idle time before TCP keep-alive probes start, so dead peers' sockets are reclaimed.
     pub tcp_keepalive: Duration,
+    /// coffer.toml, resolved: provider accounts and per-tenant settings.
+    pub settings: Arc<Settings>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
+            settings: Arc::default(),
         }
     }
 }
@@ -125,7 +129,7 @@ impl Server {
         Ok(Self {
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
-            app: App::with_config(pool, config.idempotency),
+            app: App::with_settings(pool, config.idempotency, config.settings.clone()),
             metrics: Arc::new(Metrics::new()),
             config,
         })

@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod config;
+mod config_file;
 mod customers;
 mod dev;
 mod group_commit;
