@@ -24,7 +24,9 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::customers_server::CustomersServer;
+use crate::grpc::pb::subscriptions_server::SubscriptionsServer;
 use crate::grpc::pb::usage_server::UsageServer;
+use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
@@ -205,6 +207,8 @@ impl Server {
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let usage = UsageServer::new(UsageService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let subscriptions = SubscriptionsServer::new(SubscriptionsService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         // Limits before authentication, so a flood is refused before it costs a key lookup;
         // after telemetry, so refusals are counted.
@@ -236,6 +240,7 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(customers)
             .add_service(usage)
+            .add_service(subscriptions)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);

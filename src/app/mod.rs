@@ -8,6 +8,7 @@ pub mod error;
 pub mod group_commit;
 pub mod idempotency;
 pub mod page;
+pub mod subscriptions;
 pub mod sweeper;
 pub mod tenants;
 pub mod usage;
@@ -34,6 +35,7 @@ pub struct App {
     pub customers: customers::Customers,
     pub tenants: tenants::Tenants,
     pub usage: usage::Usage,
+    pub subscriptions: subscriptions::Subscriptions,
     /// coffer.toml, read at start: provider accounts and per-tenant settings.
     pub settings: Arc<Settings>,
 }
@@ -57,7 +59,8 @@ impl App {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
-            usage: usage::Usage::new(pool.clone(), mutations, tasks.clone()),
+            usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
+            subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations),
             settings,
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,

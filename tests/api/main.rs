@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod meters;
+mod plans;
 mod policy;
 mod serving;
 mod tenancy;
