@@ -636,3 +636,44 @@ async fn a_tenant_narrows_its_amount_limits_in_coffer_toml() {
     let other = app.tenant("globex").await;
     s.create_plan(req(huf(9_999), &other)).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_service_is_reflected_and_reported_by_health() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = TestApp::spawn().await;
+    let channel = app.channel().await;
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "coffer.v1.Subscriptions".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "coffer.v1.Subscriptions"),
+        "{list:?}"
+    );
+}
