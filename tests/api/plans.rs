@@ -677,3 +677,37 @@ async fn the_service_is_reflected_and_reported_by_health() {
         "{list:?}"
     );
 }
+
+/// Concurrent creates of one key: exactly one plan (with its children) is written, and every
+/// other call is PLAN_KEY_TAKEN, found by the statement rather than by a failed insert.
+#[tokio::test]
+async fn concurrent_creates_of_one_key_write_one_plan() {
+    let app = TestApp::spawn().await;
+    let s = app.subscriptions().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let mut s = s.clone();
+        let key = app.key.clone();
+        calls.spawn(async move {
+            let request = CreatePlanRequest {
+                name: format!("Attempt {i}"),
+                ..plan("race")
+            };
+            s.create_plan(req(request, &key)).await
+        });
+    }
+    let (mut created, mut taken) = (0, 0);
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => {
+                assert_eq!(details(&e).0, "PLAN_KEY_TAKEN", "{e:?}");
+                taken += 1;
+            }
+        }
+    }
+    assert_eq!((created, taken), (1, 11));
+    assert_eq!(count(&app, "plans").await, 1);
+    assert_eq!(count(&app, "prices").await, 3);
+    assert_eq!(count(&app, "plan_features").await, 2);
+}
