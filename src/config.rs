@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// Idle time before TCP keep-alive probes start on a client connection.
     #[arg(long, env = "COFFER_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub tcp_keepalive: Duration,
+    /// coffer.toml: provider accounts and per-tenant settings, read once at start. Without
+    /// it there are no configured accounts and every tenant has the default settings.
+    #[arg(long, env = "COFFER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -11,6 +12,7 @@ use coffer::config::{BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, 
 use coffer::domain::auth::{Scopes, TenantName};
 use coffer::domain::ids::KeyId;
 use coffer::pg_local::{self, Located, Source};
+use coffer::settings::{self, Settings};
 use coffer::startup::{Server, ServerConfig};
 use coffer::store::pool;
 use sqlx::PgPool;
@@ -180,9 +182,15 @@ async fn open_database(
 }
 
 async fn serve(args: ServeArgs, find: Find, db: &DbArgs, state_dir: &Path) -> anyhow::Result<()> {
+    // The configuration file is read before the database is opened, so a typo fails fast; its
+    // tenants are found once the database is open.
+    let draft = match &args.config {
+        Some(path) => Some(settings::read(path, &|var| std::env::var(var).ok())?),
+        None => None,
+    };
     let database = open_database(db, state_dir, find, Announce::Log).await?;
     // Whatever happens next, close the database (and a private cluster this process started).
-    let result = run_server(&args, db, find == Find::Dev, &database, state_dir).await;
+    let result = run_server(&args, db, find == Find::Dev, &database, state_dir, draft).await;
     database.close().await;
     result
 }
@@ -193,7 +201,20 @@ async fn run_server(
     dev: bool,
     database: &Database,
     state_dir: &Path,
+    draft: Option<settings::Draft>,
 ) -> anyhow::Result<()> {
+    let settings = match draft {
+        None => Settings::default(),
+        Some(draft) => {
+            let tenants = App::new(database.pool.clone())
+                .tenants
+                .list_tenants()
+                .await?;
+            let by_name = tenants.into_iter().map(|t| (t.name, t.id)).collect();
+            draft.resolve(&by_name)?
+        }
+    };
+    tracing::info!(accounts = settings.accounts().len(), "configuration read");
     let idempotency = IdempotencyConfig {
         lease: args.idempotency_lease,
         work_timeout: args.work_timeout,
@@ -216,6 +237,7 @@ async fn run_server(
         http2_keepalive_interval: args.http2_keepalive_interval,
         http2_keepalive_timeout: args.http2_keepalive_timeout,
         tcp_keepalive: args.tcp_keepalive,
+        settings: Arc::new(settings),
         ..ServerConfig::default()
     };
     let server = Server::bind(config, database.pool.clone()).await?;

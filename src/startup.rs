@@ -24,10 +24,13 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::customers_server::CustomersServer;
+use crate::grpc::pb::subscriptions_server::SubscriptionsServer;
 use crate::grpc::pb::usage_server::UsageServer;
+use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::shutdown::CancellationToken;
 use crate::store::pool::Pinger;
 
@@ -68,6 +71,8 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Idle time before TCP keep-alive probes start, so dead peers' sockets are reclaimed.
     pub tcp_keepalive: Duration,
+    /// coffer.toml, resolved: provider accounts and per-tenant settings.
+    pub settings: Arc<Settings>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
+            settings: Arc::default(),
         }
     }
 }
@@ -125,7 +131,7 @@ impl Server {
         Ok(Self {
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
-            app: App::with_config(pool, config.idempotency),
+            app: App::with_settings(pool, config.idempotency, config.settings.clone()),
             metrics: Arc::new(Metrics::new()),
             config,
         })
@@ -201,6 +207,8 @@ impl Server {
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let usage = UsageServer::new(UsageService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let subscriptions = SubscriptionsServer::new(SubscriptionsService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         // Limits before authentication, so a flood is refused before it costs a key lookup;
         // after telemetry, so refusals are counted.
@@ -232,6 +240,7 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(customers)
             .add_service(usage)
+            .add_service(subscriptions)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);

@@ -8,9 +8,12 @@ pub mod error;
 pub mod group_commit;
 pub mod idempotency;
 pub mod page;
+pub mod subscriptions;
 pub mod sweeper;
 pub mod tenants;
 pub mod usage;
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
@@ -19,6 +22,7 @@ pub use error::{AppError, Rejection, RejectionKind, StoredStatus};
 pub use idempotency::IdempotencyConfig;
 
 use crate::domain::ids::{KeyId, TenantId};
+use crate::settings::Settings;
 
 /// The use cases, wired to one pool. Cheap to clone: each service holds only handles.
 #[derive(Clone)]
@@ -31,6 +35,9 @@ pub struct App {
     pub customers: customers::Customers,
     pub tenants: tenants::Tenants,
     pub usage: usage::Usage,
+    pub subscriptions: subscriptions::Subscriptions,
+    /// coffer.toml, read at start: provider accounts and per-tenant settings.
+    pub settings: Arc<Settings>,
 }
 
 impl App {
@@ -39,12 +46,22 @@ impl App {
     }
 
     pub fn with_config(pool: PgPool, idempotency: IdempotencyConfig) -> Self {
+        Self::with_settings(pool, idempotency, Arc::default())
+    }
+
+    pub fn with_settings(
+        pool: PgPool,
+        idempotency: IdempotencyConfig,
+        settings: Arc<Settings>,
+    ) -> Self {
         let tasks = TaskTracker::new();
         let mutations = idempotency::Mutations::new(pool.clone(), idempotency, tasks.clone());
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
-            usage: usage::Usage::new(pool.clone(), mutations, tasks.clone()),
+            usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
+            subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations),
+            settings,
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,

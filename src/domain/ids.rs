@@ -110,6 +110,16 @@ typed_id!(
     GrantId,
     "grant"
 );
+typed_id!(
+    /// A plan of a tenant's catalogue.
+    PlanId,
+    "plan"
+);
+typed_id!(
+    /// A price of a plan; immutable once made.
+    PriceId,
+    "price"
+);
 
 #[cfg(test)]
 mod tests {

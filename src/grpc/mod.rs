@@ -8,6 +8,7 @@ pub mod customers;
 pub mod limits;
 pub mod policy;
 pub mod status;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod usage;
 

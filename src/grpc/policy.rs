@@ -73,6 +73,7 @@ pub struct Service {
 
 const CUSTOMERS: &str = "coffer.v1.Customers";
 const USAGE: &str = "coffer.v1.Usage";
+const SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -119,6 +120,22 @@ pub const SERVICES: &[Service] = &[
             rpc(USAGE, "GetUsage", Some(Scope::Read), false, Unary),
             rpc(USAGE, "GrantCredits", Some(Scope::Write), true, Unary),
             rpc(USAGE, "GetBalance", Some(Scope::Read), false, Unary),
+        ],
+    },
+    Service {
+        name: SUBSCRIPTIONS,
+        health_reported: true,
+        methods: &[
+            rpc(SUBSCRIPTIONS, "CreatePlan", Some(Scope::Write), true, Unary),
+            rpc(SUBSCRIPTIONS, "GetPlan", Some(Scope::Read), false, Unary),
+            rpc(SUBSCRIPTIONS, "ListPlans", Some(Scope::Read), false, Unary),
+            rpc(
+                SUBSCRIPTIONS,
+                "ArchivePlan",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
         ],
     },
     Service {
@@ -314,6 +331,13 @@ mod tests {
 
     #[test]
     fn health_reports_on_the_coffer_services() {
-        assert_eq!(HEALTH_REPORTED, ["coffer.v1.Customers", "coffer.v1.Usage"]);
+        assert_eq!(
+            HEALTH_REPORTED,
+            [
+                "coffer.v1.Customers",
+                "coffer.v1.Usage",
+                "coffer.v1.Subscriptions"
+            ]
+        );
     }
 }

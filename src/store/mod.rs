@@ -6,6 +6,7 @@ pub mod bench;
 pub mod customers;
 pub mod idempotency;
 pub mod meters;
+pub mod plans;
 pub mod pool;
 pub mod tenants;
 pub mod usage;

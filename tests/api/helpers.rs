@@ -156,6 +156,55 @@ impl TestApp {
         coffer::grpc::pb::usage_client::UsageClient::new(self.channel().await)
     }
 
+    pub async fn subscriptions(
+        &self,
+    ) -> coffer::grpc::pb::subscriptions_client::SubscriptionsClient<Channel> {
+        coffer::grpc::pb::subscriptions_client::SubscriptionsClient::new(self.channel().await)
+    }
+
+    /// A server configured by the coffer.toml `text` (secrets from `env`), with tenant "acme"
+    /// made first so the file can name it.
+    pub async fn spawn_with_settings(text: &str, env: &[(&str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        let app = App::new(pool.clone());
+        let (acme, key) = app
+            .tenants
+            .create_tenant(&TenantName::parse("acme").unwrap())
+            .await
+            .expect("creating tenant acme");
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings = coffer::settings::parse(std::path::Path::new("coffer.toml"), text, &|var| {
+            env.get(var).cloned()
+        })
+        .expect("a valid coffer.toml")
+        .resolve(&[("acme".to_owned(), acme)].into())
+        .expect("its tenants exist");
+        let config = ServerConfig {
+            settings: Arc::new(settings),
+            ..test_config()
+        };
+        let server = Server::bind(config, pool.clone()).await.expect("binding");
+        let (addr, admin_addr) = (server.grpc_addr(), server.admin_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin_addr,
+            pool,
+            app,
+            key: key.expose().to_owned(),
+            stop: Some(stop),
+            handle: Some(handle),
+            _db: db,
+        }
+    }
+
     pub async fn customers(&self) -> CustomersClient<Channel> {
         CustomersClient::new(self.channel().await)
     }

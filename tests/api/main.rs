@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod config;
+mod config_file;
 mod customers;
 mod dev;
 mod group_commit;
@@ -11,6 +12,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod meters;
+mod plans;
 mod policy;
 mod serving;
 mod tenancy;

@@ -1,0 +1,574 @@
+//! The Subscriptions service: protobuf ⇄ domain, nothing else. This version: the plan
+//! catalogue.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::customers::{from_timestamp, timestamp};
+use super::pb::subscriptions_server::Subscriptions;
+use super::pb::{self, get_plan_request::Lookup};
+use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
+use crate::app::App;
+use crate::app::idempotency::Replayable;
+use crate::app::subscriptions::PlanQuery;
+use crate::domain::Violations;
+use crate::domain::customer::DisplayName;
+use crate::domain::ids::{PlanId, PriceId};
+use crate::domain::money::{Currency, CurrencyLimits, Money};
+use crate::domain::page::PageSize;
+use crate::domain::plan::{
+    Billing, BillingField, Description, FeatureKey, Interval, NewPlan, NewPrice, Plan, PlanKey,
+    PlanRef, Price,
+};
+
+// Full method names: idempotency keys are scoped per method.
+const CREATE_PLAN: &str = "/coffer.v1.Subscriptions/CreatePlan";
+const ARCHIVE_PLAN: &str = "/coffer.v1.Subscriptions/ArchivePlan";
+
+pub struct SubscriptionsService {
+    app: App,
+}
+
+impl SubscriptionsService {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+#[tonic::async_trait]
+impl Subscriptions for SubscriptionsService {
+    #[tracing::instrument(skip_all)]
+    async fn create_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let call = idempotent_call(request.metadata(), CREATE_PLAN, request.get_ref())?;
+        // Amounts are checked against the limits of the caller's tenant (coffer.toml).
+        let limits = &self.app.settings.tenant(ctx.tenant).amount_limits;
+        let new = parse_new(request.get_ref(), limits).map_err(|v| status::invalid(&v))?;
+        let done = self.app.subscriptions.create_plan(&ctx, call, new).await?;
+        Ok(respond(done, |p| to_proto(&p)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_plan(
+        &self,
+        request: Request<pb::GetPlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let by = match &request.get_ref().lookup {
+            Some(Lookup::Id(id)) => PlanId::parse(id)
+                .map(PlanRef::Id)
+                .map_err(|e| Violations::single("id", e.0)),
+            Some(Lookup::Key(key)) => PlanKey::parse(key)
+                .map(PlanRef::Key)
+                .map_err(|e| Violations::single("key", e.0)),
+            None => Err(Violations::single("id", "set id or key")),
+        }
+        .map_err(|v| status::invalid(&v))?;
+        let plan = self.app.subscriptions.get_plan(&ctx, &by).await?;
+        Ok(Response::new(to_proto(&plan)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let req = request.get_ref();
+        let page_size = PageSize::parse(req.page_size)
+            .map_err(|e| status::invalid(&Violations::single("page_size", e.0)))?;
+        let query = PlanQuery {
+            show_archived: req.show_archived,
+            page_size,
+            page_token: Some(req.page_token.clone()),
+        };
+        let page = self.app.subscriptions.list_plans(&ctx, &query).await?;
+        Ok(Response::new(pb::ListPlansResponse {
+            plans: page.items.iter().map(to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn archive_plan(
+        &self,
+        request: Request<pb::ArchivePlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let call = idempotent_call(request.metadata(), ARCHIVE_PLAN, request.get_ref())?;
+        let id = PlanId::parse(&request.get_ref().id)
+            .map_err(|e| status::invalid(&Violations::single("id", e.0)))?;
+        let done = self.app.subscriptions.archive_plan(&ctx, call, id).await?;
+        Ok(respond(done, |p| to_proto(&p)))
+    }
+}
+
+impl Fingerprinted for pb::CreatePlanRequest {
+    /// A price's id and create_time are output only: a caller retrying with prices copied
+    /// from a response is making the same request.
+    fn clear_output_only(&mut self) {
+        for price in &mut self.prices {
+            price.id.clear();
+            price.create_time = None;
+        }
+    }
+}
+
+impl Fingerprinted for pb::ArchivePlanRequest {}
+
+fn interval_from_proto(i: i32) -> Option<Option<Interval>> {
+    match pb::Interval::try_from(i).ok()? {
+        pb::Interval::Unspecified => None,
+        pb::Interval::Month => Some(Some(Interval::Month)),
+        pb::Interval::Year => Some(Some(Interval::Year)),
+        pb::Interval::OneTime => Some(None),
+    }
+}
+
+fn parse_new(req: &pb::CreatePlanRequest, limits: &CurrencyLimits) -> Result<NewPlan, Violations> {
+    let mut v = Violations::new();
+    let key = v.check("key", PlanKey::parse(&req.key));
+    let name = if req.name.is_empty() {
+        v.add("name", "is required");
+        None
+    } else {
+        v.check("name", DisplayName::parse(&req.name))
+    };
+    let description = if req.description.is_empty() {
+        Some(None)
+    } else {
+        v.check("description", Description::parse(&req.description))
+            .map(Some)
+    };
+
+    let mut features = Vec::with_capacity(req.features.len());
+    if req.features.len() > NewPlan::MAX_FEATURES {
+        v.add(
+            "features",
+            format!("must have at most {} features", NewPlan::MAX_FEATURES),
+        );
+    } else {
+        let mut first_at: HashMap<&str, usize> = HashMap::new();
+        for (i, feature) in req.features.iter().enumerate() {
+            let field = format!("features[{i}].key");
+            if let Some(key) = v.check(&field, FeatureKey::parse(&feature.key)) {
+                match first_at.get(feature.key.as_str()) {
+                    Some(j) => v.add(&field, format!("duplicates features[{j}].key")),
+                    None => {
+                        first_at.insert(&feature.key, i);
+                        features.push(key);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut prices = Vec::with_capacity(req.prices.len());
+    if req.prices.is_empty() {
+        v.add("prices", "at least one price is required");
+    } else if req.prices.len() > NewPlan::MAX_PRICES {
+        v.add(
+            "prices",
+            format!("must have at most {} prices", NewPlan::MAX_PRICES),
+        );
+    } else {
+        for (i, price) in req.prices.iter().enumerate() {
+            if let Some(price) = parse_price(&mut v, &format!("prices[{i}]"), price, limits) {
+                prices.push(price);
+            }
+        }
+    }
+    v.finish()?;
+    Ok(NewPlan {
+        key: key.expect("checked"),
+        name: name.expect("checked"),
+        description: description.expect("checked"),
+        features,
+        prices,
+    })
+}
+
+/// One price of a CreatePlan request; its violations are recorded under `at` (`prices[2]`).
+fn parse_price(
+    v: &mut Violations,
+    at: &str,
+    p: &pb::Price,
+    limits: &CurrencyLimits,
+) -> Option<NewPrice> {
+    let money = v
+        .check(&format!("{at}.currency"), Currency::parse(&p.currency))
+        .and_then(|currency| {
+            v.check(
+                &format!("{at}.amount"),
+                Money::new(p.amount, currency, limits),
+            )
+        });
+    let billing = match interval_from_proto(p.interval) {
+        None => {
+            v.add(
+                &format!("{at}.interval"),
+                "must be one of MONTH, YEAR, ONE_TIME",
+            );
+            None
+        }
+        Some(None) => {
+            let mut ok = true;
+            if p.interval_count != 0 {
+                v.add(&format!("{at}.interval_count"), "must be 0 for ONE_TIME");
+                ok = false;
+            }
+            if p.trial_days != 0 {
+                v.add(
+                    &format!("{at}.trial_days"),
+                    "must be 0 for ONE_TIME: only recurring prices have trials",
+                );
+                ok = false;
+            }
+            ok.then_some(Billing::OneTime)
+        }
+        Some(Some(interval)) => {
+            // Unset means one interval per period.
+            let count = if p.interval_count == 0 {
+                1
+            } else {
+                p.interval_count
+            };
+            match Billing::recurring(interval, count.into(), p.trial_days.into()) {
+                Ok(billing) => Some(billing),
+                Err((field, e)) => {
+                    let name = match field {
+                        BillingField::IntervalCount => "interval_count",
+                        BillingField::TrialDays => "trial_days",
+                    };
+                    v.add(&format!("{at}.{name}"), e.0);
+                    None
+                }
+            }
+        }
+    };
+    Some(NewPrice {
+        money: money?,
+        billing: billing?,
+    })
+}
+
+fn price_to_proto(p: &Price) -> pb::Price {
+    let interval = match p.billing {
+        Billing::OneTime => pb::Interval::OneTime,
+        Billing::Recurring {
+            interval: Interval::Month,
+            ..
+        } => pb::Interval::Month,
+        Billing::Recurring {
+            interval: Interval::Year,
+            ..
+        } => pb::Interval::Year,
+    };
+    pb::Price {
+        id: p.id.to_string(),
+        amount: p.money.amount(),
+        currency: p.money.currency().code().to_owned(),
+        interval: interval as i32,
+        interval_count: p.billing.interval_count().into(),
+        trial_days: p.billing.trial_days().into(),
+        create_time: Some(timestamp(p.created_at)),
+    }
+}
+
+pub fn to_proto(p: &Plan) -> pb::Plan {
+    pb::Plan {
+        id: p.id.to_string(),
+        key: p.key.as_str().to_owned(),
+        name: p.name.as_str().to_owned(),
+        description: p
+            .description
+            .as_ref()
+            .map(|d| d.as_str().to_owned())
+            .unwrap_or_default(),
+        features: p
+            .features
+            .iter()
+            .map(|f| pb::Feature {
+                key: f.as_str().to_owned(),
+            })
+            .collect(),
+        prices: p.prices.iter().map(price_to_proto).collect(),
+        create_time: Some(timestamp(p.created_at)),
+        archive_time: p.archived_at.map(timestamp),
+    }
+}
+
+fn price_from_proto(p: &pb::Price) -> Option<Price> {
+    let billing = match interval_from_proto(p.interval)? {
+        None => Billing::OneTime,
+        Some(interval) => {
+            Billing::recurring(interval, p.interval_count.into(), p.trial_days.into()).ok()?
+        }
+    };
+    Some(Price {
+        id: PriceId::parse(&p.id).ok()?,
+        money: Money::stored(p.amount, Currency::parse(&p.currency).ok()?).ok()?,
+        billing,
+        created_at: from_timestamp(p.create_time.as_ref()?)?,
+    })
+}
+
+fn from_proto(p: &pb::Plan) -> Option<Plan> {
+    Some(Plan {
+        id: PlanId::parse(&p.id).ok()?,
+        key: PlanKey::parse(&p.key).ok()?,
+        name: DisplayName::parse(&p.name).ok()?,
+        description: Some(p.description.as_str())
+            .filter(|s| !s.is_empty())
+            .map(Description::parse)
+            .transpose()
+            .ok()?,
+        features: p
+            .features
+            .iter()
+            .map(|f| FeatureKey::parse(&f.key).ok())
+            .collect::<Option<_>>()?,
+        prices: p
+            .prices
+            .iter()
+            .map(price_from_proto)
+            .collect::<Option<_>>()?,
+        created_at: from_timestamp(p.create_time.as_ref()?)?,
+        archived_at: match &p.archive_time {
+            Some(t) => Some(from_timestamp(t)?),
+            None => None,
+        },
+    })
+}
+
+/// A replay hands back exactly the plan the first call returned, via its wire form.
+impl Replayable for Plan {
+    fn encode_replay(&self) -> Vec<u8> {
+        to_proto(self).encode_to_vec()
+    }
+
+    fn decode_replay(bytes: &[u8]) -> Option<Self> {
+        from_proto(&pb::Plan::decode(bytes).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(amount: i64, currency: &str, interval: pb::Interval) -> pb::Price {
+        pb::Price {
+            amount,
+            currency: currency.into(),
+            interval: interval as i32,
+            ..Default::default()
+        }
+    }
+
+    fn fields(req: &pb::CreatePlanRequest) -> Vec<String> {
+        match parse_new(req, &CurrencyLimits::default()) {
+            Ok(_) => Vec::new(),
+            Err(v) => v.list().iter().map(|f| f.field.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_violation_names_its_field() {
+        let good = pb::CreatePlanRequest {
+            key: "pro".into(),
+            name: "Pro".into(),
+            features: vec![pb::Feature { key: "sso".into() }],
+            prices: vec![price(1_000, "USD", pb::Interval::Month)],
+            ..Default::default()
+        };
+        assert!(fields(&good).is_empty());
+        let with_price = |p: pb::Price| pb::CreatePlanRequest {
+            prices: vec![price(1_000, "USD", pb::Interval::Month), p],
+            ..good.clone()
+        };
+        let cases: Vec<(pb::CreatePlanRequest, &str)> = vec![
+            (
+                pb::CreatePlanRequest {
+                    key: "Pro".into(),
+                    ..good.clone()
+                },
+                "key",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    name: String::new(),
+                    ..good.clone()
+                },
+                "name",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    description: "a\u{0}".into(),
+                    ..good.clone()
+                },
+                "description",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    prices: vec![],
+                    ..good.clone()
+                },
+                "prices",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    prices: vec![price(1_000, "USD", pb::Interval::Month); 21],
+                    ..good.clone()
+                },
+                "prices",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    features: (0..51)
+                        .map(|i| pb::Feature {
+                            key: format!("f{i}"),
+                        })
+                        .collect(),
+                    ..good.clone()
+                },
+                "features",
+            ),
+            (
+                pb::CreatePlanRequest {
+                    features: vec![
+                        pb::Feature { key: "sso".into() },
+                        pb::Feature { key: "sso".into() },
+                    ],
+                    ..good.clone()
+                },
+                "features[1].key",
+            ),
+            (
+                with_price(price(49, "USD", pb::Interval::Month)),
+                "prices[1].amount",
+            ),
+            (
+                with_price(price(1_000, "usd", pb::Interval::Month)),
+                "prices[1].currency",
+            ),
+            (
+                with_price(price(1_000, "XYZ", pb::Interval::Month)),
+                "prices[1].currency",
+            ),
+            (
+                with_price(price(1_000, "USD", pb::Interval::Unspecified)),
+                "prices[1].interval",
+            ),
+            (
+                with_price(pb::Price {
+                    interval: 9,
+                    ..price(1_000, "USD", pb::Interval::Month)
+                }),
+                "prices[1].interval",
+            ),
+            (
+                with_price(pb::Price {
+                    interval_count: 13,
+                    ..price(1_000, "USD", pb::Interval::Month)
+                }),
+                "prices[1].interval_count",
+            ),
+            (
+                with_price(pb::Price {
+                    interval_count: 4,
+                    ..price(1_000, "USD", pb::Interval::Year)
+                }),
+                "prices[1].interval_count",
+            ),
+            (
+                with_price(pb::Price {
+                    interval_count: 1,
+                    ..price(1_000, "USD", pb::Interval::OneTime)
+                }),
+                "prices[1].interval_count",
+            ),
+            (
+                with_price(pb::Price {
+                    trial_days: 7,
+                    ..price(1_000, "USD", pb::Interval::OneTime)
+                }),
+                "prices[1].trial_days",
+            ),
+            (
+                with_price(pb::Price {
+                    trial_days: 731,
+                    ..price(1_000, "USD", pb::Interval::Month)
+                }),
+                "prices[1].trial_days",
+            ),
+        ];
+        for (req, field) in cases {
+            assert_eq!(fields(&req), vec![field.to_owned()], "{req:?}");
+        }
+    }
+
+    /// `grpcurl describe` shows proto comments: every RPC, field and enum value of the service
+    /// has one.
+    #[test]
+    fn every_rpc_field_and_value_is_documented() {
+        use prost_types::FileDescriptorSet;
+        let set = FileDescriptorSet::decode(crate::grpc::FILE_DESCRIPTOR_SET).unwrap();
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.name() == "coffer/v1/subscriptions.proto")
+            .expect("subscriptions.proto is compiled in");
+        let documented: std::collections::HashSet<Vec<i32>> = file
+            .source_code_info
+            .as_ref()
+            .expect("source info is kept")
+            .location
+            .iter()
+            .filter(|l| !l.leading_comments().trim().is_empty())
+            .map(|l| l.path.clone())
+            .collect();
+        // Descriptor paths: 4 = message_type, 2 = field; 5 = enum_type, 2 = value;
+        // 6 = service, 2 = method.
+        let mut missing = Vec::new();
+        for (m, message) in file.message_type.iter().enumerate() {
+            for (f, field) in message.field.iter().enumerate() {
+                if !documented.contains(&vec![4, m as i32, 2, f as i32]) {
+                    missing.push(format!("{}.{}", message.name(), field.name()));
+                }
+            }
+        }
+        for (e, en) in file.enum_type.iter().enumerate() {
+            for (v, value) in en.value.iter().enumerate() {
+                if !documented.contains(&vec![5, e as i32, 2, v as i32]) {
+                    missing.push(value.name().to_owned());
+                }
+            }
+        }
+        for (s, service) in file.service.iter().enumerate() {
+            assert!(documented.contains(&vec![6, s as i32]));
+            for (m, method) in service.method.iter().enumerate() {
+                if !documented.contains(&vec![6, s as i32, 2, m as i32]) {
+                    missing.push(method.name().to_owned());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:?}");
+    }
+
+    #[test]
+    fn an_unset_interval_count_is_one() {
+        let req = pb::CreatePlanRequest {
+            key: "pro".into(),
+            name: "Pro".into(),
+            prices: vec![price(100, "JPY", pb::Interval::Year)],
+            ..Default::default()
+        };
+        let plan = parse_new(&req, &CurrencyLimits::default()).unwrap();
+        assert_eq!(plan.prices[0].billing.interval_count(), 1);
+    }
+}
