@@ -16,6 +16,7 @@
 //! - [`startup`]: wires the listeners, health, reflection, admin HTTP and workers together, and
 //!   drains them on shutdown ([`shutdown`]).
 //! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces, Prometheus.
+//! - [`providers`]: the providers' wire formats; today the webhook signature schemes.
 //! - [`pg_local`]: finds or starts a Postgres for `serve --dev` and the tests.
 //! - [`bench`]: the load generator behind `coffer bench`.
 //!
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod grpc;
 pub mod metrics;
 pub mod pg_local;
+pub mod providers;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

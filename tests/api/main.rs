@@ -13,6 +13,7 @@ mod idempotency;
 mod meters;
 mod policy;
 mod serving;
+mod signatures;
 mod tenancy;
 mod usage;
 mod validation;
