@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/coffer/v1/common.proto",
     "proto/coffer/v1/customers.proto",
     "proto/coffer/v1/usage.proto",
+    "proto/coffer/v1/provider_events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -110,6 +110,11 @@ typed_id!(
     GrantId,
     "grant"
 );
+typed_id!(
+    /// A provider webhook event in a tenant's inbox.
+    EventId,
+    "event"
+);
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,7 @@ pub struct Service {
 
 const CUSTOMERS: &str = "coffer.v1.Customers";
 const USAGE: &str = "coffer.v1.Usage";
+const PROVIDER_EVENTS: &str = "coffer.v1.ProviderEvents";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -119,6 +120,34 @@ pub const SERVICES: &[Service] = &[
             rpc(USAGE, "GetUsage", Some(Scope::Read), false, Unary),
             rpc(USAGE, "GrantCredits", Some(Scope::Write), true, Unary),
             rpc(USAGE, "GetBalance", Some(Scope::Read), false, Unary),
+        ],
+    },
+    Service {
+        name: PROVIDER_EVENTS,
+        health_reported: true,
+        methods: &[
+            // De-duplicated by the provider's event id, not by idempotency-key.
+            rpc(
+                PROVIDER_EVENTS,
+                "IngestEvent",
+                Some(Scope::EventsIngest),
+                false,
+                Unary,
+            ),
+            rpc(
+                PROVIDER_EVENTS,
+                "ListEvents",
+                Some(Scope::Admin),
+                false,
+                Unary,
+            ),
+            rpc(
+                PROVIDER_EVENTS,
+                "ReplayEvent",
+                Some(Scope::Admin),
+                true,
+                Unary,
+            ),
         ],
     },
     Service {
@@ -314,6 +343,13 @@ mod tests {
 
     #[test]
     fn health_reports_on_the_coffer_services() {
-        assert_eq!(HEALTH_REPORTED, ["coffer.v1.Customers", "coffer.v1.Usage"]);
+        assert_eq!(
+            HEALTH_REPORTED,
+            [
+                "coffer.v1.Customers",
+                "coffer.v1.Usage",
+                "coffer.v1.ProviderEvents"
+            ]
+        );
     }
 }
