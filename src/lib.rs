@@ -17,6 +17,7 @@
 //!   drains them on shutdown ([`shutdown`]).
 //! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces, Prometheus.
 //! - [`providers`]: the providers' wire formats; today the webhook signature schemes.
+//! - [`webhooks`]: the public HTTP sidecar, `POST /webhooks/{account}` → `IngestEvent`.
 //! - [`pg_local`]: finds or starts a Postgres for `serve --dev` and the tests.
 //! - [`bench`]: the load generator behind `coffer bench`.
 //!
@@ -36,3 +37,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

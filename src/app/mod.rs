@@ -2,9 +2,11 @@
 //! background workers. This layer opens transactions, applies idempotency, and calls `store`
 //! (and, later, `providers`); it never sees protobuf.
 
+pub mod accounts;
 pub mod auth;
 pub mod customers;
 pub mod error;
+pub mod events;
 pub mod group_commit;
 pub mod idempotency;
 pub mod page;
@@ -31,6 +33,7 @@ pub struct App {
     pub customers: customers::Customers,
     pub tenants: tenants::Tenants,
     pub usage: usage::Usage,
+    pub events: events::Events,
 }
 
 impl App {
@@ -44,11 +47,35 @@ impl App {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
-            usage: usage::Usage::new(pool.clone(), mutations, tasks.clone()),
+            usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
+            events: events::Events::new(
+                pool.clone(),
+                mutations,
+                accounts::Accounts::default(),
+                events::WebhookConfig::default(),
+            ),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,
         }
+    }
+}
+
+impl App {
+    /// The same app, ingesting webhooks for `accounts`, checked as `config` says. Without it
+    /// no account exists and every delivery is NOT_FOUND.
+    pub fn with_webhooks(
+        mut self,
+        accounts: accounts::Accounts,
+        config: events::WebhookConfig,
+    ) -> Self {
+        self.events = events::Events::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            accounts,
+            config,
+        );
+        self
     }
 }
 

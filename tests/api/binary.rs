@@ -217,6 +217,7 @@ impl Served {
     ) -> Self {
         let grpc_port = free_port();
         let admin_port = free_port();
+        let http_port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(extra)
@@ -224,6 +225,7 @@ impl Served {
             .env("COFFER_STATE_DIR", state)
             .env("COFFER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("COFFER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("COFFER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
