@@ -205,6 +205,8 @@ pub(crate) async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::Ten
 pub(crate) struct Served {
     child: Child,
     pub(crate) grpc: String,
+    /// The webhook sidecar's address, `127.0.0.1:port`.
+    pub(crate) http: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -272,6 +274,7 @@ impl Served {
         let served = Self {
             child,
             grpc,
+            http: format!("127.0.0.1:{http_port}"),
             stderr,
         };
         assert!(ready, "coffer did not become SERVING:\n{}", served.logs());

@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
+use crate::binary::{BIN, Served, TempDir, db_url};
 use crate::events::{Env, STRIPE_SECRET, now, stripe_body};
 use crate::helpers::{Proxy, TestDb, eventually, http_get};
 
@@ -366,4 +367,73 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
     let _ = stop.send(());
     running.await.unwrap();
     serving.abort();
+}
+
+/// The real binaries: `serve`'s own sidecar, and `coffer webhooks` in front of it with a
+/// stored system key, ready while its upstream serves, draining on SIGTERM.
+#[tokio::test]
+async fn the_real_binaries_answer_webhooks() {
+    let db = TestDb::new().await;
+    let state = TempDir::new();
+    let served = Served::start(&db, &state.0, &[], &[]).await;
+    // No coffer.toml yet, so no account exists: the path through the core is a 404.
+    let (status, _, _) = post_stripe(served.http.parse().unwrap(), "nope", "evt_1", "x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{}", served.logs());
+
+    let key = std::process::Command::new(BIN)
+        .args(["key", "create", "--system", "--scopes", "events:ingest"])
+        .env("DATABASE_URL", db_url(&db))
+        .env("COFFER_STATE_DIR", &state.0)
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_owned();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (http, admin) = (free(), free());
+    let sidecar = |key: &str| {
+        std::process::Command::new(BIN)
+            .args(["webhooks", "--grpc-endpoint", &served.grpc])
+            .env("COFFER_SYSTEM_KEY", key)
+            .env("COFFER_HTTP_ADDR", http.to_string())
+            .env("COFFER_ADMIN_ADDR", admin.to_string())
+            .env_remove("DATABASE_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let bad = sidecar("not-a-key").wait().unwrap();
+    assert!(!bad.success(), "a malformed key stops the start");
+
+    let mut child = sidecar(&key);
+    let ready = eventually(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+            && http_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "the standalone sidecar became ready");
+    let (status, _, _) = post_stripe(http, "nope", "evt_1", "x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "its key was accepted");
+
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let exited = eventually(Duration::from_secs(15), || {
+        let done = child.try_wait().unwrap();
+        async move { done.is_some() }
+    })
+    .await;
+    assert!(exited, "the sidecar stops on SIGTERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    served.sigterm();
+    assert_eq!(served.wait().await.0, Some(0));
 }
