@@ -14,6 +14,9 @@
 //! | the sidecar's own key refused | 503 with `Retry-After` (logged: an operator must fix it) |
 //! | anything else | 500 |
 //!
+//! The sidecar bounds what it holds: at most [`MAX_IN_FLIGHT`] deliveries at once (more are
+//! 503 at once, not queued) and [`REQUEST_TIMEOUT`] for each, body included (then 408).
+//!
 //! So 200 is said only once the core has committed the event (or found it already stored);
 //! whatever else happens, the provider is told to retry or that the delivery is refused.
 //!
@@ -23,6 +26,7 @@
 //! `/readyz` (ready while the upstream's health answers SERVING) on its admin listener.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -34,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use opentelemetry::propagation::Injector;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic::metadata::{AsciiMetadataValue, MetadataKey, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -56,6 +61,12 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// How long the core has to answer one delivery.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery may take, reading its body included, so a client that trickles
+/// bytes cannot hold a connection and a place for ever. Past it: 408, and the provider
+/// retries (if the core committed meanwhile, the retry is a duplicate).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deliveries in flight at once; more are answered 503 at once rather than queued.
+pub const MAX_IN_FLIGHT: usize = 1024;
 /// `Retry-After` when the core gave no RetryInfo.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -99,10 +110,32 @@ impl Upstream {
 
 /// The sidecar's routes.
 pub fn router(upstream: Upstream) -> Router {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     Router::new()
         .route("/webhooks/{account}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            bounded(in_flight.clone(), request, next)
+        }))
         .with_state(upstream)
+}
+
+/// Sheds what is over [`MAX_IN_FLIGHT`] and ends what runs past [`REQUEST_TIMEOUT`].
+async fn bounded(
+    in_flight: Arc<Semaphore>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = in_flight.try_acquire_owned() else {
+        return WebhookError::Unavailable {
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => WebhookError::Timeout.into_response(),
+    }
 }
 
 /// Why a delivery was not acknowledged, as the provider is told.
@@ -123,34 +156,33 @@ pub enum WebhookError {
     /// The core could not store it now; the provider should retry.
     #[error("the core is unavailable")]
     Unavailable { retry_after: Duration },
+    #[error("the delivery took too long")]
+    Timeout,
     #[error("unexpected answer from the core")]
     Internal,
 }
 
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
-        let (status, body) = match &self {
-            WebhookError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-            WebhookError::HeadersTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers too large",
-            ),
-            WebhookError::BadBody => (StatusCode::BAD_REQUEST, "bad request"),
-            WebhookError::Unsigned => (StatusCode::UNAUTHORIZED, "invalid signature"),
-            WebhookError::InvalidSignature => (StatusCode::BAD_REQUEST, "invalid signature"),
-            WebhookError::UnknownAccount => (StatusCode::NOT_FOUND, "unknown account"),
-            WebhookError::Unavailable { retry_after } => {
-                let secs = retry_after.as_secs().max(1);
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, HeaderValue::from(secs))],
-                    "unavailable, retry later",
-                )
-                    .into_response();
-            }
-            WebhookError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        // Refusals say no more than this: never which secret, header or check failed.
+        let body = match &self {
+            WebhookError::TooLarge => "payload too large",
+            WebhookError::HeadersTooLarge => "headers too large",
+            WebhookError::BadBody => "bad request",
+            WebhookError::Unsigned | WebhookError::InvalidSignature => "invalid signature",
+            WebhookError::UnknownAccount => "unknown account",
+            WebhookError::Unavailable { .. } => "unavailable, retry later",
+            WebhookError::Timeout => "request timeout",
+            WebhookError::Internal => "internal error",
         };
-        (status, body).into_response()
+        let mut response = (self.status_code(), body).into_response();
+        if let WebhookError::Unavailable { retry_after } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -252,6 +284,7 @@ impl WebhookError {
             WebhookError::Unsigned => StatusCode::UNAUTHORIZED,
             WebhookError::UnknownAccount => StatusCode::NOT_FOUND,
             WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Timeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
