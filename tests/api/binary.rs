@@ -548,7 +548,7 @@ async fn at_the_drain_deadline_what_is_still_open_ends_and_the_process_exits_zer
 }
 
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub(crate) struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -563,7 +563,7 @@ impl TraceService for Receiver {
 
 impl Receiver {
     /// Serves OTLP on a free port; returns the environment that points `coffer serve` at it.
-    async fn start() -> (Self, Vec<(&'static str, String)>) {
+    pub(crate) async fn start() -> (Self, Vec<(&'static str, String)>) {
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let otlp_addr = listener.local_addr().unwrap();
@@ -580,7 +580,7 @@ impl Receiver {
         (receiver, env)
     }
 
-    fn spans(&self) -> Vec<OtlpSpan> {
+    pub(crate) fn spans(&self) -> Vec<OtlpSpan> {
         let exports = self.0.lock().unwrap().clone();
         exports
             .into_iter()
@@ -591,7 +591,7 @@ impl Receiver {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 

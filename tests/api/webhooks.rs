@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use crate::binary::{BIN, Served, TempDir, db_url};
+use crate::binary::{BIN, Receiver, Served, TempDir, db_url, hex};
 use crate::events::{Env, STRIPE_SECRET, now, stripe_body};
 use crate::helpers::{Proxy, TestDb, eventually, http_get};
 
@@ -436,4 +436,46 @@ async fn the_real_binaries_answer_webhooks() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     served.sigterm();
     assert_eq!(served.wait().await.0, Some(0));
+}
+
+/// The provider's trace continues through the sidecar's span into IngestEvent's, over the
+/// real binary's OTLP export.
+#[tokio::test]
+async fn a_delivery_is_one_trace_from_the_sidecar_to_ingest_event() {
+    let (receiver, otlp_env) = Receiver::start().await;
+    let db = TestDb::new().await;
+    let state = TempDir::new();
+    let served = Served::start(&db, &state.0, &[], &otlp_env).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let provider_span = "00f067aa0ba902b7";
+    let response = client()
+        .post(url(served.http.parse().unwrap(), "nope"))
+        .header("traceparent", format!("00-{trace_id}-{provider_span}-01"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+
+    let spans = receiver.spans();
+    let names = || spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    let sidecar = spans
+        .iter()
+        .find(|s| s.name == "POST /webhooks/{account}")
+        .unwrap_or_else(|| panic!("no sidecar span among {:?}", names()));
+    assert_eq!(hex(&sidecar.trace_id), trace_id, "the provider's trace");
+    assert_eq!(hex(&sidecar.parent_span_id), provider_span);
+    assert_eq!(sidecar.kind, 2, "SPAN_KIND_SERVER");
+    let ingest = spans
+        .iter()
+        .find(|s| s.name == "coffer.v1.ProviderEvents/IngestEvent")
+        .unwrap_or_else(|| panic!("no IngestEvent span among {:?}", names()));
+    assert_eq!(hex(&ingest.trace_id), trace_id);
+    assert_eq!(
+        ingest.parent_span_id, sidecar.span_id,
+        "IngestEvent is the sidecar span's child"
+    );
 }
