@@ -18,8 +18,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tokio_util::task::TaskTracker;
 
 use super::accounts::Accounts;
+use super::group_commit::GroupCommit;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::page::{self, Page};
 use super::{AppError, RejectionKind, TenantCtx};
@@ -37,6 +39,15 @@ pub const REASON_EVENT_NOT_REPLAYABLE: &str = "EVENT_NOT_REPLAYABLE";
 
 /// The list a page token of ListEvents belongs to.
 const LIST: &str = "coffer.v1.ProviderEvents/ListEvents";
+
+/// The payload bytes that weigh as one row in a batch: a batch carries at most
+/// [`MAX_BATCH_WEIGHT`] of them (4 MiB of bodies, or 256 small deliveries), and a 1 MiB body
+/// is written in a batch of its own.
+const BYTES_PER_WEIGHT: usize = 16 << 10;
+const MAX_BATCH_WEIGHT: usize = 256;
+/// The most weight waiting for a writer (16 MiB of bodies); past it a delivery is refused
+/// with RESOURCE_EXHAUSTED, and the provider retries.
+const MAX_QUEUED_WEIGHT: usize = 1024;
 
 /// Where "now" comes from: the system clock, or a fixed instant in tests.
 #[derive(Clone)]
@@ -148,6 +159,8 @@ pub struct Ingested {
 pub struct Events {
     pool: PgPool,
     mutations: Mutations,
+    /// Concurrent deliveries share a statement and a commit.
+    inserts: GroupCommit<store::NewEvent, Option<store::Stored>>,
     accounts: Accounts,
     config: WebhookConfig,
     metrics: WebhookMetrics,
@@ -157,10 +170,24 @@ impl Events {
     pub fn new(
         pool: PgPool,
         mutations: Mutations,
+        tasks: TaskTracker,
         accounts: Accounts,
         config: WebhookConfig,
     ) -> Self {
+        let inserts = GroupCommit::new(
+            "inbox inserts",
+            pool.clone(),
+            tasks,
+            |conn, rows| Box::pin(store::insert_events(conn, rows)),
+            store::order_events,
+        )
+        .weighed(
+            |row| row.payload.len().div_ceil(BYTES_PER_WEIGHT).max(1),
+            MAX_BATCH_WEIGHT,
+            MAX_QUEUED_WEIGHT,
+        );
         Self {
+            inserts,
             pool,
             mutations,
             accounts,
@@ -182,12 +209,13 @@ impl Events {
     }
 
     /// Verifies a delivery for `account` and stores it in the inbox; answers once it is
-    /// committed, or found already there.
+    /// committed, or found already there. The insert is shared with concurrent deliveries
+    /// (group commit): one statement and one commit for a batch.
     pub async fn ingest(
         &self,
         account: &str,
         headers: &[Header],
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<Ingested, AppError> {
         let account = self.accounts.get(account)?;
         let now = self.config.clock.now();
@@ -195,7 +223,7 @@ impl Events {
             now: now.unix_timestamp(),
             tolerance_secs: self.config.tolerance.as_secs(),
         };
-        let incoming = match webhook::accept(&account, headers, body, check) {
+        let incoming = match webhook::accept(&account, headers, &body, check) {
             Ok(incoming) => incoming,
             Err(reason) => {
                 tracing::warn!(
@@ -208,50 +236,58 @@ impl Events {
                 return Err(AppError::Webhook(reason));
             }
         };
-        let id = EventId::generate();
-        let new = store::NewEvent {
+        let row = store::NewEvent {
             tenant: account.tenant,
-            id,
-            account: &account.name,
+            id: EventId::generate(),
+            account: account.name.clone(),
             provider: account.provider,
-            provider_event_id: &incoming.provider_event_id,
-            event_type: &incoming.event_type,
+            provider_event_id: incoming.provider_event_id,
+            event_type: incoming.event_type,
             payload: body,
             received_at: super::customers::now_micros(),
         };
-        let mut conn = self.pool.acquire().await?;
-        // The statement commits on its own: an answer lost in flight may hide a commit.
-        let stored = match store::insert_event(&mut conn, &new)
-            .await
-            .map_err(AppError::from_commit)?
-        {
-            Some((id, inserted)) => Some((id, inserted)),
+        let (provider_event_id, event_type) =
+            (row.provider_event_id.clone(), row.event_type.clone());
+        // The statement commits on its own; an answer lost in flight may hide a commit, which
+        // the group commit reports as OUTCOME_UNKNOWN (the sidecar's 503: the provider's retry
+        // is then a duplicate).
+        let stored = match self.inserts.write(row).await? {
+            Some(stored) => stored,
             // The first delivery committed while this one's insert waited on it, after this
             // statement's snapshot: a fresh read sees it.
-            None => store::find_event_id(&mut conn, &account.name, &incoming.provider_event_id)
-                .await?
-                .map(|id| (id, false)),
-        };
-        let Some((stored, inserted)) = stored else {
-            return Err(AppError::internal(
-                "an inbox insert found a conflict but no row",
-            ));
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                let id = store::find_event_id(&mut conn, &account.name, &provider_event_id)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::internal("an inbox insert found a conflict but no row")
+                    })?;
+                store::Stored {
+                    id,
+                    inserted: false,
+                }
+            }
         };
         self.metrics.outcome(
             account.provider,
-            if inserted { "stored" } else { "duplicate" },
+            if stored.inserted {
+                "stored"
+            } else {
+                "duplicate"
+            },
         );
+        let event_id = EventId::from_uuid(stored.id);
         tracing::info!(
             account = %account.name,
             provider = account.provider.as_str(),
-            event_type = %incoming.event_type,
-            duplicate = !inserted,
-            event_id = %EventId::from_uuid(stored),
+            event_type = %event_type,
+            duplicate = !stored.inserted,
+            event_id = %event_id,
             "webhook delivery stored"
         );
         Ok(Ingested {
-            event_id: EventId::from_uuid(stored),
-            duplicate: !inserted,
+            event_id,
+            duplicate: !stored.inserted,
         })
     }
 

@@ -51,6 +51,7 @@ impl App {
             events: events::Events::new(
                 pool.clone(),
                 mutations,
+                tasks.clone(),
                 accounts::Accounts::default(),
                 events::WebhookConfig::default(),
             ),
@@ -72,6 +73,7 @@ impl App {
         self.events = events::Events::new(
             self.pool.clone(),
             self.events.mutations().clone(),
+            self.tasks.clone(),
             accounts,
             config,
         );

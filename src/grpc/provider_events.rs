@@ -65,7 +65,7 @@ impl ProviderEvents for ProviderEventsService {
         let ingested = self
             .app
             .events
-            .ingest(&req.account, &headers, &req.body)
+            .ingest(&req.account, &headers, req.body)
             .await?;
         Ok(Response::new(pb::IngestEventResponse {
             event_id: ingested.event_id.to_string(),

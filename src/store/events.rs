@@ -11,48 +11,111 @@ use crate::domain::event::{EventStatus, WebhookEvent};
 use crate::domain::ids::{EventId, TenantId};
 
 /// A verified delivery, ready to be stored.
-pub struct NewEvent<'a> {
+#[derive(Debug)]
+pub struct NewEvent {
     pub tenant: TenantId,
     pub id: EventId,
-    pub account: &'a AccountName,
+    pub account: AccountName,
     pub provider: ProviderKind,
-    pub provider_event_id: &'a str,
-    pub event_type: &'a str,
-    pub payload: &'a [u8],
+    pub provider_event_id: String,
+    pub event_type: String,
+    /// The raw body, as signed.
+    pub payload: Vec<u8>,
     pub received_at: OffsetDateTime,
 }
 
-/// Stores a delivery unless its account already has its provider event id; either way the id
-/// of the stored event, and whether this call stored it. One statement, committed on its own.
-/// A duplicate is found with `ON CONFLICT DO NOTHING`, never by a failing insert.
-pub async fn insert_event(
+/// Where a delivery ended up: the stored event's id and whether this row stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: Uuid,
+    pub inserted: bool,
+}
+
+/// The order rows of one batch are inserted in: by the unique key they insert, so two
+/// batches take the index's locks in one order and cannot deadlock.
+pub fn order_events(a: &NewEvent, b: &NewEvent) -> std::cmp::Ordering {
+    (a.account.as_str(), a.provider_event_id.as_str())
+        .cmp(&(b.account.as_str(), b.provider_event_id.as_str()))
+}
+
+/// Stores deliveries unless their account already has their provider event id: one
+/// statement, committed on its own, one answer per row in order. A duplicate is found with
+/// `ON CONFLICT DO NOTHING`, never by a failing insert; its answer is the stored event's id,
+/// whether that row was stored before or by another row of this batch. `None` for a row whose
+/// first delivery committed while this statement waited on it, after its snapshot: the
+/// caller reads again ([`find_event_id`]).
+pub async fn insert_events(
     conn: &mut PgConnection,
-    new: &NewEvent<'_>,
-) -> Result<Option<(Uuid, bool)>, StoreError> {
-    let row = sqlx::query!(
-        r#"WITH inserted AS (
+    rows: &[NewEvent],
+) -> Result<Vec<Option<Stored>>, StoreError> {
+    let n = rows.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut account = Vec::with_capacity(n);
+    let mut provider = Vec::with_capacity(n);
+    let mut provider_event_id = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    let mut received_at = Vec::with_capacity(n);
+    for row in rows {
+        tenant.push(row.tenant.as_uuid());
+        id.push(row.id.as_uuid());
+        account.push(row.account.as_str());
+        provider.push(row.provider.as_str());
+        provider_event_id.push(row.provider_event_id.as_str());
+        event_type.push(row.event_type.as_str());
+        payload.push(row.payload.as_slice());
+        received_at.push(row.received_at);
+    }
+    let stored = sqlx::query!(
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::bytea[], $8::timestamptz[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, id, account, provider, provider_event_id, event_type,
+                        payload, received_at, n)),
+           inserted AS (
                INSERT INTO webhook_events (tenant_id, id, account, provider, provider_event_id,
                                            event_type, next_attempt_at, payload, received_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)
+               SELECT tenant_id, id, account, provider, provider_event_id, event_type,
+                      received_at, payload, received_at
+               FROM input
+               ORDER BY n
                ON CONFLICT (account, provider_event_id) DO NOTHING
-               RETURNING id)
-           SELECT id AS "id!", true AS "inserted!" FROM inserted
-           UNION ALL
-           SELECT id, false FROM webhook_events
-           WHERE account = $3 AND provider_event_id = $5 AND NOT EXISTS (SELECT 1 FROM inserted)"#,
-        new.tenant.as_uuid(),
-        new.id.as_uuid(),
-        new.account.as_str(),
-        new.provider.as_str(),
-        new.provider_event_id,
-        new.event_type,
-        new.received_at,
-        new.payload,
+               RETURNING id, account, provider_event_id)
+           SELECT COALESCE(own.id, sibling.id, earlier.id) AS "id?",
+                  own.id IS NOT NULL AS "inserted!"
+           FROM input i
+           LEFT JOIN inserted own ON own.id = i.id
+           LEFT JOIN inserted sibling
+               ON sibling.account = i.account AND sibling.provider_event_id = i.provider_event_id
+           -- One index lookup per row; the snapshot predates this statement's own inserts.
+           LEFT JOIN LATERAL (
+               SELECT w.id FROM webhook_events w
+               WHERE w.account = i.account AND w.provider_event_id = i.provider_event_id) earlier
+               ON true
+           ORDER BY i.n"#,
+        &tenant,
+        &id,
+        &account as _,
+        &provider as _,
+        &provider_event_id as _,
+        &event_type as _,
+        &payload as _,
+        &received_at,
     )
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .instrument(super::statement_span!("INSERT", "webhook_events"))
     .await?;
-    Ok(row.map(|r| (r.id, r.inserted)))
+    Ok(stored
+        .into_iter()
+        .map(|r| {
+            r.id.map(|id| Stored {
+                id,
+                inserted: r.inserted,
+            })
+        })
+        .collect())
 }
 
 /// The stored event of an account's provider event id. For the rare duplicate whose first

@@ -634,3 +634,69 @@ async fn concurrent_deliveries_of_one_event_store_one_row() {
     assert_eq!(fresh, 4, "one first delivery per event");
     assert_eq!(env.rows().await, 4);
 }
+
+/// One batch statement: a fresh event, the same event twice in the batch, and an event stored
+/// before; each row gets the stored event's id, and only first rows say they inserted.
+#[tokio::test]
+async fn a_batch_with_repeats_answers_each_row() {
+    use coffer::domain::ids::EventId;
+    use coffer::store::events::{NewEvent, Stored, insert_events};
+
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let tenant = TenantId::generate();
+    let row = |event: &str| NewEvent {
+        tenant,
+        id: EventId::generate(),
+        account: AccountName::parse("shop-stripe").unwrap(),
+        provider: ProviderKind::Stripe,
+        provider_event_id: event.into(),
+        event_type: "invoice.paid".into(),
+        payload: b"{}".to_vec(),
+        received_at: time::OffsetDateTime::now_utc(),
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let earlier = row("evt_old");
+    let earlier_id = earlier.id.as_uuid();
+    assert_eq!(
+        insert_events(&mut conn, &[earlier]).await.unwrap(),
+        [Some(Stored {
+            id: earlier_id,
+            inserted: true
+        })]
+    );
+    let batch = [
+        row("evt_new"),
+        row("evt_twice"),
+        row("evt_old"),
+        row("evt_twice"),
+    ];
+    let ids: Vec<_> = batch.iter().map(|r| r.id.as_uuid()).collect();
+    let got = insert_events(&mut conn, &batch).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            Some(Stored {
+                id: ids[0],
+                inserted: true
+            }),
+            Some(Stored {
+                id: ids[1],
+                inserted: true
+            }),
+            Some(Stored {
+                id: earlier_id,
+                inserted: false
+            }),
+            Some(Stored {
+                id: ids[1],
+                inserted: false
+            }),
+        ]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+}
