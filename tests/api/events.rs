@@ -700,3 +700,65 @@ async fn a_batch_with_repeats_answers_each_row() {
         .unwrap();
     assert_eq!(rows, 3);
 }
+
+/// The server's clock is injected: with it pinned to the vectors' now, their Stripe case of a
+/// delivery signed 30 s earlier is stored, and their stale one refused.
+#[tokio::test]
+async fn the_clock_is_injected_into_the_server() {
+    use coffer::app::events::{Clock, WebhookConfig};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/webhook-signatures.json"),
+    )
+    .unwrap();
+    let vectors: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = |name: &str| {
+        vectors["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let valid = case("stripe/valid");
+    let now = valid["now"].as_i64().unwrap();
+    let secret = valid["secret"].as_str().unwrap().to_owned();
+    let env = Env::spawn_with(move |mut c| {
+        let mut account = c.accounts[1].clone();
+        account.name = AccountName::parse("vectors").unwrap();
+        account.webhook_secrets = vec![Secret::new(secret)];
+        c.accounts.push(account);
+        c.webhooks = WebhookConfig {
+            clock: Clock::fixed(time::OffsetDateTime::from_unix_timestamp(now).unwrap()),
+            ..WebhookConfig::default()
+        };
+        c
+    })
+    .await;
+    let mut c = env.client().await;
+    let deliver = |case: serde_json::Value| IngestEventRequest {
+        account: "vectors".into(),
+        headers: case["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| header(k, v.as_str().unwrap()))
+            .collect(),
+        body: case["payload"].as_str().unwrap().as_bytes().to_vec(),
+    };
+    let stored = c
+        .ingest_event(req(deliver(valid), &env.ingest_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stored.duplicate);
+    let e = c
+        .ingest_event(req(
+            deliver(case("stripe/stale_timestamp")),
+            &env.ingest_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_metadata(&e), "stale");
+    assert_eq!(env.rows().await, 1);
+}
