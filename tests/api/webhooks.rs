@@ -514,3 +514,48 @@ async fn concurrent_redeliveries_leave_one_row_per_event() {
         150.0
     );
 }
+
+/// A delivery in flight when the server is told to stop still gets its answer, committed,
+/// before the server returns; after that nothing listens.
+#[tokio::test]
+async fn a_delivery_in_flight_at_shutdown_is_answered_before_the_drain_ends() {
+    let env = Env::spawn().await;
+    let http = env.app.http_addr.unwrap();
+    let pool = env.app.pool.clone();
+    // Another session holds the event's key uncommitted, so the delivery's insert waits.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_events (tenant_id, id, account, provider, provider_event_id,
+                                     event_type, next_attempt_at, payload, received_at)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'shop-stripe', 'stripe', 'evt_held',
+                 'x', now(), '', now())",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    let delivery = tokio::spawn(async move {
+        post_stripe(http, "shop-stripe", "evt_held", STRIPE_SECRET)
+            .await
+            .0
+    });
+    assert!(crate::helpers::one_session_waits_on_a_lock(&pool).await);
+
+    let stopping = tokio::spawn(env.app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delivery.is_finished(), "still waiting on the held key");
+    held.commit().await.unwrap();
+    assert_eq!(
+        delivery.await.unwrap(),
+        StatusCode::OK,
+        "answered: a duplicate"
+    );
+    stopping.await.unwrap().unwrap();
+    assert!(
+        client()
+            .post(url(http, "shop-stripe"))
+            .send()
+            .await
+            .is_err(),
+        "nothing listens after the drain"
+    );
+}
