@@ -239,3 +239,47 @@ impl Authenticator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool whose every connection attempt fails at once: a lookup that reached the
+    /// database would be an error, not an answer.
+    fn no_database() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ephemeral_keys_live_in_memory_only() {
+        let auth = Authenticator::new(no_database());
+        let key = auth.ephemeral_system_key();
+        let header = format!("Bearer {}", key.expose());
+        let caller = auth.authenticate(Some(&header)).await.unwrap().unwrap();
+        assert_eq!(caller.owner, KeyOwner::System);
+        assert_eq!(caller.scopes, Scopes::new([Scope::EventsIngest]));
+        // A clone (what each layer holds) knows it too.
+        assert!(
+            auth.clone()
+                .authenticate(Some(&header))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        // The same id with another secret is refused, without asking the database.
+        let forged = ApiKey::generate(key.id());
+        let header = format!("Bearer {}", forged.expose());
+        assert_eq!(
+            auth.authenticate(Some(&header)).await.unwrap(),
+            Err(AuthError::Invalid)
+        );
+        // Another authenticator (another process) has never heard of it, and asks the
+        // database, which is not there.
+        let other = Authenticator::new(no_database());
+        let header = format!("Bearer {}", key.expose());
+        assert!(other.authenticate(Some(&header)).await.is_err());
+    }
+}
