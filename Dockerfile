@@ -18,10 +18,11 @@ RUN useradd --system --create-home --home-dir /var/lib/coffer --shell /usr/sbin/
 COPY --from=builder /src/target/release/coffer /usr/local/bin/coffer
 USER coffer
 WORKDIR /var/lib/coffer
-# gRPC, the public webhook sidecar (COFFER_HTTP_ADDR, once it ships), admin HTTP.
+# gRPC, the public webhook sidecar (COFFER_HTTP_ADDR), admin HTTP.
 EXPOSE 50051 8080 9090
 # Inside a container the listeners must bind every interface; the defaults bind loopback.
 ENV COFFER_GRPC_ADDR=0.0.0.0:50051 \
+    COFFER_HTTP_ADDR=0.0.0.0:8080 \
     COFFER_ADMIN_ADDR=0.0.0.0:9090 \
     COFFER_LOG_FORMAT=json
 ENTRYPOINT ["coffer"]

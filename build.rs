@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/coffer/v1/customers.proto",
     "proto/coffer/v1/usage.proto",
     "proto/coffer/v1/subscriptions.proto",
+    "proto/coffer/v1/provider_events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

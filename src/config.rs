@@ -99,6 +99,8 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run the public webhook sidecar alone, in front of a `coffer serve` at --grpc-endpoint.
+    Webhooks(WebhooksArgs),
     /// Load-test a running server next to the machine's own baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -112,6 +114,12 @@ pub struct ServeArgs {
     /// Admin HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "COFFER_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
+    /// Public HTTP listen address of the webhook sidecar (POST /webhooks/{account}).
+    #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// The largest accepted distance between a webhook's signed timestamp and now, either way.
+    #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_tolerance: Duration,
     /// How often the database is checked for health.
     #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -158,6 +166,26 @@ pub struct ServeArgs {
     /// it there are no configured accounts and every tenant has the default settings.
     #[arg(long, env = "COFFER_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    /// The core's gRPC endpoint, e.g. http://coffer:50051.
+    #[arg(long, env = "COFFER_GRPC_ENDPOINT")]
+    pub grpc_endpoint: String,
+    /// Public HTTP listen address (POST /webhooks/{account}).
+    #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Admin HTTP listen address (/healthz, /readyz).
+    #[arg(long, env = "COFFER_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+    /// A system key with the events:ingest scope (`coffer key create --system --scopes
+    /// events:ingest`). Give it in the environment: a flag shows in the process list.
+    #[arg(long, env = "COFFER_SYSTEM_KEY", hide_env_values = true)]
+    pub system_key: String,
+    /// How long deliveries in flight have to finish on shutdown.
+    #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]

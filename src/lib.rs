@@ -17,6 +17,8 @@
 //!   drains them on shutdown ([`shutdown`]).
 //! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces, Prometheus.
 //! - [`settings`]: coffer.toml, the provider accounts and per-tenant settings, read at start.
+//! - [`providers`]: the providers' wire formats; today the webhook signature schemes.
+//! - [`webhooks`]: the public HTTP sidecar, `POST /webhooks/{account}` → `IngestEvent`.
 //! - [`pg_local`]: finds or starts a Postgres for `serve --dev` and the tests.
 //! - [`bench`]: the load generator behind `coffer bench`.
 //!
@@ -31,8 +33,10 @@ pub mod domain;
 pub mod grpc;
 pub mod metrics;
 pub mod pg_local;
+pub mod providers;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

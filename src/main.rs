@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use coffer::app::tenants::KeyFor;
 use coffer::app::{App, IdempotencyConfig};
-use coffer::config::{BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, TenantCommand};
+use coffer::config::{
+    BenchCommand, Cli, Command, DbArgs, KeyCommand, ServeArgs, TenantCommand, WebhooksArgs,
+};
 use coffer::domain::auth::{Scopes, TenantName};
 use coffer::domain::ids::KeyId;
 use coffer::pg_local::{self, Located, Source};
@@ -42,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
+        Command::Webhooks(args) => webhooks(args).await,
         Command::Tenant(cmd) => tenant(cmd, find, &db, &state_dir).await,
         Command::Key(cmd) => key(cmd, find, &db, &state_dir).await,
         Command::Bench(BenchCommand::Customers(args)) => {
@@ -225,6 +228,11 @@ async fn run_server(
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
+        http_addr: Some(args.http_addr),
+        webhooks: coffer::app::events::WebhookConfig {
+            tolerance: args.webhook_tolerance,
+            ..Default::default()
+        },
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
@@ -249,6 +257,22 @@ async fn run_server(
         );
     }
     Ok(server.run(coffer::shutdown::signal()).await?)
+}
+
+/// `coffer webhooks`: the sidecar alone. It needs no database and holds no secret but its
+/// system key.
+async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
+    let key = coffer::domain::auth::ApiKey::parse(args.system_key.trim())
+        .map_err(|_| anyhow::anyhow!("COFFER_SYSTEM_KEY is not an API key (ck_...)"))?;
+    let config = coffer::webhooks::StandaloneConfig {
+        grpc_endpoint: args.grpc_endpoint,
+        http_addr: args.http_addr,
+        admin_addr: args.admin_addr,
+        drain_timeout: args.drain_timeout,
+    };
+    let sidecar = coffer::webhooks::Standalone::bind(config, &key).await?;
+    sidecar.run(coffer::shutdown::signal()).await;
+    Ok(())
 }
 
 async fn tenant(

@@ -82,6 +82,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for families kept elsewhere (the webhook counters of `app::events`).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Counts one call of `policy`'s method (`None`: a path no service answers).
     pub fn observe_grpc(&self, policy: Option<&'static Policy>, code: i32, elapsed: Duration) {
         let method = policy.map_or(

@@ -18,14 +18,19 @@ use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
 use crate::admin::{self, Readiness};
+use crate::app::accounts::{Accounts, AccountsError};
+use crate::app::events::WebhookConfig;
 use crate::app::{App, IdempotencyConfig, sweeper};
+use crate::domain::account::Account;
 use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::customers_server::CustomersServer;
+use crate::grpc::pb::provider_events_server::ProviderEventsServer;
 use crate::grpc::pb::subscriptions_server::SubscriptionsServer;
 use crate::grpc::pb::usage_server::UsageServer;
+use crate::grpc::provider_events::{MAX_INGEST_BYTES, ProviderEventsService};
 use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
@@ -44,6 +49,13 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The public webhook sidecar's address (`POST /webhooks/{account}`); none runs without
+    /// one.
+    pub http_addr: Option<SocketAddr>,
+    /// Provider accounts beside those of `settings` (tests build them directly).
+    pub accounts: Vec<Account>,
+    /// How webhook signatures are checked (tolerance, clock).
+    pub webhooks: WebhookConfig,
     /// How often the database is pinged for health.
     pub health_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls, so load balancers notice.
@@ -80,6 +92,9 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             admin_addr: ([127, 0, 0, 1], 9090).into(),
+            http_addr: None,
+            accounts: Vec::new(),
+            webhooks: WebhookConfig::default(),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
@@ -105,6 +120,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     grpc: TcpListener,
     admin: TcpListener,
+    http: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +135,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed")]
     Admin(#[source] std::io::Error),
+    #[error("provider accounts")]
+    Accounts(#[from] AccountsError),
 }
 
 impl Server {
@@ -128,11 +146,24 @@ impl Server {
                 .await
                 .map_err(|source| ServeError::Bind { addr, source })
         };
+        // coffer.toml's accounts, and any a test built directly.
+        let mut accounts = config.settings.accounts().to_vec();
+        accounts.extend(config.accounts.iter().cloned());
+        let accounts = Accounts::new(accounts)?;
+        let app = App::with_settings(pool, config.idempotency, config.settings.clone())
+            .with_webhooks(accounts, config.webhooks.clone());
+        let mut metrics = Metrics::new();
+        app.events.metrics().register(metrics.registry_mut());
+        let http = match config.http_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
-            app: App::with_settings(pool, config.idempotency, config.settings.clone()),
-            metrics: Arc::new(Metrics::new()),
+            http,
+            app,
+            metrics: Arc::new(metrics),
             config,
         })
     }
@@ -143,6 +174,13 @@ impl Server {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin.local_addr().expect("bound listener")
+    }
+
+    /// The webhook sidecar's bound address, when it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
     }
 
     pub fn app(&self) -> &App {
@@ -159,6 +197,7 @@ impl Server {
             metrics,
             grpc,
             admin,
+            http,
         } = self;
         // The bound addresses: with port 0 in the config, only these say where to connect.
         let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
@@ -209,6 +248,8 @@ impl Server {
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let subscriptions = SubscriptionsServer::new(SubscriptionsService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let provider_events = ProviderEventsServer::new(ProviderEventsService::new(app.clone()))
+            .max_decoding_message_size(MAX_INGEST_BYTES);
 
         // Limits before authentication, so a flood is refused before it costs a key lookup;
         // after telemetry, so refusals are counted.
@@ -226,6 +267,29 @@ impl Server {
             config.max_connections,
             config.handshake_timeout,
         );
+        // The sidecar calls this server like any client, with a key that lives only in this
+        // process's memory. It stops accepting with the gRPC server, and its deliveries in
+        // flight finish (answered by the draining server) before the tasks are awaited.
+        if let Some(http) = http {
+            let key = app.auth.ephemeral_system_key();
+            let target = SocketAddr::new(
+                if grpc_addr.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    grpc_addr.ip()
+                },
+                grpc_addr.port(),
+            );
+            let channel = crate::webhooks::Upstream::channel(&format!("http://{target}"))?;
+            let router = crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key));
+            let stop = stop_accepting.clone().cancelled_owned();
+            tracing::info!(http = %http.local_addr().unwrap_or(grpc_addr), "webhook sidecar is serving");
+            app.tasks.spawn(async move {
+                if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "webhook sidecar failed");
+                }
+            });
+        }
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
         // No `.timeout(..)`: the telemetry layer enforces deadlines, so timed-out calls are
         // counted (`grpc::telemetry::SERVER_DEADLINE`). Returns once it stopped accepting and
@@ -241,6 +305,7 @@ impl Server {
             .add_service(customers)
             .add_service(usage)
             .add_service(subscriptions)
+            .add_service(provider_events)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);

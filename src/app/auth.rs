@@ -10,6 +10,9 @@
 //!   any other id (a new key's first use, or a made-up one) needs one of a few permits
 //!   ([`LookupBudget::concurrent`]); a lookup that waits longer than [`LookupBudget::wait`] for
 //!   one is answered [`AuthError::Busy`] without touching the database.
+//! - Ephemeral system keys ([`Authenticator::ephemeral_system_key`]) live only in this
+//!   process's memory: `serve` makes one for its in-process webhook sidecar. It is never
+//!   written to the database, so it dies with the process and no other replica accepts it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +72,8 @@ pub struct Authenticator {
     budget: LookupBudget,
     cache: Arc<Mutex<KeyCache>>,
     permits: Arc<Semaphore>,
+    /// Key id → SHA-256 of the whole key, for the keys of this process alone.
+    ephemeral: Arc<Mutex<HashMap<KeyId, [u8; 32]>>>,
 }
 
 /// Why a presented key was not accepted. Deliberately vague towards the caller.
@@ -102,7 +107,35 @@ impl Authenticator {
             permits: Arc::new(Semaphore::new(budget.concurrent)),
             budget,
             cache: Arc::default(),
+            ephemeral: Arc::default(),
         }
+    }
+
+    /// A new system key (`events:ingest`) known only to this authenticator and its clones:
+    /// not stored anywhere, so it stops existing with the process.
+    pub fn ephemeral_system_key(&self) -> ApiKey {
+        let key = ApiKey::generate(KeyId::generate());
+        self.ephemeral
+            .lock()
+            .expect("ephemeral keys poisoned")
+            .insert(key.id(), key.hash());
+        key
+    }
+
+    /// The caller of an ephemeral key: `Some(Ok)` if it is one and matches, `Some(Err)` if its
+    /// id is one but the secret is wrong, `None` if it is not an ephemeral key.
+    fn ephemeral_caller(&self, key: &ApiKey) -> Option<Result<Caller, AuthError>> {
+        let keys = self.ephemeral.lock().expect("ephemeral keys poisoned");
+        let hash = keys.get(&key.id())?;
+        Some(if key.matches(hash) {
+            Ok(Caller {
+                key_id: key.id(),
+                owner: KeyOwner::System,
+                scopes: Scopes::new([Scope::EventsIngest]),
+            })
+        } else {
+            Err(AuthError::Invalid)
+        })
     }
 
     /// Resolves an `authorization` header value (`Bearer ck_...`) to a caller.
@@ -122,6 +155,9 @@ impl Authenticator {
         let Ok(key) = ApiKey::parse(token.trim()) else {
             return Ok(Err(AuthError::Invalid));
         };
+        if let Some(caller) = self.ephemeral_caller(&key) {
+            return Ok(caller);
+        }
         let record = match self.lookup(key.id()).await? {
             Found::Key(record) => record,
             Found::Nothing => return Ok(Err(AuthError::Invalid)),
@@ -201,5 +237,49 @@ impl Authenticator {
                 Found::Nothing
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool whose every connection attempt fails at once: a lookup that reached the
+    /// database would be an error, not an answer.
+    fn no_database() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ephemeral_keys_live_in_memory_only() {
+        let auth = Authenticator::new(no_database());
+        let key = auth.ephemeral_system_key();
+        let header = format!("Bearer {}", key.expose());
+        let caller = auth.authenticate(Some(&header)).await.unwrap().unwrap();
+        assert_eq!(caller.owner, KeyOwner::System);
+        assert_eq!(caller.scopes, Scopes::new([Scope::EventsIngest]));
+        // A clone (what each layer holds) knows it too.
+        assert!(
+            auth.clone()
+                .authenticate(Some(&header))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        // The same id with another secret is refused, without asking the database.
+        let forged = ApiKey::generate(key.id());
+        let header = format!("Bearer {}", forged.expose());
+        assert_eq!(
+            auth.authenticate(Some(&header)).await.unwrap(),
+            Err(AuthError::Invalid)
+        );
+        // Another authenticator (another process) has never heard of it, and asks the
+        // database, which is not there.
+        let other = Authenticator::new(no_database());
+        let header = format!("Bearer {}", key.expose());
+        assert!(other.authenticate(Some(&header)).await.is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The app layer's error: what went wrong, in terms a transport can map.
 
 use crate::domain::Violations;
+use crate::providers::signature::Rejection as SignatureRejection;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,10 @@ pub enum AppError {
     /// Only a retry under the same idempotency key is safe.
     #[error("outcome unknown")]
     OutcomeUnknown(#[source] StoreError),
+    /// A webhook delivery failed verification (or its livemode disagrees); nothing was
+    /// stored. The transport says only "invalid signature", with the reason as detail.
+    #[error("invalid signature: {0}")]
+    Webhook(SignatureRejection),
     /// The server is at a bound (here, a full write queue) and refused the call without
     /// running it; the caller should retry after a pause.
     #[error("overloaded: {0} queue full")]

@@ -2,9 +2,11 @@
 //! background workers. This layer opens transactions, applies idempotency, and calls `store`
 //! (and, later, `providers`); it never sees protobuf.
 
+pub mod accounts;
 pub mod auth;
 pub mod customers;
 pub mod error;
+pub mod events;
 pub mod group_commit;
 pub mod idempotency;
 pub mod page;
@@ -38,6 +40,7 @@ pub struct App {
     pub subscriptions: subscriptions::Subscriptions,
     /// coffer.toml, read at start: provider accounts and per-tenant settings.
     pub settings: Arc<Settings>,
+    pub events: events::Events,
 }
 
 impl App {
@@ -60,12 +63,38 @@ impl App {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
             usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
-            subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations),
+            subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations.clone()),
             settings,
+            events: events::Events::new(
+                pool.clone(),
+                mutations,
+                tasks.clone(),
+                accounts::Accounts::default(),
+                events::WebhookConfig::default(),
+            ),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
             pool,
         }
+    }
+}
+
+impl App {
+    /// The same app, ingesting webhooks for `accounts`, checked as `config` says. Without it
+    /// no account exists and every delivery is NOT_FOUND.
+    pub fn with_webhooks(
+        mut self,
+        accounts: accounts::Accounts,
+        config: events::WebhookConfig,
+    ) -> Self {
+        self.events = events::Events::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            self.tasks.clone(),
+            accounts,
+            config,
+        );
+        self
     }
 }
 

@@ -120,6 +120,11 @@ typed_id!(
     PriceId,
     "price"
 );
+typed_id!(
+    /// A provider webhook event in a tenant's inbox.
+    EventId,
+    "event"
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod customers;
 pub mod limits;
 pub mod policy;
+pub mod provider_events;
 pub mod status;
 pub mod subscriptions;
 pub mod telemetry;

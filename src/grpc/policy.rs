@@ -74,6 +74,7 @@ pub struct Service {
 const CUSTOMERS: &str = "coffer.v1.Customers";
 const USAGE: &str = "coffer.v1.Usage";
 const SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions";
+const PROVIDER_EVENTS: &str = "coffer.v1.ProviderEvents";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -133,6 +134,34 @@ pub const SERVICES: &[Service] = &[
                 SUBSCRIPTIONS,
                 "ArchivePlan",
                 Some(Scope::Write),
+                true,
+                Unary,
+            ),
+        ],
+    },
+    Service {
+        name: PROVIDER_EVENTS,
+        health_reported: true,
+        methods: &[
+            // De-duplicated by the provider's event id, not by idempotency-key.
+            rpc(
+                PROVIDER_EVENTS,
+                "IngestEvent",
+                Some(Scope::EventsIngest),
+                false,
+                Unary,
+            ),
+            rpc(
+                PROVIDER_EVENTS,
+                "ListEvents",
+                Some(Scope::Admin),
+                false,
+                Unary,
+            ),
+            rpc(
+                PROVIDER_EVENTS,
+                "ReplayEvent",
+                Some(Scope::Admin),
                 true,
                 Unary,
             ),
@@ -336,7 +365,8 @@ mod tests {
             [
                 "coffer.v1.Customers",
                 "coffer.v1.Usage",
-                "coffer.v1.Subscriptions"
+                "coffer.v1.Subscriptions",
+                "coffer.v1.ProviderEvents"
             ]
         );
     }

@@ -11,8 +11,10 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 use crate::app::{AppError, Rejection, RejectionKind, StoredStatus};
 use crate::domain::Violations;
+use crate::providers::signature::Rejection as SignatureRejection;
 use crate::store::StoreError;
 
 pub const DOMAIN: &str = "coffer";
@@ -111,6 +113,26 @@ fn replayed(stored: &StoredStatus) -> Status {
     }
 }
 
+/// A webhook delivery that failed verification: UNAUTHENTICATED when the signature header is
+/// absent, INVALID_ARGUMENT otherwise (the sidecar answers 401 and 400), both with reason
+/// `WEBHOOK_SIGNATURE_INVALID` and the rejection's own reason in the ErrorInfo's metadata.
+/// The message says no more than "invalid signature".
+fn webhook_rejected(reason: SignatureRejection) -> Status {
+    let mut details = ErrorDetails::new();
+    let code = if reason == SignatureRejection::Missing {
+        Code::Unauthenticated
+    } else {
+        details.add_bad_request_violation("headers", format!("invalid signature ({reason})"));
+        Code::InvalidArgument
+    };
+    details.set_error_info(
+        REASON_WEBHOOK_SIGNATURE_INVALID,
+        DOMAIN,
+        HashMap::from([("reason".to_owned(), reason.as_str().to_owned())]),
+    );
+    Status::with_error_details(code, "invalid signature", details)
+}
+
 /// The server is at its limit of calls or streams and refused this one without running it.
 pub fn overloaded(message: &str) -> Status {
     let mut details = ErrorDetails::new();
@@ -135,6 +157,7 @@ impl From<AppError> for Status {
             AppError::Invalid(v) => invalid(&v),
             AppError::Rejected(r) => refusal(&r),
             AppError::Replayed(stored) => replayed(&stored),
+            AppError::Webhook(reason) => webhook_rejected(reason),
             AppError::Overloaded(what) => overloaded(&format!(
                 "server overloaded: too many {what} writes waiting"
             )),

@@ -74,7 +74,8 @@ pub struct TelemetryService<S> {
     server_deadline: Duration,
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
+/// Reads W3C trace context from HTTP headers (gRPC metadata, or the webhook sidecar's).
+pub(crate) struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {

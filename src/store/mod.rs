@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod bench;
 pub mod customers;
+pub mod events;
 pub mod idempotency;
 pub mod meters;
 pub mod plans;

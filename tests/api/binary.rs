@@ -205,6 +205,8 @@ pub(crate) async fn acme(db: &TestDb) -> (sqlx::PgPool, coffer::domain::ids::Ten
 pub(crate) struct Served {
     child: Child,
     pub(crate) grpc: String,
+    /// The webhook sidecar's address, `127.0.0.1:port`.
+    pub(crate) http: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -217,6 +219,7 @@ impl Served {
     ) -> Self {
         let grpc_port = free_port();
         let admin_port = free_port();
+        let http_port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(extra)
@@ -224,6 +227,7 @@ impl Served {
             .env("COFFER_STATE_DIR", state)
             .env("COFFER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("COFFER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("COFFER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
@@ -270,6 +274,7 @@ impl Served {
         let served = Self {
             child,
             grpc,
+            http: format!("127.0.0.1:{http_port}"),
             stderr,
         };
         assert!(ready, "coffer did not become SERVING:\n{}", served.logs());
@@ -543,7 +548,7 @@ async fn at_the_drain_deadline_what_is_still_open_ends_and_the_process_exits_zer
 }
 
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub(crate) struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -558,7 +563,7 @@ impl TraceService for Receiver {
 
 impl Receiver {
     /// Serves OTLP on a free port; returns the environment that points `coffer serve` at it.
-    async fn start() -> (Self, Vec<(&'static str, String)>) {
+    pub(crate) async fn start() -> (Self, Vec<(&'static str, String)>) {
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let otlp_addr = listener.local_addr().unwrap();
@@ -575,7 +580,7 @@ impl Receiver {
         (receiver, env)
     }
 
-    fn spans(&self) -> Vec<OtlpSpan> {
+    pub(crate) fn spans(&self) -> Vec<OtlpSpan> {
         let exports = self.0.lock().unwrap().clone();
         exports
             .into_iter()
@@ -586,7 +591,7 @@ impl Receiver {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 

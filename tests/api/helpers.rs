@@ -87,6 +87,8 @@ impl Drop for TestDb {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The webhook sidecar's address, when the config asked for one.
+    pub http_addr: Option<SocketAddr>,
     pub pool: PgPool,
     pub app: App,
     pub key: String,
@@ -122,6 +124,7 @@ impl TestApp {
         let server = Server::bind(config, server_pool).await.expect("binding");
         let addr = server.grpc_addr();
         let admin_addr = server.admin_addr();
+        let http_addr = server.http_addr();
         let app = App::new(pool.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
@@ -135,6 +138,7 @@ impl TestApp {
         Self {
             addr,
             admin_addr,
+            http_addr,
             pool,
             app,
             key: key.expose().to_owned(),
@@ -189,6 +193,7 @@ impl TestApp {
         };
         let server = Server::bind(config, pool.clone()).await.expect("binding");
         let (addr, admin_addr) = (server.grpc_addr(), server.admin_addr());
+        let http_addr = server.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -196,6 +201,7 @@ impl TestApp {
         Self {
             addr,
             admin_addr,
+            http_addr,
             pool,
             app,
             key: key.expose().to_owned(),

@@ -1,0 +1,368 @@
+//! The ProviderEvents use cases: ingesting a webhook delivery into the inbox, and a tenant's
+//! operators listing and replaying their events.
+//!
+//! Ingest is, in order: find the account (unknown → NOT_FOUND); verify the signature on the
+//! raw bytes with every active secret and read the event id, type and livemode
+//! (`providers::webhook`); store it with one statement that commits on its own, de-duplicated
+//! per (account, provider event id); answer. A rejected delivery writes nothing, is logged
+//! (account, provider and reason: never a header, a secret or the body) and counted by
+//! provider and reason.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio_util::task::TaskTracker;
+
+use super::accounts::Accounts;
+use super::group_commit::GroupCommit;
+use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::page::{self, Page};
+use super::{AppError, RejectionKind, TenantCtx};
+use crate::domain::account::{AccountName, ProviderKind};
+use crate::domain::event::{EventStatus, WebhookEvent};
+use crate::domain::ids::EventId;
+use crate::domain::page::{FilterDigest, PageSize};
+use crate::providers::signature::{self, Check, Header, Rejection};
+use crate::providers::webhook;
+use crate::store::{audit, events as store};
+
+pub const REASON_WEBHOOK_SIGNATURE_INVALID: &str = "WEBHOOK_SIGNATURE_INVALID";
+pub const REASON_EVENT_NOT_FOUND: &str = "EVENT_NOT_FOUND";
+pub const REASON_EVENT_NOT_REPLAYABLE: &str = "EVENT_NOT_REPLAYABLE";
+
+/// The list a page token of ListEvents belongs to.
+const LIST: &str = "coffer.v1.ProviderEvents/ListEvents";
+
+/// The payload bytes that weigh as one row in a batch: a batch carries at most
+/// [`MAX_BATCH_WEIGHT`] of them (4 MiB of bodies, or 256 small deliveries), and a 1 MiB body
+/// is written in a batch of its own.
+const BYTES_PER_WEIGHT: usize = 16 << 10;
+const MAX_BATCH_WEIGHT: usize = 256;
+/// The most weight waiting for a writer (16 MiB of bodies); past it a delivery is refused
+/// with RESOURCE_EXHAUSTED, and the provider retries.
+const MAX_QUEUED_WEIGHT: usize = 1024;
+
+/// Where "now" comes from: the system clock, or a fixed instant in tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(OffsetDateTime::now_utc))
+    }
+
+    pub fn fixed(at: OffsetDateTime) -> Self {
+        Self(Arc::new(move || at))
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
+/// How deliveries are checked.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The largest accepted distance between a signed timestamp and now, either way.
+    pub tolerance: Duration,
+    pub clock: Clock,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            tolerance: Duration::from_secs(signature::DEFAULT_TOLERANCE_SECS),
+            clock: Clock::system(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    provider: &'static str,
+    reason: &'static str,
+}
+
+/// The webhook counters. Labels are the provider and a fixed outcome or reason, so there are
+/// at most 5 × 3 and 5 × 5 series, whatever callers send.
+#[derive(Clone, Default)]
+pub struct WebhookMetrics {
+    received: Family<OutcomeLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+}
+
+impl WebhookMetrics {
+    /// Adds the counters to the registry `/metrics` serves.
+    pub fn register(&self, registry: &mut Registry) {
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "coffer_webhooks_received",
+            "Webhook deliveries by provider and outcome (stored, duplicate, rejected)",
+            self.received.clone(),
+        );
+        registry.register(
+            "coffer_webhooks_rejected",
+            "Webhook deliveries rejected, by provider and reason (missing, malformed, mismatch, stale, livemode)",
+            self.rejected.clone(),
+        );
+    }
+
+    fn outcome(&self, provider: ProviderKind, outcome: &'static str) {
+        self.received
+            .get_or_create(&OutcomeLabels {
+                provider: provider.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn rejection(&self, provider: ProviderKind, reason: Rejection) {
+        self.outcome(provider, "rejected");
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                provider: provider.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// What IngestEvent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub event_id: EventId,
+    /// The account already had this provider event; nothing was written.
+    pub duplicate: bool,
+}
+
+/// The ProviderEvents use cases. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    pool: PgPool,
+    mutations: Mutations,
+    /// Concurrent deliveries share a statement and a commit.
+    inserts: GroupCommit<store::NewEvent, Option<store::Stored>>,
+    accounts: Accounts,
+    config: WebhookConfig,
+    metrics: WebhookMetrics,
+}
+
+impl Events {
+    pub fn new(
+        pool: PgPool,
+        mutations: Mutations,
+        tasks: TaskTracker,
+        accounts: Accounts,
+        config: WebhookConfig,
+    ) -> Self {
+        let inserts = GroupCommit::new(
+            "inbox inserts",
+            pool.clone(),
+            tasks,
+            |conn, rows| Box::pin(store::insert_events(conn, rows)),
+            store::order_events,
+        )
+        .weighed(
+            |row| row.payload.len().div_ceil(BYTES_PER_WEIGHT).max(1),
+            MAX_BATCH_WEIGHT,
+            MAX_QUEUED_WEIGHT,
+        );
+        Self {
+            inserts,
+            pool,
+            mutations,
+            accounts,
+            config,
+            metrics: WebhookMetrics::default(),
+        }
+    }
+
+    pub fn mutations(&self) -> &Mutations {
+        &self.mutations
+    }
+
+    pub fn metrics(&self) -> &WebhookMetrics {
+        &self.metrics
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Verifies a delivery for `account` and stores it in the inbox; answers once it is
+    /// committed, or found already there. The insert is shared with concurrent deliveries
+    /// (group commit): one statement and one commit for a batch.
+    pub async fn ingest(
+        &self,
+        account: &str,
+        headers: &[Header],
+        body: Vec<u8>,
+    ) -> Result<Ingested, AppError> {
+        let account = self.accounts.get(account)?;
+        let now = self.config.clock.now();
+        let check = Check {
+            now: now.unix_timestamp(),
+            tolerance_secs: self.config.tolerance.as_secs(),
+        };
+        let incoming = match webhook::accept(&account, headers, &body, check) {
+            Ok(incoming) => incoming,
+            Err(reason) => {
+                tracing::warn!(
+                    account = %account.name,
+                    provider = account.provider.as_str(),
+                    reason = reason.as_str(),
+                    "webhook delivery rejected"
+                );
+                self.metrics.rejection(account.provider, reason);
+                return Err(AppError::Webhook(reason));
+            }
+        };
+        let row = store::NewEvent {
+            tenant: account.tenant,
+            id: EventId::generate(),
+            account: account.name.clone(),
+            provider: account.provider,
+            provider_event_id: incoming.provider_event_id,
+            event_type: incoming.event_type,
+            payload: body,
+            received_at: super::customers::now_micros(),
+        };
+        let (provider_event_id, event_type) =
+            (row.provider_event_id.clone(), row.event_type.clone());
+        // The statement commits on its own; an answer lost in flight may hide a commit, which
+        // the group commit reports as OUTCOME_UNKNOWN (the sidecar's 503: the provider's retry
+        // is then a duplicate).
+        let stored = match self.inserts.write(row).await? {
+            Some(stored) => stored,
+            // The first delivery committed while this one's insert waited on it, after this
+            // statement's snapshot: a fresh read sees it.
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                let id = store::find_event_id(&mut conn, &account.name, &provider_event_id)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::internal("an inbox insert found a conflict but no row")
+                    })?;
+                store::Stored {
+                    id,
+                    inserted: false,
+                }
+            }
+        };
+        self.metrics.outcome(
+            account.provider,
+            if stored.inserted {
+                "stored"
+            } else {
+                "duplicate"
+            },
+        );
+        let event_id = EventId::from_uuid(stored.id);
+        tracing::info!(
+            account = %account.name,
+            provider = account.provider.as_str(),
+            event_type = %event_type,
+            duplicate = !stored.inserted,
+            event_id = %event_id,
+            "webhook delivery stored"
+        );
+        Ok(Ingested {
+            event_id,
+            duplicate: !stored.inserted,
+        })
+    }
+
+    /// One page of the tenant's events, optionally of one status and one account.
+    pub async fn list_events(
+        &self,
+        ctx: &TenantCtx,
+        status: Option<EventStatus>,
+        account: Option<&AccountName>,
+        size: PageSize,
+        token: Option<&str>,
+    ) -> Result<Page<WebhookEvent>, AppError> {
+        let filters = FilterDigest::of(
+            LIST,
+            &[
+                status.map_or("", EventStatus::as_str),
+                account.map_or("", AccountName::as_str),
+            ],
+        );
+        let after = page::start(token, filters)?.unwrap_or(uuid::Uuid::nil());
+        let mut conn = self.pool.acquire().await?;
+        let rows = store::list_events(
+            &mut conn,
+            ctx.tenant,
+            status,
+            account,
+            after,
+            size.get() as i64 + 1,
+        )
+        .await?;
+        Ok(Page::of(rows, size, filters, |e| e.id.as_uuid()))
+    }
+
+    /// Puts a dead, failed or ignored event back in the queue, due now, with its attempts
+    /// reset.
+    pub async fn replay_event(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        id: EventId,
+    ) -> Result<Done<WebhookEvent>, AppError> {
+        let ctx = *ctx;
+        let now = super::customers::now_micros();
+        self.mutations
+            .run(&ctx, call, move |conn| {
+                Box::pin(async move {
+                    let event =
+                        store::lock_event(conn, ctx.tenant, id)
+                            .await?
+                            .ok_or_else(|| {
+                                AppError::not_found(REASON_EVENT_NOT_FOUND, "event not found")
+                            })?;
+                    if !event.status.replayable() {
+                        return Err(AppError::rejected(
+                            RejectionKind::FailedPrecondition,
+                            REASON_EVENT_NOT_REPLAYABLE,
+                            format!(
+                                "the event is {}; only dead, failed or ignored events are replayed",
+                                event.status.as_str()
+                            ),
+                        ));
+                    }
+                    let event = store::requeue_event(conn, ctx.tenant, id, now).await?;
+                    audit::insert_audit(
+                        conn,
+                        ctx.tenant,
+                        Some(ctx.key),
+                        "webhook_event.replayed",
+                        "webhook_event",
+                        id.as_uuid(),
+                    )
+                    .await?;
+                    Ok(event)
+                })
+            })
+            .await
+    }
+}

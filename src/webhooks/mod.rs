@@ -1,0 +1,461 @@
+//! The public HTTP sidecar: `POST /webhooks/{account}`.
+//!
+//! It holds no secret and touches no table. It bounds the body (1 MiB, else 413), forwards the
+//! raw bytes, every header as ordered name/value pairs (repeats kept) and the trace context to
+//! `ProviderEvents.IngestEvent` over gRPC with a system key, and maps the answer to HTTP:
+//!
+//! | core answer | HTTP |
+//! |---|---|
+//! | OK (stored, or a duplicate) | 200 |
+//! | UNAUTHENTICATED `WEBHOOK_SIGNATURE_INVALID` (no signature header) | 401 `invalid signature` |
+//! | INVALID_ARGUMENT `WEBHOOK_SIGNATURE_INVALID` (any other rejection) | 400 `invalid signature` |
+//! | NOT_FOUND `ACCOUNT_NOT_FOUND` | 404 |
+//! | UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNKNOWN, CANCELLED, or the core unreachable | 503 with `Retry-After` |
+//! | the sidecar's own key refused | 503 with `Retry-After` (logged: an operator must fix it) |
+//! | anything else | 500 |
+//!
+//! The sidecar bounds what it holds: at most [`MAX_IN_FLIGHT`] deliveries at once (more are
+//! 503 at once, not queued) and [`REQUEST_TIMEOUT`] for each, body included (then 408).
+//!
+//! So 200 is said only once the core has committed the event (or found it already stored);
+//! whatever else happens, the provider is told to retry or that the delivery is refused.
+//!
+//! `coffer serve` runs it in-process against its own gRPC port with an ephemeral system key
+//! ([`crate::app::auth::Authenticator::ephemeral_system_key`]); `coffer webhooks` runs it
+//! alone ([`Standalone`]) with a system key from `COFFER_SYSTEM_KEY`, and with `/healthz` and
+//! `/readyz` (ready while the upstream's health answers SERVING) on its admin listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use opentelemetry::propagation::Injector;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tonic::metadata::{AsciiMetadataValue, MetadataKey, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::app::accounts::REASON_ACCOUNT_NOT_FOUND;
+use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
+use crate::domain::auth::ApiKey;
+use crate::grpc::pb::provider_events_client::ProviderEventsClient;
+use crate::grpc::pb::{Header, IngestEventRequest};
+use crate::grpc::telemetry::HeaderExtractor;
+use crate::shutdown::{CancellationToken, TaskTracker};
+
+/// The largest body accepted; larger deliveries are answered 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The most header bytes (names and values) forwarded; more is answered 431. Keeps an
+/// IngestEvent message within what the core decodes.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long the core has to answer one delivery.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery may take, reading its body included, so a client that trickles
+/// bytes cannot hold a connection and a place for ever. Past it: 408, and the provider
+/// retries (if the core committed meanwhile, the retry is a duplicate).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deliveries in flight at once; more are answered 503 at once rather than queued.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// `Retry-After` when the core gave no RetryInfo.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The sidecar's way to the core: a gRPC channel and the system key it calls with.
+#[derive(Clone)]
+pub struct Upstream {
+    client: ProviderEventsClient<Channel>,
+    authorization: AsciiMetadataValue,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream { .. }")
+    }
+}
+
+impl Upstream {
+    /// An upstream over `channel`, calling with `key` (a system key with `events:ingest`).
+    pub fn new(channel: Channel, key: &ApiKey) -> Self {
+        let mut authorization: AsciiMetadataValue = format!("Bearer {}", key.expose())
+            .parse()
+            .expect("an API key is printable ASCII");
+        authorization.set_sensitive(true);
+        Self {
+            client: ProviderEventsClient::new(channel)
+                .max_decoding_message_size(64 << 10)
+                .max_encoding_message_size(MAX_BODY_BYTES + MAX_HEADER_BYTES + (16 << 10)),
+            authorization,
+        }
+    }
+
+    /// A lazily connected channel to `url` (`http://host:port`): the sidecar starts whether
+    /// or not the core is up yet, and a delivery while it is not is answered 503.
+    pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+        Ok(Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+}
+
+/// The sidecar's routes.
+pub fn router(upstream: Upstream) -> Router {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    Router::new()
+        .route("/webhooks/{account}", post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            bounded(in_flight.clone(), request, next)
+        }))
+        .with_state(upstream)
+}
+
+/// Sheds what is over [`MAX_IN_FLIGHT`] and ends what runs past [`REQUEST_TIMEOUT`].
+async fn bounded(
+    in_flight: Arc<Semaphore>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = in_flight.try_acquire_owned() else {
+        return WebhookError::Unavailable {
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => WebhookError::Timeout.into_response(),
+    }
+}
+
+/// Why a delivery was not acknowledged, as the provider is told.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("body over {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("headers over {MAX_HEADER_BYTES} bytes")]
+    HeadersTooLarge,
+    #[error("the body could not be read")]
+    BadBody,
+    #[error("no signature header")]
+    Unsigned,
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("unknown account")]
+    UnknownAccount,
+    /// The core could not store it now; the provider should retry.
+    #[error("the core is unavailable")]
+    Unavailable { retry_after: Duration },
+    #[error("the delivery took too long")]
+    Timeout,
+    #[error("unexpected answer from the core")]
+    Internal,
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        // Refusals say no more than this: never which secret, header or check failed.
+        let body = match &self {
+            WebhookError::TooLarge => "payload too large",
+            WebhookError::HeadersTooLarge => "headers too large",
+            WebhookError::BadBody => "bad request",
+            WebhookError::Unsigned | WebhookError::InvalidSignature => "invalid signature",
+            WebhookError::UnknownAccount => "unknown account",
+            WebhookError::Unavailable { .. } => "unavailable, retry later",
+            WebhookError::Timeout => "request timeout",
+            WebhookError::Internal => "internal error",
+        };
+        let mut response = (self.status_code(), body).into_response();
+        if let WebhookError::Unavailable { retry_after } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+impl WebhookError {
+    /// The HTTP answer to a refusal from the core.
+    fn from_status(status: &Status) -> Self {
+        let details = status.get_error_details();
+        let reason = details.error_info().map(|i| i.reason.as_str());
+        let retry_after =
+            details
+                .retry_info()
+                .and_then(|r| r.retry_delay)
+                .map_or(DEFAULT_RETRY_AFTER, |d| {
+                    // Whole seconds, rounded up: Retry-After has no fractions.
+                    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                });
+        match (status.code(), reason) {
+            (Code::Unauthenticated, Some(REASON_WEBHOOK_SIGNATURE_INVALID)) => {
+                WebhookError::Unsigned
+            }
+            (_, Some(REASON_WEBHOOK_SIGNATURE_INVALID)) => WebhookError::InvalidSignature,
+            (Code::NotFound, Some(REASON_ACCOUNT_NOT_FOUND)) => WebhookError::UnknownAccount,
+            (Code::OutOfRange, _) => WebhookError::TooLarge,
+            (
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Unknown
+                | Code::Cancelled,
+                _,
+            ) => WebhookError::Unavailable { retry_after },
+            (Code::Unauthenticated | Code::PermissionDenied, _) => {
+                tracing::error!(
+                    code = ?status.code(),
+                    "the core refused the sidecar's system key: check COFFER_SYSTEM_KEY"
+                );
+                WebhookError::Unavailable {
+                    retry_after: DEFAULT_RETRY_AFTER,
+                }
+            }
+            _ => {
+                tracing::error!(code = ?status.code(), message = status.message(), "unexpected answer from the core");
+                WebhookError::Internal
+            }
+        }
+    }
+}
+
+/// Writes trace context into gRPC metadata.
+struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            MetadataKey::from_bytes(key.as_bytes()),
+            AsciiMetadataValue::try_from(value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+async fn receive(
+    State(upstream): State<Upstream>,
+    account: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<&'static str, WebhookError> {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = "POST /webhooks/{account}",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/webhooks/{account}",
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
+    // Fails only when no OpenTelemetry layer is installed; the span still works.
+    let _ = span.set_parent(parent);
+    let result = forward(upstream, account, headers, body)
+        .instrument(span.clone())
+        .await;
+    let code = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status_code(),
+    };
+    span.record("http.response.status_code", code.as_u16());
+    result
+}
+
+impl WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            WebhookError::BadBody | WebhookError::InvalidSignature => StatusCode::BAD_REQUEST,
+            WebhookError::Unsigned => StatusCode::UNAUTHORIZED,
+            WebhookError::UnknownAccount => StatusCode::NOT_FOUND,
+            WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            WebhookError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+async fn forward(
+    mut upstream: Upstream,
+    account: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<&'static str, WebhookError> {
+    let Ok(Path(account)) = account else {
+        return Err(WebhookError::UnknownAccount);
+    };
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WebhookError::TooLarge
+        } else {
+            WebhookError::BadBody
+        }
+    })?;
+    // HeaderMap keeps every value of a name, in arrival order; names come lower-cased.
+    let mut size = 0;
+    let mut forwarded = Vec::with_capacity(headers.len());
+    for (name, value) in &headers {
+        size += name.as_str().len() + value.len();
+        if size > MAX_HEADER_BYTES {
+            return Err(WebhookError::HeadersTooLarge);
+        }
+        forwarded.push(Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        });
+    }
+    let mut request = tonic::Request::new(IngestEventRequest {
+        account,
+        headers: forwarded,
+        body: body.to_vec(),
+    });
+    request.set_timeout(UPSTREAM_TIMEOUT);
+    let metadata = request.metadata_mut();
+    metadata.insert("authorization", upstream.authorization.clone());
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut MetadataInjector(metadata))
+    });
+    // Without an OpenTelemetry layer there is no span context to inject: pass the caller's
+    // own trace context on as it came, so the core's span still joins the provider's trace.
+    if !metadata.contains_key("traceparent") {
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers
+                .get(name)
+                .and_then(|v| AsciiMetadataValue::try_from(v.as_bytes()).ok())
+            {
+                metadata.insert(name, v);
+            }
+        }
+    }
+    match upstream.client.ingest_event(request).await {
+        Ok(_) => Ok("ok"),
+        Err(status) => Err(WebhookError::from_status(&status)),
+    }
+}
+
+/// `coffer webhooks`: the sidecar alone, in front of a core at `grpc_endpoint`.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    pub grpc_endpoint: String,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// How long deliveries in flight have to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("--grpc-endpoint")]
+    Endpoint(#[source] tonic::transport::Error),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A standalone sidecar whose listeners are bound.
+pub struct Standalone {
+    config: StandaloneConfig,
+    channel: Channel,
+    upstream: Upstream,
+    http: TcpListener,
+    admin: TcpListener,
+}
+
+impl Standalone {
+    pub async fn bind(config: StandaloneConfig, key: &ApiKey) -> Result<Self, StandaloneError> {
+        let channel =
+            Upstream::channel(&config.grpc_endpoint).map_err(StandaloneError::Endpoint)?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StandaloneError::Bind { addr, source })
+        };
+        Ok(Self {
+            upstream: Upstream::new(channel.clone(), key),
+            channel,
+            http: bind(config.http_addr).await?,
+            admin: bind(config.admin_addr).await?,
+            config,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `signal`, then stops accepting, lets deliveries in flight finish (up to
+    /// the drain timeout) and returns.
+    pub async fn run(self, signal: impl std::future::Future<Output = ()> + Send) {
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tracing::info!(
+            http = %self.http_addr(),
+            admin = %self.admin_addr(),
+            upstream = %self.config.grpc_endpoint,
+            "webhook sidecar is serving"
+        );
+        let admin = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.channel);
+        for (listener, router) in [(self.http, router(self.upstream)), (self.admin, admin)] {
+            let stop = stop.clone().cancelled_owned();
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            });
+        }
+        tasks.close();
+        signal.await;
+        tracing::info!("shutting down: draining deliveries in flight");
+        stop.cancel();
+        if tokio::time::timeout(self.config.drain_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("deliveries still in flight at the drain deadline: abandoning them");
+        }
+        tracing::info!("drained; bye");
+    }
+}
+
+/// Ready while the core's health answers SERVING for the whole server.
+async fn readyz(State(channel): State<Channel>) -> (StatusCode, &'static str) {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    match tokio::time::timeout(Duration::from_secs(2), health.check(request)).await {
+        Ok(Ok(r)) if r.get_ref().status == serving => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream not serving\n"),
+    }
+}
