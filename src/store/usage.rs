@@ -234,6 +234,15 @@ pub async fn usage_windows(
                           + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
                                  THEN interval '0' ELSE interval '1 hour' END AS first_hour,
                       date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
+           -- The partial hours at either end, read from the events as two plain ranges (an
+           -- OR of ranges would make the index scan the whole range): [from, first whole
+           -- hour) and [end of the last whole hour, to). When the range lies inside one hour
+           -- the first covers it all and the second is empty.
+           edges AS (
+               SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
+               FROM bounds b
+               UNION ALL
+               SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
            parts AS (
                SELECT r.hour, r.events, r.total, r.max_value, r.latest_at, r.latest_event_id,
                       r.latest_value
@@ -246,11 +255,10 @@ pub async fn usage_windows(
                       (array_agg(e.occurred_at ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
                       (array_agg(e.event_id ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
                       (array_agg(e.value ORDER BY e.occurred_at DESC, e.event_id DESC))[1]
-               FROM usage_events e, bounds b
-               WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                 AND e.occurred_at >= $4 AND e.occurred_at < $5
-                 AND (e.occurred_at < b.first_hour OR e.occurred_at >= b.last_hour
-                      OR b.first_hour >= b.last_hour)
+               FROM edges g
+               JOIN usage_events e
+                 ON e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
                GROUP BY 1),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
@@ -306,6 +314,15 @@ pub async fn unique_counts(
                           + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
                                  THEN interval '0' ELSE interval '1 hour' END AS first_hour,
                       date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
+           -- The partial hours at either end, read from the events as two plain ranges (an
+           -- OR of ranges would make the index scan the whole range): [from, first whole
+           -- hour) and [end of the last whole hour, to). When the range lies inside one hour
+           -- the first covers it all and the second is empty.
+           edges AS (
+               SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
+               FROM bounds b
+               UNION ALL
+               SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
            keys AS (
                SELECT k.hour, k.key
                FROM usage_unique_keys k, bounds b
@@ -313,12 +330,11 @@ pub async fn unique_counts(
                  AND k.hour >= b.first_hour AND k.hour < b.last_hour
                UNION ALL
                SELECT date_trunc('hour', e.occurred_at, 'UTC'), e.unique_key
-               FROM usage_events e, bounds b
-               WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                 AND e.occurred_at >= $4 AND e.occurred_at < $5
-                 AND (e.occurred_at < b.first_hour OR e.occurred_at >= b.last_hour
-                      OR b.first_hour >= b.last_hour)
-                 AND e.unique_key IS NOT NULL),
+               FROM edges g
+               JOIN usage_events e
+                 ON e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+               WHERE e.unique_key IS NOT NULL),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
