@@ -244,22 +244,28 @@ pub async fn usage_windows(
                UNION ALL
                SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
            parts AS (
-               SELECT r.hour, r.events, r.total, r.max_value, r.latest_at, r.latest_event_id,
-                      r.latest_value
-               FROM usage_rollups r, bounds b
-               WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
-                 AND r.hour >= b.first_hour AND r.hour < b.last_hour
+               -- LATERAL: the bounds drive each index scan, whatever a generic plan
+               -- guesses about the rows on either side.
+               SELECT r.* FROM bounds b CROSS JOIN LATERAL (
+                   SELECT r.hour, r.events, r.total, r.max_value, r.latest_at,
+                          r.latest_event_id, r.latest_value
+                   FROM usage_rollups r
+                   WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
+                     AND r.hour >= b.first_hour AND r.hour < b.last_hour) r
                UNION ALL
-               SELECT date_trunc('hour', e.occurred_at, 'UTC'), count(*), sum(e.value),
-                      max(e.value),
-                      (array_agg(e.occurred_at ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
-                      (array_agg(e.event_id ORDER BY e.occurred_at DESC, e.event_id DESC))[1],
-                      (array_agg(e.value ORDER BY e.occurred_at DESC, e.event_id DESC))[1]
-               FROM edges g
-               JOIN usage_events e
-                 ON e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
-               GROUP BY 1),
+               SELECT x.* FROM edges g CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, count(*) AS events,
+                          sum(e.value) AS total, max(e.value) AS max_value,
+                          (array_agg(e.occurred_at
+                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_at,
+                          (array_agg(e.event_id
+                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_event_id,
+                          (array_agg(e.value
+                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_value
+                   FROM usage_events e
+                   WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+                   GROUP BY 1) x),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
@@ -324,17 +330,17 @@ pub async fn unique_counts(
                UNION ALL
                SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
            keys AS (
-               SELECT k.hour, k.key
-               FROM usage_unique_keys k, bounds b
-               WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
-                 AND k.hour >= b.first_hour AND k.hour < b.last_hour
+               SELECT k.* FROM bounds b CROSS JOIN LATERAL (
+                   SELECT k.hour, k.key FROM usage_unique_keys k
+                   WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
+                     AND k.hour >= b.first_hour AND k.hour < b.last_hour) k
                UNION ALL
-               SELECT date_trunc('hour', e.occurred_at, 'UTC'), e.unique_key
-               FROM edges g
-               JOIN usage_events e
-                 ON e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
-               WHERE e.unique_key IS NOT NULL),
+               SELECT x.* FROM edges g CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.unique_key AS key
+                   FROM usage_events e
+                   WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+                     AND e.unique_key IS NOT NULL) x),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
