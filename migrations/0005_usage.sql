@@ -39,8 +39,8 @@ CREATE INDEX usage_events_customer ON usage_events (tenant_id, customer_id, mete
 -- inserts the events: GetUsage reads full hours here, so its cost follows the hours in the
 -- range, not the events. Each writing connection keeps its own row of an hour (`shard`, its
 -- backend pid): every aggregate here merges (sum, max, newest), and concurrent batches for the
--- same customer never wait on each other's row locks. An hour has at most as many rows as
--- connections wrote to it.
+-- same customer never wait on each other's row locks. Once an hour is past, the sweeper folds
+-- its rows into one (shard 0).
 CREATE TABLE usage_rollups (
     tenant_id       uuid        NOT NULL,
     customer_id     uuid        NOT NULL,
@@ -57,6 +57,8 @@ CREATE TABLE usage_rollups (
     latest_value    numeric,
     PRIMARY KEY (tenant_id, customer_id, meter_id, hour, shard)
 );
+-- The sweeper folds the shard rows of past hours into one row each (shard 0); this finds them.
+CREATE INDEX usage_rollups_unfolded ON usage_rollups (hour) WHERE shard <> 0;
 
 -- The distinct keys each hour of a UNIQUE_COUNT meter saw: distinct counts do not add up, so
 -- a range counts the distinct keys of its hours' sets. Sharded like usage_rollups.

@@ -379,6 +379,50 @@ pub async fn ensure_partitions(
     Ok(made)
 }
 
+/// Folds the per-connection rollup rows of up to `limit` (tenant, customer, meter, hour)
+/// groups that ended before `before` into one row each (shard 0), so a long range reads one
+/// row per hour. Returns how many groups it folded. A writer adding to a shard row meanwhile
+/// waits for the fold and then inserts its delta as a new row, which a later fold takes in:
+/// nothing is counted twice or lost.
+pub async fn fold_rollups(
+    conn: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let folded = sqlx::query!(
+        r#"WITH groups AS (
+               SELECT DISTINCT tenant_id, customer_id, meter_id, hour
+               FROM usage_rollups
+               WHERE hour < $1 AND shard <> 0
+               LIMIT $2),
+           moved AS (
+               DELETE FROM usage_rollups r
+               USING groups g
+               WHERE r.tenant_id = g.tenant_id AND r.customer_id = g.customer_id
+                 AND r.meter_id = g.meter_id AND r.hour = g.hour
+               RETURNING r.*)
+           INSERT INTO usage_rollups AS r
+               (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
+                latest_at, latest_event_id, latest_value)
+           SELECT tenant_id, customer_id, meter_id, hour, 0, sum(events), sum(total),
+                  max(max_value),
+                  (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
+                                                latest_event_id DESC))[1],
+                  (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                                                      latest_event_id DESC))[1],
+                  (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
+                                                   latest_event_id DESC))[1]
+           FROM moved
+           GROUP BY tenant_id, customer_id, meter_id, hour"#,
+        before,
+        limit,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "usage_rollups"))
+    .await?;
+    Ok(folded.rows_affected())
+}
+
 /// Forgets up to `limit` event ids whose events happened before `before`; returns how many.
 pub async fn delete_expired_ids(
     conn: &mut PgConnection,

@@ -281,6 +281,36 @@ async fn every_aggregation_gives_the_hand_computed_answer() {
     )
     .await;
     assert_eq!(values(&hours), ["7.5", "10", "0", "0", "0", "0.25"]);
+
+    // The sweeper folds past hours' rollup rows into one per hour; every answer stays.
+    app.app.usage.maintain().await.unwrap();
+    let unfolded: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollups WHERE shard <> 0")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(unfolded, 0);
+    let (from, to) = (b, b + 2 * DAY);
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "tokens", from, to, n).await).0,
+        "29.75"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "peak", from, to, n).await).0,
+        "10"
+    );
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "users", from, to, n).await).0,
+        "4"
+    );
+    assert_eq!(
+        values(&usage(&mut u, k, "ada", "seats", from, to, d).await),
+        ["6", "2"]
+    );
+    let (from, to) = (b + HOUR, b + DAY + 10 * HOUR + 1);
+    assert_eq!(
+        total(&usage(&mut u, k, "ada", "seats", from, to, n).await).0,
+        "8"
+    );
 }
 
 /// 10 000 distinct events sent with 10 % repeats — inside a batch, across batches and across
