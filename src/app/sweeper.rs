@@ -1,6 +1,6 @@
 //! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
-//! never holds long locks; makes the monthly usage partitions ahead of time and forgets usage
-//! event ids past the 40-day dedupe horizon (`Usage::maintain`).
+//! never holds long locks; folds past hours' usage rollup rows into one per hour
+//! (`Usage::maintain`).
 
 use std::time::Duration;
 
@@ -29,15 +29,9 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             () = stop.cancelled() => return,
         };
         match maintained {
-            Ok((0, 0)) => {}
-            Ok((made, forgotten)) => {
-                tracing::info!(
-                    partitions_made = made,
-                    ids_forgotten = forgotten,
-                    "usage retention"
-                )
-            }
-            Err(e) => tracing::warn!(error = ?e, "usage retention failed"),
+            Ok(0) => {}
+            Ok(folded) => tracing::info!(hours_folded = folded, "usage rollups folded"),
+            Err(e) => tracing::warn!(error = ?e, "usage rollup fold failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

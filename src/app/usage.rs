@@ -483,31 +483,22 @@ impl Usage {
         Ok(usage::balance(&grants, &hours, now))
     }
 
-    /// Makes the usage partitions through two months ahead, folds the rollup rows of past
-    /// hours into one per hour, and forgets the event ids whose events are past the dedupe
-    /// horizon; returns (partitions made, ids forgotten).
-    pub async fn maintain(&self) -> Result<(i32, u64), AppError> {
-        const BATCH: i64 = 5_000;
+    /// Folds the rollup rows of past hours into one per hour; returns how many hours it
+    /// folded.
+    pub async fn maintain(&self) -> Result<u64, AppError> {
         let now = super::customers::now_micros();
         let mut conn = self.pool.acquire().await?;
-        let made =
-            usage_store::ensure_partitions(&mut conn, now + time::Duration::days(62)).await?;
         // Hours that ended more than a minute ago: their writers have mostly moved on.
         let before = now - time::Duration::minutes(61);
+        let mut folded = 0;
         for _ in 0..100 {
-            if usage_store::fold_rollups(&mut conn, before, 1_000).await? == 0 {
+            let n = usage_store::fold_rollups(&mut conn, before, 1_000).await?;
+            folded += n;
+            if n == 0 {
                 break;
             }
         }
-        let mut forgotten = 0;
-        loop {
-            let n = usage_store::delete_expired_ids(&mut conn, now - usage::ID_RETENTION, BATCH)
-                .await?;
-            forgotten += n;
-            if n < BATCH as u64 {
-                return Ok((made, forgotten));
-            }
-        }
+        Ok(folded)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `coffer bench usage`: usage events through StreamUsage (and, as a second line, RecordUsage
 //! batches), with a share of repeated event ids, next to the same rows `COPY`ed straight into
-//! a plain copy of the `usage_events` table, at the same concurrency and batch size.
+//! a copy of the `usage_events` table (same keys, index and checks), at the same concurrency
+//! and batch size.
 
 use std::collections::VecDeque;
 use std::path::Path;

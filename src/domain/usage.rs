@@ -18,9 +18,6 @@ pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
 pub const MAX_AGE: Duration = Duration::days(35);
 /// Events further ahead than this are refused (clocks drift; the future does not happen yet).
 pub const MAX_AHEAD: Duration = Duration::minutes(5);
-/// How long an event id is remembered, counted from its event's time. Longer than
-/// [`MAX_AGE`], so an id is never forgotten while an event carrying it could be accepted.
-pub const ID_RETENTION: Duration = Duration::days(40);
 /// The most properties an event carries.
 pub const MAX_PROPERTIES: usize = 16;
 const MAX_PROPERTY_VALUE: usize = 256;
@@ -492,7 +489,6 @@ mod tests {
         assert!(!within_window(now - MAX_AGE - Duration::seconds(1), now));
         assert!(within_window(now + MAX_AHEAD, now));
         assert!(!within_window(now + MAX_AHEAD + Duration::seconds(1), now));
-        assert!(ID_RETENTION > MAX_AGE + MAX_AHEAD);
     }
 
     #[test]

@@ -46,8 +46,7 @@ pub async fn drop_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates `bench_baseline_usage`, a plain (unpartitioned) copy of `usage_events` with its
-/// index and checks.
+/// Creates `bench_baseline_usage`, a copy of `usage_events` with its keys, index and checks.
 pub async fn create_usage_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_baseline_usage;

@@ -1,9 +1,8 @@
-//! Usage events, their dedupe ids, rollups and credit grants.
+//! Usage events, rollups and credit grants.
 //!
-//! One statement stores a batch: it claims the ids in `usage_event_ids`, inserts the events
-//! whose claim it won, and folds them into `usage_rollups` (and, for UNIQUE_COUNT meters,
-//! `usage_unique_keys`). One statement is one transaction, so an id is never claimed without
-//! its event, nor an event stored without its rollup.
+//! One statement stores a batch: it inserts the events whose (tenant, id) is new, and folds
+//! those into `usage_rollups` (and, for UNIQUE_COUNT meters, `usage_unique_keys`). One
+//! statement is one transaction, so an event is never stored without its rollup.
 
 use std::collections::HashMap;
 
@@ -51,9 +50,10 @@ pub fn order_batches(a: &EventBatch, b: &EventBatch) -> std::cmp::Ordering {
 /// The rollup rows it writes are its connection's own (`shard` = the backend pid), so
 /// concurrent statements never wait on each other's rollup rows.
 ///
-/// Events are sent sorted by (tenant, id), so two statements claiming the same ids lock them in
-/// the same order and cannot deadlock. An id already claimed by a transaction still in flight waits for it, then counts as
-/// a duplicate if it committed: an id is counted once however many callers race.
+/// Events are sent sorted by (tenant, id), so two statements inserting the same ids lock them
+/// in the same order and cannot deadlock. An id inserted by a transaction still in flight
+/// waits for it, then counts as a duplicate if it committed: an id is counted once however
+/// many callers race.
 pub async fn insert_event_batches(
     conn: &mut PgConnection,
     batches: &[EventBatch],
@@ -102,22 +102,19 @@ pub async fn insert_event_batches(
                    WITH ORDINALITY
                    AS t(tenant_id, event_id, customer_id, meter_id, occurred_at, value,
                         unique_key, properties, batch, latest, n)),
-           claimed AS (
-               INSERT INTO usage_event_ids (tenant_id, event_id, occurred_at)
-               SELECT tenant_id, event_id, occurred_at FROM input ORDER BY n
-               ON CONFLICT DO NOTHING
-               RETURNING tenant_id, event_id),
-           fresh AS MATERIALIZED (
-               SELECT i.tenant_id, i.event_id, i.customer_id, i.meter_id, i.occurred_at,
-                      i.value::numeric AS value, i.unique_key, i.properties,
-                      i.batch, i.latest, date_trunc('hour', i.occurred_at, 'UTC') AS hour
-               FROM input i JOIN claimed c USING (tenant_id, event_id)),
            stored AS (
-               INSERT INTO usage_events (tenant_id, customer_id, meter_id, occurred_at,
-                                         event_id, value, unique_key, properties)
-               SELECT tenant_id, customer_id, meter_id, occurred_at, event_id, value,
-                      unique_key, properties
-               FROM fresh),
+               INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id,
+                                         occurred_at, value, unique_key, properties)
+               SELECT tenant_id, event_id, customer_id, meter_id, occurred_at,
+                      value::numeric, unique_key, properties
+               FROM input ORDER BY n
+               ON CONFLICT DO NOTHING
+               RETURNING tenant_id, event_id, customer_id, meter_id, occurred_at, value,
+                         unique_key),
+           fresh AS MATERIALIZED (
+               SELECT s.*, i.batch, i.latest,
+                      date_trunc('hour', s.occurred_at, 'UTC') AS hour
+               FROM stored s JOIN input i USING (tenant_id, event_id)),
            -- count, sum and max hash-aggregate; only LATEST meters' events are sorted
            -- for their newest. Rollup rows are this connection's own, so no lock order is
            -- needed here.
@@ -366,19 +363,6 @@ pub async fn unique_counts(
         .collect())
 }
 
-/// Creates the monthly partitions of `usage_events` that do not exist yet, from the month 40
-/// days ago through the month of `through`; returns how many it made.
-pub async fn ensure_partitions(
-    conn: &mut PgConnection,
-    through: OffsetDateTime,
-) -> Result<i32, StoreError> {
-    let made = sqlx::query_scalar!(r#"SELECT usage_ensure_partitions($1) AS "made!""#, through)
-        .fetch_one(conn)
-        .instrument(super::statement_span!("SELECT", "usage_events"))
-        .await?;
-    Ok(made)
-}
-
 /// Folds the per-connection rollup rows of up to `limit` (tenant, customer, meter, hour)
 /// groups that ended before `before` into one row each (shard 0), so a long range reads one
 /// row per hour. Returns how many groups it folded. A writer adding to a shard row meanwhile
@@ -421,24 +405,6 @@ pub async fn fold_rollups(
     .instrument(super::statement_span!("UPDATE", "usage_rollups"))
     .await?;
     Ok(folded.rows_affected())
-}
-
-/// Forgets up to `limit` event ids whose events happened before `before`; returns how many.
-pub async fn delete_expired_ids(
-    conn: &mut PgConnection,
-    before: OffsetDateTime,
-    limit: i64,
-) -> Result<u64, StoreError> {
-    let done = sqlx::query!(
-        "DELETE FROM usage_event_ids WHERE ctid = ANY (ARRAY(
-             SELECT ctid FROM usage_event_ids WHERE occurred_at < $1 LIMIT $2))",
-        before,
-        limit,
-    )
-    .execute(conn)
-    .instrument(super::statement_span!("DELETE", "usage_event_ids"))
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// A credit grant as stored.

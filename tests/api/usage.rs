@@ -578,17 +578,20 @@ async fn a_failed_write_leaves_no_event_id_claimed() {
         .map(|i| event(&format!("f-{i:04}"), "ada", "calls", "", b + i))
         .collect();
     // Hold one id of the batch in an open transaction, so the batch's statement stops there
-    // with half its ids claimed, then lose its connection.
+    // with half its events inserted, then lose its connection.
     let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO usage_event_ids (tenant_id, event_id, occurred_at) VALUES ($1, 'f-0500', now())")
-        .bind(tenant)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id, occurred_at, value)
+         VALUES ($1, 'f-0500', gen_random_uuid(), gen_random_uuid(), now(), 1)",
+    )
+    .bind(tenant)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
     let mut client = u.clone();
     let key = app.key.clone();
     let sent = batch.clone();
@@ -614,11 +617,11 @@ async fn a_failed_write_leaves_no_event_id_claimed() {
         "a lost connection is retryable: {err:?}"
     );
     holder.rollback().await.unwrap();
-    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_event_ids")
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(claimed, 0, "the failed statement claimed nothing");
+    assert_eq!(claimed, 0, "the failed statement stored nothing");
     let r = record(&mut u, &app.key, batch).await;
     assert_eq!((r.accepted, r.duplicates), (1_000, 0));
 }
