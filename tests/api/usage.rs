@@ -848,3 +848,36 @@ async fn get_usage_refuses_bad_ranges() {
         .unwrap_err();
     assert_eq!(details(&err).1, ["customer_id", "meter_key", "from", "to"]);
 }
+
+/// A stream left open does not hold the server up: shutdown answers what was sent, ends the
+/// stream at the drain deadline and finishes.
+#[tokio::test]
+async fn shutdown_ends_an_open_stream() {
+    let db = crate::helpers::TestDb::new().await;
+    let pool = db.pool().await;
+    let config = coffer::startup::ServerConfig {
+        drain_timeout: Duration::from_secs(1),
+        ..crate::helpers::test_config()
+    };
+    let app = TestApp::spawn_on(db, pool.clone(), pool, config).await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StreamUsageRequest {
+        events: vec![event("s-1", "ada", "calls", "", base())],
+    })
+    .await
+    .unwrap();
+    let mut answers = u
+        .stream_usage(req(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().accepted, 1);
+    // The client keeps the stream open and sends nothing more.
+    let stopped = tokio::time::timeout(Duration::from_secs(8), app.stop()).await;
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    drop(tx);
+}
