@@ -154,6 +154,7 @@ impl Server {
             .with_webhooks(accounts, config.webhooks.clone());
         let mut metrics = Metrics::new();
         app.events.metrics().register(metrics.registry_mut());
+        app.usage.metrics().register(metrics.registry_mut());
         let http = match config.http_addr {
             Some(addr) => Some(bind(addr).await?),
             None => None,

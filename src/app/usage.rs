@@ -41,6 +41,46 @@ const MAX_EVENTS_QUEUED: usize = 64_000;
 /// cache is only emptied when it grows past this.
 const MAX_CACHED_METERS: usize = 10_000;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Usage events by outcome (`accepted`, `duplicate`, `rejected`): three series at most.
+#[derive(Clone, Default)]
+pub struct UsageMetrics {
+    events: prometheus_client::metrics::family::Family<
+        OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl UsageMetrics {
+    /// Adds the counter to the registry `/metrics` serves.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "coffer_usage_events",
+            "Usage events by outcome (accepted, duplicate, rejected)",
+            self.events.clone(),
+        );
+    }
+
+    fn count(&self, r: &Recorded) {
+        for (outcome, n) in [
+            ("accepted", r.accepted as u64),
+            ("duplicate", r.duplicates as u64),
+            ("rejected", r.rejected.len() as u64),
+        ] {
+            if n > 0 {
+                self.events
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc_by(n);
+            }
+        }
+    }
+}
+
 /// What a batch of events came to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
@@ -62,6 +102,7 @@ pub struct Usage {
     /// Batches of events committed together.
     ingest: GroupCommit<EventBatch, u32>,
     meters: Arc<Mutex<HashMap<(TenantId, MeterKey), Meter>>>,
+    metrics: UsageMetrics,
 }
 
 impl Usage {
@@ -83,7 +124,12 @@ impl Usage {
             mutations,
             ingest,
             meters: Arc::default(),
+            metrics: UsageMetrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &UsageMetrics {
+        &self.metrics
     }
 
     /// Creates a meter. A key the tenant already uses is the statement finding the conflict,
@@ -294,13 +340,12 @@ impl Usage {
         let valid = rows.len() as u32;
         let mut seen = HashSet::with_capacity(rows.len());
         rows.retain(|r| seen.insert(r.event_id.clone()));
-        if rows.is_empty() {
-            out.duplicates = valid;
-            return Ok(out);
+        if !rows.is_empty() {
+            rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+            out.accepted = self.ingest.write(EventBatch { tenant, rows }).await?;
         }
-        rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-        out.accepted = self.ingest.write(EventBatch { tenant, rows }).await?;
         out.duplicates = valid - out.accepted;
+        self.metrics.count(&out);
         Ok(out)
     }
 

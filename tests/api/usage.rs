@@ -415,6 +415,12 @@ async fn ten_thousand_events_with_repeats_count_exactly() {
         .await
         .unwrap();
     assert_eq!(stored, 10_000);
+    // The counters saw the same.
+    let (_, metrics) = crate::helpers::http_get(app.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("coffer_usage_events_total{outcome=\"accepted\"} 10000"),
+        "{metrics}"
+    );
 }
 
 /// Bad events are refused one by one, named by index and field; the good ones are stored.
