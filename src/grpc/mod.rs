@@ -3,6 +3,7 @@
 //! which read each method's policy from one table. Nothing else: the use cases live in `app`.
 
 pub mod auth;
+pub mod checkout;
 pub mod codec;
 pub mod customers;
 pub mod limits;
