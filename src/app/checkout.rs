@@ -419,6 +419,15 @@ impl Checkout {
                 if let Some(id) = &op.provider_id {
                     return Ok(Some(id.clone()));
                 }
+                // Pending: another call is making this customer right now. Settling it here
+                // could call it failed while it is in flight; its own call, or the resolver
+                // once it is stale, settles it.
+                if op.status == "pending" {
+                    return Err(AppError::Provider(ProviderError::Retryable {
+                        message: "the provider customer is being created by another call".into(),
+                        retry_after: Some(std::time::Duration::from_secs(1)),
+                    }));
+                }
                 return match self.journal.settle(&op, account).await? {
                     Some(ProviderObject::Customer { id }) => Ok(Some(id)),
                     // Not made (yet): the next attempt is a new generation.

@@ -296,6 +296,37 @@ mod tests {
     }
 
     #[test]
+    fn totals_are_exact_in_one_currency_and_never_overflow() {
+        let usd = Currency::parse("USD").unwrap();
+        let eur = Currency::parse("EUR").unwrap();
+        let item = |amount: i64, currency, quantity| {
+            let unit = Money::stored(amount, currency).unwrap();
+            LineItem {
+                price_id: None,
+                name: "x".into(),
+                unit,
+                billing: Billing::OneTime,
+                quantity,
+                amount_total: item_total(unit, quantity).unwrap(),
+            }
+        };
+        assert_eq!(
+            total(&[item(1_999, usd, 3), item(1, usd, 1)]).unwrap(),
+            (5_998, usd)
+        );
+        assert_eq!(
+            total(&[item(100, usd, 1), item(100, eur, 1)])
+                .unwrap_err()
+                .0,
+            1
+        );
+        assert!(item_total(Money::stored(i64::MAX / 2, usd).unwrap(), 3).is_err());
+        let big = item(i64::MAX / 1_000, usd, 1_000);
+        assert_eq!(total(&[big.clone(), big]).unwrap_err().0, 1);
+        assert!(total(&[]).is_err());
+    }
+
+    #[test]
     fn states_are_final() {
         assert!(Status::Open.transition(Status::Expired).is_ok());
         assert!(Status::Expired.transition(Status::Open).is_err());
