@@ -166,6 +166,10 @@ impl Server {
         }
         let mut metrics = Metrics::new();
         app.events.metrics().register(metrics.registry_mut());
+        app.checkout
+            .journal()
+            .metrics()
+            .register(metrics.registry_mut());
         let http = match config.http_addr {
             Some(addr) => Some(bind(addr).await?),
             None => None,

@@ -209,6 +209,9 @@ impl Checkout {
                 },
             )
             .await;
+        self.journal
+            .metrics()
+            .observe(account.kind, OpKind::CreateCheckoutSession.as_str(), &sent);
         let session = match sent {
             Ok(session) => session,
             Err(e) => return Err(self.journal.failed(&op, e).await),
@@ -447,6 +450,9 @@ impl Checkout {
                 },
             )
             .await;
+        self.journal
+            .metrics()
+            .observe(account.kind, OpKind::CreateCustomer.as_str(), &made);
         let id = match made {
             Ok(id) => id,
             Err(e) => return Err(self.journal.failed(&op, e).await),
@@ -548,6 +554,9 @@ impl Checkout {
                 op.idempotency_key(),
             )
             .await;
+        self.journal
+            .metrics()
+            .observe(account.kind, OpKind::ExpireCheckoutSession.as_str(), &sent);
         let expired = match sent {
             Ok(s) => s,
             Err(ProviderError::Definitive { code, .. }) if code == "session_not_open" => {

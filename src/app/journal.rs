@@ -16,12 +16,16 @@
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::providers::{Providers, Resolved};
 use super::{AppError, RejectionKind};
-use crate::domain::account::AccountName;
+use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::ids::{CheckoutId, TenantId};
 use crate::providers::{ObjectKind, Operation, ProviderCheckout, ProviderError, ProviderObject};
 use crate::shutdown::CancellationToken;
@@ -114,15 +118,70 @@ pub enum Started {
     Existing(Op),
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    provider: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+/// Provider calls by provider, operation and outcome (`succeeded`, `failed`, `retryable`,
+/// `unknown`): fixed label values, so a bounded number of series.
+#[derive(Clone, Default)]
+pub struct ProviderMetrics {
+    calls: Family<CallLabels, Counter>,
+}
+
+impl ProviderMetrics {
+    /// Adds the counter to the registry `/metrics` serves.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "coffer_provider_calls",
+            "Outbound provider calls by provider, operation and outcome (succeeded, failed, retryable, unknown)",
+            self.calls.clone(),
+        );
+    }
+
+    /// Counts one call of `operation` on a `provider` account that ended as `result` says.
+    pub fn observe<T>(
+        &self,
+        provider: ProviderKind,
+        operation: &'static str,
+        result: &Result<T, ProviderError>,
+    ) {
+        let outcome = match result {
+            Ok(_) => "succeeded",
+            Err(ProviderError::Definitive { .. }) => "failed",
+            Err(ProviderError::Retryable { .. }) => "retryable",
+            Err(ProviderError::Unknown { .. }) => "unknown",
+        };
+        self.calls
+            .get_or_create(&CallLabels {
+                provider: provider.as_str(),
+                operation,
+                outcome,
+            })
+            .inc();
+    }
+}
+
 /// The journal's steps. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     pool: PgPool,
+    metrics: ProviderMetrics,
 }
 
 impl Journal {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            metrics: ProviderMetrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &ProviderMetrics {
+        &self.metrics
     }
 
     /// Step 1, committed on its own: the operation as pending.
@@ -223,8 +282,9 @@ impl Journal {
         let provider = account.for_op(Operation::FetchObject)?;
         let found = provider
             .fetch_object(&account.name, op.kind.object(), op.coffer_id)
-            .await
-            .map_err(provider_error)?;
+            .await;
+        self.metrics.observe(account.kind, "fetch_object", &found);
+        let found = found.map_err(provider_error)?;
         let mut conn = self.pool.acquire().await?;
         match &found {
             None => {

@@ -18,7 +18,7 @@ use coffer::providers::sandbox::{Faults, SandboxConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, details, eventually, idem, req};
+use crate::helpers::{TestApp, details, eventually, http_get, idem, req};
 
 const PUBLIC_URL: &str = "http://127.0.0.1:8089";
 
@@ -238,6 +238,15 @@ async fn a_session_opens_on_the_sandbox_and_its_customer_is_made_once() {
         .unwrap()
         .into_inner();
     assert_eq!(got, first);
+
+    // Provider calls are counted by provider, operation and outcome.
+    let (_, metrics) = http_get(app.admin_addr, "/metrics").await;
+    for line in [
+        r#"coffer_provider_calls_total{provider="sandbox",operation="create_customer",outcome="succeeded"} 1"#,
+        r#"coffer_provider_calls_total{provider="sandbox",operation="create_checkout_session",outcome="succeeded"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
