@@ -931,3 +931,72 @@ async fn without_the_sandbox_there_is_no_account() {
         (Code::FailedPrecondition, "NO_PROVIDER_ACCOUNT")
     );
 }
+
+/// The real binary: `serve --sandbox` gives acme its sandbox account, with URLs on
+/// COFFER_PUBLIC_URL and a signing secret that survives a restart; without the flag there is
+/// no account to check out on.
+#[tokio::test]
+async fn serve_sandbox_enables_the_sandbox_in_the_real_binary() {
+    use crate::binary::{Served, TempDir, acme};
+    let db = crate::helpers::TestDb::new().await;
+    let state = TempDir::new();
+    let (pool, _, key) = acme(&db).await;
+    let env = [("COFFER_PUBLIC_URL", "https://pay.example.test/".to_string())];
+    let open_one = |served: &Served, key: String| {
+        let grpc = served.grpc.clone();
+        async move {
+            let channel = Channel::from_shared(grpc).unwrap().connect().await.unwrap();
+            let alice = coffer::grpc::pb::customers_client::CustomersClient::new(channel.clone())
+                .create_customer(req(CreateCustomerRequest::default(), &key))
+                .await
+                .unwrap()
+                .into_inner()
+                .id;
+            CheckoutClient::new(channel)
+                .create_checkout_session(req(
+                    session(&alice, CheckoutMode::Payment, vec![inline(500, "USD", 1)]),
+                    &key,
+                ))
+                .await
+        }
+    };
+
+    let served = Served::start(&db, &state.0, &["--sandbox"], &env).await;
+    let s = open_one(&served, key.clone()).await.unwrap().into_inner();
+    assert_eq!(s.provider_account, "acme-sandbox");
+    assert!(
+        s.url
+            .starts_with("https://pay.example.test/sandbox/checkout/cs_sbx_"),
+        "{}",
+        s.url
+    );
+    let secret: String = sqlx::query_scalar("SELECT webhook_secret FROM sandbox_accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(secret.starts_with("whsec_"));
+    assert!(
+        !served.logs().contains(&secret),
+        "the secret is never logged"
+    );
+    served.sigterm();
+    assert_eq!(served.wait().await.0, Some(0));
+
+    // Restarted, the account and its secret are the same.
+    let served = Served::start(&db, &state.0, &["--sandbox"], &env).await;
+    open_one(&served, key.clone()).await.unwrap();
+    let secrets: Vec<String> = sqlx::query_scalar("SELECT webhook_secret FROM sandbox_accounts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets, vec![secret]);
+    served.sigterm();
+    assert_eq!(served.wait().await.0, Some(0));
+
+    let served = Served::start(&db, &state.0, &[], &env).await;
+    let e = open_one(&served, key).await.unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::FailedPrecondition, "NO_PROVIDER_ACCOUNT")
+    );
+}
