@@ -40,6 +40,11 @@ pub const REASON_PLAN_ARCHIVED: &str = "PLAN_ARCHIVED";
 
 const LIST: &str = "coffer.v1.Checkout/ListCheckoutSessions";
 
+/// How long a checkout waits for a concurrent call that is creating the same provider
+/// customer: 50 steps of 50 ms, well inside the work timeout.
+const CUSTOMER_WAIT_STEPS: u32 = 50;
+const CUSTOMER_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A CreateCheckoutSession request, its fields valid; prices not yet looked up.
 #[derive(Debug, Clone)]
 pub struct CreateCheckout {
@@ -423,9 +428,23 @@ impl Checkout {
                     return Ok(Some(id.clone()));
                 }
                 // Pending: another call is making this customer right now. Settling it here
-                // could call it failed while it is in flight; its own call, or the resolver
-                // once it is stale, settles it.
+                // could call it failed while it is in flight; wait a little for that call to
+                // record it (its own call, or the resolver once it is stale, settles it).
                 if op.status == "pending" {
+                    for _ in 0..CUSTOMER_WAIT_STEPS {
+                        tokio::time::sleep(CUSTOMER_WAIT_STEP).await;
+                        if let Some(id) = crate::store::journal::find_provider_object(
+                            conn,
+                            ctx.tenant,
+                            account.name.as_str(),
+                            "customer",
+                            customer.as_uuid(),
+                        )
+                        .await?
+                        {
+                            return Ok(Some(id));
+                        }
+                    }
                     return Err(AppError::Provider(ProviderError::Retryable {
                         message: "the provider customer is being created by another call".into(),
                         retry_after: Some(std::time::Duration::from_secs(1)),

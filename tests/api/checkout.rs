@@ -560,6 +560,44 @@ async fn a_concurrent_duplicate_is_aborted() {
 }
 
 #[tokio::test]
+async fn concurrent_sessions_of_a_new_customer_share_one_provider_customer() {
+    let (app, _) = spawn("").await;
+    let alice = customer(&app, &app.key, "alice").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut checkout = client(&app).await;
+        let request = req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        );
+        calls.push(tokio::spawn(async move {
+            checkout.create_checkout_session(request).await
+        }));
+    }
+    for call in calls {
+        let s = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(s.status, CheckoutSessionStatus::Open as i32);
+    }
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM sandbox_customers").await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM provider_operations WHERE kind = 'create_customer'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM sandbox_checkout_sessions").await,
+        8
+    );
+}
+
+#[tokio::test]
 async fn tenants_see_only_their_own_sessions_and_accounts() {
     let (app, _) = spawn("").await;
     let mut checkout = client(&app).await;
