@@ -1038,3 +1038,87 @@ async fn serve_sandbox_enables_the_sandbox_in_the_real_binary() {
         (Code::FailedPrecondition, "NO_PROVIDER_ACCOUNT")
     );
 }
+
+/// A crash between the journal's commit and the outcome's record leaves an operation pending;
+/// once past its deadline the resolver settles it by fetching: found, the session is recorded;
+/// never made, the operation fails (so a retry is a new generation).
+#[tokio::test]
+async fn stale_pending_operations_are_settled_by_the_resolver() {
+    let (app, _) = spawn("").await;
+    let mut checkout = client(&app).await;
+    let alice = customer(&app, &app.key, "alice").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let s = checkout
+            .create_checkout_session(req(
+                session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+                &app.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(s.id);
+    }
+    // Rewind both to "written, then the process died": pending, past the deadline, the
+    // session not yet recorded; and the provider never got the second.
+    sqlx::query(
+        "UPDATE provider_operations SET status = 'pending', provider_id = NULL,
+                next_resolve_at = now() - interval '1 second'
+         WHERE kind = 'create_checkout_session'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE checkout_sessions SET provider_session_id = NULL, url = NULL")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let second = coffer::domain::ids::CheckoutId::parse(&ids[1]).unwrap();
+    sqlx::query("DELETE FROM sandbox_checkout_sessions WHERE client_reference = $1")
+        .bind(second.as_uuid())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let e = checkout
+        .get_checkout_session(req(
+            GetCheckoutSessionRequest { id: ids[0].clone() },
+            &app.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "unrecorded sessions are not shown"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            scalar(
+                &app,
+                "SELECT count(*) FROM provider_operations
+                 WHERE kind = 'create_checkout_session' AND status IN ('succeeded', 'failed')",
+            )
+            .await
+                == 2
+        })
+        .await
+    );
+    let found = checkout
+        .get_checkout_session(req(
+            GetCheckoutSessionRequest { id: ids[0].clone() },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.status, CheckoutSessionStatus::Open as i32);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM provider_operations WHERE coffer_id = $1")
+            .bind(second.as_uuid())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+}
