@@ -190,7 +190,7 @@ impl Checkout {
                     // The provider never made it: try again, as a new generation.
                     return Box::pin(self.create_attempt(ctx, call, request)).await;
                 }
-                return self.reload(&mut conn, ctx, id, Some(&account)).await;
+                return self.reload(&mut conn, ctx, id).await;
             }
         };
 
@@ -242,7 +242,7 @@ impl Checkout {
         tx.commit()
             .await
             .map_err(|e| AppError::from_commit(e.into()))?;
-        self.reload(&mut conn, ctx, id, None).await
+        self.reload(&mut conn, ctx, id).await
     }
 
     async fn reload(
@@ -250,7 +250,6 @@ impl Checkout {
         conn: &mut PgConnection,
         ctx: TenantCtx,
         id: CheckoutId,
-        _account: Option<&Resolved>,
     ) -> Result<CheckoutSession, AppError> {
         store::find_session(conn, ctx.tenant, id)
             .await?
@@ -624,7 +623,7 @@ impl Checkout {
         tx.commit()
             .await
             .map_err(|e| AppError::from_commit(e.into()))?;
-        self.reload(&mut conn, ctx, id, None).await
+        self.reload(&mut conn, ctx, id).await
     }
 }
 
