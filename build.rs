@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/coffer/v1/usage.proto",
     "proto/coffer/v1/subscriptions.proto",
     "proto/coffer/v1/provider_events.proto",
+    "proto/coffer/v1/checkout.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

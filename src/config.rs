@@ -117,6 +117,14 @@ pub struct ServeArgs {
     /// Public HTTP listen address of the webhook sidecar (POST /webhooks/{account}).
     #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Enable the sandbox provider (always on with --dev): every tenant gets a
+    /// `{tenant}-sandbox` account. For development and tests only.
+    #[arg(long, env = "COFFER_SANDBOX")]
+    pub sandbox: bool,
+    /// The public listener's URL as browsers reach it (checkout pages link to it); default
+    /// `http://{http_addr}`.
+    #[arg(long, env = "COFFER_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// The largest accepted distance between a webhook's signed timestamp and now, either way.
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,

@@ -246,6 +246,15 @@ async fn run_server(
         http2_keepalive_timeout: args.http2_keepalive_timeout,
         tcp_keepalive: args.tcp_keepalive,
         settings: Arc::new(settings),
+        sandbox: (dev || args.sandbox).then(|| coffer::providers::sandbox::SandboxConfig {
+            public_url: args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.http_addr))
+                .trim_end_matches('/')
+                .to_owned(),
+            faults: Arc::default(),
+        }),
         ..ServerConfig::default()
     };
     let server = Server::bind(config, database.pool.clone()).await?;

@@ -20,12 +20,14 @@ use tower::ServiceBuilder;
 use crate::admin::{self, Readiness};
 use crate::app::accounts::{Accounts, AccountsError};
 use crate::app::events::WebhookConfig;
-use crate::app::{App, IdempotencyConfig, sweeper};
+use crate::app::{App, IdempotencyConfig, journal, sweeper};
 use crate::domain::account::Account;
 use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::checkout::CheckoutService;
 use crate::grpc::customers::CustomersService;
 use crate::grpc::limits::{CallLimits, Incoming};
+use crate::grpc::pb::checkout_server::CheckoutServer;
 use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::pb::provider_events_server::ProviderEventsServer;
 use crate::grpc::pb::subscriptions_server::SubscriptionsServer;
@@ -35,6 +37,7 @@ use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
+use crate::providers::sandbox::{Sandbox, SandboxConfig};
 use crate::settings::Settings;
 use crate::shutdown::CancellationToken;
 use crate::store::pool::Pinger;
@@ -85,6 +88,10 @@ pub struct ServerConfig {
     pub tcp_keepalive: Duration,
     /// coffer.toml, resolved: provider accounts and per-tenant settings.
     pub settings: Arc<Settings>,
+    /// The sandbox provider (`serve --dev` / `--sandbox`); none runs without it.
+    pub sandbox: Option<SandboxConfig>,
+    /// How often the journal's resolver settles provider operations of unknown outcome.
+    pub resolve_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +116,8 @@ impl Default for ServerConfig {
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
             settings: Arc::default(),
+            sandbox: None,
+            resolve_interval: Duration::from_secs(5),
         }
     }
 }
@@ -150,11 +159,18 @@ impl Server {
         let mut accounts = config.settings.accounts().to_vec();
         accounts.extend(config.accounts.iter().cloned());
         let accounts = Accounts::new(accounts)?;
-        let app = App::with_settings(pool, config.idempotency, config.settings.clone())
+        let mut app = App::with_settings(pool.clone(), config.idempotency, config.settings.clone())
             .with_webhooks(accounts, config.webhooks.clone());
+        if let Some(sandbox) = &config.sandbox {
+            app = app.with_sandbox(Sandbox::new(pool, sandbox.clone()));
+        }
         let mut metrics = Metrics::new();
         app.events.metrics().register(metrics.registry_mut());
         app.usage.metrics().register(metrics.registry_mut());
+        app.checkout
+            .journal()
+            .metrics()
+            .register(metrics.registry_mut());
         let http = match config.http_addr {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -225,6 +241,12 @@ impl Server {
             config.sweep_interval,
             workers.clone(),
         ));
+        app.tasks.spawn(journal::run_resolver(
+            app.checkout.journal().clone(),
+            app.checkout.providers().clone(),
+            config.resolve_interval,
+            workers.clone(),
+        ));
         let admin_router = admin::router(metrics.clone(), readiness.clone());
         let admin_stop = workers.clone().cancelled_owned();
         let admin_server = app.tasks.spawn(async move {
@@ -248,6 +270,8 @@ impl Server {
         let usage = UsageServer::new(UsageService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let subscriptions = SubscriptionsServer::new(SubscriptionsService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let checkout = CheckoutServer::new(CheckoutService::new(app.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let provider_events = ProviderEventsServer::new(ProviderEventsService::new(app.clone()))
             .max_decoding_message_size(MAX_INGEST_BYTES);
@@ -307,6 +331,7 @@ impl Server {
             .add_service(usage)
             .add_service(subscriptions)
             .add_service(provider_events)
+            .add_service(checkout)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);

@@ -1,6 +1,7 @@
 //! The app layer's error: what went wrong, in terms a transport can map.
 
 use crate::domain::Violations;
+use crate::providers::ProviderError;
 use crate::providers::signature::Rejection as SignatureRejection;
 use crate::store::StoreError;
 
@@ -32,6 +33,12 @@ pub enum AppError {
     /// transport's own encoding of it (for gRPC, a `google.rpc.Status`).
     #[error("replayed refusal")]
     Replayed(StoredStatus),
+    /// A provider call failed without a definitive answer: nothing happened and the call may be
+    /// retried ([`ProviderError::Retryable`]), or it may have happened and the operations
+    /// journal will settle it ([`ProviderError::Unknown`]; retry under the same
+    /// idempotency key). A definitive refusal is a [`AppError::Rejected`] instead.
+    #[error("provider call failed")]
+    Provider(#[source] ProviderError),
     /// A bug or an unexpected failure; logged with its cause, returned without detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -317,6 +317,77 @@ impl Mutations {
         }
     }
 
+    /// Runs an attempt whose work commits on its own, outside one transaction: a provider call
+    /// between journal writes. Claim; the work, which is handed the call so it can find what
+    /// an earlier attempt under the same key began (the operations journal remembers the key);
+    /// then [`Mutations::finish`]. On the server's tracker, like [`Mutations::run`], so a
+    /// caller that goes away does not cut a provider call in half.
+    pub async fn run_external<T, F, Fut>(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        work: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        F: FnOnce(Option<IdempotentCall>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, AppError>> + Send,
+    {
+        let this = self.clone();
+        let tenant = ctx.tenant;
+        let attempt = async move {
+            let lease = match &call {
+                None => None,
+                Some(c) => match this.claim(tenant, c).await? {
+                    Claim::Mine(lease) => Some(lease),
+                    Claim::Replay(answer) => return answer,
+                },
+            };
+            let result = this.bounded(Box::pin(work(call))).await;
+            match lease {
+                None => result.map(Done::new),
+                Some(lease) => this.finish(lease, result).await,
+            }
+        };
+        self.tasks
+            .spawn(attempt.instrument(tracing::Span::current()))
+            .await
+            .map_err(AppError::internal)?
+    }
+
+    /// Steps 2 and 3 for work that committed its own changes: stores a deterministic outcome
+    /// under the key in a transaction of its own, or releases the key. The work must be safe to
+    /// find again under the same key should this step be lost (the journal makes it so).
+    pub async fn finish<T: Replayable>(
+        &self,
+        lease: Lease,
+        result: Result<T, AppError>,
+    ) -> Result<Done<T>, AppError> {
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // The key's lease runs out on its own; the work is found again under it.
+                tracing::warn!(error = %e, "could not record an idempotent outcome");
+                return result.map(Done::new);
+            }
+        };
+        let Some(record) = lease.record(&result) else {
+            lease.release(&mut conn).await;
+            return result.map(Done::new);
+        };
+        let mut tx = conn.begin().await?;
+        if let Err(e) = lease.complete(&mut tx, record).await {
+            drop(tx);
+            lease.release(&mut conn).await;
+            return Err(e);
+        }
+        if let Err(e) = tx.commit().await {
+            tracing::warn!(error = %e, "could not record an idempotent outcome");
+            lease.release_elsewhere(&self.pool).await;
+        }
+        result.map(Done::new)
+    }
+
     /// Runs a mutation whose work is one statement that records its own outcome: a create,
     /// whose response (`value`) is known before it runs because Coffer picks the id and the
     /// timestamps, and whose one possible refusal (`refusal`, a conflict the statement finds

@@ -4,12 +4,15 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod checkout;
 pub mod customers;
 pub mod error;
 pub mod events;
 pub mod group_commit;
 pub mod idempotency;
+pub mod journal;
 pub mod page;
+pub mod providers;
 pub mod subscriptions;
 pub mod sweeper;
 pub mod tenants;
@@ -41,6 +44,8 @@ pub struct App {
     /// coffer.toml, read at start: provider accounts and per-tenant settings.
     pub settings: Arc<Settings>,
     pub events: events::Events,
+    /// Checkout sessions, through the provider registry and the operations journal.
+    pub checkout: checkout::Checkout,
 }
 
 impl App {
@@ -64,6 +69,11 @@ impl App {
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
             usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
             subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations.clone()),
+            checkout: checkout::Checkout::new(
+                pool.clone(),
+                mutations.clone(),
+                providers::Providers::new(settings.clone(), None),
+            ),
             settings,
             events: events::Events::new(
                 pool.clone(),
@@ -93,6 +103,19 @@ impl App {
             self.tasks.clone(),
             accounts,
             config,
+        );
+        self
+    }
+}
+
+impl App {
+    /// The same app with the sandbox provider enabled (`serve --dev` / `--sandbox`): every
+    /// tenant gets its own sandbox account.
+    pub fn with_sandbox(mut self, sandbox: crate::providers::sandbox::Sandbox) -> Self {
+        self.checkout = checkout::Checkout::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            providers::Providers::new(self.settings.clone(), Some(sandbox)),
         );
         self
     }

@@ -125,6 +125,26 @@ typed_id!(
     EventId,
     "event"
 );
+typed_id!(
+    /// A checkout session: where a customer pays, on the provider's hosted page.
+    CheckoutId,
+    "checkout"
+);
+typed_id!(
+    /// A payment: one charge, of a one-time checkout or of a subscription's period.
+    PaymentId,
+    "payment"
+);
+typed_id!(
+    /// A refund of (part of) a payment.
+    RefundId,
+    "refund"
+);
+typed_id!(
+    /// A customer's subscription to a plan's price.
+    SubscriptionId,
+    "subscription"
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod checkout;
 pub mod customer;
 pub mod event;
 pub mod idempotency;

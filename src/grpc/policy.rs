@@ -75,6 +75,7 @@ const CUSTOMERS: &str = "coffer.v1.Customers";
 const USAGE: &str = "coffer.v1.Usage";
 const SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions";
 const PROVIDER_EVENTS: &str = "coffer.v1.ProviderEvents";
+const CHECKOUT: &str = "coffer.v1.Checkout";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -162,6 +163,40 @@ pub const SERVICES: &[Service] = &[
                 PROVIDER_EVENTS,
                 "ReplayEvent",
                 Some(Scope::Admin),
+                true,
+                Unary,
+            ),
+        ],
+    },
+    Service {
+        name: CHECKOUT,
+        health_reported: true,
+        methods: &[
+            rpc(
+                CHECKOUT,
+                "CreateCheckoutSession",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
+            rpc(
+                CHECKOUT,
+                "GetCheckoutSession",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
+            rpc(
+                CHECKOUT,
+                "ListCheckoutSessions",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
+            rpc(
+                CHECKOUT,
+                "ExpireCheckoutSession",
+                Some(Scope::Write),
                 true,
                 Unary,
             ),
@@ -366,7 +401,8 @@ mod tests {
                 "coffer.v1.Customers",
                 "coffer.v1.Usage",
                 "coffer.v1.Subscriptions",
-                "coffer.v1.ProviderEvents"
+                "coffer.v1.ProviderEvents",
+                "coffer.v1.Checkout"
             ]
         );
     }

@@ -14,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 use crate::app::{AppError, Rejection, RejectionKind, StoredStatus};
 use crate::domain::Violations;
+use crate::providers::ProviderError;
 use crate::providers::signature::Rejection as SignatureRejection;
 use crate::store::StoreError;
 
@@ -27,6 +28,8 @@ pub const REASON_DATABASE_TIMEOUT: &str = "DATABASE_TIMEOUT";
 pub const REASON_TRANSACTION_CONFLICT: &str = "TRANSACTION_CONFLICT";
 pub const REASON_OVERLOADED: &str = "OVERLOADED";
 pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+pub const REASON_PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
+pub const REASON_PROVIDER_OUTCOME_UNKNOWN: &str = "PROVIDER_OUTCOME_UNKNOWN";
 
 fn with_info(
     code: Code,
@@ -185,6 +188,25 @@ impl From<AppError> for Status {
                     "the change was sent to the database but its answer was lost, so it may or \
                      may not have been applied; retry with the same idempotency-key to learn which",
                 )
+            }
+            AppError::Provider(cause) => {
+                tracing::warn!(error = %cause, "provider call failed");
+                match cause {
+                    ProviderError::Retryable { retry_after, .. } => retry_in(
+                        Code::Unavailable,
+                        REASON_PROVIDER_UNAVAILABLE,
+                        "the payment provider is unavailable and nothing was changed; retry shortly",
+                        retry_after.unwrap_or(Duration::from_secs(1)),
+                    ),
+                    // Definitive refusals are Rejected; this arm is the unknown outcome.
+                    _ => retry_in(
+                        Code::Unavailable,
+                        REASON_PROVIDER_OUTCOME_UNKNOWN,
+                        "the payment provider's answer was lost; Coffer is settling what happened. \
+                         Retry with the same idempotency-key to get the outcome",
+                        Duration::from_secs(1),
+                    ),
+                }
             }
             AppError::Internal(cause) => {
                 tracing::error!(error = %chain(cause.as_ref()), "internal error");

@@ -3,12 +3,15 @@
 
 pub mod audit;
 pub mod bench;
+pub mod checkout;
 pub mod customers;
 pub mod events;
 pub mod idempotency;
+pub mod journal;
 pub mod meters;
 pub mod plans;
 pub mod pool;
+pub mod sandbox;
 pub mod tenants;
 pub mod usage;
 

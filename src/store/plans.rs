@@ -301,3 +301,54 @@ async fn with_prices(
         })
         .collect()
 }
+
+/// A price found for a purchase: the price, its plan's name, and whether the plan is archived.
+#[derive(Debug, Clone)]
+pub struct PriceForSale {
+    pub price: Price,
+    pub plan_name: String,
+    pub archived: bool,
+}
+
+/// The tenant's prices among `ids`, with their plans' names and states; unknown ids are absent.
+pub async fn find_prices_for_sale(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, PriceForSale>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT pr.id, pr.plan_id, pr.amount, pr.currency, pr.interval, pr.interval_count,
+                  pr.trial_days, pr.created_at, p.name AS plan_name,
+                  p.archived_at IS NOT NULL AS "archived!"
+           FROM prices pr
+           JOIN plans p ON p.tenant_id = pr.tenant_id AND p.id = pr.plan_id
+           WHERE pr.tenant_id = $1 AND pr.id = ANY($2)"#,
+        tenant.as_uuid(),
+        ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let price = PriceRow {
+                plan_id: r.plan_id,
+                id: r.id,
+                amount: r.amount,
+                currency: r.currency,
+                interval: r.interval,
+                interval_count: r.interval_count,
+                trial_days: r.trial_days,
+                created_at: r.created_at,
+            }
+            .into_domain()?;
+            Ok((
+                r.id,
+                PriceForSale {
+                    price,
+                    plan_name: r.plan_name,
+                    archived: r.archived,
+                },
+            ))
+        })
+        .collect()
+}

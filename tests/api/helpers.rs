@@ -169,6 +169,15 @@ impl TestApp {
     /// A server configured by the coffer.toml `text` (secrets from `env`), with tenant "acme"
     /// made first so the file can name it.
     pub async fn spawn_with_settings(text: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_configured(text, env, |_| {}).await
+    }
+
+    /// As [`TestApp::spawn_with_settings`], with the server's config edited by `edit` too.
+    pub async fn spawn_configured(
+        text: &str,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let db = TestDb::new().await;
         let pool = db.pool().await;
         let app = App::new(pool.clone());
@@ -187,10 +196,11 @@ impl TestApp {
         .expect("a valid coffer.toml")
         .resolve(&[("acme".to_owned(), acme)].into())
         .expect("its tenants exist");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             settings: Arc::new(settings),
             ..test_config()
         };
+        edit(&mut config);
         let server = Server::bind(config, pool.clone()).await.expect("binding");
         let (addr, admin_addr) = (server.grpc_addr(), server.admin_addr());
         let http_addr = server.http_addr();

@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod checkout;
 mod config;
 mod config_file;
 mod customers;

@@ -1,0 +1,417 @@
+//! The operations journal: every outbound provider call in three steps.
+//!
+//! 1. **Write**: [`Journal::begin`] records the intended operation (kind, account, Coffer's
+//!    object id, generation) as `pending`, in a statement of its own, committed before anything
+//!    is sent.
+//! 2. **Call** the provider with the idempotency key `{operation id}-{generation}` and Coffer's
+//!    object id as the client reference.
+//! 3. **Record** the outcome: `succeeded` with the provider's object id (in the transaction that
+//!    applies it), `failed` for a definitive refusal or a call that did nothing, or `unknown`.
+//!
+//! Invariants: no provider call without a committed journal row; an `unknown` (or stale
+//! `pending`) operation is settled by fetching the object by Coffer's id, never by calling again
+//! blindly ([`Journal::resolve_due`], run by [`run_resolver`] and by a caller's retry under the
+//! same idempotency key); a retry after a failure is a new generation, so the provider never
+//! answers it with the stored result of the failed one.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::providers::{Providers, Resolved};
+use super::{AppError, RejectionKind};
+use crate::domain::account::{AccountName, ProviderKind};
+use crate::domain::ids::{CheckoutId, TenantId};
+use crate::providers::{ObjectKind, Operation, ProviderCheckout, ProviderError, ProviderObject};
+use crate::shutdown::CancellationToken;
+use crate::store::journal::{self as store, Begun, OperationRow};
+use crate::store::{StoreError, checkout as checkout_store};
+
+pub const REASON_PROVIDER_REJECTED: &str = "PROVIDER_REJECTED";
+
+/// What an operation does, as the journal names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    CreateCustomer,
+    CreateCheckoutSession,
+    ExpireCheckoutSession,
+    Refund,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::CreateCustomer => "create_customer",
+            OpKind::CreateCheckoutSession => "create_checkout_session",
+            OpKind::ExpireCheckoutSession => "expire_checkout_session",
+            OpKind::Refund => "refund",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            OpKind::CreateCustomer,
+            OpKind::CreateCheckoutSession,
+            OpKind::ExpireCheckoutSession,
+            OpKind::Refund,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The kind of object the operation is about (found by Coffer's id when settling).
+    pub fn object(self) -> ObjectKind {
+        match self {
+            OpKind::CreateCustomer => ObjectKind::Customer,
+            OpKind::CreateCheckoutSession | OpKind::ExpireCheckoutSession => {
+                ObjectKind::CheckoutSession
+            }
+            OpKind::Refund => ObjectKind::Refund,
+        }
+    }
+}
+
+/// One operation of the journal, current generation.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub tenant: TenantId,
+    pub id: Uuid,
+    pub generation: i32,
+    pub kind: OpKind,
+    pub coffer_id: Uuid,
+    pub status: String,
+    pub provider_id: Option<String>,
+}
+
+impl Op {
+    fn from_row(row: OperationRow) -> Result<Self, StoreError> {
+        Ok(Op {
+            tenant: TenantId::from_uuid(row.tenant_id),
+            id: row.id,
+            generation: row.generation,
+            kind: OpKind::parse(&row.kind).ok_or_else(|| StoreError::Corrupt {
+                what: "operation kind",
+                detail: row.kind.clone(),
+            })?,
+            coffer_id: row.coffer_id,
+            status: row.status,
+            provider_id: row.provider_id,
+        })
+    }
+
+    /// The provider idempotency key of this generation.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}-{}", self.id.simple(), self.generation)
+    }
+}
+
+/// What [`Journal::begin`] found.
+pub enum Started {
+    /// Written and committed: call now.
+    Call(Op),
+    /// Already there and not failed: settle or reuse it.
+    Existing(Op),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    provider: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+/// Provider calls by provider, operation and outcome (`succeeded`, `failed`, `retryable`,
+/// `unknown`): fixed label values, so a bounded number of series.
+#[derive(Clone, Default)]
+pub struct ProviderMetrics {
+    calls: Family<CallLabels, Counter>,
+}
+
+impl ProviderMetrics {
+    /// Adds the counter to the registry `/metrics` serves.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "coffer_provider_calls",
+            "Outbound provider calls by provider, operation and outcome (succeeded, failed, retryable, unknown)",
+            self.calls.clone(),
+        );
+    }
+
+    /// Counts one call of `operation` on a `provider` account that ended as `result` says.
+    pub fn observe<T>(
+        &self,
+        provider: ProviderKind,
+        operation: &'static str,
+        result: &Result<T, ProviderError>,
+    ) {
+        let outcome = match result {
+            Ok(_) => "succeeded",
+            Err(ProviderError::Definitive { .. }) => "failed",
+            Err(ProviderError::Retryable { .. }) => "retryable",
+            Err(ProviderError::Unknown { .. }) => "unknown",
+        };
+        self.calls
+            .get_or_create(&CallLabels {
+                provider: provider.as_str(),
+                operation,
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// The journal's steps. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    pool: PgPool,
+    metrics: ProviderMetrics,
+}
+
+impl Journal {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            metrics: ProviderMetrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &ProviderMetrics {
+        &self.metrics
+    }
+
+    /// Step 1, committed on its own: the operation as pending.
+    pub async fn begin(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        account: &AccountName,
+        kind: OpKind,
+        coffer_id: Uuid,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Started, AppError> {
+        Ok(
+            match store::begin_operation(
+                conn,
+                tenant,
+                account.as_str(),
+                kind.as_str(),
+                coffer_id,
+                idempotency,
+            )
+            .await?
+            {
+                Begun::Call(row) => Started::Call(Op::from_row(row)?),
+                Begun::Existing(row) => Started::Existing(Op::from_row(row)?),
+            },
+        )
+    }
+
+    /// Step 3 for a failed call: `failed` when the provider refused or nothing happened,
+    /// `unknown` otherwise; returns the error to answer with.
+    pub async fn failed(&self, op: &Op, error: ProviderError) -> AppError {
+        let (status, failure) = match &error {
+            ProviderError::Definitive { code, .. } => ("failed", code.as_str()),
+            ProviderError::Retryable { .. } => ("failed", "retryable"),
+            ProviderError::Unknown { .. } => ("unknown", "unknown"),
+        };
+        let recorded = match self.pool.acquire().await {
+            Ok(mut conn) => store::record_outcome(
+                &mut conn,
+                op.tenant,
+                op.id,
+                op.generation,
+                status,
+                None,
+                Some(failure),
+            )
+            .await
+            .map(|_| ()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = recorded {
+            // The row stays pending, which the resolver treats as unknown once due.
+            tracing::warn!(error = %e, "could not record a provider operation's failure");
+        }
+        provider_error(error)
+    }
+
+    /// Step 3 for a success, inside the transaction `tx` that applies it.
+    pub async fn succeeded(
+        &self,
+        tx: &mut PgConnection,
+        op: &Op,
+        account: &AccountName,
+        provider_id: &str,
+    ) -> Result<(), AppError> {
+        store::record_outcome(
+            tx,
+            op.tenant,
+            op.id,
+            op.generation,
+            "succeeded",
+            Some(provider_id),
+            None,
+        )
+        .await?;
+        store::insert_provider_object(
+            tx,
+            op.tenant,
+            account.as_str(),
+            op.kind.object().as_str(),
+            op.coffer_id,
+            provider_id,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Settles an operation whose outcome is not known by fetching its object by Coffer's id:
+    /// the object if the provider has it (the operation is then recorded and applied), `None`
+    /// if it does not (the operation is recorded failed, so the next attempt is a new
+    /// generation).
+    pub async fn settle(
+        &self,
+        op: &Op,
+        account: &Resolved,
+    ) -> Result<Option<ProviderObject>, AppError> {
+        let provider = account.for_op(Operation::FetchObject)?;
+        let found = provider
+            .fetch_object(&account.name, op.kind.object(), op.coffer_id)
+            .await;
+        self.metrics.observe(account.kind, "fetch_object", &found);
+        let found = found.map_err(provider_error)?;
+        let mut conn = self.pool.acquire().await?;
+        match &found {
+            None => {
+                store::record_outcome(
+                    &mut conn,
+                    op.tenant,
+                    op.id,
+                    op.generation,
+                    "failed",
+                    None,
+                    Some("not_found_on_provider"),
+                )
+                .await?;
+            }
+            Some(object) => {
+                let mut tx = conn.begin().await?;
+                self.apply(&mut tx, op, &account.name, object).await?;
+                tx.commit()
+                    .await
+                    .map_err(|e| AppError::from_commit(e.into()))?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records `object` as `op`'s outcome and applies it to Coffer's object, in `tx`.
+    pub async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        op: &Op,
+        account: &AccountName,
+        object: &ProviderObject,
+    ) -> Result<(), AppError> {
+        match object {
+            ProviderObject::Customer { id } => self.succeeded(tx, op, account, id).await,
+            ProviderObject::CheckoutSession(session) => {
+                self.succeeded(tx, op, account, &session.id).await?;
+                apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await
+            }
+        }
+    }
+
+    /// One pass of the resolver: settles up to `limit` due operations. Returns how many it
+    /// looked at.
+    pub async fn resolve_due(&self, providers: &Providers, limit: i64) -> Result<usize, AppError> {
+        let rows = {
+            let mut conn = self.pool.acquire().await?;
+            store::claim_unresolved(&mut conn, limit).await?
+        };
+        let n = rows.len();
+        for row in rows {
+            let account = row.account.clone();
+            let op = Op::from_row(row)?;
+            let outcome = async {
+                let name = AccountName::parse(&account)
+                    .map_err(|e| AppError::internal(format!("journal account: {}", e.0)))?;
+                let resolved = providers.resolve(op.tenant, Some(&name)).await?;
+                self.settle(&op, &resolved).await
+            }
+            .await;
+            match outcome {
+                Ok(found) => tracing::info!(
+                    operation = %op.id,
+                    kind = op.kind.as_str(),
+                    found = found.is_some(),
+                    "settled a provider operation"
+                ),
+                Err(e) => tracing::warn!(
+                    operation = %op.id,
+                    error = %e,
+                    "could not settle a provider operation; will retry"
+                ),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Applies the provider's view of a session to Coffer's row.
+pub async fn apply_checkout(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    id: CheckoutId,
+    s: &ProviderCheckout,
+) -> Result<(), AppError> {
+    checkout_store::record_provider_session(
+        tx,
+        tenant,
+        id,
+        &s.id,
+        &s.url,
+        s.status,
+        s.payment_status,
+        s.expires_at,
+        s.version,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A provider failure as the caller sees it: a definitive refusal is FAILED_PRECONDITION
+/// (`PROVIDER_REJECTED`, stored under the idempotency key); the rest say retry.
+pub fn provider_error(error: ProviderError) -> AppError {
+    match error {
+        ProviderError::Definitive { code, message } => AppError::rejected(
+            RejectionKind::FailedPrecondition,
+            REASON_PROVIDER_REJECTED,
+            format!("the payment provider refused the request ({code}): {message}"),
+        ),
+        other => AppError::Provider(other),
+    }
+}
+
+/// The resolver worker: settles unknown outcomes every `interval` until `stop`.
+pub async fn run_resolver(
+    journal: Journal,
+    providers: Providers,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = journal.resolve_due(&providers, 100).await {
+            tracing::warn!(error = %e, "the provider operation resolver failed a pass");
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The sandbox: Coffer's own fake provider, for development and tests, enabled only by
+//! `serve --dev` or `--sandbox`. Every tenant gets an account of its own, `{tenant}-sandbox`,
+//! made the first time it is needed (so tenants created after the start get one too), with a
+//! random signing secret kept in `sandbox_accounts` (or the tenant's
+//! `sandbox_webhook_secret_env`).
+//!
+//! Its objects live in Postgres (`store::sandbox`) and carry versions, so a late event never
+//! overwrites newer state. Checkout URLs point at `{public_url}/sandbox/checkout/{id}`.
+//!
+//! Seams for the next stage: the hosted page (a handler on the public listener that reads
+//! `sandbox_checkout_sessions` by id, takes a test card and moves the session and its payment
+//! on, bumping `version`), payments and refunds on the sandbox's side, and signed event
+//! delivery to `/webhooks/{account}` from a durable queue. [`Sandbox::refund`] refuses until
+//! then.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use base64::Engine as _;
+use futures_core::future::BoxFuture;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    CheckoutRequest, CustomerRequest, ObjectKind, Provider, ProviderCheckout, ProviderError,
+    ProviderObject, ProviderRefund, RefundRequest,
+};
+use crate::domain::account::{AccountName, ProviderKind, Secret};
+use crate::domain::checkout::{Mode, PaymentStatus, Status};
+use crate::domain::ids::TenantId;
+use crate::store::{StoreError, sandbox as store};
+
+/// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
+/// server was built with (the tests); nothing on the API can set them.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next N creates are applied but answered as a timeout (outcome unknown).
+    lose_answers: AtomicU32,
+    /// The next N calls fail before doing anything (retryable).
+    refuse: AtomicU32,
+}
+
+impl Faults {
+    /// Apply the next `n` creates but lose their answers, as a timeout would.
+    pub fn lose_next_answers(&self, n: u32) {
+        self.lose_answers.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuse the next `n` calls before doing anything, as a 503 would.
+    pub fn refuse_next(&self, n: u32) {
+        self.refuse.store(n, Ordering::SeqCst);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// How the sandbox is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where the public listener is reached from a browser: `COFFER_PUBLIC_URL`, or
+    /// `http://{http_addr}`. No trailing slash.
+    pub public_url: String,
+    pub faults: Arc<Faults>,
+}
+
+/// The sandbox provider. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    pool: PgPool,
+    config: SandboxConfig,
+}
+
+impl Sandbox {
+    pub fn new(pool: PgPool, config: SandboxConfig) -> Self {
+        Self { pool, config }
+    }
+
+    /// The tenant's sandbox account and its signing secret, made on first use. `override_secret`
+    /// (coffer.toml's `sandbox_webhook_secret_env`) wins over the stored one. `None` for a
+    /// tenant that does not exist.
+    pub async fn account_for(
+        &self,
+        tenant: TenantId,
+        override_secret: Option<&Secret>,
+    ) -> Result<Option<(AccountName, Secret)>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let found = store::ensure_sandbox_account(
+            &mut conn,
+            tenant,
+            |name| AccountName::sandbox_for(name).as_str().to_owned(),
+            &new_secret(),
+        )
+        .await?;
+        let Some((name, secret)) = found else {
+            return Ok(None);
+        };
+        let name = AccountName::parse(&name).map_err(|e| crate::store::StoreError::Corrupt {
+            what: "sandbox account name",
+            detail: e.0,
+        })?;
+        let secret = override_secret.cloned().unwrap_or(Secret::new(secret));
+        Ok(Some((name, secret)))
+    }
+
+    fn checkout_url(&self, id: &str) -> String {
+        format!("{}/sandbox/checkout/{id}", self.config.public_url)
+    }
+
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ProviderError> {
+        if Faults::take(&self.config.faults.refuse) {
+            return Err(ProviderError::Retryable {
+                message: "sandbox fault: refused".into(),
+                retry_after: None,
+            });
+        }
+        self.pool.acquire().await.map_err(|e| unavailable(e.into()))
+    }
+
+    /// The answer of a create that was applied: lost, if the fault switch says so.
+    fn answer<T>(&self, value: T) -> Result<T, ProviderError> {
+        if Faults::take(&self.config.faults.lose_answers) {
+            return Err(ProviderError::Unknown {
+                message: "sandbox fault: the answer was lost".into(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+/// A signing secret in Standard Webhooks' form: `whsec_` and 32 random bytes in base64.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// A store failure inside the sandbox: nothing was applied unless the commit's answer was lost.
+fn unavailable(e: StoreError) -> ProviderError {
+    if e.may_have_committed() {
+        ProviderError::Unknown {
+            message: e.to_string(),
+        }
+    } else {
+        ProviderError::Retryable {
+            message: e.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+fn to_checkout(row: store::SessionRow) -> Result<ProviderCheckout, ProviderError> {
+    let bad = || ProviderError::Definitive {
+        code: "corrupt".into(),
+        message: "the sandbox holds an invalid session".into(),
+    };
+    Ok(ProviderCheckout {
+        status: Status::parse(&row.status).ok_or_else(bad)?,
+        payment_status: PaymentStatus::parse(&row.payment_status).ok_or_else(bad)?,
+        id: row.id,
+        url: row.url,
+        expires_at: row.expires_at,
+        version: row.version,
+    })
+}
+
+fn no_such_session() -> ProviderError {
+    ProviderError::Definitive {
+        code: "resource_missing".into(),
+        message: "no such checkout session".into(),
+    }
+}
+
+impl Provider for Sandbox {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Sandbox
+    }
+
+    fn create_customer<'a>(
+        &'a self,
+        account: &'a AccountName,
+        request: CustomerRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let id = format!("cus_sbx_{}", Uuid::now_v7().simple());
+            let id =
+                store::upsert_customer(&mut conn, account.as_str(), &id, request.client_reference)
+                    .await
+                    .map_err(unavailable)?;
+            self.answer(id)
+        })
+    }
+
+    fn create_checkout_session<'a>(
+        &'a self,
+        account: &'a AccountName,
+        r: CheckoutRequest,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let Some(customer) = r.customer.as_deref() else {
+                return Err(ProviderError::Definitive {
+                    code: "customer_required".into(),
+                    message: "the sandbox needs a customer".into(),
+                });
+            };
+            let id = format!("cs_sbx_{}", Uuid::now_v7().simple());
+            let items: Vec<serde_json::Value> = r
+                .items
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "name": i.name,
+                        "unit_amount": i.unit.amount(),
+                        "quantity": i.quantity,
+                        "amount_total": i.amount_total,
+                    })
+                })
+                .collect();
+            let payment_status = match (r.mode, r.amount_total) {
+                (Mode::Subscription, _) if r.trial_days > 0 => PaymentStatus::NoPaymentRequired,
+                _ => PaymentStatus::Unpaid,
+            };
+            let row = store::upsert_session(
+                &mut conn,
+                store::NewSession {
+                    account: account.as_str(),
+                    id: &id,
+                    client_reference: r.client_reference,
+                    customer,
+                    mode: r.mode.as_str(),
+                    payment_status: payment_status.as_str(),
+                    line_items: serde_json::Value::Array(items),
+                    amount_total: r.amount_total,
+                    currency: r.currency.code(),
+                    trial_days: r.trial_days as i16,
+                    success_url: &r.success_url,
+                    cancel_url: &r.cancel_url,
+                    url: &self.checkout_url(&id),
+                    expires_at: r.expires_at,
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+            self.answer(to_checkout(row)?)
+        })
+    }
+
+    fn fetch_checkout_session<'a>(
+        &'a self,
+        account: &'a AccountName,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let row = store::find_session(&mut conn, account.as_str(), id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(no_such_session)?;
+            to_checkout(row)
+        })
+    }
+
+    fn expire_checkout_session<'a>(
+        &'a self,
+        account: &'a AccountName,
+        id: &'a str,
+        _idempotency_key: String,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            match store::expire_session(&mut conn, account.as_str(), id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(row) => self.answer(to_checkout(row)?),
+                None => match store::find_session(&mut conn, account.as_str(), id)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    // Already expired: what an idempotent retry of the expiry sees.
+                    Some(row) if row.status == "expired" => to_checkout(row),
+                    Some(_) => Err(ProviderError::Definitive {
+                        code: "session_not_open".into(),
+                        message: "only an open checkout session can be expired".into(),
+                    }),
+                    None => Err(no_such_session()),
+                },
+            }
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: RefundRequest,
+    ) -> BoxFuture<'a, Result<ProviderRefund, ProviderError>> {
+        // The sandbox takes no payments yet (the hosted page comes next), so there is nothing
+        // to refund.
+        Box::pin(async {
+            Err(ProviderError::Definitive {
+                code: "resource_missing".into(),
+                message: "no such payment".into(),
+            })
+        })
+    }
+
+    fn fetch_object<'a>(
+        &'a self,
+        account: &'a AccountName,
+        kind: ObjectKind,
+        client_reference: Uuid,
+    ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            match kind {
+                ObjectKind::Customer => {
+                    Ok(
+                        store::find_customer(&mut conn, account.as_str(), client_reference)
+                            .await
+                            .map_err(unavailable)?
+                            .map(|id| ProviderObject::Customer { id }),
+                    )
+                }
+                ObjectKind::CheckoutSession => {
+                    match store::find_session_by_reference(
+                        &mut conn,
+                        account.as_str(),
+                        client_reference,
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    {
+                        Some(row) => Ok(Some(ProviderObject::CheckoutSession(to_checkout(row)?))),
+                        None => Ok(None),
+                    }
+                }
+                ObjectKind::Payment | ObjectKind::Refund | ObjectKind::Subscription => Ok(None),
+            }
+        })
+    }
+}
