@@ -28,7 +28,7 @@ use crate::domain::ids::{CheckoutId, CustomerId};
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, Operation, ProviderError, ProviderObject,
+    CheckoutRequest, CustomerRequest, Operation, ProviderCheckout, ProviderError, ProviderObject,
 };
 use crate::store::{audit, checkout as store, customers as customer_store, plans as plan_store};
 
@@ -221,12 +221,37 @@ impl Checkout {
             Ok(session) => session,
             Err(e) => return Err(self.journal.failed(&op, e).await),
         };
+        self.record(
+            &mut conn,
+            ctx,
+            id,
+            &op,
+            &account.name,
+            session,
+            "checkout.created",
+        )
+        .await
+    }
+
+    /// Records the provider's answer to `op` and its audit row in one transaction, then
+    /// reads the session back.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        ctx: TenantCtx,
+        id: CheckoutId,
+        op: &journal::Op,
+        account: &AccountName,
+        session: ProviderCheckout,
+        action: &'static str,
+    ) -> Result<CheckoutSession, AppError> {
         let mut tx = conn.begin().await?;
         self.journal
             .apply(
                 &mut tx,
-                &op,
-                &account.name,
+                op,
+                account,
                 &ProviderObject::CheckoutSession(session),
             )
             .await?;
@@ -234,7 +259,7 @@ impl Checkout {
             &mut tx,
             ctx.tenant,
             Some(ctx.key),
-            "checkout.created",
+            action,
             "checkout_session",
             id.as_uuid(),
         )
@@ -242,7 +267,7 @@ impl Checkout {
         tx.commit()
             .await
             .map_err(|e| AppError::from_commit(e.into()))?;
-        self.reload(&mut conn, ctx, id).await
+        self.reload(conn, ctx, id).await
     }
 
     async fn reload(
@@ -602,28 +627,16 @@ impl Checkout {
             }
             Err(e) => return Err(self.journal.failed(&op, e).await),
         };
-        let mut tx = conn.begin().await?;
-        self.journal
-            .apply(
-                &mut tx,
-                &op,
-                &account.name,
-                &ProviderObject::CheckoutSession(expired),
-            )
-            .await?;
-        audit::insert_audit(
-            &mut tx,
-            ctx.tenant,
-            Some(ctx.key),
+        self.record(
+            &mut conn,
+            ctx,
+            id,
+            &op,
+            &account.name,
+            expired,
             "checkout.expired",
-            "checkout_session",
-            id.as_uuid(),
         )
-        .await?;
-        tx.commit()
-            .await
-            .map_err(|e| AppError::from_commit(e.into()))?;
-        self.reload(&mut conn, ctx, id).await
+        .await
     }
 }
 
