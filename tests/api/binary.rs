@@ -370,6 +370,21 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let (pool, _, key) = acme(&db).await;
     let state = TempDir::new();
     let served = Served::start(&db, &state.0, &[], &[]).await;
+    // One call first, so the server knows the key: eight first calls at once with a key it has
+    // never seen may pass the budget of lookups for unseen keys (KEY_LOOKUPS_EXHAUSTED), which
+    // is not what this test is about.
+    served
+        .customers()
+        .await
+        .create_customer(req(
+            CreateCustomerRequest {
+                external_id: "warm-up".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap();
 
     // Callers keep creating customers while the server is told to stop.
     let mut callers = tokio::task::JoinSet::new();
@@ -421,8 +436,9 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         .await
         .unwrap();
     assert!(ok_total > 0);
-    // Every call that was answered OK is stored, and nothing was stored without an answer.
-    assert_eq!(stored, i64::from(ok_total));
+    // Every call that was answered OK is stored, and nothing was stored without an answer
+    // (the warm-up call is the one more).
+    assert_eq!(stored, i64::from(ok_total) + 1);
 
     // Logs are JSON, one object a line, and never hold the key.
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
