@@ -264,10 +264,18 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
         );
         watch.expect("a stream opens while calls are at their limit");
     }
-    assert!(
-        slow.iter().all(|c| !c.is_finished()),
-        "the slow calls kept their places and were not shed"
-    );
+    // The slow calls kept their places: none was shed. On a loaded machine the test can run
+    // past the server's own 30 s limit on a call, which ends a slow call with
+    // DEADLINE_EXCEEDED; that is the limit working, not shedding.
+    for c in slow {
+        if c.is_finished() {
+            let ended = c.await.unwrap().map(|_| ());
+            assert!(
+                matches!(&ended, Err(s) if s.code() == tonic::Code::DeadlineExceeded),
+                "a slow call was shed or answered: {ended:?}"
+            );
+        }
+    }
     let (rss_after, hwm_after) = memory(pid);
     eprintln!(
         "server VmRSS {rss_before} -> {rss_after} KiB, VmHWM {hwm_before} -> {hwm_after} KiB"
