@@ -28,8 +28,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
@@ -72,6 +74,9 @@ pub struct InboxConfig {
     /// The first retry's backoff ceiling; it doubles per failed attempt, up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The longest one handler may run; past it the attempt fails (and its writes roll back),
+    /// so a stuck handler cannot hold its batch's locks for ever.
+    pub handler_timeout: Duration,
     /// What applies each (provider, event type).
     pub handlers: Handlers,
 }
@@ -84,6 +89,7 @@ impl Default for InboxConfig {
             poll: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),
+            handler_timeout: Duration::from_secs(30),
             handlers: Handlers::builtin(),
         }
     }
@@ -385,7 +391,7 @@ impl Inbox {
             return Ok(EventStatus::Ignored);
         };
         let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-        match handler.apply(&mut savepoint, event).await {
+        match run_handler(handler, &mut savepoint, event, self.config.handler_timeout).await {
             Ok(()) => {
                 store::settle_event(&mut savepoint, e.tenant, e.id, EventStatus::Processed).await?;
                 savepoint.commit().await?;
@@ -423,6 +429,37 @@ impl Inbox {
             }
         }
     }
+}
+
+/// Runs a handler for at most `timeout`, with a panic turned into a failure rather than the
+/// end of the worker: a handler that panics on one event must not stop, in turn, every worker
+/// that claims it (the event fails like any other and ends `dead`). The panic's message is
+/// printed by the panic hook; `last_error` says only that it panicked.
+async fn run_handler(
+    handler: &Arc<dyn Handler>,
+    conn: &mut PgConnection,
+    event: &InboxEvent,
+    timeout: Duration,
+) -> Result<(), HandlerError> {
+    let panicked = || HandlerError::Failed("the handler panicked".into());
+    let mut applying =
+        std::panic::catch_unwind(AssertUnwindSafe(once(move || handler.apply(conn, event))))
+            .map_err(|_| panicked())?;
+    let caught = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| applying.as_mut().poll(cx))) {
+            Ok(Poll::Ready(done)) => Poll::Ready(done),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(panicked())),
+        }
+    });
+    tokio::time::timeout(timeout, caught)
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::Failed("the handler timed out".into())))
+}
+
+/// `f`, known to be called once: so it may hand out what it captured by unique reference.
+fn once<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    f
 }
 
 /// The advisory lock key of an object: the first 8 bytes of SHA-256 over the account and the

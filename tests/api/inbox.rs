@@ -31,6 +31,7 @@ fn inbox(handlers: Handlers) -> InboxConfig {
         poll: Duration::from_millis(20),
         backoff_base: Duration::from_millis(5),
         backoff_cap: Duration::from_millis(40),
+        handler_timeout: Duration::from_secs(30),
         handlers,
     }
 }
@@ -362,6 +363,65 @@ impl Handler for Stuck {
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(std::future::pending())
     }
+}
+
+/// Panics on `test.panics` (before its future) and `test.panics-later` (while it is polled),
+/// times out on `test.hangs` (with a short timeout), records the
+/// rest.
+struct Broken;
+
+impl Handler for Broken {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a InboxEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        match event.event.event_type.as_str() {
+            "test.panics" => panic!("a handler bug"),
+            "test.panics-later" => Box::pin(async { panic!("a handler bug, later") }),
+            "test.hangs" => Box::pin(std::future::pending()),
+            _ => Recorder.apply(conn, event),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_or_hangs_fails_its_event_and_the_workers_carry_on() {
+    let handlers = ["test.panics", "test.panics-later", "test.hangs", HANDLED]
+        .into_iter()
+        .fold(Handlers::builtin(), |h, t| {
+            h.with(ProviderKind::Sandbox, t, Broken)
+        });
+    let env = Env::spawn_with(|c| ServerConfig {
+        inbox: InboxConfig {
+            handler_timeout: Duration::from_millis(50),
+            ..inbox(handlers)
+        },
+        ..c
+    })
+    .await;
+    ingest(&env, sandbox("msg_p", "test.panics", "cs_p")).await;
+    ingest(&env, sandbox("msg_l", "test.panics-later", "cs_l")).await;
+    ingest(&env, sandbox("msg_h", "test.hangs", "cs_h")).await;
+    assert!(settles_as(&env, "msg_p", "dead").await);
+    assert!(settles_as(&env, "msg_l", "dead").await);
+    assert!(settles_as(&env, "msg_h", "dead").await);
+    assert_eq!(
+        row(&env, "msg_p").await.2.as_deref(),
+        Some("the handler panicked")
+    );
+    assert_eq!(
+        row(&env, "msg_l").await.2.as_deref(),
+        Some("the handler panicked")
+    );
+    assert_eq!(
+        row(&env, "msg_h").await.2.as_deref(),
+        Some("the handler timed out")
+    );
+    // Every worker is still there to apply the next event.
+    ingest(&env, sandbox("msg_ok", HANDLED, "cs_ok")).await;
+    assert!(settles_as(&env, "msg_ok", "processed").await);
+    assert_eq!(effects(&env).await, 1);
 }
 
 #[tokio::test]
