@@ -2,7 +2,8 @@
 //! unknown types are ignored; a registered handler applies an event exactly once however often
 //! it is delivered and however many workers run; failures back off and end `dead`, and
 //! ReplayEvent brings them back; one provider object's events are never applied at once; the
-//! workers stop promptly at shutdown; the gauges and counters reach /metrics.
+//! workers stop promptly at shutdown; the gauges and counters reach /metrics; and the real
+//! binary, killed after acknowledging an event, applies it after a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,8 +18,9 @@ use coffer::startup::{Server, ServerConfig};
 use futures_core::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::events::{Env, SANDBOX_SECRET, now};
-use crate::helpers::{eventually, idem, req, test_config};
+use crate::binary::{Served, TempDir, acme};
+use crate::events::{Env, SANDBOX_SECRET, STRIPE_SECRET, now, stripe_body};
+use crate::helpers::{TestDb, eventually, idem, req, test_config};
 
 /// The type the test handlers are registered for.
 const HANDLED: &str = "test.handled";
@@ -501,4 +503,85 @@ async fn metrics_show_outcomes_and_depth() {
         })
         .await
     );
+}
+
+/// The real binary: an event acknowledged by a process that is SIGKILLed before any worker took
+/// it is applied by the next process; with workers running, SIGTERM still exits promptly.
+#[tokio::test]
+async fn the_real_binary_killed_after_acknowledging_applies_the_event_after_restart() {
+    let db = TestDb::new().await;
+    let (pool, _, _) = acme(&db).await;
+    let dir = TempDir::new();
+    let config = dir.0.join("coffer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[account]]
+name = "acme-stripe"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_TEST_STRIPE_KEY"
+webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
+"#,
+    )
+    .unwrap();
+    let env = [
+        ("COFFER_TEST_STRIPE_KEY", "sk_test_x".to_owned()),
+        ("COFFER_TEST_STRIPE_WHSEC", STRIPE_SECRET.to_owned()),
+    ];
+    let config = config.to_str().unwrap();
+    // No workers: the event is acknowledged and nothing takes it.
+    let served = Served::start(
+        &db,
+        &dir.0,
+        &["--config", config, "--inbox-workers", "0"],
+        &env,
+    )
+    .await;
+    let body = stripe_body("evt_kill");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/acme-stripe", served.http))
+        .header(
+            "Stripe-Signature",
+            sign::stripe(STRIPE_SECRET, now(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", served.logs());
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM webhook_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status().await, "pending");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &served.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(served);
+
+    let served = Served::start(
+        &db,
+        &dir.0,
+        &["--config", config, "--inbox-poll", "50ms"],
+        &env,
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            status().await == "ignored"
+        })
+        .await,
+        "{}",
+        served.logs()
+    );
+    let started = Instant::now();
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{logs}");
 }
