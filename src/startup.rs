@@ -256,7 +256,10 @@ impl Server {
             config.resolve_interval,
             workers.clone(),
         ));
-        inbox.spawn(&app.tasks, &workers);
+        // The inbox workers claim nothing after the signal; a batch in flight finishes while
+        // calls drain, or is rolled back when the workers stop.
+        let stop_claiming = CancellationToken::new();
+        inbox.spawn(&app.tasks, &stop_claiming, &workers);
         let admin_router = admin::router(metrics.clone(), readiness.clone());
         let admin_stop = workers.clone().cancelled_owned();
         let admin_server = app.tasks.spawn(async move {
@@ -344,6 +347,10 @@ impl Server {
             .add_service(checkout)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
+        let signal = async move {
+            signal.await;
+            stop_claiming.cancel();
+        };
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);
         let served = tokio::select! {
             served = serving => served,

@@ -261,19 +261,29 @@ impl Inbox {
         &self.metrics
     }
 
-    /// Spawns the workers and the gauges' refresher on `tasks`; they stop when `stop` is
-    /// cancelled, abandoning (rolling back) a batch in flight.
-    pub fn spawn(&self, tasks: &TaskTracker, stop: &CancellationToken) {
+    /// Spawns the workers and the gauges' refresher on `tasks`. Once `stop_claiming` is
+    /// cancelled (the shutdown signal) a worker claims nothing more and ends when its batch in
+    /// flight has committed; once `stop` is cancelled, everything ends at once, and a batch
+    /// still in flight is abandoned (rolled back).
+    pub fn spawn(
+        &self,
+        tasks: &TaskTracker,
+        stop_claiming: &CancellationToken,
+        stop: &CancellationToken,
+    ) {
         for worker in 0..self.config.workers {
-            tasks.spawn(self.clone().work(worker, stop.clone()));
+            tasks.spawn(
+                self.clone()
+                    .work(worker, stop_claiming.clone(), stop.clone()),
+            );
         }
         tasks.spawn(self.clone().gauge(stop.clone()));
     }
 
-    async fn work(self, worker: usize, stop: CancellationToken) {
-        loop {
-            // Abandoned at shutdown: dropping the transaction rolls it back, and the events
-            // it held are due again for the next worker, here or on another replica.
+    async fn work(self, worker: usize, stop_claiming: CancellationToken, stop: CancellationToken) {
+        while !stop_claiming.is_cancelled() {
+            // Abandoned at `stop`: dropping the transaction rolls it back, and the events it
+            // held are due again for the next worker, here or on another replica.
             let ran = tokio::select! {
                 ran = self.run_once() => ran,
                 () = stop.cancelled() => return,
@@ -289,6 +299,7 @@ impl Inbox {
             if idle {
                 tokio::select! {
                     () = tokio::time::sleep(self.config.poll) => {}
+                    () = stop_claiming.cancelled() => return,
                     () = stop.cancelled() => return,
                 }
             }

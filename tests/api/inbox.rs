@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coffer::app::inbox::{Handler, HandlerError, Handlers, InboxConfig, InboxEvent};
+use coffer::app::inbox::{Handler, HandlerError, Handlers, Inbox, InboxConfig, InboxEvent};
 use coffer::domain::account::ProviderKind;
 use coffer::grpc::pb::{Header, IngestEventRequest, ReplayEventRequest};
 use coffer::providers::signature::sign;
+use coffer::shutdown::{CancellationToken, TaskTracker};
 use coffer::startup::{Server, ServerConfig};
 use futures_core::future::BoxFuture;
 use sqlx::PgConnection;
@@ -584,4 +585,66 @@ webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
     let (code, logs) = served.wait().await;
     assert_eq!(code, Some(0), "{logs}");
     assert!(started.elapsed() < Duration::from_secs(5), "{logs}");
+}
+
+/// Takes a while: long enough to be in flight when the shutdown signal comes.
+struct Slow;
+
+impl Handler for Slow {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a InboxEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Recorder.apply(conn, event).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn once_told_to_stop_claiming_workers_finish_their_batch_and_take_nothing_more() {
+    let env = Env::spawn().await;
+    let inbox = Inbox::new(
+        env.app.pool.clone(),
+        InboxConfig {
+            workers: 1,
+            ..inbox(handling(Slow))
+        },
+    );
+    let (tasks, stop_claiming, stop) = (
+        TaskTracker::new(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    );
+    inbox.spawn(&tasks, &stop_claiming, &stop);
+    ingest(&env, sandbox("msg_1", HANDLED, "cs_1")).await;
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT 1 FROM webhook_events FOR UPDATE SKIP LOCKED) t",
+        )
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap()
+            == 0
+    };
+    assert!(eventually(Duration::from_secs(10), held).await);
+    stop_claiming.cancel();
+    ingest(&env, sandbox("msg_2", HANDLED, "cs_2")).await;
+    // The worker ends by itself once its batch committed: nothing else had to stop it.
+    tasks.close();
+    assert!(eventually(Duration::from_secs(5), || async { tasks.len() == 1 }).await);
+    assert_eq!(row(&env, "msg_1").await.0, "processed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        row(&env, "msg_2").await.0,
+        "pending",
+        "claimed after the signal"
+    );
+    // The gauges' refresher stops with the rest.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .unwrap();
 }
