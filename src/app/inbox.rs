@@ -127,7 +127,10 @@ pub trait Handler: Send + Sync {
 
 /// The dispatch table: (provider, event type) → handler. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Handlers(Arc<HashMap<(ProviderKind, String), Arc<dyn Handler>>>);
+pub struct Handlers(Arc<HashMap<ProviderKind, ByType>>);
+
+/// One provider's handlers by event type (a nested map, so a lookup borrows the type).
+type ByType = HashMap<String, Arc<dyn Handler>>;
 
 impl Handlers {
     /// The handlers Coffer ships: none yet (checkout registers its own here).
@@ -142,20 +145,26 @@ impl Handlers {
         event_type: &str,
         handler: impl Handler + 'static,
     ) -> Self {
-        Arc::make_mut(&mut self.0).insert((provider, event_type.to_owned()), Arc::new(handler));
+        Arc::make_mut(&mut self.0)
+            .entry(provider)
+            .or_default()
+            .insert(event_type.to_owned(), Arc::new(handler));
         self
     }
 
     fn get(&self, provider: ProviderKind, event_type: &str) -> Option<&Arc<dyn Handler>> {
-        // The key owns its type; a lookup by borrowed parts would need a custom Borrow.
-        self.0.get(&(provider, event_type.to_owned()))
+        self.0.get(&provider)?.get(event_type)
     }
 }
 
 impl fmt::Debug for Handlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set()
-            .entries(self.0.keys().map(|(p, t)| format!("{p}:{t}")))
+            .entries(
+                self.0
+                    .iter()
+                    .flat_map(|(p, types)| types.keys().map(move |t| format!("{p}:{t}"))),
+            )
             .finish()
     }
 }
