@@ -87,6 +87,9 @@ impl DbArgs {
     }
 }
 
+// One value, parsed once at start: `serve`'s many flags make its variant large, and boxing it
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server, the admin listener and the workers.
