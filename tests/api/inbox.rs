@@ -599,7 +599,14 @@ webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
     let served = Served::start(
         &db,
         &dir.0,
-        &["--config", config, "--inbox-poll", "50ms"],
+        &[
+            "--config",
+            config,
+            "--inbox-workers",
+            "2",
+            "--inbox-poll",
+            "50ms",
+        ],
         &env,
     )
     .await;
