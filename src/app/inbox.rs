@@ -64,7 +64,8 @@ const OTHER_TYPE: &str = "other";
 /// How the workers run.
 #[derive(Debug, Clone)]
 pub struct InboxConfig {
-    /// Workers per process; 0 runs none (another replica does the work).
+    /// Workers per process; 0 runs none (another replica does the work, and reports the
+    /// gauges).
     pub workers: usize,
     /// Events claimed per transaction.
     pub batch: u32,
@@ -286,7 +287,11 @@ impl Inbox {
                     .work(worker, stop_claiming.clone(), stop.clone()),
             );
         }
-        tasks.spawn(self.clone().gauge(stop.clone()));
+        // The processes that apply the inbox report on it; one that runs no workers keeps no
+        // connection busy for it either.
+        if self.config.workers > 0 {
+            tasks.spawn(self.clone().gauge(stop.clone()));
+        }
     }
 
     async fn work(self, worker: usize, stop_claiming: CancellationToken, stop: CancellationToken) {

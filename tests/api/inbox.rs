@@ -495,16 +495,9 @@ async fn shutdown_abandons_a_batch_in_flight_promptly_and_its_event_stays_pendin
 
 #[tokio::test]
 async fn metrics_show_outcomes_and_depth() {
-    // No workers: the event waits, and the gauges say so.
-    let env = Env::spawn_with(|c| ServerConfig {
-        inbox: InboxConfig {
-            workers: 0,
-            ..inbox(Handlers::builtin())
-        },
-        ..c
-    })
-    .await;
-    ingest(&env, sandbox("msg_m", "some.type", "cs_m")).await;
+    // A stuck worker: the event waits, still pending to everyone else, and the gauges say so.
+    let env = spawn(handling(Stuck)).await;
+    ingest(&env, sandbox("msg_m", HANDLED, "cs_m")).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             env.metric("coffer_inbox_events{status=\"pending\"}").await == 1.0
