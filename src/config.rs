@@ -87,6 +87,9 @@ impl DbArgs {
     }
 }
 
+// One value, parsed once at start: `serve`'s many flags make its variant large, and boxing it
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server, the admin listener and the workers.
@@ -145,6 +148,16 @@ pub struct ServeArgs {
     /// streams and calls still running end with UNAVAILABLE and the process exits.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Inbox workers in this process (0: none; another replica applies the webhooks).
+    #[arg(long, env = "COFFER_INBOX_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub inbox_workers: u32,
+    /// Webhook events an inbox worker claims and applies in one transaction.
+    #[arg(long, env = "COFFER_INBOX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub inbox_batch: u32,
+    /// How long an idle inbox worker waits before looking for due events again; also how
+    /// often the inbox gauges are refreshed.
+    #[arg(long, env = "COFFER_INBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub inbox_poll: Duration,
     /// Unary calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "COFFER_MAX_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_calls: u32,

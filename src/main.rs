@@ -236,6 +236,12 @@ async fn run_server(
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
+        inbox: coffer::app::inbox::InboxConfig {
+            workers: args.inbox_workers as usize,
+            batch: args.inbox_batch,
+            poll: args.inbox_poll,
+            ..Default::default()
+        },
         drain_timeout: args.drain_timeout,
         max_calls: args.max_calls as usize,
         max_streams: args.max_streams as usize,

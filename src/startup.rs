@@ -20,6 +20,7 @@ use tower::ServiceBuilder;
 use crate::admin::{self, Readiness};
 use crate::app::accounts::{Accounts, AccountsError};
 use crate::app::events::WebhookConfig;
+use crate::app::inbox::{Inbox, InboxConfig};
 use crate::app::{App, IdempotencyConfig, journal, sweeper};
 use crate::domain::account::Account;
 use crate::grpc::FILE_DESCRIPTOR_SET;
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How often expired idempotency keys are swept.
     pub sweep_interval: Duration,
+    /// The inbox workers: how many, their batches and polling, retries, and the handlers.
+    pub inbox: InboxConfig,
     /// Idempotency leases and the work timeout under them.
     pub idempotency: IdempotencyConfig,
     /// After the grace period, how long calls in flight have to finish. Then what is still open
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
+            inbox: InboxConfig::default(),
             idempotency: IdempotencyConfig::default(),
             drain_timeout: Duration::from_secs(10),
             max_calls: 1024,
@@ -126,6 +130,7 @@ impl Default for ServerConfig {
 pub struct Server {
     config: ServerConfig,
     app: App,
+    inbox: Inbox,
     metrics: Arc<Metrics>,
     grpc: TcpListener,
     admin: TcpListener,
@@ -171,6 +176,8 @@ impl Server {
             .journal()
             .metrics()
             .register(metrics.registry_mut());
+        let inbox = Inbox::new(app.pool.clone(), config.inbox.clone());
+        inbox.metrics().register(metrics.registry_mut());
         let http = match config.http_addr {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -180,6 +187,7 @@ impl Server {
             admin: bind(config.admin_addr).await?,
             http,
             app,
+            inbox,
             metrics: Arc::new(metrics),
             config,
         })
@@ -211,6 +219,7 @@ impl Server {
         let Server {
             config,
             app,
+            inbox,
             metrics,
             grpc,
             admin,
@@ -247,6 +256,10 @@ impl Server {
             config.resolve_interval,
             workers.clone(),
         ));
+        // The inbox workers claim nothing after the signal; a batch in flight finishes while
+        // calls drain, or is rolled back when the workers stop.
+        let stop_claiming = CancellationToken::new();
+        inbox.spawn(&app.tasks, &stop_claiming, &workers);
         let admin_router = admin::router(metrics.clone(), readiness.clone());
         let admin_stop = workers.clone().cancelled_owned();
         let admin_server = app.tasks.spawn(async move {
@@ -334,6 +347,10 @@ impl Server {
             .add_service(checkout)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
+        let signal = async move {
+            signal.await;
+            stop_claiming.cancel();
+        };
         let draining = drain(signal, &config, &health, &limits, &stop_accepting);
         let served = tokio::select! {
             served = serving => served,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod group_commit;
 pub mod idempotency;
+pub mod inbox;
 pub mod journal;
 pub mod page;
 pub mod providers;

@@ -5,9 +5,11 @@ use time::OffsetDateTime;
 use super::account::{AccountName, ProviderKind};
 use super::ids::EventId;
 
-/// Where an event is in the inbox. Workers move it pending → processing → processed (or
-/// ignored, or failed → pending again, or dead after the last attempt); ReplayEvent moves a
-/// dead, failed or ignored event back to pending.
+/// Where an event is in the inbox. Workers move a pending (or due failed) event to processed,
+/// ignored, failed (due again after a backoff) or dead (after the last attempt), in the
+/// transaction that holds its row lock; ReplayEvent moves a dead, failed or ignored event back
+/// to pending. `Processing` is allowed by the table but not written: the workers' claim is
+/// the row lock, not a committed status (see `app::inbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventStatus {
     Pending,

@@ -2,7 +2,8 @@
 //!
 //! Inbound, the webhooks: [`signature`] verifies a delivery's signature under each provider's
 //! scheme on the raw bytes, before anything is parsed; [`webhook`] then reads what the inbox
-//! needs from a verified delivery.
+//! needs from a verified delivery; [`object`] reads which provider object a stored event is
+//! about, for the inbox workers' per-object lock.
 //!
 //! Outbound, the [`Provider`] trait: the operations Coffer asks of a provider, each answering a
 //! typed result or a [`ProviderError`] that says whether the call may be made again
@@ -14,6 +15,7 @@
 //! Only the [`sandbox`] is implemented here; Stripe, Polar and PayTabs plug into the same trait
 //! (their rows of the capability table already say what they will do).
 
+pub mod object;
 pub mod sandbox;
 pub mod signature;
 pub mod webhook;

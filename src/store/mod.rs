@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod customers;
 pub mod events;
 pub mod idempotency;
+pub mod inbox;
 pub mod journal;
 pub mod meters;
 pub mod plans;

@@ -103,6 +103,12 @@ pub fn test_config() -> ServerConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         health_interval: Duration::from_millis(200),
+        // No inbox workers unless a test asks for them (tests/api/inbox.rs): the others check
+        // what ingestion stored, which the workers would move on.
+        inbox: coffer::app::inbox::InboxConfig {
+            workers: 0,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     }
 }

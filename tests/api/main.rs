@@ -13,6 +13,7 @@ mod group_commit;
 mod health;
 mod helpers;
 mod idempotency;
+mod inbox;
 mod meters;
 mod plans;
 mod policy;

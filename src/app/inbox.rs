@@ -1,0 +1,568 @@
+//! The inbox workers: they take due events out of `webhook_events` and apply them.
+//!
+//! One pass ([`Inbox::run_once`]) is one transaction:
+//!
+//! 1. claim up to `batch` due events (pending, or failed and due again) with `FOR UPDATE SKIP
+//!    LOCKED`, so workers of every replica share the queue without waiting on each other;
+//! 2. for each, in the order of its object's lock key: take `pg_advisory_xact_lock` on a hash
+//!    of (account, provider object id) (`providers::object`), so two events about one object
+//!    are never applied at once, whichever worker or replica holds them;
+//! 3. apply it with the handler registered for (provider, event type) in a savepoint, and
+//!    settle it in the same transaction: `processed` (the handler succeeded), `ignored` (no
+//!    handler), `failed` with the next attempt after an exponential backoff with full jitter,
+//!    or `dead` after the last attempt (the handler's writes rolled back to the savepoint);
+//! 4. commit: every effect and every status change of the batch at once.
+//!
+//! Processing inside the claiming transaction, rather than under a committed `processing`
+//! lease, means a worker that crashes or is stopped strands nothing: its transaction rolls
+//! back, the row locks go with it, and the events are due again as they were. The price is a
+//! transaction as long as the batch; handlers are short database work (a provider call that
+//! may be slow belongs in the operations journal, not here).
+//!
+//! Delivery is at least once: a handler may see an event again after a rollback, so every
+//! effect must be idempotent (the checkout handlers write provider state under a row lock).
+//!
+//! No handler exists yet for any event type: every event is `ignored` until the checkout work
+//! registers its handlers in [`Handlers::builtin`]. Tests add their own
+//! ([`Handlers::with`] through `ServerConfig::inbox`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::domain::account::{AccountName, ProviderKind};
+use crate::domain::event::EventStatus;
+use crate::providers::object::{ProviderObjectRef, object_of};
+use crate::shutdown::CancellationToken;
+use crate::store::StoreError;
+use crate::store::inbox::{self as store, ClaimedEvent};
+
+/// Attempts an event gets before it is `dead`.
+pub const MAX_ATTEMPTS: i32 = 10;
+
+/// The longest `last_error` kept: enough to diagnose, never a payload.
+const MAX_ERROR_LEN: usize = 500;
+
+/// The `type` label of events no handler is registered for, so callers cannot add series.
+const OTHER_TYPE: &str = "other";
+
+/// How the workers run.
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// Workers per process; 0 runs none (another replica does the work, and reports the
+    /// gauges).
+    pub workers: usize,
+    /// Events claimed per transaction.
+    pub batch: u32,
+    /// How long an idle worker waits before looking again; also how often the gauges are
+    /// refreshed.
+    pub poll: Duration,
+    /// The first retry's backoff ceiling; it doubles per failed attempt, up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// The longest one handler may run; past it the attempt fails (and its writes roll back),
+    /// so a stuck handler cannot hold its batch's locks for ever.
+    pub handler_timeout: Duration,
+    /// What applies each (provider, event type).
+    pub handlers: Handlers,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            batch: 32,
+            poll: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(3600),
+            handler_timeout: Duration::from_secs(30),
+            handlers: Handlers::builtin(),
+        }
+    }
+}
+
+/// A claimed event as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub event: ClaimedEvent,
+    /// The provider object it is about, when its payload names one.
+    pub object: Option<ProviderObjectRef>,
+    /// The advisory lock serialising work on that object.
+    lock: Option<i64>,
+}
+
+/// Why a handler did not apply an event. The message becomes the event's `last_error`: say
+/// what failed, never a secret or a piece of the payload.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Applies one type of event. It runs inside the worker's transaction (in a savepoint): its
+/// writes commit together with the event's `processed`, or roll back with a failure.
+pub trait Handler: Send + Sync {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a InboxEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// The dispatch table: (provider, event type) → handler. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Handlers(Arc<HashMap<ProviderKind, ByType>>);
+
+/// One provider's handlers by event type (a nested map, so a lookup borrows the type).
+type ByType = HashMap<String, Arc<dyn Handler>>;
+
+impl Handlers {
+    /// The handlers Coffer ships: none yet (checkout registers its own here).
+    pub fn builtin() -> Self {
+        Self::default()
+    }
+
+    /// The same table with `handler` for `event_type` of `provider` (replacing any).
+    pub fn with(
+        mut self,
+        provider: ProviderKind,
+        event_type: &str,
+        handler: impl Handler + 'static,
+    ) -> Self {
+        Arc::make_mut(&mut self.0)
+            .entry(provider)
+            .or_default()
+            .insert(event_type.to_owned(), Arc::new(handler));
+        self
+    }
+
+    fn get(&self, provider: ProviderKind, event_type: &str) -> Option<&Arc<dyn Handler>> {
+        self.0.get(&provider)?.get(event_type)
+    }
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(
+                self.0
+                    .iter()
+                    .flat_map(|(p, types)| types.keys().map(move |t| format!("{p}:{t}"))),
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: &'static str,
+    /// A registered event type, or `other`.
+    r#type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+/// The statuses the gauges report: those that stay small in a healthy inbox.
+const GAUGED: [EventStatus; 4] = [
+    EventStatus::Pending,
+    EventStatus::Processing,
+    EventStatus::Failed,
+    EventStatus::Dead,
+];
+
+/// The inbox metrics. Labels are the provider (5), a registered type or `other`, an outcome
+/// (4) and a status (4), so the series are bounded whatever providers send.
+#[derive(Clone, Default)]
+pub struct InboxMetrics {
+    handled: Family<OutcomeLabels, Counter>,
+    depth: Family<StatusLabels, Gauge>,
+    oldest: Family<StatusLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl InboxMetrics {
+    /// Adds the families to the registry `/metrics` serves.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "coffer_inbox_events_handled",
+            "Inbox events settled by the workers, by provider, type (registered types, else other) and outcome (processed, ignored, failed, dead)",
+            self.handled.clone(),
+        );
+        registry.register(
+            "coffer_inbox_events",
+            "Inbox events by status (pending, processing, failed, dead), refreshed every poll",
+            self.depth.clone(),
+        );
+        registry.register(
+            "coffer_inbox_oldest_event_age_seconds",
+            "Age of the oldest inbox event by status (pending, processing, failed, dead), 0 when none",
+            self.oldest.clone(),
+        );
+    }
+
+    fn outcome(&self, provider: ProviderKind, r#type: String, outcome: EventStatus) {
+        self.handled
+            .get_or_create(&OutcomeLabels {
+                provider: provider.as_str(),
+                r#type,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    fn set_depth(&self, rows: &[store::StatusDepth]) {
+        for status in GAUGED {
+            let row = rows.iter().find(|r| r.status == status);
+            let labels = StatusLabels {
+                status: status.as_str(),
+            };
+            self.depth
+                .get_or_create(&labels)
+                .set(row.map_or(0, |r| r.count));
+            self.oldest
+                .get_or_create(&labels)
+                .set(row.map_or(0.0, |r| r.oldest_age.as_secs_f64()));
+        }
+    }
+}
+
+/// The inbox workers of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Inbox {
+    pool: PgPool,
+    config: Arc<InboxConfig>,
+    metrics: InboxMetrics,
+}
+
+impl Inbox {
+    pub fn new(pool: PgPool, config: InboxConfig) -> Self {
+        Self {
+            pool,
+            config: Arc::new(InboxConfig {
+                // A zero poll would spin.
+                poll: config.poll.max(Duration::from_millis(10)),
+                ..config
+            }),
+            metrics: InboxMetrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &InboxMetrics {
+        &self.metrics
+    }
+
+    /// Spawns the workers and the gauges' refresher on `tasks`. Once `stop_claiming` is
+    /// cancelled (the shutdown signal) a worker claims nothing more and ends when its batch in
+    /// flight has committed; once `stop` is cancelled, everything ends at once, and a batch
+    /// still in flight is abandoned (rolled back).
+    pub fn spawn(
+        &self,
+        tasks: &TaskTracker,
+        stop_claiming: &CancellationToken,
+        stop: &CancellationToken,
+    ) {
+        for worker in 0..self.config.workers {
+            tasks.spawn(
+                self.clone()
+                    .work(worker, stop_claiming.clone(), stop.clone()),
+            );
+        }
+        // The processes that apply the inbox report on it; one that runs no workers keeps no
+        // connection busy for it either.
+        if self.config.workers > 0 {
+            tasks.spawn(self.clone().gauge(stop.clone()));
+        }
+    }
+
+    async fn work(self, worker: usize, stop_claiming: CancellationToken, stop: CancellationToken) {
+        while !stop_claiming.is_cancelled() {
+            // Abandoned at `stop`: dropping the transaction rolls it back, and the events it
+            // held are due again for the next worker, here or on another replica.
+            let ran = tokio::select! {
+                ran = self.run_once() => ran,
+                () = stop.cancelled() => return,
+            };
+            let idle = match ran {
+                // A full batch: there may be more waiting.
+                Ok(n) => n < self.config.batch as usize,
+                Err(e) => {
+                    tracing::warn!(worker, error = %e, "inbox batch failed; its events stay due");
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.poll) => {}
+                    () = stop_claiming.cancelled() => return,
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    async fn gauge(self, stop: CancellationToken) {
+        loop {
+            let depth = tokio::select! {
+                depth = self.depth() => depth,
+                () = stop.cancelled() => return,
+            };
+            match depth {
+                Ok(rows) => self.metrics.set_depth(&rows),
+                Err(e) => tracing::warn!(error = %e, "reading the inbox depth failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn depth(&self) -> Result<Vec<store::StatusDepth>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        store::inbox_depth(&mut conn).await
+    }
+
+    /// One batch, claimed, applied and committed in one transaction; returns how many events
+    /// it claimed. An error rolls the whole batch back: its events stay due as they were.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = store::claim_events(&mut tx, i64::from(self.config.batch)).await?;
+        let claimed_count = claimed.len();
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut events: Vec<InboxEvent> = claimed
+            .into_iter()
+            .map(|event| {
+                let object = object_of(event.provider, &event.payload);
+                let lock = object.as_ref().map(|o| lock_key(&event.account, o));
+                InboxEvent {
+                    event,
+                    object,
+                    lock,
+                }
+            })
+            .collect();
+        // Every worker takes its advisory locks in ascending key order, so two batches never
+        // wait on each other in a cycle; one object's events keep the order they came in.
+        events.sort_by_key(|e| (e.lock, e.event.received_at));
+        let mut held = HashSet::new();
+        let mut settled = Vec::with_capacity(events.len());
+        for event in &events {
+            if let Some(key) = event.lock
+                && held.insert(key)
+            {
+                store::lock_object(&mut tx, key).await?;
+            }
+            let span = tracing::info_span!(
+                "inbox event",
+                event_id = %event.event.id,
+                provider = event.event.provider.as_str(),
+                event_type = %event.event.event_type,
+                attempt = event.event.attempts + 1,
+            );
+            let outcome = self.apply(&mut tx, event).instrument(span).await?;
+            settled.push(outcome);
+        }
+        tx.commit().await?;
+        for (event, outcome) in events.iter().zip(settled) {
+            let e = &event.event;
+            let r#type = if self
+                .config
+                .handlers
+                .get(e.provider, &e.event_type)
+                .is_some()
+            {
+                e.event_type.clone()
+            } else {
+                OTHER_TYPE.to_owned()
+            };
+            self.metrics.outcome(e.provider, r#type, outcome);
+        }
+        Ok(claimed_count)
+    }
+
+    /// Applies one event in a savepoint of `tx` and settles it; returns its new status.
+    async fn apply(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        event: &InboxEvent,
+    ) -> Result<EventStatus, StoreError> {
+        let e = &event.event;
+        let Some(handler) = self.config.handlers.get(e.provider, &e.event_type) else {
+            store::settle_event(tx, e.tenant, e.id, EventStatus::Ignored).await?;
+            tracing::debug!("no handler for this event type: ignored");
+            return Ok(EventStatus::Ignored);
+        };
+        let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+        match run_handler(handler, &mut savepoint, event, self.config.handler_timeout).await {
+            Ok(()) => {
+                store::settle_event(&mut savepoint, e.tenant, e.id, EventStatus::Processed).await?;
+                savepoint.commit().await?;
+                tracing::info!("inbox event processed");
+                Ok(EventStatus::Processed)
+            }
+            Err(error) => {
+                // The handler's writes go; the failure is recorded in the batch's transaction.
+                savepoint.rollback().await?;
+                let attempts = e.attempts + 1;
+                let mut message = error.to_string();
+                truncate(&mut message, MAX_ERROR_LEN);
+                let (status, retry_in) = if attempts >= MAX_ATTEMPTS {
+                    (EventStatus::Dead, Duration::ZERO)
+                } else {
+                    (
+                        EventStatus::Failed,
+                        backoff(
+                            attempts,
+                            self.config.backoff_base,
+                            self.config.backoff_cap,
+                            random_unit(),
+                        ),
+                    )
+                };
+                store::fail_event(tx, e.tenant, e.id, status, attempts, &message, retry_in).await?;
+                tracing::warn!(
+                    error = %message,
+                    attempts,
+                    status = status.as_str(),
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "inbox event failed"
+                );
+                Ok(status)
+            }
+        }
+    }
+}
+
+/// Runs a handler for at most `timeout`, with a panic turned into a failure rather than the
+/// end of the worker: a handler that panics on one event must not stop, in turn, every worker
+/// that claims it (the event fails like any other and ends `dead`). The panic's message is
+/// printed by the panic hook; `last_error` says only that it panicked.
+async fn run_handler(
+    handler: &Arc<dyn Handler>,
+    conn: &mut PgConnection,
+    event: &InboxEvent,
+    timeout: Duration,
+) -> Result<(), HandlerError> {
+    let panicked = || HandlerError::Failed("the handler panicked".into());
+    let mut applying =
+        std::panic::catch_unwind(AssertUnwindSafe(once(move || handler.apply(conn, event))))
+            .map_err(|_| panicked())?;
+    let caught = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| applying.as_mut().poll(cx))) {
+            Ok(Poll::Ready(done)) => Poll::Ready(done),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(panicked())),
+        }
+    });
+    tokio::time::timeout(timeout, caught)
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::Failed("the handler timed out".into())))
+}
+
+/// `f`, known to be called once: so it may hand out what it captured by unique reference.
+fn once<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    f
+}
+
+/// The advisory lock key of an object: the first 8 bytes of SHA-256 over the account and the
+/// object id. Stable across processes and versions (unlike `std`'s hasher); a collision only
+/// serialises two unrelated objects.
+fn lock_key(account: &AccountName, object: &ProviderObjectRef) -> i64 {
+    let mut h = Sha256::new();
+    h.update(account.as_str().as_bytes());
+    h.update([0]);
+    h.update(object.as_str().as_bytes());
+    let digest = h.finalize();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+/// Exponential backoff with full jitter: uniformly in [0, min(cap, base × 2^(attempts−1))],
+/// where `unit` is uniform in [0, 1). Full jitter spreads the retries of events that failed
+/// together (a provider outage) instead of bringing them back in a herd.
+pub fn backoff(attempts: i32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).clamp(0, 30) as u32;
+    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A uniform number in [0, 1) from the operating system's random source.
+fn random_unit() -> f64 {
+    let bits = getrandom::u64().unwrap_or(u64::MAX / 2);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitters_below_it() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(3600);
+        let top = |n| backoff(n, base, cap, 1.0);
+        assert_eq!(top(1), Duration::from_secs(1));
+        assert_eq!(top(2), Duration::from_secs(2));
+        assert_eq!(top(5), Duration::from_secs(16));
+        assert_eq!(top(13), cap, "2^12 s is past an hour");
+        assert_eq!(top(1_000), cap, "no overflow");
+        assert_eq!(backoff(5, base, cap, 0.0), Duration::ZERO);
+        assert_eq!(backoff(5, base, cap, 0.5), Duration::from_secs(8));
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u), "{u}");
+        }
+    }
+
+    #[test]
+    fn lock_keys_depend_on_account_and_object() {
+        let a = AccountName::parse("a").unwrap();
+        let b = AccountName::parse("b").unwrap();
+        let cs = object_of(ProviderKind::PayTabs, br#"{"tran_ref":"cs_1"}"#).unwrap();
+        let other = object_of(ProviderKind::PayTabs, br#"{"tran_ref":"cs_2"}"#).unwrap();
+        assert_eq!(lock_key(&a, &cs), lock_key(&a, &cs));
+        assert_ne!(lock_key(&a, &cs), lock_key(&b, &cs));
+        assert_ne!(lock_key(&a, &cs), lock_key(&a, &other));
+    }
+
+    #[test]
+    fn errors_are_cut_on_a_character_boundary() {
+        let mut s = "é".repeat(300);
+        truncate(&mut s, MAX_ERROR_LEN);
+        assert!(s.len() <= MAX_ERROR_LEN && s.chars().all(|c| c == 'é'));
+    }
+}

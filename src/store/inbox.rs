@@ -1,0 +1,172 @@
+//! The inbox workers' side of `webhook_events`: claiming due events, settling them, and the
+//! cheap summary behind the depth gauges. Ingestion and the operators' RPCs are in
+//! [`super::events`].
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use super::{StoreError, corrupt};
+use crate::domain::account::{AccountName, ProviderKind};
+use crate::domain::event::EventStatus;
+use crate::domain::ids::{EventId, TenantId};
+
+/// An event a worker holds: its row is locked (`FOR UPDATE`) until the claiming transaction
+/// ends.
+#[derive(Debug, Clone)]
+pub struct ClaimedEvent {
+    pub tenant: TenantId,
+    pub id: EventId,
+    pub account: AccountName,
+    pub provider: ProviderKind,
+    pub provider_event_id: String,
+    pub event_type: String,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// The raw body, as signed.
+    pub payload: Vec<u8>,
+    pub received_at: OffsetDateTime,
+}
+
+/// Locks up to `limit` due events, skipping those another worker holds: failed events due for
+/// another attempt first, then pending ones, each oldest due first. That is the order of the
+/// claim index (`webhook_events_claim`, on status and next_attempt_at; `failed` sorts before
+/// `pending`), so the scan reads the index in order and stops after `limit` rows, however
+/// long the backlog: ordering by next_attempt_at alone would sort every due row (150 ms
+/// instead of 0.2 ms with 120 000 due). Retries cannot starve new events for long: each gets
+/// ten attempts, ever further apart.
+pub async fn claim_events(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<ClaimedEvent>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT tenant_id, id, account, provider, provider_event_id, event_type, attempts,
+                payload, received_at
+         FROM webhook_events
+         WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+         ORDER BY status, next_attempt_at
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "webhook_events"))
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ClaimedEvent {
+                tenant: TenantId::from_uuid(r.tenant_id),
+                id: EventId::from_uuid(r.id),
+                account: AccountName::parse(&r.account).map_err(|e| corrupt("event account", e))?,
+                provider: ProviderKind::parse(&r.provider)
+                    .map_err(|e| corrupt("event provider", e))?,
+                provider_event_id: r.provider_event_id,
+                event_type: r.event_type,
+                attempts: r.attempts,
+                payload: r.payload,
+                received_at: r.received_at,
+            })
+        })
+        .collect()
+}
+
+/// Settles a claimed event as `processed` or `ignored`.
+pub async fn settle_event(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: EventId,
+    status: EventStatus,
+) -> Result<(), StoreError> {
+    debug_assert!(matches!(
+        status,
+        EventStatus::Processed | EventStatus::Ignored
+    ));
+    sqlx::query!(
+        "UPDATE webhook_events
+         SET status = $3, processed_at = clock_timestamp(), last_error = NULL
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "webhook_events"))
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt: `failed` and due again after `retry_in`, or `dead`.
+pub async fn fail_event(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: EventId,
+    status: EventStatus,
+    attempts: i32,
+    error: &str,
+    retry_in: Duration,
+) -> Result<(), StoreError> {
+    debug_assert!(matches!(status, EventStatus::Failed | EventStatus::Dead));
+    sqlx::query!(
+        "UPDATE webhook_events
+         SET status = $3, attempts = $4, last_error = $5,
+             next_attempt_at = clock_timestamp() + make_interval(secs => $6)
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        attempts,
+        error,
+        retry_in.as_secs_f64(),
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "webhook_events"))
+    .await?;
+    Ok(())
+}
+
+/// How many events of a status there are, and how long ago the oldest was received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusDepth {
+    pub status: EventStatus,
+    pub count: i64,
+    pub oldest_age: Duration,
+}
+
+/// The depth of the statuses that stay small in a healthy inbox (pending, processing, failed,
+/// dead), found through the claim index. Processed and ignored events accumulate for ever, so
+/// counting them on every poll would grow with the table's history; they are left out. The
+/// cost grows with the backlog instead (about 90 ms with 120 000 events waiting).
+pub async fn inbox_depth(conn: &mut PgConnection) -> Result<Vec<StatusDepth>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status!", count(*) AS "count!",
+                  EXTRACT(EPOCH FROM now() - min(received_at))::float8 AS "oldest_secs!"
+           FROM webhook_events
+           WHERE status IN ('pending', 'processing', 'failed', 'dead')
+           GROUP BY status"#,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "webhook_events"))
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(StatusDepth {
+                status: EventStatus::parse(&r.status)
+                    .ok_or_else(|| corrupt("event status", &r.status))?,
+                count: r.count,
+                oldest_age: Duration::from_secs_f64(r.oldest_secs.max(0.0)),
+            })
+        })
+        .collect()
+}
+
+/// Waits for, and holds until the transaction ends, the advisory lock of one provider object
+/// (its key from `app::inbox`).
+pub async fn lock_object(conn: &mut PgConnection, key: i64) -> Result<(), StoreError> {
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", key)
+        .execute(conn)
+        .instrument(super::statement_span!("SELECT", "pg_advisory_xact_lock"))
+        .await?;
+    Ok(())
+}
