@@ -887,3 +887,95 @@ async fn shutdown_ends_an_open_stream() {
     assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
     drop(tx);
 }
+
+/// The database connection cut through a TCP proxy in the middle of a batch: whether or not
+/// the statement went on to commit (Postgres may finish a statement whose client is gone),
+/// resending the batch stores every event exactly once.
+#[tokio::test]
+async fn a_batch_cut_off_mid_write_and_resent_is_stored_exactly_once() {
+    let db = crate::helpers::TestDb::new().await;
+    let pool = db.pool().await;
+    let proxy = crate::helpers::Proxy::to_db(&db.options).await;
+    let through_proxy = coffer::store::pool::pool(
+        &proxy.options(&db.options),
+        &coffer::store::pool::PoolConfig::default(),
+    );
+    let app = TestApp::spawn_on(db, pool, through_proxy, crate::helpers::test_config()).await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let b = base();
+    let batch: Vec<UsageEvent> = (0..1_000)
+        .map(|i| event(&format!("p-{i:04}"), "ada", "tokens", "1", b + i))
+        .collect();
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Hold one id so the batch's statement stops half-way, then cut the connection under it.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id, occurred_at, value)
+         VALUES ($1, 'p-0500', gen_random_uuid(), gen_random_uuid(), now(), 1)",
+    )
+    .bind(tenant)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let mut client = u.clone();
+    let key = app.key.clone();
+    let sent = batch.clone();
+    let call = tokio::spawn(async move {
+        client
+            .record_usage(req(RecordUsageRequest { events: sent }, &key))
+            .await
+    });
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    proxy.cut().await;
+    holder.rollback().await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::Unknown),
+        "a lost connection is retryable: {err:?}"
+    );
+    proxy.restore();
+    // Resend until the server has its database back.
+    let mut answer = None;
+    for _ in 0..50 {
+        match u
+            .record_usage(req(
+                RecordUsageRequest {
+                    events: batch.clone(),
+                },
+                &app.key,
+            ))
+            .await
+        {
+            Ok(r) => {
+                answer = Some(r.into_inner());
+                break;
+            }
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let r = answer.expect("the resend went through once the database was back");
+    assert_eq!(r.accepted + r.duplicates, 1_000, "{r:?}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE event_id LIKE 'p-%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1_000, "each event exactly once");
+    let t = usage(
+        &mut u,
+        &app.key,
+        "ada",
+        "tokens",
+        b - DAY,
+        b + DAY,
+        UsageWindow::None,
+    )
+    .await;
+    assert_eq!(total(&t), ("1000".into(), 1_000));
+}
