@@ -423,15 +423,7 @@ impl Checkout {
             return Ok(None);
         }
         let provider = account.for_op(Operation::CreateCustomer)?;
-        if let Some(id) = crate::store::journal::find_provider_object(
-            conn,
-            ctx.tenant,
-            account.name.as_str(),
-            "customer",
-            customer.as_uuid(),
-        )
-        .await?
-        {
+        if let Some(id) = known_customer(conn, ctx, &account.name, customer).await? {
             return Ok(Some(id));
         }
         let op = match self
@@ -457,14 +449,7 @@ impl Checkout {
                 if op.status == "pending" {
                     for _ in 0..CUSTOMER_WAIT_STEPS {
                         tokio::time::sleep(CUSTOMER_WAIT_STEP).await;
-                        if let Some(id) = crate::store::journal::find_provider_object(
-                            conn,
-                            ctx.tenant,
-                            account.name.as_str(),
-                            "customer",
-                            customer.as_uuid(),
-                        )
-                        .await?
+                        if let Some(id) = known_customer(conn, ctx, &account.name, customer).await?
                         {
                             return Ok(Some(id));
                         }
@@ -638,6 +623,23 @@ impl Checkout {
         )
         .await
     }
+}
+
+/// The provider's id of `customer` on `account`, if Coffer has made it there.
+async fn known_customer(
+    conn: &mut PgConnection,
+    ctx: TenantCtx,
+    account: &AccountName,
+    customer: CustomerId,
+) -> Result<Option<String>, AppError> {
+    Ok(crate::store::journal::find_provider_object(
+        conn,
+        ctx.tenant,
+        account.as_str(),
+        "customer",
+        customer.as_uuid(),
+    )
+    .await?)
 }
 
 fn not_found() -> AppError {

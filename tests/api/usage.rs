@@ -585,31 +585,7 @@ async fn a_failed_write_leaves_no_event_id_claimed() {
         .collect();
     // Hold one id of the batch in an open transaction, so the batch's statement stops there
     // with half its events inserted, then lose its connection.
-    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id, occurred_at, value)
-         VALUES ($1, 'f-0500', gen_random_uuid(), gen_random_uuid(), now(), 1)",
-    )
-    .bind(tenant)
-    .execute(&mut *holder)
-    .await
-    .unwrap();
-    let mut client = u.clone();
-    let key = app.key.clone();
-    let sent = batch.clone();
-    let call = tokio::spawn(async move {
-        client
-            .record_usage(req(RecordUsageRequest { events: sent }, &key))
-            .await
-    });
-    assert!(
-        one_session_waits_on_a_lock(&app.pool).await,
-        "the batch waits on the held id"
-    );
+    let (holder, call) = hold_one_id_and_record(&app, &u, batch.clone(), "f-0500").await;
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -906,29 +882,8 @@ async fn a_batch_cut_off_mid_write_and_resent_is_stored_exactly_once() {
     let batch: Vec<UsageEvent> = (0..1_000)
         .map(|i| event(&format!("p-{i:04}"), "ada", "tokens", "1", b + i))
         .collect();
-    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
     // Hold one id so the batch's statement stops half-way, then cut the connection under it.
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id, occurred_at, value)
-         VALUES ($1, 'p-0500', gen_random_uuid(), gen_random_uuid(), now(), 1)",
-    )
-    .bind(tenant)
-    .execute(&mut *holder)
-    .await
-    .unwrap();
-    let mut client = u.clone();
-    let key = app.key.clone();
-    let sent = batch.clone();
-    let call = tokio::spawn(async move {
-        client
-            .record_usage(req(RecordUsageRequest { events: sent }, &key))
-            .await
-    });
-    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    let (holder, call) = hold_one_id_and_record(&app, &u, batch.clone(), "p-0500").await;
     proxy.cut().await;
     holder.rollback().await.unwrap();
     let err = call.await.unwrap().unwrap_err();
@@ -978,4 +933,40 @@ async fn a_batch_cut_off_mid_write_and_resent_is_stored_exactly_once() {
     )
     .await;
     assert_eq!(total(&t), ("1000".into(), 1_000));
+}
+
+/// Inserts `held` (an id of `batch`) in a transaction left open, then sends `batch`: its
+/// statement stops at the held id, half-way through, until the transaction ends. Returns the
+/// open transaction and the call, once the statement is waiting.
+async fn hold_one_id_and_record(
+    app: &TestApp,
+    client: &UsageClient<Channel>,
+    batch: Vec<UsageEvent>,
+    held: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::RecordUsageResponse>, tonic::Status>>,
+) {
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_id, occurred_at, value)
+         SELECT id, $1, gen_random_uuid(), gen_random_uuid(), now(), 1
+         FROM tenants WHERE name = 'acme'",
+    )
+    .bind(held)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let mut client = client.clone();
+    let key = app.key.clone();
+    let call = tokio::spawn(async move {
+        client
+            .record_usage(req(RecordUsageRequest { events: batch }, &key))
+            .await
+    });
+    assert!(
+        one_session_waits_on_a_lock(&app.pool).await,
+        "the batch waits on the held id"
+    );
+    (holder, call)
 }
