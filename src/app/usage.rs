@@ -402,8 +402,16 @@ impl Usage {
             &mut conn, ctx.tenant, customer, meter.id, q.from, q.to, q.window,
         )
         .await?;
+        let distinct = if meter.reading.aggregation() == Aggregation::UniqueCount {
+            usage_store::unique_counts(
+                &mut conn, ctx.tenant, customer, meter.id, q.from, q.to, q.window,
+            )
+            .await?
+        } else {
+            HashMap::new()
+        };
         let aggregation = meter.reading.aggregation();
-        let figure = |row: Option<&WindowRow>| {
+        let figure = |row: Option<&WindowRow>, bucket: Option<OffsetDateTime>| {
             let events = row.map_or(0, |r| r.events);
             let value = match (row, aggregation) {
                 (None, _) => "0".to_owned(),
@@ -411,11 +419,13 @@ impl Usage {
                 (Some(r), Aggregation::Sum) => r.total.clone(),
                 (Some(r), Aggregation::Max) => r.max_value.clone(),
                 (Some(r), Aggregation::Latest) => r.latest_value.clone(),
-                (Some(r), Aggregation::UniqueCount) => r.distinct_keys.to_string(),
+                (Some(_), Aggregation::UniqueCount) => {
+                    distinct.get(&bucket).copied().unwrap_or(0).to_string()
+                }
             };
             Figure { value, events }
         };
-        let total = figure(rows.iter().find(|r| r.bucket.is_none()));
+        let total = figure(rows.iter().find(|r| r.bucket.is_none()), None);
         let by_bucket: HashMap<OffsetDateTime, &WindowRow> = rows
             .iter()
             .filter_map(|r| r.bucket.map(|b| (b, r)))
@@ -425,7 +435,7 @@ impl Usage {
             .map(|(start, end, bucket)| WindowFigure {
                 start,
                 end,
-                figure: figure(by_bucket.get(&bucket).copied()),
+                figure: figure(by_bucket.get(&bucket).copied(), Some(bucket)),
             })
             .collect();
         Ok(UsageReport {

@@ -4,6 +4,8 @@
 //! those into `usage_rollups` (and, for UNIQUE_COUNT meters, `usage_unique_keys`). One
 //! statement is one transaction, so an event is never stored without its rollup.
 
+use std::collections::HashMap;
+
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use time::OffsetDateTime;
@@ -210,13 +212,10 @@ pub struct WindowRow {
     pub total: String,
     pub max_value: String,
     pub latest_value: String,
-    /// Distinct keys of a UNIQUE_COUNT meter (0 for the others).
-    pub distinct_keys: i64,
 }
 
-/// The aggregates of a customer's meter over `[from, to)`: full UTC hours from the rollups
-/// (and, for UNIQUE_COUNT, the hours' key sets), the partial hours at either end from the
-/// events themselves, per window and in total, in one statement.
+/// The aggregates of a customer's meter over `[from, to)`: full UTC hours from the rollups,
+/// the partial hours at either end from the events themselves, per window and in total.
 pub async fn usage_windows(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -264,49 +263,19 @@ pub async fn usage_windows(
                    WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
                      AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
                    GROUP BY 1) x),
-           -- A UNIQUE_COUNT meter's distinct keys, from the same hours (none for the other
-           -- aggregations: only their events carry a key).
-           keys AS (
-               SELECT k.* FROM bounds b CROSS JOIN LATERAL (
-                   SELECT k.hour, k.key FROM usage_unique_keys k
-                   WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
-                     AND k.hour >= b.first_hour AND k.hour < b.last_hour) k
-               UNION ALL
-               SELECT x.* FROM edges g CROSS JOIN LATERAL (
-                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.unique_key AS key
-                   FROM usage_events e
-                   WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
-                     AND e.unique_key IS NOT NULL) x),
-           figures AS (
+           windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
-                      events, total, max_value, latest_at, latest_event_id, latest_value
-               FROM parts),
-           distinct_keys AS (
-               SELECT b.bucket, grouping(b.bucket) = 1 AS is_total,
-                      count(DISTINCT b.key) AS n
-               FROM (SELECT CASE $6::text WHEN 'hour' THEN hour
-                                          WHEN 'day' THEN date_trunc('day', hour, 'UTC') END
-                                AS bucket, key
-                     FROM keys) b
-               GROUP BY GROUPING SETS ((b.bucket), ())),
-           aggregated AS (
-               SELECT bucket, grouping(bucket) = 1 AS is_total,
-                      coalesce(sum(events), 0)::int8 AS events,
-                      trim_scale(coalesce(sum(total), 0))::text AS total,
-                      trim_scale(coalesce(max(max_value), 0))::text AS max_value,
-                      trim_scale(coalesce((array_agg(latest_value
-                          ORDER BY latest_at DESC NULLS LAST, latest_event_id DESC))[1], 0))::text
-                          AS latest_value
-               FROM figures
-               GROUP BY GROUPING SETS ((bucket), ()))
-           SELECT a.bucket, a.is_total AS "is_total!", a.events AS "events!",
-                  a.total AS "total!", a.max_value AS "max_value!",
-                  a.latest_value AS "latest_value!", coalesce(d.n, 0) AS "distinct_keys!"
-           FROM aggregated a
-           LEFT JOIN distinct_keys d
-             ON d.is_total = a.is_total AND d.bucket IS NOT DISTINCT FROM a.bucket
+                      * FROM parts)
+           SELECT bucket, grouping(bucket) = 1 AS "is_total!",
+                  coalesce(sum(events), 0)::int8 AS "events!",
+                  trim_scale(coalesce(sum(total), 0))::text AS "total!",
+                  trim_scale(coalesce(max(max_value), 0))::text AS "max_value!",
+                  trim_scale(coalesce((array_agg(latest_value
+                      ORDER BY latest_at DESC NULLS LAST, latest_event_id DESC))[1], 0))::text
+                      AS "latest_value!"
+           FROM windowed
+           GROUP BY GROUPING SETS ((bucket), ())
            ORDER BY 2 DESC, 1"#,
         tenant.as_uuid(),
         customer.as_uuid(),
@@ -327,8 +296,70 @@ pub async fn usage_windows(
             total: r.total,
             max_value: r.max_value,
             latest_value: r.latest_value,
-            distinct_keys: r.distinct_keys,
         })
+        .collect())
+}
+
+/// The distinct keys of a UNIQUE_COUNT meter over `[from, to)`, per window and in total
+/// (None): full hours from `usage_unique_keys`, partial hours from the events.
+pub async fn unique_counts(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+    meter: MeterId,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    window: UsageWindow,
+) -> Result<HashMap<Option<OffsetDateTime>, i64>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH bounds AS (
+               SELECT date_trunc('hour', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
+                      date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
+           -- The partial hours at either end, read from the events as two plain ranges (an
+           -- OR of ranges would make the index scan the whole range): [from, first whole
+           -- hour) and [end of the last whole hour, to). When the range lies inside one hour
+           -- the first covers it all and the second is empty.
+           edges AS (
+               SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
+               FROM bounds b
+               UNION ALL
+               SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
+           keys AS (
+               SELECT k.* FROM bounds b CROSS JOIN LATERAL (
+                   SELECT k.hour, k.key FROM usage_unique_keys k
+                   WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
+                     AND k.hour >= b.first_hour AND k.hour < b.last_hour) k
+               UNION ALL
+               SELECT x.* FROM edges g CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.unique_key AS key
+                   FROM usage_events e
+                   WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+                     AND e.unique_key IS NOT NULL) x),
+           windowed AS (
+               SELECT CASE $6::text WHEN 'hour' THEN hour
+                                    WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
+                      key FROM keys)
+           SELECT bucket, grouping(bucket) = 1 AS "is_total!",
+                  count(DISTINCT key) AS "distinct!"
+           FROM windowed
+           GROUP BY GROUPING SETS ((bucket), ())"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter.as_uuid(),
+        from,
+        to,
+        window.as_str(),
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "usage_unique_keys"))
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.is_total || r.bucket.is_some())
+        .map(|r| (if r.is_total { None } else { r.bucket }, r.distinct))
         .collect())
 }
 
