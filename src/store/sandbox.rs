@@ -1,5 +1,6 @@
 //! The sandbox provider's own tables (`sandbox_accounts`, `sandbox_customers`,
-//! `sandbox_checkout_sessions`): what a real provider would hold on its side.
+//! `sandbox_checkout_sessions`, its payments, refunds, subscriptions and outbox): what a real
+//! provider would hold on its side.
 
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -202,4 +203,25 @@ pub async fn expire_session(
     )
     .fetch_optional(conn)
     .await?)
+}
+
+/// Queues an event body for delivery, due now. `webhook_id` is unique: an event is queued once.
+pub async fn enqueue_event(
+    conn: &mut PgConnection,
+    account: &str,
+    webhook_id: &str,
+    event_type: &str,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_outbox (account, webhook_id, event_type, body, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, now(), now())",
+        account,
+        webhook_id,
+        event_type,
+        body,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

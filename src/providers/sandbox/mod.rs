@@ -13,6 +13,8 @@
 //! delivery to `/webhooks/{account}` from a durable queue. [`Sandbox::refund`] refuses until
 //! then.
 
+pub mod events;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
