@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/coffer/v1/subscriptions.proto",
     "proto/coffer/v1/provider_events.proto",
     "proto/coffer/v1/checkout.proto",
+    "proto/coffer/v1/sandbox.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

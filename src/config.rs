@@ -128,6 +128,19 @@ pub struct ServeArgs {
     /// `http://{http_addr}`.
     #[arg(long, env = "COFFER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Sandbox event delivery workers in this process (0: none; another replica delivers).
+    #[arg(long, env = "COFFER_SANDBOX_DELIVERY_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub sandbox_delivery_workers: u32,
+    /// Sandbox events a delivery worker claims (and leases) at once.
+    #[arg(long, env = "COFFER_SANDBOX_DELIVERY_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sandbox_delivery_batch: u32,
+    /// How long an idle sandbox delivery worker waits before looking for due events again.
+    #[arg(long, env = "COFFER_SANDBOX_DELIVERY_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub sandbox_delivery_poll: Duration,
+    /// How often the sandbox expires open checkout sessions past their expiry on their
+    /// account's clock.
+    #[arg(long, env = "COFFER_SANDBOX_EXPIRE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sandbox_expire_interval: Duration,
     /// The largest accepted distance between a webhook's signed timestamp and now, either way.
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,

@@ -259,7 +259,14 @@ async fn run_server(
                 .unwrap_or_else(|| format!("http://{}", args.http_addr))
                 .trim_end_matches('/')
                 .to_owned(),
-            faults: Arc::default(),
+            delivery: coffer::providers::sandbox::delivery::DeliveryConfig {
+                workers: args.sandbox_delivery_workers as usize,
+                batch: args.sandbox_delivery_batch,
+                poll: args.sandbox_delivery_poll,
+                ..Default::default()
+            },
+            expire_interval: args.sandbox_expire_interval,
+            ..Default::default()
         }),
         ..ServerConfig::default()
     };

@@ -31,13 +31,16 @@ use crate::grpc::limits::{CallLimits, Incoming};
 use crate::grpc::pb::checkout_server::CheckoutServer;
 use crate::grpc::pb::customers_server::CustomersServer;
 use crate::grpc::pb::provider_events_server::ProviderEventsServer;
+use crate::grpc::pb::sandbox_server::SandboxServer;
 use crate::grpc::pb::subscriptions_server::SubscriptionsServer;
 use crate::grpc::pb::usage_server::UsageServer;
 use crate::grpc::provider_events::{MAX_INGEST_BYTES, ProviderEventsService};
+use crate::grpc::sandbox::SandboxService;
 use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
+use crate::providers::sandbox::delivery::Delivery;
 use crate::providers::sandbox::{Sandbox, SandboxConfig};
 use crate::settings::Settings;
 use crate::shutdown::CancellationToken;
@@ -131,6 +134,8 @@ pub struct Server {
     config: ServerConfig,
     app: App,
     inbox: Inbox,
+    /// The sandbox's event delivery, when the sandbox runs and has somewhere to deliver.
+    delivery: Option<Delivery>,
     metrics: Arc<Metrics>,
     grpc: TcpListener,
     admin: TcpListener,
@@ -160,16 +165,48 @@ impl Server {
                 .await
                 .map_err(|source| ServeError::Bind { addr, source })
         };
+        let http = match config.http_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let mut config = config;
+        // The sandbox delivers to this server's own sidecar unless told otherwise.
+        if let Some(sandbox) = &mut config.sandbox
+            && sandbox.webhook_base.is_none()
+            && let Some(http) = &http
+        {
+            let addr = loopback(http.local_addr().map_err(|source| ServeError::Bind {
+                addr: config.http_addr.expect("bound"),
+                source,
+            })?);
+            sandbox.webhook_base = Some(format!("http://{addr}"));
+        }
         // coffer.toml's accounts, and any a test built directly.
         let mut accounts = config.settings.accounts().to_vec();
         accounts.extend(config.accounts.iter().cloned());
-        let accounts = Accounts::new(accounts)?;
+        let mut accounts = Accounts::new(accounts)?;
+        if config.sandbox.is_some() {
+            accounts = accounts.with_sandbox(pool.clone(), config.settings.clone());
+        }
         let mut app = App::with_settings(pool.clone(), config.idempotency, config.settings.clone())
             .with_webhooks(accounts, config.webhooks.clone());
+        let mut delivery = None;
         if let Some(sandbox) = &config.sandbox {
-            app = app.with_sandbox(Sandbox::new(pool, sandbox.clone()));
+            app = app.with_sandbox(Sandbox::new(pool.clone(), sandbox.clone()));
+            delivery = sandbox.webhook_base.as_deref().map(|base| {
+                Delivery::new(
+                    pool.clone(),
+                    config.settings.clone(),
+                    base,
+                    sandbox.delivery.clone(),
+                    sandbox.faults.clone(),
+                )
+            });
         }
         let mut metrics = Metrics::new();
+        if let Some(delivery) = &delivery {
+            delivery.metrics().register(metrics.registry_mut());
+        }
         app.events.metrics().register(metrics.registry_mut());
         app.usage.metrics().register(metrics.registry_mut());
         app.checkout
@@ -178,11 +215,8 @@ impl Server {
             .register(metrics.registry_mut());
         let inbox = Inbox::new(app.pool.clone(), config.inbox.clone());
         inbox.metrics().register(metrics.registry_mut());
-        let http = match config.http_addr {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
         Ok(Self {
+            delivery,
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
             http,
@@ -220,6 +254,7 @@ impl Server {
             config,
             app,
             inbox,
+            delivery,
             metrics,
             grpc,
             admin,
@@ -260,6 +295,18 @@ impl Server {
         // calls drain, or is rolled back when the workers stop.
         let stop_claiming = CancellationToken::new();
         inbox.spawn(&app.tasks, &stop_claiming, &workers);
+        // The sandbox's workers, like the inbox's: nothing new is claimed after the signal.
+        if let Some(sandbox) = &config.sandbox {
+            app.tasks
+                .spawn(crate::providers::sandbox::clock::run_expirer(
+                    app.pool.clone(),
+                    sandbox.expire_interval,
+                    stop_claiming.clone(),
+                ));
+        }
+        if let Some(delivery) = &delivery {
+            delivery.spawn(&app.tasks, &stop_claiming, &workers);
+        }
         let admin_router = admin::router(metrics.clone(), readiness.clone());
         let admin_stop = workers.clone().cancelled_owned();
         let admin_server = app.tasks.spawn(async move {
@@ -288,6 +335,11 @@ impl Server {
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let provider_events = ProviderEventsServer::new(ProviderEventsService::new(app.clone()))
             .max_decoding_message_size(MAX_INGEST_BYTES);
+        // Only with the sandbox: elsewhere its RPCs are UNIMPLEMENTED.
+        let sandbox = config.sandbox.is_some().then(|| {
+            SandboxServer::new(SandboxService::new(app.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+        });
 
         // Limits before authentication, so a flood is refused before it costs a key lookup;
         // after telemetry, so refusals are counted.
@@ -310,14 +362,7 @@ impl Server {
         // flight finish (answered by the draining server) before the tasks are awaited.
         if let Some(http) = http {
             let key = app.auth.ephemeral_system_key();
-            let target = SocketAddr::new(
-                if grpc_addr.ip().is_unspecified() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    grpc_addr.ip()
-                },
-                grpc_addr.port(),
-            );
+            let target = loopback(grpc_addr);
             let channel = crate::webhooks::Upstream::channel(&format!("http://{target}"))?;
             let router = crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key));
             let stop = stop_accepting.clone().cancelled_owned();
@@ -345,6 +390,7 @@ impl Server {
             .add_service(subscriptions)
             .add_service(provider_events)
             .add_service(checkout)
+            .add_optional_service(sandbox)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
 
         let signal = async move {
@@ -386,6 +432,17 @@ impl Server {
         tracing::info!("drained; bye");
         Ok(())
     }
+}
+
+/// The address to reach a listener bound to `addr` from this process: loopback for an
+/// unspecified address (0.0.0.0 or ::).
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// How long, past the drain deadline, the last answers have to reach their clients.

@@ -1,19 +1,39 @@
 //! The provider accounts this process knows, by name: built once at start from the
-//! configuration (`Vec<Account>`), read by every delivery. Holding no lock, a lookup costs a
-//! hash of the name.
+//! configuration (`Vec<Account>`), read by every delivery. Holding no lock, a lookup of a
+//! configured account costs a hash of the name.
+//!
+//! With the sandbox enabled ([`Accounts::with_sandbox`]), a name that is not configured may
+//! be a tenant's sandbox account (`{tenant}-sandbox`, made on first use, so also for tenants
+//! created after the start): it is looked up in `sandbox_accounts` and, once found, kept in
+//! memory with its secret (the tenant's `sandbox_webhook_secret_env` override wins). An
+//! unknown name is still NOT_FOUND; only names of the sandbox's form reach the database.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use sqlx::PgPool;
 
 use super::AppError;
-use crate::domain::account::{Account, AccountName, ProviderKind};
+use crate::domain::account::{Account, AccountName, ProviderKind, Secret};
+use crate::settings::Settings;
+use crate::store::sandbox as store;
 
 pub const REASON_ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
 
-/// The configured accounts. Cheap to clone.
+/// The configured accounts, and the sandbox's once seen. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Accounts {
     by_name: Arc<HashMap<AccountName, Arc<Account>>>,
+    sandbox: Option<SandboxAccounts>,
+}
+
+/// The sandbox's accounts, found in its table and remembered (they are never deleted and
+/// their secrets never change, so the cache needs no invalidation).
+#[derive(Clone)]
+struct SandboxAccounts {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    found: Arc<RwLock<HashMap<AccountName, Arc<Account>>>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,16 +66,42 @@ impl Accounts {
         }
         Ok(Self {
             by_name: Arc::new(by_name),
+            sandbox: None,
         })
     }
 
-    /// The account called `name`; an unknown (or impossible) name is NOT_FOUND
+    /// The same registry, also knowing every tenant's sandbox account (`serve --sandbox`).
+    pub fn with_sandbox(mut self, pool: PgPool, settings: Arc<Settings>) -> Self {
+        self.sandbox = Some(SandboxAccounts {
+            pool,
+            settings,
+            found: Arc::default(),
+        });
+        self
+    }
+
+    /// The configured account called `name`; an unknown (or impossible) name is NOT_FOUND
     /// (`ACCOUNT_NOT_FOUND`).
     pub fn get(&self, name: &str) -> Result<Arc<Account>, AppError> {
         AccountName::parse(name)
             .ok()
             .and_then(|n| self.by_name.get(&n).cloned())
-            .ok_or_else(|| AppError::not_found(REASON_ACCOUNT_NOT_FOUND, "no such account"))
+            .ok_or_else(not_found)
+    }
+
+    /// The account called `name`: a configured one, else (with the sandbox) a tenant's
+    /// sandbox account; NOT_FOUND (`ACCOUNT_NOT_FOUND`) when neither.
+    pub async fn find(&self, name: &str) -> Result<Arc<Account>, AppError> {
+        let Ok(name) = AccountName::parse(name) else {
+            return Err(not_found());
+        };
+        if let Some(account) = self.by_name.get(&name) {
+            return Ok(account.clone());
+        }
+        match &self.sandbox {
+            Some(sandbox) if name.as_str().ends_with("-sandbox") => sandbox.find(name).await,
+            _ => Err(not_found()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +111,43 @@ impl Accounts {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+impl SandboxAccounts {
+    async fn find(&self, name: AccountName) -> Result<Arc<Account>, AppError> {
+        if let Some(account) = self.found.read().expect("accounts lock").get(&name) {
+            return Ok(account.clone());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let (tenant, stored) = store::find_sandbox_account_by_name(&mut conn, name.as_str())
+            .await?
+            .ok_or_else(not_found)?;
+        let secret = self
+            .settings
+            .tenant(tenant)
+            .sandbox_webhook_secret
+            .clone()
+            .unwrap_or_else(|| Secret::new(stored));
+        let account = Arc::new(Account {
+            name: name.clone(),
+            tenant,
+            provider: ProviderKind::Sandbox,
+            api_key: None,
+            webhook_secrets: vec![secret],
+            api_base: None,
+            livemode: false,
+            hmac: None,
+        });
+        self.found
+            .write()
+            .expect("accounts lock")
+            .insert(name, account.clone());
+        Ok(account)
+    }
+}
+
+fn not_found() -> AppError {
+    AppError::not_found(REASON_ACCOUNT_NOT_FOUND, "no such account")
 }
 
 #[cfg(test)]

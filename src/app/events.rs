@@ -217,7 +217,7 @@ impl Events {
         headers: &[Header],
         body: Vec<u8>,
     ) -> Result<Ingested, AppError> {
-        let account = self.accounts.get(account)?;
+        let account = self.accounts.find(account).await?;
         let now = self.config.clock.now();
         let check = Check {
             now: now.unix_timestamp(),

@@ -511,7 +511,7 @@ pub fn backoff(attempts: i32, base: Duration, cap: Duration, unit: f64) -> Durat
 }
 
 /// A uniform number in [0, 1) from the operating system's random source.
-fn random_unit() -> f64 {
+pub fn random_unit() -> f64 {
     let bits = getrandom::u64().unwrap_or(u64::MAX / 2);
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod journal;
 pub mod page;
 pub mod providers;
+pub mod sandbox;
 pub mod subscriptions;
 pub mod sweeper;
 pub mod tenants;

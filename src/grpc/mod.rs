@@ -9,6 +9,7 @@ pub mod customers;
 pub mod limits;
 pub mod policy;
 pub mod provider_events;
+pub mod sandbox;
 pub mod status;
 pub mod subscriptions;
 pub mod telemetry;

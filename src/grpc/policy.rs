@@ -76,6 +76,7 @@ const USAGE: &str = "coffer.v1.Usage";
 const SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions";
 const PROVIDER_EVENTS: &str = "coffer.v1.ProviderEvents";
 const CHECKOUT: &str = "coffer.v1.Checkout";
+const SANDBOX: &str = "coffer.v1.Sandbox";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -201,6 +202,19 @@ pub const SERVICES: &[Service] = &[
                 Unary,
             ),
         ],
+    },
+    // Served only with the sandbox (`serve --dev` / `--sandbox`); health does not report on
+    // a service that may not be there.
+    Service {
+        name: SANDBOX,
+        health_reported: false,
+        methods: &[rpc(
+            SANDBOX,
+            "AdvanceClock",
+            Some(Scope::Write),
+            true,
+            Unary,
+        )],
     },
     Service {
         name: HEALTH,

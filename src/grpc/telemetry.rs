@@ -87,6 +87,20 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Writes a trace context into outgoing HTTP headers (the sandbox's deliveries).
+pub(crate) struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 impl<S> Service<Request<Body>> for TelemetryService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,

@@ -438,17 +438,23 @@ pub mod sign {
     /// The Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
     /// `webhook-signature`) for `body`, keyed with the decoded `whsec_` secret.
     pub fn standard(secret: &str, id: &str, t: i64, body: &[u8]) -> [Header; 3] {
-        let key = decoded_key(&Secret::new(secret)).expect("a base64 whsec_ secret");
+        standard_with(&Secret::new(secret), id, t, body).expect("a base64 whsec_ secret")
+    }
+
+    /// As [`standard`], for a secret that may not be a `whsec_` key (an operator's override):
+    /// `None` when it gives no key, so the caller reports it instead of panicking.
+    pub fn standard_with(secret: &Secret, id: &str, t: i64, body: &[u8]) -> Option<[Header; 3]> {
+        let key = decoded_key(secret)?;
         let t = t.to_string();
         let signature = mac(&key, &[id.as_bytes(), b".", t.as_bytes(), b".", body]);
-        [
+        Some([
             Header::new("webhook-id", id),
             Header::new("webhook-timestamp", t.as_str()),
             Header::new(
                 "webhook-signature",
                 format!("v1,{}", STANDARD.encode(signature)),
             ),
-        ]
+        ])
     }
 
     /// The hex HMAC-SHA256 of `body` (PayTabs' `signature`; generic HMAC platforms).

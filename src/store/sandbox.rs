@@ -5,6 +5,7 @@
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -222,6 +223,264 @@ pub async fn enqueue_event(
         body,
     )
     .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An outbox row claimed for delivery, with what signing it needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub account: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+    /// This attempt's number (1 for the first).
+    pub attempts: i32,
+    /// The account's tenant and stored secret; `None` if the account row is gone (which no
+    /// path does: accounts are never deleted).
+    pub tenant: Option<uuid::Uuid>,
+    pub secret: Option<String>,
+}
+
+/// Claims up to `limit` due outbox rows, oldest first (newest first when `newest_first`),
+/// skipping rows another worker holds, and leases them: `attempts` + 1 and the next attempt
+/// `lease` from now, so a worker that dies mid-send leaves its rows due again when the lease
+/// runs out. Commit before sending: the lease, not a row lock, keeps other workers off.
+pub async fn claim_deliveries(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: std::time::Duration,
+    newest_first: bool,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH due AS (
+               SELECT id FROM sandbox_outbox
+               WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY CASE WHEN $3 THEN -id ELSE id END
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED
+           ), claimed AS (
+               UPDATE sandbox_outbox o
+               SET attempts = o.attempts + 1,
+                   next_attempt_at = now() + make_interval(secs => $2)
+               FROM due WHERE o.id = due.id
+               RETURNING o.id, o.account, o.webhook_id, o.event_type, o.body, o.attempts
+           )
+           SELECT c.id AS "id!", c.account AS "account!", c.webhook_id AS "webhook_id!",
+                  c.event_type AS "event_type!", c.body AS "body!", c.attempts AS "attempts!",
+                  a.tenant_id AS "tenant?", a.webhook_secret AS "secret?"
+           FROM claimed c LEFT JOIN sandbox_accounts a ON a.account = c.account
+           ORDER BY CASE WHEN $3 THEN -c.id ELSE c.id END"#,
+        limit,
+        lease.as_secs_f64(),
+        newest_first,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ClaimedDelivery {
+            id: r.id,
+            account: r.account,
+            webhook_id: r.webhook_id,
+            event_type: r.event_type,
+            body: r.body,
+            attempts: r.attempts,
+            tenant: r.tenant,
+            secret: r.secret,
+        })
+        .collect())
+}
+
+/// Marks a delivery done: the endpoint answered 2xx.
+pub async fn mark_delivered(conn: &mut PgConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_outbox
+         SET status = 'delivered', delivered_at = now(), last_error = NULL
+         WHERE id = $1 AND status = 'pending'",
+        id,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .await?;
+    Ok(())
+}
+
+/// Schedules the next attempt of a delivery that failed, `retry_in` from now, with why (a
+/// status code or a network error: never the body or a secret).
+pub async fn reschedule_delivery(
+    conn: &mut PgConnection,
+    id: i64,
+    retry_in: std::time::Duration,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_outbox
+         SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+         WHERE id = $1 AND status = 'pending'",
+        id,
+        retry_in.as_secs_f64(),
+        error,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .await?;
+    Ok(())
+}
+
+/// A sandbox account found by name: its tenant and stored secret.
+pub async fn find_sandbox_account_by_name(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<Option<(TenantId, String)>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT tenant_id, webhook_secret FROM sandbox_accounts WHERE account = $1",
+        account
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (TenantId::from_uuid(r.tenant_id), r.webhook_secret)))
+}
+
+/// What moving an account's clock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMove {
+    /// Moved: the account's sandbox time is now this.
+    Moved(OffsetDateTime),
+    /// `to` is before the account's sandbox time, which stays this.
+    InThePast(OffsetDateTime),
+    /// The tenant has no sandbox account of that name.
+    NotFound,
+}
+
+/// Moves the tenant's sandbox account `account` forward so its sandbox time is `to`, under
+/// a row lock (concurrent moves serialise, and none moves it back).
+pub async fn advance_clock(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    account: &str,
+    to: OffsetDateTime,
+) -> Result<ClockMove, StoreError> {
+    let Some(now) = sqlx::query_scalar!(
+        r#"SELECT now() + clock_offset AS "now!" FROM sandbox_accounts
+           WHERE tenant_id = $1 AND account = $2 FOR UPDATE"#,
+        tenant.as_uuid(),
+        account,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(ClockMove::NotFound);
+    };
+    if to < now {
+        return Ok(ClockMove::InThePast(now));
+    }
+    let now = sqlx::query_scalar!(
+        r#"UPDATE sandbox_accounts SET clock_offset = $3 - now()
+           WHERE tenant_id = $1 AND account = $2
+           RETURNING now() + clock_offset AS "now!""#,
+        tenant.as_uuid(),
+        account,
+        to,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(ClockMove::Moved(now))
+}
+
+/// A checkout session that has just expired, with what its event says about it.
+#[derive(Debug, Clone)]
+pub struct ExpiredSession {
+    pub account: String,
+    pub id: String,
+    pub client_reference: Uuid,
+    pub customer: String,
+    pub mode: String,
+    pub status: String,
+    pub payment_status: String,
+    pub amount_total: i64,
+    pub currency: String,
+    pub expires_at: OffsetDateTime,
+    pub payment: Option<String>,
+    pub subscription: Option<String>,
+    pub version: i64,
+    /// The account's sandbox time when it expired.
+    pub sandbox_now: OffsetDateTime,
+}
+
+/// Expires, in one statement, up to `limit` open sessions whose `expires_at` has passed on
+/// their account's clock (only `account`'s when given), bumping their versions; sessions
+/// another transaction holds are left for the next pass. Returns them, for their events.
+pub async fn expire_due_sessions(
+    conn: &mut PgConnection,
+    account: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ExpiredSession>, StoreError> {
+    let rows = sqlx::query_as!(
+        ExpiredSession,
+        r#"WITH due AS (
+               SELECT s.account, s.id, now() + a.clock_offset AS sandbox_now
+               FROM sandbox_checkout_sessions s
+               JOIN sandbox_accounts a ON a.account = s.account
+               WHERE s.status = 'open' AND s.expires_at <= now() + a.clock_offset
+                 AND ($1::text IS NULL OR s.account = $1)
+               ORDER BY s.expires_at
+               LIMIT $2
+               FOR UPDATE OF s SKIP LOCKED
+           ), expired AS (
+               UPDATE sandbox_checkout_sessions s
+               SET status = 'expired', version = s.version + 1, updated_at = now()
+               FROM due WHERE s.account = due.account AND s.id = due.id
+               RETURNING s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
+                         s.payment_status, s.amount_total, s.currency, s.expires_at, s.version,
+                         due.sandbox_now
+           )
+           SELECT e.account AS "account!", e.id AS "id!",
+                  e.client_reference AS "client_reference!", e.customer AS "customer!",
+                  e.mode AS "mode!", e.status AS "status!",
+                  e.payment_status AS "payment_status!", e.amount_total AS "amount_total!",
+                  e.currency AS "currency!", e.expires_at AS "expires_at!",
+                  p.id AS "payment?", sub.id AS "subscription?", e.version AS "version!",
+                  e.sandbox_now AS "sandbox_now!"
+           FROM expired e
+           LEFT JOIN sandbox_payments p ON p.account = e.account AND p.session_id = e.id
+           LEFT JOIN sandbox_subscriptions sub
+               ON sub.account = e.account AND sub.session_id = e.id
+           ORDER BY e.expires_at, e.id"#,
+        account,
+        limit,
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!(
+        "UPDATE",
+        "sandbox_checkout_sessions"
+    ))
+    .await?;
+    Ok(rows)
+}
+
+/// Queues several event bodies in one statement (see [`enqueue_event`]).
+pub async fn enqueue_events(
+    conn: &mut PgConnection,
+    accounts: &[String],
+    webhook_ids: &[String],
+    event_types: &[String],
+    bodies: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_outbox (account, webhook_id, event_type, body, next_attempt_at, created_at)
+         SELECT account, webhook_id, event_type, body, now(), now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])
+             AS e (account, webhook_id, event_type, body)",
+        accounts,
+        webhook_ids,
+        event_types,
+        bodies,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("INSERT", "sandbox_outbox"))
     .await?;
     Ok(())
 }

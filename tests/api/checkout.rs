@@ -31,6 +31,7 @@ async fn spawn(text: &str) -> (TestApp, Arc<Faults>) {
         config.sandbox = Some(SandboxConfig {
             public_url: PUBLIC_URL.into(),
             faults: handle,
+            ..SandboxConfig::default()
         });
         config.resolve_interval = Duration::from_millis(100);
     })

@@ -628,3 +628,25 @@ pub fn customer(external_id: &str) -> coffer::domain::customer::Customer {
         deleted_at: None,
     }
 }
+
+/// The sandbox as tests run it: deliveries flow within tens of milliseconds (one worker, a
+/// 50 ms poll, retries from 100 ms), sessions expire within 200 ms of their time, and
+/// `faults` is the test's handle on the sandbox's fault switches.
+pub fn sandbox_test_config(
+    faults: Arc<coffer::providers::sandbox::Faults>,
+) -> coffer::providers::sandbox::SandboxConfig {
+    coffer::providers::sandbox::SandboxConfig {
+        faults,
+        delivery: coffer::providers::sandbox::delivery::DeliveryConfig {
+            workers: 1,
+            batch: 16,
+            poll: Duration::from_millis(50),
+            lease: Duration::from_secs(4),
+            timeout: Duration::from_secs(3),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(1),
+        },
+        expire_interval: Duration::from_millis(200),
+        ..Default::default()
+    }
+}

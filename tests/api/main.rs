@@ -17,6 +17,7 @@ mod inbox;
 mod meters;
 mod plans;
 mod policy;
+mod sandbox_delivery;
 mod serving;
 mod signatures;
 mod tenancy;

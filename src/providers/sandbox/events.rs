@@ -101,6 +101,31 @@ pub async fn emit(
     Ok(id)
 }
 
+/// Queues one event per (account, object) about changes made in one set-based statement, in
+/// one statement of its own, in the transaction that made them (as [`emit`] does for one).
+/// `created` is each event's time (the account's sandbox time).
+pub async fn emit_many(
+    conn: &mut PgConnection,
+    event_type: EventType,
+    events: &[(&str, Value, OffsetDateTime)],
+) -> Result<Vec<String>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut accounts = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for (account, object, created) in events {
+        let id = format!("msg_sbx_{}", Uuid::now_v7().simple());
+        bodies.push(body(&id, event_type, object, *created));
+        accounts.push((*account).to_owned());
+        ids.push(id);
+    }
+    let types = vec![event_type.as_str().to_owned(); events.len()];
+    store::enqueue_events(conn, &accounts, &ids, &types, &bodies).await?;
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,16 +7,23 @@
 //! Its objects live in Postgres (`store::sandbox`) and carry versions, so a late event never
 //! overwrites newer state. Checkout URLs point at `{public_url}/sandbox/checkout/{id}`.
 //!
+//! Its events are queued in `sandbox_outbox` ([`events`]) and delivered over HTTP to the
+//! server's own `/webhooks/{account}` ([`delivery`]); each account has a clock of its own that
+//! AdvanceClock moves forward, and sessions expire by it ([`clock`]).
+//!
 //! Seams for the next stage: the hosted page (a handler on the public listener that reads
 //! `sandbox_checkout_sessions` by id, takes a test card and moves the session and its payment
-//! on, bumping `version`), payments and refunds on the sandbox's side, and signed event
-//! delivery to `/webhooks/{account}` from a durable queue. [`Sandbox::refund`] refuses until
-//! then.
+//! on, bumping `version`), payments and refunds on the sandbox's side. [`Sandbox::refund`]
+//! refuses until then.
 
+pub mod clock;
+pub mod delivery;
 pub mod events;
+pub mod objects;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use futures_core::future::BoxFuture;
@@ -34,15 +41,86 @@ use crate::store::{StoreError, sandbox as store};
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
 /// server was built with (the tests); nothing on the API can set them.
+///
+/// Deliveries: [`Faults::hold`] keeps every event queued (the workers claim nothing) until
+/// [`Faults::release`], or [`Faults::release_newest_first`], which sends the events held so
+/// far newest first (a `checkout.session.completed` before the `payment.succeeded` emitted
+/// before it); [`Faults::hold_for`] releases by itself; [`Faults::duplicate_next`] sends
+/// events twice. They act on this process's workers only, and assume one worker and a batch
+/// larger than what is held (the test configuration's), or the order is only per batch.
 #[derive(Debug, Default)]
 pub struct Faults {
     /// The next N creates are applied but answered as a timeout (outcome unknown).
     lose_answers: AtomicU32,
     /// The next N calls fail before doing anything (retryable).
     refuse: AtomicU32,
+    /// Each of the next N deliveries is sent twice.
+    duplicate: AtomicU32,
+    hold: Mutex<Hold>,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    /// Deliveries are held: for ever (`None` deadline) or until the deadline.
+    held: bool,
+    until: Option<tokio::time::Instant>,
+    /// The next claim takes the newest rows first.
+    newest_first: bool,
 }
 
 impl Faults {
+    /// Send each of the next `n` events twice, back to back (as a provider whose
+    /// acknowledgement was lost would).
+    pub fn duplicate_next(&self, n: u32) {
+        self.duplicate.store(n, Ordering::SeqCst);
+    }
+
+    /// Hold every delivery until [`Faults::release`]: events stay queued, unclaimed.
+    pub fn hold(&self) {
+        let mut hold = self.hold.lock().expect("faults lock");
+        hold.held = true;
+        hold.until = None;
+    }
+
+    /// Hold every delivery for `d`, then deliver as usual.
+    pub fn hold_for(&self, d: Duration) {
+        let mut hold = self.hold.lock().expect("faults lock");
+        hold.held = true;
+        hold.until = Some(tokio::time::Instant::now() + d);
+    }
+
+    /// Deliver the held events, oldest first, and everything after them.
+    pub fn release(&self) {
+        *self.hold.lock().expect("faults lock") = Hold::default();
+    }
+
+    /// Deliver the held events newest first (the next claim's order), then as usual.
+    pub fn release_newest_first(&self) {
+        *self.hold.lock().expect("faults lock") = Hold {
+            newest_first: true,
+            ..Hold::default()
+        };
+    }
+
+    pub(crate) fn holding(&self) -> bool {
+        let mut hold = self.hold.lock().expect("faults lock");
+        if hold
+            .until
+            .is_some_and(|until| tokio::time::Instant::now() >= until)
+        {
+            *hold = Hold::default();
+        }
+        hold.held
+    }
+
+    pub(crate) fn take_newest_first(&self) -> bool {
+        std::mem::take(&mut self.hold.lock().expect("faults lock").newest_first)
+    }
+
+    pub(crate) fn take_duplicate(&self) -> bool {
+        Self::take(&self.duplicate)
+    }
+
     /// Apply the next `n` creates but lose their answers, as a timeout would.
     pub fn lose_next_answers(&self, n: u32) {
         self.lose_answers.store(n, Ordering::SeqCst);
@@ -67,6 +145,26 @@ pub struct SandboxConfig {
     /// `http://{http_addr}`. No trailing slash.
     pub public_url: String,
     pub faults: Arc<Faults>,
+    /// Where events are delivered: `{webhook_base}/webhooks/{account}`. `Server::bind` sets it
+    /// to its own HTTP listener (on loopback) when none is given; without a listener nothing
+    /// is delivered (the events wait in the queue).
+    pub webhook_base: Option<String>,
+    /// The delivery workers.
+    pub delivery: delivery::DeliveryConfig,
+    /// How often open sessions past their expiry (on their account's clock) are expired.
+    pub expire_interval: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            faults: Arc::default(),
+            webhook_base: None,
+            delivery: delivery::DeliveryConfig::default(),
+            expire_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The sandbox provider. Cheap to clone.
@@ -79,6 +177,10 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(pool: PgPool, config: SandboxConfig) -> Self {
         Self { pool, config }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
     }
 
     /// The tenant's sandbox account and its signing secret, made on first use. `override_secret`

@@ -1,0 +1,84 @@
+//! The Sandbox service's use case: moving a tenant's sandbox clock (AdvanceClock), under the
+//! idempotency mechanism like every mutation.
+
+use time::OffsetDateTime;
+
+use super::accounts::REASON_ACCOUNT_NOT_FOUND;
+use super::idempotency::{Done, IdempotentCall, Replayable};
+use super::{App, AppError, RejectionKind, TenantCtx};
+use crate::domain::Violations;
+use crate::domain::account::AccountName;
+use crate::providers::sandbox::clock;
+use crate::store::sandbox::ClockMove;
+
+pub const REASON_SANDBOX_DISABLED: &str = "SANDBOX_DISABLED";
+
+/// Where a sandbox clock stands after a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockMoved {
+    pub now: OffsetDateTime,
+}
+
+impl Replayable for ClockMoved {
+    fn encode_replay(&self) -> Vec<u8> {
+        self.now.unix_timestamp_nanos().to_be_bytes().to_vec()
+    }
+
+    fn decode_replay(bytes: &[u8]) -> Option<Self> {
+        let nanos = i128::from_be_bytes(bytes.try_into().ok()?);
+        Some(Self {
+            now: OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?,
+        })
+    }
+}
+
+/// Moves the tenant's sandbox account (`account`, or its own when `None`) forward to `to`,
+/// expiring the sessions due by then. Another tenant's account is NOT_FOUND, as an unknown
+/// one is; a `to` before the account's sandbox time is INVALID_ARGUMENT on `to`.
+pub async fn advance_clock(
+    app: &App,
+    ctx: &TenantCtx,
+    call: Option<IdempotentCall>,
+    account: Option<AccountName>,
+    to: OffsetDateTime,
+) -> Result<Done<ClockMoved>, AppError> {
+    let Some(sandbox) = app.checkout.providers().sandbox() else {
+        return Err(AppError::rejected(
+            RejectionKind::FailedPrecondition,
+            REASON_SANDBOX_DISABLED,
+            "the sandbox is not enabled (serve --sandbox)",
+        ));
+    };
+    let secret = app
+        .settings
+        .tenant(ctx.tenant)
+        .sandbox_webhook_secret
+        .as_ref();
+    let (own, _) = sandbox
+        .account_for(ctx.tenant, secret)
+        .await?
+        .ok_or_else(account_not_found)?;
+    if account.as_ref().is_some_and(|a| *a != own) {
+        return Err(account_not_found());
+    }
+    let tenant = ctx.tenant;
+    app.events
+        .mutations()
+        .run(ctx, call, move |conn| {
+            Box::pin(async move {
+                match clock::advance(conn, tenant, own.as_str(), to).await? {
+                    ClockMove::Moved(now) => Ok(ClockMoved { now }),
+                    ClockMove::InThePast(now) => Err(AppError::Invalid(Violations::single(
+                        "to",
+                        format!("is before the account's sandbox time ({now}); the clock only moves forward"),
+                    ))),
+                    ClockMove::NotFound => Err(account_not_found()),
+                }
+            })
+        })
+        .await
+}
+
+fn account_not_found() -> AppError {
+    AppError::not_found(REASON_ACCOUNT_NOT_FOUND, "no such sandbox account")
+}
