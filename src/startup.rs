@@ -315,14 +315,10 @@ impl Server {
                 .await
         });
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection(config.sandbox.is_some())
             .build_v1()
             .expect("the embedded descriptors are valid");
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection(config.sandbox.is_some())
             .build_v1alpha()
             .expect("the embedded descriptors are valid");
         let customers = CustomersServer::new(CustomersService::new(app.clone()))
@@ -432,6 +428,22 @@ impl Server {
         tracing::info!("drained; bye");
         Ok(())
     }
+}
+
+/// Reflection over every Coffer proto and health; it lists the services this server answers
+/// (the Sandbox service only with the sandbox), while every message stays describable.
+fn reflection(sandbox: bool) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for service in crate::grpc::policy::SERVICES {
+        let listed =
+            service.name.starts_with("coffer.") || service.name.starts_with("grpc.health.");
+        if listed && (sandbox || service.name != crate::grpc::policy::SANDBOX) {
+            builder = builder.with_service_name(service.name);
+        }
+    }
+    builder
 }
 
 /// The address to reach a listener bound to `addr` from this process: loopback for an

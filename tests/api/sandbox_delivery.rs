@@ -667,3 +667,53 @@ async fn without_the_sandbox_its_service_is_not_served() {
     assert_eq!(e.code(), Code::Unimplemented);
     app.stop().await.unwrap();
 }
+
+/// The services reflection lists.
+async fn reflected(app: &TestApp) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(app.channel().await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_lists_the_sandbox_service_only_when_it_is_served() {
+    let (app, _) = spawn().await;
+    let names = reflected(&app).await;
+    assert!(names.contains(&"coffer.v1.Sandbox".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"coffer.v1.Checkout".to_owned()),
+        "{names:?}"
+    );
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn().await;
+    let names = reflected(&app).await;
+    assert!(
+        !names.contains(&"coffer.v1.Sandbox".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"coffer.v1.Customers".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    app.stop().await.unwrap();
+}
