@@ -194,4 +194,20 @@ mod tests {
         let no_scheme = Accounts::new(vec![account("a", ProviderKind::Hmac, &["s"])]);
         assert!(matches!(no_scheme, Err(AccountsError::NoScheme(_))));
     }
+
+    /// Without the sandbox, `find` is `get`: a sandbox-shaped name is not looked up anywhere.
+    #[tokio::test]
+    async fn find_without_the_sandbox_knows_only_configured_accounts() {
+        let accounts = Accounts::new(vec![account("a", ProviderKind::Stripe, &["s"])]).unwrap();
+        assert_eq!(
+            accounts.find("a").await.unwrap().provider,
+            ProviderKind::Stripe
+        );
+        for unknown in ["acme-sandbox", "b", "A"] {
+            match accounts.find(unknown).await {
+                Err(AppError::Rejected(r)) => assert_eq!(r.reason, REASON_ACCOUNT_NOT_FOUND),
+                _ => panic!("{unknown:?} found"),
+            }
+        }
+    }
 }
