@@ -425,6 +425,8 @@ pub async fn expire_due_sessions(
                FROM sandbox_checkout_sessions s
                JOIN sandbox_accounts a ON a.account = s.account
                WHERE s.status = 'open' AND s.expires_at <= now() + a.clock_offset
+                 -- No account's clock is further on: a range of the expiry index.
+                 AND s.expires_at <= now() + (SELECT max(clock_offset) FROM sandbox_accounts)
                  AND ($1::text IS NULL OR s.account = $1)
                ORDER BY s.expires_at
                LIMIT $2

@@ -717,3 +717,43 @@ async fn reflection_lists_the_sandbox_service_only_when_it_is_served() {
     );
     app.stop().await.unwrap();
 }
+
+/// Over the real binary's OTLP export: the sandbox's delivery is a client span whose context
+/// travels in `traceparent`, so the sidecar's span is its child and IngestEvent the sidecar's.
+#[tokio::test]
+async fn a_delivery_is_one_trace_from_the_sandbox_through_the_sidecar() {
+    use crate::binary::{Receiver, Served, TempDir, acme, hex};
+    let (receiver, otlp_env) = Receiver::start().await;
+    let db = TestDb::new().await;
+    let (pool, _, _) = acme(&db).await;
+    let state = TempDir::new();
+    let served = Served::start(
+        &db,
+        &state.0,
+        &["--sandbox", "--sandbox-delivery-poll", "50ms"],
+        &otlp_env,
+    )
+    .await;
+    let account = sandbox_account(&pool, "acme").await;
+    let id = emit(&pool, &account, EventType::PaymentSucceeded, "py_sbx_1").await;
+    assert!(eventually(Duration::from_secs(10), || delivered(&pool, &id)).await);
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+
+    let spans = receiver.spans();
+    let names = || spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    let find = |name: &str, kind: i32| {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.kind == kind)
+            .unwrap_or_else(|| panic!("no {name} span of kind {kind} among {:?}", names()))
+    };
+    let delivery = find("POST /webhooks/{account}", 3);
+    let sidecar = find("POST /webhooks/{account}", 2);
+    let ingest = find("coffer.v1.ProviderEvents/IngestEvent", 2);
+    assert_eq!(hex(&sidecar.trace_id), hex(&delivery.trace_id), "one trace");
+    assert_eq!(sidecar.parent_span_id, delivery.span_id);
+    assert_eq!(ingest.trace_id, delivery.trace_id);
+    assert_eq!(ingest.parent_span_id, sidecar.span_id);
+}
