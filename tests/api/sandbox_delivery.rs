@@ -375,6 +375,9 @@ async fn a_delivery_cut_short_by_a_stop_is_sent_after_the_restart() {
     first.http_addr = None;
     if let Some(sandbox) = &mut first.sandbox {
         sandbox.webhook_base = Some(format!("http://{silent_addr}"));
+        // Long enough that the stop always comes before the request gives up.
+        sandbox.delivery.timeout = Duration::from_secs(6);
+        sandbox.delivery.lease = Duration::from_secs(7);
     }
     let (stop, running) = start(first, pool.clone()).await;
     let id = emit(&pool, &account, EventType::PaymentSucceeded, "py_sbx_1").await;
