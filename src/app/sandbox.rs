@@ -5,13 +5,11 @@ use time::OffsetDateTime;
 
 use super::accounts::REASON_ACCOUNT_NOT_FOUND;
 use super::idempotency::{Done, IdempotentCall, Replayable};
-use super::{App, AppError, RejectionKind, TenantCtx};
+use super::{App, AppError, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::account::AccountName;
 use crate::providers::sandbox::clock;
 use crate::store::sandbox::ClockMove;
-
-pub const REASON_SANDBOX_DISABLED: &str = "SANDBOX_DISABLED";
 
 /// Where a sandbox clock stands after a move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +40,9 @@ pub async fn advance_clock(
     account: Option<AccountName>,
     to: OffsetDateTime,
 ) -> Result<Done<ClockMoved>, AppError> {
+    // The Sandbox service is registered only with the sandbox: without it, a bug.
     let Some(sandbox) = app.checkout.providers().sandbox() else {
-        return Err(AppError::rejected(
-            RejectionKind::FailedPrecondition,
-            REASON_SANDBOX_DISABLED,
-            "the sandbox is not enabled (serve --sandbox)",
-        ));
+        return Err(AppError::internal("the Sandbox service runs without the sandbox"));
     };
     let secret = app
         .settings
