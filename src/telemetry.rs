@@ -87,3 +87,52 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
         .map_err(|e| TelemetryError(e.to_string()))?;
     Ok(TelemetryGuard { provider })
 }
+
+/// The W3C `traceparent` of `span`, to be stored with work another process picks up later (an
+/// inbox event) so that work's span can link back; `None` when the span is not traced (no
+/// exporter configured). Only the trace context is carried, never baggage.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    // The propagator writes nothing for an invalid (untraced) context.
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The span context a stored `traceparent` names, for a link; `None` when it is malformed.
+pub fn linked_context(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let linked = cx.span().span_context().clone();
+    linked.is_valid().then_some(linked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_traceparent_names_the_span_to_link_to() {
+        let linked =
+            linked_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(
+            linked.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(linked.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(linked.is_sampled());
+        for malformed in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "x",
+        ] {
+            assert!(linked_context(malformed).is_none(), "{malformed:?}");
+        }
+        // No OpenTelemetry layer here: nothing is traced, so nothing is stored.
+        assert_eq!(traceparent(&tracing::info_span!("untraced")), None);
+    }
+}

@@ -245,6 +245,8 @@ impl Events {
             event_type: incoming.event_type,
             payload: body,
             received_at: super::customers::now_micros(),
+            // The worker that applies the event links its span to this one.
+            traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
         };
         let (provider_event_id, event_type) =
             (row.provider_event_id.clone(), row.event_type.clone());

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::event::EventStatus;
@@ -377,11 +378,23 @@ impl Inbox {
             }
             let span = tracing::info_span!(
                 "inbox event",
+                otel.kind = "consumer",
                 event_id = %event.event.id,
                 provider = event.event.provider.as_str(),
                 event_type = %event.event.event_type,
                 attempt = event.event.attempts + 1,
             );
+            // The processing belongs to this worker's batch, not to the delivery's trace (which
+            // ended when the delivery was acknowledged): a link, not a parent, leads back to
+            // the IngestEvent span that stored it.
+            if let Some(stored_by) = event
+                .event
+                .traceparent
+                .as_deref()
+                .and_then(crate::telemetry::linked_context)
+            {
+                span.add_link(stored_by);
+            }
             let outcome = self.apply(&mut tx, event).instrument(span).await?;
             settled.push(outcome);
         }

@@ -22,6 +22,8 @@ pub struct NewEvent {
     /// The raw body, as signed.
     pub payload: Vec<u8>,
     pub received_at: OffsetDateTime,
+    /// The W3C traceparent of the span that stored it, for the worker's span to link to.
+    pub traceparent: Option<String>,
 }
 
 /// Where a delivery ended up: the stored event's id and whether this row stored it.
@@ -57,6 +59,7 @@ pub async fn insert_events(
     let mut event_type = Vec::with_capacity(n);
     let mut payload = Vec::with_capacity(n);
     let mut received_at = Vec::with_capacity(n);
+    let mut traceparent = Vec::with_capacity(n);
     for row in rows {
         tenant.push(row.tenant.as_uuid());
         id.push(row.id.as_uuid());
@@ -66,19 +69,21 @@ pub async fn insert_events(
         event_type.push(row.event_type.as_str());
         payload.push(row.payload.as_slice());
         received_at.push(row.received_at);
+        traceparent.push(row.traceparent.as_deref());
     }
     let stored = sqlx::query!(
         r#"WITH input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::bytea[], $8::timestamptz[])
+                                    $6::text[], $7::bytea[], $8::timestamptz[], $9::text[])
                    WITH ORDINALITY
                    AS t(tenant_id, id, account, provider, provider_event_id, event_type,
-                        payload, received_at, n)),
+                        payload, received_at, traceparent, n)),
            inserted AS (
                INSERT INTO webhook_events (tenant_id, id, account, provider, provider_event_id,
-                                           event_type, next_attempt_at, payload, received_at)
+                                           event_type, next_attempt_at, payload, received_at,
+                                           traceparent)
                SELECT tenant_id, id, account, provider, provider_event_id, event_type,
-                      received_at, payload, received_at
+                      received_at, payload, received_at, traceparent
                FROM input
                ORDER BY n
                ON CONFLICT (account, provider_event_id) DO NOTHING
@@ -103,6 +108,7 @@ pub async fn insert_events(
         &event_type as _,
         &payload as _,
         &received_at,
+        &traceparent as _,
     )
     .fetch_all(conn)
     .instrument(super::statement_span!("INSERT", "webhook_events"))

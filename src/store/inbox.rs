@@ -28,6 +28,8 @@ pub struct ClaimedEvent {
     /// The raw body, as signed.
     pub payload: Vec<u8>,
     pub received_at: OffsetDateTime,
+    /// The W3C traceparent of the span that stored it, when that process traced.
+    pub traceparent: Option<String>,
 }
 
 /// Locks up to `limit` due events, skipping those another worker holds: failed events due for
@@ -43,7 +45,7 @@ pub async fn claim_events(
 ) -> Result<Vec<ClaimedEvent>, StoreError> {
     let rows = sqlx::query!(
         "SELECT tenant_id, id, account, provider, provider_event_id, event_type, attempts,
-                payload, received_at
+                payload, received_at, traceparent
          FROM webhook_events
          WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
          ORDER BY status, next_attempt_at
@@ -67,6 +69,7 @@ pub async fn claim_events(
                 attempts: r.attempts,
                 payload: r.payload,
                 received_at: r.received_at,
+                traceparent: r.traceparent,
             })
         })
         .collect()

@@ -654,6 +654,7 @@ async fn a_batch_with_repeats_answers_each_row() {
         event_type: "invoice.paid".into(),
         payload: b"{}".to_vec(),
         received_at: time::OffsetDateTime::now_utc(),
+        traceparent: None,
     };
     let mut conn = pool.acquire().await.unwrap();
     let earlier = row("evt_old");

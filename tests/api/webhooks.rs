@@ -439,44 +439,114 @@ async fn the_real_binaries_answer_webhooks() {
 }
 
 /// The provider's trace continues through the sidecar's span into IngestEvent's, over the
-/// real binary's OTLP export.
+/// real binary's OTLP export; the inbox worker that applies the event, later and in a trace of
+/// its own, links its processing span to the IngestEvent span that stored it.
 #[tokio::test]
-async fn a_delivery_is_one_trace_from_the_sidecar_to_ingest_event() {
-    let (receiver, otlp_env) = Receiver::start().await;
+async fn a_delivery_is_one_trace_from_the_sidecar_to_ingest_event_and_its_processing_links_to_it() {
+    let (receiver, mut otlp_env) = Receiver::start().await;
     let db = TestDb::new().await;
+    let (pool, _, _) = crate::binary::acme(&db).await;
     let state = TempDir::new();
-    let served = Served::start(&db, &state.0, &[], &otlp_env).await;
+    let config = state.0.join("coffer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[account]]
+name = "acme-stripe"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_TEST_STRIPE_KEY"
+webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
+"#,
+    )
+    .unwrap();
+    otlp_env.push(("COFFER_TEST_STRIPE_KEY", "sk_test_x".into()));
+    otlp_env.push(("COFFER_TEST_STRIPE_WHSEC", STRIPE_SECRET.into()));
+    let served = Served::start(
+        &db,
+        &state.0,
+        &["--config", config.to_str().unwrap(), "--inbox-poll", "50ms"],
+        &otlp_env,
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let provider_span = "00f067aa0ba902b7";
+    let body = stripe_body("evt_traced");
     let response = client()
-        .post(url(served.http.parse().unwrap(), "nope"))
+        .post(url(served.http.parse().unwrap(), "acme-stripe"))
         .header("traceparent", format!("00-{trace_id}-{provider_span}-01"))
-        .body("{}")
+        .header(
+            "Stripe-Signature",
+            sign::stripe(STRIPE_SECRET, now(), body.as_bytes()),
+        )
+        .body(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.status(), StatusCode::OK, "{}", served.logs());
+    // A worker takes it (no handler is registered for Stripe events: it is ignored, through
+    // the same processing span).
+    let settled = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM webhook_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            != "pending"
+    })
+    .await;
+    assert!(settled, "{}", served.logs());
     served.sigterm();
     let (code, logs) = served.wait().await;
     assert_eq!(code, Some(0), "{logs}");
 
     let spans = receiver.spans();
     let names = || spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
-    let sidecar = spans
-        .iter()
-        .find(|s| s.name == "POST /webhooks/{account}")
-        .unwrap_or_else(|| panic!("no sidecar span among {:?}", names()));
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name:?} span among {:?}", names()))
+    };
+    let sidecar = find("POST /webhooks/{account}");
     assert_eq!(hex(&sidecar.trace_id), trace_id, "the provider's trace");
     assert_eq!(hex(&sidecar.parent_span_id), provider_span);
     assert_eq!(sidecar.kind, 2, "SPAN_KIND_SERVER");
-    let ingest = spans
-        .iter()
-        .find(|s| s.name == "coffer.v1.ProviderEvents/IngestEvent")
-        .unwrap_or_else(|| panic!("no IngestEvent span among {:?}", names()));
+    let ingest = find("coffer.v1.ProviderEvents/IngestEvent");
     assert_eq!(hex(&ingest.trace_id), trace_id);
     assert_eq!(
         ingest.parent_span_id, sidecar.span_id,
         "IngestEvent is the sidecar span's child"
+    );
+    // The use case inside IngestEvent, which stored the row.
+    let stored_by = find("ingest_event");
+    assert_eq!(hex(&stored_by.trace_id), trace_id);
+    assert_eq!(stored_by.parent_span_id, ingest.span_id);
+
+    let processing = find("inbox event");
+    assert_eq!(processing.kind, 5, "SPAN_KIND_CONSUMER");
+    assert_ne!(
+        hex(&processing.trace_id),
+        trace_id,
+        "processing is its own trace, not a late child of the delivery"
+    );
+    assert_eq!(processing.links.len(), 1, "{:?}", processing.links);
+    let link = &processing.links[0];
+    assert_eq!(
+        hex(&link.trace_id),
+        trace_id,
+        "linked to the delivery's trace"
+    );
+    assert_eq!(
+        link.span_id, stored_by.span_id,
+        "linked to the span that stored the event"
+    );
+    let stored: Option<String> = sqlx::query_scalar("SELECT traceparent FROM webhook_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(format!("00-{trace_id}-{}-01", hex(&stored_by.span_id)).as_str())
     );
 }
 
