@@ -267,6 +267,37 @@ pub enum BenchCommand {
     Usage(UsageBenchArgs),
     /// GetUsage over 30 days of a customer with many events (loaded first).
     UsageQuery(UsageQueryBenchArgs),
+    /// Signed webhook deliveries through the sidecar to committed inbox rows, against the
+    /// same rows inserted into Postgres one per transaction.
+    Webhooks(WebhooksBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhooksBenchArgs {
+    /// The webhook sidecar's base URL (`serve`'s COFFER_HTTP_ADDR).
+    #[arg(
+        long,
+        env = "COFFER_BENCH_WEBHOOKS_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// The account the deliveries are for: a Standard Webhooks account (provider `sandbox` or
+    /// `polar`) the server knows.
+    #[arg(long, env = "COFFER_BENCH_ACCOUNT", default_value = "dev-bench")]
+    pub account: String,
+    /// The account's signing secret (`whsec_…`); without it, the one `sandbox_accounts`
+    /// keeps for the account. Give it in the environment: a flag shows in the process list.
+    #[arg(long, env = "COFFER_BENCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Deliveries in flight at once, each on its own HTTP/1.1 connection.
+    #[arg(long, env = "COFFER_BENCH_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long each measurement runs.
+    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured load before each measurement.
+    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

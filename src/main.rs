@@ -59,6 +59,13 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.context("running the benchmark")?);
             Ok(())
         }
+        Command::Bench(BenchCommand::Webhooks(args)) => {
+            let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
+            let report = coffer::bench::webhooks(&args, &database.pool).await;
+            database.close().await;
+            print!("{}", report.context("running the benchmark")?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Usage(args)) => {
             let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
             let report = coffer::bench::usage(&args, &state_dir, &database.pool).await;

@@ -8,6 +8,7 @@
 
 mod customers;
 mod usage;
+mod webhooks;
 
 use std::fmt;
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use customers::customers;
 pub use usage::{usage, usage_query};
+pub use webhooks::webhooks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -32,6 +34,8 @@ pub enum BenchError {
     Setup(#[from] tonic::Status),
     #[error("preparing the Postgres baseline")]
     Baseline(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Webhooks(String),
 }
 
 /// The `authorization` value for the key given, or the one `serve --dev` keeps.

@@ -1,5 +1,5 @@
-//! The benchmarks' Postgres baselines: scratch copies of the customers and usage_events tables
-//! (same columns, indexes and checks) written to directly.
+//! The benchmarks' Postgres baselines: scratch copies of the customers, usage_events and
+//! webhook_events tables (same columns, indexes and checks) written to directly.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -99,4 +99,65 @@ pub async fn drop_usage_baseline_table(pool: &PgPool) -> Result<(), StoreError> 
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Creates `bench_baseline_webhook_events`, a copy of `webhook_events` with its keys, indexes
+/// and checks.
+pub async fn create_webhook_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_baseline_webhook_events;
+         CREATE TABLE bench_baseline_webhook_events (LIKE webhook_events INCLUDING ALL);",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One delivery's row, inserted as IngestEvent would store it were it not batched: the same
+/// columns and the same de-duplication (`ON CONFLICT DO NOTHING`), in a transaction of its own.
+pub async fn insert_webhook_baseline_row(
+    pool: &PgPool,
+    tenant: Uuid,
+    account: &str,
+    provider_event_id: &str,
+    event_type: &str,
+    payload: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO bench_baseline_webhook_events
+             (tenant_id, id, account, provider, provider_event_id, event_type, next_attempt_at,
+              payload, received_at)
+         VALUES ($1, $2, $3, 'sandbox', $4, $5, now(), $6, now())
+         ON CONFLICT (account, provider_event_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(tenant)
+    .bind(Uuid::now_v7())
+    .bind(account)
+    .bind(provider_event_id)
+    .bind(event_type)
+    .bind(payload)
+    .fetch_optional(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn drop_webhook_baseline_table(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_baseline_webhook_events")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The signing secret the sandbox keeps for `account`, if it made one.
+pub async fn sandbox_webhook_secret(
+    pool: &PgPool,
+    account: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT webhook_secret FROM sandbox_accounts WHERE account = $1")
+            .bind(account)
+            .fetch_optional(pool)
+            .await?,
+    )
 }

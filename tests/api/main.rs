@@ -2,6 +2,7 @@
 //! crate links once.
 
 mod auth;
+mod bench;
 mod binary;
 mod checkout;
 mod config;
