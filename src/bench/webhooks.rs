@@ -45,6 +45,9 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A worker's connection to the sidecar, made at its first delivery and again after a failure.
+type Connection = Mutex<Option<SendRequest<Full<Bytes>>>>;
+
 /// Where the deliveries go.
 #[derive(Clone)]
 struct Target {
@@ -113,7 +116,7 @@ async fn secret(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<String, Bench
 
 /// One delivery on the worker's connection (made, or made again after a failure).
 async fn deliver(
-    connection: &Mutex<Option<SendRequest<Full<Bytes>>>>,
+    connection: &Connection,
     target: &Target,
     secret: &str,
     id: &str,
@@ -164,7 +167,7 @@ pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report,
 
     // 1. Deliveries through the sidecar, each a new event.
     let delivered = {
-        let connections: Arc<Vec<Mutex<Option<SendRequest<Full<Bytes>>>>>> =
+        let connections: Arc<Vec<Connection>> =
             Arc::new((0..concurrency).map(|_| Mutex::new(None)).collect());
         let target = target.clone();
         let run = run.clone();
