@@ -42,7 +42,9 @@ pub async fn advance_clock(
 ) -> Result<Done<ClockMoved>, AppError> {
     // The Sandbox service is registered only with the sandbox: without it, a bug.
     let Some(sandbox) = app.checkout.providers().sandbox() else {
-        return Err(AppError::internal("the Sandbox service runs without the sandbox"));
+        return Err(AppError::internal(
+            "the Sandbox service runs without the sandbox",
+        ));
     };
     let secret = app
         .settings
