@@ -253,6 +253,32 @@ impl Money {
     }
 }
 
+/// `amount` minor units of `currency` written out for people, exactly: the currency's
+/// exponent places the decimal point, thousands are grouped with commas and the code follows
+/// (`123456` USD is `1,234.56 USD`, `1500` JPY is `1,500 JPY`, `1500` KWD is `1.500 KWD`).
+/// Integer arithmetic only.
+pub fn format_amount(amount: i64, currency: Currency) -> String {
+    let exponent = u32::from(currency.exponent());
+    let scale = 10u64.pow(exponent);
+    let magnitude = amount.unsigned_abs();
+    let (major, minor) = (magnitude / scale, magnitude % scale);
+    let digits = major.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3 + 8);
+    if amount < 0 {
+        grouped.push('-');
+    }
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(d);
+    }
+    if exponent > 0 {
+        grouped.push_str(&format!(".{minor:0width$}", width = exponent as usize));
+    }
+    format!("{grouped} {}", currency.code())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -279,6 +305,28 @@ mod tests {
             assert!(AmountLimits::new(l.min(), l.max()).is_ok(), "{c}");
             assert!(c.exponent() <= 3, "{c}");
             assert_eq!(cur(c.code()), c);
+        }
+    }
+
+    #[test]
+    fn amounts_are_written_with_the_currency_exponent() {
+        for (amount, code, text) in [
+            (0, "USD", "0.00 USD"),
+            (5, "USD", "0.05 USD"),
+            (2_900, "USD", "29.00 USD"),
+            (123_456, "USD", "1,234.56 USD"),
+            (100_000_000, "EUR", "1,000,000.00 EUR"),
+            (1_500, "JPY", "1,500 JPY"),
+            (999, "JPY", "999 JPY"),
+            (1_000, "KRW", "1,000 KRW"),
+            (1_500, "KWD", "1.500 KWD"),
+            (1, "BHD", "0.001 BHD"),
+            (1_234_567_890, "TND", "1,234,567.890 TND"),
+            (-2_900, "USD", "-29.00 USD"),
+            (i64::MAX, "USD", "92,233,720,368,547,758.07 USD"),
+            (i64::MIN, "USD", "-92,233,720,368,547,758.08 USD"),
+        ] {
+            assert_eq!(format_amount(amount, cur(code)), text, "{amount} {code}");
         }
     }
 

@@ -486,3 +486,324 @@ pub async fn enqueue_events(
     .await?;
     Ok(())
 }
+
+// ---- The hosted checkout page: a session as the page sees it, its payment, its subscription.
+
+/// A sandbox checkout session whole, with the ids of its payment and subscription and the
+/// sandbox's clock as it read it: what the hosted page shows and what its events carry.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub account: String,
+    pub id: String,
+    pub client_reference: Uuid,
+    pub customer: String,
+    pub mode: String,
+    pub status: String,
+    pub payment_status: String,
+    /// `[{name, unit_amount, quantity, amount_total, interval?, interval_count?}]`.
+    pub line_items: serde_json::Value,
+    pub amount_total: i64,
+    pub currency: String,
+    pub trial_days: i16,
+    pub success_url: String,
+    pub cancel_url: String,
+    pub expires_at: OffsetDateTime,
+    /// A trial's card is waiting on the confirmation step (4000 0025 0000 3155).
+    pub setup_requires_action: bool,
+    pub version: i64,
+    pub payment: Option<String>,
+    pub subscription: Option<String>,
+    /// The sandbox's now: the database's `now()` plus the account's clock offset.
+    pub now: OffsetDateTime,
+}
+
+/// A sandbox payment as stored. No card number or CVC exists anywhere to be read.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub account: String,
+    pub id: String,
+    pub session_id: String,
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub failure_code: Option<String>,
+    pub card_brand: Option<String>,
+    pub card_last4: Option<String>,
+    pub fails_on_renewal: bool,
+    pub amount_refunded: i64,
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A sandbox refund, with its payment's currency (refunds are in the payment's currency).
+#[derive(Debug, Clone)]
+pub struct Refund {
+    pub account: String,
+    pub id: String,
+    pub payment_id: String,
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+}
+
+/// A sandbox subscription as stored.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub account: String,
+    pub id: String,
+    pub session_id: String,
+    pub client_reference: Uuid,
+    pub customer: String,
+    pub status: String,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub fails_on_renewal: bool,
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+}
+
+/// The session `id` (of any account), for showing. Takes no lock.
+pub async fn find_checkout(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<Checkout>, StoreError> {
+    Ok(sqlx::query_as!(
+        Checkout,
+        r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
+                  s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
+                  s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
+                  p.id AS "payment?", sub.id AS "subscription?",
+                  now() + COALESCE(a.clock_offset, '0') AS "now!"
+           FROM sandbox_checkout_sessions s
+           LEFT JOIN sandbox_accounts a ON a.account = s.account
+           LEFT JOIN sandbox_payments p ON p.account = s.account AND p.session_id = s.id
+           LEFT JOIN sandbox_subscriptions sub
+                  ON sub.account = s.account AND sub.session_id = s.id
+           WHERE s.id = $1"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The session `id`, locked for the rest of the transaction: every card attempt on one session
+/// takes this lock first, so two submits of one form run one after the other and the second
+/// sees what the first did.
+pub async fn lock_checkout(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<Checkout>, StoreError> {
+    Ok(sqlx::query_as!(
+        Checkout,
+        r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
+                  s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
+                  s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
+                  p.id AS "payment?", sub.id AS "subscription?",
+                  now() + COALESCE(a.clock_offset, '0') AS "now!"
+           FROM sandbox_checkout_sessions s
+           LEFT JOIN sandbox_accounts a ON a.account = s.account
+           LEFT JOIN sandbox_payments p ON p.account = s.account AND p.session_id = s.id
+           LEFT JOIN sandbox_subscriptions sub
+                  ON sub.account = s.account AND sub.session_id = s.id
+           WHERE s.id = $1
+           FOR UPDATE OF s"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks the session complete with `payment_status`, bumping its version.
+pub async fn complete_session(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    payment_status: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_checkout_sessions
+         SET status = 'complete', payment_status = $3, setup_requires_action = false,
+             version = version + 1, updated_at = $4
+         WHERE account = $1 AND id = $2 AND status = 'open'",
+        account,
+        id,
+        payment_status,
+        now,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets or clears a trial's pending confirmation step. Not a change a consumer sees (the
+/// session's object has no such field), so the version stays.
+pub async fn set_setup_requires_action(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    pending: bool,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_checkout_sessions SET setup_requires_action = $3
+         WHERE account = $1 AND id = $2",
+        account,
+        id,
+        pending,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One card attempt's result on a session's payment.
+pub struct PaymentAttempt<'a> {
+    pub account: &'a str,
+    /// The id the payment gets if this attempt is the session's first.
+    pub new_id: &'a str,
+    pub session_id: &'a str,
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub status: &'a str,
+    pub failure_code: Option<&'a str>,
+    pub card_brand: &'a str,
+    pub card_last4: &'a str,
+    pub fails_on_renewal: bool,
+    pub now: OffsetDateTime,
+}
+
+/// Records an attempt on the session's payment: the first attempt makes it (version 1), every
+/// later one moves it on (version + 1). One payment per session, whatever the attempts.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    a: PaymentAttempt<'_>,
+) -> Result<Payment, StoreError> {
+    Ok(sqlx::query_as!(
+        Payment,
+        "INSERT INTO sandbox_payments
+             (account, id, session_id, client_reference, amount, currency, status, failure_code,
+              card_brand, card_last4, fails_on_renewal, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)
+         ON CONFLICT (account, session_id) DO UPDATE
+         SET status = EXCLUDED.status, failure_code = EXCLUDED.failure_code,
+             card_brand = EXCLUDED.card_brand, card_last4 = EXCLUDED.card_last4,
+             fails_on_renewal = EXCLUDED.fails_on_renewal,
+             version = sandbox_payments.version + 1, updated_at = EXCLUDED.updated_at
+         RETURNING account, id, session_id, client_reference, amount, currency, status,
+                   failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                   version, created_at, updated_at",
+        a.account,
+        a.new_id,
+        a.session_id,
+        a.client_reference,
+        a.amount,
+        a.currency,
+        a.status,
+        a.failure_code,
+        a.card_brand,
+        a.card_last4,
+        a.fails_on_renewal,
+        a.now,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn find_payment_for_session(
+    conn: &mut PgConnection,
+    account: &str,
+    session_id: &str,
+) -> Result<Option<Payment>, StoreError> {
+    Ok(sqlx::query_as!(
+        Payment,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                version, created_at, updated_at
+         FROM sandbox_payments WHERE account = $1 AND session_id = $2",
+        account,
+        session_id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Settles a payment waiting on its confirmation step: `succeeded`, or `failed` with
+/// `failure_code`. Bumps its version.
+pub async fn settle_payment(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    status: &str,
+    failure_code: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Payment, StoreError> {
+    Ok(sqlx::query_as!(
+        Payment,
+        "UPDATE sandbox_payments
+         SET status = $3, failure_code = $4, version = version + 1, updated_at = $5
+         WHERE account = $1 AND id = $2
+         RETURNING account, id, session_id, client_reference, amount, currency, status,
+                   failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                   version, created_at, updated_at",
+        account,
+        id,
+        status,
+        failure_code,
+        now,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A subscription to insert, made by a completed subscription checkout.
+pub struct NewSubscription<'a> {
+    pub account: &'a str,
+    pub id: &'a str,
+    pub session_id: &'a str,
+    pub client_reference: Uuid,
+    pub customer: &'a str,
+    pub status: &'a str,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub fails_on_renewal: bool,
+    pub now: OffsetDateTime,
+}
+
+/// Inserts the session's subscription (version 1). The caller holds the session's lock and
+/// has seen it open, so no subscription exists for it yet.
+pub async fn insert_subscription(
+    conn: &mut PgConnection,
+    s: NewSubscription<'_>,
+) -> Result<Subscription, StoreError> {
+    Ok(sqlx::query_as!(
+        Subscription,
+        "INSERT INTO sandbox_subscriptions
+             (account, id, session_id, client_reference, customer, status, current_period_start,
+              current_period_end, trial_end, fails_on_renewal, version, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)
+         RETURNING account, id, session_id, client_reference, customer, status,
+                   current_period_start, current_period_end, trial_end, fails_on_renewal,
+                   version, created_at",
+        s.account,
+        s.id,
+        s.session_id,
+        s.client_reference,
+        s.customer,
+        s.status,
+        s.current_period_start,
+        s.current_period_end,
+        s.trial_end,
+        s.fails_on_renewal,
+        s.now,
+    )
+    .fetch_one(conn)
+    .await?)
+}

@@ -11,15 +11,19 @@
 //! server's own `/webhooks/{account}` ([`delivery`]); each account has a clock of its own that
 //! AdvanceClock moves forward, and sessions expire by it ([`clock`]).
 //!
-//! Seams for the next stage: the hosted page (a handler on the public listener that reads
-//! `sandbox_checkout_sessions` by id, takes a test card and moves the session and its payment
-//! on, bumping `version`), payments and refunds on the sandbox's side. [`Sandbox::refund`]
-//! refuses until then.
+//! The hosted checkout page ([`page`]) takes test cards ([`card`]) and moves the session, its
+//! payment and its subscription on, with the events reporting them ([`events`], whose objects
+//! [`objects`] writes) in the same transaction.
+//!
+//! Seams for the next stage: refunds on the sandbox's side. [`Sandbox::refund`] refuses until
+//! then.
 
+pub mod card;
 pub mod clock;
 pub mod delivery;
 pub mod events;
 pub mod objects;
+pub mod page;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,7 @@ use super::{
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
+use crate::domain::plan::{Billing, Interval};
 use crate::store::{StoreError, sandbox as store};
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
@@ -320,12 +325,26 @@ impl Provider for Sandbox {
                 .items
                 .iter()
                 .map(|i| {
-                    serde_json::json!({
+                    let mut item = serde_json::json!({
                         "name": i.name,
                         "unit_amount": i.unit.amount(),
                         "quantity": i.quantity,
                         "amount_total": i.amount_total,
-                    })
+                    });
+                    // How a subscription renews: the hosted page shows it and dates the
+                    // subscription's first period by it.
+                    if let Billing::Recurring {
+                        interval, count, ..
+                    } = i.billing
+                    {
+                        item["interval"] = match interval {
+                            Interval::Month => "month",
+                            Interval::Year => "year",
+                        }
+                        .into();
+                        item["interval_count"] = count.into();
+                    }
+                    item
                 })
                 .collect();
             let payment_status = match (r.mode, r.amount_total) {

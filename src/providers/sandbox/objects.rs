@@ -1,9 +1,12 @@
 //! The sandbox's objects as its events carry them (`data.object`), to the shapes
-//! [`super::events`] documents: every time in unix seconds, every amount in minor units.
+//! [`super::events`] documents: every time in unix seconds, every amount in minor units. One
+//! serializer per object kind, so every event about an object goes through the same one.
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::store::sandbox::{Checkout, Payment, Refund, Subscription};
 
 /// A checkout session's fields, as an event reports them.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +43,73 @@ pub fn checkout_session(s: &CheckoutSession<'_>) -> Value {
         "expires_at": s.expires_at.unix_timestamp(),
         "payment": s.payment,
         "subscription": s.subscription,
+        "version": s.version,
+    })
+}
+
+impl<'a> From<&'a Checkout> for CheckoutSession<'a> {
+    fn from(s: &'a Checkout) -> Self {
+        Self {
+            id: &s.id,
+            client_reference: s.client_reference,
+            customer: &s.customer,
+            mode: &s.mode,
+            status: &s.status,
+            payment_status: &s.payment_status,
+            amount_total: s.amount_total,
+            currency: &s.currency,
+            expires_at: s.expires_at,
+            payment: s.payment.as_deref(),
+            subscription: s.subscription.as_deref(),
+            version: s.version,
+        }
+    }
+}
+
+/// `payment`. The card is its brand and last four digits: nothing more exists to send.
+pub fn payment(p: &Payment) -> Value {
+    let card = match (&p.card_brand, &p.card_last4) {
+        (Some(brand), Some(last4)) => json!({"brand": brand, "last4": last4}),
+        _ => Value::Null,
+    };
+    json!({
+        "id": p.id,
+        "checkout_session": p.session_id,
+        "client_reference_id": p.client_reference.to_string(),
+        "amount": p.amount,
+        "currency": p.currency,
+        "status": p.status,
+        "failure_code": p.failure_code,
+        "card": card,
+        "amount_refunded": p.amount_refunded,
+        "version": p.version,
+    })
+}
+
+/// `refund`.
+pub fn refund(r: &Refund) -> Value {
+    json!({
+        "id": r.id,
+        "payment": r.payment_id,
+        "client_reference_id": r.client_reference.to_string(),
+        "amount": r.amount,
+        "currency": r.currency,
+        "status": r.status,
+        "version": r.version,
+    })
+}
+
+/// `subscription`.
+pub fn subscription(s: &Subscription) -> Value {
+    json!({
+        "id": s.id,
+        "checkout_session": s.session_id,
+        "client_reference_id": s.client_reference.to_string(),
+        "customer": s.customer,
+        "status": s.status,
+        "current_period_start": s.current_period_start.unix_timestamp(),
+        "current_period_end": s.current_period_end.unix_timestamp(),
+        "trial_end": s.trial_end.map(OffsetDateTime::unix_timestamp),
         "version": s.version,
     })
 }
@@ -88,5 +158,63 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k}");
         }
+    }
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(s).unwrap()
+    }
+
+    #[test]
+    fn a_payment_carries_its_card_as_brand_and_last_four_only() {
+        let reference = Uuid::now_v7();
+        let p = Payment {
+            account: "acme-sandbox".into(),
+            id: "py_sbx_1".into(),
+            session_id: "cs_sbx_1".into(),
+            client_reference: reference,
+            amount: 5_800,
+            currency: "USD".into(),
+            status: "failed".into(),
+            failure_code: Some("card_declined".into()),
+            card_brand: Some("visa".into()),
+            card_last4: Some("0002".into()),
+            fails_on_renewal: false,
+            amount_refunded: 0,
+            version: 2,
+            created_at: at(1),
+            updated_at: at(2),
+        };
+        assert_eq!(
+            payment(&p),
+            json!({
+                "id": "py_sbx_1", "checkout_session": "cs_sbx_1",
+                "client_reference_id": reference.to_string(), "amount": 5_800,
+                "currency": "USD", "status": "failed", "failure_code": "card_declined",
+                "card": {"brand": "visa", "last4": "0002"}, "amount_refunded": 0, "version": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn a_subscription_without_a_trial_has_a_null_trial_end() {
+        let s = Subscription {
+            account: "a".into(),
+            id: "sub_sbx_1".into(),
+            session_id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            customer: "cus_sbx_1".into(),
+            status: "active".into(),
+            current_period_start: at(100),
+            current_period_end: at(200),
+            trial_end: None,
+            fails_on_renewal: false,
+            version: 1,
+            created_at: at(100),
+        };
+        let v = subscription(&s);
+        assert_eq!(v["trial_end"], Value::Null);
+        assert_eq!(v["current_period_start"], 100);
+        assert_eq!(v["current_period_end"], 200);
+        assert_eq!(v["checkout_session"], "cs_sbx_1");
     }
 }
