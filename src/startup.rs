@@ -360,8 +360,7 @@ impl Server {
             let key = app.auth.ephemeral_system_key();
             let target = loopback(grpc_addr);
             let channel = crate::webhooks::Upstream::channel(&format!("http://{target}"))?;
-            let mut router =
-                crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key));
+            let mut router = crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key));
             // The sandbox's hosted checkout page shares the public listener; the sidecar's own
             // routes stay secretless and table-free, the page's are a router of their own.
             if config.sandbox.is_some() {

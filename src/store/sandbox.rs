@@ -512,6 +512,9 @@ pub struct Checkout {
     pub setup_requires_action: bool,
     pub version: i64,
     pub payment: Option<String>,
+    /// The payment's status, when there is one (`requires_action` while it waits on the
+    /// confirmation step).
+    pub payment_attempt: Option<String>,
     pub subscription: Option<String>,
     /// The sandbox's now: the database's `now()` plus the account's clock offset.
     pub now: OffsetDateTime,
@@ -578,7 +581,8 @@ pub async fn find_checkout(
         r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
                   s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
                   s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
-                  p.id AS "payment?", sub.id AS "subscription?",
+                  p.id AS "payment?", p.status AS "payment_attempt?",
+                  sub.id AS "subscription?",
                   now() + COALESCE(a.clock_offset, '0') AS "now!"
            FROM sandbox_checkout_sessions s
            LEFT JOIN sandbox_accounts a ON a.account = s.account
@@ -604,7 +608,8 @@ pub async fn lock_checkout(
         r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
                   s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
                   s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
-                  p.id AS "payment?", sub.id AS "subscription?",
+                  p.id AS "payment?", p.status AS "payment_attempt?",
+                  sub.id AS "subscription?",
                   now() + COALESCE(a.clock_offset, '0') AS "now!"
            FROM sandbox_checkout_sessions s
            LEFT JOIN sandbox_accounts a ON a.account = s.account

@@ -39,11 +39,11 @@ async fn spawn(text: &str) -> (TestApp, Arc<Faults>) {
     (app, faults)
 }
 
-async fn client(app: &TestApp) -> CheckoutClient<Channel> {
+pub(crate) async fn client(app: &TestApp) -> CheckoutClient<Channel> {
     CheckoutClient::new(app.channel().await)
 }
 
-async fn customer(app: &TestApp, key: &str, external_id: &str) -> String {
+pub(crate) async fn customer(app: &TestApp, key: &str, external_id: &str) -> String {
     app.customers()
         .await
         .create_customer(req(
@@ -61,7 +61,7 @@ async fn customer(app: &TestApp, key: &str, external_id: &str) -> String {
 
 /// A plan `key` with a monthly USD price (14 trial days), a yearly USD price and a one-time
 /// USD price; their ids in that order.
-async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
+pub(crate) async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
     let price = |amount, interval: Interval, trial_days| Price {
         amount,
         currency: "USD".into(),
@@ -92,7 +92,7 @@ async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
     (plan.id, ids.try_into().unwrap())
 }
 
-fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
+pub(crate) fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
     CheckoutLineItem {
         price: Some(ItemPrice::PriceId(price_id.into())),
         quantity,
@@ -100,7 +100,7 @@ fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
     }
 }
 
-fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLineItem {
+pub(crate) fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLineItem {
     CheckoutLineItem {
         price: Some(ItemPrice::PriceData(InlinePrice {
             amount,
@@ -112,7 +112,7 @@ fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLineItem {
     }
 }
 
-fn session(
+pub(crate) fn session(
     customer_id: &str,
     mode: CheckoutMode,
     items: Vec<CheckoutLineItem>,

@@ -19,6 +19,7 @@ mod meters;
 mod plans;
 mod policy;
 mod sandbox_delivery;
+mod sandbox_page;
 mod serving;
 mod signatures;
 mod tenancy;

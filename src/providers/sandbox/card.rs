@@ -132,7 +132,9 @@ pub fn parse_expiry(input: &str, today: OffsetDateTime) -> Result<(Month, i32), 
         .ok()
         .and_then(|m| Month::try_from(m).ok())
         .ok_or(error("The expiry month must be 01 to 12."))?;
-    let year: i32 = yy.parse().map_err(|_| error("Enter the expiry as MM / YY."))?;
+    let year: i32 = yy
+        .parse()
+        .map_err(|_| error("Enter the expiry as MM / YY."))?;
     let year = if yy.len() == 2 { 2000 + year } else { year };
     let first_of = |y: i32, m: Month| Date::from_calendar_date(y, m, 1).ok();
     let (expiry, current) = (
@@ -259,11 +261,26 @@ mod tests {
 
     #[test]
     fn expiries() {
-        assert_eq!(parse_expiry("12/26", today()).unwrap(), (Month::December, 2026));
-        assert_eq!(parse_expiry("01 / 30", today()).unwrap(), (Month::January, 2030));
-        assert_eq!(parse_expiry("7/2031", today()).unwrap(), (Month::July, 2031));
-        for bad in ["", "1226", "13/30", "00/30", "ab/cd", "11/26", "12/2", "12/026", "/30"] {
-            assert_eq!(parse_expiry(bad, today()).unwrap_err().field, Field::Expiry, "{bad}");
+        assert_eq!(
+            parse_expiry("12/26", today()).unwrap(),
+            (Month::December, 2026)
+        );
+        assert_eq!(
+            parse_expiry("01 / 30", today()).unwrap(),
+            (Month::January, 2030)
+        );
+        assert_eq!(
+            parse_expiry("7/2031", today()).unwrap(),
+            (Month::July, 2031)
+        );
+        for bad in [
+            "", "1226", "13/30", "00/30", "ab/cd", "11/26", "12/2", "12/026", "/30",
+        ] {
+            assert_eq!(
+                parse_expiry(bad, today()).unwrap_err().field,
+                Field::Expiry,
+                "{bad}"
+            );
         }
         assert_eq!(
             parse_expiry("11/26", today()).unwrap_err().message,

@@ -91,6 +91,11 @@ fn is_trial(s: &Checkout) -> bool {
     s.payment_status == "no_payment_required"
 }
 
+/// A card waits on the confirmation step: a trial's, or the payment's.
+fn awaiting_confirmation(s: &Checkout) -> bool {
+    s.setup_requires_action || s.payment_attempt.as_deref() == Some("requires_action")
+}
+
 /// What a card attempt (or its confirmation) came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -121,7 +126,7 @@ async fn show(State(pool): State<PgPool>, id: Result<Path<String>, PathRejection
     match found {
         Ok(Some(s)) => match closed(&s) {
             Some(c) => html(StatusCode::OK, closed_page(&s, c)),
-            None if s.setup_requires_action => html(StatusCode::OK, confirm_page(&s)),
+            None if awaiting_confirmation(&s) => html(StatusCode::OK, confirm_page(&s)),
             None => checkout_page(StatusCode::OK, &s, None, &[], &Kept::default()),
         },
         Ok(None) => not_found(),
@@ -241,11 +246,7 @@ async fn attempt(pool: &PgPool, id: &str, form: CardForm) -> Result<Answer, Stor
     Ok(Answer::new(outcome.as_str(), after(&s, outcome, &kept)))
 }
 
-async fn answer_confirmation(
-    pool: &PgPool,
-    id: &str,
-    approve: bool,
-) -> Result<Answer, StoreError> {
+async fn answer_confirmation(pool: &PgPool, id: &str, approve: bool) -> Result<Answer, StoreError> {
     let mut tx = pool.begin().await?;
     let Some(s) = store::lock_checkout(&mut tx, id).await? else {
         return Ok(Answer::new("not_found", not_found()));
@@ -492,7 +493,7 @@ struct Item {
 
 fn items(line_items: &serde_json::Value) -> Result<Vec<Item>, StoreError> {
     serde_json::from_value(line_items.clone())
-        .map_err(|e| crate::store::corrupt("sandbox line items", &e.to_string()))
+        .map_err(|e| crate::store::corrupt("sandbox line items", e))
 }
 
 /// A subscription's period in months (a year is 12) and its unit's name, from its first line
@@ -525,8 +526,8 @@ fn add_months(t: OffsetDateTime, months: u32) -> OffsetDateTime {
 
 fn session_id(id: Result<Path<String>, PathRejection>) -> Option<String> {
     let Path(id) = id.ok()?;
-    let valid = (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let valid =
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     valid.then_some(id)
 }
 
@@ -629,6 +630,7 @@ main{max-width:30rem;margin:0 auto;padding:1.25rem 1rem 3rem}\
 h1{font-size:1.5rem;line-height:1.25;margin:.5rem 0 1rem}\
 h2{font-size:1rem;margin:0 0 .5rem}\
 .box{background:#fff;border:1px solid #e3e8ee;border-radius:.5rem;padding:1rem;margin-bottom:1rem}\
+.box>:first-child{margin-top:0}.box>p:last-child{margin-bottom:0}\
 table{width:100%;border-collapse:collapse}\
 th,td{padding:.35rem 0;text-align:left;vertical-align:top}\
 th{font-size:.8rem;color:#5b6470;font-weight:600}\
@@ -917,9 +919,11 @@ mod tests {
         assert_eq!(period_of(&items("month", 1)).unwrap(), (1, "month"));
         assert_eq!(period_of(&items("month", 3)).unwrap(), (3, "month"));
         assert_eq!(period_of(&items("year", 1)).unwrap(), (12, "year"));
-        assert!(period_of(&serde_json::json!([{"name": "x", "unit_amount": 1,
+        assert!(
+            period_of(&serde_json::json!([{"name": "x", "unit_amount": 1,
             "quantity": 1, "amount_total": 1}]))
-        .is_err());
+            .is_err()
+        );
     }
 
     #[test]
