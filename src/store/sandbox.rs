@@ -593,6 +593,10 @@ pub async fn find_checkout(
         id,
     )
     .fetch_optional(conn)
+    .instrument(super::statement_span!(
+        "SELECT",
+        "sandbox_checkout_sessions"
+    ))
     .await?)
 }
 
@@ -621,6 +625,10 @@ pub async fn lock_checkout(
         id,
     )
     .fetch_optional(conn)
+    .instrument(super::statement_span!(
+        "SELECT",
+        "sandbox_checkout_sessions"
+    ))
     .await?)
 }
 
@@ -643,6 +651,10 @@ pub async fn complete_session(
         now,
     )
     .execute(conn)
+    .instrument(super::statement_span!(
+        "UPDATE",
+        "sandbox_checkout_sessions"
+    ))
     .await?;
     Ok(())
 }
@@ -663,6 +675,10 @@ pub async fn set_setup_requires_action(
         pending,
     )
     .execute(conn)
+    .instrument(super::statement_span!(
+        "UPDATE",
+        "sandbox_checkout_sessions"
+    ))
     .await?;
     Ok(())
 }
@@ -718,6 +734,7 @@ pub async fn record_attempt(
         a.now,
     )
     .fetch_one(conn)
+    .instrument(super::statement_span!("INSERT", "sandbox_payments"))
     .await?)
 }
 
@@ -736,6 +753,7 @@ pub async fn find_payment_for_session(
         session_id,
     )
     .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
     .await?)
 }
 
@@ -764,6 +782,7 @@ pub async fn settle_payment(
         now,
     )
     .fetch_one(conn)
+    .instrument(super::statement_span!("UPDATE", "sandbox_payments"))
     .await?)
 }
 
@@ -810,5 +829,6 @@ pub async fn insert_subscription(
         s.now,
     )
     .fetch_one(conn)
+    .instrument(super::statement_span!("INSERT", "sandbox_subscriptions"))
     .await?)
 }

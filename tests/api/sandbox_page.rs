@@ -41,7 +41,10 @@ async fn spawn() -> Env {
         config.http_addr = Some("127.0.0.1:0".parse().unwrap());
         config.sandbox = Some(SandboxConfig {
             public_url: "http://127.0.0.1:8089".into(),
-            faults: Arc::default(),
+            // The page itself must refuse a session past its expiry on the sandbox's clock,
+            // before any sweep marks it: the sweeper stays out of these tests' way.
+            expire_interval: Duration::from_secs(3600),
+            ..SandboxConfig::default()
         });
     })
     .await;
