@@ -304,9 +304,10 @@ mod tests {
         }
         assert!(Succeeded.can_become(Disputed) && Disputed.can_become(Succeeded));
         assert!(Expired.can_become(Succeeded), "the provider's late success");
-        for to in [Created, ProviderPending, Failed, Canceled] {
+        for to in [Created, ProviderPending, Failed] {
             assert!(!Expired.can_become(to) && !Canceled.can_become(to));
         }
+        assert!(!Expired.can_become(Canceled) && !Canceled.can_become(Expired));
         assert!(!Canceled.can_become(Succeeded));
     }
 

@@ -9,6 +9,7 @@
 //! given each tenant's sandbox account, with the secret stored in `sandbox_accounts`, as a
 //! configured account (`ServerConfig::accounts`); dropping that line is the whole switch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffer::app::App;
@@ -26,7 +27,7 @@ use coffer::grpc::pb::{
     RefundPaymentRequest, RefundReason, RefundStatus, SubscriptionStatus,
     VerifyCheckoutSessionRequest,
 };
-use coffer::providers::sandbox::SandboxConfig;
+use coffer::providers::sandbox::{Faults, SandboxConfig};
 use coffer::providers::sandbox::events::{EventType, body};
 use coffer::providers::signature::sign;
 use coffer::startup::ServerConfig;
@@ -36,7 +37,9 @@ use tonic::Code;
 
 use crate::checkout::{client, customer, inline, item, plan_of, session};
 use crate::events::now;
-use crate::helpers::{TestApp, TestDb, details, eventually, idem, req, test_config};
+use crate::helpers::{
+    TestApp, TestDb, details, eventually, http_get, idem, req, test_config,
+};
 
 const SHOP_SECRET: &str = "whsec_CIDVmpcN1wy5sTTCIMm7V5T3QOHMbcGZgb+aVYruOUo=";
 const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -45,6 +48,7 @@ const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// accounts and secrets, and their keys.
 struct Env {
     app: TestApp,
+    faults: Arc<Faults>,
     shop: String,
     other: String,
     ingest: String,
@@ -92,11 +96,12 @@ impl Env {
             accounts.push(sandbox_account(&account, tenant, secret));
             keys.push(key.expose().to_owned());
         }
+        let faults = Arc::new(Faults::default());
         let config = ServerConfig {
             accounts,
             sandbox: Some(SandboxConfig {
                 public_url: "http://127.0.0.1:8089".into(),
-                faults: Default::default(),
+                faults: faults.clone(),
             }),
             resolve_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_millis(100),
@@ -116,6 +121,7 @@ impl Env {
         let [shop, other] = keys.try_into().unwrap();
         Self {
             app,
+            faults,
             shop,
             other,
             ingest,
@@ -416,6 +422,22 @@ async fn a_paid_session_completes_and_its_payment_succeeds() {
     .await
     .unwrap();
     assert_eq!(mapped, 1);
+    // Counted (at least: the families are per process).
+    let (_, metrics) = http_get(env.app.admin_addr, "/metrics").await;
+    for line in [
+        "coffer_checkout_sessions_total{event=\"created\"}",
+        "coffer_checkout_sessions_total{event=\"completed\"}",
+        "coffer_payments_total{status=\"succeeded\"}",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("{line} in /metrics"))
+            .parse()
+            .unwrap();
+        assert!(value >= 1.0, "{line} {value}");
+    }
 }
 
 #[tokio::test]
@@ -746,6 +768,40 @@ async fn refunds_partial_full_over_and_replayed() {
         .await
         .unwrap();
     assert_eq!(refunds, 2);
+}
+
+#[tokio::test]
+async fn a_refund_whose_answer_is_lost_is_settled_by_fetching_never_made_twice() {
+    let env = Env::spawn().await;
+    let (_, payment) = env.paid("otto", 3_000).await;
+    env.faults.lose_next_answers(1);
+    let e = env
+        .refund(&payment.id, Some(1_000), Some("lost-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(details(&e).0, "PROVIDER_OUTCOME_UNKNOWN");
+    // Pending, it holds its amount: only 2 000 are left meanwhile.
+    let e = env.refund(&payment.id, Some(2_001), None).await.unwrap_err();
+    assert_eq!(details(&e).0, "REFUND_EXCEEDS_PAYMENT");
+    // The retry under the same key settles it by asking the sandbox (or the resolver already
+    // did): the one refund, succeeded.
+    let settled = env
+        .refund(&payment.id, Some(1_000), Some("lost-1"))
+        .await
+        .unwrap();
+    assert_eq!(settled.status, RefundStatus::Succeeded as i32);
+    assert_eq!(
+        env.payment(&env.shop, &payment.id).await.amount_refunded,
+        1_000
+    );
+    let (coffer, sandbox): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM refunds), (SELECT count(*) FROM sandbox_refunds)",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((coffer, sandbox), (1, 1));
 }
 
 #[tokio::test]
