@@ -27,8 +27,8 @@ use coffer::grpc::pb::{
     RefundPaymentRequest, RefundReason, RefundStatus, SubscriptionStatus,
     VerifyCheckoutSessionRequest,
 };
-use coffer::providers::sandbox::{Faults, SandboxConfig};
 use coffer::providers::sandbox::events::{EventType, body};
+use coffer::providers::sandbox::{Faults, SandboxConfig};
 use coffer::providers::signature::sign;
 use coffer::startup::ServerConfig;
 use serde_json::Value;
@@ -37,9 +37,7 @@ use tonic::Code;
 
 use crate::checkout::{client, customer, inline, item, plan_of, session};
 use crate::events::now;
-use crate::helpers::{
-    TestApp, TestDb, details, eventually, http_get, idem, req, test_config,
-};
+use crate::helpers::{TestApp, TestDb, details, eventually, http_get, idem, req, test_config};
 
 const SHOP_SECRET: &str = "whsec_CIDVmpcN1wy5sTTCIMm7V5T3QOHMbcGZgb+aVYruOUo=";
 const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -782,7 +780,10 @@ async fn a_refund_whose_answer_is_lost_is_settled_by_fetching_never_made_twice()
     assert_eq!(e.code(), Code::Unavailable);
     assert_eq!(details(&e).0, "PROVIDER_OUTCOME_UNKNOWN");
     // Pending, it holds its amount: only 2 000 are left meanwhile.
-    let e = env.refund(&payment.id, Some(2_001), None).await.unwrap_err();
+    let e = env
+        .refund(&payment.id, Some(2_001), None)
+        .await
+        .unwrap_err();
     assert_eq!(details(&e).0, "REFUND_EXCEEDS_PAYMENT");
     // The retry under the same key settles it by asking the sandbox (or the resolver already
     // did): the one refund, succeeded.
