@@ -1047,3 +1047,79 @@ async fn an_open_session_expires_at_expires_at_with_its_unpaid_payment() {
     let e = env.refund(&s.payment_id, None, None).await.unwrap_err();
     assert_eq!(details(&e).0, "PAYMENT_NOT_REFUNDABLE");
 }
+
+#[tokio::test]
+async fn a_confirmation_step_is_provider_pending_until_approved_or_failed() {
+    let env = Env::spawn().await;
+    let s = env.payment_session("pia", 3_300).await;
+    let step = env.attempt(&s, "requires_action", None, "3155").await;
+    env.send(&s.provider_account, EventType::PaymentFailed, &step)
+        .await;
+    assert!(env.settled().await);
+    let pending = env.payment(&env.shop, &s.payment_id).await;
+    assert_eq!(pending.status, PaymentStatus::ProviderPending as i32);
+    let failed = env
+        .attempt(&s, "failed", Some("authentication_failed"), "3155")
+        .await;
+    env.send(&s.provider_account, EventType::PaymentFailed, &failed)
+        .await;
+    assert!(env.settled().await);
+    let failed = env.payment(&env.shop, &s.payment_id).await;
+    assert_eq!(failed.status, PaymentStatus::Failed as i32);
+    assert_eq!(failed.failure_code, "authentication_failed");
+}
+
+#[tokio::test]
+async fn verify_makes_the_subscription_a_session_made() {
+    let env = Env::spawn().await;
+    let (_, [monthly, _, _]) = plan_of(&env.app, &env.shop, "team").await;
+    let who = customer(&env.app, &env.shop, "quinn").await;
+    let mut c = client(&env.app).await;
+    let s = c
+        .create_checkout_session(req(
+            session(&who, CheckoutMode::Subscription, vec![item(&monthly, 1)]),
+            &env.shop,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    env.subscribe(&s).await;
+    env.complete(&s, "no_payment_required").await;
+    let verified = c
+        .verify_checkout_session(req(
+            VerifyCheckoutSessionRequest { id: s.id.clone() },
+            &env.shop,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.status, CheckoutSessionStatus::Complete as i32);
+    assert!(verified.subscription_id.starts_with("subscription_"));
+    let sub = env
+        .app
+        .subscriptions()
+        .await
+        .get_subscription(req(
+            GetSubscriptionRequest {
+                id: verified.subscription_id.clone(),
+            },
+            &env.shop,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sub.status, SubscriptionStatus::Trialing as i32);
+    // Verifying again, or the event arriving late, makes no second one.
+    c.verify_checkout_session(req(VerifyCheckoutSessionRequest { id: s.id }, &env.shop))
+        .await
+        .unwrap();
+    let object = env.subscription_object(&s.provider_session_id).await;
+    env.send(&s.provider_account, EventType::SubscriptionCreated, &object)
+        .await;
+    assert!(env.settled().await);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
