@@ -752,9 +752,10 @@ impl Payments {
         let op = match started {
             Started::Call(op) => op,
             Started::Existing(op) => {
-                if op.status != "succeeded" {
-                    // Pending or unknown: the provider knows whether it refunded.
-                    self.journal.settle(&op, &account).await?;
+                // Pending or unknown: the provider knows whether it refunded. If it did not
+                // (the refund is then FAILED, its amount free), ask again as a new generation.
+                if op.status != "succeeded" && self.journal.settle(&op, &account).await?.is_none() {
+                    return Box::pin(self.refund_attempt(ctx, call, request)).await;
                 }
                 return self.reload_refund(&mut conn, ctx, id).await;
             }

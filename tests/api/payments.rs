@@ -1123,3 +1123,38 @@ async fn verify_makes_the_subscription_a_session_made() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+#[tokio::test]
+async fn a_refund_the_provider_could_not_take_frees_its_amount_and_a_retry_asks_again() {
+    let env = Env::spawn().await;
+    let (_, payment) = env.paid("rosa", 2_000).await;
+    env.faults.refuse_next(1);
+    let e = env
+        .refund(&payment.id, None, Some("busy-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(details(&e).0, "PROVIDER_UNAVAILABLE");
+    let (status, pending): (String, i64) = sqlx::query_as(
+        "SELECT r.status, p.amount_refund_pending FROM refunds r JOIN payments p ON p.id = r.payment_id",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), pending), ("failed", 0));
+    // The same key again: the same refund, asked for again, now taken.
+    let refund = env.refund(&payment.id, None, Some("busy-1")).await.unwrap();
+    assert_eq!(refund.status, RefundStatus::Succeeded as i32);
+    assert_eq!(refund.amount, 2_000);
+    assert_eq!(
+        env.payment(&env.shop, &payment.id).await.amount_refunded,
+        2_000
+    );
+    let (coffer, sandbox): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM refunds), (SELECT count(*) FROM sandbox_refunds)",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((coffer, sandbox), (1, 1));
+}
