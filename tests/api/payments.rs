@@ -5,9 +5,10 @@
 //! workers running in the server apply it. Refunds go through RefundPayment and the real
 //! `Sandbox::refund`; expiry through the server's sweeper.
 //!
-//! Until IngestEvent knows sandbox accounts by itself (the delivery work), the server is also
-//! given each tenant's sandbox account, with the secret stored in `sandbox_accounts`, as a
-//! configured account (`ServerConfig::accounts`); dropping that line is the whole switch.
+//! Each tenant's sandbox account is made before the server starts, with a secret the test
+//! knows, where the sandbox keeps it (`sandbox_accounts`); IngestEvent verifies with it as it
+//! does for the sandbox's own deliveries. The server has no HTTP listener, so the sandbox's
+//! delivery worker sends nothing: every event here is the test's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,7 @@ use std::time::Duration;
 use coffer::app::App;
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::app::tenants::KeyFor;
-use coffer::domain::account::{Account, AccountName, ProviderKind, Secret};
 use coffer::domain::auth::TenantName;
-use coffer::domain::ids::TenantId;
 use coffer::grpc::pb::list_subscriptions_request::Customer as SubscriptionsOf;
 use coffer::grpc::pb::provider_events_client::ProviderEventsClient;
 use coffer::grpc::pb::{
@@ -52,25 +51,11 @@ struct Env {
     ingest: String,
 }
 
-fn sandbox_account(name: &str, tenant: TenantId, secret: &str) -> Account {
-    Account {
-        name: AccountName::parse(name).unwrap(),
-        tenant,
-        provider: ProviderKind::Sandbox,
-        api_key: None,
-        webhook_secrets: vec![Secret::new(secret)],
-        api_base: None,
-        livemode: false,
-        hmac: None,
-    }
-}
-
 impl Env {
     async fn spawn() -> Self {
         let db = TestDb::new().await;
         let pool = db.pool().await;
         let admin = App::new(pool.clone());
-        let mut accounts = Vec::new();
         let mut keys = Vec::new();
         for (name, secret) in [("shop", SHOP_SECRET), ("other", OTHER_SECRET)] {
             let (tenant, key) = admin
@@ -91,15 +76,14 @@ impl Env {
             .execute(&pool)
             .await
             .unwrap();
-            accounts.push(sandbox_account(&account, tenant, secret));
             keys.push(key.expose().to_owned());
         }
         let faults = Arc::new(Faults::default());
         let config = ServerConfig {
-            accounts,
             sandbox: Some(SandboxConfig {
                 public_url: "http://127.0.0.1:8089".into(),
                 faults: faults.clone(),
+                ..SandboxConfig::default()
             }),
             resolve_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_millis(100),
