@@ -36,7 +36,9 @@ use tonic::Code;
 
 use crate::checkout::{client, customer, inline, item, plan_of, session};
 use crate::events::now;
-use crate::helpers::{TestApp, TestDb, details, eventually, http_get, idem, req, test_config};
+use crate::helpers::{
+    TestApp, TestDb, details, eventually, http_get, idem, req, sandbox_test_config, test_config,
+};
 
 const SHOP_SECRET: &str = "whsec_CIDVmpcN1wy5sTTCIMm7V5T3QOHMbcGZgb+aVYruOUo=";
 const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -53,6 +55,12 @@ struct Env {
 
 impl Env {
     async fn spawn() -> Self {
+        Self::spawn_with(false).await
+    }
+
+    /// With `delivered`, the server also runs its HTTP listener and the sandbox delivers its
+    /// own events to it (and expires sessions on its clock), as under `serve --dev`.
+    async fn spawn_with(delivered: bool) -> Self {
         let db = TestDb::new().await;
         let pool = db.pool().await;
         let admin = App::new(pool.clone());
@@ -82,9 +90,16 @@ impl Env {
         let config = ServerConfig {
             sandbox: Some(SandboxConfig {
                 public_url: "http://127.0.0.1:8089".into(),
-                faults: faults.clone(),
-                ..SandboxConfig::default()
+                ..if delivered {
+                    sandbox_test_config(faults.clone())
+                } else {
+                    SandboxConfig {
+                        faults: faults.clone(),
+                        ..SandboxConfig::default()
+                    }
+                }
             }),
+            http_addr: delivered.then(|| "127.0.0.1:0".parse().unwrap()),
             resolve_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_millis(100),
             inbox: InboxConfig {
@@ -1141,4 +1156,48 @@ async fn a_refund_the_provider_could_not_take_frees_its_amount_and_a_retry_asks_
     .await
     .unwrap();
     assert_eq!((coffer, sandbox), (1, 1));
+}
+
+#[tokio::test]
+async fn the_sandbox_expiring_a_session_on_its_clock_expires_it_here_through_real_delivery() {
+    let env = Env::spawn_with(true).await;
+    let s = env.payment_session("sam", 4_400).await;
+    let declined = env
+        .attempt(&s, "failed", Some("card_declined"), "0002")
+        .await;
+    env.send(&s.provider_account, EventType::PaymentFailed, &declined)
+        .await;
+    // A day and a minute later on the sandbox's clock: it expires the session and tells Coffer,
+    // over HTTP through the sidecar, signed with the account's secret.
+    let later =
+        time::OffsetDateTime::now_utc() + time::Duration::hours(24) + time::Duration::minutes(1);
+    coffer::grpc::pb::sandbox_client::SandboxClient::new(env.app.channel().await)
+        .advance_clock(req(
+            coffer::grpc::pb::AdvanceClockRequest {
+                account: s.provider_account.clone(),
+                to: Some(prost_types::Timestamp {
+                    seconds: later.unix_timestamp(),
+                    nanos: 0,
+                }),
+            },
+            &env.shop,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            env.get(&env.shop, &s.id).await.status == CheckoutSessionStatus::Expired as i32
+        })
+        .await
+    );
+    let expired = env.payment(&env.shop, &s.payment_id).await;
+    assert_eq!(expired.status, PaymentStatus::Expired as i32);
+    let delivered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events
+         WHERE event_type = 'checkout.session.expired' AND status = 'processed'",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(delivered, 1);
 }
