@@ -215,6 +215,7 @@ impl Server {
             .register(metrics.registry_mut());
         let inbox = Inbox::new(app.pool.clone(), config.inbox.clone());
         inbox.metrics().register(metrics.registry_mut());
+        crate::app::payments::metrics().register(metrics.registry_mut());
         Ok(Self {
             delivery,
             grpc: bind(config.grpc_addr).await?,

@@ -24,13 +24,16 @@ use crate::domain::checkout::{
     self as domain, CheckoutSession, ItemPrice, LineItem, Mode, NewCheckout, NewLineItem, Status,
 };
 use crate::domain::customer::{CustomerRef, Metadata};
-use crate::domain::ids::{CheckoutId, CustomerId};
+use crate::domain::ids::{CheckoutId, CustomerId, PaymentId};
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
 use crate::providers::{
     CheckoutRequest, CustomerRequest, Operation, ProviderCheckout, ProviderError, ProviderObject,
 };
-use crate::store::{audit, checkout as store, customers as customer_store, plans as plan_store};
+use crate::store::{
+    audit, checkout as store, customers as customer_store, payments as payment_store,
+    plans as plan_store,
+};
 
 pub const REASON_CHECKOUT_NOT_FOUND: &str = "CHECKOUT_SESSION_NOT_FOUND";
 pub const REASON_CHECKOUT_NOT_OPEN: &str = "CHECKOUT_SESSION_NOT_OPEN";
@@ -156,6 +159,10 @@ impl Checkout {
             }
             None => {
                 let id = CheckoutId::generate();
+                // A session that collects money now has its payment from the start, CREATED,
+                // written with it; a subscription starting with a trial collects nothing yet.
+                let payment = new.collects_now().then(PaymentId::generate);
+                let now = now_micros();
                 let mut tx = conn.begin().await?;
                 store::insert_pending_session(
                     &mut tx,
@@ -163,9 +170,24 @@ impl Checkout {
                     id,
                     account.name.as_str(),
                     &new,
-                    now_micros(),
+                    payment,
+                    now,
                 )
                 .await?;
+                if let Some(payment) = payment {
+                    payment_store::insert_payment(
+                        &mut tx,
+                        ctx.tenant,
+                        payment,
+                        new.customer,
+                        id,
+                        account.name.as_str(),
+                        new.amount_total,
+                        new.currency,
+                        now,
+                    )
+                    .await?;
+                }
                 let started = self
                     .journal
                     .begin(
@@ -221,6 +243,7 @@ impl Checkout {
             Ok(session) => session,
             Err(e) => return Err(self.journal.failed(&op, e).await),
         };
+        super::payments::metrics().checkout("created");
         self.record(
             &mut conn,
             ctx,
@@ -522,6 +545,39 @@ impl Checkout {
         )
         .await?;
         Ok(Page::of(rows, query.page_size, filters, |s| s.id.as_uuid()))
+    }
+
+    /// Asks the provider for the session's current state (with its payment and subscription)
+    /// and applies it with the same appliers the events use, then returns the session: what a
+    /// success page calls instead of trusting a redirect. It writes only what the provider
+    /// already says, so it needs no idempotency key.
+    #[tracing::instrument(skip_all)]
+    pub async fn verify(
+        &self,
+        ctx: &TenantCtx,
+        id: CheckoutId,
+    ) -> Result<CheckoutSession, AppError> {
+        let mut conn = self.pool.acquire().await?;
+        let session = store::find_session(&mut conn, ctx.tenant, id)
+            .await?
+            .ok_or_else(not_found)?;
+        let name = AccountName::parse(&session.account)
+            .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
+        let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
+        let provider = account.for_op(Operation::FetchCheckoutSession)?;
+        let fetched = provider
+            .fetch_checkout_session(&account.name, &session.provider_session_id)
+            .await;
+        self.journal
+            .metrics()
+            .observe(account.kind, "fetch_checkout_session", &fetched);
+        let current = fetched.map_err(journal::provider_error)?;
+        let mut tx = conn.begin().await?;
+        journal::apply_checkout(&mut tx, ctx.tenant, id, &current).await?;
+        tx.commit()
+            .await
+            .map_err(|e| AppError::from_commit(e.into()))?;
+        self.reload(&mut conn, *ctx, id).await
     }
 
     /// Expires an OPEN session on the provider, then here. Anything but OPEN is

@@ -22,9 +22,8 @@
 //! Delivery is at least once: a handler may see an event again after a rollback, so every
 //! effect must be idempotent (the checkout handlers write provider state under a row lock).
 //!
-//! No handler exists yet for any event type: every event is `ignored` until the checkout work
-//! registers its handlers in [`Handlers::builtin`]. Tests add their own
-//! ([`Handlers::with`] through `ServerConfig::inbox`).
+//! [`Handlers::builtin`] holds the sandbox's event types (`app::payments`); any other type is
+//! `ignored`. Tests add their own ([`Handlers::with`] through `ServerConfig::inbox`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -135,9 +134,10 @@ pub struct Handlers(Arc<HashMap<ProviderKind, ByType>>);
 type ByType = HashMap<String, Arc<dyn Handler>>;
 
 impl Handlers {
-    /// The handlers Coffer ships: none yet (checkout registers its own here).
+    /// The handlers Coffer ships: the sandbox's checkout, payment, refund and subscription
+    /// events (`app::payments`).
     pub fn builtin() -> Self {
-        Self::default()
+        super::payments::with_sandbox_handlers(Self::default())
     }
 
     /// The same table with `handler` for `event_type` of `provider` (replacing any).

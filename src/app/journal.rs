@@ -23,14 +23,15 @@ use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::payments;
 use super::providers::{Providers, Resolved};
 use super::{AppError, RejectionKind};
 use crate::domain::account::{AccountName, ProviderKind};
-use crate::domain::ids::{CheckoutId, TenantId};
+use crate::domain::ids::{CheckoutId, RefundId, TenantId};
 use crate::providers::{ObjectKind, Operation, ProviderCheckout, ProviderError, ProviderObject};
 use crate::shutdown::CancellationToken;
+use crate::store::StoreError;
 use crate::store::journal::{self as store, Begun, OperationRow};
-use crate::store::{StoreError, checkout as checkout_store};
 
 pub const REASON_PROVIDER_REJECTED: &str = "PROVIDER_REJECTED";
 
@@ -288,8 +289,9 @@ impl Journal {
         let mut conn = self.pool.acquire().await?;
         match &found {
             None => {
+                let mut tx = conn.begin().await?;
                 store::record_outcome(
-                    &mut conn,
+                    &mut tx,
                     op.tenant,
                     op.id,
                     op.generation,
@@ -298,6 +300,19 @@ impl Journal {
                     Some("not_found_on_provider"),
                 )
                 .await?;
+                // A refund the provider never made holds no money: its amount is free again.
+                if op.kind == OpKind::Refund {
+                    payments::fail_refund(
+                        &mut tx,
+                        op.tenant,
+                        RefundId::from_uuid(op.coffer_id),
+                        "not_found_on_provider",
+                    )
+                    .await?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| AppError::from_commit(e.into()))?;
             }
             Some(object) => {
                 let mut tx = conn.begin().await?;
@@ -323,6 +338,19 @@ impl Journal {
             ProviderObject::CheckoutSession(session) => {
                 self.succeeded(tx, op, account, &session.id).await?;
                 apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await
+            }
+            ProviderObject::Refund(refund) => {
+                self.succeeded(tx, op, account, &refund.id).await?;
+                Ok(payments::apply_refund(tx, op.tenant, refund).await?)
+            }
+            // No operation makes these yet; recorded and applied all the same.
+            ProviderObject::Payment(payment) => {
+                self.succeeded(tx, op, account, &payment.id).await?;
+                Ok(payments::apply_payment(tx, op.tenant, payment).await?)
+            }
+            ProviderObject::Subscription(sub) => {
+                self.succeeded(tx, op, account, &sub.id).await?;
+                Ok(payments::apply_subscription(tx, op.tenant, sub).await?)
             }
         }
     }
@@ -363,26 +391,15 @@ impl Journal {
     }
 }
 
-/// Applies the provider's view of a session to Coffer's row.
+/// Applies the provider's view of a session (with its payment and subscription, when the
+/// answer carries them) to Coffer's rows: `payments::apply_checkout`, the one applier.
 pub async fn apply_checkout(
     tx: &mut PgConnection,
     tenant: TenantId,
     id: CheckoutId,
     s: &ProviderCheckout,
 ) -> Result<(), AppError> {
-    checkout_store::record_provider_session(
-        tx,
-        tenant,
-        id,
-        &s.id,
-        &s.url,
-        s.status,
-        s.payment_status,
-        s.expires_at,
-        s.version,
-    )
-    .await?;
-    Ok(())
+    Ok(payments::apply_checkout(tx, tenant, id, s).await?)
 }
 
 /// A provider failure as the caller sees it: a definitive refusal is FAILED_PRECONDITION

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod journal;
 pub mod page;
+pub mod payments;
 pub mod providers;
 pub mod sandbox;
 pub mod subscriptions;
@@ -48,6 +49,8 @@ pub struct App {
     pub events: events::Events,
     /// Checkout sessions, through the provider registry and the operations journal.
     pub checkout: checkout::Checkout,
+    /// Payments, refunds and subscriptions, through the same registry and journal.
+    pub payments: payments::Payments,
 }
 
 impl App {
@@ -66,16 +69,23 @@ impl App {
     ) -> Self {
         let tasks = TaskTracker::new();
         let mutations = idempotency::Mutations::new(pool.clone(), idempotency, tasks.clone());
+        let checkout = checkout::Checkout::new(
+            pool.clone(),
+            mutations.clone(),
+            providers::Providers::new(settings.clone(), None),
+        );
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
             usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
             subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations.clone()),
-            checkout: checkout::Checkout::new(
+            payments: payments::Payments::new(
                 pool.clone(),
                 mutations.clone(),
-                providers::Providers::new(settings.clone(), None),
+                checkout.providers().clone(),
+                checkout.journal().clone(),
             ),
+            checkout,
             settings,
             events: events::Events::new(
                 pool.clone(),
@@ -118,6 +128,12 @@ impl App {
             self.pool.clone(),
             self.events.mutations().clone(),
             providers::Providers::new(self.settings.clone(), Some(sandbox)),
+        );
+        self.payments = payments::Payments::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            self.checkout.providers().clone(),
+            self.checkout.journal().clone(),
         );
         self
     }

@@ -1,12 +1,16 @@
 //! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
 //! never holds long locks; folds past hours' usage rollup rows into one per hour
-//! (`Usage::maintain`).
+//! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
+//! their unpaid payments ([`expire_sessions`]).
 
 use std::time::Duration;
 
 use super::App;
 use crate::shutdown::CancellationToken;
+use time::OffsetDateTime;
+
 use crate::store::idempotency::delete_expired_keys;
+use crate::store::payments::expire_due_sessions;
 
 const BATCH: i64 = 1_000;
 
@@ -23,6 +27,21 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        let expired = tokio::select! {
+            expired = expire_sessions(&app) => expired,
+            () = stop.cancelled() => return,
+        };
+        match expired {
+            Ok((0, _)) => {}
+            Ok((sessions, payments)) => {
+                tracing::info!(
+                    sessions,
+                    payments,
+                    "expired checkout sessions past expires_at"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "checkout expiry failed"),
         }
         let maintained = tokio::select! {
             done = app.usage.maintain() => done,
@@ -49,6 +68,26 @@ pub async fn sweep_once(app: &App) -> Result<u64, crate::store::StoreError> {
         total += n;
         if n < BATCH as u64 {
             return Ok(total);
+        }
+    }
+}
+
+/// Expires every OPEN checkout session whose `expires_at` has passed, and its CREATED,
+/// PROVIDER_PENDING or FAILED payment, a batch (one statement) at a time; returns how many
+/// sessions and payments. Coffer's own clock decides here; the provider's word, should it
+/// differ (a payment taken in the last second), still wins when it arrives, being newer.
+pub async fn expire_sessions(app: &App) -> Result<(u64, u64), crate::store::StoreError> {
+    let (mut sessions, mut payments) = (0, 0);
+    loop {
+        let mut conn = app.pool.acquire().await?;
+        let (s, p) = expire_due_sessions(&mut conn, OffsetDateTime::now_utc(), BATCH).await?;
+        sessions += s;
+        payments += p;
+        let metrics = crate::app::payments::metrics();
+        metrics.checkouts("expired", s);
+        metrics.payments_expired(p);
+        if s < BATCH as u64 {
+            return Ok((sessions, payments));
         }
     }
 }

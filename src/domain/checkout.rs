@@ -239,6 +239,14 @@ pub struct NewCheckout {
     pub metadata: Metadata,
 }
 
+impl NewCheckout {
+    /// Whether the session collects money when paid: PAYMENT mode, or a subscription without
+    /// a trial. Such a session has a payment from the start.
+    pub fn collects_now(&self) -> bool {
+        self.amount_total > 0 && (self.mode == Mode::Payment || self.trial_days == 0)
+    }
+}
+
 /// A checkout session as Coffer knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckoutSession {

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod meter;
 pub mod money;
 pub mod page;
+pub mod payment;
 pub mod plan;
 pub mod usage;
 pub mod validation;

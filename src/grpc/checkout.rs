@@ -112,6 +112,42 @@ impl Checkout for CheckoutService {
         let done = self.app.checkout.expire(&ctx, call, id).await?;
         Ok(respond(done, |s| to_proto(&s)))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify_checkout_session(
+        &self,
+        request: Request<pb::VerifyCheckoutSessionRequest>,
+    ) -> Result<Response<pb::CheckoutSession>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let id = CheckoutId::parse(&request.get_ref().id)
+            .map_err(|e| status::invalid(&Violations::single("id", e.0)))?;
+        let session = self.app.checkout.verify(&ctx, id).await?;
+        Ok(Response::new(to_proto(&session)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        super::payments::get_payment(&self.app, request).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        super::payments::list_payments(&self.app, request).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        super::payments::refund_payment(&self.app, request).await
+    }
 }
 
 impl Fingerprinted for pb::CreateCheckoutSessionRequest {

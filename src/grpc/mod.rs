@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod codec;
 pub mod customers;
 pub mod limits;
+pub mod payments;
 pub mod policy;
 pub mod provider_events;
 pub mod sandbox;

@@ -139,6 +139,20 @@ pub const SERVICES: &[Service] = &[
                 true,
                 Unary,
             ),
+            rpc(
+                SUBSCRIPTIONS,
+                "GetSubscription",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
+            rpc(
+                SUBSCRIPTIONS,
+                "ListSubscriptions",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
         ],
     },
     Service {
@@ -201,6 +215,17 @@ pub const SERVICES: &[Service] = &[
                 true,
                 Unary,
             ),
+            // Writes only what the provider already says, as an event would: a read.
+            rpc(
+                CHECKOUT,
+                "VerifyCheckoutSession",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
+            rpc(CHECKOUT, "GetPayment", Some(Scope::Read), false, Unary),
+            rpc(CHECKOUT, "ListPayments", Some(Scope::Read), false, Unary),
+            rpc(CHECKOUT, "RefundPayment", Some(Scope::Write), true, Unary),
         ],
     },
     // Served only with the sandbox (`serve --dev` / `--sandbox`); health does not report on

@@ -106,6 +106,22 @@ impl Subscriptions for SubscriptionsService {
         let done = self.app.subscriptions.archive_plan(&ctx, call, id).await?;
         Ok(respond(done, |p| to_proto(&p)))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        super::payments::get_subscription(&self.app, request).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        super::payments::list_subscriptions(&self.app, request).await
+    }
 }
 
 impl Fingerprinted for pb::CreatePlanRequest {

@@ -127,6 +127,51 @@ pub struct ProviderCheckout {
     pub expires_at: OffsetDateTime,
     /// Grows with every change; `0` for providers that send none (then the newest fetch wins).
     pub version: i64,
+    /// The session's payment as the provider sees it, when the answer carries it (a fetch
+    /// does; a create or an event names at most its id).
+    pub payment: Option<ProviderPayment>,
+    /// The subscription the session made, likewise.
+    pub subscription: Option<ProviderSubscription>,
+}
+
+/// Where a payment is on the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// An extra step (3-D Secure) is under way.
+    RequiresAction,
+    Succeeded,
+    /// The last card attempt was declined; another may still succeed.
+    Failed,
+}
+
+/// A payment as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPayment {
+    pub id: String,
+    /// Coffer's checkout session id (the session's client reference).
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: PaymentOutcome,
+    /// The provider's code of the declined attempt, when failed (never card data).
+    pub failure_code: Option<String>,
+    /// The card's brand and last four digits, when known.
+    pub card: Option<(String, String)>,
+    pub amount_refunded: i64,
+    pub version: i64,
+}
+
+/// A subscription as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSubscription {
+    pub id: String,
+    /// Coffer's checkout session id.
+    pub client_reference: Uuid,
+    pub status: crate::domain::payment::SubscriptionStatus,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub version: i64,
 }
 
 /// A refund to ask for.
@@ -143,7 +188,13 @@ pub struct RefundRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderRefund {
     pub id: String,
-    pub succeeded: bool,
+    /// The provider's payment id.
+    pub payment: String,
+    /// Coffer's refund id.
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub status: crate::domain::payment::RefundStatus,
+    pub version: i64,
 }
 
 /// The kinds of provider object Coffer maps to its own (`provider_objects.kind`).
@@ -173,6 +224,9 @@ impl ObjectKind {
 pub enum ProviderObject {
     Customer { id: String },
     CheckoutSession(ProviderCheckout),
+    Payment(ProviderPayment),
+    Refund(ProviderRefund),
+    Subscription(ProviderSubscription),
 }
 
 /// A payment provider's API, as Coffer uses it. Every method takes the account it acts for (one

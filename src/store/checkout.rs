@@ -160,14 +160,16 @@ pub async fn insert_pending_session(
     id: CheckoutId,
     account: &str,
     new: &NewCheckout,
+    payment: Option<PaymentId>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO checkout_sessions
              (tenant_id, id, customer_id, account, mode, status, payment_status, line_items,
               amount_total, currency, trial_days, success_url, cancel_url, metadata, expires_at,
-              created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'open', 'unpaid', $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+              payment_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'open', 'unpaid', $6, $7, $8, $9, $10, $11, $12, $13, $15,
+                 $14, $14)",
         tenant.as_uuid(),
         id.as_uuid(),
         new.customer.as_uuid(),
@@ -182,6 +184,7 @@ pub async fn insert_pending_session(
         Json(new.metadata.as_map()) as _,
         new.expires_at,
         now,
+        payment.map(|p| p.as_uuid()),
     )
     .execute(conn)
     .await?;
@@ -279,4 +282,65 @@ pub async fn list_sessions(
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(SessionRow::into_domain).collect()
+}
+
+/// A session locked for an update (`FOR UPDATE`): what the appliers decide on.
+#[derive(Debug, Clone)]
+pub struct LockedSession {
+    pub status: Status,
+    /// `None` while the provider's session is not recorded yet (the row is invisible).
+    pub provider_session_id: Option<String>,
+    pub provider_version: i64,
+}
+
+pub async fn lock_session(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: CheckoutId,
+) -> Result<Option<LockedSession>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT status, provider_session_id, provider_version FROM checkout_sessions
+         WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LockedSession {
+        status: Status::parse(&row.status)
+            .ok_or_else(|| corrupt("checkout status", &row.status))?,
+        provider_session_id: row.provider_session_id,
+        provider_version: row.provider_version,
+    }))
+}
+
+/// The provider's state of a locked, visible session at `version` (an event's view: the URL
+/// and provider id are already recorded and never change).
+pub async fn update_session_state(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: CheckoutId,
+    status: Status,
+    payment_status: PaymentStatus,
+    expires_at: OffsetDateTime,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE checkout_sessions
+         SET status = $3, payment_status = $4, expires_at = $5, provider_version = $6,
+             updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        payment_status.as_str(),
+        expires_at,
+        version,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -10,9 +10,11 @@ pub mod idempotency;
 pub mod inbox;
 pub mod journal;
 pub mod meters;
+pub mod payments;
 pub mod plans;
 pub mod pool;
 pub mod sandbox;
+pub mod sandbox_ledger;
 pub mod tenants;
 pub mod usage;
 

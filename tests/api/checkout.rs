@@ -39,11 +39,11 @@ async fn spawn(text: &str) -> (TestApp, Arc<Faults>) {
     (app, faults)
 }
 
-pub(crate) async fn client(app: &TestApp) -> CheckoutClient<Channel> {
+pub async fn client(app: &TestApp) -> CheckoutClient<Channel> {
     CheckoutClient::new(app.channel().await)
 }
 
-pub(crate) async fn customer(app: &TestApp, key: &str, external_id: &str) -> String {
+pub async fn customer(app: &TestApp, key: &str, external_id: &str) -> String {
     app.customers()
         .await
         .create_customer(req(
@@ -61,7 +61,12 @@ pub(crate) async fn customer(app: &TestApp, key: &str, external_id: &str) -> Str
 
 /// A plan `key` with a monthly USD price (14 trial days), a yearly USD price and a one-time
 /// USD price; their ids in that order.
-pub(crate) async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
+pub async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
+    plan_of(app, &app.key, key).await
+}
+
+/// [`plan`], made with the API key `api_key` (another tenant's).
+pub async fn plan_of(app: &TestApp, api_key: &str, key: &str) -> (String, [String; 3]) {
     let price = |amount, interval: Interval, trial_days| Price {
         amount,
         currency: "USD".into(),
@@ -83,7 +88,7 @@ pub(crate) async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
                 ],
                 ..Default::default()
             },
-            &app.key,
+            api_key,
         ))
         .await
         .unwrap()
@@ -92,7 +97,7 @@ pub(crate) async fn plan(app: &TestApp, key: &str) -> (String, [String; 3]) {
     (plan.id, ids.try_into().unwrap())
 }
 
-pub(crate) fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
+pub fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
     CheckoutLineItem {
         price: Some(ItemPrice::PriceId(price_id.into())),
         quantity,
@@ -100,7 +105,7 @@ pub(crate) fn item(price_id: &str, quantity: i64) -> CheckoutLineItem {
     }
 }
 
-pub(crate) fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLineItem {
+pub fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLineItem {
     CheckoutLineItem {
         price: Some(ItemPrice::PriceData(InlinePrice {
             amount,
@@ -112,7 +117,7 @@ pub(crate) fn inline(amount: i64, currency: &str, quantity: i64) -> CheckoutLine
     }
 }
 
-pub(crate) fn session(
+pub fn session(
     customer_id: &str,
     mode: CheckoutMode,
     items: Vec<CheckoutLineItem>,

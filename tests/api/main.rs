@@ -16,6 +16,7 @@ mod helpers;
 mod idempotency;
 mod inbox;
 mod meters;
+mod payments;
 mod plans;
 mod policy;
 mod sandbox_delivery;

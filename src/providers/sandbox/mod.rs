@@ -13,10 +13,9 @@
 //!
 //! The hosted checkout page ([`page`]) takes test cards ([`card`]) and moves the session, its
 //! payment and its subscription on, with the events reporting them ([`events`], whose objects
-//! [`objects`] writes) in the same transaction.
-//!
-//! Seams for the next stage: refunds on the sandbox's side. [`Sandbox::refund`] refuses until
-//! then.
+//! [`objects`] writes) in the same transaction. Refunds are made here: under the sandbox
+//! payment's row lock, never past what is left of it, emitting `refund.succeeded` in the same
+//! transaction. [`wire`] reads the event objects back, for Coffer's side.
 
 pub mod card;
 pub mod clock;
@@ -24,6 +23,7 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,14 +34,19 @@ use futures_core::future::BoxFuture;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use sqlx::Connection as _;
+
+use self::events::EventType;
 use super::{
     CheckoutRequest, CustomerRequest, ObjectKind, Provider, ProviderCheckout, ProviderError,
-    ProviderObject, ProviderRefund, RefundRequest,
+    ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription, RefundRequest,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
+use crate::domain::payment::{RefundStatus, SubscriptionStatus};
 use crate::domain::plan::{Billing, Interval};
+use crate::store::sandbox_ledger as ledger;
 use crate::store::{StoreError, sandbox as store};
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
@@ -276,7 +281,74 @@ fn to_checkout(row: store::SessionRow) -> Result<ProviderCheckout, ProviderError
         url: row.url,
         expires_at: row.expires_at,
         version: row.version,
+        payment: None,
+        subscription: None,
     })
+}
+
+fn corrupt(what: &str) -> ProviderError {
+    ProviderError::Definitive {
+        code: "corrupt".into(),
+        message: format!("the sandbox holds an invalid {what}"),
+    }
+}
+
+fn to_payment(row: ledger::PaymentRow) -> Result<ProviderPayment, ProviderError> {
+    let card = row.card_brand.zip(row.card_last4);
+    Ok(ProviderPayment {
+        status: wire::payment_outcome(&row.status).ok_or_else(|| corrupt("payment"))?,
+        id: row.id,
+        client_reference: row.client_reference,
+        amount: row.amount,
+        currency: row.currency,
+        failure_code: row.failure_code,
+        card,
+        amount_refunded: row.amount_refunded,
+        version: row.version,
+    })
+}
+
+fn to_refund(row: &ledger::RefundRow) -> Result<ProviderRefund, ProviderError> {
+    Ok(ProviderRefund {
+        status: RefundStatus::parse(&row.status).ok_or_else(|| corrupt("refund"))?,
+        id: row.id.clone(),
+        payment: row.payment_id.clone(),
+        client_reference: row.client_reference,
+        amount: row.amount,
+        version: row.version,
+    })
+}
+
+/// A refund as the event contract shapes it (`events.rs`).
+fn refund_object(row: &ledger::RefundRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id,
+        "payment": row.payment_id,
+        "client_reference_id": row.client_reference.to_string(),
+        "amount": row.amount,
+        "currency": row.currency,
+        "status": row.status,
+        "version": row.version,
+    })
+}
+
+fn to_subscription(row: ledger::SubscriptionRow) -> Result<ProviderSubscription, ProviderError> {
+    Ok(ProviderSubscription {
+        status: SubscriptionStatus::parse(&row.status).ok_or_else(|| corrupt("subscription"))?,
+        id: row.id,
+        client_reference: row.client_reference,
+        current_period_start: row.current_period_start,
+        current_period_end: row.current_period_end,
+        trial_end: row.trial_end,
+        version: row.version,
+    })
+}
+
+fn refund_refused(code: &str, message: &str) -> ProviderError {
+    ProviderError::Definitive {
+        code: code.into(),
+        message: message.into(),
+    }
 }
 
 fn no_such_session() -> ProviderError {
@@ -387,7 +459,21 @@ impl Provider for Sandbox {
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(no_such_session)?;
-            to_checkout(row)
+            let mut session = to_checkout(row)?;
+            // The session's payment and subscription as the sandbox holds them, so a caller
+            // verifying a session sees all of it at once.
+            session.payment = ledger::find_session_payment(&mut conn, account.as_str(), id)
+                .await
+                .map_err(unavailable)?
+                .map(to_payment)
+                .transpose()?;
+            session.subscription =
+                ledger::find_session_subscription(&mut conn, account.as_str(), id)
+                    .await
+                    .map_err(unavailable)?
+                    .map(to_subscription)
+                    .transpose()?;
+            Ok(session)
         })
     }
 
@@ -422,16 +508,69 @@ impl Provider for Sandbox {
 
     fn refund<'a>(
         &'a self,
-        _account: &'a AccountName,
-        _request: RefundRequest,
+        account: &'a AccountName,
+        r: RefundRequest,
     ) -> BoxFuture<'a, Result<ProviderRefund, ProviderError>> {
-        // The sandbox takes no payments yet (the hosted page comes next), so there is nothing
-        // to refund.
-        Box::pin(async {
-            Err(ProviderError::Definitive {
-                code: "resource_missing".into(),
-                message: "no such payment".into(),
-            })
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let made = async {
+                let mut tx = conn.begin().await?;
+                // Asked before under this client reference: the same refund, as a provider's
+                // idempotency would answer.
+                if let Some(row) =
+                    ledger::find_refund_by_reference(&mut tx, account.as_str(), r.client_reference)
+                        .await?
+                {
+                    return Ok(Ok(row));
+                }
+                let Some(payment) =
+                    ledger::lock_payment(&mut tx, account.as_str(), &r.payment).await?
+                else {
+                    return Ok(Err(refund_refused("resource_missing", "no such payment")));
+                };
+                if payment.status != "succeeded" {
+                    return Ok(Err(refund_refused(
+                        "payment_not_succeeded",
+                        "only a succeeded payment can be refunded",
+                    )));
+                }
+                if r.amount.currency().code() != payment.currency {
+                    return Ok(Err(refund_refused(
+                        "currency_mismatch",
+                        "the refund's currency is not the payment's",
+                    )));
+                }
+                if r.amount.amount() > payment.amount - payment.amount_refunded {
+                    return Ok(Err(refund_refused(
+                        "amount_too_large",
+                        "the refund is more than what is left of the payment",
+                    )));
+                }
+                let id = format!("re_sbx_{}", Uuid::now_v7().simple());
+                let row = ledger::insert_refund(
+                    &mut tx,
+                    account.as_str(),
+                    &id,
+                    &payment,
+                    r.client_reference,
+                    r.amount.amount(),
+                )
+                .await?;
+                // The event exists if and only if the refund does.
+                events::emit(
+                    &mut tx,
+                    account.as_str(),
+                    EventType::RefundSucceeded,
+                    &refund_object(&row),
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(Ok(row))
+            }
+            .await
+            .map_err(unavailable)?;
+            self.answer(to_refund(&made?)?)
         })
     }
 
@@ -465,7 +604,41 @@ impl Provider for Sandbox {
                         None => Ok(None),
                     }
                 }
-                ObjectKind::Payment | ObjectKind::Refund | ObjectKind::Subscription => Ok(None),
+                // A payment and a subscription carry the client reference of their session
+                // (Coffer's checkout id); a refund, Coffer's refund id.
+                ObjectKind::Payment => Ok(ledger::find_payment_by_reference(
+                    &mut conn,
+                    account.as_str(),
+                    client_reference,
+                )
+                .await
+                .map_err(unavailable)?
+                .map(to_payment)
+                .transpose()?
+                .map(ProviderObject::Payment)),
+                ObjectKind::Refund => {
+                    match ledger::find_refund_by_reference(
+                        &mut conn,
+                        account.as_str(),
+                        client_reference,
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    {
+                        Some(row) => Ok(Some(ProviderObject::Refund(to_refund(&row)?))),
+                        None => Ok(None),
+                    }
+                }
+                ObjectKind::Subscription => Ok(ledger::find_subscription_by_reference(
+                    &mut conn,
+                    account.as_str(),
+                    client_reference,
+                )
+                .await
+                .map_err(unavailable)?
+                .map(to_subscription)
+                .transpose()?
+                .map(ProviderObject::Subscription)),
             }
         })
     }

@@ -1,0 +1,721 @@
+//! Payments, refunds and subscriptions (`payments`, `refunds`, `subscriptions`). Provider
+//! state is written only under the row's lock (`FOR UPDATE`, taken by the `lock_*` functions)
+//! and only when newer than `provider_version`; the app layer decides, this layer writes.
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{StoreError, corrupt};
+use crate::domain::ids::{
+    CheckoutId, CustomerId, PaymentId, PlanId, PriceId, RefundId, SubscriptionId, TenantId,
+};
+use crate::domain::money::Currency;
+use crate::domain::payment::{
+    Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription, SubscriptionStatus,
+};
+
+struct PaymentRow {
+    id: Uuid,
+    customer_id: Uuid,
+    checkout_session_id: Uuid,
+    account: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    failure_code: Option<String>,
+    card_brand: Option<String>,
+    card_last4: Option<String>,
+    amount_refunded: i64,
+    provider_payment_id: Option<String>,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl PaymentRow {
+    fn into_domain(self) -> Result<Payment, StoreError> {
+        Ok(Payment {
+            id: PaymentId::from_uuid(self.id),
+            customer: CustomerId::from_uuid(self.customer_id),
+            checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
+            account: self.account,
+            amount: self.amount,
+            currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
+            status: PaymentStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("payment status", &self.status))?,
+            failure_code: self.failure_code,
+            card_brand: self.card_brand,
+            card_last4: self.card_last4,
+            amount_refunded: self.amount_refunded,
+            provider_payment_id: self.provider_payment_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// The payment of a session that collects money, written with the pending session.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: PaymentId,
+    customer: CustomerId,
+    checkout: CheckoutId,
+    account: &str,
+    amount: i64,
+    currency: Currency,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO payments (tenant_id, id, customer_id, checkout_session_id, account, amount,
+                               currency, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $8)",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        customer.as_uuid(),
+        checkout.as_uuid(),
+        account,
+        amount,
+        currency.code(),
+        now,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A payment whose session is visible (its provider session exists).
+pub async fn find_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: PaymentId,
+) -> Result<Option<Payment>, StoreError> {
+    let row = sqlx::query_as!(
+        PaymentRow,
+        "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
+                p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
+                p.provider_payment_id, p.created_at, p.updated_at
+         FROM payments p
+         JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
+         WHERE p.tenant_id = $1 AND p.id = $2 AND s.provider_session_id IS NOT NULL",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(PaymentRow::into_domain).transpose()
+}
+
+/// The tenant's visible payments after `after`, by id, optionally of one customer and status.
+pub async fn list_payments(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: Option<CustomerId>,
+    status: Option<PaymentStatus>,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<Payment>, StoreError> {
+    let rows = sqlx::query_as!(
+        PaymentRow,
+        "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
+                p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
+                p.provider_payment_id, p.created_at, p.updated_at
+         FROM payments p
+         JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
+         WHERE p.tenant_id = $1 AND s.provider_session_id IS NOT NULL AND p.id > $2
+           AND ($3::uuid IS NULL OR p.customer_id = $3)
+           AND ($4::text IS NULL OR p.status = $4)
+         ORDER BY p.id
+         LIMIT $5",
+        tenant.as_uuid(),
+        after,
+        customer.map(|c| c.as_uuid()),
+        status.map(PaymentStatus::as_str),
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(PaymentRow::into_domain).collect()
+}
+
+/// A payment locked for an update: what the appliers and RefundPayment decide on.
+#[derive(Debug, Clone)]
+pub struct LockedPayment {
+    pub id: PaymentId,
+    pub account: String,
+    pub status: PaymentStatus,
+    pub amount: i64,
+    pub currency: Currency,
+    pub amount_refunded: i64,
+    pub amount_refund_pending: i64,
+    pub provider_payment_id: Option<String>,
+    pub provider_version: i64,
+}
+
+struct LockedRow {
+    id: Uuid,
+    account: String,
+    status: String,
+    amount: i64,
+    currency: String,
+    amount_refunded: i64,
+    amount_refund_pending: i64,
+    provider_payment_id: Option<String>,
+    provider_version: i64,
+}
+
+impl LockedRow {
+    fn into_locked(self) -> Result<LockedPayment, StoreError> {
+        Ok(LockedPayment {
+            id: PaymentId::from_uuid(self.id),
+            account: self.account,
+            status: PaymentStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("payment status", &self.status))?,
+            amount: self.amount,
+            currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
+            amount_refunded: self.amount_refunded,
+            amount_refund_pending: self.amount_refund_pending,
+            provider_payment_id: self.provider_payment_id,
+            provider_version: self.provider_version,
+        })
+    }
+}
+
+/// Locks a payment (`FOR UPDATE`) until the transaction ends.
+pub async fn lock_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: PaymentId,
+) -> Result<Option<LockedPayment>, StoreError> {
+    sqlx::query_as!(
+        LockedRow,
+        "SELECT id, account, status, amount, currency, amount_refunded, amount_refund_pending,
+                provider_payment_id, provider_version
+         FROM payments WHERE tenant_id = $1 AND id = $2
+         FOR UPDATE",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(LockedRow::into_locked)
+    .transpose()
+}
+
+/// Locks the payment of a checkout session, if it has one.
+pub async fn lock_session_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    checkout: CheckoutId,
+) -> Result<Option<LockedPayment>, StoreError> {
+    sqlx::query_as!(
+        LockedRow,
+        "SELECT id, account, status, amount, currency, amount_refunded, amount_refund_pending,
+                provider_payment_id, provider_version
+         FROM payments WHERE tenant_id = $1 AND checkout_session_id = $2
+         FOR UPDATE",
+        tenant.as_uuid(),
+        checkout.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(LockedRow::into_locked)
+    .transpose()
+}
+
+/// The provider's view of a locked payment: its status and card, at `version`.
+#[allow(clippy::too_many_arguments)]
+pub async fn update_payment_state(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: PaymentId,
+    status: PaymentStatus,
+    failure_code: Option<&str>,
+    card: Option<(&str, &str)>,
+    provider_id: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE payments
+         SET status = $3, failure_code = $4,
+             card_brand = coalesce($5, card_brand), card_last4 = coalesce($6, card_last4),
+             provider_payment_id = $7, provider_version = $8, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        failure_code,
+        card.map(|c| c.0),
+        card.map(|c| c.1),
+        provider_id,
+        version,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A payment that was not paid when its session expired: EXPIRED (from CREATED, PROVIDER_PENDING
+/// or FAILED; any other status is left alone). Returns whether it changed.
+pub async fn expire_session_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    checkout: CheckoutId,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        "UPDATE payments SET status = 'expired', failure_code = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND checkout_session_id = $2
+           AND status IN ('created', 'provider_pending', 'failed')",
+        tenant.as_uuid(),
+        checkout.as_uuid(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The sweeper's step: every OPEN session past `expires_at` (up to `limit`, across tenants)
+/// becomes EXPIRED, and its unpaid payment with it, in one statement. Returns how many
+/// sessions and payments it expired.
+pub async fn expire_due_sessions(
+    conn: &mut PgConnection,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<(u64, u64), StoreError> {
+    let row = sqlx::query!(
+        r#"WITH due AS (
+               SELECT tenant_id, id FROM checkout_sessions
+               WHERE status = 'open' AND expires_at <= $1
+               ORDER BY expires_at
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED
+           ), sessions AS (
+               UPDATE checkout_sessions s SET status = 'expired', updated_at = now()
+               FROM due WHERE s.tenant_id = due.tenant_id AND s.id = due.id
+               RETURNING s.tenant_id, s.id
+           ), paid AS (
+               UPDATE payments p
+               SET status = 'expired', failure_code = NULL, updated_at = now()
+               FROM sessions
+               WHERE p.tenant_id = sessions.tenant_id AND p.checkout_session_id = sessions.id
+                 AND p.status IN ('created', 'provider_pending', 'failed')
+               RETURNING p.id
+           )
+           SELECT (SELECT count(*) FROM sessions) AS "sessions!",
+                  (SELECT count(*) FROM paid) AS "payments!""#,
+        now,
+        limit,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((row.sessions as u64, row.payments as u64))
+}
+
+struct RefundRow {
+    id: Uuid,
+    payment_id: Uuid,
+    amount: i64,
+    currency: String,
+    reason: String,
+    status: String,
+    failure_code: Option<String>,
+    provider_refund_id: Option<String>,
+    created_at: OffsetDateTime,
+}
+
+impl RefundRow {
+    fn into_domain(self) -> Result<Refund, StoreError> {
+        Ok(Refund {
+            id: RefundId::from_uuid(self.id),
+            payment: PaymentId::from_uuid(self.payment_id),
+            amount: self.amount,
+            currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
+            reason: RefundReason::parse(&self.reason)
+                .ok_or_else(|| corrupt("refund reason", &self.reason))?,
+            status: RefundStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("refund status", &self.status))?,
+            failure_code: self.failure_code,
+            provider_refund_id: self.provider_refund_id,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// A refund asked for (pending), its amount held on the locked payment so concurrent refunds
+/// count it. The CHECK constraints make an over-refund fail here even if a caller forgot.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_refund(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: RefundId,
+    payment: &LockedPayment,
+    amount: i64,
+    reason: RefundReason,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO refunds (tenant_id, id, payment_id, account, amount, currency, reason,
+                              status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        payment.id.as_uuid(),
+        payment.account,
+        amount,
+        payment.currency.code(),
+        reason.as_str(),
+        now,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE payments SET amount_refund_pending = amount_refund_pending + $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        payment.id.as_uuid(),
+        amount,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A refund locked for an update.
+#[derive(Debug, Clone)]
+pub struct LockedRefund {
+    pub payment: PaymentId,
+    pub amount: i64,
+    pub status: RefundStatus,
+    pub provider_version: i64,
+}
+
+/// Locks a refund and then its payment (always in that order, so two settlements never wait
+/// on each other in a cycle).
+pub async fn lock_refund(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: RefundId,
+) -> Result<Option<LockedRefund>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT payment_id, amount, status, provider_version FROM refunds
+         WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let payment = PaymentId::from_uuid(row.payment_id);
+    lock_payment(conn, tenant, payment).await?;
+    Ok(Some(LockedRefund {
+        payment,
+        amount: row.amount,
+        status: RefundStatus::parse(&row.status)
+            .ok_or_else(|| corrupt("refund status", &row.status))?,
+        provider_version: row.provider_version,
+    }))
+}
+
+/// Records a locked refund's provider state; when it leaves PENDING its amount moves off the
+/// payment's pending total, onto `amount_refunded` if it succeeded. The caller checked the
+/// transition, so this happens once per refund.
+#[allow(clippy::too_many_arguments)]
+pub async fn settle_refund(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: RefundId,
+    locked: &LockedRefund,
+    status: RefundStatus,
+    failure_code: Option<&str>,
+    provider_id: Option<&str>,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE refunds
+         SET status = $3, failure_code = coalesce($4, failure_code),
+             provider_refund_id = coalesce($5, provider_refund_id),
+             provider_version = greatest(provider_version, $6), updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        failure_code,
+        provider_id,
+        version,
+    )
+    .execute(&mut *conn)
+    .await?;
+    if locked.status == RefundStatus::Pending && status != RefundStatus::Pending {
+        let refunded = if status == RefundStatus::Succeeded {
+            locked.amount
+        } else {
+            0
+        };
+        sqlx::query!(
+            "UPDATE payments
+             SET amount_refund_pending = amount_refund_pending - $3,
+                 amount_refunded = amount_refunded + $4, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
+            tenant.as_uuid(),
+            locked.payment.as_uuid(),
+            locked.amount,
+            refunded,
+        )
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A refund that failed without the provider doing anything, asked for again: PENDING, its
+/// amount held on the (locked) payment again.
+pub async fn repend_refund(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: RefundId,
+    payment: PaymentId,
+    amount: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE refunds SET status = 'pending', failure_code = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND status = 'failed'",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE payments SET amount_refund_pending = amount_refund_pending + $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        payment.as_uuid(),
+        amount,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_refund(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: RefundId,
+) -> Result<Option<Refund>, StoreError> {
+    sqlx::query_as!(
+        RefundRow,
+        "SELECT id, payment_id, amount, currency, reason, status, failure_code,
+                provider_refund_id, created_at
+         FROM refunds WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(RefundRow::into_domain)
+    .transpose()
+}
+
+struct SubscriptionRow {
+    id: Uuid,
+    customer_id: Uuid,
+    plan_id: Option<Uuid>,
+    price_id: Option<Uuid>,
+    quantity: i32,
+    status: String,
+    current_period_start: OffsetDateTime,
+    current_period_end: OffsetDateTime,
+    trial_end: Option<OffsetDateTime>,
+    account: String,
+    provider_subscription_id: String,
+    checkout_session_id: Uuid,
+    created_at: OffsetDateTime,
+}
+
+impl SubscriptionRow {
+    fn into_domain(self) -> Result<Subscription, StoreError> {
+        Ok(Subscription {
+            id: SubscriptionId::from_uuid(self.id),
+            customer: CustomerId::from_uuid(self.customer_id),
+            plan: self.plan_id.map(PlanId::from_uuid),
+            price: self.price_id.map(PriceId::from_uuid),
+            quantity: u32::try_from(self.quantity).map_err(|e| corrupt("quantity", e))?,
+            status: SubscriptionStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("subscription status", &self.status))?,
+            current_period_start: self.current_period_start,
+            current_period_end: self.current_period_end,
+            trial_end: self.trial_end,
+            account: self.account,
+            provider_subscription_id: self.provider_subscription_id,
+            checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// A subscription to insert.
+pub struct NewSubscription<'a> {
+    pub id: SubscriptionId,
+    pub customer: CustomerId,
+    pub price: Option<PriceId>,
+    pub quantity: u32,
+    pub status: SubscriptionStatus,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub account: &'a str,
+    pub provider_id: &'a str,
+    pub checkout: CheckoutId,
+    pub version: i64,
+}
+
+/// Inserts a subscription (its plan looked up from its price) and names it on its session.
+pub async fn insert_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    s: &NewSubscription<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO subscriptions
+             (tenant_id, id, customer_id, plan_id, price_id, quantity, status,
+              current_period_start, current_period_end, trial_end, account,
+              provider_subscription_id, checkout_session_id, provider_version, created_at,
+              updated_at)
+         VALUES ($1, $2, $3,
+                 (SELECT plan_id FROM prices WHERE tenant_id = $1 AND id = $4),
+                 $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now(), now())",
+        tenant.as_uuid(),
+        s.id.as_uuid(),
+        s.customer.as_uuid(),
+        s.price.map(|p| p.as_uuid()),
+        s.quantity as i32,
+        s.status.as_str(),
+        s.current_period_start,
+        s.current_period_end,
+        s.trial_end,
+        s.account,
+        s.provider_id,
+        s.checkout.as_uuid(),
+        s.version,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE checkout_sessions SET subscription_id = $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        s.checkout.as_uuid(),
+        s.id.as_uuid(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The subscription a session made, locked, with its status and applied version.
+pub async fn lock_session_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    checkout: CheckoutId,
+) -> Result<Option<(SubscriptionId, SubscriptionStatus, i64)>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT id, status, provider_version FROM subscriptions
+         WHERE tenant_id = $1 AND checkout_session_id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        checkout.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let status = SubscriptionStatus::parse(&row.status)
+        .ok_or_else(|| corrupt("subscription status", &row.status))?;
+    Ok(Some((
+        SubscriptionId::from_uuid(row.id),
+        status,
+        row.provider_version,
+    )))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn update_subscription_state(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+    status: SubscriptionStatus,
+    current_period_start: OffsetDateTime,
+    current_period_end: OffsetDateTime,
+    trial_end: Option<OffsetDateTime>,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE subscriptions
+         SET status = $3, current_period_start = $4, current_period_end = $5, trial_end = $6,
+             provider_version = $7, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        current_period_start,
+        current_period_end,
+        trial_end,
+        version,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(SubscriptionRow::into_domain)
+    .transpose()
+}
+
+/// The tenant's subscriptions after `after`, by id, optionally of one customer and status.
+pub async fn list_subscriptions(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: Option<CustomerId>,
+    status: Option<SubscriptionStatus>,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<Subscription>, StoreError> {
+    let rows = sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions
+         WHERE tenant_id = $1 AND id > $2
+           AND ($3::uuid IS NULL OR customer_id = $3)
+           AND ($4::text IS NULL OR status = $4)
+         ORDER BY id
+         LIMIT $5",
+        tenant.as_uuid(),
+        after,
+        customer.map(|c| c.as_uuid()),
+        status.map(SubscriptionStatus::as_str),
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(SubscriptionRow::into_domain).collect()
+}
