@@ -14,7 +14,6 @@ pub mod payments;
 pub mod plans;
 pub mod pool;
 pub mod sandbox;
-pub mod sandbox_ledger;
 pub mod tenants;
 pub mod usage;
 

@@ -832,3 +832,151 @@ pub async fn insert_subscription(
     .instrument(super::statement_span!("INSERT", "sandbox_subscriptions"))
     .await?)
 }
+
+// ---- The sandbox's API reads of its money, and its refunds.
+
+/// The payment of the session Coffer created as `client_reference` (its checkout id).
+pub async fn find_payment_by_reference(
+    conn: &mut PgConnection,
+    account: &str,
+    client_reference: Uuid,
+) -> Result<Option<Payment>, StoreError> {
+    Ok(sqlx::query_as!(
+        Payment,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                version, created_at, updated_at
+         FROM sandbox_payments WHERE account = $1 AND client_reference = $2",
+        account,
+        client_reference,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
+    .await?)
+}
+
+/// The subscription a session made, if it made one.
+pub async fn find_subscription_for_session(
+    conn: &mut PgConnection,
+    account: &str,
+    session_id: &str,
+) -> Result<Option<Subscription>, StoreError> {
+    Ok(sqlx::query_as!(
+        Subscription,
+        "SELECT account, id, session_id, client_reference, customer, status,
+                current_period_start, current_period_end, trial_end, fails_on_renewal,
+                version, created_at
+         FROM sandbox_subscriptions WHERE account = $1 AND session_id = $2",
+        account,
+        session_id,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?)
+}
+
+pub async fn find_subscription_by_reference(
+    conn: &mut PgConnection,
+    account: &str,
+    client_reference: Uuid,
+) -> Result<Option<Subscription>, StoreError> {
+    Ok(sqlx::query_as!(
+        Subscription,
+        "SELECT account, id, session_id, client_reference, customer, status,
+                current_period_start, current_period_end, trial_end, fails_on_renewal,
+                version, created_at
+         FROM sandbox_subscriptions WHERE account = $1 AND client_reference = $2",
+        account,
+        client_reference,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?)
+}
+
+pub async fn find_refund_by_reference(
+    conn: &mut PgConnection,
+    account: &str,
+    client_reference: Uuid,
+) -> Result<Option<Refund>, StoreError> {
+    Ok(sqlx::query_as!(
+        Refund,
+        "SELECT r.account, r.id, r.payment_id, r.client_reference, r.amount, p.currency,
+                r.status, r.version, r.created_at
+         FROM sandbox_refunds r
+         JOIN sandbox_payments p ON p.account = r.account AND p.id = r.payment_id
+         WHERE r.account = $1 AND r.client_reference = $2",
+        account,
+        client_reference,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_refunds"))
+    .await?)
+}
+
+/// A sandbox payment locked for a refund: its status, amount and what was refunded.
+pub async fn lock_payment(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<Payment>, StoreError> {
+    Ok(sqlx::query_as!(
+        Payment,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                version, created_at, updated_at
+         FROM sandbox_payments WHERE account = $1 AND id = $2 FOR UPDATE",
+        account,
+        id,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
+    .await?)
+}
+
+/// A succeeded refund of `amount` on a locked payment: the refund row and the payment's
+/// `amount_refunded` (its CHECK stops an over-refund), the payment's version bumped.
+pub async fn insert_refund(
+    conn: &mut PgConnection,
+    id: &str,
+    payment: &Payment,
+    client_reference: Uuid,
+    amount: i64,
+) -> Result<Refund, StoreError> {
+    let created_at = sqlx::query_scalar!(
+        "INSERT INTO sandbox_refunds (account, id, payment_id, client_reference, amount, status,
+                                      version, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'succeeded', 1, now())
+         RETURNING created_at",
+        payment.account,
+        id,
+        payment.id,
+        client_reference,
+        amount,
+    )
+    .fetch_one(&mut *conn)
+    .instrument(super::statement_span!("INSERT", "sandbox_refunds"))
+    .await?;
+    sqlx::query!(
+        "UPDATE sandbox_payments
+         SET amount_refunded = amount_refunded + $3, version = version + 1, updated_at = now()
+         WHERE account = $1 AND id = $2",
+        payment.account,
+        payment.id,
+        amount,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "sandbox_payments"))
+    .await?;
+    Ok(Refund {
+        account: payment.account.clone(),
+        id: id.to_owned(),
+        payment_id: payment.id.clone(),
+        client_reference,
+        amount,
+        currency: payment.currency.clone(),
+        status: "succeeded".into(),
+        version: 1,
+        created_at,
+    })
+}

@@ -46,7 +46,6 @@ use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
 use crate::domain::payment::{RefundStatus, SubscriptionStatus};
 use crate::domain::plan::{Billing, Interval};
-use crate::store::sandbox_ledger as ledger;
 use crate::store::{StoreError, sandbox as store};
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
@@ -293,7 +292,7 @@ fn corrupt(what: &str) -> ProviderError {
     }
 }
 
-fn to_payment(row: ledger::PaymentRow) -> Result<ProviderPayment, ProviderError> {
+fn to_payment(row: store::Payment) -> Result<ProviderPayment, ProviderError> {
     let card = row.card_brand.zip(row.card_last4);
     Ok(ProviderPayment {
         status: wire::payment_outcome(&row.status).ok_or_else(|| corrupt("payment"))?,
@@ -308,7 +307,7 @@ fn to_payment(row: ledger::PaymentRow) -> Result<ProviderPayment, ProviderError>
     })
 }
 
-fn to_refund(row: &ledger::RefundRow) -> Result<ProviderRefund, ProviderError> {
+fn to_refund(row: &store::Refund) -> Result<ProviderRefund, ProviderError> {
     Ok(ProviderRefund {
         status: RefundStatus::parse(&row.status).ok_or_else(|| corrupt("refund"))?,
         id: row.id.clone(),
@@ -319,20 +318,7 @@ fn to_refund(row: &ledger::RefundRow) -> Result<ProviderRefund, ProviderError> {
     })
 }
 
-/// A refund as the event contract shapes it (`events.rs`).
-fn refund_object(row: &ledger::RefundRow) -> serde_json::Value {
-    serde_json::json!({
-        "id": row.id,
-        "payment": row.payment_id,
-        "client_reference_id": row.client_reference.to_string(),
-        "amount": row.amount,
-        "currency": row.currency,
-        "status": row.status,
-        "version": row.version,
-    })
-}
-
-fn to_subscription(row: ledger::SubscriptionRow) -> Result<ProviderSubscription, ProviderError> {
+fn to_subscription(row: store::Subscription) -> Result<ProviderSubscription, ProviderError> {
     Ok(ProviderSubscription {
         status: SubscriptionStatus::parse(&row.status).ok_or_else(|| corrupt("subscription"))?,
         id: row.id,
@@ -462,13 +448,13 @@ impl Provider for Sandbox {
             let mut session = to_checkout(row)?;
             // The session's payment and subscription as the sandbox holds them, so a caller
             // verifying a session sees all of it at once.
-            session.payment = ledger::find_session_payment(&mut conn, account.as_str(), id)
+            session.payment = store::find_payment_for_session(&mut conn, account.as_str(), id)
                 .await
                 .map_err(unavailable)?
                 .map(to_payment)
                 .transpose()?;
             session.subscription =
-                ledger::find_session_subscription(&mut conn, account.as_str(), id)
+                store::find_subscription_for_session(&mut conn, account.as_str(), id)
                     .await
                     .map_err(unavailable)?
                     .map(to_subscription)
@@ -518,13 +504,13 @@ impl Provider for Sandbox {
                 // Asked before under this client reference: the same refund, as a provider's
                 // idempotency would answer.
                 if let Some(row) =
-                    ledger::find_refund_by_reference(&mut tx, account.as_str(), r.client_reference)
+                    store::find_refund_by_reference(&mut tx, account.as_str(), r.client_reference)
                         .await?
                 {
                     return Ok(Ok(row));
                 }
                 let Some(payment) =
-                    ledger::lock_payment(&mut tx, account.as_str(), &r.payment).await?
+                    store::lock_payment(&mut tx, account.as_str(), &r.payment).await?
                 else {
                     return Ok(Err(refund_refused("resource_missing", "no such payment")));
                 };
@@ -547,9 +533,8 @@ impl Provider for Sandbox {
                     )));
                 }
                 let id = format!("re_sbx_{}", Uuid::now_v7().simple());
-                let row = ledger::insert_refund(
+                let row = store::insert_refund(
                     &mut tx,
-                    account.as_str(),
                     &id,
                     &payment,
                     r.client_reference,
@@ -561,7 +546,7 @@ impl Provider for Sandbox {
                     &mut tx,
                     account.as_str(),
                     EventType::RefundSucceeded,
-                    &refund_object(&row),
+                    &objects::refund(&row),
                     time::OffsetDateTime::now_utc(),
                 )
                 .await?;
@@ -606,7 +591,7 @@ impl Provider for Sandbox {
                 }
                 // A payment and a subscription carry the client reference of their session
                 // (Coffer's checkout id); a refund, Coffer's refund id.
-                ObjectKind::Payment => Ok(ledger::find_payment_by_reference(
+                ObjectKind::Payment => Ok(store::find_payment_by_reference(
                     &mut conn,
                     account.as_str(),
                     client_reference,
@@ -617,7 +602,7 @@ impl Provider for Sandbox {
                 .transpose()?
                 .map(ProviderObject::Payment)),
                 ObjectKind::Refund => {
-                    match ledger::find_refund_by_reference(
+                    match store::find_refund_by_reference(
                         &mut conn,
                         account.as_str(),
                         client_reference,
@@ -629,7 +614,7 @@ impl Provider for Sandbox {
                         None => Ok(None),
                     }
                 }
-                ObjectKind::Subscription => Ok(ledger::find_subscription_by_reference(
+                ObjectKind::Subscription => Ok(store::find_subscription_by_reference(
                     &mut conn,
                     account.as_str(),
                     client_reference,
