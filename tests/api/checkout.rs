@@ -715,6 +715,17 @@ async fn only_open_sessions_expire() {
             .await
             .unwrap();
     assert_eq!((status.as_str(), version), ("expired", 2));
+    // ... and the sandbox queued the event reporting it, once, with that version.
+    let events: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT event_type, body FROM sandbox_outbox ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+    assert_eq!(events[0].0, "checkout.session.expired");
+    let body: serde_json::Value = serde_json::from_slice(&events[0].1).unwrap();
+    assert_eq!(body["data"]["object"]["status"], "expired");
+    assert_eq!(body["data"]["object"]["version"], 2);
     // A replay under the same key answers the same; a new expiry is refused.
     let replay = checkout
         .expire_checkout_session(idem(expire.clone(), &app.key, "x1"))

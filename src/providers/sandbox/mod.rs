@@ -471,10 +471,30 @@ impl Provider for Sandbox {
     ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            match store::expire_session(&mut conn, account.as_str(), id)
-                .await
-                .map_err(unavailable)?
-            {
+            // The expiry and its `checkout.session.expired` event commit together, as every
+            // sandbox change and its event do.
+            let expired = async {
+                let mut tx = conn.begin().await?;
+                let Some(row) = store::expire_session(&mut tx, account.as_str(), id).await? else {
+                    return Ok(None);
+                };
+                let whole = store::find_checkout(&mut tx, id).await?.ok_or_else(|| {
+                    crate::store::corrupt("sandbox session", "missing after expiry")
+                })?;
+                events::emit(
+                    &mut tx,
+                    account.as_str(),
+                    EventType::CheckoutExpired,
+                    &objects::checkout_session(&(&whole).into()),
+                    whole.now,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(Some(row))
+            }
+            .await
+            .map_err(unavailable)?;
+            match expired {
                 Some(row) => self.answer(to_checkout(row)?),
                 None => match store::find_session(&mut conn, account.as_str(), id)
                     .await
