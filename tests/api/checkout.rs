@@ -1139,3 +1139,135 @@ async fn stale_pending_operations_are_settled_by_the_resolver() {
             .unwrap();
     assert_eq!(status, "failed");
 }
+
+/// The real binary with the sandbox, end to end: a card paid on the hosted page is delivered,
+/// signed, over HTTP to the process's own sidecar and acknowledged by a process that runs no
+/// inbox workers; SIGKILLed before anything applied it, the next process applies it: the
+/// session is COMPLETE and PAID, its payment SUCCEEDED.
+#[tokio::test]
+async fn a_payment_acknowledged_by_a_killed_binary_is_applied_after_restart() {
+    use coffer::grpc::pb::{
+        CheckoutPaymentStatus, GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus,
+    };
+
+    use crate::binary::{Served, TempDir, acme};
+    let db = crate::helpers::TestDb::new().await;
+    let state = TempDir::new();
+    let (pool, _, key) = acme(&db).await;
+    let served = Served::start(&db, &state.0, &["--sandbox", "--inbox-workers", "0"], &[]).await;
+    let channel = Channel::from_shared(served.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let alice = coffer::grpc::pb::customers_client::CustomersClient::new(channel.clone())
+        .create_customer(req(CreateCustomerRequest::default(), &key))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let s = CheckoutClient::new(channel)
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![inline(1250, "USD", 1)]),
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let paid = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(&s.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(crate::sandbox_page::form(&[
+            ("number", "4242 4242 4242 4242"),
+            ("expiry", "12 / 34"),
+            ("cvc", "123"),
+            ("name", "Ada Lovelace"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 303, "{}", served.logs());
+
+    // payment.succeeded and checkout.session.completed: delivered, so acknowledged, so stored;
+    // nothing applied them.
+    let delivered = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sandbox_outbox WHERE status = 'delivered'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async { delivered().await == 2 }).await,
+        "{}",
+        served.logs()
+    );
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT status FROM webhook_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, ["pending", "pending"]);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &served.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(served);
+
+    let served = Served::start(
+        &db,
+        &state.0,
+        &["--sandbox", "--inbox-workers", "2", "--inbox-poll", "50ms"],
+        &[],
+    )
+    .await;
+    let channel = Channel::from_shared(served.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut checkout = CheckoutClient::new(channel);
+    let get = GetCheckoutSessionRequest { id: s.id.clone() };
+    let applied = eventually(Duration::from_secs(15), || {
+        let (mut checkout, get, key) = (checkout.clone(), get.clone(), key.clone());
+        async move {
+            checkout
+                .get_checkout_session(req(get, &key))
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                == CheckoutSessionStatus::Complete as i32
+        }
+    })
+    .await;
+    let got = checkout
+        .get_checkout_session(req(get, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied, "{got:?}\n{}", served.logs());
+    assert_eq!(got.payment_status, CheckoutPaymentStatus::Paid as i32);
+    let payment = checkout
+        .get_payment(req(
+            GetPaymentRequest {
+                id: got.payment_id.clone(),
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(
+        (payment.amount, payment.card_last4.as_str()),
+        (1250, "4242")
+    );
+    served.sigterm();
+    let (code, logs) = served.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+}

@@ -210,7 +210,7 @@ impl Env {
 }
 
 /// `application/x-www-form-urlencoded`, as a browser sends it.
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| match b {
