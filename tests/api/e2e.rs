@@ -419,7 +419,7 @@ async fn an_expired_session_cannot_be_paid_whether_expired_by_rpc_or_by_time() {
 
     // By time: the sandbox's clock moved past expires_at.
     let late = env.one_time().await;
-    let expires_at = late.expires_at.clone().unwrap();
+    let expires_at = late.expires_at.unwrap();
     SandboxClient::new(env.app.channel().await)
         .advance_clock(req(
             AdvanceClockRequest {
