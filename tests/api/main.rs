@@ -9,6 +9,7 @@ mod config;
 mod config_file;
 mod customers;
 mod dev;
+mod e2e;
 mod events;
 mod group_commit;
 mod health;

@@ -106,7 +106,7 @@ async fn delivered(pool: &PgPool, id: &str) -> bool {
 }
 
 /// The value of the metric line starting with `series` on `/metrics`, 0 when absent.
-async fn metric(app: &TestApp, series: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, series: &str) -> f64 {
     let (_, body) = http_get(app.admin_addr, "/metrics").await;
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

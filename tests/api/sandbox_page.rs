@@ -19,20 +19,20 @@ use crate::checkout::{client, customer, inline, item, plan, session};
 use crate::helpers::{TestApp, idem, req};
 
 /// The test cards, as a person types them.
-const PAYS: &str = "4242 4242 4242 4242";
-const DECLINED: &str = "4000 0000 0000 0002";
-const NO_FUNDS: &str = "4000 0000 0000 9995";
-const ASKS: &str = "4000 0025 0000 3155";
+pub(crate) const PAYS: &str = "4242 4242 4242 4242";
+pub(crate) const DECLINED: &str = "4000 0000 0000 0002";
+pub(crate) const NO_FUNDS: &str = "4000 0000 0000 9995";
+pub(crate) const ASKS: &str = "4000 0025 0000 3155";
 const FAILS_LATER: &str = "4000 0000 0000 0341";
 /// A CVC unlike any other text on the page or in the tables.
 const CVC: &str = "7319";
 
-struct Env {
-    app: TestApp,
+pub(crate) struct Env {
+    pub(crate) app: TestApp,
     /// The public listener: the webhook sidecar and the hosted page.
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
     web: reqwest::Client,
-    customer: String,
+    pub(crate) customer: String,
 }
 
 /// A server with the sandbox and its public listener, and a customer of tenant acme.
@@ -48,6 +48,12 @@ async fn spawn() -> Env {
         });
     })
     .await;
+    env_of(app).await
+}
+
+/// `app` (which runs the sandbox and its public listener) with a customer "alice" of tenant
+/// acme and an HTTP client that follows no redirect.
+pub(crate) async fn env_of(app: TestApp) -> Env {
     let http = app.http_addr.expect("the public listener runs");
     let customer = customer(&app, &app.key, "alice").await;
     let web = reqwest::Client::builder()
@@ -63,14 +69,14 @@ async fn spawn() -> Env {
 }
 
 /// A page answer: status, `Location`, body.
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) location: Option<String>,
+    pub(crate) body: String,
 }
 
 impl Env {
-    async fn open(&self, r: CreateCheckoutSessionRequest) -> CheckoutSession {
+    pub(crate) async fn open(&self, r: CreateCheckoutSessionRequest) -> CheckoutSession {
         client(&self.app)
             .await
             .create_checkout_session(req(r, &self.app.key))
@@ -80,7 +86,7 @@ impl Env {
     }
 
     /// A PAYMENT session: 3 × 123.45 USD.
-    async fn one_time(&self) -> CheckoutSession {
+    pub(crate) async fn one_time(&self) -> CheckoutSession {
         self.open(session(
             &self.customer,
             CheckoutMode::Payment,
@@ -89,7 +95,7 @@ impl Env {
         .await
     }
 
-    fn url(&self, s: &CheckoutSession, tail: &str) -> String {
+    pub(crate) fn url(&self, s: &CheckoutSession, tail: &str) -> String {
         format!(
             "http://{}/sandbox/checkout/{}{tail}",
             self.http, s.provider_session_id
@@ -109,7 +115,7 @@ impl Env {
         }
     }
 
-    async fn get(&self, s: &CheckoutSession) -> Page {
+    pub(crate) async fn get(&self, s: &CheckoutSession) -> Page {
         Self::answer(self.web.get(self.url(s, "")).send().await.unwrap()).await
     }
 
@@ -126,7 +132,7 @@ impl Env {
         .await
     }
 
-    async fn pay(&self, s: &CheckoutSession, number: &str) -> Page {
+    pub(crate) async fn pay(&self, s: &CheckoutSession, number: &str) -> Page {
         self.post(
             self.url(s, ""),
             form(&[
@@ -139,7 +145,7 @@ impl Env {
         .await
     }
 
-    async fn confirm(&self, s: &CheckoutSession, action: &str) -> Page {
+    pub(crate) async fn confirm(&self, s: &CheckoutSession, action: &str) -> Page {
         self.post(self.url(s, "/confirm"), form(&[("action", action)]))
             .await
     }
@@ -229,7 +235,7 @@ pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-fn success_url(s: &CheckoutSession) -> String {
+pub(crate) fn success_url(s: &CheckoutSession) -> String {
     format!("https://shop.acme.example/ok?session={}", s.id)
 }
 
