@@ -27,7 +27,7 @@ use crate::helpers::{TestDb, eventually, idem, req, test_config};
 const HANDLED: &str = "test.handled";
 
 /// Workers that poll often and back off in milliseconds, with `handlers`.
-fn inbox(handlers: Handlers) -> InboxConfig {
+pub(crate) fn inbox(handlers: Handlers) -> InboxConfig {
     InboxConfig {
         workers: 2,
         batch: 8,
@@ -127,7 +127,7 @@ async fn settles_as(env: &Env, provider_event_id: &str, status: &str) -> bool {
 }
 
 /// Committed effects of the recording handler: one audit row per application.
-async fn effects(env: &Env) -> i64 {
+pub(crate) async fn effects(env: &Env) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'test.applied'")
         .fetch_one(&env.app.pool)
         .await
@@ -135,7 +135,7 @@ async fn effects(env: &Env) -> i64 {
 }
 
 /// Writes an audit row per application: an effect that commits with the event, or not at all.
-struct Recorder;
+pub(crate) struct Recorder;
 
 impl Handler for Recorder {
     fn apply<'a>(

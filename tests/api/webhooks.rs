@@ -553,8 +553,18 @@ webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
 /// 200 concurrent deliveries of 50 events, each sent 4 times: every one acknowledged, 50 rows,
 /// and 50 first deliveries in the counters.
 #[tokio::test]
-async fn concurrent_redeliveries_leave_one_row_per_event() {
-    let env = Env::spawn().await;
+async fn concurrent_redeliveries_leave_one_row_per_event_and_one_effect() {
+    // Inbox workers running, with a handler whose every application leaves a row.
+    let handlers = coffer::app::inbox::Handlers::builtin().with(
+        coffer::domain::account::ProviderKind::Stripe,
+        "checkout.session.completed",
+        crate::inbox::Recorder,
+    );
+    let env = Env::spawn_with(|c| coffer::startup::ServerConfig {
+        inbox: crate::inbox::inbox(handlers),
+        ..c
+    })
+    .await;
     let http = env.app.http_addr.unwrap();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -583,6 +593,24 @@ async fn concurrent_redeliveries_leave_one_row_per_event() {
             .await,
         150.0
     );
+    // 50 events, 50 effects: each applied once, however often it was delivered.
+    let processed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM webhook_events WHERE status = 'processed'",
+        )
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            processed().await == 50
+        })
+        .await,
+        "{} processed",
+        processed().await
+    );
+    assert_eq!(crate::inbox::effects(&env).await, 50);
 }
 
 /// A delivery in flight when the server is told to stop still gets its answer, committed,
