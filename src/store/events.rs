@@ -94,10 +94,15 @@ pub async fn insert_events(
            LEFT JOIN inserted own ON own.id = i.id
            LEFT JOIN inserted sibling
                ON sibling.account = i.account AND sibling.provider_event_id = i.provider_event_id
-           -- One index lookup per row; the snapshot predates this statement's own inserts.
+           -- An index lookup for each duplicate, and none for the rows stored here: the LIMIT
+           -- keeps the planner from flattening this into a join, which a cached generic plan
+           -- made with an old row count can turn into a hash join over a scan of the whole
+           -- inbox. The snapshot predates this statement's own inserts.
            LEFT JOIN LATERAL (
                SELECT w.id FROM webhook_events w
-               WHERE w.account = i.account AND w.provider_event_id = i.provider_event_id) earlier
+               WHERE own.id IS NULL AND sibling.id IS NULL
+                 AND w.account = i.account AND w.provider_event_id = i.provider_event_id
+               LIMIT 1) earlier
                ON true
            ORDER BY i.n"#,
         &tenant,
