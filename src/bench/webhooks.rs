@@ -165,36 +165,15 @@ pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report,
     let concurrency = args.concurrency.max(1);
     let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
 
-    // 1. Deliveries through the sidecar, each a new event.
-    let delivered = {
-        let connections: Arc<Vec<Connection>> =
-            Arc::new((0..concurrency).map(|_| Mutex::new(None)).collect());
-        let target = target.clone();
-        let run = run.clone();
-        run_load(
-            &format!("http POST /webhooks/{} (signed)", args.account),
-            concurrency,
-            args.warmup,
-            args.duration,
-            move |worker, seq| {
-                let connections = connections.clone();
-                let target = target.clone();
-                let secret = secret.clone();
-                let id = format!("msg_bench_{run}_{seq}");
-                let body = event_body(&id, seq, unix_now());
-                async move { deliver(&connections[worker], &target, &secret, &id, body).await }
-            },
-        )
-        .await
-    };
-
-    // 2. Baseline: the same rows straight into a copy of webhook_events, one per transaction,
+    // 1. Baseline: the same rows straight into a copy of webhook_events, one per transaction,
     //    through a pool as large as the server's (--db-max-connections, the same flag and
-    //    default `serve` uses).
+    //    default `serve` uses). It runs first: after the deliveries, the server's inbox
+    //    workers are still settling their backlog, and would slow the baseline down.
     store::create_webhook_baseline_table(pool).await?;
     let inserted = {
         let pool = pool.clone();
         let account = args.account.clone();
+        let run = run.clone();
         let tenant = Uuid::now_v7();
         run_load(
             "postgres INSERT webhook_event (1 row/tx)",
@@ -217,6 +196,28 @@ pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report,
         .await
     };
     store::drop_webhook_baseline_table(pool).await?;
+
+    // 2. Deliveries through the sidecar, each a new event.
+    let delivered = {
+        let connections: Arc<Vec<Connection>> =
+            Arc::new((0..concurrency).map(|_| Mutex::new(None)).collect());
+        let target = target.clone();
+        run_load(
+            &format!("http POST /webhooks/{} (signed)", args.account),
+            concurrency,
+            args.warmup,
+            args.duration,
+            move |worker, seq| {
+                let connections = connections.clone();
+                let target = target.clone();
+                let secret = secret.clone();
+                let id = format!("msg_bench_{run}_{seq}");
+                let body = event_body(&id, seq, unix_now());
+                async move { deliver(&connections[worker], &target, &secret, &id, body).await }
+            },
+        )
+        .await
+    };
 
     Ok(Report {
         title: format!(
