@@ -20,6 +20,10 @@ use coffer::store::pool;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
+/// mimalloc rather than glibc's malloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

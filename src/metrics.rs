@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -39,6 +40,24 @@ pub struct Metrics {
     handled: Family<HandledLabels, Counter>,
     handling: HistogramFamily,
     database_up: Gauge,
+}
+
+/// `coffer_log_lines_dropped_total`, read from the log writer at each scrape.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dropped = ConstCounter::new(crate::telemetry::dropped_log_lines());
+        // prometheus-client appends `_total` to counters.
+        let metric = encoder.encode_descriptor(
+            "coffer_log_lines_dropped",
+            "Log lines dropped because stderr could not keep up with the log writer's queue",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,6 +93,7 @@ impl Metrics {
             "1 while the database answers the health check, 0 while it does not",
             database_up.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines));
         Self {
             registry,
             handled,

@@ -1,12 +1,17 @@
 //! Logs and traces. Logs go to stderr (JSON by default) — stdout is kept for what commands
-//! print for scripts, such as a new API key. Spans are exported over OTLP/gRPC when
+//! print for scripts, such as a new API key. A thread of its own writes them, so a slow stderr
+//! never blocks the runtime; lines past its bounded queue are dropped and counted
+//! ([`dropped_log_lines`], `coffer_log_lines_dropped_total`). Spans are exported over OTLP/gRPC when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the other
 //! standard `OTEL_*` variables apply. The W3C `traceparent` of incoming calls is honoured.
+
+use std::sync::OnceLock;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -15,9 +20,23 @@ use crate::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn,tonic=warn";
 
-/// Flushes and shuts the exporter down when dropped.
+/// Log lines the writer thread may hold before new ones are dropped: about 10 MB of JSON.
+const LOG_QUEUE_LINES: usize = 32_768;
+
+/// The log writer's count of dropped lines, once [`init`] has installed it.
+static LOG_ERRORS: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the writer thread's queue was full (stderr could not keep up).
+pub fn dropped_log_lines() -> u64 {
+    LOG_ERRORS
+        .get()
+        .map_or(0, |errors| errors.dropped_lines() as u64)
+}
+
+/// Flushes and shuts the exporter down, then writes out the queued log lines, when dropped.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    _log_writer: WorkerGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -48,7 +67,14 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, log_writer) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("coffer-log")
+        .finish(std::io::stderr());
+    // A second init (which fails below) keeps the first writer's counter.
+    let _ = LOG_ERRORS.set(writer.error_counter());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
         LogFormat::Json => fmt
             .json()
@@ -85,7 +111,10 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError(e.to_string()))?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        _log_writer: log_writer,
+    })
 }
 
 /// The W3C `traceparent` of `span`, to be stored with work another process picks up later (an

@@ -279,7 +279,10 @@ impl Events {
             },
         );
         let event_id = EventId::from_uuid(stored.id);
-        tracing::info!(
+        // DEBUG, not INFO: every stored delivery is in the inbox (ListEvents) and counted, and
+        // a line each at thousands a second cost more CPU than storing them. Rejections,
+        // which need an operator's eye, are logged at WARN.
+        tracing::debug!(
             account = %account.name,
             provider = account.provider.as_str(),
             event_type = %event_type,
