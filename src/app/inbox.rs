@@ -25,7 +25,7 @@
 //! [`Handlers::builtin`] holds the sandbox's event types (`app::payments`); any other type is
 //! `ignored`. Tests add their own ([`Handlers::with`] through `ServerConfig::inbox`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -368,14 +368,11 @@ impl Inbox {
         // Every worker takes its advisory locks in ascending key order, so two batches never
         // wait on each other in a cycle; one object's events keep the order they came in.
         events.sort_by_key(|e| (e.lock, e.event.received_at));
-        let mut held = HashSet::new();
+        let mut keys: Vec<i64> = events.iter().filter_map(|e| e.lock).collect();
+        keys.dedup();
+        store::lock_objects(&mut tx, &keys).await?;
         let mut settled = Vec::with_capacity(events.len());
         for event in &events {
-            if let Some(key) = event.lock
-                && held.insert(key)
-            {
-                store::lock_object(&mut tx, key).await?;
-            }
             let span = tracing::info_span!(
                 "inbox event",
                 otel.kind = "consumer",
@@ -398,6 +395,17 @@ impl Inbox {
             let outcome = self.apply(&mut tx, event).instrument(span).await?;
             settled.push(outcome);
         }
+        // Applied and failed events were written as they went; the batch's processed and
+        // ignored ones are settled together, in the same transaction.
+        for status in [EventStatus::Processed, EventStatus::Ignored] {
+            let rows: Vec<&store::RowAddress> = events
+                .iter()
+                .zip(&settled)
+                .filter(|(_, outcome)| **outcome == status)
+                .map(|(e, _)| &e.event.row)
+                .collect();
+            store::settle_events(&mut tx, &rows, status).await?;
+        }
         tx.commit().await?;
         for (event, outcome) in events.iter().zip(settled) {
             let e = &event.event;
@@ -416,7 +424,8 @@ impl Inbox {
         Ok(claimed_count)
     }
 
-    /// Applies one event in a savepoint of `tx` and settles it; returns its new status.
+    /// Applies one event in a savepoint of `tx`; returns its new status. A failure is recorded
+    /// here; `processed` and `ignored` are left for the caller to settle with the batch.
     async fn apply(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
@@ -424,14 +433,12 @@ impl Inbox {
     ) -> Result<EventStatus, StoreError> {
         let e = &event.event;
         let Some(handler) = self.config.handlers.get(e.provider, &e.event_type) else {
-            store::settle_event(tx, e.tenant, e.id, EventStatus::Ignored).await?;
             tracing::debug!("no handler for this event type: ignored");
             return Ok(EventStatus::Ignored);
         };
         let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
         match run_handler(handler, &mut savepoint, event, self.config.handler_timeout).await {
             Ok(()) => {
-                store::settle_event(&mut savepoint, e.tenant, e.id, EventStatus::Processed).await?;
                 savepoint.commit().await?;
                 tracing::info!("inbox event processed");
                 Ok(EventStatus::Processed)

@@ -17,6 +17,8 @@ use crate::domain::ids::{EventId, TenantId};
 /// ends.
 #[derive(Debug, Clone)]
 pub struct ClaimedEvent {
+    /// Where its row is, for [`settle_events`]: stable while the claim's lock is held.
+    pub row: RowAddress,
     pub tenant: TenantId,
     pub id: EventId,
     pub account: AccountName,
@@ -32,6 +34,12 @@ pub struct ClaimedEvent {
     pub traceparent: Option<String>,
 }
 
+/// The physical address (`ctid`) of a row this transaction holds locked. Nobody else can update
+/// or delete a locked row, so the address stays good until the transaction ends, and a batch
+/// of them is found by a TID scan, whatever plan the planner would pick for a join by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowAddress(String);
+
 /// Locks up to `limit` due events, skipping those another worker holds: failed events due for
 /// another attempt first, then pending ones, each oldest due first. That is the order of the
 /// claim index (`webhook_events_claim`, on status and next_attempt_at; `failed` sorts before
@@ -44,13 +52,13 @@ pub async fn claim_events(
     limit: i64,
 ) -> Result<Vec<ClaimedEvent>, StoreError> {
     let rows = sqlx::query!(
-        "SELECT tenant_id, id, account, provider, provider_event_id, event_type, attempts,
-                payload, received_at, traceparent
+        r#"SELECT ctid::text AS "ctid!", tenant_id, id, account, provider, provider_event_id,
+                  event_type, attempts, payload, received_at, traceparent
          FROM webhook_events
          WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
          ORDER BY status, next_attempt_at
          LIMIT $1
-         FOR UPDATE SKIP LOCKED",
+         FOR UPDATE SKIP LOCKED"#,
         limit,
     )
     .fetch_all(conn)
@@ -59,6 +67,7 @@ pub async fn claim_events(
     rows.into_iter()
         .map(|r| {
             Ok(ClaimedEvent {
+                row: RowAddress(r.ctid),
                 tenant: TenantId::from_uuid(r.tenant_id),
                 id: EventId::from_uuid(r.id),
                 account: AccountName::parse(&r.account).map_err(|e| corrupt("event account", e))?,
@@ -75,23 +84,25 @@ pub async fn claim_events(
         .collect()
 }
 
-/// Settles a claimed event as `processed` or `ignored`.
-pub async fn settle_event(
+/// Settles claimed events as `status` (`processed` or `ignored`): one statement for the batch.
+pub async fn settle_events(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    id: EventId,
+    rows: &[&RowAddress],
     status: EventStatus,
 ) -> Result<(), StoreError> {
     debug_assert!(matches!(
         status,
         EventStatus::Processed | EventStatus::Ignored
     ));
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     sqlx::query!(
         "UPDATE webhook_events
-         SET status = $3, processed_at = clock_timestamp(), last_error = NULL
-         WHERE tenant_id = $1 AND id = $2",
-        tenant.as_uuid(),
-        id.as_uuid(),
+         SET status = $2, processed_at = clock_timestamp(), last_error = NULL
+         WHERE ctid = ANY($1::text[]::tid[])",
+        &rows as _,
         status.as_str(),
     )
     .execute(conn)
@@ -164,12 +175,20 @@ pub async fn inbox_depth(conn: &mut PgConnection) -> Result<Vec<StatusDepth>, St
         .collect()
 }
 
-/// Waits for, and holds until the transaction ends, the advisory lock of one provider object
-/// (its key from `app::inbox`).
-pub async fn lock_object(conn: &mut PgConnection, key: i64) -> Result<(), StoreError> {
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", key)
-        .execute(conn)
-        .instrument(super::statement_span!("SELECT", "pg_advisory_xact_lock"))
-        .await?;
+/// Waits for, and holds until the transaction ends, the advisory locks of provider objects
+/// (their keys from `app::inbox`), in the order given: callers pass them sorted, so two
+/// batches never wait on each other in a cycle. One statement for the batch; the function
+/// scan returns the keys in array order.
+pub async fn lock_objects(conn: &mut PgConnection, keys: &[i64]) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::int8[]) AS k",
+        keys,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("SELECT", "pg_advisory_xact_lock"))
+    .await?;
     Ok(())
 }
