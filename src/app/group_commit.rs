@@ -111,15 +111,14 @@ impl<R, O> Clone for GroupCommit<R, O> {
     }
 }
 
-/// How many batches of one kind may be written at once: an eighth of the pool, and at least
-/// two, so one batch fills while another commits. Fewer writers make larger batches, and each
-/// statement's fixed cost is shared by more rows: with the default pool of 16, two writers
-/// instead of four took bench webhooks from 10 500 to 12 400 deliveries/s and CreateCustomer
-/// from 5 000 to 6 200 calls/s on the 2-core development machine; StreamUsage did not move
-/// (its rows are already batches), and eight writers were slower still.
+/// How many batches of one kind may be written at once: an eighth of the pool, at least one
+/// (rows queue while it writes, and it takes them all next). Fewer writers make larger
+/// batches, and each statement's fixed cost is shared by more rows: with the default pool of
+/// 16, two writers instead of four took bench webhooks from 10 500 to 12 400 deliveries/s and
+/// CreateCustomer from 5 000 to 6 200 calls/s on the 2-core development machine; StreamUsage
+/// did not move (its rows are already batches), and eight writers were slower still.
 pub fn writers_for(pool: &PgPool) -> usize {
-    let connections = pool.options().get_max_connections() as usize;
-    (connections / 8).max(2).min(connections.max(1))
+    (pool.options().get_max_connections() as usize / 8).max(1)
 }
 
 impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {

@@ -134,6 +134,10 @@ async fn metrics_count_calls_by_service_method_and_code() {
     );
     assert!(body.contains("grpc_server_handling_seconds_bucket{"));
     assert!(body.contains("coffer_database_up 1"));
+    // The log writer's drop counter is read at each scrape (0 here: the tests' process has
+    // no log writer).
+    assert!(body.contains("# TYPE coffer_log_lines_dropped counter"));
+    assert!(body.contains("coffer_log_lines_dropped_total 0"));
     assert!(!body.contains(&app.key[30..]), "no secrets in metrics");
 }
 

@@ -679,3 +679,61 @@ async fn once_told_to_stop_claiming_workers_finish_their_batch_and_take_nothing_
         .await
         .unwrap();
 }
+
+/// Always fails, after a write the failure must roll back.
+struct Refuses;
+
+impl Handler for Refuses {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a InboxEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            Recorder.apply(conn, event).await?;
+            Err(HandlerError::Failed("provider said no".into()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn one_batch_settles_each_event_as_its_own_outcome() {
+    // The test's own server has no workers: one batch, run by hand, takes every event.
+    let env = Env::spawn().await;
+    ingest(&env, sandbox("msg_a", HANDLED, "cs_a")).await;
+    ingest(&env, sandbox("msg_b", "checkout.unknown", "cs_b")).await;
+    ingest(&env, sandbox("msg_c", "test.refused", "cs_c")).await;
+    ingest(&env, sandbox("msg_d", HANDLED, "cs_a")).await;
+    ingest(&env, sandbox("msg_e", "checkout.unknown", "cs_e")).await;
+    let handlers = handling(Recorder).with(ProviderKind::Sandbox, "test.refused", Refuses);
+    let worker = Inbox::new(env.app.pool.clone(), inbox(handlers));
+    assert_eq!(worker.run_once().await.unwrap(), 5);
+
+    for (id, status, attempts) in [
+        ("msg_a", "processed", 0),
+        ("msg_b", "ignored", 0),
+        ("msg_c", "failed", 1),
+        ("msg_d", "processed", 0),
+        ("msg_e", "ignored", 0),
+    ] {
+        let (s, a, _) = row(&env, id).await;
+        assert_eq!((s.as_str(), a), (status, attempts), "{id}");
+    }
+    // The two applied events' writes committed; the refused one's rolled back.
+    assert_eq!(effects(&env).await, 2);
+    let unsettled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events
+         WHERE status IN ('processed', 'ignored') AND processed_at IS NULL",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(unsettled, 0);
+    // Nothing is left to claim but the failed event, once its backoff has passed.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            worker.run_once().await.unwrap() == 1
+        })
+        .await
+    );
+}
