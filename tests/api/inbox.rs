@@ -680,22 +680,6 @@ async fn once_told_to_stop_claiming_workers_finish_their_batch_and_take_nothing_
         .unwrap();
 }
 
-/// Always fails, after a write the failure must roll back.
-struct Refuses;
-
-impl Handler for Refuses {
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        event: &'a InboxEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            Recorder.apply(conn, event).await?;
-            Err(HandlerError::Failed("provider said no".into()))
-        })
-    }
-}
-
 #[tokio::test]
 async fn one_batch_settles_each_event_as_its_own_outcome() {
     // The test's own server has no workers: one batch, run by hand, takes every event.
@@ -705,7 +689,12 @@ async fn one_batch_settles_each_event_as_its_own_outcome() {
     ingest(&env, sandbox("msg_c", "test.refused", "cs_c")).await;
     ingest(&env, sandbox("msg_d", HANDLED, "cs_a")).await;
     ingest(&env, sandbox("msg_e", "checkout.unknown", "cs_e")).await;
-    let handlers = handling(Recorder).with(ProviderKind::Sandbox, "test.refused", Refuses);
+    // Fails every time, after a write the failure must roll back.
+    let refuses = Flaky {
+        failures: u32::MAX,
+        calls: AtomicU32::new(0),
+    };
+    let handlers = handling(Recorder).with(ProviderKind::Sandbox, "test.refused", refuses);
     let worker = Inbox::new(env.app.pool.clone(), inbox(handlers));
     assert_eq!(worker.run_once().await.unwrap(), 5);
 
