@@ -144,6 +144,11 @@ pub struct ServeArgs {
     /// The largest accepted distance between a webhook's signed timestamp and now, either way.
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
+    /// How long a processed, ignored or dead webhook event keeps its raw body, which may hold
+    /// personal data; after it only the row remains (ListEvents, de-duplication), and the
+    /// event can no longer be replayed. Pending and failed events keep theirs.
+    #[arg(long, env = "COFFER_WEBHOOK_PAYLOAD_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub webhook_payload_retention: Duration,
     /// How often the database is checked for health.
     #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,

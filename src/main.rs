@@ -242,6 +242,7 @@ async fn run_server(
         http_addr: Some(args.http_addr),
         webhooks: coffer::app::events::WebhookConfig {
             tolerance: args.webhook_tolerance,
+            payload_retention: args.webhook_payload_retention,
             ..Default::default()
         },
         health_interval: args.health_interval,

@@ -36,6 +36,7 @@ use crate::store::{audit, events as store};
 pub const REASON_WEBHOOK_SIGNATURE_INVALID: &str = "WEBHOOK_SIGNATURE_INVALID";
 pub const REASON_EVENT_NOT_FOUND: &str = "EVENT_NOT_FOUND";
 pub const REASON_EVENT_NOT_REPLAYABLE: &str = "EVENT_NOT_REPLAYABLE";
+pub const REASON_EVENT_PAYLOAD_PURGED: &str = "EVENT_PAYLOAD_PURGED";
 
 /// The list a page token of ListEvents belongs to.
 const LIST: &str = "coffer.v1.ProviderEvents/ListEvents";
@@ -78,13 +79,22 @@ impl fmt::Debug for Clock {
 pub struct WebhookConfig {
     /// The largest accepted distance between a signed timestamp and now, either way.
     pub tolerance: Duration,
+    /// How long a settled event keeps its payload (DESIGN §5.4); the sweeper removes it after.
+    pub payload_retention: Duration,
     pub clock: Clock,
 }
+
+/// Payloads one purge statement removes: small enough to hold its row locks briefly.
+const PURGE_BATCH: i64 = 1_000;
+
+/// DESIGN §5.4's default: 90 days.
+pub const DEFAULT_PAYLOAD_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             tolerance: Duration::from_secs(signature::DEFAULT_TOLERANCE_SECS),
+            payload_retention: DEFAULT_PAYLOAD_RETENTION,
             clock: Clock::system(),
         }
     }
@@ -328,6 +338,26 @@ impl Events {
 
     /// Puts a dead, failed or ignored event back in the queue, due now, with its attempts
     /// reset.
+    /// Removes the payloads of settled events older than the retention period, a batch (one
+    /// statement) at a time; returns how many (DESIGN §5.4).
+    pub async fn purge_payloads(&self) -> Result<u64, crate::store::StoreError> {
+        let Ok(retention) = time::Duration::try_from(self.config.payload_retention) else {
+            return Ok(0);
+        };
+        let Some(cutoff) = self.config.clock.now().checked_sub(retention) else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let mut conn = self.pool.acquire().await?;
+            let n = store::purge_event_payloads(&mut conn, cutoff, PURGE_BATCH).await?;
+            total += n;
+            if n < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     pub async fn replay_event(
         &self,
         ctx: &TenantCtx,
@@ -353,6 +383,14 @@ impl Events {
                                 "the event is {}; only dead, failed or ignored events are replayed",
                                 event.status.as_str()
                             ),
+                        ));
+                    }
+                    if event.payload_purged_at.is_some() {
+                        return Err(AppError::rejected(
+                            RejectionKind::FailedPrecondition,
+                            REASON_EVENT_PAYLOAD_PURGED,
+                            "the event's payload was removed after the retention period; \
+                             there is nothing left to apply",
                         ));
                     }
                     let event = store::requeue_event(conn, ctx.tenant, id, now).await?;

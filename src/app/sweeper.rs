@@ -1,7 +1,8 @@
 //! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
 //! never holds long locks; folds past hours' usage rollup rows into one per hour
 //! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
-//! their unpaid payments ([`expire_sessions`]).
+//! their unpaid payments ([`expire_sessions`]); removes the payloads of settled webhook events
+//! past their retention period (`Events::purge_payloads`).
 
 use std::time::Duration;
 
@@ -51,6 +52,15 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(folded) => tracing::info!(hours_folded = folded, "usage rollups folded"),
             Err(e) => tracing::warn!(error = ?e, "usage rollup fold failed"),
+        }
+        let purged = tokio::select! {
+            done = app.events.purge_payloads() => done,
+            () = stop.cancelled() => return,
+        };
+        match purged {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "webhook payloads past their retention removed"),
+            Err(e) => tracing::warn!(error = %e, "webhook payload purge failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -70,6 +70,9 @@ pub struct WebhookEvent {
     pub last_error: Option<String>,
     pub received_at: OffsetDateTime,
     pub processed_at: Option<OffsetDateTime>,
+    /// When its payload was removed, past the retention period; such an event cannot be
+    /// replayed.
+    pub payload_purged_at: Option<OffsetDateTime>,
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ pub fn to_proto(e: &WebhookEvent) -> pb::WebhookEvent {
         last_error: e.last_error.clone().unwrap_or_default(),
         receive_time: Some(timestamp(e.received_at)),
         process_time: e.processed_at.map(timestamp),
+        purge_time: e.payload_purged_at.map(timestamp),
     }
 }
 
@@ -180,6 +181,10 @@ fn from_proto(p: &pb::WebhookEvent) -> Option<WebhookEvent> {
         last_error: Some(p.last_error.clone()).filter(|s| !s.is_empty()),
         received_at: from_timestamp(p.receive_time.as_ref()?)?,
         processed_at: match &p.process_time {
+            None => None,
+            Some(t) => Some(from_timestamp(t)?),
+        },
+        payload_purged_at: match &p.purge_time {
             None => None,
             Some(t) => Some(from_timestamp(t)?),
         },

@@ -158,6 +158,7 @@ struct EventRow {
     last_error: Option<String>,
     received_at: OffsetDateTime,
     processed_at: Option<OffsetDateTime>,
+    payload_purged_at: Option<OffsetDateTime>,
 }
 
 impl EventRow {
@@ -176,6 +177,7 @@ impl EventRow {
             last_error: self.last_error,
             received_at: self.received_at,
             processed_at: self.processed_at,
+            payload_purged_at: self.payload_purged_at,
         })
     }
 }
@@ -193,7 +195,7 @@ pub async fn list_events(
     let rows = sqlx::query_as!(
         EventRow,
         "SELECT id, account, provider, provider_event_id, event_type, status, attempts,
-                next_attempt_at, last_error, received_at, processed_at
+                next_attempt_at, last_error, received_at, processed_at, payload_purged_at
          FROM webhook_events
          WHERE tenant_id = $1 AND id > $2
            AND ($3::text IS NULL OR status = $3)
@@ -220,7 +222,7 @@ pub async fn lock_event(
     let row = sqlx::query_as!(
         EventRow,
         "SELECT id, account, provider, provider_event_id, event_type, status, attempts,
-                next_attempt_at, last_error, received_at, processed_at
+                next_attempt_at, last_error, received_at, processed_at, payload_purged_at
          FROM webhook_events
          WHERE tenant_id = $1 AND id = $2
          FOR UPDATE",
@@ -246,7 +248,7 @@ pub async fn requeue_event(
              processed_at = NULL
          WHERE tenant_id = $1 AND id = $2
          RETURNING id, account, provider, provider_event_id, event_type, status, attempts,
-                   next_attempt_at, last_error, received_at, processed_at",
+                   next_attempt_at, last_error, received_at, processed_at, payload_purged_at",
         tenant.as_uuid(),
         id.as_uuid(),
         now,
@@ -255,4 +257,34 @@ pub async fn requeue_event(
     .instrument(super::statement_span!("UPDATE", "webhook_events"))
     .await?;
     row.into_domain()
+}
+
+/// Removes the payloads of settled events (processed, ignored, dead) received before `cutoff`,
+/// the oldest first, up to `limit` of them in one statement; returns how many. Pending and
+/// failed events keep theirs whatever their age: they still have to be applied. Rows another
+/// transaction holds are skipped, and purged by a later sweep.
+pub async fn purge_event_payloads(
+    conn: &mut PgConnection,
+    cutoff: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    // The subquery reads the partial index `webhook_events_to_purge`; the update finds its
+    // rows by address (a TID scan), whatever the plan.
+    let done = sqlx::query!(
+        "UPDATE webhook_events
+         SET payload = ''::bytea, payload_purged_at = clock_timestamp()
+         WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM webhook_events
+             WHERE payload_purged_at IS NULL AND status IN ('processed', 'ignored', 'dead')
+               AND received_at < $1
+             ORDER BY received_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED))",
+        cutoff,
+        limit,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "webhook_events"))
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -726,3 +726,126 @@ async fn one_batch_settles_each_event_as_its_own_outcome() {
         .await
     );
 }
+
+/// The payloads of every event of this provider event id: (bytes, purged).
+async fn payload(env: &Env, provider_event_id: &str) -> (usize, bool) {
+    let (bytes, purged): (i32, bool) = sqlx::query_as(
+        "SELECT octet_length(payload), payload_purged_at IS NOT NULL
+         FROM webhook_events WHERE provider_event_id = $1",
+    )
+    .bind(provider_event_id)
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    (bytes as usize, purged)
+}
+
+#[tokio::test]
+async fn settled_payloads_past_their_retention_are_removed_and_the_rest_kept() {
+    // No workers: the test settles a batch by hand, then leaves one event pending.
+    let env = Env::spawn().await;
+    let ignored = ingest(&env, sandbox("msg_old", "checkout.unknown", "cs_1")).await;
+    ingest(&env, sandbox("msg_done", HANDLED, "cs_2")).await;
+    let worker = Inbox::new(env.app.pool.clone(), inbox(handling(Recorder)));
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    ingest(&env, sandbox("msg_new", HANDLED, "cs_3")).await;
+
+    // A retention of 90 days keeps everything; of none, removes what is settled.
+    let purger = |retention| {
+        coffer::app::App::new(env.app.pool.clone()).with_webhooks(
+            coffer::app::accounts::Accounts::default(),
+            coffer::app::events::WebhookConfig {
+                payload_retention: retention,
+                ..Default::default()
+            },
+        )
+    };
+    let kept = purger(coffer::app::events::DEFAULT_PAYLOAD_RETENTION);
+    assert_eq!(kept.events.purge_payloads().await.unwrap(), 0);
+    let none = purger(Duration::ZERO);
+    assert_eq!(none.events.purge_payloads().await.unwrap(), 2);
+    assert_eq!(payload(&env, "msg_old").await, (0, true));
+    assert_eq!(payload(&env, "msg_done").await, (0, true));
+    let (bytes, purged) = payload(&env, "msg_new").await;
+    assert!(bytes > 0 && !purged, "a pending event keeps its payload");
+    assert_eq!(none.events.purge_payloads().await.unwrap(), 0, "once");
+    // The rows stay, with their statuses.
+    assert_eq!(row(&env, "msg_old").await.0, "ignored");
+    assert_eq!(row(&env, "msg_done").await.0, "processed");
+
+    // ListEvents says when; a purged event cannot be replayed, and nothing changes.
+    let listed = env
+        .client()
+        .await
+        .list_events(req(
+            coffer::grpc::pb::ListEventsRequest::default(),
+            &env.shop_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let old = listed.iter().find(|e| e.id == ignored).unwrap();
+    assert!(old.purge_time.is_some());
+    let new = listed
+        .iter()
+        .find(|e| e.provider_event_id == "msg_new")
+        .unwrap();
+    assert!(new.purge_time.is_none());
+    let e = env
+        .client()
+        .await
+        .replay_event(idem(
+            ReplayEventRequest {
+                id: ignored.clone(),
+            },
+            &env.shop_key,
+            "replay-purged",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        crate::helpers::details(&e).0,
+        "EVENT_PAYLOAD_PURGED",
+        "{e:?}"
+    );
+    assert_eq!(row(&env, "msg_old").await.0, "ignored");
+
+    // A redelivery is still a duplicate of the stored row.
+    let again = env
+        .client()
+        .await
+        .ingest_event(req(
+            sandbox("msg_old", "checkout.unknown", "cs_1"),
+            &env.ingest_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.event_id, ignored);
+}
+
+#[tokio::test]
+async fn the_sweeper_removes_settled_payloads_past_the_configured_retention() {
+    let env = Env::spawn_with(|c| ServerConfig {
+        inbox: inbox(handling(Recorder)),
+        webhooks: coffer::app::events::WebhookConfig {
+            payload_retention: Duration::ZERO,
+            ..c.webhooks
+        },
+        sweep_interval: Duration::from_millis(50),
+        ..c
+    })
+    .await;
+    ingest(&env, sandbox("msg_s", HANDLED, "cs_s")).await;
+    assert!(settles_as(&env, "msg_s", "processed").await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            payload(&env, "msg_s").await == (0, true)
+        })
+        .await
+    );
+    assert_eq!(effects(&env).await, 1);
+}
