@@ -215,6 +215,14 @@ impl Delivery {
                 newest_first,
             )
             .await?;
+            // Held while this claim ran: a test that holds, then queues, needs its events to
+            // stay queued, and this pass may have passed the check above before the hold.
+            // Whatever the claim saw was queued before the hold began, or it sees the hold
+            // here; rolled back, the rows stay due and unleased.
+            if self.faults.holding() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
             tx.commit().await?;
             rows
         };
