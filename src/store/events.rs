@@ -94,10 +94,12 @@ pub async fn insert_events(
            LEFT JOIN inserted own ON own.id = i.id
            LEFT JOIN inserted sibling
                ON sibling.account = i.account AND sibling.provider_event_id = i.provider_event_id
-           -- An index lookup for each duplicate, and none for the rows stored here: the LIMIT
-           -- keeps the planner from flattening this into a join, which a cached generic plan
-           -- made with an old row count can turn into a hash join over a scan of the whole
-           -- inbox. The snapshot predates this statement's own inserts.
+           -- A lookup for each duplicate, and none for the rows stored here (the gate is a
+           -- one-time filter). The LIMIT keeps the planner from flattening this into a join,
+           -- which a generic plan cached while the inbox was small turned into a hash join
+           -- over a scan of the whole table for every batch. (A plan made on a near-empty
+           -- table may still scan it here, for duplicates only, until autovacuum's next
+           -- ANALYZE replans it.) The snapshot predates this statement's own inserts.
            LEFT JOIN LATERAL (
                SELECT w.id FROM webhook_events w
                WHERE own.id IS NULL AND sibling.id IS NULL
