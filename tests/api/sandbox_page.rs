@@ -933,6 +933,10 @@ async fn no_card_number_or_cvc_reaches_a_log_line_or_a_span() {
     let env = spawn().await;
     let (_, [monthly, _, _]) = plan(&env.app, &env.app.key).await;
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this process, on other threads, may have hit a callsite for the first time
+    // while this subscriber was being registered; its interest, computed without it, would
+    // stay "never". Computed again now, every callsite registered so far asks it.
+    tracing::callsite::rebuild_interest_cache();
     let unknown = "5555 5555 5555 4444";
     for card in [DECLINED, NO_FUNDS, ASKS, unknown, FAILS_LATER] {
         let s = env.one_time().await;
