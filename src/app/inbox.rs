@@ -296,29 +296,13 @@ impl Inbox {
     }
 
     async fn work(self, worker: usize, stop_claiming: CancellationToken, stop: CancellationToken) {
-        while !stop_claiming.is_cancelled() {
-            // Abandoned at `stop`: dropping the transaction rolls it back, and the events it
-            // held are due again for the next worker, here or on another replica.
-            let ran = tokio::select! {
-                ran = self.run_once() => ran,
-                () = stop.cancelled() => return,
-            };
-            let idle = match ran {
-                // A full batch: there may be more waiting.
-                Ok(n) => n < self.config.batch as usize,
-                Err(e) => {
-                    tracing::warn!(worker, error = %e, "inbox batch failed; its events stay due");
-                    true
-                }
-            };
-            if idle {
-                tokio::select! {
-                    () = tokio::time::sleep(self.config.poll) => {}
-                    () = stop_claiming.cancelled() => return,
-                    () = stop.cancelled() => return,
-                }
-            }
-        }
+        let claiming = crate::shutdown::Claiming {
+            what: "inbox batch",
+            worker,
+            batch: self.config.batch as usize,
+            poll: self.config.poll,
+        };
+        crate::shutdown::claim_batches(claiming, stop_claiming, stop, || self.run_once()).await;
     }
 
     async fn gauge(self, stop: CancellationToken) {

@@ -176,26 +176,13 @@ impl Delivery {
     }
 
     async fn work(self, worker: usize, stop_claiming: CancellationToken, stop: CancellationToken) {
-        while !stop_claiming.is_cancelled() {
-            let ran = tokio::select! {
-                ran = self.run_once() => ran,
-                () = stop.cancelled() => return,
-            };
-            let idle = match ran {
-                Ok(n) => n < self.config.batch as usize,
-                Err(e) => {
-                    tracing::warn!(worker, error = %e, "sandbox delivery claim failed; the rows stay due");
-                    true
-                }
-            };
-            if idle {
-                tokio::select! {
-                    () = tokio::time::sleep(self.config.poll) => {}
-                    () = stop_claiming.cancelled() => return,
-                    () = stop.cancelled() => return,
-                }
-            }
-        }
+        let claiming = crate::shutdown::Claiming {
+            what: "sandbox delivery pass",
+            worker,
+            batch: self.config.batch as usize,
+            poll: self.config.poll,
+        };
+        crate::shutdown::claim_batches(claiming, stop_claiming, stop, || self.run_once()).await;
     }
 
     /// One pass: claim a batch, send it, record each outcome. Returns how many rows were
