@@ -11,7 +11,8 @@
 //!   a new Watch. A call holds its permit until its response body has been sent.
 //! - On shutdown, [`CallLimits::drain`] refuses new calls with UNAVAILABLE before they run and
 //!   waits for the running ones; at the drain deadline (or once no unary call runs),
-//!   [`CallLimits::end_open_calls`] ends every open stream with UNAVAILABLE trailers and
+//!   [`CallLimits::end_open_calls`] ends every open stream with UNAVAILABLE trailers (after
+//!   the few messages it already has ready, such as a Watch's NOT_SERVING), and
 //!   answers every call still running with UNKNOWN (`OUTCOME_UNKNOWN`), so connections can
 //!   close and the process can exit.
 //!
@@ -333,6 +334,7 @@ where
                     _running: running,
                     // A unary body is sent at once; only a stream's can be open at the deadline.
                     end: stream.then(|| Box::pin(ending.cancelled_owned())),
+                    flushed: 0,
                     ended: false,
                 })
             }))
@@ -347,8 +349,13 @@ struct Held {
     _permit: OwnedSemaphorePermit,
     _running: Option<TaskTrackerToken>,
     end: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Messages sent after the end was signalled.
+    flushed: u8,
     ended: bool,
 }
+
+/// How many messages a stream that is being ended may still send, if it has them ready.
+const MAX_FLUSHED_AT_END: u8 = 8;
 
 impl http_body::Body for Held {
     type Data = Bytes;
@@ -365,6 +372,19 @@ impl http_body::Body for Held {
         if let Some(end) = &mut this.end
             && end.as_mut().poll(cx).is_ready()
         {
+            // Messages the stream has ready go out first (a Watch's NOT_SERVING, set just
+            // before the streams are ended), a few at most, so a stream that always has more
+            // still ends now; then the UNAVAILABLE trailers.
+            if this.flushed < MAX_FLUSHED_AT_END
+                && let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx)
+            {
+                match &frame {
+                    Some(Ok(f)) if f.is_data() => this.flushed += 1,
+                    // The stream's own end (its trailers, an error, or nothing more).
+                    _ => this.ended = true,
+                }
+                return Poll::Ready(frame);
+            }
             this.ended = true;
             let mut trailers = HeaderMap::new();
             // Only fails on a message that is not a valid header value, which ours is.
