@@ -15,7 +15,9 @@
 //! - [`store`]: all SQL, and the pool and migrations.
 //! - [`startup`]: wires the listeners, health, reflection, admin HTTP and workers together, and
 //!   drains them on shutdown ([`shutdown`]).
-//! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces, Prometheus.
+//! - [`config`], [`telemetry`], [`metrics`]: flags, logs and traces (and the W3C header
+//!   carriers both the gRPC layer and the providers use), Prometheus.
+//! - [`retry`]: backoff with full jitter, for every loop that tries again later.
 //! - [`settings`]: coffer.toml, the provider accounts and per-tenant settings, read at start.
 //! - [`providers`]: the providers' wire formats; today the webhook signature schemes.
 //! - [`webhooks`]: the public HTTP sidecar, `POST /webhooks/{account}` → `IngestEvent`.
@@ -34,6 +36,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod pg_local;
 pub mod providers;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;

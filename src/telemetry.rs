@@ -140,6 +140,33 @@ pub fn linked_context(traceparent: &str) -> Option<opentelemetry::trace::SpanCon
     linked.is_valid().then_some(linked)
 }
 
+/// Reads W3C trace context from HTTP headers (gRPC metadata, or the webhook sidecar's).
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes a trace context into outgoing HTTP headers (the sandbox's deliveries, provider calls).
+pub struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

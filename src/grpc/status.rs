@@ -11,7 +11,6 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 use crate::app::{AppError, Rejection, RejectionKind, StoredStatus};
 use crate::domain::Violations;
 use crate::providers::ProviderError;
@@ -30,6 +29,11 @@ pub const REASON_OVERLOADED: &str = "OVERLOADED";
 pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 pub const REASON_PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
 pub const REASON_PROVIDER_OUTCOME_UNKNOWN: &str = "PROVIDER_OUTCOME_UNKNOWN";
+
+// Reasons the webhook sidecar reads from IngestEvent's answers: part of the gRPC contract, so
+// the sidecar takes them from here and never from the use cases behind it.
+pub use crate::app::accounts::REASON_ACCOUNT_NOT_FOUND;
+pub use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 
 fn with_info(
     code: Code,

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
-use opentelemetry::propagation::Extractor;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -27,6 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::policy::{self, CallType, Policy};
 use super::status::DOMAIN;
 use crate::metrics::Metrics;
+use crate::telemetry::HeaderExtractor;
 
 /// The longest a unary call may run, whatever deadline its caller sent.
 pub const SERVER_DEADLINE: Duration = Duration::from_secs(30);
@@ -72,33 +72,6 @@ pub struct TelemetryService<S> {
     inner: S,
     metrics: Arc<Metrics>,
     server_deadline: Duration,
-}
-
-/// Reads W3C trace context from HTTP headers (gRPC metadata, or the webhook sidecar's).
-pub(crate) struct HeaderExtractor<'a>(pub &'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// Writes a trace context into outgoing HTTP headers (the sandbox's deliveries).
-pub(crate) struct HeaderInjector<'a>(pub &'a mut HeaderMap);
-
-impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
 }
 
 impl<S> Service<Request<Body>> for TelemetryService<S>

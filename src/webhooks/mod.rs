@@ -46,13 +46,12 @@ use tonic_types::StatusExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::app::accounts::REASON_ACCOUNT_NOT_FOUND;
-use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 use crate::domain::auth::ApiKey;
 use crate::grpc::pb::provider_events_client::ProviderEventsClient;
 use crate::grpc::pb::{Header, IngestEventRequest};
-use crate::grpc::telemetry::HeaderExtractor;
+use crate::grpc::status::{REASON_ACCOUNT_NOT_FOUND, REASON_WEBHOOK_SIGNATURE_INVALID};
 use crate::shutdown::{CancellationToken, TaskTracker};
+use crate::telemetry::HeaderExtractor;
 
 /// The largest body accepted; larger deliveries are answered 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;

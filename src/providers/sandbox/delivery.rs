@@ -12,7 +12,7 @@
 //!    every redelivery, so the inbox stores it once; `webhook-timestamp` is now, so a retry an
 //!    hour later is not stale) and POST it, with `traceparent` from the delivery's span;
 //! 3. mark it `delivered` on a 2xx, or schedule the next attempt after an exponential backoff
-//!    with full jitter ([`crate::app::inbox::backoff`]) with `last_error` (a status code or a
+//!    with full jitter ([`crate::retry::backoff`]) with `last_error` (a status code or a
 //!    network error; never the body or the secret). There is no last attempt: a provider
 //!    keeps trying, and the sandbox's endpoint is the server itself.
 //!
@@ -33,15 +33,15 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Faults;
-use crate::app::inbox::{backoff, random_unit};
 use crate::domain::account::Secret;
 use crate::domain::ids::TenantId;
-use crate::grpc::telemetry::HeaderInjector;
+use crate::providers::sandbox::store::{self as store, ClaimedDelivery};
 use crate::providers::signature::sign;
+use crate::retry::{backoff, random_unit};
 use crate::settings::Settings;
 use crate::shutdown::CancellationToken;
 use crate::store::StoreError;
-use crate::store::sandbox::{self as store, ClaimedDelivery};
+use crate::telemetry::HeaderInjector;
 
 /// How the delivery workers run.
 #[derive(Debug, Clone)]
