@@ -15,8 +15,8 @@ use sqlx::PgPool;
 
 use super::AppError;
 use crate::domain::account::{Account, AccountName, ProviderKind, Secret};
+use crate::providers::sandbox::store;
 use crate::settings::Settings;
-use crate::store::sandbox as store;
 
 pub const REASON_ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
 

@@ -9,7 +9,7 @@ use super::{App, AppError, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::account::AccountName;
 use crate::providers::sandbox::clock;
-use crate::store::sandbox::ClockMove;
+use crate::providers::sandbox::store::ClockMove;
 
 /// Where a sandbox clock stands after a move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,17 @@
-//! Payment providers: the only place that speaks a provider's wire format.
+//! Payment providers: the port, and one adapter per provider — the only place that speaks a
+//! provider's wire format.
 //!
-//! Inbound, the webhooks: [`signature`] verifies a delivery's signature under each provider's
-//! scheme on the raw bytes, before anything is parsed; [`webhook`] then reads what the inbox
-//! needs from a verified delivery; [`object`] reads which provider object a stored event is
-//! about, for the inbox workers' per-object lock.
+//! Adapters: [`sandbox`], [`stripe`], [`polar`], [`paytabs`], [`hmac`]. Each owns its signature
+//! scheme's choice, its event parsing and its object mapping; adding a provider touches its
+//! folder and [`inbound`] (and the registry in `app::providers` for its calls). Adapters import
+//! neither `app` nor `grpc`.
+//!
+//! Inbound, the webhooks, through the [`Inbound`] trait: an adapter verifies a delivery's
+//! signature on the raw bytes before anything is parsed (the algorithms are in [`signature`]),
+//! then reads what the inbox needs ([`webhook::Incoming`]), and names the provider object a
+//! stored event is about ([`object`]), for the inbox workers' per-object lock. Webhooks need no
+//! client or credentials beyond the account's secrets, so this side is stateless and exists for
+//! every provider kind, including generic HMAC platforms that Coffer never calls.
 //!
 //! Outbound, the [`Provider`] trait: the operations Coffer asks of a provider, each answering a
 //! typed result or a [`ProviderError`] that says whether the call may be made again
@@ -12,12 +20,16 @@
 //! can settle). [`supports`] is the capability table of every [`ProviderKind`]. Calls are never
 //! made directly: `app::journal` writes each one to the operations journal first.
 //!
-//! Only the [`sandbox`] is implemented here; Stripe, Polar and PayTabs plug into the same trait
-//! (their rows of the capability table already say what they will do).
+//! Outbound calls are implemented by the [`sandbox`] today; Stripe, Polar and PayTabs plug into
+//! the same trait (their rows of the capability table already say what they will do).
 
+pub mod hmac;
 pub mod object;
+pub mod paytabs;
+pub mod polar;
 pub mod sandbox;
 pub mod signature;
+pub mod stripe;
 pub mod webhook;
 
 use std::time::Duration;
@@ -26,9 +38,39 @@ use futures_core::future::BoxFuture;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::account::{AccountName, ProviderKind};
+use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::domain::checkout::{LineItem, Mode, PaymentStatus, Status};
 use crate::domain::money::{Currency, Money};
+
+/// An adapter's side of the webhooks: pure functions of the account's configuration and the
+/// delivery.
+pub trait Inbound: Send + Sync {
+    /// Verifies the delivery's signature on the raw bytes under every active secret of
+    /// `account` and, only once one matched, reads its event id and type and checks its
+    /// livemode. Anything not understood is a rejection (fail closed).
+    fn accept(
+        &self,
+        account: &Account,
+        headers: &[signature::Header],
+        body: &[u8],
+        check: signature::Check,
+    ) -> Result<webhook::Incoming, signature::Rejection>;
+
+    /// The provider object a stored (verified) event is about, when the adapter can name one.
+    fn object_of(&self, payload: &[u8]) -> Option<object::ProviderObjectRef>;
+}
+
+/// The adapter that reads `kind`'s webhooks: the one place a provider kind picks its webhook
+/// code.
+pub fn inbound(kind: ProviderKind) -> &'static dyn Inbound {
+    match kind {
+        ProviderKind::Sandbox => &sandbox::webhook::Webhooks,
+        ProviderKind::Stripe => &stripe::Webhooks,
+        ProviderKind::Polar => &polar::Webhooks,
+        ProviderKind::PayTabs => &paytabs::Webhooks,
+        ProviderKind::Hmac => &hmac::Webhooks,
+    }
+}
 
 /// An operation Coffer may ask of a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,17 +1,13 @@
-//! Which provider object a stored event is about, read from its payload: what the inbox
-//! workers serialise on (one `pg_advisory_xact_lock` per account and object).
-//!
-//! - Standard Webhooks (sandbox, Polar): `data.object.id`, else `data.id`.
-//! - Stripe: `data.object.id`.
-//! - PayTabs: `tran_ref`.
-//! - Generic HMAC: platforms shape their payloads differently, so none: such events are not
-//!   serialised.
+//! Which provider object a stored event is about, read from its payload by the event's
+//! adapter ([`Inbound::object_of`]): what the inbox workers serialise on (one
+//! `pg_advisory_xact_lock` per account and object).
 //!
 //! The payload was verified and parsed once at ingestion, so a payload that is not JSON, or
 //! has no such id, is not an error here: the event is simply about no known object.
 
 use serde_json::Value;
 
+use super::inbound;
 use super::webhook::MAX_ID_LEN;
 use crate::domain::account::ProviderKind;
 
@@ -23,23 +19,21 @@ impl ProviderObjectRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The first of `paths` (each a list of keys from the top) that leads to a non-empty
+    /// string id of at most [`MAX_ID_LEN`] bytes in `payload`.
+    pub fn find(payload: &[u8], paths: &[&[&str]]) -> Option<Self> {
+        let json: Value = serde_json::from_slice(payload).ok()?;
+        paths.iter().find_map(|keys| {
+            let id = keys.iter().try_fold(&json, |v, k| v.get(k))?.as_str()?;
+            (!id.is_empty() && id.len() <= MAX_ID_LEN).then(|| ProviderObjectRef(id.to_owned()))
+        })
+    }
 }
 
-/// The object `payload` (a stored event of `provider`) is about, when the scheme names one.
+/// The object `payload` (a stored event of `provider`) is about, when its adapter names one.
 pub fn object_of(provider: ProviderKind, payload: &[u8]) -> Option<ProviderObjectRef> {
-    let path: &[&[&str]] = match provider {
-        ProviderKind::Sandbox | ProviderKind::Polar => {
-            &[&["data", "object", "id"], &["data", "id"]]
-        }
-        ProviderKind::Stripe => &[&["data", "object", "id"]],
-        ProviderKind::PayTabs => &[&["tran_ref"]],
-        ProviderKind::Hmac => return None,
-    };
-    let json: Value = serde_json::from_slice(payload).ok()?;
-    path.iter().find_map(|keys| {
-        let id = keys.iter().try_fold(&json, |v, k| v.get(k))?.as_str()?;
-        (!id.is_empty() && id.len() <= MAX_ID_LEN).then(|| ProviderObjectRef(id.to_owned()))
-    })
+    inbound(provider).object_of(payload)
 }
 
 #[cfg(test)]

@@ -1,30 +1,24 @@
-//! A delivery, from raw bytes to what the inbox stores: verify its signature first
-//! ([`super::signature`]), then, and only then, read the provider's event id and type and check
-//! its livemode.
+//! A delivery, from raw bytes to what the inbox stores. Each adapter owns its scheme and its
+//! reading of events ([`Inbound`], in `stripe/`, `polar/`, `paytabs/`, `hmac/`, `sandbox/`):
+//! it verifies the signature first and only then reads the provider's event id and type and
+//! checks livemode. This module holds what they share: the shape of the answer, the
+//! Standard Webhooks reading (the sandbox and Polar both send Standard Webhooks) and the
+//! checks every id and type passes.
 //!
-//! Where each scheme's event id comes from (the inbox is unique per account and this id):
-//!
-//! - Stripe: the event's `id` (`evt_…`); its `type`; `livemode` must be present and equal the
-//!   account's.
-//! - Standard Webhooks (sandbox, Polar): the signed `webhook-id` header, which stays the same
-//!   across redeliveries of one message; the payload's `type`. A top-level boolean `livemode`,
-//!   when the payload has one, must equal the account's.
-//! - PayTabs: callbacks carry no event id, so the id is `tran_ref` and the result status
-//!   (`payment_result.response_status`), `{tran_ref}:{status}`: the same transaction moving to
-//!   another status is another event. The type is `tran_type` in lower case (`sale`,
-//!   `refund`), or `transaction` when absent.
-//! - Generic HMAC: platforms name their ids differently, so the id is `sha256:` and the hex
-//!   SHA-256 of the raw body: a byte-identical redelivery is a duplicate. The type is the
-//!   payload's top-level `type` (or `event`) string when it has one, else `unknown`.
+//! Where each scheme's event id comes from (the inbox is unique per account and this id) is
+//! written in each adapter's `webhook` module.
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::signature::{self, Check, Header, Rejection, Scheme, Verified};
-use crate::domain::account::{Account, ProviderKind};
+use super::inbound;
+use super::signature::{Check, Header, Rejection, Verified};
+use crate::domain::account::Account;
 
 /// The longest provider event id and type the inbox keeps; longer is `malformed`.
 pub const MAX_ID_LEN: usize = 255;
+
+/// Where a Standard Webhooks event names its object: `data.object.id`, else `data.id`.
+pub const STANDARD_OBJECT_PATHS: &[&[&str]] = &[&["data", "object", "id"], &["data", "id"]];
 
 /// What the inbox needs of a verified delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,93 +27,40 @@ pub struct Incoming {
     pub event_type: String,
 }
 
-/// Verifies a delivery for `account` and reads its event. Nothing of the body is parsed before
-/// the signature has matched.
+/// Verifies a delivery for `account` with its provider's adapter and reads its event. Nothing
+/// of the body is parsed before the signature has matched.
 pub fn accept(
     account: &Account,
     headers: &[Header],
     body: &[u8],
     check: Check,
 ) -> Result<Incoming, Rejection> {
-    // An hmac account without its scheme cannot verify anything: refused, never waved on.
-    let scheme = Scheme::of(account.provider, account.hmac.as_ref()).ok_or(Rejection::Mismatch)?;
-    let verified = signature::verify(scheme, &account.webhook_secrets, headers, body, check)?;
-    read(account.provider, account.livemode, &verified, body)
+    inbound(account.provider).accept(account, headers, body, check)
 }
 
-/// Reads a verified delivery's event id and type, and checks its livemode.
-pub fn read(
-    provider: ProviderKind,
-    livemode: bool,
+/// A Standard Webhooks event (sandbox, Polar): the id is the signed `webhook-id` header, which
+/// stays the same across redeliveries of one message; the type is the payload's `type`; a
+/// top-level boolean `livemode`, when the payload has one, must equal the account's.
+pub fn standard_event(
     verified: &Verified,
     body: &[u8],
+    livemode: bool,
 ) -> Result<Incoming, Rejection> {
-    let incoming = match provider {
-        ProviderKind::Stripe => {
-            let json = object(body)?;
-            match json.get("livemode") {
-                Some(Value::Bool(l)) if *l == livemode => {}
-                Some(Value::Bool(_)) => return Err(Rejection::Livemode),
-                _ => return Err(Rejection::Malformed),
-            }
-            Incoming {
-                provider_event_id: text(json.get("id"))?,
-                event_type: text(json.get("type"))?,
-            }
-        }
-        ProviderKind::Sandbox | ProviderKind::Polar => {
-            let json = object(body)?;
-            if let Some(Value::Bool(l)) = json.get("livemode")
-                && *l != livemode
-            {
-                return Err(Rejection::Livemode);
-            }
-            let id = verified.webhook_id.as_deref().ok_or(Rejection::Malformed)?;
-            Incoming {
-                provider_event_id: checked(id)?,
-                event_type: text(json.get("type"))?,
-            }
-        }
-        ProviderKind::PayTabs => {
-            let json = object(body)?;
-            let tran_ref = text(json.get("tran_ref"))?;
-            let status = text(
-                json.get("payment_result")
-                    .and_then(|r| r.get("response_status")),
-            )?;
-            let event_type = match json.get("tran_type") {
-                None => "transaction".to_owned(),
-                t => text(t)?.to_ascii_lowercase(),
-            };
-            Incoming {
-                provider_event_id: checked(&format!("{tran_ref}:{status}"))?,
-                event_type,
-            }
-        }
-        ProviderKind::Hmac => {
-            let json: Option<Value> = serde_json::from_slice(body).ok();
-            let named = json
-                .as_ref()
-                .and_then(|j| j.get("type").or_else(|| j.get("event")))
-                .and_then(|t| text(Some(t)).ok());
-            if let Some(Value::Bool(l)) = json.as_ref().and_then(|j| j.get("livemode"))
-                && *l != livemode
-            {
-                return Err(Rejection::Livemode);
-            }
-            Incoming {
-                provider_event_id: format!(
-                    "sha256:{}",
-                    signature::encode_hex(&Sha256::digest(body))
-                ),
-                event_type: named.unwrap_or_else(|| "unknown".to_owned()),
-            }
-        }
-    };
-    Ok(incoming)
+    let json = json_object(body)?;
+    if let Some(Value::Bool(l)) = json.get("livemode")
+        && *l != livemode
+    {
+        return Err(Rejection::Livemode);
+    }
+    let id = verified.webhook_id.as_deref().ok_or(Rejection::Malformed)?;
+    Ok(Incoming {
+        provider_event_id: checked(id)?,
+        event_type: text(json.get("type"))?,
+    })
 }
 
-fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
+/// A verified body as a JSON object.
+pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(Rejection::Malformed),
@@ -127,7 +68,7 @@ fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
 }
 
 /// A JSON string fit to be an id or a type.
-fn text(v: Option<&Value>) -> Result<String, Rejection> {
+pub fn text(v: Option<&Value>) -> Result<String, Rejection> {
     match v {
         Some(Value::String(s)) => checked(s),
         _ => Err(Rejection::Malformed),
@@ -135,7 +76,7 @@ fn text(v: Option<&Value>) -> Result<String, Rejection> {
 }
 
 /// 1-255 printable ASCII characters: ids and types are keys and labels, not prose.
-fn checked(s: &str) -> Result<String, Rejection> {
+pub fn checked(s: &str) -> Result<String, Rejection> {
     if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Rejection::Malformed);
     }
@@ -145,7 +86,9 @@ fn checked(s: &str) -> Result<String, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::account::{AccountName, HmacEncoding, HmacMessage, HmacScheme, Secret};
+    use crate::domain::account::{
+        AccountName, HmacEncoding, HmacMessage, HmacScheme, ProviderKind, Secret,
+    };
     use crate::domain::ids::TenantId;
     use crate::providers::signature::{DEFAULT_TOLERANCE_SECS, sign};
 

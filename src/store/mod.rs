@@ -13,7 +13,6 @@ pub mod meters;
 pub mod payments;
 pub mod plans;
 pub mod pool;
-pub mod sandbox;
 pub mod tenants;
 pub mod usage;
 

@@ -17,9 +17,9 @@ use time::OffsetDateTime;
 use super::events::{EventType, emit_many};
 use super::objects::{self, CheckoutSession};
 use crate::domain::ids::TenantId;
+use crate::providers::sandbox::store::{self as store, ClockMove};
 use crate::shutdown::CancellationToken;
 use crate::store::StoreError;
-use crate::store::sandbox::{self as store, ClockMove};
 
 /// Sessions expired per statement.
 const BATCH: i64 = 500;

@@ -33,7 +33,8 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::{StoreError, sandbox as store};
+use super::store;
+use crate::store::StoreError;
 
 /// What the sandbox reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,6 +23,8 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod store;
+pub mod webhook;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,7 +48,7 @@ use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
 use crate::domain::payment::{RefundStatus, SubscriptionStatus};
 use crate::domain::plan::{Billing, Interval};
-use crate::store::{StoreError, sandbox as store};
+use crate::store::StoreError;
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
 /// server was built with (the tests); nothing on the API can set them.

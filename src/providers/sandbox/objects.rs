@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::sandbox::{Checkout, Payment, Refund, Subscription};
+use crate::providers::sandbox::store::{Checkout, Payment, Refund, Subscription};
 
 /// A checkout session's fields, as an event reports them.
 #[derive(Debug, Clone, Copy)]

@@ -34,8 +34,8 @@ use super::card::{self, AUTHENTICATION_FAILED, Behaviour, Card, FieldError};
 use super::events::{self, EventType};
 use super::objects;
 use crate::domain::money::{Currency, format_amount};
+use crate::providers::sandbox::store::{self as store, Checkout, Payment};
 use crate::store::StoreError;
-use crate::store::sandbox::{self as store, Checkout, Payment};
 
 /// A card form is a few hundred bytes; anything much larger is not one.
 const MAX_FORM_BYTES: usize = 8 << 10;

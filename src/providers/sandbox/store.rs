@@ -1,6 +1,8 @@
 //! The sandbox provider's own tables (`sandbox_accounts`, `sandbox_customers`,
 //! `sandbox_checkout_sessions`, its payments, refunds, subscriptions and outbox): what a real
-//! provider would hold on its side.
+//! provider would hold on its side. Its SQL lives in the adapter, not in `store/`: these tables
+//! are the fake provider's, and nothing but the sandbox reads or writes them (the one exception
+//! to "store/ is the only place with SQL", written in ARCHITECTURE.md).
 
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -8,8 +10,8 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::StoreError;
 use crate::domain::ids::TenantId;
+use crate::store::{StoreError, statement_span};
 
 /// A sandbox checkout session as stored.
 #[derive(Debug, Clone)]
@@ -103,7 +105,7 @@ pub async fn upsert_customer(
     .await?;
     find_customer(conn, account, client_reference)
         .await?
-        .ok_or_else(|| super::corrupt("sandbox customer", "missing after insert"))
+        .ok_or_else(|| crate::store::corrupt("sandbox customer", "missing after insert"))
 }
 
 pub async fn find_customer(
@@ -151,7 +153,7 @@ pub async fn upsert_session(
     .await?;
     find_session_by_reference(conn, s.account, s.client_reference)
         .await?
-        .ok_or_else(|| super::corrupt("sandbox session", "missing after insert"))
+        .ok_or_else(|| crate::store::corrupt("sandbox session", "missing after insert"))
 }
 
 pub async fn find_session(
@@ -277,7 +279,7 @@ pub async fn claim_deliveries(
         newest_first,
     )
     .fetch_all(conn)
-    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .instrument(statement_span!("UPDATE", "sandbox_outbox"))
     .await?;
     Ok(rows
         .into_iter()
@@ -303,7 +305,7 @@ pub async fn mark_delivered(conn: &mut PgConnection, id: i64) -> Result<(), Stor
         id,
     )
     .execute(conn)
-    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .instrument(statement_span!("UPDATE", "sandbox_outbox"))
     .await?;
     Ok(())
 }
@@ -325,7 +327,7 @@ pub async fn reschedule_delivery(
         error,
     )
     .execute(conn)
-    .instrument(super::statement_span!("UPDATE", "sandbox_outbox"))
+    .instrument(statement_span!("UPDATE", "sandbox_outbox"))
     .await?;
     Ok(())
 }
@@ -455,10 +457,7 @@ pub async fn expire_due_sessions(
         limit,
     )
     .fetch_all(conn)
-    .instrument(super::statement_span!(
-        "UPDATE",
-        "sandbox_checkout_sessions"
-    ))
+    .instrument(statement_span!("UPDATE", "sandbox_checkout_sessions"))
     .await?;
     Ok(rows)
 }
@@ -482,7 +481,7 @@ pub async fn enqueue_events(
         bodies,
     )
     .execute(conn)
-    .instrument(super::statement_span!("INSERT", "sandbox_outbox"))
+    .instrument(statement_span!("INSERT", "sandbox_outbox"))
     .await?;
     Ok(())
 }
@@ -593,10 +592,7 @@ pub async fn find_checkout(
         id,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!(
-        "SELECT",
-        "sandbox_checkout_sessions"
-    ))
+    .instrument(statement_span!("SELECT", "sandbox_checkout_sessions"))
     .await?)
 }
 
@@ -625,10 +621,7 @@ pub async fn lock_checkout(
         id,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!(
-        "SELECT",
-        "sandbox_checkout_sessions"
-    ))
+    .instrument(statement_span!("SELECT", "sandbox_checkout_sessions"))
     .await?)
 }
 
@@ -651,10 +644,7 @@ pub async fn complete_session(
         now,
     )
     .execute(conn)
-    .instrument(super::statement_span!(
-        "UPDATE",
-        "sandbox_checkout_sessions"
-    ))
+    .instrument(statement_span!("UPDATE", "sandbox_checkout_sessions"))
     .await?;
     Ok(())
 }
@@ -675,10 +665,7 @@ pub async fn set_setup_requires_action(
         pending,
     )
     .execute(conn)
-    .instrument(super::statement_span!(
-        "UPDATE",
-        "sandbox_checkout_sessions"
-    ))
+    .instrument(statement_span!("UPDATE", "sandbox_checkout_sessions"))
     .await?;
     Ok(())
 }
@@ -734,7 +721,7 @@ pub async fn record_attempt(
         a.now,
     )
     .fetch_one(conn)
-    .instrument(super::statement_span!("INSERT", "sandbox_payments"))
+    .instrument(statement_span!("INSERT", "sandbox_payments"))
     .await?)
 }
 
@@ -753,7 +740,7 @@ pub async fn find_payment_for_session(
         session_id,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
     .await?)
 }
 
@@ -782,7 +769,7 @@ pub async fn settle_payment(
         now,
     )
     .fetch_one(conn)
-    .instrument(super::statement_span!("UPDATE", "sandbox_payments"))
+    .instrument(statement_span!("UPDATE", "sandbox_payments"))
     .await?)
 }
 
@@ -829,7 +816,7 @@ pub async fn insert_subscription(
         s.now,
     )
     .fetch_one(conn)
-    .instrument(super::statement_span!("INSERT", "sandbox_subscriptions"))
+    .instrument(statement_span!("INSERT", "sandbox_subscriptions"))
     .await?)
 }
 
@@ -851,7 +838,7 @@ pub async fn find_payment_by_reference(
         client_reference,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
     .await?)
 }
 
@@ -871,7 +858,7 @@ pub async fn find_subscription_for_session(
         session_id,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_subscriptions"))
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
     .await?)
 }
 
@@ -890,7 +877,7 @@ pub async fn find_subscription_by_reference(
         client_reference,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_subscriptions"))
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
     .await?)
 }
 
@@ -910,7 +897,7 @@ pub async fn find_refund_by_reference(
         client_reference,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_refunds"))
+    .instrument(statement_span!("SELECT", "sandbox_refunds"))
     .await?)
 }
 
@@ -930,7 +917,7 @@ pub async fn lock_payment(
         id,
     )
     .fetch_optional(conn)
-    .instrument(super::statement_span!("SELECT", "sandbox_payments"))
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
     .await?)
 }
 
@@ -955,7 +942,7 @@ pub async fn insert_refund(
         amount,
     )
     .fetch_one(&mut *conn)
-    .instrument(super::statement_span!("INSERT", "sandbox_refunds"))
+    .instrument(statement_span!("INSERT", "sandbox_refunds"))
     .await?;
     sqlx::query!(
         "UPDATE sandbox_payments
@@ -966,7 +953,7 @@ pub async fn insert_refund(
         amount,
     )
     .execute(conn)
-    .instrument(super::statement_span!("UPDATE", "sandbox_payments"))
+    .instrument(statement_span!("UPDATE", "sandbox_payments"))
     .await?;
     Ok(Refund {
         account: payment.account.clone(),
