@@ -14,7 +14,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
-use super::journal::{self, Journal, OpKind, Started};
+use super::journal::{self, CallFailed, Journal, OpKind, OpStatus, Started};
 use super::page::{self, Page};
 use super::providers::{Providers, Resolved};
 use super::{AppError, RejectionKind, TenantCtx};
@@ -128,9 +128,10 @@ impl Checkout {
         let provider = account.for_op(Operation::CreateCheckoutSession(request.mode))?;
         let mut conn = self.pool.acquire().await?;
         let new = self.prepare(&mut conn, ctx, &request).await?;
-        let customer = self
-            .provider_customer(&mut conn, ctx, &account, new.customer)
-            .await?;
+        // No connection is held while a provider is called: the customer may be made there.
+        drop(conn);
+        let customer = self.provider_customer(ctx, &account, new.customer).await?;
+        let mut conn = self.pool.acquire().await?;
         let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
 
         // An earlier attempt under this key began an operation: find it and its session.
@@ -208,42 +209,40 @@ impl Checkout {
         let op = match started {
             Started::Call(op) => op,
             Started::Existing(op) => {
-                if op.status != "succeeded" && self.journal.settle(&op, &account).await?.is_none() {
+                drop(conn);
+                if op.status != OpStatus::Succeeded
+                    && self.journal.settle(&op, &account).await?.is_none()
+                {
                     // The provider never made it: try again, as a new generation.
                     return Box::pin(self.create_attempt(ctx, call, request)).await;
                 }
+                let mut conn = self.pool.acquire().await?;
                 return self.reload(&mut conn, ctx, id).await;
             }
         };
 
-        let sent = provider
-            .create_checkout_session(
-                &account.name,
-                CheckoutRequest {
-                    client_reference: id.as_uuid(),
-                    idempotency_key: op.idempotency_key(),
-                    customer,
-                    mode: new.mode,
-                    items: new.items.clone(),
-                    amount_total: new.amount_total,
-                    currency: new.currency,
-                    success_url: new
-                        .success_url
-                        .replace(domain::SESSION_ID_PLACEHOLDER, &id.to_string()),
-                    cancel_url: new.cancel_url.clone(),
-                    expires_at: new.expires_at,
-                    trial_days: new.trial_days,
-                },
-            )
-            .await;
-        self.journal
-            .metrics()
-            .observe(account.kind, OpKind::CreateCheckoutSession.as_str(), &sent);
-        let session = match sent {
-            Ok(session) => session,
-            Err(e) => return Err(self.journal.failed(&op, e).await),
-        };
+        drop(conn);
+        let call = provider.create_checkout_session(
+            &account.name,
+            CheckoutRequest {
+                client_reference: id.as_uuid(),
+                idempotency_key: op.idempotency_key(),
+                customer,
+                mode: new.mode,
+                items: new.items.clone(),
+                amount_total: new.amount_total,
+                currency: new.currency,
+                success_url: new
+                    .success_url
+                    .replace(domain::SESSION_ID_PLACEHOLDER, &id.to_string()),
+                cancel_url: new.cancel_url.clone(),
+                expires_at: new.expires_at,
+                trial_days: new.trial_days,
+            },
+        );
+        let session = self.journal.call(&op, account.kind, call).await?;
         super::payments::metrics().checkout("created");
+        let mut conn = self.pool.acquire().await?;
         self.record(
             &mut conn,
             ctx,
@@ -437,7 +436,6 @@ impl Checkout {
     /// remembered in `provider_objects`. `None` where the provider has no customers.
     async fn provider_customer(
         &self,
-        conn: &mut PgConnection,
         ctx: TenantCtx,
         account: &Resolved,
         customer: CustomerId,
@@ -446,21 +444,23 @@ impl Checkout {
             return Ok(None);
         }
         let provider = account.for_op(Operation::CreateCustomer)?;
-        if let Some(id) = known_customer(conn, ctx, &account.name, customer).await? {
-            return Ok(Some(id));
-        }
-        let op = match self
-            .journal
-            .begin(
-                conn,
-                ctx.tenant,
-                &account.name,
-                OpKind::CreateCustomer,
-                customer.as_uuid(),
-                None,
-            )
-            .await?
-        {
+        let started = {
+            let mut conn = self.pool.acquire().await?;
+            if let Some(id) = known_customer(&mut conn, ctx, &account.name, customer).await? {
+                return Ok(Some(id));
+            }
+            self.journal
+                .begin(
+                    &mut conn,
+                    ctx.tenant,
+                    &account.name,
+                    OpKind::CreateCustomer,
+                    customer.as_uuid(),
+                    None,
+                )
+                .await?
+        };
+        let op = match started {
             Started::Call(op) => op,
             Started::Existing(op) => {
                 if let Some(id) = &op.provider_id {
@@ -469,10 +469,12 @@ impl Checkout {
                 // Pending: another call is making this customer right now. Settling it here
                 // could call it failed while it is in flight; wait a little for that call to
                 // record it (its own call, or the resolver once it is stale, settles it).
-                if op.status == "pending" {
+                if op.status == OpStatus::Pending {
                     for _ in 0..CUSTOMER_WAIT_STEPS {
                         tokio::time::sleep(CUSTOMER_WAIT_STEP).await;
-                        if let Some(id) = known_customer(conn, ctx, &account.name, customer).await?
+                        let mut conn = self.pool.acquire().await?;
+                        if let Some(id) =
+                            known_customer(&mut conn, ctx, &account.name, customer).await?
                         {
                             return Ok(Some(id));
                         }
@@ -492,22 +494,15 @@ impl Checkout {
                 };
             }
         };
-        let made = provider
-            .create_customer(
-                &account.name,
-                CustomerRequest {
-                    client_reference: customer.as_uuid(),
-                    idempotency_key: op.idempotency_key(),
-                },
-            )
-            .await;
-        self.journal
-            .metrics()
-            .observe(account.kind, OpKind::CreateCustomer.as_str(), &made);
-        let id = match made {
-            Ok(id) => id,
-            Err(e) => return Err(self.journal.failed(&op, e).await),
-        };
+        let call = provider.create_customer(
+            &account.name,
+            CustomerRequest {
+                client_reference: customer.as_uuid(),
+                idempotency_key: op.idempotency_key(),
+            },
+        );
+        let id = self.journal.call(&op, account.kind, call).await?;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         self.journal
             .succeeded(&mut tx, &op, &account.name, &id)
@@ -557,21 +552,25 @@ impl Checkout {
         ctx: &TenantCtx,
         id: CheckoutId,
     ) -> Result<CheckoutSession, AppError> {
-        let mut conn = self.pool.acquire().await?;
-        let session = store::find_session(&mut conn, ctx.tenant, id)
-            .await?
-            .ok_or_else(not_found)?;
+        let session = {
+            let mut conn = self.pool.acquire().await?;
+            store::find_session(&mut conn, ctx.tenant, id)
+                .await?
+                .ok_or_else(not_found)?
+        };
         let name = AccountName::parse(&session.account)
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
         let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
         let provider = account.for_op(Operation::FetchCheckoutSession)?;
-        let fetched = provider
-            .fetch_checkout_session(&account.name, &session.provider_session_id)
-            .await;
-        self.journal
-            .metrics()
-            .observe(account.kind, "fetch_checkout_session", &fetched);
-        let current = fetched.map_err(journal::provider_error)?;
+        let current = self
+            .journal
+            .fetch(
+                account.kind,
+                "fetch_checkout_session",
+                provider.fetch_checkout_session(&account.name, &session.provider_session_id),
+            )
+            .await?;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         journal::apply_checkout(&mut tx, ctx.tenant, id, &current).await?;
         tx.commit()
@@ -603,10 +602,12 @@ impl Checkout {
         ctx: TenantCtx,
         id: CheckoutId,
     ) -> Result<CheckoutSession, AppError> {
-        let mut conn = self.pool.acquire().await?;
-        let session = store::find_session(&mut conn, ctx.tenant, id)
-            .await?
-            .ok_or_else(not_found)?;
+        let session = {
+            let mut conn = self.pool.acquire().await?;
+            store::find_session(&mut conn, ctx.tenant, id)
+                .await?
+                .ok_or_else(not_found)?
+        };
         if session.status != Status::Open {
             return Err(not_open(session.status));
         }
@@ -614,51 +615,47 @@ impl Checkout {
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
         let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
         let provider = account.for_op(Operation::ExpireCheckoutSession)?;
-        let op = match self
-            .journal
-            .begin(
-                &mut conn,
-                ctx.tenant,
-                &account.name,
-                OpKind::ExpireCheckoutSession,
-                id.as_uuid(),
-                None,
-            )
-            .await?
-        {
+        let started = {
+            let mut conn = self.pool.acquire().await?;
+            self.journal
+                .begin(
+                    &mut conn,
+                    ctx.tenant,
+                    &account.name,
+                    OpKind::ExpireCheckoutSession,
+                    id.as_uuid(),
+                    None,
+                )
+                .await?
+        };
+        let op = match started {
             Started::Call(op) | Started::Existing(op) => op,
         };
         // Expiring is idempotent on the provider's side (an expired session stays expired, and
         // the provider answers with it), so an operation left pending or unknown by a lost
         // attempt is settled by making the same call with the same key.
-        let sent = provider
-            .expire_checkout_session(
-                &account.name,
-                &session.provider_session_id,
-                op.idempotency_key(),
-            )
-            .await;
-        self.journal
-            .metrics()
-            .observe(account.kind, OpKind::ExpireCheckoutSession.as_str(), &sent);
-        let expired = match sent {
+        let call = provider.expire_checkout_session(
+            &account.name,
+            &session.provider_session_id,
+            op.idempotency_key(),
+        );
+        let expired = match self.journal.call(&op, account.kind, call).await {
             Ok(s) => s,
-            Err(ProviderError::Definitive { code, .. }) if code == "session_not_open" => {
-                let _ = self
-                    .journal
-                    .failed(
-                        &op,
-                        ProviderError::Definitive {
-                            code,
-                            message: String::new(),
-                        },
-                    )
-                    .await;
+            Err(CallFailed {
+                cause: ProviderError::Definitive { code, .. },
+                ..
+            }) if code == "session_not_open" => {
                 // The provider knows better: fetch and apply its state, then refuse.
-                let current = provider
-                    .fetch_checkout_session(&account.name, &session.provider_session_id)
-                    .await
-                    .map_err(journal::provider_error)?;
+                let current = self
+                    .journal
+                    .fetch(
+                        account.kind,
+                        "fetch_checkout_session",
+                        provider
+                            .fetch_checkout_session(&account.name, &session.provider_session_id),
+                    )
+                    .await?;
+                let mut conn = self.pool.acquire().await?;
                 let mut tx = conn.begin().await?;
                 journal::apply_checkout(&mut tx, ctx.tenant, id, &current).await?;
                 tx.commit()
@@ -666,8 +663,9 @@ impl Checkout {
                     .map_err(|e| AppError::from_commit(e.into()))?;
                 return Err(not_open(current.status));
             }
-            Err(e) => return Err(self.journal.failed(&op, e).await),
+            Err(failed) => return Err(failed.into()),
         };
+        let mut conn = self.pool.acquire().await?;
         self.record(
             &mut conn,
             ctx,

@@ -21,6 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::payments;
@@ -77,6 +78,41 @@ impl OpKind {
     }
 }
 
+/// Where an operation stands (`provider_operations.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpStatus {
+    /// Written, and the call may be under way.
+    Pending,
+    /// The provider made the object; `provider_id` names it.
+    Succeeded,
+    /// The provider refused, or nothing happened: the next attempt is a new generation.
+    Failed,
+    /// It may or may not have happened: only fetching the object settles it.
+    Unknown,
+}
+
+impl OpStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::Pending => "pending",
+            OpStatus::Succeeded => "succeeded",
+            OpStatus::Failed => "failed",
+            OpStatus::Unknown => "unknown",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            OpStatus::Pending,
+            OpStatus::Succeeded,
+            OpStatus::Failed,
+            OpStatus::Unknown,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
 /// One operation of the journal, current generation.
 #[derive(Debug, Clone)]
 pub struct Op {
@@ -85,7 +121,7 @@ pub struct Op {
     pub generation: i32,
     pub kind: OpKind,
     pub coffer_id: Uuid,
-    pub status: String,
+    pub status: OpStatus,
     pub provider_id: Option<String>,
 }
 
@@ -100,7 +136,10 @@ impl Op {
                 detail: row.kind.clone(),
             })?,
             coffer_id: row.coffer_id,
-            status: row.status,
+            status: OpStatus::parse(&row.status).ok_or_else(|| StoreError::Corrupt {
+                what: "operation status",
+                detail: row.status.clone(),
+            })?,
             provider_id: row.provider_id,
         })
     }
@@ -108,6 +147,20 @@ impl Op {
     /// The provider idempotency key of this generation.
     pub fn idempotency_key(&self) -> String {
         format!("{}-{}", self.id.simple(), self.generation)
+    }
+}
+
+/// A journaled call that failed, recorded: the provider's error, for callers whose own rows
+/// depend on how it failed (a refused refund frees its amount), and the error to answer with.
+#[derive(Debug)]
+pub struct CallFailed {
+    pub cause: ProviderError,
+    pub error: AppError,
+}
+
+impl From<CallFailed> for AppError {
+    fn from(f: CallFailed) -> Self {
+        f.error
     }
 }
 
@@ -185,6 +238,58 @@ impl Journal {
         &self.metrics
     }
 
+    /// Step 2, and step 3 when it fails: the one way Coffer calls a provider to change
+    /// something. The caller has begun `op` (step 1, committed) and holds no database
+    /// connection while `call` runs — a provider's seconds must not hold one of the pool's
+    /// connections — so this takes the future alone. The call is counted; a failure is
+    /// recorded (`failed` when the provider refused or nothing happened, `unknown` when it may
+    /// have happened) and comes back with the error to answer. A success is recorded by the
+    /// caller in the transaction that applies it ([`Journal::apply`], [`Journal::succeeded`]);
+    /// an unknown outcome is settled by fetching ([`Journal::settle`]), never by calling again
+    /// blindly.
+    pub async fn call<T>(
+        &self,
+        op: &Op,
+        provider: ProviderKind,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, CallFailed> {
+        let result = call
+            .instrument(tracing::info_span!(
+                "provider call",
+                provider = provider.as_str(),
+                operation = op.kind.as_str(),
+                generation = op.generation,
+            ))
+            .await;
+        self.metrics.observe(provider, op.kind.as_str(), &result);
+        match result {
+            Ok(value) => Ok(value),
+            Err(cause) => {
+                let error = self.failed(op, cause.clone()).await;
+                Err(CallFailed { cause, error })
+            }
+        }
+    }
+
+    /// A read of the provider's current state (nothing to journal: it changes nothing there),
+    /// counted as `operation`; its failure is the caller's error.
+    pub async fn fetch<T>(
+        &self,
+        provider: ProviderKind,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, AppError> {
+        let result = call
+            .instrument(tracing::info_span!(
+                "provider fetch",
+                provider = provider.as_str(),
+                operation,
+            ))
+            .await;
+        self.metrics.observe(provider, operation, &result);
+        result.map_err(provider_error)
+    }
+
     /// Step 1, committed on its own: the operation as pending.
     pub async fn begin(
         &self,
@@ -214,11 +319,11 @@ impl Journal {
 
     /// Step 3 for a failed call: `failed` when the provider refused or nothing happened,
     /// `unknown` otherwise; returns the error to answer with.
-    pub async fn failed(&self, op: &Op, error: ProviderError) -> AppError {
+    async fn failed(&self, op: &Op, error: ProviderError) -> AppError {
         let (status, failure) = match &error {
-            ProviderError::Definitive { code, .. } => ("failed", code.as_str()),
-            ProviderError::Retryable { .. } => ("failed", "retryable"),
-            ProviderError::Unknown { .. } => ("unknown", "unknown"),
+            ProviderError::Definitive { code, .. } => (OpStatus::Failed, code.as_str()),
+            ProviderError::Retryable { .. } => (OpStatus::Failed, "retryable"),
+            ProviderError::Unknown { .. } => (OpStatus::Unknown, "unknown"),
         };
         let recorded = match self.pool.acquire().await {
             Ok(mut conn) => store::record_outcome(
@@ -226,7 +331,7 @@ impl Journal {
                 op.tenant,
                 op.id,
                 op.generation,
-                status,
+                status.as_str(),
                 None,
                 Some(failure),
             )
@@ -254,7 +359,7 @@ impl Journal {
             op.tenant,
             op.id,
             op.generation,
-            "succeeded",
+            OpStatus::Succeeded.as_str(),
             Some(provider_id),
             None,
         )
@@ -281,11 +386,13 @@ impl Journal {
         account: &Resolved,
     ) -> Result<Option<ProviderObject>, AppError> {
         let provider = account.for_op(Operation::FetchObject)?;
-        let found = provider
-            .fetch_object(&account.name, op.kind.object(), op.coffer_id)
-            .await;
-        self.metrics.observe(account.kind, "fetch_object", &found);
-        let found = found.map_err(provider_error)?;
+        let found = self
+            .fetch(
+                account.kind,
+                "fetch_object",
+                provider.fetch_object(&account.name, op.kind.object(), op.coffer_id),
+            )
+            .await?;
         let mut conn = self.pool.acquire().await?;
         match &found {
             None => {
@@ -295,7 +402,7 @@ impl Journal {
                     op.tenant,
                     op.id,
                     op.generation,
-                    "failed",
+                    OpStatus::Failed.as_str(),
                     None,
                     Some("not_found_on_provider"),
                 )

@@ -29,7 +29,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::inbox::{Handler, HandlerError, Handlers, InboxEvent};
-use super::journal::{Journal, OpKind, Started};
+use super::journal::{CallFailed, Journal, OpKind, OpStatus, Started};
 use super::page::{self, Page};
 use super::providers::Providers;
 use super::{AppError, RejectionKind, TenantCtx};
@@ -702,7 +702,8 @@ impl Payments {
                 let refund = store::find_refund(&mut tx, ctx.tenant, id)
                     .await?
                     .ok_or_else(|| AppError::internal("a journalled refund is missing"))?;
-                if row.status == "failed" && refund.status == RefundStatus::Failed {
+                if row.status == OpStatus::Failed.as_str() && refund.status == RefundStatus::Failed
+                {
                     check_refundable(&locked, refund.amount)?;
                     store::repend_refund(&mut tx, ctx.tenant, id, payment.id, refund.amount)
                         .await?;
@@ -748,15 +749,20 @@ impl Payments {
         tx.commit()
             .await
             .map_err(|e| AppError::from_commit(e.into()))?;
+        // No connection is held while the provider is called.
+        drop(conn);
 
         let op = match started {
             Started::Call(op) => op,
             Started::Existing(op) => {
                 // Pending or unknown: the provider knows whether it refunded. If it did not
                 // (the refund is then FAILED, its amount free), ask again as a new generation.
-                if op.status != "succeeded" && self.journal.settle(&op, &account).await?.is_none() {
+                if op.status != OpStatus::Succeeded
+                    && self.journal.settle(&op, &account).await?.is_none()
+                {
                     return Box::pin(self.refund_attempt(ctx, call, request)).await;
                 }
+                let mut conn = self.pool.acquire().await?;
                 return self.reload_refund(&mut conn, ctx, id).await;
             }
         };
@@ -766,20 +772,17 @@ impl Payments {
             .ok_or_else(|| AppError::internal("a succeeded payment has no provider id"))?;
         let money = Money::stored(amount, locked.currency)
             .map_err(|e| AppError::internal(format!("refund amount: {}", e.0)))?;
-        let sent = provider
-            .refund(
-                &account.name,
-                RefundRequest {
-                    client_reference: id.as_uuid(),
-                    idempotency_key: op.idempotency_key(),
-                    payment: provider_payment,
-                    amount: money,
-                },
-            )
-            .await;
-        self.journal
-            .metrics()
-            .observe(account.kind, OpKind::Refund.as_str(), &sent);
+        let call = provider.refund(
+            &account.name,
+            RefundRequest {
+                client_reference: id.as_uuid(),
+                idempotency_key: op.idempotency_key(),
+                payment: provider_payment,
+                amount: money,
+            },
+        );
+        let sent = self.journal.call(&op, account.kind, call).await;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         match sent {
             Ok(refund) => {
@@ -794,22 +797,17 @@ impl Payments {
             }
             // The provider refused: the refund is FAILED, its amount free again; the answer is
             // the failed refund (stored under the idempotency key like any other).
-            Err(ProviderError::Definitive { code, message }) => {
-                let _ = self
-                    .journal
-                    .failed(
-                        &op,
-                        ProviderError::Definitive {
-                            code: code.clone(),
-                            message,
-                        },
-                    )
-                    .await;
+            Err(CallFailed {
+                cause: ProviderError::Definitive { code, .. },
+                ..
+            }) => {
                 fail_refund(&mut tx, ctx.tenant, id, &code).await?;
             }
             // Nothing happened: free the amount; a retry under the same key asks again.
-            Err(e @ ProviderError::Retryable { .. }) => {
-                let error = self.journal.failed(&op, e).await;
+            Err(CallFailed {
+                cause: ProviderError::Retryable { .. },
+                error,
+            }) => {
                 fail_refund(&mut tx, ctx.tenant, id, "provider_unavailable").await?;
                 tx.commit()
                     .await
@@ -817,7 +815,7 @@ impl Payments {
                 return Err(error);
             }
             // It may have happened: the refund stays pending until the journal settles it.
-            Err(e) => return Err(self.journal.failed(&op, e).await),
+            Err(failed) => return Err(failed.into()),
         }
         audit::insert_audit(
             &mut tx,
