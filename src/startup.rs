@@ -213,7 +213,12 @@ impl Server {
             .journal()
             .metrics()
             .register(metrics.registry_mut());
-        let inbox = Inbox::new(app.pool.clone(), config.inbox.clone());
+        let inbox = Inbox::new(app.pool.clone(), config.inbox.clone()).with_triggers(
+            crate::app::triggers::Triggers::new(
+                app.checkout.providers().clone(),
+                app.checkout.journal().clone(),
+            ),
+        );
         inbox.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
         Ok(Self {

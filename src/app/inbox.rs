@@ -45,8 +45,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::AppError;
+use super::triggers::Triggers;
 use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::event::EventStatus;
+use crate::providers::inbound;
 use crate::providers::object::{ProviderObjectRef, object_of};
 use crate::retry::{backoff, random_unit};
 use crate::shutdown::CancellationToken;
@@ -81,6 +84,10 @@ pub struct InboxConfig {
     pub handler_timeout: Duration,
     /// What applies each (provider, event type).
     pub handlers: Handlers,
+    /// How long a worker holds an event whose object it fetches from the provider (the
+    /// leased phase); past it the event is due again for any worker. Longer than a provider
+    /// call's whole deadline.
+    pub lease: Duration,
 }
 
 impl Default for InboxConfig {
@@ -93,6 +100,7 @@ impl Default for InboxConfig {
             backoff_cap: Duration::from_secs(3600),
             handler_timeout: Duration::from_secs(30),
             handlers: Handlers::builtin(),
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -254,6 +262,9 @@ pub struct Inbox {
     pool: PgPool,
     config: Arc<InboxConfig>,
     metrics: InboxMetrics,
+    /// What fetches the objects of events that are triggers; without it (no provider account
+    /// sends them) such events are `ignored`.
+    triggers: Option<Triggers>,
 }
 
 impl Inbox {
@@ -266,7 +277,14 @@ impl Inbox {
                 ..config
             }),
             metrics: InboxMetrics::default(),
+            triggers: None,
         }
+    }
+
+    /// The same workers, fetching and applying the objects of events that are triggers.
+    pub fn with_triggers(mut self, triggers: Triggers) -> Self {
+        self.triggers = Some(triggers);
+        self
     }
 
     pub fn metrics(&self) -> &InboxMetrics {
@@ -381,32 +399,163 @@ impl Inbox {
             settled.push(outcome);
         }
         // Applied and failed events were written as they went; the batch's processed and
-        // ignored ones are settled together, in the same transaction.
-        for status in [EventStatus::Processed, EventStatus::Ignored] {
-            let rows: Vec<&store::RowAddress> = events
+        // ignored ones are settled together, in the same transaction, and its triggers are
+        // leased for the fetch that follows the commit.
+        let with = |status: EventStatus| -> Vec<&store::RowAddress> {
+            events
                 .iter()
                 .zip(&settled)
                 .filter(|(_, outcome)| **outcome == status)
                 .map(|(e, _)| &e.event.row)
-                .collect();
-            store::settle_events(&mut tx, &rows, status).await?;
+                .collect()
+        };
+        for status in [EventStatus::Processed, EventStatus::Ignored] {
+            store::settle_events(&mut tx, &with(status), status).await?;
         }
+        let lease_end = super::customers::now_micros() + self.config.lease;
+        store::lease_events(&mut tx, &with(EventStatus::Processing), lease_end).await?;
         tx.commit().await?;
         for (event, outcome) in events.iter().zip(settled) {
-            let e = &event.event;
-            let r#type = if self
-                .config
-                .handlers
-                .get(e.provider, &e.event_type)
-                .is_some()
-            {
-                e.event_type.clone()
-            } else {
-                OTHER_TYPE.to_owned()
+            let outcome = match outcome {
+                EventStatus::Processing => {
+                    let span = tracing::info_span!(
+                        "inbox trigger",
+                        otel.kind = "consumer",
+                        event_id = %event.event.id,
+                        provider = event.event.provider.as_str(),
+                        event_type = %event.event.event_type,
+                        attempt = event.event.attempts + 1,
+                    );
+                    match self
+                        .fetch_and_apply(event, lease_end)
+                        .instrument(span)
+                        .await?
+                    {
+                        Some(outcome) => outcome,
+                        // The lease ran out first: the worker that took the event counts it.
+                        None => continue,
+                    }
+                }
+                other => other,
             };
-            self.metrics.outcome(e.provider, r#type, outcome);
+            self.count(&event.event, outcome);
         }
         Ok(claimed_count)
+    }
+
+    fn count(&self, e: &ClaimedEvent, outcome: EventStatus) {
+        let known = self
+            .config
+            .handlers
+            .get(e.provider, &e.event_type)
+            .is_some()
+            || inbound(e.provider)
+                .trigger(&e.event_type, &e.payload)
+                .is_some();
+        let r#type = if known {
+            e.event_type.clone()
+        } else {
+            OTHER_TYPE.to_owned()
+        };
+        self.metrics.outcome(e.provider, r#type, outcome);
+    }
+
+    /// The leased phase of an event that is a trigger: fetch its object from the provider with
+    /// no transaction open, then, in one short transaction under the object's lock, apply it
+    /// and settle the event while the lease is still this worker's. Returns the event's new
+    /// status, or `None` if the lease ran out before the apply (another worker has it).
+    async fn fetch_and_apply(
+        &self,
+        event: &InboxEvent,
+        lease_end: time::OffsetDateTime,
+    ) -> Result<Option<EventStatus>, StoreError> {
+        let e = &event.event;
+        let (Some(triggers), Some(trigger)) = (
+            &self.triggers,
+            inbound(e.provider).trigger(&e.event_type, &e.payload),
+        ) else {
+            return Ok(Some(EventStatus::Ignored));
+        };
+        let fetched = triggers.fetch(e.tenant, &e.account, &trigger).await;
+        let failure = match fetched {
+            Ok(Some(object)) => {
+                let mut tx = self.pool.begin().await?;
+                if let Some(key) = event.lock {
+                    store::lock_objects(&mut tx, &[key]).await?;
+                }
+                if !store::settle_leased(&mut tx, e.tenant, e.id, lease_end).await? {
+                    tx.rollback().await?;
+                    tracing::warn!(
+                        "inbox trigger lease ran out before its apply; left to its new holder"
+                    );
+                    return Ok(None);
+                }
+                match super::triggers::apply(&mut tx, e.tenant, &object).await {
+                    Ok(()) => {
+                        tx.commit().await?;
+                        tracing::info!("inbox event processed");
+                        return Ok(Some(EventStatus::Processed));
+                    }
+                    Err(error) => {
+                        tx.rollback().await?;
+                        Failure::Coffer(error.to_string())
+                    }
+                }
+            }
+            Ok(None) => Failure::Coffer(format!(
+                "the provider has no {} {}",
+                trigger.kind.as_str(),
+                trigger.id
+            )),
+            // The provider is down or slow: the event waits for it, however long the outage.
+            Err(AppError::Provider(error)) => Failure::ProviderDown(error.to_string()),
+            Err(error) => Failure::Coffer(error.to_string()),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let status = self.fail(&mut conn, e, failure, Some(lease_end)).await?;
+        Ok(Some(status))
+    }
+
+    /// Records a failed attempt of `e`: `failed` and due again after a backoff, or `dead` after
+    /// the last attempt — but never `dead` while the provider is down.
+    async fn fail(
+        &self,
+        conn: &mut PgConnection,
+        e: &ClaimedEvent,
+        failure: Failure,
+        lease_end: Option<time::OffsetDateTime>,
+    ) -> Result<EventStatus, StoreError> {
+        let attempts = e.attempts + 1;
+        let (mut message, provider_down) = match failure {
+            Failure::Coffer(m) => (m, false),
+            Failure::ProviderDown(m) => (m, true),
+        };
+        truncate(&mut message, MAX_ERROR_LEN);
+        let (status, retry_in) = if attempts >= MAX_ATTEMPTS && !provider_down {
+            (EventStatus::Dead, Duration::ZERO)
+        } else {
+            (
+                EventStatus::Failed,
+                backoff(
+                    attempts,
+                    self.config.backoff_base,
+                    self.config.backoff_cap,
+                    random_unit(),
+                ),
+            )
+        };
+        store::fail_event(
+            conn, e.tenant, e.id, status, attempts, &message, retry_in, lease_end,
+        )
+        .await?;
+        tracing::warn!(
+            error = %message,
+            attempts,
+            status = status.as_str(),
+            retry_in_ms = retry_in.as_millis() as u64,
+            "inbox event failed"
+        );
+        Ok(status)
     }
 
     /// Applies one event in a savepoint of `tx`; returns its new status. A failure is recorded
@@ -418,6 +567,14 @@ impl Inbox {
     ) -> Result<EventStatus, StoreError> {
         let e = &event.event;
         let Some(handler) = self.config.handlers.get(e.provider, &e.event_type) else {
+            // A trigger is leased now and fetched after the commit; anything else is ignored.
+            if self.triggers.is_some()
+                && inbound(e.provider)
+                    .trigger(&e.event_type, &e.payload)
+                    .is_some()
+            {
+                return Ok(EventStatus::Processing);
+            }
             tracing::debug!("no handler for this event type: ignored");
             return Ok(EventStatus::Ignored);
         };
@@ -431,34 +588,20 @@ impl Inbox {
             Err(error) => {
                 // The handler's writes go; the failure is recorded in the batch's transaction.
                 savepoint.rollback().await?;
-                let attempts = e.attempts + 1;
-                let mut message = error.to_string();
-                truncate(&mut message, MAX_ERROR_LEN);
-                let (status, retry_in) = if attempts >= MAX_ATTEMPTS {
-                    (EventStatus::Dead, Duration::ZERO)
-                } else {
-                    (
-                        EventStatus::Failed,
-                        backoff(
-                            attempts,
-                            self.config.backoff_base,
-                            self.config.backoff_cap,
-                            random_unit(),
-                        ),
-                    )
-                };
-                store::fail_event(tx, e.tenant, e.id, status, attempts, &message, retry_in).await?;
-                tracing::warn!(
-                    error = %message,
-                    attempts,
-                    status = status.as_str(),
-                    retry_in_ms = retry_in.as_millis() as u64,
-                    "inbox event failed"
-                );
-                Ok(status)
+                self.fail(tx, e, Failure::Coffer(error.to_string()), None)
+                    .await
             }
         }
     }
+}
+
+/// Why an attempt failed, for whether it may end `dead`.
+enum Failure {
+    /// Coffer could not apply the event (a handler's error, an object it does not hold).
+    Coffer(String),
+    /// The provider could not be asked (unavailable, timed out, its breaker open): the event
+    /// retries with backoff, never going `dead` for it.
+    ProviderDown(String),
 }
 
 /// Runs a handler for at most `timeout`, with a panic turned into a failure rather than the

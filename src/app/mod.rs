@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod subscriptions;
 pub mod sweeper;
 pub mod tenants;
+pub mod triggers;
 pub mod usage;
 
 use std::sync::Arc;

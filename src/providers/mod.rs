@@ -58,6 +58,22 @@ pub trait Inbound: Send + Sync {
 
     /// The provider object a stored (verified) event is about, when the adapter can name one.
     fn object_of(&self, payload: &[u8]) -> Option<object::ProviderObjectRef>;
+
+    /// What a stored event of `event_type` asks the inbox to fetch, for a provider whose events
+    /// are triggers rather than the truth (DESIGN §5.3); `None` when the event is applied as it
+    /// is (the sandbox's, which carry versioned objects) or not at all (an unknown type).
+    fn trigger(&self, _event_type: &str, _payload: &[u8]) -> Option<Trigger> {
+        None
+    }
+}
+
+/// An object an event names, to be fetched from the provider and applied as the provider has
+/// it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub kind: ObjectKind,
+    /// The provider's id of the object.
+    pub id: String,
 }
 
 /// The adapter that reads `kind`'s webhooks: the one place a provider kind picks its webhook
@@ -163,6 +179,10 @@ pub struct CheckoutRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderCheckout {
     pub id: String,
+    /// Coffer's checkout id, as the provider echoes it (`client_reference_id`): how a fetched
+    /// session is found here, even before the create's own answer was recorded. `None` where
+    /// the answer is to a call that named the session already (the sandbox's).
+    pub client_reference: Option<Uuid>,
     pub url: String,
     pub status: Status,
     pub payment_status: PaymentStatus,
@@ -309,6 +329,15 @@ pub trait Provider: Send + Sync {
         account: &'a AccountName,
         request: RefundRequest,
     ) -> BoxFuture<'a, Result<ProviderRefund, ProviderError>>;
+
+    /// The current state of the provider's object `id` of `kind`, `None` if the provider has
+    /// no such object: what the inbox applies for an event that is a trigger.
+    fn fetch<'a>(
+        &'a self,
+        account: &'a AccountName,
+        kind: ObjectKind,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>>;
 
     /// The object of `kind` that Coffer created with `client_reference`, if the provider has
     /// one: how an unknown outcome is settled.

@@ -41,7 +41,8 @@ pub struct ClaimedEvent {
 pub struct RowAddress(String);
 
 /// Locks up to `limit` due events, skipping those another worker holds: failed events due for
-/// another attempt first, then pending ones, each oldest due first. That is the order of the
+/// another attempt first, then pending ones, then leased ones whose lease ran out (their
+/// worker died between fetching and applying), each oldest due first. That is the order of the
 /// claim index (`webhook_events_claim`, on status and next_attempt_at; `failed` sorts before
 /// `pending`), so the scan reads the index in order and stops after `limit` rows, however
 /// long the backlog: ordering by next_attempt_at alone would sort every due row (150 ms
@@ -55,7 +56,7 @@ pub async fn claim_events(
         r#"SELECT ctid::text AS "ctid!", tenant_id, id, account, provider, provider_event_id,
                   event_type, attempts, payload, received_at, traceparent
          FROM webhook_events
-         WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+         WHERE status IN ('pending', 'failed', 'processing') AND next_attempt_at <= now()
          ORDER BY status, next_attempt_at
          LIMIT $1
          FOR UPDATE SKIP LOCKED"#,
@@ -111,7 +112,57 @@ pub async fn settle_events(
     Ok(())
 }
 
-/// Records a failed attempt: `failed` and due again after `retry_in`, or `dead`.
+/// Leases claimed events whose object is to be fetched from the provider before they are
+/// applied: `processing`, and kept from other workers until `lease_end`, which is also the
+/// lease's token (see [`settle_leased`]). The lease commits with the claim, so no transaction
+/// is open while the provider is called; a worker that dies mid-fetch leaves its events due
+/// again when the lease runs out. One statement for the batch.
+pub async fn lease_events(
+    conn: &mut PgConnection,
+    rows: &[&RowAddress],
+    lease_end: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    sqlx::query!(
+        "UPDATE webhook_events SET status = 'processing', next_attempt_at = $2
+         WHERE ctid = ANY($1::text[]::tid[])",
+        &rows as _,
+        lease_end,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "webhook_events"))
+    .await?;
+    Ok(())
+}
+
+/// Settles a leased event as `processed` if the lease is still the caller's (the row is
+/// `processing` until `lease_end`); `false` if it ran out and another worker has the event.
+pub async fn settle_leased(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: EventId,
+    lease_end: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        "UPDATE webhook_events
+         SET status = 'processed', processed_at = clock_timestamp(), last_error = NULL
+         WHERE tenant_id = $1 AND id = $2 AND status = 'processing' AND next_attempt_at = $3",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        lease_end,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "webhook_events"))
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records a failed attempt: `failed` and due again after `retry_in`, or `dead`. For a leased
+/// event (`lease_end`), only while the lease is still the caller's.
+#[allow(clippy::too_many_arguments)]
 pub async fn fail_event(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -120,19 +171,22 @@ pub async fn fail_event(
     attempts: i32,
     error: &str,
     retry_in: Duration,
+    lease_end: Option<OffsetDateTime>,
 ) -> Result<(), StoreError> {
     debug_assert!(matches!(status, EventStatus::Failed | EventStatus::Dead));
     sqlx::query!(
         "UPDATE webhook_events
          SET status = $3, attempts = $4, last_error = $5,
              next_attempt_at = clock_timestamp() + make_interval(secs => $6)
-         WHERE tenant_id = $1 AND id = $2",
+         WHERE tenant_id = $1 AND id = $2
+           AND ($7::timestamptz IS NULL OR (status = 'processing' AND next_attempt_at = $7))",
         tenant.as_uuid(),
         id.as_uuid(),
         status.as_str(),
         attempts,
         error,
         retry_in.as_secs_f64(),
+        lease_end,
     )
     .execute(conn)
     .instrument(super::statement_span!("UPDATE", "webhook_events"))

@@ -49,6 +49,7 @@ async fn spawn() -> (Env, Arc<Faults>) {
             backoff_cap: Duration::from_millis(40),
             handler_timeout: Duration::from_secs(30),
             handlers: Handlers::builtin(),
+            lease: Duration::from_secs(60),
         },
         ..test_config()
     };

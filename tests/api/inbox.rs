@@ -36,6 +36,7 @@ pub(crate) fn inbox(handlers: Handlers) -> InboxConfig {
         backoff_cap: Duration::from_millis(40),
         handler_timeout: Duration::from_secs(30),
         handlers,
+        lease: Duration::from_secs(60),
     }
 }
 

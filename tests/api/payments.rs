@@ -110,6 +110,7 @@ impl Env {
                 backoff_cap: Duration::from_millis(40),
                 handler_timeout: Duration::from_secs(30),
                 handlers: Handlers::builtin(),
+                lease: Duration::from_secs(60),
             },
             ..test_config()
         };
