@@ -704,22 +704,14 @@ impl Payments {
                     .ok_or_else(|| AppError::internal("a journalled refund is missing"))?;
                 if row.status == OpStatus::Failed.as_str() && refund.status == RefundStatus::Failed
                 {
-                    check_refundable(&locked, refund.amount)?;
+                    refundable(&locked, Some(refund.amount))?;
                     store::repend_refund(&mut tx, ctx.tenant, id, payment.id, refund.amount)
                         .await?;
                 }
                 (id, refund.amount)
             }
             None => {
-                let rest = check_refundable(&locked, 0).map(|_| {
-                    refundable_rest(
-                        locked.amount,
-                        locked.amount_refunded,
-                        locked.amount_refund_pending,
-                    )
-                })?;
-                let amount = request.amount.unwrap_or(rest);
-                check_refundable(&locked, amount)?;
+                let amount = refundable(&locked, request.amount)?;
                 let id = RefundId::generate();
                 store::insert_refund(
                     &mut tx,
@@ -844,8 +836,9 @@ impl Payments {
     }
 }
 
-/// A refund of `amount` (0: just the payment's state) is allowed on a locked payment.
-fn check_refundable(p: &store::LockedPayment, amount: i64) -> Result<(), AppError> {
+/// The amount a refund of `asked` (`None`: all that is left) takes from a locked payment, or
+/// why it cannot: a refusal names what was asked for and what is left.
+fn refundable(p: &store::LockedPayment, asked: Option<i64>) -> Result<i64, AppError> {
     if !p.status.refundable() {
         return Err(AppError::rejected(
             RejectionKind::FailedPrecondition,
@@ -857,17 +850,25 @@ fn check_refundable(p: &store::LockedPayment, amount: i64) -> Result<(), AppErro
         ));
     }
     let rest = refundable_rest(p.amount, p.amount_refunded, p.amount_refund_pending);
-    if amount > rest || rest == 0 {
-        return Err(AppError::rejected(
+    let exceeds = |what: String| {
+        AppError::rejected(
             RejectionKind::FailedPrecondition,
             REASON_REFUND_EXCEEDS_PAYMENT,
             format!(
-                "amount: {amount} is more than the {rest} left to refund of the payment's {}",
-                p.amount
+                "{what}, but {rest} is left to refund of the payment's {} ({} refunded, {} \
+                 being refunded)",
+                p.amount, p.amount_refunded, p.amount_refund_pending
             ),
-        ));
+        )
+    };
+    match asked {
+        None if rest == 0 => Err(exceeds("amount: the whole rest was asked for".into())),
+        None => Ok(rest),
+        Some(amount) if amount > rest || rest == 0 => {
+            Err(exceeds(format!("amount: {amount} was asked for")))
+        }
+        Some(amount) => Ok(amount),
     }
-    Ok(())
 }
 
 /// Marks a pending refund FAILED with `code`, freeing its amount.

@@ -724,6 +724,11 @@ async fn refunds_partial_full_over_and_replayed() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(details(&e).0, "REFUND_EXCEEDS_PAYMENT");
+    assert_eq!(
+        e.message(),
+        "amount: 3501 was asked for, but 3500 is left to refund of the payment's 5000 \
+         (1500 refunded, 0 being refunded)"
+    );
 
     // No amount: all that is left.
     let rest = env.refund(&payment.id, None, None).await.unwrap();
@@ -732,8 +737,21 @@ async fn refunds_partial_full_over_and_replayed() {
     let full = env.payment(&env.shop, &payment.id).await;
     assert_eq!(full.amount_refunded, 5_000);
     assert_eq!(full.status, PaymentStatus::Succeeded as i32);
+    // Nothing left: the refusal names what was asked for and what is left, not "0".
     let e = env.refund(&payment.id, None, None).await.unwrap_err();
     assert_eq!(details(&e).0, "REFUND_EXCEEDS_PAYMENT");
+    assert_eq!(
+        e.message(),
+        "amount: the whole rest was asked for, but 0 is left to refund of the payment's 5000 \
+         (5000 refunded, 0 being refunded)"
+    );
+    let e = env.refund(&payment.id, Some(1), None).await.unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("amount: 1 was asked for, but 0 is left"),
+        "{}",
+        e.message()
+    );
 
     // The sandbox's refund.succeeded events, delivered: already applied, applied once.
     assert_eq!(env.deliver_outbox().await, 2);
