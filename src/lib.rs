@@ -19,12 +19,15 @@
 //!   carriers both the gRPC layer and the providers use), Prometheus.
 //! - [`retry`]: backoff with full jitter, for every loop that tries again later.
 //! - [`settings`]: coffer.toml, the provider accounts and per-tenant settings, read at start.
-//! - [`providers`]: the providers' wire formats; today the webhook signature schemes.
+//! - [`providers`]: the provider port and one adapter per provider (sandbox, Stripe, Polar,
+//!   PayTabs, generic HMAC): webhook schemes, event reading, outbound calls.
 //! - [`webhooks`]: the public HTTP sidecar, `POST /webhooks/{account}` → `IngestEvent`.
 //! - [`pg_local`]: finds or starts a Postgres for `serve --dev` and the tests.
 //! - [`bench`]: the load generator behind `coffer bench`.
 //!
-//! Dependencies point inwards: `grpc` → `app` → `domain`, with `app` using `store`.
+//! Dependencies point inwards: `grpc` → `app` → `domain`, with `app` using `store` and
+//! `providers`; `providers` never uses `app` or `grpc`, and `webhooks` speaks to the core only
+//! over gRPC.
 
 pub mod admin;
 pub mod app;
