@@ -16,6 +16,7 @@
 //! (their rows of the capability table already say what they will do).
 
 pub mod object;
+pub mod outbound;
 pub mod sandbox;
 pub mod signature;
 pub mod webhook;
