@@ -216,6 +216,7 @@ impl Server {
         let inbox = Inbox::new(app.pool.clone(), config.inbox.clone());
         inbox.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
+        crate::providers::outbound::OutboundMetrics::shared().register(metrics.registry_mut());
         Ok(Self {
             delivery,
             grpc: bind(config.grpc_addr).await?,
