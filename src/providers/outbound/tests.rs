@@ -622,14 +622,26 @@ async fn the_attempt_spans_carry_the_http_attributes_and_no_secret() {
         }
     }
 
+    let fake = Fake::spawn([
+        reply(503),
+        reply(200),
+        reply(503),
+        reply(200).header("request-id", "req_9"),
+    ])
+    .await;
+    let out = outbound(config(), ProviderKind::Stripe, "acct");
+    // Other tests, on other threads, hit these callsites first and cache "no subscriber is
+    // interested"; one may still be registering a callsite while the subscriber below is
+    // installed, and miss the rebuild. So: register them all (the span and the retry's event)
+    // here first, then install the subscriber and compute every callsite's interest again.
+    out.send(post(fake.url("/v1/customers"), Some("warm-up")))
+        .await
+        .unwrap();
     let fields = Fields::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(fields.clone()));
-    // Other tests' threads may have cached "no subscriber is interested" for these callsites.
     tracing::callsite::rebuild_interest_cache();
 
-    let fake = Fake::spawn([reply(503), reply(200).header("request-id", "req_9")]).await;
-    let out = outbound(config(), ProviderKind::Stripe, "acct");
     let mut request = post(
         fake.url("/v1/customers?email=a%40example.com"),
         Some("key-1"),
