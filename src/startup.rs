@@ -221,6 +221,7 @@ impl Server {
         );
         inbox.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
+        crate::providers::outbound::OutboundMetrics::shared().register(metrics.registry_mut());
         Ok(Self {
             delivery,
             grpc: bind(config.grpc_addr).await?,

@@ -25,6 +25,7 @@
 
 pub mod hmac;
 pub mod object;
+pub mod outbound;
 pub mod paytabs;
 pub mod polar;
 pub mod sandbox;

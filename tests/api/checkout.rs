@@ -1174,7 +1174,7 @@ async fn a_payment_acknowledged_by_a_killed_binary_is_applied_after_restart() {
         .await
         .unwrap()
         .into_inner();
-    let paid = reqwest::Client::builder()
+    let paid = coffer::providers::outbound::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -109,8 +109,19 @@ async fn metrics_count_calls_by_service_method_and_code() {
         .list_customers(tonic::Request::new(ListCustomersRequest::default()))
         .await;
 
+    // An account's outbound stack, built on the process's shared families, reports its
+    // breaker on this server's /metrics.
+    let _stack = coffer::providers::outbound::Outbound::new(
+        Default::default(),
+        coffer::domain::account::ProviderKind::Stripe,
+        &coffer::domain::account::AccountName::parse("health-outbound").unwrap(),
+        coffer::providers::outbound::OutboundMetrics::shared().clone(),
+    )
+    .unwrap();
+
     let (code, body) = http_get(app.admin_addr, "/metrics").await;
     assert_eq!(code, 200);
+    assert!(body.contains(r#"coffer_provider_breaker_state{account="health-outbound"} 0"#));
     assert!(
         body.lines()
             .any(|l| l.starts_with("grpc_server_handled_total{")

@@ -565,7 +565,9 @@ webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
     )
     .await;
     let body = stripe_body("evt_kill");
-    let response = reqwest::Client::new()
+    let response = coffer::providers::outbound::client_builder()
+        .build()
+        .unwrap()
         .post(format!("http://{}/webhooks/acme-stripe", served.http))
         .header(
             "Stripe-Signature",

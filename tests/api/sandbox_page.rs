@@ -56,7 +56,7 @@ async fn spawn() -> Env {
 pub(crate) async fn env_of(app: TestApp) -> Env {
     let http = app.http_addr.expect("the public listener runs");
     let customer = customer(&app, &app.key, "alice").await;
-    let web = reqwest::Client::builder()
+    let web = coffer::providers::outbound::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -1023,7 +1023,11 @@ async fn chromedriver() -> Driver {
     };
     let status = format!("{}/status", driver.url);
     let ready = crate::helpers::eventually(Duration::from_secs(20), || async {
-        reqwest::get(&status)
+        coffer::providers::outbound::client_builder()
+            .build()
+            .unwrap()
+            .get(&status)
+            .send()
             .await
             .is_ok_and(|r| r.status().is_success())
     })

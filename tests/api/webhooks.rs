@@ -24,7 +24,7 @@ use crate::events::{Env, STRIPE_SECRET, now, stripe_body};
 use crate::helpers::{Proxy, TestDb, eventually, http_get};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    coffer::providers::outbound::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
         .build()

@@ -131,7 +131,7 @@ impl Delivery {
         config: DeliveryConfig,
         faults: Arc<Faults>,
     ) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::providers::outbound::client_builder()
             .timeout(config.timeout)
             // The endpoint is this server; a proxy from the environment has no business here.
             .no_proxy()
