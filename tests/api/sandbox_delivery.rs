@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer::domain::checkout::{Mode, PaymentStatus};
 use coffer::domain::ids::TenantId;
 use coffer::grpc::pb::sandbox_client::SandboxClient;
 use coffer::grpc::pb::{AdvanceClockRequest, AdvanceClockResponse};
@@ -433,8 +434,8 @@ async fn session(pool: &PgPool, account: &str, expires_at: OffsetDateTime) -> St
             id: &id,
             client_reference: uuid::Uuid::now_v7(),
             customer: "cus_sbx_1",
-            mode: "payment",
-            payment_status: "unpaid",
+            mode: Mode::Payment,
+            payment_status: PaymentStatus::Unpaid,
             line_items: json!([]),
             amount_total: 2_900,
             currency: "USD",

@@ -16,6 +16,12 @@
 //! [`objects`] writes) in the same transaction. Refunds are made here: under the sandbox
 //! payment's row lock, never past what is left of it, emitting `refund.succeeded` in the same
 //! transaction. [`wire`] reads the event objects back, for Coffer's side.
+//!
+//! Statuses are types from the row up: [`store`] reads each status column into its enum (a
+//! value it does not know is a corrupt row), the code compares enums, and only the SQL and
+//! [`objects`] spell them. A session's and a refund's are Coffer's domain enums (the same
+//! values, spelled the same); a payment's and a subscription's are the sandbox's own
+//! ([`status`]).
 
 pub mod card;
 pub mod clock;
@@ -23,6 +29,7 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod status;
 pub mod store;
 pub mod webhook;
 pub mod wire;
@@ -39,6 +46,7 @@ use uuid::Uuid;
 use sqlx::Connection as _;
 
 use self::events::EventType;
+use self::status::PaymentState;
 use super::{
     CheckoutRequest, CustomerRequest, ObjectKind, Provider, ProviderCheckout, ProviderError,
     ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription, RefundRequest,
@@ -46,7 +54,6 @@ use super::{
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
-use crate::domain::payment::{RefundStatus, SubscriptionStatus};
 use crate::domain::plan::{Billing, Interval};
 use crate::store::StoreError;
 
@@ -257,8 +264,14 @@ fn new_secret() -> String {
 }
 
 /// A store failure inside the sandbox: nothing was applied unless the commit's answer was lost.
+/// A row the sandbox cannot read stays unreadable, so it is no reason to try again.
 fn unavailable(e: StoreError) -> ProviderError {
-    if e.may_have_committed() {
+    if let StoreError::Corrupt { .. } = e {
+        ProviderError::Definitive {
+            code: "corrupt".into(),
+            message: e.to_string(),
+        }
+    } else if e.may_have_committed() {
         ProviderError::Unknown {
             message: e.to_string(),
         }
@@ -270,14 +283,10 @@ fn unavailable(e: StoreError) -> ProviderError {
     }
 }
 
-fn to_checkout(row: store::SessionRow) -> Result<ProviderCheckout, ProviderError> {
-    let bad = || ProviderError::Definitive {
-        code: "corrupt".into(),
-        message: "the sandbox holds an invalid session".into(),
-    };
-    Ok(ProviderCheckout {
-        status: Status::parse(&row.status).ok_or_else(bad)?,
-        payment_status: PaymentStatus::parse(&row.payment_status).ok_or_else(bad)?,
+fn to_checkout(row: store::SessionRow) -> ProviderCheckout {
+    ProviderCheckout {
+        status: row.status,
+        payment_status: row.payment_status,
         id: row.id,
         // The sandbox's answers are to calls that name the session already.
         client_reference: None,
@@ -286,20 +295,13 @@ fn to_checkout(row: store::SessionRow) -> Result<ProviderCheckout, ProviderError
         version: row.version,
         payment: None,
         subscription: None,
-    })
-}
-
-fn corrupt(what: &str) -> ProviderError {
-    ProviderError::Definitive {
-        code: "corrupt".into(),
-        message: format!("the sandbox holds an invalid {what}"),
     }
 }
 
-fn to_payment(row: store::Payment) -> Result<ProviderPayment, ProviderError> {
+fn to_payment(row: store::Payment) -> ProviderPayment {
     let card = row.card_brand.zip(row.card_last4);
-    Ok(ProviderPayment {
-        status: wire::payment_outcome(&row.status).ok_or_else(|| corrupt("payment"))?,
+    ProviderPayment {
+        status: row.status.into(),
         id: row.id,
         client_reference: row.client_reference,
         amount: row.amount,
@@ -308,30 +310,30 @@ fn to_payment(row: store::Payment) -> Result<ProviderPayment, ProviderError> {
         card,
         amount_refunded: row.amount_refunded,
         version: row.version,
-    })
+    }
 }
 
-fn to_refund(row: &store::Refund) -> Result<ProviderRefund, ProviderError> {
-    Ok(ProviderRefund {
-        status: RefundStatus::parse(&row.status).ok_or_else(|| corrupt("refund"))?,
+fn to_refund(row: &store::Refund) -> ProviderRefund {
+    ProviderRefund {
+        status: row.status,
         id: row.id.clone(),
         payment: row.payment_id.clone(),
         client_reference: row.client_reference,
         amount: row.amount,
         version: row.version,
-    })
+    }
 }
 
-fn to_subscription(row: store::Subscription) -> Result<ProviderSubscription, ProviderError> {
-    Ok(ProviderSubscription {
-        status: SubscriptionStatus::parse(&row.status).ok_or_else(|| corrupt("subscription"))?,
+fn to_subscription(row: store::Subscription) -> ProviderSubscription {
+    ProviderSubscription {
+        status: row.status.into(),
         id: row.id,
         client_reference: row.client_reference,
         current_period_start: row.current_period_start,
         current_period_end: row.current_period_end,
         trial_end: row.trial_end,
         version: row.version,
-    })
+    }
 }
 
 fn refund_refused(code: &str, message: &str) -> ProviderError {
@@ -420,8 +422,8 @@ impl Provider for Sandbox {
                     id: &id,
                     client_reference: r.client_reference,
                     customer,
-                    mode: r.mode.as_str(),
-                    payment_status: payment_status.as_str(),
+                    mode: r.mode,
+                    payment_status,
                     line_items: serde_json::Value::Array(items),
                     amount_total: r.amount_total,
                     currency: r.currency.code(),
@@ -434,7 +436,7 @@ impl Provider for Sandbox {
             )
             .await
             .map_err(unavailable)?;
-            self.answer(to_checkout(row)?)
+            self.answer(to_checkout(row))
         })
     }
 
@@ -449,20 +451,18 @@ impl Provider for Sandbox {
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(no_such_session)?;
-            let mut session = to_checkout(row)?;
+            let mut session = to_checkout(row);
             // The session's payment and subscription as the sandbox holds them, so a caller
             // verifying a session sees all of it at once.
             session.payment = store::find_payment_for_session(&mut conn, account.as_str(), id)
                 .await
                 .map_err(unavailable)?
-                .map(to_payment)
-                .transpose()?;
+                .map(to_payment);
             session.subscription =
                 store::find_subscription_for_session(&mut conn, account.as_str(), id)
                     .await
                     .map_err(unavailable)?
-                    .map(to_subscription)
-                    .transpose()?;
+                    .map(to_subscription);
             Ok(session)
         })
     }
@@ -499,13 +499,13 @@ impl Provider for Sandbox {
             .await
             .map_err(unavailable)?;
             match expired {
-                Some(row) => self.answer(to_checkout(row)?),
+                Some(row) => self.answer(to_checkout(row)),
                 None => match store::find_session(&mut conn, account.as_str(), id)
                     .await
                     .map_err(unavailable)?
                 {
                     // Already expired: what an idempotent retry of the expiry sees.
-                    Some(row) if row.status == "expired" => to_checkout(row),
+                    Some(row) if row.status == Status::Expired => Ok(to_checkout(row)),
                     Some(_) => Err(ProviderError::Definitive {
                         code: "session_not_open".into(),
                         message: "only an open checkout session can be expired".into(),
@@ -538,7 +538,7 @@ impl Provider for Sandbox {
                 else {
                     return Ok(Err(refund_refused("resource_missing", "no such payment")));
                 };
-                if payment.status != "succeeded" {
+                if payment.status != PaymentState::Succeeded {
                     return Ok(Err(refund_refused(
                         "payment_not_succeeded",
                         "only a succeeded payment can be refunded",
@@ -579,7 +579,7 @@ impl Provider for Sandbox {
             }
             .await
             .map_err(unavailable)?;
-            self.answer(to_refund(&made?)?)
+            self.answer(to_refund(&made?))
         })
     }
 
@@ -633,7 +633,7 @@ impl Provider for Sandbox {
                     .await
                     .map_err(unavailable)?
                     {
-                        Some(row) => Ok(Some(ProviderObject::CheckoutSession(to_checkout(row)?))),
+                        Some(row) => Ok(Some(ProviderObject::CheckoutSession(to_checkout(row)))),
                         None => Ok(None),
                     }
                 }
@@ -647,7 +647,6 @@ impl Provider for Sandbox {
                 .await
                 .map_err(unavailable)?
                 .map(to_payment)
-                .transpose()?
                 .map(ProviderObject::Payment)),
                 ObjectKind::Refund => {
                     match store::find_refund_by_reference(
@@ -658,7 +657,7 @@ impl Provider for Sandbox {
                     .await
                     .map_err(unavailable)?
                     {
-                        Some(row) => Ok(Some(ProviderObject::Refund(to_refund(&row)?))),
+                        Some(row) => Ok(Some(ProviderObject::Refund(to_refund(&row)))),
                         None => Ok(None),
                     }
                 }
@@ -670,9 +669,28 @@ impl Provider for Sandbox {
                 .await
                 .map_err(unavailable)?
                 .map(to_subscription)
-                .transpose()?
                 .map(ProviderObject::Subscription)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_row_is_a_definitive_refusal_not_a_retry() {
+        let e = unavailable(crate::store::corrupt(
+            "sandbox payment status",
+            "\"pending\"",
+        ));
+        assert_eq!(
+            e,
+            ProviderError::Definitive {
+                code: "corrupt".into(),
+                message: r#"stored sandbox payment status is invalid: "pending""#.into(),
+            }
+        );
     }
 }

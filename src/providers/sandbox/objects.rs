@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::providers::sandbox::store::{Checkout, Payment, Refund, Subscription};
 
 /// A checkout session's fields, as an event reports them.
@@ -16,11 +17,11 @@ pub struct CheckoutSession<'a> {
     pub client_reference: Uuid,
     pub customer: &'a str,
     /// `payment|subscription`.
-    pub mode: &'a str,
+    pub mode: Mode,
     /// `open|complete|expired`.
-    pub status: &'a str,
+    pub status: Status,
     /// `unpaid|paid|no_payment_required`.
-    pub payment_status: &'a str,
+    pub payment_status: PaymentStatus,
     pub amount_total: i64,
     pub currency: &'a str,
     pub expires_at: OffsetDateTime,
@@ -35,9 +36,9 @@ pub fn checkout_session(s: &CheckoutSession<'_>) -> Value {
         "id": s.id,
         "client_reference_id": s.client_reference.to_string(),
         "customer": s.customer,
-        "mode": s.mode,
-        "status": s.status,
-        "payment_status": s.payment_status,
+        "mode": s.mode.as_str(),
+        "status": s.status.as_str(),
+        "payment_status": s.payment_status.as_str(),
         "amount_total": s.amount_total,
         "currency": s.currency,
         "expires_at": s.expires_at.unix_timestamp(),
@@ -53,9 +54,9 @@ impl<'a> From<&'a Checkout> for CheckoutSession<'a> {
             id: &s.id,
             client_reference: s.client_reference,
             customer: &s.customer,
-            mode: &s.mode,
-            status: &s.status,
-            payment_status: &s.payment_status,
+            mode: s.mode,
+            status: s.status,
+            payment_status: s.payment_status,
             amount_total: s.amount_total,
             currency: &s.currency,
             expires_at: s.expires_at,
@@ -78,7 +79,7 @@ pub fn payment(p: &Payment) -> Value {
         "client_reference_id": p.client_reference.to_string(),
         "amount": p.amount,
         "currency": p.currency,
-        "status": p.status,
+        "status": p.status.as_str(),
         "failure_code": p.failure_code,
         "card": card,
         "amount_refunded": p.amount_refunded,
@@ -94,7 +95,7 @@ pub fn refund(r: &Refund) -> Value {
         "client_reference_id": r.client_reference.to_string(),
         "amount": r.amount,
         "currency": r.currency,
-        "status": r.status,
+        "status": r.status.as_str(),
         "version": r.version,
     })
 }
@@ -106,7 +107,7 @@ pub fn subscription(s: &Subscription) -> Value {
         "checkout_session": s.session_id,
         "client_reference_id": s.client_reference.to_string(),
         "customer": s.customer,
-        "status": s.status,
+        "status": s.status.as_str(),
         "current_period_start": s.current_period_start.unix_timestamp(),
         "current_period_end": s.current_period_end.unix_timestamp(),
         "trial_end": s.trial_end.map(OffsetDateTime::unix_timestamp),
@@ -117,6 +118,8 @@ pub fn subscription(s: &Subscription) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::payment::RefundStatus;
+    use crate::providers::sandbox::status::{PaymentState, SubscriptionState};
 
     #[test]
     fn a_checkout_session_has_the_documented_fields() {
@@ -125,9 +128,9 @@ mod tests {
             id: "cs_sbx_1",
             client_reference: reference,
             customer: "cus_sbx_1",
-            mode: "payment",
-            status: "expired",
-            payment_status: "unpaid",
+            mode: Mode::Payment,
+            status: Status::Expired,
+            payment_status: PaymentStatus::Unpaid,
             amount_total: 2_900,
             currency: "USD",
             expires_at: OffsetDateTime::from_unix_timestamp(1_764_590_000).unwrap(),
@@ -174,7 +177,7 @@ mod tests {
             client_reference: reference,
             amount: 5_800,
             currency: "USD".into(),
-            status: "failed".into(),
+            status: PaymentState::Failed,
             failure_code: Some("card_declined".into()),
             card_brand: Some("visa".into()),
             card_last4: Some("0002".into()),
@@ -195,6 +198,73 @@ mod tests {
         );
     }
 
+    /// The objects spell every status as the event contract ([`super::super::events`]) does,
+    /// whatever type holds it.
+    #[test]
+    fn the_objects_spell_statuses_as_the_contract_does() {
+        let session = |mode, status, payment_status| {
+            checkout_session(&CheckoutSession {
+                id: "cs_sbx_1",
+                client_reference: Uuid::nil(),
+                customer: "cus_sbx_1",
+                mode,
+                status,
+                payment_status,
+                amount_total: 0,
+                currency: "USD",
+                expires_at: at(1),
+                payment: None,
+                subscription: None,
+                version: 1,
+            })
+        };
+        let v = session(
+            Mode::Subscription,
+            Status::Complete,
+            PaymentStatus::NoPaymentRequired,
+        );
+        assert_eq!(
+            (&v["mode"], &v["status"], &v["payment_status"]),
+            (
+                &json!("subscription"),
+                &json!("complete"),
+                &json!("no_payment_required")
+            )
+        );
+        let v = session(Mode::Payment, Status::Open, PaymentStatus::Paid);
+        assert_eq!(
+            (&v["mode"], &v["status"], &v["payment_status"]),
+            (&json!("payment"), &json!("open"), &json!("paid"))
+        );
+        let r = Refund {
+            account: "a".into(),
+            id: "re_sbx_1".into(),
+            payment_id: "py_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            amount: 500,
+            currency: "USD".into(),
+            status: RefundStatus::Succeeded,
+            version: 1,
+            created_at: at(1),
+        };
+        assert_eq!(refund(&r)["status"], "succeeded");
+        let s = Subscription {
+            account: "a".into(),
+            id: "sub_sbx_1".into(),
+            session_id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            customer: "cus_sbx_1".into(),
+            status: SubscriptionState::Trialing,
+            current_period_start: at(100),
+            current_period_end: at(200),
+            trial_end: Some(at(200)),
+            fails_on_renewal: false,
+            version: 1,
+            created_at: at(100),
+        };
+        assert_eq!(subscription(&s)["status"], "trialing");
+    }
+
     #[test]
     fn a_subscription_without_a_trial_has_a_null_trial_end() {
         let s = Subscription {
@@ -203,7 +273,7 @@ mod tests {
             session_id: "cs_sbx_1".into(),
             client_reference: Uuid::nil(),
             customer: "cus_sbx_1".into(),
-            status: "active".into(),
+            status: SubscriptionState::Active,
             current_period_start: at(100),
             current_period_end: at(200),
             trial_end: None,

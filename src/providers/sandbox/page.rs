@@ -33,6 +33,8 @@ use uuid::Uuid;
 use super::card::{self, AUTHENTICATION_FAILED, Behaviour, Card, FieldError};
 use super::events::{self, EventType};
 use super::objects;
+use super::status::{PaymentState, SubscriptionState};
+use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::money::{Currency, format_amount};
 use crate::providers::sandbox::store::{self as store, Checkout, Payment};
 use crate::store::StoreError;
@@ -78,22 +80,22 @@ enum Closed {
 /// A session is payable while open and before its expiry by the sandbox's clock; the expiry
 /// sweeper may not have marked it yet.
 fn closed(s: &Checkout) -> Option<Closed> {
-    match s.status.as_str() {
-        "complete" => Some(Closed::Complete),
-        "expired" => Some(Closed::Expired),
-        _ if s.expires_at <= s.now => Some(Closed::Expired),
-        _ => None,
+    match s.status {
+        Status::Complete => Some(Closed::Complete),
+        Status::Expired => Some(Closed::Expired),
+        Status::Open if s.expires_at <= s.now => Some(Closed::Expired),
+        Status::Open => None,
     }
 }
 
 /// A trial takes the card without charging it: there is no payment.
 fn is_trial(s: &Checkout) -> bool {
-    s.payment_status == "no_payment_required"
+    s.payment_status == PaymentStatus::NoPaymentRequired
 }
 
 /// A card waits on the confirmation step: a trial's, or the payment's.
 fn awaiting_confirmation(s: &Checkout) -> bool {
-    s.setup_requires_action || s.payment_attempt.as_deref() == Some("requires_action")
+    s.setup_requires_action || s.payment_attempt == Some(PaymentState::RequiresAction)
 }
 
 /// What a card attempt (or its confirmation) came to.
@@ -270,13 +272,19 @@ async fn answer_confirmation(pool: &PgPool, id: &str, approve: bool) -> Result<A
         }
     } else {
         let payment = store::find_payment_for_session(&mut tx, &s.account, &s.id).await?;
-        let Some(payment) = payment.filter(|p| p.status == "requires_action") else {
+        let Some(payment) = payment.filter(|p| p.status == PaymentState::RequiresAction) else {
             return Ok(nothing_to_confirm(&s));
         };
         if approve {
-            let paid =
-                store::settle_payment(&mut tx, &s.account, &payment.id, "succeeded", None, s.now)
-                    .await?;
+            let paid = store::settle_payment(
+                &mut tx,
+                &s.account,
+                &payment.id,
+                PaymentState::Succeeded,
+                None,
+                s.now,
+            )
+            .await?;
             let fails_on_renewal = paid.fails_on_renewal;
             complete(&mut tx, &s, Some(paid), fails_on_renewal).await?;
             Outcome::Completed
@@ -285,7 +293,7 @@ async fn answer_confirmation(pool: &PgPool, id: &str, approve: bool) -> Result<A
                 &mut tx,
                 &s.account,
                 &payment.id,
-                "failed",
+                PaymentState::Failed,
                 Some(AUTHENTICATION_FAILED),
                 s.now,
             )
@@ -360,11 +368,11 @@ async fn apply_card(
         });
     }
     let (status, failure_code) = match card.behaviour {
-        Behaviour::Succeeds | Behaviour::FailsOnRenewal => ("succeeded", None),
+        Behaviour::Succeeds | Behaviour::FailsOnRenewal => (PaymentState::Succeeded, None),
         Behaviour::Declined | Behaviour::InsufficientFunds => {
-            ("failed", card.behaviour.failure_code())
+            (PaymentState::Failed, card.behaviour.failure_code())
         }
-        Behaviour::RequiresAction => ("requires_action", None),
+        Behaviour::RequiresAction => (PaymentState::RequiresAction, None),
     };
     let new_id = format!("py_sbx_{}", Uuid::now_v7().simple());
     let payment = store::record_attempt(
@@ -386,11 +394,11 @@ async fn apply_card(
     )
     .await?;
     Ok(match (status, failure_code) {
-        ("failed", Some(code)) => {
+        (PaymentState::Failed, Some(code)) => {
             emit_payment(conn, s, EventType::PaymentFailed, &payment).await?;
             Outcome::Failed(code)
         }
-        ("requires_action", _) => Outcome::NeedsAction,
+        (PaymentState::RequiresAction, _) => Outcome::NeedsAction,
         _ => {
             let fails_on_renewal = payment.fails_on_renewal;
             complete(conn, s, Some(payment), fails_on_renewal).await?;
@@ -421,7 +429,7 @@ async fn complete(
     if let Some(p) = &payment {
         emit_payment(conn, s, EventType::PaymentSucceeded, p).await?;
     }
-    if s.mode == "subscription" {
+    if s.mode == Mode::Subscription {
         let (months, _) = period_of(&s.line_items)?;
         let trial_end = (s.trial_days > 0).then(|| s.now + Duration::days(s.trial_days.into()));
         // As Stripe's: a trialing subscription's first period is its trial, so its first
@@ -437,9 +445,9 @@ async fn complete(
                 client_reference: s.client_reference,
                 customer: &s.customer,
                 status: if trial_end.is_some() {
-                    "trialing"
+                    SubscriptionState::Trialing
                 } else {
-                    "active"
+                    SubscriptionState::Active
                 },
                 current_period_start: s.now,
                 current_period_end: period_end,
@@ -459,9 +467,9 @@ async fn complete(
         .await?;
     }
     let payment_status = if payment.is_some() {
-        "paid"
+        PaymentStatus::Paid
     } else {
-        "no_payment_required"
+        PaymentStatus::NoPaymentRequired
     };
     store::complete_session(conn, &s.account, &s.id, payment_status, s.now).await?;
     let done = store::find_checkout(conn, &s.id)
@@ -699,7 +707,7 @@ fn summary(s: &Checkout) -> String {
          <tfoot><tr><td colspan=\"3\">Total</td><td class=\"n\" id=\"total\">{total}</td></tr></tfoot></table>",
         total = m(s.amount_total),
     );
-    if s.mode == "subscription" {
+    if s.mode == Mode::Subscription {
         let every = match period_of(&s.line_items) {
             Ok((12, "year")) => "per year".to_owned(),
             Ok((n, "year")) => format!("every {} years", n / 12),

@@ -10,18 +10,58 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::status::{PaymentState, SubscriptionState};
+use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
-use crate::store::{StoreError, statement_span};
+use crate::domain::payment::RefundStatus;
+use crate::store::{StoreError, corrupt, statement_span};
+
+/// A status column read into its type: a value the type does not know is a corrupt row
+/// (the tables' CHECKs allow none, so only a manual edit or a migration gone wrong gets here).
+fn decode<T>(
+    what: &'static str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    parse(value).ok_or_else(|| corrupt(what, format!("{value:?}")))
+}
 
 /// A sandbox checkout session as stored.
 #[derive(Debug, Clone)]
 pub struct SessionRow {
     pub id: String,
     pub url: String,
-    pub status: String,
-    pub payment_status: String,
+    pub status: Status,
+    pub payment_status: PaymentStatus,
     pub expires_at: OffsetDateTime,
     pub version: i64,
+}
+
+/// A [`SessionRow`] as its columns come back, before its statuses are read.
+struct SessionRecord {
+    id: String,
+    url: String,
+    status: String,
+    payment_status: String,
+    expires_at: OffsetDateTime,
+    version: i64,
+}
+
+impl SessionRecord {
+    fn decode(self) -> Result<SessionRow, StoreError> {
+        Ok(SessionRow {
+            status: decode("sandbox session status", &self.status, Status::parse)?,
+            payment_status: decode(
+                "sandbox session payment status",
+                &self.payment_status,
+                PaymentStatus::parse,
+            )?,
+            id: self.id,
+            url: self.url,
+            expires_at: self.expires_at,
+            version: self.version,
+        })
+    }
 }
 
 /// A sandbox checkout session to insert.
@@ -30,8 +70,8 @@ pub struct NewSession<'a> {
     pub id: &'a str,
     pub client_reference: Uuid,
     pub customer: &'a str,
-    pub mode: &'a str,
-    pub payment_status: &'a str,
+    pub mode: Mode,
+    pub payment_status: PaymentStatus,
     pub line_items: serde_json::Value,
     pub amount_total: i64,
     pub currency: &'a str,
@@ -138,8 +178,8 @@ pub async fn upsert_session(
         s.id,
         s.client_reference,
         s.customer,
-        s.mode,
-        s.payment_status,
+        s.mode.as_str(),
+        s.payment_status.as_str(),
         Json(&s.line_items) as _,
         s.amount_total,
         s.currency,
@@ -161,15 +201,17 @@ pub async fn find_session(
     account: &str,
     id: &str,
 ) -> Result<Option<SessionRow>, StoreError> {
-    Ok(sqlx::query_as!(
-        SessionRow,
+    sqlx::query_as!(
+        SessionRecord,
         "SELECT id, url, status, payment_status, expires_at, version
          FROM sandbox_checkout_sessions WHERE account = $1 AND id = $2",
         account,
         id,
     )
     .fetch_optional(conn)
-    .await?)
+    .await?
+    .map(SessionRecord::decode)
+    .transpose()
 }
 
 pub async fn find_session_by_reference(
@@ -177,15 +219,17 @@ pub async fn find_session_by_reference(
     account: &str,
     client_reference: Uuid,
 ) -> Result<Option<SessionRow>, StoreError> {
-    Ok(sqlx::query_as!(
-        SessionRow,
+    sqlx::query_as!(
+        SessionRecord,
         "SELECT id, url, status, payment_status, expires_at, version
          FROM sandbox_checkout_sessions WHERE account = $1 AND client_reference = $2",
         account,
         client_reference,
     )
     .fetch_optional(conn)
-    .await?)
+    .await?
+    .map(SessionRecord::decode)
+    .transpose()
 }
 
 /// Expires the session if it is open, bumping its version; `None` if it is not open (or
@@ -195,8 +239,8 @@ pub async fn expire_session(
     account: &str,
     id: &str,
 ) -> Result<Option<SessionRow>, StoreError> {
-    Ok(sqlx::query_as!(
-        SessionRow,
+    sqlx::query_as!(
+        SessionRecord,
         "UPDATE sandbox_checkout_sessions
          SET status = 'expired', version = version + 1, updated_at = now()
          WHERE account = $1 AND id = $2 AND status = 'open'
@@ -205,7 +249,9 @@ pub async fn expire_session(
         id,
     )
     .fetch_optional(conn)
-    .await?)
+    .await?
+    .map(SessionRecord::decode)
+    .transpose()
 }
 
 /// Queues an event body for delivery, due now. `webhook_id` is unique: an event is queued once.
@@ -399,9 +445,9 @@ pub struct ExpiredSession {
     pub id: String,
     pub client_reference: Uuid,
     pub customer: String,
-    pub mode: String,
-    pub status: String,
-    pub payment_status: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub payment_status: PaymentStatus,
     pub amount_total: i64,
     pub currency: String,
     pub expires_at: OffsetDateTime,
@@ -410,6 +456,49 @@ pub struct ExpiredSession {
     pub version: i64,
     /// The account's sandbox time when it expired.
     pub sandbox_now: OffsetDateTime,
+}
+
+/// An [`ExpiredSession`] as its columns come back, before its statuses are read.
+struct ExpiredRecord {
+    account: String,
+    id: String,
+    client_reference: Uuid,
+    customer: String,
+    mode: String,
+    status: String,
+    payment_status: String,
+    amount_total: i64,
+    currency: String,
+    expires_at: OffsetDateTime,
+    payment: Option<String>,
+    subscription: Option<String>,
+    version: i64,
+    sandbox_now: OffsetDateTime,
+}
+
+impl ExpiredRecord {
+    fn decode(self) -> Result<ExpiredSession, StoreError> {
+        Ok(ExpiredSession {
+            mode: decode("sandbox session mode", &self.mode, Mode::parse)?,
+            status: decode("sandbox session status", &self.status, Status::parse)?,
+            payment_status: decode(
+                "sandbox session payment status",
+                &self.payment_status,
+                PaymentStatus::parse,
+            )?,
+            account: self.account,
+            id: self.id,
+            client_reference: self.client_reference,
+            customer: self.customer,
+            amount_total: self.amount_total,
+            currency: self.currency,
+            expires_at: self.expires_at,
+            payment: self.payment,
+            subscription: self.subscription,
+            version: self.version,
+            sandbox_now: self.sandbox_now,
+        })
+    }
 }
 
 /// Expires, in one statement, up to `limit` open sessions whose `expires_at` has passed on
@@ -421,7 +510,7 @@ pub async fn expire_due_sessions(
     limit: i64,
 ) -> Result<Vec<ExpiredSession>, StoreError> {
     let rows = sqlx::query_as!(
-        ExpiredSession,
+        ExpiredRecord,
         r#"WITH due AS (
                SELECT s.account, s.id, now() + a.clock_offset AS sandbox_now
                FROM sandbox_checkout_sessions s
@@ -459,7 +548,7 @@ pub async fn expire_due_sessions(
     .fetch_all(conn)
     .instrument(statement_span!("UPDATE", "sandbox_checkout_sessions"))
     .await?;
-    Ok(rows)
+    rows.into_iter().map(ExpiredRecord::decode).collect()
 }
 
 /// Queues several event bodies in one statement (see [`enqueue_event`]).
@@ -496,9 +585,9 @@ pub struct Checkout {
     pub id: String,
     pub client_reference: Uuid,
     pub customer: String,
-    pub mode: String,
-    pub status: String,
-    pub payment_status: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub payment_status: PaymentStatus,
     /// `[{name, unit_amount, quantity, amount_total, interval?, interval_count?}]`.
     pub line_items: serde_json::Value,
     pub amount_total: i64,
@@ -511,12 +600,70 @@ pub struct Checkout {
     pub setup_requires_action: bool,
     pub version: i64,
     pub payment: Option<String>,
-    /// The payment's status, when there is one (`requires_action` while it waits on the
+    /// The payment's status, when there is one (`RequiresAction` while it waits on the
     /// confirmation step).
-    pub payment_attempt: Option<String>,
+    pub payment_attempt: Option<PaymentState>,
     pub subscription: Option<String>,
     /// The sandbox's now: the database's `now()` plus the account's clock offset.
     pub now: OffsetDateTime,
+}
+
+/// A [`Checkout`] as its columns come back, before its statuses are read.
+struct CheckoutRecord {
+    account: String,
+    id: String,
+    client_reference: Uuid,
+    customer: String,
+    mode: String,
+    status: String,
+    payment_status: String,
+    line_items: serde_json::Value,
+    amount_total: i64,
+    currency: String,
+    trial_days: i16,
+    success_url: String,
+    cancel_url: String,
+    expires_at: OffsetDateTime,
+    setup_requires_action: bool,
+    version: i64,
+    payment: Option<String>,
+    payment_attempt: Option<String>,
+    subscription: Option<String>,
+    now: OffsetDateTime,
+}
+
+impl CheckoutRecord {
+    fn decode(self) -> Result<Checkout, StoreError> {
+        Ok(Checkout {
+            mode: decode("sandbox session mode", &self.mode, Mode::parse)?,
+            status: decode("sandbox session status", &self.status, Status::parse)?,
+            payment_status: decode(
+                "sandbox session payment status",
+                &self.payment_status,
+                PaymentStatus::parse,
+            )?,
+            payment_attempt: self
+                .payment_attempt
+                .map(|p| decode("sandbox payment status", &p, PaymentState::parse))
+                .transpose()?,
+            account: self.account,
+            id: self.id,
+            client_reference: self.client_reference,
+            customer: self.customer,
+            line_items: self.line_items,
+            amount_total: self.amount_total,
+            currency: self.currency,
+            trial_days: self.trial_days,
+            success_url: self.success_url,
+            cancel_url: self.cancel_url,
+            expires_at: self.expires_at,
+            setup_requires_action: self.setup_requires_action,
+            version: self.version,
+            payment: self.payment,
+            subscription: self.subscription,
+            now: self.now,
+        })
+    }
 }
 
 /// A sandbox payment as stored. No card number or CVC exists anywhere to be read.
@@ -528,7 +675,7 @@ pub struct Payment {
     pub client_reference: Uuid,
     pub amount: i64,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentState,
     pub failure_code: Option<String>,
     pub card_brand: Option<String>,
     pub card_last4: Option<String>,
@@ -537,6 +684,47 @@ pub struct Payment {
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+/// A [`Payment`] as its columns come back, before its status is read.
+struct PaymentRecord {
+    account: String,
+    id: String,
+    session_id: String,
+    client_reference: Uuid,
+    amount: i64,
+    currency: String,
+    status: String,
+    failure_code: Option<String>,
+    card_brand: Option<String>,
+    card_last4: Option<String>,
+    fails_on_renewal: bool,
+    amount_refunded: i64,
+    version: i64,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl PaymentRecord {
+    fn decode(self) -> Result<Payment, StoreError> {
+        Ok(Payment {
+            status: decode("sandbox payment status", &self.status, PaymentState::parse)?,
+            account: self.account,
+            id: self.id,
+            session_id: self.session_id,
+            client_reference: self.client_reference,
+            amount: self.amount,
+            currency: self.currency,
+            failure_code: self.failure_code,
+            card_brand: self.card_brand,
+            card_last4: self.card_last4,
+            fails_on_renewal: self.fails_on_renewal,
+            amount_refunded: self.amount_refunded,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
 }
 
 /// A sandbox refund, with its payment's currency (refunds are in the payment's currency).
@@ -548,9 +736,38 @@ pub struct Refund {
     pub client_reference: Uuid,
     pub amount: i64,
     pub currency: String,
-    pub status: String,
+    pub status: RefundStatus,
     pub version: i64,
     pub created_at: OffsetDateTime,
+}
+
+/// A [`Refund`] as its columns come back, before its status is read.
+struct RefundRecord {
+    account: String,
+    id: String,
+    payment_id: String,
+    client_reference: Uuid,
+    amount: i64,
+    currency: String,
+    status: String,
+    version: i64,
+    created_at: OffsetDateTime,
+}
+
+impl RefundRecord {
+    fn decode(self) -> Result<Refund, StoreError> {
+        Ok(Refund {
+            status: decode("sandbox refund status", &self.status, RefundStatus::parse)?,
+            account: self.account,
+            id: self.id,
+            payment_id: self.payment_id,
+            client_reference: self.client_reference,
+            amount: self.amount,
+            currency: self.currency,
+            version: self.version,
+            created_at: self.created_at,
+        })
+    }
 }
 
 /// A sandbox subscription as stored.
@@ -561,7 +778,7 @@ pub struct Subscription {
     pub session_id: String,
     pub client_reference: Uuid,
     pub customer: String,
-    pub status: String,
+    pub status: SubscriptionState,
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
@@ -570,13 +787,52 @@ pub struct Subscription {
     pub created_at: OffsetDateTime,
 }
 
+/// A [`Subscription`] as its columns come back, before its status is read.
+struct SubscriptionRecord {
+    account: String,
+    id: String,
+    session_id: String,
+    client_reference: Uuid,
+    customer: String,
+    status: String,
+    current_period_start: OffsetDateTime,
+    current_period_end: OffsetDateTime,
+    trial_end: Option<OffsetDateTime>,
+    fails_on_renewal: bool,
+    version: i64,
+    created_at: OffsetDateTime,
+}
+
+impl SubscriptionRecord {
+    fn decode(self) -> Result<Subscription, StoreError> {
+        Ok(Subscription {
+            status: decode(
+                "sandbox subscription status",
+                &self.status,
+                SubscriptionState::parse,
+            )?,
+            account: self.account,
+            id: self.id,
+            session_id: self.session_id,
+            client_reference: self.client_reference,
+            customer: self.customer,
+            current_period_start: self.current_period_start,
+            current_period_end: self.current_period_end,
+            trial_end: self.trial_end,
+            fails_on_renewal: self.fails_on_renewal,
+            version: self.version,
+            created_at: self.created_at,
+        })
+    }
+}
+
 /// The session `id` (of any account), for showing. Takes no lock.
 pub async fn find_checkout(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<Checkout>, StoreError> {
-    Ok(sqlx::query_as!(
-        Checkout,
+    sqlx::query_as!(
+        CheckoutRecord,
         r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
                   s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
                   s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
@@ -593,7 +849,9 @@ pub async fn find_checkout(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_checkout_sessions"))
-    .await?)
+    .await?
+    .map(CheckoutRecord::decode)
+    .transpose()
 }
 
 /// The session `id`, locked for the rest of the transaction: every card attempt on one session
@@ -603,8 +861,8 @@ pub async fn lock_checkout(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<Checkout>, StoreError> {
-    Ok(sqlx::query_as!(
-        Checkout,
+    sqlx::query_as!(
+        CheckoutRecord,
         r#"SELECT s.account, s.id, s.client_reference, s.customer, s.mode, s.status,
                   s.payment_status, s.line_items, s.amount_total, s.currency, s.trial_days,
                   s.success_url, s.cancel_url, s.expires_at, s.setup_requires_action, s.version,
@@ -622,7 +880,9 @@ pub async fn lock_checkout(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_checkout_sessions"))
-    .await?)
+    .await?
+    .map(CheckoutRecord::decode)
+    .transpose()
 }
 
 /// Marks the session complete with `payment_status`, bumping its version.
@@ -630,7 +890,7 @@ pub async fn complete_session(
     conn: &mut PgConnection,
     account: &str,
     id: &str,
-    payment_status: &str,
+    payment_status: PaymentStatus,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     sqlx::query!(
@@ -640,7 +900,7 @@ pub async fn complete_session(
          WHERE account = $1 AND id = $2 AND status = 'open'",
         account,
         id,
-        payment_status,
+        payment_status.as_str(),
         now,
     )
     .execute(conn)
@@ -679,7 +939,7 @@ pub struct PaymentAttempt<'a> {
     pub client_reference: Uuid,
     pub amount: i64,
     pub currency: &'a str,
-    pub status: &'a str,
+    pub status: PaymentState,
     pub failure_code: Option<&'a str>,
     pub card_brand: &'a str,
     pub card_last4: &'a str,
@@ -693,8 +953,8 @@ pub async fn record_attempt(
     conn: &mut PgConnection,
     a: PaymentAttempt<'_>,
 ) -> Result<Payment, StoreError> {
-    Ok(sqlx::query_as!(
-        Payment,
+    sqlx::query_as!(
+        PaymentRecord,
         "INSERT INTO sandbox_payments
              (account, id, session_id, client_reference, amount, currency, status, failure_code,
               card_brand, card_last4, fails_on_renewal, version, created_at, updated_at)
@@ -713,7 +973,7 @@ pub async fn record_attempt(
         a.client_reference,
         a.amount,
         a.currency,
-        a.status,
+        a.status.as_str(),
         a.failure_code,
         a.card_brand,
         a.card_last4,
@@ -722,7 +982,8 @@ pub async fn record_attempt(
     )
     .fetch_one(conn)
     .instrument(statement_span!("INSERT", "sandbox_payments"))
-    .await?)
+    .await?
+    .decode()
 }
 
 pub async fn find_payment_for_session(
@@ -730,8 +991,8 @@ pub async fn find_payment_for_session(
     account: &str,
     session_id: &str,
 ) -> Result<Option<Payment>, StoreError> {
-    Ok(sqlx::query_as!(
-        Payment,
+    sqlx::query_as!(
+        PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
                 version, created_at, updated_at
@@ -741,7 +1002,9 @@ pub async fn find_payment_for_session(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_payments"))
-    .await?)
+    .await?
+    .map(PaymentRecord::decode)
+    .transpose()
 }
 
 /// Settles a payment waiting on its confirmation step: `succeeded`, or `failed` with
@@ -750,12 +1013,12 @@ pub async fn settle_payment(
     conn: &mut PgConnection,
     account: &str,
     id: &str,
-    status: &str,
+    status: PaymentState,
     failure_code: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Payment, StoreError> {
-    Ok(sqlx::query_as!(
-        Payment,
+    sqlx::query_as!(
+        PaymentRecord,
         "UPDATE sandbox_payments
          SET status = $3, failure_code = $4, version = version + 1, updated_at = $5
          WHERE account = $1 AND id = $2
@@ -764,13 +1027,14 @@ pub async fn settle_payment(
                    version, created_at, updated_at",
         account,
         id,
-        status,
+        status.as_str(),
         failure_code,
         now,
     )
     .fetch_one(conn)
     .instrument(statement_span!("UPDATE", "sandbox_payments"))
-    .await?)
+    .await?
+    .decode()
 }
 
 /// A subscription to insert, made by a completed subscription checkout.
@@ -780,7 +1044,7 @@ pub struct NewSubscription<'a> {
     pub session_id: &'a str,
     pub client_reference: Uuid,
     pub customer: &'a str,
-    pub status: &'a str,
+    pub status: SubscriptionState,
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
@@ -794,8 +1058,8 @@ pub async fn insert_subscription(
     conn: &mut PgConnection,
     s: NewSubscription<'_>,
 ) -> Result<Subscription, StoreError> {
-    Ok(sqlx::query_as!(
-        Subscription,
+    sqlx::query_as!(
+        SubscriptionRecord,
         "INSERT INTO sandbox_subscriptions
              (account, id, session_id, client_reference, customer, status, current_period_start,
               current_period_end, trial_end, fails_on_renewal, version, created_at)
@@ -808,7 +1072,7 @@ pub async fn insert_subscription(
         s.session_id,
         s.client_reference,
         s.customer,
-        s.status,
+        s.status.as_str(),
         s.current_period_start,
         s.current_period_end,
         s.trial_end,
@@ -817,7 +1081,8 @@ pub async fn insert_subscription(
     )
     .fetch_one(conn)
     .instrument(statement_span!("INSERT", "sandbox_subscriptions"))
-    .await?)
+    .await?
+    .decode()
 }
 
 // ---- The sandbox's API reads of its money, and its refunds.
@@ -828,8 +1093,8 @@ pub async fn find_payment_by_reference(
     account: &str,
     client_reference: Uuid,
 ) -> Result<Option<Payment>, StoreError> {
-    Ok(sqlx::query_as!(
-        Payment,
+    sqlx::query_as!(
+        PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
                 version, created_at, updated_at
@@ -839,7 +1104,9 @@ pub async fn find_payment_by_reference(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_payments"))
-    .await?)
+    .await?
+    .map(PaymentRecord::decode)
+    .transpose()
 }
 
 /// The subscription a session made, if it made one.
@@ -848,8 +1115,8 @@ pub async fn find_subscription_for_session(
     account: &str,
     session_id: &str,
 ) -> Result<Option<Subscription>, StoreError> {
-    Ok(sqlx::query_as!(
-        Subscription,
+    sqlx::query_as!(
+        SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
                 current_period_start, current_period_end, trial_end, fails_on_renewal,
                 version, created_at
@@ -859,7 +1126,9 @@ pub async fn find_subscription_for_session(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
-    .await?)
+    .await?
+    .map(SubscriptionRecord::decode)
+    .transpose()
 }
 
 pub async fn find_subscription_by_reference(
@@ -867,8 +1136,8 @@ pub async fn find_subscription_by_reference(
     account: &str,
     client_reference: Uuid,
 ) -> Result<Option<Subscription>, StoreError> {
-    Ok(sqlx::query_as!(
-        Subscription,
+    sqlx::query_as!(
+        SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
                 current_period_start, current_period_end, trial_end, fails_on_renewal,
                 version, created_at
@@ -878,7 +1147,9 @@ pub async fn find_subscription_by_reference(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
-    .await?)
+    .await?
+    .map(SubscriptionRecord::decode)
+    .transpose()
 }
 
 pub async fn find_refund_by_reference(
@@ -886,8 +1157,8 @@ pub async fn find_refund_by_reference(
     account: &str,
     client_reference: Uuid,
 ) -> Result<Option<Refund>, StoreError> {
-    Ok(sqlx::query_as!(
-        Refund,
+    sqlx::query_as!(
+        RefundRecord,
         "SELECT r.account, r.id, r.payment_id, r.client_reference, r.amount, p.currency,
                 r.status, r.version, r.created_at
          FROM sandbox_refunds r
@@ -898,7 +1169,9 @@ pub async fn find_refund_by_reference(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_refunds"))
-    .await?)
+    .await?
+    .map(RefundRecord::decode)
+    .transpose()
 }
 
 /// A sandbox payment locked for a refund: its status, amount and what was refunded.
@@ -907,8 +1180,8 @@ pub async fn lock_payment(
     account: &str,
     id: &str,
 ) -> Result<Option<Payment>, StoreError> {
-    Ok(sqlx::query_as!(
-        Payment,
+    sqlx::query_as!(
+        PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
                 version, created_at, updated_at
@@ -918,7 +1191,9 @@ pub async fn lock_payment(
     )
     .fetch_optional(conn)
     .instrument(statement_span!("SELECT", "sandbox_payments"))
-    .await?)
+    .await?
+    .map(PaymentRecord::decode)
+    .transpose()
 }
 
 /// A succeeded refund of `amount` on a locked payment: the refund row and the payment's
@@ -962,8 +1237,209 @@ pub async fn insert_refund(
         client_reference,
         amount,
         currency: payment.currency.clone(),
-        status: "succeeded".into(),
+        // The statement's literal: the sandbox's refunds succeed at once.
+        status: RefundStatus::Succeeded,
         version: 1,
         created_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(s).unwrap()
+    }
+
+    /// The `what` of a corrupt row, or a panic naming what came instead.
+    fn corrupt_what<T: std::fmt::Debug>(decoded: Result<T, StoreError>) -> &'static str {
+        match decoded {
+            Err(StoreError::Corrupt { what, .. }) => what,
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+    }
+
+    fn session(status: &str, payment_status: &str) -> SessionRecord {
+        SessionRecord {
+            id: "cs_sbx_1".into(),
+            url: "http://127.0.0.1/sandbox/checkout/cs_sbx_1".into(),
+            status: status.into(),
+            payment_status: payment_status.into(),
+            expires_at: at(1_764_590_000),
+            version: 2,
+        }
+    }
+
+    fn checkout(mode: &str, payment_attempt: Option<&str>) -> CheckoutRecord {
+        CheckoutRecord {
+            account: "acme-sandbox".into(),
+            id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            customer: "cus_sbx_1".into(),
+            mode: mode.into(),
+            status: "open".into(),
+            payment_status: "unpaid".into(),
+            line_items: serde_json::json!([]),
+            amount_total: 2_900,
+            currency: "USD".into(),
+            trial_days: 0,
+            success_url: "https://shop.example/ok".into(),
+            cancel_url: "https://shop.example/cancel".into(),
+            expires_at: at(1_764_590_000),
+            setup_requires_action: false,
+            version: 1,
+            payment: payment_attempt.map(|_| "py_sbx_1".into()),
+            payment_attempt: payment_attempt.map(Into::into),
+            subscription: None,
+            now: at(1_764_580_000),
+        }
+    }
+
+    fn payment(status: &str) -> PaymentRecord {
+        PaymentRecord {
+            account: "acme-sandbox".into(),
+            id: "py_sbx_1".into(),
+            session_id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            amount: 2_900,
+            currency: "USD".into(),
+            status: status.into(),
+            failure_code: None,
+            card_brand: Some("visa".into()),
+            card_last4: Some("4242".into()),
+            fails_on_renewal: false,
+            amount_refunded: 0,
+            version: 1,
+            created_at: at(1),
+            updated_at: at(1),
+        }
+    }
+
+    fn refund(status: &str) -> RefundRecord {
+        RefundRecord {
+            account: "acme-sandbox".into(),
+            id: "re_sbx_1".into(),
+            payment_id: "py_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            amount: 500,
+            currency: "USD".into(),
+            status: status.into(),
+            version: 1,
+            created_at: at(1),
+        }
+    }
+
+    fn subscription(status: &str) -> SubscriptionRecord {
+        SubscriptionRecord {
+            account: "acme-sandbox".into(),
+            id: "sub_sbx_1".into(),
+            session_id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            customer: "cus_sbx_1".into(),
+            status: status.into(),
+            current_period_start: at(100),
+            current_period_end: at(200),
+            trial_end: None,
+            fails_on_renewal: false,
+            version: 1,
+            created_at: at(100),
+        }
+    }
+
+    #[test]
+    fn rows_read_their_statuses_into_types() {
+        let s = session("expired", "no_payment_required").decode().unwrap();
+        assert_eq!(
+            (s.status, s.payment_status, s.version),
+            (Status::Expired, PaymentStatus::NoPaymentRequired, 2)
+        );
+        let c = checkout("subscription", Some("requires_action"))
+            .decode()
+            .unwrap();
+        assert_eq!(
+            (c.mode, c.status, c.payment_attempt),
+            (
+                Mode::Subscription,
+                Status::Open,
+                Some(PaymentState::RequiresAction)
+            )
+        );
+        assert_eq!(
+            checkout("payment", None).decode().unwrap().payment_attempt,
+            None
+        );
+        assert_eq!(
+            payment("succeeded").decode().unwrap().status,
+            PaymentState::Succeeded
+        );
+        assert_eq!(
+            refund("pending").decode().unwrap().status,
+            RefundStatus::Pending
+        );
+        assert_eq!(
+            subscription("trialing").decode().unwrap().status,
+            SubscriptionState::Trialing
+        );
+    }
+
+    #[test]
+    fn a_status_the_sandbox_does_not_know_is_a_corrupt_row() {
+        assert_eq!(
+            corrupt_what(session("closed", "paid").decode()),
+            "sandbox session status"
+        );
+        assert_eq!(
+            corrupt_what(session("open", "refunded").decode()),
+            "sandbox session payment status"
+        );
+        assert_eq!(
+            corrupt_what(checkout("setup", None).decode()),
+            "sandbox session mode"
+        );
+        assert_eq!(
+            corrupt_what(checkout("payment", Some("processing")).decode()),
+            "sandbox payment status"
+        );
+        // Coffer's own payment states are not the sandbox's.
+        assert_eq!(
+            corrupt_what(payment("provider_pending").decode()),
+            "sandbox payment status"
+        );
+        assert_eq!(
+            corrupt_what(refund("canceled").decode()),
+            "sandbox refund status"
+        );
+        // Coffer knows past_due; the sandbox never makes it.
+        assert_eq!(
+            corrupt_what(subscription("past_due").decode()),
+            "sandbox subscription status"
+        );
+        let expired = ExpiredRecord {
+            account: "acme-sandbox".into(),
+            id: "cs_sbx_1".into(),
+            client_reference: Uuid::nil(),
+            customer: "cus_sbx_1".into(),
+            mode: "payment".into(),
+            status: "Expired".into(),
+            payment_status: "unpaid".into(),
+            amount_total: 2_900,
+            currency: "USD".into(),
+            expires_at: at(1),
+            payment: None,
+            subscription: None,
+            version: 2,
+            sandbox_now: at(2),
+        };
+        assert_eq!(corrupt_what(expired.decode()), "sandbox session status");
+    }
+
+    #[test]
+    fn a_corrupt_row_says_what_it_holds() {
+        let e = payment("").decode().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"stored sandbox payment status is invalid: """#
+        );
+    }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::checkout::{PaymentStatus, Status};
 use crate::domain::payment::{RefundStatus, SubscriptionStatus};
+use crate::providers::sandbox::status::PaymentState;
 use crate::providers::{PaymentOutcome, ProviderPayment, ProviderRefund, ProviderSubscription};
 
 /// A checkout session's state as an event reports it (no URL: that never changes).
@@ -120,20 +121,12 @@ pub fn session(v: &Value) -> Result<SessionState, String> {
     })
 }
 
-/// The sandbox's payment status name.
-pub fn payment_outcome(s: &str) -> Option<PaymentOutcome> {
-    match s {
-        "requires_action" => Some(PaymentOutcome::RequiresAction),
-        "succeeded" => Some(PaymentOutcome::Succeeded),
-        "failed" => Some(PaymentOutcome::Failed),
-        _ => None,
-    }
-}
-
 pub fn payment(v: &Value) -> Result<ProviderPayment, String> {
     let p: Payment = read("payment", v)?;
     Ok(ProviderPayment {
-        status: payment_outcome(&p.status).ok_or_else(|| bad("status", &p.status))?,
+        status: PaymentState::parse(&p.status)
+            .map(PaymentOutcome::from)
+            .ok_or_else(|| bad("status", &p.status))?,
         id: p.id,
         client_reference: reference(&p.client_reference_id)?,
         amount: p.amount,
