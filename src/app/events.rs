@@ -77,7 +77,8 @@ impl fmt::Debug for Clock {
 /// How deliveries are checked.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// The largest accepted distance between a signed timestamp and now, either way.
+    /// The largest accepted distance between a signed timestamp and now, in the direction(s)
+    /// each scheme's SDKs check (`providers::signature`).
     pub tolerance: Duration,
     /// How long a settled event keeps its payload (DESIGN §5.4); the sweeper removes it after.
     pub payload_retention: Duration,
