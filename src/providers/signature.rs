@@ -135,15 +135,18 @@ pub enum Rejection {
     Stale,
     /// Verified, but the event's own livemode disagrees with the account's.
     Livemode,
+    /// Verified, but the payload's event id or type cannot be read.
+    Unparseable,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 6] = [
         Rejection::Missing,
         Rejection::Malformed,
         Rejection::Mismatch,
         Rejection::Stale,
         Rejection::Livemode,
+        Rejection::Unparseable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +156,7 @@ impl Rejection {
             Rejection::Mismatch => "mismatch",
             Rejection::Stale => "stale",
             Rejection::Livemode => "livemode",
+            Rejection::Unparseable => "unparseable",
         }
     }
 }
@@ -1276,6 +1280,7 @@ mod tests {
         let labels: std::collections::BTreeSet<_> =
             Rejection::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), Rejection::ALL.len());
+        assert!(labels.contains("unparseable"));
     }
 
     #[test]

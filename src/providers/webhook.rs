@@ -1,6 +1,6 @@
 //! A delivery, from raw bytes to what the inbox stores: verify its signature first
 //! ([`super::signature`]), then, and only then, read the provider's event id and type and check
-//! its livemode.
+//! its livemode. A verified payload whose id or type cannot be read is `unparseable`.
 //!
 //! Where each scheme's event id comes from (the inbox is unique per account and this id):
 //!
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::signature::{self, Check, Header, Rejection, Scheme, Verified};
 use crate::domain::account::{Account, ProviderKind};
 
-/// The longest provider event id and type the inbox keeps; longer is `malformed`.
+/// The longest provider event id and type the inbox keeps; longer is `unparseable`.
 pub const MAX_ID_LEN: usize = 255;
 
 /// What the inbox needs of a verified delivery.
@@ -60,7 +60,7 @@ pub fn read(
             match json.get("livemode") {
                 Some(Value::Bool(l)) if *l == livemode => {}
                 Some(Value::Bool(_)) => return Err(Rejection::Livemode),
-                _ => return Err(Rejection::Malformed),
+                _ => return Err(Rejection::Unparseable),
             }
             Incoming {
                 provider_event_id: text(json.get("id"))?,
@@ -74,7 +74,10 @@ pub fn read(
             {
                 return Err(Rejection::Livemode);
             }
-            let id = verified.webhook_id.as_deref().ok_or(Rejection::Malformed)?;
+            let id = verified
+                .webhook_id
+                .as_deref()
+                .ok_or(Rejection::Unparseable)?;
             Incoming {
                 provider_event_id: checked(id)?,
                 event_type: text(json.get("type"))?,
@@ -122,7 +125,7 @@ pub fn read(
 fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Rejection::Malformed),
+        _ => Err(Rejection::Unparseable),
     }
 }
 
@@ -130,14 +133,14 @@ fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
 fn text(v: Option<&Value>) -> Result<String, Rejection> {
     match v {
         Some(Value::String(s)) => checked(s),
-        _ => Err(Rejection::Malformed),
+        _ => Err(Rejection::Unparseable),
     }
 }
 
 /// 1-255 printable ASCII characters: ids and types are keys and labels, not prose.
 fn checked(s: &str) -> Result<String, Rejection> {
     if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Rejection::Malformed);
+        return Err(Rejection::Unparseable);
     }
     Ok(s.to_owned())
 }
@@ -205,7 +208,7 @@ mod tests {
             r#"[1]"#,
             "not json",
         ] {
-            assert_eq!(stripe(body), Err(Rejection::Malformed), "{body}");
+            assert_eq!(stripe(body), Err(Rejection::Unparseable), "{body}");
         }
     }
 
