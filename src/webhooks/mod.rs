@@ -61,8 +61,6 @@ use tonic_types::StatusExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::app::accounts::REASON_ACCOUNT_NOT_FOUND;
-use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
 use crate::domain::account::AccountName;
 use crate::domain::auth::ApiKey;
 use crate::grpc::pb::provider_events_client::ProviderEventsClient;
@@ -85,6 +83,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// `Retry-After` when the core gave no RetryInfo.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The core's ErrorInfo reasons the sidecar tells apart. It is a gRPC client of the core and
+/// imports none of it, so these are the contract's strings, held equal to the core's
+/// (`app::events`, `app::accounts`) by a test.
+pub const REASON_WEBHOOK_SIGNATURE_INVALID: &str = "WEBHOOK_SIGNATURE_INVALID";
+pub const REASON_ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
 
 /// The `reason`s of the refusals the sidecar decides alone (see the module doc).
 pub const REASON_TOO_LARGE: &str = "too_large";

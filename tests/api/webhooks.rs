@@ -234,6 +234,27 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
         .unwrap();
 }
 
+/// The sidecar, which imports nothing of the core, reads the core's reasons as the core
+/// writes them, and counts refusals under the core's label values.
+#[test]
+fn the_sidecar_speaks_the_cores_reasons() {
+    use coffer::app::{accounts, events};
+    use coffer::webhooks as sidecar;
+    assert_eq!(
+        sidecar::REASON_WEBHOOK_SIGNATURE_INVALID,
+        events::REASON_WEBHOOK_SIGNATURE_INVALID
+    );
+    assert_eq!(
+        sidecar::REASON_ACCOUNT_NOT_FOUND,
+        accounts::REASON_ACCOUNT_NOT_FOUND
+    );
+    assert_eq!(
+        sidecar::REASON_UNKNOWN_ACCOUNT,
+        events::REASON_UNKNOWN_ACCOUNT
+    );
+    assert_eq!(sidecar::UNKNOWN_PROVIDER, events::UNKNOWN_PROVIDER);
+}
+
 /// The value of a sample in a `/metrics` text, 0 when absent.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
