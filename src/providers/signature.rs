@@ -69,8 +69,8 @@
 //! - `webhook-timestamp`: python reads it with `float()`, node with `parseInt(…, 10)`; both
 //!   must succeed and sign the same integer (python the floor of its microsecond-rounded
 //!   datetime, polar-sdk 1.x the floor of the float, node the parsed integer). So
-//!   `1767225600.5` is read as 1767225600 and signed as such, while `1_767_225_600`, `1e9` or
-//!   a fraction that rounds up to the next second are refused. The value must be ASCII, within
+//!   `1767225600.5` is read as 1767225600 and signed as such, while `1_767_225_600`,
+//!   `1.7672256e9` or a fraction that rounds up to the next second are refused. The value must be ASCII, within
 //!   python's datetime range (years 1-9999), and a fraction is accepted only below 2^33 s,
 //!   where python's rounding cannot reach the next second. Age: refused when any verifier
 //!   finds it more than the tolerance from now, either way (python compares the fraction too:
@@ -83,6 +83,9 @@
 //!   match; a non-canonical base64 spelling of the MAC (which python would decode) is
 //!   therefore not a match.
 //! - The body must be UTF-8 (python decodes it strictly).
+//! - Polar's keys: the secret string's bytes (every Polar SDK) and, for a `whsec_` secret, its
+//!   decoding (polar-sdk 1.x alone, kept as DESIGN §5 says); every verifier's parsing above
+//!   applies whichever key matched.
 //!
 //! Every verifier compares in constant time; so does this module (`subtle`, `Mac::verify_slice`).
 //! Header values reach this module as bytes; `,`, `=` and spaces are ASCII, so splitting the
