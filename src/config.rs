@@ -141,7 +141,8 @@ pub struct ServeArgs {
     /// account's clock.
     #[arg(long, env = "COFFER_SANDBOX_EXPIRE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sandbox_expire_interval: Duration,
-    /// The largest accepted distance between a webhook's signed timestamp and now, either way.
+    /// The largest accepted distance between a webhook's signed timestamp and now: its age for
+    /// Stripe, either way for the other schemes (as their SDKs check).
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
     /// How long a processed, ignored or dead webhook event keeps its raw body, which may hold

@@ -367,7 +367,13 @@ impl Server {
             let key = app.auth.ephemeral_system_key();
             let target = loopback(grpc_addr);
             let channel = crate::webhooks::Upstream::channel(&format!("http://{target}"))?;
-            let mut router = crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key));
+            // The sidecar's own refusals go to the core's rejection counter: one family.
+            let metrics = app.events.metrics().clone();
+            let refusals = crate::webhooks::Refusals::new(move |reason| {
+                metrics.refused_before_an_account(reason);
+            });
+            let mut router =
+                crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key), refusals);
             // The sandbox's hosted checkout page shares the public listener; the sidecar's own
             // routes stay secretless and table-free, the page's are a router of their own.
             if config.sandbox.is_some() {

@@ -6,7 +6,10 @@
 //! (`providers::webhook`); store it with one statement that commits on its own, de-duplicated
 //! per (account, provider event id); answer. A rejected delivery writes nothing, is logged
 //! (account, provider and reason: never a header, a secret or the body) and counted by
-//! provider and reason.
+//! provider and reason in `coffer_webhooks_rejected`: the signature's reasons
+//! ([`Rejection::ALL`]), and `unknown_account` (provider `unknown`) for a name no account has.
+//! The sidecar counts what only it sees (`too_large`, …) in the same family
+//! ([`WebhookMetrics::refused_before_an_account`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
-use super::accounts::Accounts;
+use super::accounts::{Accounts, REASON_ACCOUNT_NOT_FOUND};
 use super::group_commit::GroupCommit;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::page::{self, Page};
@@ -77,7 +80,8 @@ impl fmt::Debug for Clock {
 /// How deliveries are checked.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// The largest accepted distance between a signed timestamp and now, either way.
+    /// The largest accepted distance between a signed timestamp and now, in the direction(s)
+    /// each scheme's SDKs check (`providers::signature`).
     pub tolerance: Duration,
     /// How long a settled event keeps its payload (DESIGN §5.4); the sweeper removes it after.
     pub payload_retention: Duration,
@@ -112,8 +116,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// The webhook counters. Labels are the provider and a fixed outcome or reason, so there are
-/// at most 5 × 3 and 5 × 5 series, whatever callers send.
+/// The `provider` label of a rejection that names no known account.
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+/// The `reason` of a delivery to a name no account has.
+pub const REASON_UNKNOWN_ACCOUNT: &str = "unknown_account";
+
+/// The webhook counters. Labels are the provider (or `unknown`) and a fixed outcome or reason,
+/// so their series are few and fixed, whatever callers send.
 #[derive(Clone, Default)]
 pub struct WebhookMetrics {
     received: Family<OutcomeLabels, Counter>,
@@ -131,7 +140,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "coffer_webhooks_rejected",
-            "Webhook deliveries rejected, by provider and reason (missing, malformed, mismatch, stale, livemode)",
+            "Webhook deliveries rejected, by provider and reason (missing, malformed, mismatch, stale, livemode, unparseable; with provider unknown: unknown_account, and the sidecar's too_large, headers_too_large, unreadable, timeout)",
             self.rejected.clone(),
         );
     }
@@ -147,12 +156,21 @@ impl WebhookMetrics {
 
     fn rejection(&self, provider: ProviderKind, reason: Rejection) {
         self.outcome(provider, "rejected");
+        self.rejected(provider.as_str(), reason.as_str());
+    }
+
+    fn rejected(&self, provider: &'static str, reason: &'static str) {
         self.rejected
-            .get_or_create(&ReasonLabels {
-                provider: provider.as_str(),
-                reason: reason.as_str(),
-            })
+            .get_or_create(&ReasonLabels { provider, reason })
             .inc();
+    }
+
+    /// Counts a delivery refused before any account was found for it, under provider
+    /// `unknown`: one to a name no account has, or one the sidecar refused on its own (it
+    /// holds no account table), which is how `coffer serve` puts the sidecar's refusals in
+    /// this family. `reason` is one of a fixed few, never a caller's text.
+    pub fn refused_before_an_account(&self, reason: &'static str) {
+        self.rejected(UNKNOWN_PROVIDER, reason);
     }
 }
 
@@ -227,7 +245,23 @@ impl Events {
         headers: &[Header],
         body: Vec<u8>,
     ) -> Result<Ingested, AppError> {
-        let account = self.accounts.find(account).await?;
+        let account = match self.accounts.find(account).await {
+            Ok(account) => account,
+            Err(AppError::Rejected(r)) if r.reason == REASON_ACCOUNT_NOT_FOUND => {
+                // The name is the caller's text: logged only when it could be an account's.
+                let name = AccountName::parse(account).ok();
+                tracing::warn!(
+                    account = name.as_ref().map(AccountName::as_str),
+                    provider = UNKNOWN_PROVIDER,
+                    reason = REASON_UNKNOWN_ACCOUNT,
+                    "webhook delivery rejected"
+                );
+                self.metrics
+                    .refused_before_an_account(REASON_UNKNOWN_ACCOUNT);
+                return Err(AppError::Rejected(r));
+            }
+            Err(e) => return Err(e),
+        };
         let now = self.config.clock.now();
         let check = Check {
             now: now.unix_timestamp(),

@@ -1,7 +1,8 @@
 //! A delivery, from raw bytes to what the inbox stores. Each adapter owns its scheme and its
 //! reading of events ([`Inbound`], in `stripe/`, `polar/`, `paytabs/`, `hmac/`, `sandbox/`):
 //! it verifies the signature first and only then reads the provider's event id and type and
-//! checks livemode. This module holds what they share: the shape of the answer, the
+//! checks livemode (a verified payload whose id or type cannot be read is `unparseable`). This
+//! module holds what they share: the shape of the answer, the
 //! Standard Webhooks reading (the sandbox and Polar both send Standard Webhooks) and the
 //! checks every id and type passes.
 //!
@@ -14,7 +15,7 @@ use super::inbound;
 use super::signature::{Check, Header, Rejection, Verified};
 use crate::domain::account::Account;
 
-/// The longest provider event id and type the inbox keeps; longer is `malformed`.
+/// The longest provider event id and type the inbox keeps; longer is `unparseable`.
 pub const MAX_ID_LEN: usize = 255;
 
 /// Where a Standard Webhooks event names its object: `data.object.id`, else `data.id`.
@@ -52,7 +53,10 @@ pub fn standard_event(
     {
         return Err(Rejection::Livemode);
     }
-    let id = verified.webhook_id.as_deref().ok_or(Rejection::Malformed)?;
+    let id = verified
+        .webhook_id
+        .as_deref()
+        .ok_or(Rejection::Unparseable)?;
     Ok(Incoming {
         provider_event_id: checked(id)?,
         event_type: text(json.get("type"))?,
@@ -63,7 +67,7 @@ pub fn standard_event(
 pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Rejection> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Rejection::Malformed),
+        _ => Err(Rejection::Unparseable),
     }
 }
 
@@ -71,14 +75,14 @@ pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Reject
 pub fn text(v: Option<&Value>) -> Result<String, Rejection> {
     match v {
         Some(Value::String(s)) => checked(s),
-        _ => Err(Rejection::Malformed),
+        _ => Err(Rejection::Unparseable),
     }
 }
 
 /// 1-255 printable ASCII characters: ids and types are keys and labels, not prose.
 pub fn checked(s: &str) -> Result<String, Rejection> {
     if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Rejection::Malformed);
+        return Err(Rejection::Unparseable);
     }
     Ok(s.to_owned())
 }
@@ -148,7 +152,7 @@ mod tests {
             r#"[1]"#,
             "not json",
         ] {
-            assert_eq!(stripe(body), Err(Rejection::Malformed), "{body}");
+            assert_eq!(stripe(body), Err(Rejection::Unparseable), "{body}");
         }
     }
 

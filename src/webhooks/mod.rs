@@ -20,10 +20,21 @@
 //! So 200 is said only once the core has committed the event (or found it already stored);
 //! whatever else happens, the provider is told to retry or that the delivery is refused.
 //!
+//! Every refusal is logged (`webhook delivery rejected`) and counted in
+//! `coffer_webhooks_rejected_total{provider,reason}` once, where it is decided: the core
+//! counts what it refuses (the signature's reasons, `unparseable`, `unknown_account`); the
+//! sidecar counts what it refuses before the core hears of it ([`Refusals`]), with provider
+//! `unknown` since it holds no account table: `too_large` (413), `headers_too_large` (431),
+//! `unreadable` (a body that could not be read, 400), `timeout` (408), and `unknown_account`
+//! for a path that is no name at all (404). Inside `coffer serve` these go to the core's own
+//! family, so the process exports one; the standalone sidecar serves its own on its admin
+//! listener's `/metrics`.
+//!
 //! `coffer serve` runs it in-process against its own gRPC port with an ephemeral system key
 //! ([`crate::app::auth::Authenticator::ephemeral_system_key`]); `coffer webhooks` runs it
-//! alone ([`Standalone`]) with a system key from `COFFER_SYSTEM_KEY`, and with `/healthz` and
-//! `/readyz` (ready while the upstream's health answers SERVING) on its admin listener.
+//! alone ([`Standalone`]) with a system key from `COFFER_SYSTEM_KEY`, and with `/healthz`,
+//! `/readyz` (ready while the upstream's health answers SERVING) and `/metrics` on its admin
+//! listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +48,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use opentelemetry::propagation::Injector;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::metadata::{AsciiMetadataValue, MetadataKey, MetadataMap};
@@ -46,6 +61,7 @@ use tonic_types::StatusExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::domain::account::AccountName;
 use crate::domain::auth::ApiKey;
 use crate::grpc::pb::provider_events_client::ProviderEventsClient;
 use crate::grpc::pb::{Header, IngestEventRequest};
@@ -68,6 +84,86 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// `Retry-After` when the core gave no RetryInfo.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The `reason`s of the refusals the sidecar decides alone (see the module doc).
+pub const REASON_TOO_LARGE: &str = "too_large";
+pub const REASON_HEADERS_TOO_LARGE: &str = "headers_too_large";
+pub const REASON_UNREADABLE: &str = "unreadable";
+pub const REASON_TIMEOUT: &str = "timeout";
+pub const REASON_UNKNOWN_ACCOUNT: &str = "unknown_account";
+/// Their `provider`: the sidecar does not know the account's.
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+
+/// Where the sidecar counts the refusals it decides alone. Cheap to clone.
+#[derive(Clone)]
+pub struct Refusals(Arc<dyn Fn(&'static str) + Send + Sync>);
+
+impl std::fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refusals { .. }")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    provider: &'static str,
+    reason: &'static str,
+}
+
+impl Refusals {
+    /// Counts each refusal's reason with `count`: `coffer serve` passes the core's
+    /// `coffer_webhooks_rejected` family, so one process exports one family of that name.
+    pub fn new(count: impl Fn(&'static str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(count))
+    }
+
+    /// A `coffer_webhooks_rejected` family of the sidecar's own, with the core's labels,
+    /// registered in `registry`: the standalone sidecar's.
+    pub fn registered(registry: &mut Registry) -> Self {
+        let family = Family::<RefusalLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "coffer_webhooks_rejected",
+            "Webhook deliveries the sidecar refused before the core saw them, by reason (too_large, headers_too_large, unreadable, timeout, unknown_account)",
+            family.clone(),
+        );
+        Self::new(move |reason| {
+            family
+                .get_or_create(&RefusalLabels {
+                    provider: UNKNOWN_PROVIDER,
+                    reason,
+                })
+                .inc();
+        })
+    }
+
+    /// Logs and counts a refusal, and gives it back.
+    fn refuse(
+        &self,
+        account: Option<&str>,
+        reason: &'static str,
+        error: WebhookError,
+    ) -> WebhookError {
+        // The path is the caller's text: logged only when it could be an account's name.
+        let account = account.and_then(|a| AccountName::parse(a).ok());
+        tracing::warn!(
+            account = account.as_ref().map(AccountName::as_str),
+            provider = UNKNOWN_PROVIDER,
+            reason,
+            status = error.status_code().as_u16(),
+            "webhook delivery rejected"
+        );
+        (self.0)(reason);
+        error
+    }
+}
+
+/// What the sidecar's handler holds.
+#[derive(Clone, Debug)]
+struct Sidecar {
+    upstream: Upstream,
+    refusals: Refusals,
+}
 
 /// The sidecar's way to the core: a gRPC channel and the system key it calls with.
 #[derive(Clone)]
@@ -107,21 +203,23 @@ impl Upstream {
     }
 }
 
-/// The sidecar's routes.
-pub fn router(upstream: Upstream) -> Router {
+/// The sidecar's routes; the refusals it decides alone are counted in `refusals`.
+pub fn router(upstream: Upstream, refusals: Refusals) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let timeouts = refusals.clone();
     Router::new()
         .route("/webhooks/{account}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(move |request, next| {
-            bounded(in_flight.clone(), request, next)
+            bounded(in_flight.clone(), timeouts.clone(), request, next)
         }))
-        .with_state(upstream)
+        .with_state(Sidecar { upstream, refusals })
 }
 
 /// Sheds what is over [`MAX_IN_FLIGHT`] and ends what runs past [`REQUEST_TIMEOUT`].
 async fn bounded(
     in_flight: Arc<Semaphore>,
+    refusals: Refusals,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -131,9 +229,16 @@ async fn bounded(
         }
         .into_response();
     };
+    let account = request
+        .uri()
+        .path()
+        .strip_prefix("/webhooks/")
+        .map(str::to_owned);
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => WebhookError::Timeout.into_response(),
+        Err(_) => refusals
+            .refuse(account.as_deref(), REASON_TIMEOUT, WebhookError::Timeout)
+            .into_response(),
     }
 }
 
@@ -246,7 +351,7 @@ impl Injector for MetadataInjector<'_> {
 }
 
 async fn receive(
-    State(upstream): State<Upstream>,
+    State(Sidecar { upstream, refusals }): State<Sidecar>,
     account: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -263,7 +368,7 @@ async fn receive(
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
     // Fails only when no OpenTelemetry layer is installed; the span still works.
     let _ = span.set_parent(parent);
-    let result = forward(upstream, account, headers, body)
+    let result = forward(upstream, &refusals, account, headers, body)
         .instrument(span.clone())
         .await;
     let code = match &result {
@@ -291,18 +396,20 @@ impl WebhookError {
 
 async fn forward(
     mut upstream: Upstream,
+    refusals: &Refusals,
     account: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<&'static str, WebhookError> {
+    // A path that does not decode to a name cannot be an account's.
     let Ok(Path(account)) = account else {
-        return Err(WebhookError::UnknownAccount);
+        return Err(refusals.refuse(None, REASON_UNKNOWN_ACCOUNT, WebhookError::UnknownAccount));
     };
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge
+            refusals.refuse(Some(&account), REASON_TOO_LARGE, WebhookError::TooLarge)
         } else {
-            WebhookError::BadBody
+            refusals.refuse(Some(&account), REASON_UNREADABLE, WebhookError::BadBody)
         }
     })?;
     // HeaderMap keeps every value of a name, in arrival order; names come lower-cased.
@@ -311,7 +418,11 @@ async fn forward(
     for (name, value) in &headers {
         size += name.as_str().len() + value.len();
         if size > MAX_HEADER_BYTES {
-            return Err(WebhookError::HeadersTooLarge);
+            return Err(refusals.refuse(
+                Some(&account),
+                REASON_HEADERS_TOO_LARGE,
+                WebhookError::HeadersTooLarge,
+            ));
         }
         forwarded.push(Header {
             name: name.as_str().to_owned(),
@@ -375,6 +486,9 @@ pub struct Standalone {
     config: StandaloneConfig,
     channel: Channel,
     upstream: Upstream,
+    /// Its own refusals' counter, served on the admin listener's `/metrics`.
+    refusals: Refusals,
+    registry: Arc<Registry>,
     http: TcpListener,
     admin: TcpListener,
 }
@@ -388,8 +502,12 @@ impl Standalone {
                 .await
                 .map_err(|source| StandaloneError::Bind { addr, source })
         };
+        let mut registry = Registry::default();
+        let refusals = Refusals::registered(&mut registry);
         Ok(Self {
             upstream: Upstream::new(channel.clone(), key),
+            refusals,
+            registry: Arc::new(registry),
             channel,
             http: bind(config.http_addr).await?,
             admin: bind(config.admin_addr).await?,
@@ -416,11 +534,14 @@ impl Standalone {
             upstream = %self.config.grpc_endpoint,
             "webhook sidecar is serving"
         );
+        let registry = self.registry;
         let admin = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(move || metrics_text(registry.clone())))
             .with_state(self.channel);
-        for (listener, router) in [(self.http, router(self.upstream)), (self.admin, admin)] {
+        let public = router(self.upstream, self.refusals);
+        for (listener, router) in [(self.http, public), (self.admin, admin)] {
             let stop = stop.clone().cancelled_owned();
             tasks.spawn(async move {
                 if let Err(e) = axum::serve(listener, router)
@@ -442,6 +563,23 @@ impl Standalone {
             tracing::warn!("deliveries still in flight at the drain deadline: abandoning them");
         }
         tracing::info!("drained; bye");
+    }
+}
+
+/// The standalone sidecar's metrics, in OpenMetrics text as the core's admin listener serves
+/// its own.
+async fn metrics_text(registry: Arc<Registry>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 

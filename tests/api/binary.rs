@@ -207,6 +207,8 @@ pub(crate) struct Served {
     pub(crate) grpc: String,
     /// The webhook sidecar's address, `127.0.0.1:port`.
     pub(crate) http: String,
+    /// The admin listener's address (`/metrics`), `127.0.0.1:port`.
+    pub(crate) admin: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -275,6 +277,7 @@ impl Served {
             child,
             grpc,
             http: format!("127.0.0.1:{http_port}"),
+            admin: format!("127.0.0.1:{admin_port}"),
             stderr,
         };
         assert!(ready, "coffer did not become SERVING:\n{}", served.logs());

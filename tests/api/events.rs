@@ -285,7 +285,7 @@ async fn sandbox_and_hmac_deliveries_are_stored() {
 }
 
 #[tokio::test]
-async fn forged_stale_unsigned_and_malformed_deliveries_change_nothing() {
+async fn forged_stale_unsigned_malformed_and_unparseable_deliveries_change_nothing() {
     let env = Env::spawn().await;
     let mut c = env.client().await;
     let forged = stripe("shop-stripe", "evt_f", "whsec_attacker", now());
@@ -307,7 +307,17 @@ async fn forged_stale_unsigned_and_malformed_deliveries_change_nothing() {
             body: body.into_bytes(),
         }
     };
+    // Verified, but not an event whose id and type can be read.
+    let unparseable = IngestEventRequest {
+        account: "shop-stripe".into(),
+        headers: vec![header(
+            "stripe-signature",
+            &sign::stripe(STRIPE_SECRET, now(), b"not json"),
+        )],
+        body: b"not json".to_vec(),
+    };
     for (request, code, reason) in [
+        (unparseable, Code::InvalidArgument, "unparseable"),
         (forged, Code::InvalidArgument, "mismatch"),
         (stale, Code::InvalidArgument, "stale"),
         (unsigned, Code::Unauthenticated, "missing"),
@@ -331,6 +341,7 @@ async fn forged_stale_unsigned_and_malformed_deliveries_change_nothing() {
         ("missing", 1.0),
         ("malformed", 1.0),
         ("livemode", 1.0),
+        ("unparseable", 1.0),
     ] {
         assert_eq!(
             env.metric(&format!(
@@ -707,11 +718,9 @@ async fn a_batch_with_repeats_answers_each_row() {
 #[tokio::test]
 async fn the_clock_is_injected_into_the_server() {
     use coffer::app::events::{Clock, WebhookConfig};
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/webhook-signatures.json"),
-    )
-    .unwrap();
-    let vectors: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let Some(vectors) = crate::signatures::shared_vectors() else {
+        return;
+    };
     let case = |name: &str| {
         vectors["cases"]
             .as_array()

@@ -195,6 +195,31 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
     );
     assert_eq!(env.rows().await, 1);
 
+    // What it refuses alone it counts on its own /metrics, as the core counts the rest.
+    let huge = vec![b'x'; (1 << 20) + 1];
+    let too_large = client()
+        .post(url(http, "shop-stripe"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &metrics,
+            "coffer_webhooks_rejected_total{provider=\"unknown\",reason=\"too_large\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        env.metric("coffer_webhooks_rejected_total{provider=\"stripe\",reason=\"mismatch\"}")
+            .await,
+        1.0
+    );
+
     // With the core gone, deliveries are 503 and the sidecar is not ready.
     env.app.stop().await.unwrap();
     let (status, retry_after, _) = post_stripe(http, "shop-stripe", "evt_3", STRIPE_SECRET).await;
@@ -207,6 +232,160 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
         .await
         .expect("the sidecar drains and stops")
         .unwrap();
+}
+
+/// The sidecar reads the core's ErrorInfo reasons from the gRPC contract (`grpc::status`), and
+/// counts the refusals it decides alone under the core's label values, which it holds itself.
+#[test]
+fn the_sidecar_speaks_the_cores_reasons() {
+    use coffer::app::events;
+    use coffer::webhooks as sidecar;
+    assert_eq!(
+        sidecar::REASON_UNKNOWN_ACCOUNT,
+        events::REASON_UNKNOWN_ACCOUNT
+    );
+    assert_eq!(sidecar::UNKNOWN_PROVIDER, events::UNKNOWN_PROVIDER);
+}
+
+/// The value of a sample in a `/metrics` text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// The refusals that reached no metric before: a body over the limit (the sidecar's 413), a
+/// name no account has (the core's 404) and a path that is no name at all (the sidecar's), a
+/// verified payload whose event cannot be read (the core's 400). Through the real binary:
+/// each is answered as before, logged with its reason and counted under it, once.
+#[tokio::test]
+async fn refusals_are_answered_as_before_logged_and_counted_with_their_reason() {
+    let db = TestDb::new().await;
+    crate::binary::acme(&db).await;
+    let state = TempDir::new();
+    let config = state.0.join("coffer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[account]]
+name = "acme-stripe"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_TEST_STRIPE_KEY"
+webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
+"#,
+    )
+    .unwrap();
+    let served = Served::start(
+        &db,
+        &state.0,
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("COFFER_TEST_STRIPE_KEY", "sk_test_x".into()),
+            ("COFFER_TEST_STRIPE_WHSEC", STRIPE_SECRET.into()),
+        ],
+    )
+    .await;
+    let http: SocketAddr = served.http.parse().unwrap();
+    let answer = |response: reqwest::Response| async move {
+        (response.status(), response.text().await.unwrap())
+    };
+
+    let huge = vec![b'x'; (1 << 20) + 1];
+    let too_large = client()
+        .post(url(http, "acme-stripe"))
+        .header(
+            "Stripe-Signature",
+            sign::stripe(STRIPE_SECRET, now(), &huge),
+        )
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(too_large).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload too large".into())
+    );
+
+    let (status, _, body) = post_stripe(http, "nope", "evt_1", STRIPE_SECRET).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "unknown account")
+    );
+    // Not UTF-8 once decoded: no name at all, refused by the sidecar itself.
+    let no_name = client()
+        .post(format!("http://{http}/webhooks/%FF"))
+        .body(stripe_body("evt_2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(no_name).await,
+        (StatusCode::NOT_FOUND, "unknown account".into())
+    );
+
+    // Correctly signed, but no event in it.
+    let unparseable = client()
+        .post(url(http, "acme-stripe"))
+        .header(
+            "Stripe-Signature",
+            sign::stripe(STRIPE_SECRET, now(), b"not json"),
+        )
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(unparseable).await,
+        (StatusCode::BAD_REQUEST, "invalid signature".into())
+    );
+
+    let admin: SocketAddr = served.admin.parse().unwrap();
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    for (series, n) in [
+        ("{provider=\"unknown\",reason=\"too_large\"}", 1.0),
+        ("{provider=\"unknown\",reason=\"unknown_account\"}", 2.0),
+        ("{provider=\"stripe\",reason=\"unparseable\"}", 1.0),
+        ("{provider=\"stripe\",reason=\"malformed\"}", 0.0),
+        ("{provider=\"stripe\",reason=\"mismatch\"}", 0.0),
+    ] {
+        let series = format!("coffer_webhooks_rejected_total{series}");
+        assert_eq!(sample(&metrics, &series), n, "{series}\n{metrics}");
+    }
+    assert_eq!(
+        metrics
+            .matches("# TYPE coffer_webhooks_rejected counter")
+            .count(),
+        1,
+        "one family for the core's and the sidecar's refusals"
+    );
+    // The log writer is asynchronous: the lines come shortly.
+    let logged = |reason: &'static str, times: usize| {
+        let served = &served;
+        async move {
+            served
+                .logs()
+                .lines()
+                .filter(|l| l.contains("webhook delivery rejected") && l.contains(reason))
+                .count()
+                == times
+        }
+    };
+    for (reason, times) in [("too_large", 1), ("unknown_account", 2), ("unparseable", 1)] {
+        assert!(
+            eventually(Duration::from_secs(5), || logged(reason, times)).await,
+            "{reason} logged {times} times:\n{}",
+            served.logs()
+        );
+    }
+    assert!(
+        !served.logs().contains("%FF") && !served.logs().contains("not json"),
+        "neither the path's junk nor the body is logged"
+    );
+    served.sigterm();
+    assert_eq!(served.wait().await.0, Some(0));
 }
 
 /// A stand-in core that records what it is sent and answers as told.

@@ -581,8 +581,36 @@ async fn a_long_answer_is_cut() {
 
 /// Every span field value recorded while sending, and no header value, body or query among
 /// them.
-#[tokio::test]
-async fn the_attempt_spans_carry_the_http_attributes_and_no_secret() {
+///
+/// Whether a callsite records is cached process-wide, and the other tests of this binary,
+/// installing and dropping their own subscribers on other threads at the same time, made it
+/// come out wrong now and then whatever this test rebuilt. So it runs alone: in a child
+/// process of this test binary, with only itself selected (under nextest every test already is
+/// its own process, and the child is the test itself).
+#[test]
+fn the_attempt_spans_carry_the_http_attributes_and_no_secret() {
+    const CHILD: &str = "COFFER_OUTBOUND_SPAN_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(attempt_spans());
+    }
+    let name =
+        "providers::outbound::tests::the_attempt_spans_carry_the_http_attributes_and_no_secret";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}
+
+async fn attempt_spans() {
     use tracing_subscriber::layer::SubscriberExt;
 
     /// Span fields by name; an event's fields as `event.{name}`.

@@ -36,7 +36,7 @@ impl Inbound for Webhooks {
         match json.get("livemode") {
             Some(Value::Bool(l)) if *l == account.livemode => {}
             Some(Value::Bool(_)) => return Err(Rejection::Livemode),
-            _ => return Err(Rejection::Malformed),
+            _ => return Err(Rejection::Unparseable),
         }
         Ok(Incoming {
             provider_event_id: text(json.get("id"))?,
