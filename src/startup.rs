@@ -21,6 +21,7 @@ use crate::admin::{self, Readiness};
 use crate::app::accounts::{Accounts, AccountsError};
 use crate::app::events::WebhookConfig;
 use crate::app::inbox::{Inbox, InboxConfig};
+use crate::app::providers::Providers;
 use crate::app::{App, IdempotencyConfig, journal, sweeper};
 use crate::domain::account::Account;
 use crate::grpc::FILE_DESCRIPTOR_SET;
@@ -40,6 +41,8 @@ use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
+use crate::providers::AdapterError;
+use crate::providers::outbound::OutboundConfig;
 use crate::providers::sandbox::delivery::Delivery;
 use crate::providers::sandbox::{Sandbox, SandboxConfig};
 use crate::settings::Settings;
@@ -98,6 +101,9 @@ pub struct ServerConfig {
     pub sandbox: Option<SandboxConfig>,
     /// How often the journal's resolver settles provider operations of unknown outcome.
     pub resolve_interval: Duration,
+    /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
+    /// bulkhead (one stack per account).
+    pub outbound: OutboundConfig,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +131,7 @@ impl Default for ServerConfig {
             settings: Arc::default(),
             sandbox: None,
             resolve_interval: Duration::from_secs(5),
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -156,6 +163,8 @@ pub enum ServeError {
     Admin(#[source] std::io::Error),
     #[error("provider accounts")]
     Accounts(#[from] AccountsError),
+    #[error("provider adapters")]
+    Adapter(#[from] AdapterError),
 }
 
 impl Server {
@@ -191,8 +200,16 @@ impl Server {
         let mut app = App::with_settings(pool.clone(), config.idempotency, config.settings.clone())
             .with_webhooks(accounts, config.webhooks.clone());
         let mut delivery = None;
+        let providers = Providers::new(
+            config.settings.clone(),
+            config
+                .sandbox
+                .as_ref()
+                .map(|sandbox| Sandbox::new(pool.clone(), sandbox.clone())),
+        )
+        .with_adapters(&config.outbound)?;
+        app = app.with_providers(providers);
         if let Some(sandbox) = &config.sandbox {
-            app = app.with_sandbox(Sandbox::new(pool.clone(), sandbox.clone()));
             delivery = sandbox.webhook_base.as_deref().map(|base| {
                 Delivery::new(
                     pool.clone(),

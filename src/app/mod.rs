@@ -122,13 +122,14 @@ impl App {
 }
 
 impl App {
-    /// The same app with the sandbox provider enabled (`serve --dev` / `--sandbox`): every
-    /// tenant gets its own sandbox account.
-    pub fn with_sandbox(mut self, sandbox: crate::providers::sandbox::Sandbox) -> Self {
+    /// The same app calling providers through `providers`: the configured accounts' adapters,
+    /// and the sandbox when it runs (`serve --dev` / `--sandbox`: every tenant gets its own
+    /// sandbox account).
+    pub fn with_providers(mut self, providers: providers::Providers) -> Self {
         self.checkout = checkout::Checkout::new(
             self.pool.clone(),
             self.events.mutations().clone(),
-            providers::Providers::new(self.settings.clone(), Some(sandbox)),
+            providers,
         );
         self.payments = payments::Payments::new(
             self.pool.clone(),

@@ -1,7 +1,9 @@
 //! The provider registry: which account a tenant's call goes through, and the provider that
-//! serves it. Configured accounts come from coffer.toml; with the sandbox enabled every tenant
-//! also has `{tenant}-sandbox`, made on first use.
+//! serves it. Configured accounts come from coffer.toml, each with its adapter built at start
+//! (`providers::adapter`); with the sandbox enabled every tenant also has `{tenant}-sandbox`,
+//! made on first use, served by the one sandbox instance.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::AppError;
@@ -9,8 +11,9 @@ use super::RejectionKind;
 use super::accounts::REASON_ACCOUNT_NOT_FOUND;
 use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::ids::TenantId;
+use crate::providers::outbound::OutboundConfig;
 use crate::providers::sandbox::Sandbox;
-use crate::providers::{Operation, Provider, supports};
+use crate::providers::{AdapterError, Operation, Provider, supports};
 use crate::settings::Settings;
 
 pub const REASON_PROVIDER_UNSUPPORTED: &str = "PROVIDER_UNSUPPORTED";
@@ -60,11 +63,34 @@ impl Resolved {
 pub struct Providers {
     settings: Arc<Settings>,
     sandbox: Option<Sandbox>,
+    /// The adapter of each configured account that Coffer can call, built once at start
+    /// (`providers::adapter`), each with its own breaker and bulkhead.
+    configured: Arc<HashMap<AccountName, Arc<dyn Provider>>>,
 }
 
 impl Providers {
+    /// The registry of `settings`' accounts, with the sandbox when it runs; no configured
+    /// account can be called until [`Providers::with_adapters`] builds their adapters.
     pub fn new(settings: Arc<Settings>, sandbox: Option<Sandbox>) -> Self {
-        Self { settings, sandbox }
+        Self {
+            settings,
+            sandbox,
+            configured: Arc::default(),
+        }
+    }
+
+    /// The same registry with every configured account's adapter built, each with its own
+    /// client stack from `outbound`, so a bad account stops the start rather than its first
+    /// call.
+    pub fn with_adapters(mut self, outbound: &OutboundConfig) -> Result<Self, AdapterError> {
+        let mut configured = HashMap::new();
+        for account in self.settings.accounts() {
+            if let Some(adapter) = crate::providers::adapter(account, outbound)? {
+                configured.insert(account.name.clone(), adapter);
+            }
+        }
+        self.configured = Arc::new(configured);
+        Ok(self)
     }
 
     pub fn sandbox(&self) -> Option<&Sandbox> {
@@ -89,7 +115,7 @@ impl Providers {
             return Ok(Resolved {
                 name: account.name.clone(),
                 kind: account.provider,
-                provider: None,
+                provider: self.configured.get(&account.name).cloned(),
             });
         }
         let Some(sandbox) = &self.sandbox else {

@@ -89,6 +89,50 @@ pub fn inbound(kind: ProviderKind) -> &'static dyn Inbound {
     }
 }
 
+/// Why a configured account's adapter could not be built (at start: `serve` refuses to run).
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("account {account}: {source}")]
+    Outbound {
+        account: AccountName,
+        #[source]
+        source: outbound::BuildError,
+    },
+    #[error("account {account}: {message}")]
+    Config {
+        account: AccountName,
+        message: String,
+    },
+}
+
+/// The outbound adapter of a configured account, with its own client stack (breaker, bulkhead)
+/// from `config`: the one place a provider kind picks its calls. `None` for a kind Coffer never
+/// calls (generic HMAC platforms only send webhooks), for the sandbox (one instance serves every
+/// tenant's sandbox account: `app::providers` holds it), and for a provider whose calls this
+/// version does not make yet (its accounts answer `PROVIDER_UNSUPPORTED`).
+pub fn adapter(
+    account: &Account,
+    config: &outbound::OutboundConfig,
+) -> Result<Option<std::sync::Arc<dyn Provider>>, AdapterError> {
+    // Each adapter that calls its provider gets a stack of its own.
+    let _stack = || {
+        outbound::Outbound::new(
+            config.clone(),
+            account.provider,
+            &account.name,
+            outbound::OutboundMetrics::shared().clone(),
+        )
+        .map_err(|source| AdapterError::Outbound {
+            account: account.name.clone(),
+            source,
+        })
+    };
+    Ok(match account.provider {
+        ProviderKind::Sandbox | ProviderKind::Hmac => None,
+        ProviderKind::Stripe | ProviderKind::Polar | ProviderKind::PayTabs => None,
+    })
+}
+
 /// An operation Coffer may ask of a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
