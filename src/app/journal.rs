@@ -459,6 +459,10 @@ impl Journal {
                 self.succeeded(tx, op, account, &sub.id).await?;
                 Ok(payments::apply_subscription(tx, op.tenant, sub).await?)
             }
+            ProviderObject::Dispute(dispute) => {
+                self.succeeded(tx, op, account, &dispute.id).await?;
+                Ok(payments::apply_dispute(tx, op.tenant, dispute).await?)
+            }
         }
     }
 

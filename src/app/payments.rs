@@ -41,13 +41,13 @@ use crate::domain::money::Money;
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::payment::{
     Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription, SubscriptionStatus,
-    refundable_rest,
+    disputed_state, refundable_rest,
 };
 use crate::providers::sandbox::events::EventType;
 use crate::providers::sandbox::wire::{self, SessionState};
 use crate::providers::{
-    ObjectKind, Operation, PaymentOutcome, ProviderError, ProviderPayment, ProviderRefund,
-    ProviderSubscription, RefundRequest,
+    ObjectKind, Operation, PaymentOutcome, ProviderDispute, ProviderError, ProviderPayment,
+    ProviderRefund, ProviderSubscription, RefundRequest,
 };
 use crate::store::{StoreError, audit, checkout as checkout_store, customers as customer_store};
 use crate::store::{journal as journal_store, payments as store};
@@ -323,6 +323,11 @@ pub async fn apply_payment(
         )));
     }
     let to = match p.status {
+        // A provider's payment stays succeeded while it is disputed: its disputes, not its own
+        // state, say when it stops being DISPUTED (`apply_dispute`).
+        PaymentOutcome::Succeeded if locked.status == PaymentStatus::Disputed => {
+            PaymentStatus::Disputed
+        }
         PaymentOutcome::RequiresAction => PaymentStatus::ProviderPending,
         PaymentOutcome::Succeeded => PaymentStatus::Succeeded,
         PaymentOutcome::Failed => PaymentStatus::Failed,
@@ -345,6 +350,63 @@ pub async fn apply_payment(
     )
     .await?;
     if to != locked.status || to == PaymentStatus::Failed {
+        metrics().payment(to);
+    }
+    Ok(())
+}
+
+/// A dispute's state, on the disputed payment: the dispute recorded (an older state of it
+/// changes nothing), then the payment's status and lost amount derived from all its disputes —
+/// DISPUTED while one is open or lost, SUCCEEDED again once every one was won.
+pub async fn apply_dispute(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    d: &ProviderDispute,
+) -> Result<(), ApplyError> {
+    let checkout = CheckoutId::from_uuid(d.client_reference);
+    lock_visible(tx, tenant, checkout).await?;
+    let locked = store::lock_session_payment(tx, tenant, checkout)
+        .await?
+        .ok_or_else(|| refused(format!("checkout session {checkout} has no payment")))?;
+    if !matches!(
+        locked.status,
+        PaymentStatus::Succeeded | PaymentStatus::Disputed
+    ) {
+        return Err(refused(format!(
+            "payment {} is {}: only a succeeded payment can be disputed",
+            locked.id,
+            locked.status.as_str()
+        )));
+    }
+    if d.currency != locked.currency.code() || d.amount > locked.amount {
+        return Err(refused(format!(
+            "the provider's dispute of payment {} is not within its amount",
+            locked.id
+        )));
+    }
+    let disputes = store::record_dispute(
+        tx,
+        tenant,
+        locked.id,
+        &locked.account,
+        &store::DisputeState {
+            provider_dispute_id: &d.id,
+            amount: d.amount,
+            currency: locked.currency,
+            status: d.status,
+            reason: d.reason.as_deref(),
+            version: d.version,
+        },
+    )
+    .await?;
+    let (to, amount_lost) = disputed_state(&disputes);
+    locked
+        .status
+        .transition(to)
+        .map_err(|e| refused(format!("payment {}: {}", locked.id, e.0)))?;
+    store::update_payment_disputes(tx, tenant, locked.id, to, amount_lost.min(locked.amount))
+        .await?;
+    if to != locked.status {
         metrics().payment(to);
     }
     Ok(())

@@ -239,9 +239,55 @@ pub struct Payment {
     pub card_brand: Option<String>,
     pub card_last4: Option<String>,
     pub amount_refunded: i64,
+    /// What lost disputes took back, in minor units.
+    pub amount_lost: i64,
     pub provider_payment_id: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+/// Where a dispute (a chargeback) is, as Coffer tells them apart: OPEN until the bank decides,
+/// then WON (the money stays) or LOST (it is taken back). Providers' finer states (Stripe's
+/// needs_response, under_review, warning_*) are all OPEN here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisputeStatus {
+    Open,
+    Won,
+    Lost,
+}
+
+impl DisputeStatus {
+    pub const ALL: [DisputeStatus; 3] =
+        [DisputeStatus::Open, DisputeStatus::Won, DisputeStatus::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisputeStatus::Open => "open",
+            DisputeStatus::Won => "won",
+            DisputeStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// The payment's state its disputes make: DISPUTED while any is open or lost (with what the
+/// lost ones took), SUCCEEDED once every one was won. `disputes` holds each dispute's status and
+/// amount.
+pub fn disputed_state(disputes: &[(DisputeStatus, i64)]) -> (PaymentStatus, i64) {
+    let lost: i64 = disputes
+        .iter()
+        .filter(|(s, _)| *s == DisputeStatus::Lost)
+        .map(|(_, a)| *a)
+        .sum();
+    let settled_won = disputes.iter().all(|(s, _)| *s == DisputeStatus::Won);
+    if settled_won {
+        (PaymentStatus::Succeeded, 0)
+    } else {
+        (PaymentStatus::Disputed, lost)
+    }
 }
 
 /// A refund of (part of) a payment.
@@ -287,6 +333,27 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn disputes_make_the_payments_state() {
+        use DisputeStatus::*;
+        assert_eq!(disputed_state(&[(Open, 500)]), (PaymentStatus::Disputed, 0));
+        assert_eq!(disputed_state(&[(Won, 500)]), (PaymentStatus::Succeeded, 0));
+        assert_eq!(
+            disputed_state(&[(Lost, 500)]),
+            (PaymentStatus::Disputed, 500)
+        );
+        assert_eq!(
+            disputed_state(&[(Won, 500), (Lost, 300), (Open, 200)]),
+            (PaymentStatus::Disputed, 300)
+        );
+        for s in DisputeStatus::ALL {
+            assert_eq!(DisputeStatus::parse(s.as_str()), Some(s));
+        }
+        // The two moves disputes make are the state machine's.
+        assert!(PaymentStatus::Succeeded.can_become(PaymentStatus::Disputed));
+        assert!(PaymentStatus::Disputed.can_become(PaymentStatus::Succeeded));
+    }
     use PaymentStatus::*;
 
     #[test]

@@ -228,6 +228,7 @@ pub fn payment_to_proto(p: &Payment) -> pb::Payment {
         card_brand: p.card_brand.clone().unwrap_or_default(),
         card_last4: p.card_last4.clone().unwrap_or_default(),
         amount_refunded: p.amount_refunded,
+        amount_lost: p.amount_lost,
         provider_payment_id: p.provider_payment_id.clone().unwrap_or_default(),
         create_time: Some(timestamp(p.created_at)),
         update_time: Some(timestamp(p.updated_at)),

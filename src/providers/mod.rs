@@ -312,6 +312,8 @@ pub enum ObjectKind {
     Payment,
     Refund,
     Subscription,
+    /// A dispute (chargeback) of a payment; only ever fetched, never made by Coffer.
+    Dispute,
 }
 
 impl ObjectKind {
@@ -322,6 +324,7 @@ impl ObjectKind {
             ObjectKind::Payment => "payment",
             ObjectKind::Refund => "refund",
             ObjectKind::Subscription => "subscription",
+            ObjectKind::Dispute => "dispute",
         }
     }
 }
@@ -334,6 +337,21 @@ pub enum ProviderObject {
     Payment(ProviderPayment),
     Refund(ProviderRefund),
     Subscription(ProviderSubscription),
+    Dispute(ProviderDispute),
+}
+
+/// A dispute (chargeback) as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderDispute {
+    pub id: String,
+    /// Coffer's checkout session id of the disputed payment (its payment's client reference).
+    pub client_reference: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: crate::domain::payment::DisputeStatus,
+    /// The provider's reason code (`fraudulent`, ...), when it gives one.
+    pub reason: Option<String>,
+    pub version: i64,
 }
 
 /// A payment provider's API, as Coffer uses it. Every method takes the account it acts for (one

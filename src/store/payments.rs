@@ -4,6 +4,7 @@
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{StoreError, corrupt};
@@ -12,7 +13,8 @@ use crate::domain::ids::{
 };
 use crate::domain::money::Currency;
 use crate::domain::payment::{
-    Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription, SubscriptionStatus,
+    DisputeStatus, Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription,
+    SubscriptionStatus,
 };
 
 struct PaymentRow {
@@ -27,6 +29,7 @@ struct PaymentRow {
     card_brand: Option<String>,
     card_last4: Option<String>,
     amount_refunded: i64,
+    amount_lost: i64,
     provider_payment_id: Option<String>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -47,6 +50,7 @@ impl PaymentRow {
             card_brand: self.card_brand,
             card_last4: self.card_last4,
             amount_refunded: self.amount_refunded,
+            amount_lost: self.amount_lost,
             provider_payment_id: self.provider_payment_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -95,7 +99,7 @@ pub async fn find_payment(
         PaymentRow,
         "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
                 p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
-                p.provider_payment_id, p.created_at, p.updated_at
+                p.amount_lost, p.provider_payment_id, p.created_at, p.updated_at
          FROM payments p
          JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
          WHERE p.tenant_id = $1 AND p.id = $2 AND s.provider_session_id IS NOT NULL",
@@ -120,7 +124,7 @@ pub async fn list_payments(
         PaymentRow,
         "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
                 p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
-                p.provider_payment_id, p.created_at, p.updated_at
+                p.amount_lost, p.provider_payment_id, p.created_at, p.updated_at
          FROM payments p
          JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
          WHERE p.tenant_id = $1 AND s.provider_session_id IS NOT NULL AND p.id > $2
@@ -718,4 +722,86 @@ pub async fn list_subscriptions(
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(SubscriptionRow::into_domain).collect()
+}
+
+/// A dispute as the provider reports it, to record.
+pub struct DisputeState<'a> {
+    pub provider_dispute_id: &'a str,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: DisputeStatus,
+    pub reason: Option<&'a str>,
+    pub version: i64,
+}
+
+/// Records a dispute of a locked payment: a new row, or the provider's newer state of a known
+/// one (an older state, by version, changes nothing). Returns every dispute of the payment, as
+/// (status, amount), for the payment's state.
+pub async fn record_dispute(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    payment: PaymentId,
+    account: &str,
+    d: &DisputeState<'_>,
+) -> Result<Vec<(DisputeStatus, i64)>, StoreError> {
+    sqlx::query!(
+        "INSERT INTO disputes (tenant_id, id, payment_id, account, provider_dispute_id, amount,
+                               currency, status, reason, provider_version, created_at,
+                               updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now())
+         ON CONFLICT (account, provider_dispute_id) DO UPDATE
+         SET amount = EXCLUDED.amount, status = EXCLUDED.status, reason = EXCLUDED.reason,
+             provider_version = EXCLUDED.provider_version, updated_at = now()
+         WHERE disputes.provider_version < EXCLUDED.provider_version
+           AND disputes.tenant_id = EXCLUDED.tenant_id",
+        tenant.as_uuid(),
+        Uuid::now_v7(),
+        payment.as_uuid(),
+        account,
+        d.provider_dispute_id,
+        d.amount,
+        d.currency.code(),
+        d.status.as_str(),
+        d.reason,
+        d.version,
+    )
+    .execute(&mut *conn)
+    .instrument(super::statement_span!("INSERT", "disputes"))
+    .await?;
+    let rows = sqlx::query!(
+        "SELECT status, amount FROM disputes WHERE tenant_id = $1 AND payment_id = $2",
+        tenant.as_uuid(),
+        payment.as_uuid(),
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let status = DisputeStatus::parse(&r.status)
+                .ok_or_else(|| corrupt("dispute status", &r.status))?;
+            Ok((status, r.amount))
+        })
+        .collect()
+}
+
+/// The state a locked payment's disputes make: its status and what lost disputes took.
+pub async fn update_payment_disputes(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    payment: PaymentId,
+    status: PaymentStatus,
+    amount_lost: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE payments SET status = $3, amount_lost = $4, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        payment.as_uuid(),
+        status.as_str(),
+        amount_lost,
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "payments"))
+    .await?;
+    Ok(())
 }

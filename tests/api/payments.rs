@@ -1220,3 +1220,90 @@ async fn the_sandbox_expiring_a_session_on_its_clock_expires_it_here_through_rea
     .unwrap();
     assert_eq!(delivered, 1);
 }
+
+/// A dispute's state as a provider's fetched dispute gives it, applied by the appliers the
+/// inbox uses for triggers (`app::triggers::apply`): an open dispute makes the payment
+/// DISPUTED (not refundable, listed under DISPUTED), an older state changes nothing, a won one
+/// makes it SUCCEEDED again, a lost one leaves it DISPUTED with the amount lost.
+#[tokio::test]
+async fn a_dispute_marks_the_payment_disputed_and_its_close_settles_it() {
+    use coffer::domain::ids::{CheckoutId, TenantId};
+    use coffer::domain::payment::DisputeStatus::{self, Lost, Open, Won};
+    use coffer::providers::{ProviderDispute, ProviderObject};
+
+    let env = Env::spawn().await;
+    let (s, payment) = env.paid("dora", 5_000).await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'shop'")
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    let checkout = CheckoutId::parse(&s.id).unwrap().as_uuid();
+    let apply = |id: &'static str, amount: i64, status: DisputeStatus, version: i64| {
+        let pool = env.app.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let dispute = ProviderDispute {
+                id: id.into(),
+                client_reference: checkout,
+                amount,
+                currency: "USD".into(),
+                status,
+                reason: Some("fraudulent".into()),
+                version,
+            };
+            coffer::app::triggers::apply(
+                &mut tx,
+                TenantId::from_uuid(tenant),
+                &ProviderObject::Dispute(dispute),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let now = || async { env.payment(&env.shop, &payment.id).await };
+
+    apply("dp_1", 5_000, Open, 2).await;
+    let p = now().await;
+    assert_eq!(p.status, PaymentStatus::Disputed as i32);
+    assert_eq!(p.amount_lost, 0);
+    let listed = client(&env.app)
+        .await
+        .list_payments(req(
+            ListPaymentsRequest {
+                page_size: 10,
+                page_token: String::new(),
+                customer_id: String::new(),
+                status: PaymentStatus::Disputed as i32,
+            },
+            &env.shop,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.payments, std::slice::from_ref(&p));
+    let e = env.refund(&payment.id, Some(100), None).await.unwrap_err();
+    assert_eq!(details(&e).0, "PAYMENT_NOT_REFUNDABLE");
+
+    // An older state of the dispute, fetched before and applied after: nothing changes.
+    apply("dp_1", 5_000, Won, 1).await;
+    assert_eq!(now().await.status, PaymentStatus::Disputed as i32);
+
+    // Won: the money stays.
+    apply("dp_1", 5_000, Won, 3).await;
+    let p = now().await;
+    assert_eq!(p.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(p.amount_lost, 0);
+
+    // A second dispute, lost: DISPUTED for good, with what it took.
+    apply("dp_2", 2_000, Open, 1).await;
+    apply("dp_2", 2_000, Lost, 2).await;
+    let p = now().await;
+    assert_eq!(p.status, PaymentStatus::Disputed as i32);
+    assert_eq!(p.amount_lost, 2_000);
+    let disputes: i64 = sqlx::query_scalar("SELECT count(*) FROM disputes")
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(disputes, 2, "one row per provider dispute");
+}

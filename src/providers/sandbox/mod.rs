@@ -670,6 +670,8 @@ impl Provider for Sandbox {
                 .map_err(unavailable)?
                 .map(to_subscription)
                 .map(ProviderObject::Subscription)),
+                // The sandbox has no disputes.
+                ObjectKind::Dispute => Ok(None),
             }
         })
     }
