@@ -51,6 +51,7 @@ fn account(name: &str, tenant: TenantId, provider: ProviderKind, secret: &str) -
             encoding: HmacEncoding::Hex,
             prefix: Some("sha256=".into()),
         }),
+        webhook_sources: None,
     }
 }
 
