@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::cidr::Cidr;
 use crate::store::pool::PoolConfig;
 
 #[derive(Debug, Parser)]
@@ -145,6 +146,12 @@ pub struct ServeArgs {
     /// Stripe, either way for the other schemes (as their SDKs check).
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
+    /// Proxies in front of the webhook sidecar (comma-separated addresses or CIDR ranges) whose
+    /// X-Forwarded-For is believed: a delivery from one is checked against its account's
+    /// webhook_source_cidrs by the right-most X-Forwarded-For address that is not itself a
+    /// trusted proxy. Without it, a delivery's source is its TCP peer.
+    #[arg(long, env = "COFFER_WEBHOOK_TRUSTED_PROXIES", value_parser = cidr_list)]
+    pub webhook_trusted_proxies: Option<CidrList>,
     /// How long a processed, ignored or dead webhook event keeps its raw body, which may hold
     /// personal data; after it only the row remains (ListEvents, de-duplication), and the
     /// event can no longer be replayed. Pending and failed events keep theirs.
@@ -226,6 +233,27 @@ pub struct WebhooksArgs {
     /// How long deliveries in flight have to finish on shutdown.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Proxies in front of this sidecar (comma-separated addresses or CIDR ranges) whose
+    /// X-Forwarded-For is believed: a delivery from one is checked against its account's
+    /// webhook_source_cidrs by the right-most X-Forwarded-For address that is not itself a
+    /// trusted proxy. Without it, a delivery's source is its TCP peer.
+    #[arg(long, env = "COFFER_WEBHOOK_TRUSTED_PROXIES", value_parser = cidr_list)]
+    pub webhook_trusted_proxies: Option<CidrList>,
+}
+
+/// Address ranges given as one comma-separated value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<Cidr>);
+
+/// Spaces around an entry (`a, b`) and empty entries are allowed, so an empty variable (as a
+/// deployment template may leave it) is an empty list rather than an error.
+fn cidr_list(s: &str) -> Result<CidrList, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| Cidr::parse(entry).map_err(|e| e.0))
+        .collect::<Result<_, _>>()
+        .map(CidrList)
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +401,61 @@ mod tests {
         // A bare number hides its unit: refused rather than guessed.
         assert!(parse("7").is_err());
         assert!(parse("ten").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_a_list_of_ranges() {
+        let serve = |args: &[&str]| {
+            Cli::try_parse_from([&["coffer", "serve"], args].concat()).map(|cli| {
+                match cli.command {
+                    Command::Serve(a) => a.webhook_trusted_proxies.unwrap_or_default().0,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        let shown = |v: Vec<Cidr>| v.iter().map(Cidr::to_string).collect::<Vec<_>>();
+        assert!(serve(&[]).unwrap().is_empty(), "none by default");
+        assert_eq!(
+            shown(
+                serve(&[
+                    "--webhook-trusted-proxies",
+                    "10.0.0.0/8, 127.0.0.1,fd00::/8"
+                ])
+                .unwrap()
+            ),
+            ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
+        );
+        let e = serve(&["--webhook-trusted-proxies", "10.0.0.1/8"]).unwrap_err();
+        assert!(e.to_string().contains("did you mean \"10.0.0.0/8\""), "{e}");
+        let webhooks = Cli::try_parse_from([
+            "coffer",
+            "webhooks",
+            "--grpc-endpoint",
+            "http://core:50051",
+            "--system-key",
+            "k",
+            "--webhook-trusted-proxies",
+            "192.168.0.0/16",
+        ])
+        .unwrap();
+        let Command::Webhooks(args) = webhooks.command else {
+            unreachable!()
+        };
+        assert_eq!(
+            shown(args.webhook_trusted_proxies.unwrap().0),
+            ["192.168.0.0/16"]
+        );
+        // An empty value (an environment variable left empty) is no proxy.
+        assert!(
+            serve(&["--webhook-trusted-proxies", ""])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            serve(&["--webhook-trusted-proxies", " , "])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ async fn run_server(
             payload_retention: args.webhook_payload_retention,
             ..Default::default()
         },
+        webhook_trusted_proxies: args.webhook_trusted_proxies.clone().unwrap_or_default().0,
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
@@ -303,6 +304,7 @@ async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
         http_addr: args.http_addr,
         admin_addr: args.admin_addr,
         drain_timeout: args.drain_timeout,
+        trusted_proxies: args.webhook_trusted_proxies.unwrap_or_default().0,
     };
     let sidecar = coffer::webhooks::Standalone::bind(config, &key).await?;
     sidecar.run(coffer::shutdown::signal()).await;

@@ -13,6 +13,7 @@
 //! webhook_secret_env = ["STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS"]
 //! api_base = "https://api.stripe.com"
 //! livemode = false
+//! webhook_source_cidrs = ["3.18.12.63/32", "2600:1f18::/32"]  # optional; without it, any source
 //!
 //! [tenant.acme]
 //! allowed_redirect_origins = ["https://shop.acme.example"]
@@ -45,6 +46,7 @@ use crate::domain::account::{
     Account, AccountName, HmacEncoding, HmacMessage, HmacScheme, ProviderKind, Secret,
 };
 use crate::domain::auth::TenantName;
+use crate::domain::cidr::{Cidr, Cidrs};
 use crate::domain::ids::TenantId;
 use crate::domain::money::{AmountLimits, Currency, CurrencyLimits};
 
@@ -223,6 +225,7 @@ struct RawAccount {
     message: Option<String>,
     encoding: Option<String>,
     prefix: Option<String>,
+    webhook_source_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -440,6 +443,7 @@ const ACCOUNT_FIELDS: &[(&str, Kind)] = &[
     ("message", Kind::Str),
     ("encoding", Kind::Str),
     ("prefix", Kind::Str),
+    ("webhook_source_cidrs", Kind::Strs),
 ];
 
 const TENANT_FIELDS: &[(&str, Kind)] = &[
@@ -600,6 +604,25 @@ fn account(
         None
     };
 
+    let webhook_sources = match raw.webhook_source_cidrs {
+        None => None,
+        Some(ranges) if ranges.is_empty() => {
+            return Err((
+                "webhook_source_cidrs",
+                "must list at least one address range; leave the key out to accept deliveries \
+                 from any source"
+                    .into(),
+            ));
+        }
+        Some(ranges) => {
+            let ranges = ranges
+                .iter()
+                .map(|r| field("webhook_source_cidrs", Cidr::parse(r)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(field("webhook_source_cidrs", Cidrs::new(ranges))?)
+        }
+    };
+
     Ok((
         tenant,
         Account {
@@ -612,6 +635,7 @@ fn account(
             api_base,
             livemode: raw.livemode,
             hmac,
+            webhook_sources,
         },
     ))
 }
@@ -825,6 +849,7 @@ mod tests {
             prefix = "sha256="
             api_base = "http://127.0.0.1:4010"
             livemode = true
+            webhook_source_cidrs = ["3.18.12.63/32", "2600:1f18::/32", "10.0.0.7"]
 
             [tenant.acme]
             allowed_redirect_origins = ["https://shop.acme.example", "http://localhost:3000"]
@@ -850,7 +875,21 @@ mod tests {
         assert_eq!(stripe.api_base.as_deref(), Some("https://api.stripe.com"));
         assert!(!stripe.livemode);
         assert!(stripe.hmac.is_none());
+        assert!(stripe.webhook_sources.is_none(), "any source");
         assert_eq!(hooks.tenant, tenants["globex"]);
+        let sources = hooks.webhook_sources.as_ref().expect("a source list");
+        let ranges: Vec<String> = sources.as_slice().iter().map(|c| c.to_string()).collect();
+        assert_eq!(ranges, ["3.18.12.63/32", "2600:1f18::/32", "10.0.0.7/32"]);
+        for (ip, admitted) in [
+            ("3.18.12.63", true),
+            ("::ffff:3.18.12.63", true),
+            ("2600:1f18:1::9", true),
+            ("10.0.0.7", true),
+            ("3.18.12.64", false),
+            ("10.0.0.8", false),
+        ] {
+            assert_eq!(sources.contains(ip.parse().unwrap()), admitted, "{ip}");
+        }
         assert!(hooks.livemode);
         assert_eq!(
             hooks.hmac,
@@ -991,6 +1030,26 @@ mod tests {
                 r#"/etc/coffer.toml: account "main": livemode: a sandbox account is never live"#,
             ),
             (
+                account("webhook_source_cidrs = [\"3.18.12.63/32\", \"10.0.0.1/8\"]"),
+                r#"/etc/coffer.toml: account "main": webhook_source_cidrs: "10.0.0.1/8" is not an address range: host bits are set; did you mean "10.0.0.0/8"?"#,
+            ),
+            (
+                account("webhook_source_cidrs = [\"3.18.12.63/33\"]"),
+                r#"/etc/coffer.toml: account "main": webhook_source_cidrs: "3.18.12.63/33" is not an address range: the prefix length must be 0 to 32"#,
+            ),
+            (
+                account("webhook_source_cidrs = [\"stripe.com\"]"),
+                r#"/etc/coffer.toml: account "main": webhook_source_cidrs: "stripe.com" is not an address range: expected an IPv4 or IPv6 address, then optionally /prefix-length"#,
+            ),
+            (
+                account("webhook_source_cidrs = [\"::ffff:3.18.12.63\"]"),
+                r#"/etc/coffer.toml: account "main": webhook_source_cidrs: "::ffff:3.18.12.63" is not an address range: an IPv4-mapped IPv6 range; write it as IPv4"#,
+            ),
+            (
+                account("webhook_source_cidrs = []"),
+                r#"/etc/coffer.toml: account "main": webhook_source_cidrs: must list at least one address range; leave the key out to accept deliveries from any source"#,
+            ),
+            (
                 account("").replace("name = \"main\"\n", ""),
                 r#"/etc/coffer.toml: account #1: missing field `name`"#,
             ),
@@ -1096,6 +1155,13 @@ mod tests {
             (
                 STRIPE.replace("[\"STRIPE_WHSEC\", \"STRIPE_WHSEC_OLD\"]", "[1]"),
                 r#"/etc/coffer.toml: account "stripe-main": webhook_secret_env: must be a string or a list of strings"#,
+            ),
+            (
+                STRIPE.replace(
+                    "api_base = \"https://api.stripe.com/\"",
+                    "webhook_source_cidrs = \"3.18.12.63/32\"",
+                ),
+                r#"/etc/coffer.toml: account "stripe-main": webhook_source_cidrs: must be a list of strings"#,
             ),
             (
                 "[tenant.acme]\nallowed_redirect_origins = \"https://a.example\"".to_owned(),

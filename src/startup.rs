@@ -24,6 +24,7 @@ use crate::app::inbox::{Inbox, InboxConfig};
 use crate::app::providers::Providers;
 use crate::app::{App, IdempotencyConfig, journal, sweeper};
 use crate::domain::account::Account;
+use crate::domain::cidr::Cidr;
 use crate::grpc::FILE_DESCRIPTOR_SET;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::checkout::CheckoutService;
@@ -66,6 +67,9 @@ pub struct ServerConfig {
     pub accounts: Vec<Account>,
     /// How webhook signatures are checked (tolerance, clock).
     pub webhooks: WebhookConfig,
+    /// Proxies in front of the sidecar whose `X-Forwarded-For` it believes about where a
+    /// delivery came from (`--webhook-trusted-proxies`); none by default.
+    pub webhook_trusted_proxies: Vec<Cidr>,
     /// How often the database is pinged for health.
     pub health_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls, so load balancers notice.
@@ -114,6 +118,7 @@ impl Default for ServerConfig {
             http_addr: None,
             accounts: Vec::new(),
             webhooks: WebhookConfig::default(),
+            webhook_trusted_proxies: Vec::new(),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
@@ -389,8 +394,11 @@ impl Server {
             let refusals = crate::webhooks::Refusals::new(move |reason| {
                 metrics.refused_before_an_account(reason);
             });
-            let mut router =
-                crate::webhooks::router(crate::webhooks::Upstream::new(channel, &key), refusals);
+            let mut router = crate::webhooks::router(
+                crate::webhooks::Upstream::new(channel, &key),
+                refusals,
+                crate::webhooks::TrustedProxies::new(config.webhook_trusted_proxies.clone()),
+            );
             // The sandbox's hosted checkout page shares the public listener; the sidecar's own
             // routes stay secretless and table-free, the page's are a router of their own.
             if config.sandbox.is_some() {
@@ -399,7 +407,12 @@ impl Server {
             let stop = stop_accepting.clone().cancelled_owned();
             tracing::info!(http = %http.local_addr().unwrap_or(grpc_addr), "webhook sidecar is serving");
             app.tasks.spawn(async move {
-                if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
+                // Connect info: deliveries are judged by their TCP peer (`source_address`).
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(http, service)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     tracing::error!(error = %e, "webhook sidecar failed");
                 }
             });

@@ -137,6 +137,7 @@ impl SandboxAccounts {
             api_base: None,
             livemode: false,
             hmac: None,
+            webhook_sources: None,
         });
         self.found
             .write()
@@ -166,6 +167,7 @@ mod tests {
             api_base: None,
             livemode: false,
             hmac: None,
+            webhook_sources: None,
         }
     }
 

@@ -1,17 +1,21 @@
 //! The ProviderEvents use cases: ingesting a webhook delivery into the inbox, and a tenant's
 //! operators listing and replaying their events.
 //!
-//! Ingest is, in order: find the account (unknown → NOT_FOUND); verify the signature on the
-//! raw bytes with every active secret and read the event id, type and livemode
-//! (`providers::webhook`); store it with one statement that commits on its own, de-duplicated
-//! per (account, provider event id); answer. A rejected delivery writes nothing, is logged
-//! (account, provider and reason: never a header, a secret or the body) and counted by
-//! provider and reason in `coffer_webhooks_rejected`: the signature's reasons
-//! ([`Rejection::ALL`]), and `unknown_account` (provider `unknown`) for a name no account has.
-//! The sidecar counts what only it sees (`too_large`, …) in the same family
+//! Ingest is, in order: find the account (unknown → NOT_FOUND); if the account lists the
+//! addresses its deliveries may come from, check the delivery's source address against the
+//! list, before a header or a byte of the body is looked at (outside it, or unknown →
+//! PERMISSION_DENIED); verify the signature on the raw bytes with every active secret and read
+//! the event id, type and livemode (`providers::webhook`); store it with one statement that
+//! commits on its own, de-duplicated per (account, provider event id); answer. A rejected
+//! delivery writes nothing, is logged (account, provider and reason, and for `source` the
+//! source address: never a header, a secret or the body) and counted by provider and reason
+//! in `coffer_webhooks_rejected`: [`REJECTED_SOURCE`], the signature's reasons
+//! ([`signature::Rejection::ALL`]), and `unknown_account` (provider `unknown`) for a name no
+//! account has. The sidecar counts what only it sees (`too_large`, …) in the same family
 //! ([`WebhookMetrics::refused_before_an_account`]).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +36,12 @@ use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::event::{EventStatus, WebhookEvent};
 use crate::domain::ids::EventId;
 use crate::domain::page::{FilterDigest, PageSize};
-use crate::providers::signature::{self, Check, Header, Rejection};
+use crate::providers::signature::{self, Check, Header};
 use crate::providers::webhook;
 use crate::store::{audit, events as store};
 
 pub const REASON_WEBHOOK_SIGNATURE_INVALID: &str = "WEBHOOK_SIGNATURE_INVALID";
+pub const REASON_WEBHOOK_SOURCE_NOT_ALLOWED: &str = "WEBHOOK_SOURCE_NOT_ALLOWED";
 pub const REASON_EVENT_NOT_FOUND: &str = "EVENT_NOT_FOUND";
 pub const REASON_EVENT_NOT_REPLAYABLE: &str = "EVENT_NOT_REPLAYABLE";
 pub const REASON_EVENT_PAYLOAD_PURGED: &str = "EVENT_PAYLOAD_PURGED";
@@ -120,6 +125,9 @@ struct ReasonLabels {
 pub const UNKNOWN_PROVIDER: &str = "unknown";
 /// The `reason` of a delivery to a name no account has.
 pub const REASON_UNKNOWN_ACCOUNT: &str = "unknown_account";
+/// The `reason` of a delivery from outside its account's source allow-list (or from an
+/// unknown source, to an account with a list).
+pub const REJECTED_SOURCE: &str = "source";
 
 /// The webhook counters. Labels are the provider (or `unknown`) and a fixed outcome or reason,
 /// so their series are few and fixed, whatever callers send.
@@ -140,7 +148,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "coffer_webhooks_rejected",
-            "Webhook deliveries rejected, by provider and reason (missing, malformed, mismatch, stale, livemode, unparseable; with provider unknown: unknown_account, and the sidecar's too_large, headers_too_large, unreadable, timeout)",
+            "Webhook deliveries rejected, by provider and reason (source, missing, malformed, mismatch, stale, livemode, unparseable; with provider unknown: unknown_account, and the sidecar's too_large, headers_too_large, unreadable, timeout)",
             self.rejected.clone(),
         );
     }
@@ -154,9 +162,10 @@ impl WebhookMetrics {
             .inc();
     }
 
-    fn rejection(&self, provider: ProviderKind, reason: Rejection) {
+    /// A delivery to a known account, refused for `reason`.
+    fn rejection(&self, provider: ProviderKind, reason: &'static str) {
         self.outcome(provider, "rejected");
-        self.rejected(provider.as_str(), reason.as_str());
+        self.rejected(provider.as_str(), reason);
     }
 
     fn rejected(&self, provider: &'static str, reason: &'static str) {
@@ -236,12 +245,14 @@ impl Events {
         &self.accounts
     }
 
-    /// Verifies a delivery for `account` and stores it in the inbox; answers once it is
-    /// committed, or found already there. The insert is shared with concurrent deliveries
-    /// (group commit): one statement and one commit for a batch.
+    /// Verifies a delivery for `account` from `source` (the address it came from, when known)
+    /// and stores it in the inbox; answers once it is committed, or found already there. The
+    /// insert is shared with concurrent deliveries (group commit): one statement and one
+    /// commit for a batch.
     pub async fn ingest(
         &self,
         account: &str,
+        source: Option<IpAddr>,
         headers: &[Header],
         body: Vec<u8>,
     ) -> Result<Ingested, AppError> {
@@ -262,6 +273,26 @@ impl Events {
             }
             Err(e) => return Err(e),
         };
+        // First, before a header or a byte of the body is read. An unknown source is refused
+        // too (fail closed): a sidecar too old to send one cannot get past a list.
+        if let Some(allowed) = &account.webhook_sources
+            && !source.is_some_and(|ip| allowed.contains(ip))
+        {
+            let source = source.map(|ip| ip.to_canonical().to_string());
+            tracing::warn!(
+                account = %account.name,
+                provider = account.provider.as_str(),
+                reason = REJECTED_SOURCE,
+                source = source.as_deref().unwrap_or("unknown"),
+                "webhook delivery rejected"
+            );
+            self.metrics.rejection(account.provider, REJECTED_SOURCE);
+            return Err(AppError::rejected(
+                RejectionKind::PermissionDenied,
+                REASON_WEBHOOK_SOURCE_NOT_ALLOWED,
+                "source address not allowed",
+            ));
+        }
         let now = self.config.clock.now();
         let check = Check {
             now: now.unix_timestamp(),
@@ -276,7 +307,7 @@ impl Events {
                     reason = reason.as_str(),
                     "webhook delivery rejected"
                 );
-                self.metrics.rejection(account.provider, reason);
+                self.metrics.rejection(account.provider, reason.as_str());
                 return Err(AppError::Webhook(reason));
             }
         };

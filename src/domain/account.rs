@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::Invalid;
+use super::cidr::Cidrs;
 use super::ids::TenantId;
 
 /// An account's name: 1-64 characters of a-z, 0-9, `-` and `_`, starting with a letter or
@@ -184,6 +185,10 @@ pub struct Account {
     pub livemode: bool,
     /// Present exactly for `ProviderKind::Hmac`.
     pub hmac: Option<HmacScheme>,
+    /// The addresses its deliveries may come from (`webhook_source_cidrs`); one from anywhere
+    /// else, or from an unknown address, is refused before anything of it is read. `None`:
+    /// any source.
+    pub webhook_sources: Option<Cidrs>,
 }
 
 #[cfg(test)]

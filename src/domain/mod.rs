@@ -1,5 +1,5 @@
 //! Typed values and rules: ids, customer fields, provider accounts, webhook events, meters,
-//! usage events, money, plans, API keys and scopes, pagination.
+//! usage events, money, plans, API keys and scopes, pagination, IP address ranges.
 //!
 //! Nothing here knows protobuf, SQL or HTTP. Every type that holds caller input has a private
 //! field and a `parse` that returns `Result`, so a value that exists is a valid one.
@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod checkout;
+pub mod cidr;
 pub mod customer;
 pub mod event;
 pub mod idempotency;

@@ -1,5 +1,7 @@
 //! The ProviderEvents service: protobuf ⇄ domain, nothing else.
 
+use std::net::IpAddr;
+
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -54,6 +56,18 @@ impl ProviderEvents for ProviderEventsService {
             }
         }
         let req = request.into_inner();
+        // The sidecar sends an IP literal or nothing; anything else is a broken caller, not a
+        // delivery to judge.
+        let source = if req.source_address.is_empty() {
+            None
+        } else {
+            Some(req.source_address.parse::<IpAddr>().map_err(|_| {
+                status::invalid(&Violations::single(
+                    "source_address",
+                    "is not an IP address",
+                ))
+            })?)
+        };
         let headers: Vec<Header> = req
             .headers
             .into_iter()
@@ -65,7 +79,7 @@ impl ProviderEvents for ProviderEventsService {
         let ingested = self
             .app
             .events
-            .ingest(&req.account, &headers, req.body)
+            .ingest(&req.account, source, &headers, req.body)
             .await?;
         Ok(Response::new(pb::IngestEventResponse {
             event_id: ingested.event_id.to_string(),

@@ -33,7 +33,7 @@ pub const REASON_PROVIDER_OUTCOME_UNKNOWN: &str = "PROVIDER_OUTCOME_UNKNOWN";
 // Reasons the webhook sidecar reads from IngestEvent's answers: part of the gRPC contract, so
 // the sidecar takes them from here and never from the use cases behind it.
 pub use crate::app::accounts::REASON_ACCOUNT_NOT_FOUND;
-pub use crate::app::events::REASON_WEBHOOK_SIGNATURE_INVALID;
+pub use crate::app::events::{REASON_WEBHOOK_SIGNATURE_INVALID, REASON_WEBHOOK_SOURCE_NOT_ALLOWED};
 
 fn with_info(
     code: Code,

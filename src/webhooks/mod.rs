@@ -1,14 +1,16 @@
 //! The public HTTP sidecar: `POST /webhooks/{account}`.
 //!
 //! It holds no secret and touches no table. It bounds the body (1 MiB, else 413), forwards the
-//! raw bytes, every header as ordered name/value pairs (repeats kept) and the trace context to
-//! `ProviderEvents.IngestEvent` over gRPC with a system key, and maps the answer to HTTP:
+//! raw bytes, every header as ordered name/value pairs (repeats kept), the address the delivery
+//! came from and the trace context to `ProviderEvents.IngestEvent` over gRPC with a system key,
+//! and maps the answer to HTTP:
 //!
 //! | core answer | HTTP |
 //! |---|---|
 //! | OK (stored, or a duplicate) | 200 |
 //! | UNAUTHENTICATED `WEBHOOK_SIGNATURE_INVALID` (no signature header) | 401 `invalid signature` |
 //! | INVALID_ARGUMENT `WEBHOOK_SIGNATURE_INVALID` (any other rejection) | 400 `invalid signature` |
+//! | PERMISSION_DENIED `WEBHOOK_SOURCE_NOT_ALLOWED` (a source outside the account's list) | 403 `forbidden` |
 //! | NOT_FOUND `ACCOUNT_NOT_FOUND` | 404 |
 //! | UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNKNOWN, CANCELLED, or the core unreachable | 503 with `Retry-After` |
 //! | the sidecar's own key refused | 503 with `Retry-After` (logged: an operator must fix it) |
@@ -20,15 +22,22 @@
 //! So 200 is said only once the core has committed the event (or found it already stored);
 //! whatever else happens, the provider is told to retry or that the delivery is refused.
 //!
+//! With each delivery goes its source address (`source_address`), which the core checks
+//! against the account's `webhook_source_cidrs`, if it has any: the TCP peer, or, when the
+//! peer is one of the trusted proxies (`--webhook-trusted-proxies`, none by default), the
+//! client address the proxies report in `X-Forwarded-For`, read as [`TrustedProxies::source`]
+//! says: the right-most address that is not itself a trusted proxy. Left of it, addresses
+//! are the client's own words and anyone can write them.
+//!
 //! Every refusal is logged (`webhook delivery rejected`) and counted in
 //! `coffer_webhooks_rejected_total{provider,reason}` once, where it is decided: the core
-//! counts what it refuses (the signature's reasons, `unparseable`, `unknown_account`); the
-//! sidecar counts what it refuses before the core hears of it ([`Refusals`]), with provider
-//! `unknown` since it holds no account table: `too_large` (413), `headers_too_large` (431),
-//! `unreadable` (a body that could not be read, 400), `timeout` (408), and `unknown_account`
-//! for a path that is no name at all (404). Inside `coffer serve` these go to the core's own
-//! family, so the process exports one; the standalone sidecar serves its own on its admin
-//! listener's `/metrics`.
+//! counts what it refuses (`source`, the signature's reasons, `unparseable`,
+//! `unknown_account`); the sidecar counts what it refuses before the core hears of it
+//! ([`Refusals`]), with provider `unknown` since it holds no account table: `too_large`
+//! (413), `headers_too_large` (431), `unreadable` (a body that could not be read, 400),
+//! `timeout` (408), and `unknown_account` for a path that is no name at all (404). Inside
+//! `coffer serve` these go to the core's own family, so the process exports one; the
+//! standalone sidecar serves its own on its admin listener's `/metrics`.
 //!
 //! `coffer serve` runs it in-process against its own gRPC port with an ephemeral system key
 //! ([`crate::app::auth::Authenticator::ephemeral_system_key`]); `coffer webhooks` runs it
@@ -36,14 +45,14 @@
 //! `/readyz` (ready while the upstream's health answers SERVING) and `/metrics` on its admin
 //! listener.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,9 +72,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::domain::account::AccountName;
 use crate::domain::auth::ApiKey;
+use crate::domain::cidr::Cidr;
 use crate::grpc::pb::provider_events_client::ProviderEventsClient;
 use crate::grpc::pb::{Header, IngestEventRequest};
-use crate::grpc::status::{REASON_ACCOUNT_NOT_FOUND, REASON_WEBHOOK_SIGNATURE_INVALID};
+use crate::grpc::status::{
+    REASON_ACCOUNT_NOT_FOUND, REASON_WEBHOOK_SIGNATURE_INVALID, REASON_WEBHOOK_SOURCE_NOT_ALLOWED,
+};
 use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::telemetry::HeaderExtractor;
 
@@ -158,11 +170,66 @@ impl Refusals {
     }
 }
 
+/// The proxies whose `X-Forwarded-For` the sidecar believes. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Arc<[Cidr]>);
+
+impl TrustedProxies {
+    pub fn new(ranges: Vec<Cidr>) -> Self {
+        Self(ranges.into())
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+
+    /// The address a delivery from TCP peer `peer` came from, or `None` when it cannot be
+    /// known.
+    ///
+    /// A peer that is not a trusted proxy is the source, whatever its headers say. From a
+    /// trusted proxy, the `X-Forwarded-For` entries (every such header, in order, each split
+    /// on commas) are read from the right, the end each proxy appends to: trusted proxies are
+    /// skipped, and the first address that is not one is the source. Entries further left
+    /// were written by that client and prove nothing. No header, nothing but trusted proxies,
+    /// or an entry that is no address (`unknown`, a name, an empty entry, a header that is
+    /// not ASCII) before an untrusted one gives `None`: the core then refuses the delivery
+    /// for an account with a source list, and accepts it for one without. An entry may carry
+    /// a port (`1.2.3.4:5678`, `[2600:1f18::1]:443`). IPv4-mapped IPv6 addresses are given as
+    /// IPv4.
+    pub fn source(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer.to_canonical();
+        if !self.trusts(peer) {
+            return Some(peer);
+        }
+        let mut entries = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            entries.extend(value.to_str().ok()?.split(','));
+        }
+        for entry in entries.into_iter().rev() {
+            let ip = forwarded_address(entry.trim_matches([' ', '\t']))?;
+            if !self.trusts(ip) {
+                return Some(ip);
+            }
+        }
+        None
+    }
+}
+
+/// An `X-Forwarded-For` entry's address: a bare IP, or an IP with a port.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
 /// What the sidecar's handler holds.
 #[derive(Clone, Debug)]
 struct Sidecar {
     upstream: Upstream,
     refusals: Refusals,
+    proxies: TrustedProxies,
 }
 
 /// The sidecar's way to the core: a gRPC channel and the system key it calls with.
@@ -203,8 +270,11 @@ impl Upstream {
     }
 }
 
-/// The sidecar's routes; the refusals it decides alone are counted in `refusals`.
-pub fn router(upstream: Upstream, refusals: Refusals) -> Router {
+/// The sidecar's routes; the refusals it decides alone are counted in `refusals`, and
+/// `proxies` are believed about where a delivery came from. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: a delivery is judged by its TCP
+/// peer.
+pub fn router(upstream: Upstream, refusals: Refusals, proxies: TrustedProxies) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let timeouts = refusals.clone();
     Router::new()
@@ -213,7 +283,11 @@ pub fn router(upstream: Upstream, refusals: Refusals) -> Router {
         .layer(axum::middleware::from_fn(move |request, next| {
             bounded(in_flight.clone(), timeouts.clone(), request, next)
         }))
-        .with_state(Sidecar { upstream, refusals })
+        .with_state(Sidecar {
+            upstream,
+            refusals,
+            proxies,
+        })
 }
 
 /// Sheds what is over [`MAX_IN_FLIGHT`] and ends what runs past [`REQUEST_TIMEOUT`].
@@ -257,6 +331,9 @@ pub enum WebhookError {
     InvalidSignature,
     #[error("unknown account")]
     UnknownAccount,
+    /// The core refused the delivery's source address.
+    #[error("source not allowed")]
+    Forbidden,
     /// The core could not store it now; the provider should retry.
     #[error("the core is unavailable")]
     Unavailable { retry_after: Duration },
@@ -275,6 +352,7 @@ impl IntoResponse for WebhookError {
             WebhookError::BadBody => "bad request",
             WebhookError::Unsigned | WebhookError::InvalidSignature => "invalid signature",
             WebhookError::UnknownAccount => "unknown account",
+            WebhookError::Forbidden => "forbidden",
             WebhookError::Unavailable { .. } => "unavailable, retry later",
             WebhookError::Timeout => "request timeout",
             WebhookError::Internal => "internal error",
@@ -309,6 +387,9 @@ impl WebhookError {
             }
             (_, Some(REASON_WEBHOOK_SIGNATURE_INVALID)) => WebhookError::InvalidSignature,
             (Code::NotFound, Some(REASON_ACCOUNT_NOT_FOUND)) => WebhookError::UnknownAccount,
+            (Code::PermissionDenied, Some(REASON_WEBHOOK_SOURCE_NOT_ALLOWED)) => {
+                WebhookError::Forbidden
+            }
             (Code::OutOfRange, _) => WebhookError::TooLarge,
             (
                 Code::Unavailable
@@ -351,7 +432,12 @@ impl Injector for MetadataInjector<'_> {
 }
 
 async fn receive(
-    State(Sidecar { upstream, refusals }): State<Sidecar>,
+    State(Sidecar {
+        upstream,
+        refusals,
+        proxies,
+    }): State<Sidecar>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     account: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -368,7 +454,8 @@ async fn receive(
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
     // Fails only when no OpenTelemetry layer is installed; the span still works.
     let _ = span.set_parent(parent);
-    let result = forward(upstream, &refusals, account, headers, body)
+    let source = proxies.source(peer.ip(), &headers);
+    let result = forward(upstream, &refusals, account, source, headers, body)
         .instrument(span.clone())
         .await;
     let code = match &result {
@@ -387,6 +474,7 @@ impl WebhookError {
             WebhookError::BadBody | WebhookError::InvalidSignature => StatusCode::BAD_REQUEST,
             WebhookError::Unsigned => StatusCode::UNAUTHORIZED,
             WebhookError::UnknownAccount => StatusCode::NOT_FOUND,
+            WebhookError::Forbidden => StatusCode::FORBIDDEN,
             WebhookError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::Timeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -398,6 +486,7 @@ async fn forward(
     mut upstream: Upstream,
     refusals: &Refusals,
     account: Result<Path<String>, PathRejection>,
+    source: Option<IpAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<&'static str, WebhookError> {
@@ -433,6 +522,7 @@ async fn forward(
         account,
         headers: forwarded,
         body: body.to_vec(),
+        source_address: source.map(|ip| ip.to_string()).unwrap_or_default(),
     });
     request.set_timeout(UPSTREAM_TIMEOUT);
     let metadata = request.metadata_mut();
@@ -467,6 +557,8 @@ pub struct StandaloneConfig {
     pub admin_addr: SocketAddr,
     /// How long deliveries in flight have to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed (`--webhook-trusted-proxies`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -540,11 +632,13 @@ impl Standalone {
             .route("/readyz", get(readyz))
             .route("/metrics", get(move || metrics_text(registry.clone())))
             .with_state(self.channel);
-        let public = router(self.upstream, self.refusals);
+        let proxies = TrustedProxies::new(self.config.trusted_proxies.clone());
+        let public = router(self.upstream, self.refusals, proxies);
         for (listener, router) in [(self.http, public), (self.admin, admin)] {
             let stop = stop.clone().cancelled_owned();
             tasks.spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(listener, service)
                     .with_graceful_shutdown(stop)
                     .await
                 {
@@ -594,5 +688,106 @@ async fn readyz(State(channel): State<Channel>) -> (StatusCode, &'static str) {
     match tokio::time::timeout(Duration::from_secs(2), health.check(request)).await {
         Ok(Ok(r)) if r.get_ref().status == serving => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream not serving\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(ranges: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(ranges.iter().map(|r| Cidr::parse(r).unwrap()).collect())
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn source(trusted: &TrustedProxies, peer: &str, values: &[&str]) -> Option<String> {
+        trusted
+            .source(ip(peer), &xff(values))
+            .map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_source_whatever_its_headers_say() {
+        let none = TrustedProxies::default();
+        assert_eq!(
+            source(&none, "127.0.0.1", &["3.18.12.63"]).as_deref(),
+            Some("127.0.0.1")
+        );
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(
+            source(&trusted, "203.0.113.7", &["3.18.12.63"]).as_deref(),
+            Some("203.0.113.7")
+        );
+        // A dual-stack listener's IPv4 peer is given as IPv4.
+        assert_eq!(
+            source(&none, "::ffff:203.0.113.7", &[]).as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(
+            source(&none, "2600:1f18::9", &[]).as_deref(),
+            Some("2600:1f18::9")
+        );
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_source() {
+        let trusted = proxies(&["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        for (values, expected) in [
+            (&["3.18.12.63"][..], Some("3.18.12.63")),
+            // A left-most entry is the client's own claim: ignored.
+            (&["1.2.3.4, 3.18.12.63"], Some("3.18.12.63")),
+            (&["3.18.12.63, 1.2.3.4"], Some("1.2.3.4")),
+            // Trusted hops on the right are skipped.
+            (
+                &["1.2.3.4, 3.18.12.63, 10.1.1.1, fd00::2"],
+                Some("3.18.12.63"),
+            ),
+            // Several headers are one list, in order.
+            (&["1.2.3.4", "3.18.12.63, 10.0.0.2"], Some("3.18.12.63")),
+            (&["3.18.12.63", "1.2.3.4"], Some("1.2.3.4")),
+            // Ports, brackets, tabs, mapped addresses.
+            (&["3.18.12.63:5000"], Some("3.18.12.63")),
+            (&["[2600:1f18::1]:443"], Some("2600:1f18::1")),
+            (&["\t3.18.12.63 ,10.0.0.1"], Some("3.18.12.63")),
+            (&["::ffff:3.18.12.63"], Some("3.18.12.63")),
+            // No client address to be had: unknown, never the proxy's own.
+            (&[], None),
+            (&["10.0.0.3, 127.0.0.1"], None),
+            (&["unknown"], None),
+            (&["3.18.12.63, unknown"], None),
+            (&["3.18.12.63,"], None),
+            (&["3.18.12.63, example.com"], None),
+            // Rubbish left of the source is never read.
+            (&["not an address, 3.18.12.63"], Some("3.18.12.63")),
+        ] {
+            assert_eq!(
+                source(&trusted, "127.0.0.1", values).as_deref(),
+                expected,
+                "{values:?}"
+            );
+        }
+        // A header that is not ASCII is no list at all.
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"3.18.12.63, \xe9").unwrap(),
+        );
+        assert_eq!(trusted.source(ip("127.0.0.1"), &headers), None);
+        // The trusted peer may be seen as mapped IPv6.
+        assert_eq!(
+            source(&trusted, "::ffff:127.0.0.1", &["3.18.12.63"]).as_deref(),
+            Some("3.18.12.63")
+        );
     }
 }

@@ -20,6 +20,7 @@ name = "acme-test"
 tenant = "acme"
 provider = "sandbox"
 webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
+webhook_source_cidrs = ["127.0.0.1/32", "::1"]
 
 [tenant.acme]
 allowed_redirect_origins = ["https://shop.acme.example"]
@@ -94,6 +95,15 @@ async fn a_bad_file_stops_serve_with_one_line() {
             ),
             format!(
                 "{file}: account \"acme-test\": tenant: no tenant is named \"initech\" (create it with `coffer tenant create initech`)"
+            ),
+        ),
+        (
+            GOOD.replace(
+                "api_base = \"http://127.0.0.1:9\"",
+                "api_base = \"http://127.0.0.1:9\"\nwebhook_source_cidrs = [\"3.18.12.0/16\"]",
+            ),
+            format!(
+                "{file}: account \"acme-stripe\": webhook_source_cidrs: \"3.18.12.0/16\" is not an address range: host bits are set; did you mean \"3.18.0.0/16\"?"
             ),
         ),
         (

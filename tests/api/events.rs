@@ -9,6 +9,7 @@ use coffer::domain::account::{
     Account, AccountName, HmacEncoding, HmacMessage, HmacScheme, ProviderKind, Secret,
 };
 use coffer::domain::auth::TenantName;
+use coffer::domain::cidr::{Cidr, Cidrs};
 use coffer::domain::ids::TenantId;
 use coffer::grpc::pb::provider_events_client::ProviderEventsClient;
 use coffer::grpc::pb::{
@@ -35,7 +36,7 @@ pub struct Env {
     pub other_key: String,
 }
 
-fn account(name: &str, tenant: TenantId, provider: ProviderKind, secret: &str) -> Account {
+pub fn account(name: &str, tenant: TenantId, provider: ProviderKind, secret: &str) -> Account {
     Account {
         name: AccountName::parse(name).unwrap(),
         tenant,
@@ -51,6 +52,7 @@ fn account(name: &str, tenant: TenantId, provider: ProviderKind, secret: &str) -
             encoding: HmacEncoding::Hex,
             prefix: Some("sha256=".into()),
         }),
+        webhook_sources: None,
     }
 }
 
@@ -151,6 +153,7 @@ pub fn stripe(account: &str, id: &str, secret: &str, t: i64) -> IngestEventReque
             ),
         ],
         body: body.into_bytes(),
+        source_address: String::new(),
     }
 }
 
@@ -254,6 +257,7 @@ async fn sandbox_and_hmac_deliveries_are_stored() {
             account: "shop-sandbox".into(),
             headers,
             body: body.to_vec(),
+            source_address: String::new(),
         },
         &env.ingest_key,
     ))
@@ -268,6 +272,7 @@ async fn sandbox_and_hmac_deliveries_are_stored() {
                 &format!("sha256={}", sign::body_hex(HMAC_SECRET, hmac_body)),
             )],
             body: hmac_body.to_vec(),
+            source_address: String::new(),
         },
         &env.ingest_key,
     ))
@@ -305,6 +310,7 @@ async fn forged_stale_unsigned_malformed_and_unparseable_deliveries_change_nothi
                 &sign::stripe(STRIPE_SECRET, now(), body.as_bytes()),
             )],
             body: body.into_bytes(),
+            source_address: String::new(),
         }
     };
     // Verified, but not an event whose id and type can be read.
@@ -315,6 +321,7 @@ async fn forged_stale_unsigned_malformed_and_unparseable_deliveries_change_nothi
             &sign::stripe(STRIPE_SECRET, now(), b"not json"),
         )],
         body: b"not json".to_vec(),
+        source_address: String::new(),
     };
     for (request, code, reason) in [
         (unparseable, Code::InvalidArgument, "unparseable"),
@@ -351,6 +358,96 @@ async fn forged_stale_unsigned_malformed_and_unparseable_deliveries_change_nothi
             n,
             "{reason}"
         );
+    }
+}
+
+/// An account with a source list admits a delivery whose `source_address` is in it (an
+/// IPv4-mapped form of an allowed IPv4 address too), and refuses, before its signature is
+/// looked at, one from elsewhere or with no address at all (an older sidecar): PERMISSION_DENIED
+/// with its own reason, nothing stored, counted as `source`. A `source_address` that is no
+/// address is the caller's mistake.
+#[tokio::test]
+async fn a_source_list_is_checked_before_anything_else() {
+    let env = Env::spawn_with(|mut c| {
+        let shop = c.accounts[0].tenant;
+        let ranges = ["3.18.12.63/32", "2600:1f18::/32"]
+            .iter()
+            .map(|r| Cidr::parse(r).unwrap())
+            .collect();
+        c.accounts.push(Account {
+            webhook_sources: Some(Cidrs::new(ranges).unwrap()),
+            ..account("shop-listed", shop, ProviderKind::Stripe, STRIPE_SECRET)
+        });
+        c
+    })
+    .await;
+    let mut c = env.client().await;
+    let from = |source: &str, id: &str, secret: &str| IngestEventRequest {
+        source_address: source.into(),
+        ..stripe("shop-listed", id, secret, now())
+    };
+    for (i, source) in ["3.18.12.63", "::ffff:3.18.12.63", "2600:1f18::7"]
+        .into_iter()
+        .enumerate()
+    {
+        let stored = c
+            .ingest_event(req(
+                from(source, &format!("evt_{i}"), STRIPE_SECRET),
+                &env.ingest_key,
+            ))
+            .await;
+        assert!(stored.is_ok(), "{source}: {stored:?}");
+    }
+    for (source, secret) in [
+        ("", STRIPE_SECRET),
+        ("3.18.12.64", STRIPE_SECRET),
+        ("2600:1f19::7", STRIPE_SECRET),
+        ("127.0.0.1", STRIPE_SECRET),
+        // Forged too: refused for its source, never verified.
+        ("10.0.0.1", "whsec_attacker"),
+    ] {
+        let e = c
+            .ingest_event(req(from(source, "evt_x", secret), &env.ingest_key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{source:?}: {e:?}");
+        assert_eq!(details(&e).0, "WEBHOOK_SOURCE_NOT_ALLOWED", "{source:?}");
+        assert_eq!(e.message(), "source address not allowed");
+    }
+    assert_eq!(
+        env.rows().await,
+        3,
+        "only the allowed deliveries are stored"
+    );
+    let rejected = |reason: &str| {
+        let series =
+            format!("coffer_webhooks_rejected_total{{provider=\"stripe\",reason=\"{reason}\"}}");
+        let env = &env;
+        async move { env.metric(&series).await }
+    };
+    assert_eq!(rejected("source").await, 5.0);
+    assert_eq!(rejected("mismatch").await, 0.0);
+
+    let e = c
+        .ingest_event(req(
+            from("3.18.12.63.1", "evt_y", STRIPE_SECRET),
+            &env.ingest_key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        details(&e),
+        ("INVALID_REQUEST".into(), vec!["source_address".into()])
+    );
+
+    // An account without a list takes any source, or none.
+    for (i, source) in ["", "198.51.100.7"].into_iter().enumerate() {
+        let request = IngestEventRequest {
+            source_address: source.into(),
+            ..stripe("shop-stripe", &format!("evt_any_{i}"), STRIPE_SECRET, now())
+        };
+        assert!(c.ingest_event(req(request, &env.ingest_key)).await.is_ok());
     }
 }
 
@@ -755,6 +852,7 @@ async fn the_clock_is_injected_into_the_server() {
             .map(|(k, v)| header(k, v.as_str().unwrap()))
             .collect(),
         body: case["payload"].as_str().unwrap().as_bytes().to_vec(),
+        source_address: String::new(),
     };
     let stored = c
         .ingest_event(req(deliver(valid), &env.ingest_key))

@@ -95,6 +95,7 @@ fn sandbox(id: &str, event_type: &str, object: &str) -> IngestEventRequest {
             })
             .collect(),
         body: body.into_bytes(),
+        source_address: String::new(),
     }
 }
 

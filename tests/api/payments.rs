@@ -277,6 +277,7 @@ impl Env {
                     account: account.into(),
                     headers,
                     body,
+                    source_address: String::new(),
                 },
                 &self.ingest,
             ))

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coffer::domain::account::{Account, ProviderKind};
 use coffer::domain::auth::ApiKey;
+use coffer::domain::cidr::{Cidr, Cidrs};
+use coffer::domain::ids::TenantId;
 use coffer::grpc::pb::provider_events_server::{ProviderEvents, ProviderEventsServer};
 use coffer::grpc::pb::{
     IngestEventRequest, IngestEventResponse, ListEventsRequest, ListEventsResponse,
@@ -20,7 +23,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::binary::{BIN, Receiver, Served, TempDir, db_url, hex};
-use crate::events::{Env, STRIPE_SECRET, now, stripe_body};
+use crate::events::{Env, STRIPE_SECRET, account, now, stripe_body};
 use crate::helpers::{Proxy, TestDb, eventually, http_get};
 
 fn client() -> reqwest::Client {
@@ -42,9 +45,23 @@ async fn post_stripe(
     id: &str,
     secret: &str,
 ) -> (StatusCode, Option<String>, String) {
+    post_stripe_from(addr, account, id, secret, &[]).await
+}
+
+/// [`post_stripe`] with an `X-Forwarded-For` header for each of `forwarded_for`.
+async fn post_stripe_from(
+    addr: SocketAddr,
+    account: &str,
+    id: &str,
+    secret: &str,
+    forwarded_for: &[&str],
+) -> (StatusCode, Option<String>, String) {
     let body = stripe_body(id);
-    let response = client()
-        .post(url(addr, account))
+    let mut request = client().post(url(addr, account));
+    for value in forwarded_for {
+        request = request.header("x-forwarded-for", *value);
+    }
+    let response = request
         .header("content-type", "application/json")
         .header(
             "Stripe-Signature",
@@ -130,6 +147,131 @@ async fn deliveries_through_the_sidecar_get_the_right_answers() {
     env.app.stop().await.unwrap();
 }
 
+/// A Stripe account of `tenant` whose deliveries may come only from `ranges`.
+fn listed(name: &str, tenant: TenantId, ranges: &[&str]) -> Account {
+    let ranges = ranges.iter().map(|r| Cidr::parse(r).unwrap()).collect();
+    Account {
+        webhook_sources: Some(Cidrs::new(ranges).unwrap()),
+        ..account(name, tenant, ProviderKind::Stripe, STRIPE_SECRET)
+    }
+}
+
+/// An account's source list is checked first: a delivery from loopback to an account that
+/// lists 127.0.0.1/32 is stored; one to an account that lists 10.0.0.0/8 is 403, whether its
+/// signature is good or forged (so before the signature is looked at), stores nothing and is
+/// counted as `source`. From a peer that is no trusted proxy, X-Forwarded-For is not believed.
+#[tokio::test]
+async fn a_source_list_admits_its_ranges_and_refuses_the_rest_first() {
+    let env = Env::spawn_with(|mut c| {
+        let shop = c.accounts[0].tenant;
+        c.accounts
+            .push(listed("shop-near", shop, &["127.0.0.1/32"]));
+        c.accounts
+            .push(listed("shop-far", shop, &["10.0.0.0/8", "2600:1f18::/32"]));
+        c
+    })
+    .await;
+    let http = env.app.http_addr.unwrap();
+    let (status, _, body) = post_stripe(http, "shop-near", "evt_1", STRIPE_SECRET).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(env.rows().await, 1);
+
+    for (secret, forwarded_for) in [
+        (STRIPE_SECRET, &[][..]),
+        ("whsec_forged", &[]),
+        // Not from a trusted proxy (there is none): the header is the client's own claim.
+        (STRIPE_SECRET, &["10.1.2.3"]),
+    ] {
+        let (status, retry_after, body) =
+            post_stripe_from(http, "shop-far", "evt_2", secret, forwarded_for).await;
+        assert_eq!(
+            (status, body.as_str(), retry_after),
+            (StatusCode::FORBIDDEN, "forbidden", None),
+            "{secret} {forwarded_for:?}"
+        );
+    }
+    assert_eq!(env.rows().await, 1, "nothing stored");
+    let rejected = |reason: &str| {
+        let series =
+            format!("coffer_webhooks_rejected_total{{provider=\"stripe\",reason=\"{reason}\"}}");
+        let env = &env;
+        async move { env.metric(&series).await }
+    };
+    assert_eq!(rejected("source").await, 3.0);
+    assert_eq!(
+        rejected("mismatch").await,
+        0.0,
+        "the forged delivery was refused before its signature was checked"
+    );
+    assert_eq!(
+        env.metric("coffer_webhooks_received_total{provider=\"stripe\",outcome=\"rejected\"}")
+            .await,
+        3.0
+    );
+    env.app.stop().await.unwrap();
+}
+
+/// With the test's own client (127.0.0.1) declared a trusted proxy, the address it reports in
+/// X-Forwarded-For is what the account's list is checked against: the right-most one that is
+/// not a trusted proxy, so an entry the client wrote further left, allowed or not, changes
+/// nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_it_reports_is_what_is_checked() {
+    let env = Env::spawn_with(|mut c| {
+        let shop = c.accounts[0].tenant;
+        c.accounts.push(listed(
+            "shop-ranges",
+            shop,
+            &["3.18.12.63/32", "2600:1f18::/32"],
+        ));
+        c.accounts
+            .push(listed("shop-near", shop, &["127.0.0.1/32"]));
+        c.webhook_trusted_proxies = vec![Cidr::parse("127.0.0.1/32").unwrap()];
+        c
+    })
+    .await;
+    let http = env.app.http_addr.unwrap();
+    let (ok, forbidden) = (StatusCode::OK, StatusCode::FORBIDDEN);
+    let cases: &[(&str, &[&str], StatusCode)] = &[
+        ("shop-ranges", &["3.18.12.63"], ok),
+        // A spoofed allowed address on the left is ignored: the proxy's entry is the client.
+        ("shop-ranges", &["3.18.12.63, 198.51.100.7"], forbidden),
+        // And so is a spoofed disallowed one.
+        ("shop-ranges", &["198.51.100.7, 3.18.12.63"], ok),
+        ("shop-ranges", &["198.51.100.7", "3.18.12.63"], ok),
+        ("shop-ranges", &["2600:1f18::1"], ok),
+        ("shop-ranges", &["[2600:1f18::2]:443"], ok),
+        ("shop-ranges", &["2600:1f19::1"], forbidden),
+        // The proxy reported no client, or only itself: unknown, and refused.
+        ("shop-ranges", &[], forbidden),
+        ("shop-ranges", &["127.0.0.1"], forbidden),
+        ("shop-ranges", &["unknown"], forbidden),
+        // The proxy's own address is not the client's.
+        ("shop-near", &["198.51.100.7"], forbidden),
+        // An account without a list takes a delivery from anywhere.
+        ("shop-stripe", &["198.51.100.7"], ok),
+    ];
+    for (i, (account, forwarded_for, expected)) in cases.iter().enumerate() {
+        let (status, _, _) = post_stripe_from(
+            http,
+            account,
+            &format!("evt_{i}"),
+            STRIPE_SECRET,
+            forwarded_for,
+        )
+        .await;
+        assert_eq!(status, *expected, "{account} {forwarded_for:?}");
+    }
+    let stored = cases.iter().filter(|c| c.2 == ok).count();
+    assert_eq!(env.rows().await, stored as i64);
+    assert_eq!(
+        env.metric("coffer_webhooks_rejected_total{provider=\"stripe\",reason=\"source\"}")
+            .await,
+        (cases.len() - stored) as f64
+    );
+    env.app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_sidecar_answers_503_while_the_database_is_down() {
     let db = TestDb::new().await;
@@ -175,6 +317,7 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
+        trusted_proxies: Vec::new(),
     };
     let key = ApiKey::parse(&env.ingest_key).unwrap();
     let sidecar = Standalone::bind(config, &key).await.unwrap();
@@ -388,6 +531,94 @@ webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
     assert_eq!(served.wait().await.0, Some(0));
 }
 
+/// Through the real binary, its trusted proxy given by flag: a delivery whose reported client
+/// is outside the account's list, or whose proxy reported none, is 403, logged with reason
+/// `source` and the address, and counted.
+#[tokio::test]
+async fn a_refused_source_is_logged_and_counted_by_the_real_binary() {
+    let db = TestDb::new().await;
+    crate::binary::acme(&db).await;
+    let state = TempDir::new();
+    let config = state.0.join("coffer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[account]]
+name = "acme-stripe"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_TEST_STRIPE_KEY"
+webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
+webhook_source_cidrs = ["3.18.12.63/32", "2600:1f18::/32"]
+"#,
+    )
+    .unwrap();
+    let served = Served::start(
+        &db,
+        &state.0,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--webhook-trusted-proxies",
+            "127.0.0.1",
+        ],
+        &[
+            ("COFFER_TEST_STRIPE_KEY", "sk_test_x".into()),
+            ("COFFER_TEST_STRIPE_WHSEC", STRIPE_SECRET.into()),
+        ],
+    )
+    .await;
+    let http: SocketAddr = served.http.parse().unwrap();
+    for (id, forwarded_for, expected) in [
+        ("evt_1", &["198.51.100.7, 3.18.12.63"][..], StatusCode::OK),
+        (
+            "evt_2",
+            &["3.18.12.63, 198.51.100.7"],
+            StatusCode::FORBIDDEN,
+        ),
+        ("evt_3", &[], StatusCode::FORBIDDEN),
+    ] {
+        let (status, _, body) =
+            post_stripe_from(http, "acme-stripe", id, STRIPE_SECRET, forwarded_for).await;
+        assert_eq!(
+            status,
+            expected,
+            "{forwarded_for:?}: {body}\n{}",
+            served.logs()
+        );
+    }
+    let admin: SocketAddr = served.admin.parse().unwrap();
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "coffer_webhooks_rejected_total{provider=\"stripe\",reason=\"source\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    let logged = |source: &'static str| {
+        let served = &served;
+        async move {
+            served.logs().lines().any(|l| {
+                l.contains("webhook delivery rejected")
+                    && l.contains("\"reason\":\"source\"")
+                    && l.contains(&format!("\"source\":\"{source}\""))
+                    && l.contains("acme-stripe")
+            })
+        }
+    };
+    for source in ["198.51.100.7", "unknown"] {
+        assert!(
+            eventually(Duration::from_secs(5), || logged(source)).await,
+            "{source} logged:\n{}",
+            served.logs()
+        );
+    }
+    served.sigterm();
+    assert_eq!(served.wait().await.0, Some(0));
+}
+
 /// A stand-in core that records what it is sent and answers as told.
 #[derive(Clone, Default)]
 struct Recorder {
@@ -444,6 +675,7 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
         },
         &key,
     )
@@ -476,6 +708,7 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
         let seen = recorder.seen.lock().unwrap();
         let (metadata, message) = &seen[0];
         assert_eq!(message.account, "shop-stripe");
+        assert_eq!(message.source_address, "127.0.0.1", "the TCP peer");
         assert_eq!(message.body, body, "raw bytes, untouched");
         let values = |name: &str| -> Vec<Vec<u8>> {
             message
@@ -504,7 +737,28 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
     use tonic_types::{ErrorDetails, StatusExt};
     let mut with_retry = ErrorDetails::new();
     with_retry.set_retry_info(Some(Duration::from_millis(2500)));
+    let mut source_refused = ErrorDetails::new();
+    source_refused.set_error_info(
+        coffer::grpc::status::REASON_WEBHOOK_SOURCE_NOT_ALLOWED,
+        "coffer",
+        std::collections::HashMap::new(),
+    );
     for (answer, expected, retry_after) in [
+        (
+            Status::with_error_details(
+                tonic::Code::PermissionDenied,
+                "source address not allowed",
+                source_refused,
+            ),
+            StatusCode::FORBIDDEN,
+            None,
+        ),
+        // PERMISSION_DENIED for any other reason is the sidecar's own key refused.
+        (
+            Status::permission_denied("scope missing"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("5"),
+        ),
         (
             Status::with_error_details(tonic::Code::Unavailable, "down", with_retry),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -548,6 +802,79 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
     serving.abort();
 }
 
+/// A standalone sidecar forwards the address it believes: its TCP peer, or behind a trusted
+/// proxy (here the test's own client) the right-most X-Forwarded-For entry that is not one;
+/// none when the proxy reported no usable client.
+#[tokio::test]
+async fn a_standalone_sidecar_forwards_the_source_it_believes() {
+    let recorder = Recorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let core = listener.local_addr().unwrap();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ProviderEventsServer::new(recorder.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let key = ApiKey::generate(coffer::domain::ids::KeyId::generate());
+    let mut running = Vec::new();
+    let mut sidecars = Vec::new();
+    for trusted in [vec![], vec![Cidr::parse("127.0.0.0/8").unwrap()]] {
+        let sidecar = Standalone::bind(
+            StandaloneConfig {
+                grpc_endpoint: format!("http://{core}"),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                admin_addr: "127.0.0.1:0".parse().unwrap(),
+                drain_timeout: Duration::from_secs(1),
+                trusted_proxies: trusted,
+            },
+            &key,
+        )
+        .await
+        .unwrap();
+        sidecars.push(sidecar.http_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        running.push((
+            stop,
+            tokio::spawn(sidecar.run(async move {
+                let _ = stopped.await;
+            })),
+        ));
+    }
+    let [direct, proxied] = sidecars[..] else {
+        unreachable!()
+    };
+    let forwarded = |addr: SocketAddr, values: &'static [&'static str]| {
+        let recorder = recorder.clone();
+        async move {
+            let mut request = client().post(url(addr, "shop-stripe")).body("{}");
+            for v in values {
+                request = request.header("x-forwarded-for", *v);
+            }
+            assert_eq!(request.send().await.unwrap().status(), StatusCode::OK);
+            let seen = recorder.seen.lock().unwrap();
+            seen.last().unwrap().1.source_address.clone()
+        }
+    };
+    assert_eq!(forwarded(direct, &["3.18.12.63"]).await, "127.0.0.1");
+    assert_eq!(forwarded(proxied, &["3.18.12.63"]).await, "3.18.12.63");
+    assert_eq!(
+        forwarded(proxied, &["3.18.12.63, 198.51.100.7, 127.0.0.9"]).await,
+        "198.51.100.7"
+    );
+    assert_eq!(
+        forwarded(proxied, &["2600:1f18::1", "127.0.0.2"]).await,
+        "2600:1f18::1"
+    );
+    assert_eq!(forwarded(proxied, &[]).await, "", "no client reported");
+    assert_eq!(forwarded(proxied, &["127.0.0.3"]).await, "");
+
+    for (stop, task) in running {
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+    serving.abort();
+}
+
 /// The real binaries: `serve`'s own sidecar, and `coffer webhooks` in front of it with a
 /// stored system key, ready while its upstream serves, draining on SIGTERM.
 #[tokio::test]
@@ -578,6 +905,7 @@ async fn the_real_binaries_answer_webhooks() {
         std::process::Command::new(BIN)
             .args(["webhooks", "--grpc-endpoint", &served.grpc])
             .env("COFFER_SYSTEM_KEY", key)
+            .env("COFFER_WEBHOOK_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8")
             .env("COFFER_HTTP_ADDR", http.to_string())
             .env("COFFER_ADMIN_ADDR", admin.to_string())
             .env_remove("DATABASE_URL")
