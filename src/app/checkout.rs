@@ -15,20 +15,21 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::journal::{self, CallFailed, Journal, OpKind, OpStatus, Started};
+use super::mirror::{Mirror, mirrored};
 use super::page::{self, Page};
-use super::providers::{Providers, Resolved};
+use super::providers::Providers;
 use super::{AppError, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::account::AccountName;
 use crate::domain::checkout::{
     self as domain, CheckoutSession, ItemPrice, LineItem, Mode, NewCheckout, NewLineItem, Status,
 };
-use crate::domain::customer::{CustomerRef, Metadata};
+use crate::domain::customer::{Customer, CustomerRef, Metadata};
 use crate::domain::ids::{CheckoutId, CustomerId, PaymentId};
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, Operation, ProviderCheckout, ProviderError, ProviderObject,
+    CheckoutItem, CheckoutRequest, Operation, ProviderCheckout, ProviderError, ProviderObject,
 };
 use crate::store::{
     audit, checkout as store, customers as customer_store, payments as payment_store,
@@ -42,11 +43,6 @@ pub const REASON_PRICE_NOT_FOUND: &str = "PRICE_NOT_FOUND";
 pub const REASON_PLAN_ARCHIVED: &str = "PLAN_ARCHIVED";
 
 const LIST: &str = "coffer.v1.Checkout/ListCheckoutSessions";
-
-/// How long a checkout waits for a concurrent call that is creating the same provider
-/// customer: 50 steps of 50 ms, well inside the work timeout.
-const CUSTOMER_WAIT_STEPS: u32 = 50;
-const CUSTOMER_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A CreateCheckoutSession request, its fields valid; prices not yet looked up.
 #[derive(Debug, Clone)]
@@ -127,10 +123,37 @@ impl Checkout {
             .await?;
         let provider = account.for_op(Operation::CreateCheckoutSession(request.mode))?;
         let mut conn = self.pool.acquire().await?;
-        let new = self.prepare(&mut conn, ctx, &request).await?;
-        // No connection is held while a provider is called: the customer may be made there.
+        let (new, buyer) = self.prepare(&mut conn, ctx, &request).await?;
+        // No connection is held while a provider is called: the customer and the prices may
+        // be made there.
         drop(conn);
-        let customer = self.provider_customer(ctx, &account, new.customer).await?;
+        let customer = mirrored(
+            &self.pool,
+            &self.journal,
+            ctx,
+            &account,
+            Mirror::Customer(&buyer),
+        )
+        .await?;
+        let mut items = Vec::with_capacity(new.items.len());
+        for line in &new.items {
+            let provider_price = match line.price_id {
+                Some(id) => {
+                    let price = Mirror::Price {
+                        id,
+                        name: &line.name,
+                        unit: line.unit,
+                        billing: line.billing,
+                    };
+                    mirrored(&self.pool, &self.journal, ctx, &account, price).await?
+                }
+                None => None,
+            };
+            items.push(CheckoutItem {
+                line: line.clone(),
+                provider_price,
+            });
+        }
         let mut conn = self.pool.acquire().await?;
         let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
 
@@ -229,7 +252,7 @@ impl Checkout {
                 idempotency_key: op.idempotency_key(),
                 customer,
                 mode: new.mode,
-                items: new.items.clone(),
+                items,
                 amount_total: new.amount_total,
                 currency: new.currency,
                 success_url: new
@@ -309,7 +332,7 @@ impl Checkout {
         conn: &mut PgConnection,
         ctx: TenantCtx,
         r: &CreateCheckout,
-    ) -> Result<NewCheckout, AppError> {
+    ) -> Result<(NewCheckout, Customer), AppError> {
         let customer = customer_store::find_customer(conn, ctx.tenant, &r.customer)
             .await?
             .ok_or_else(|| AppError::not_found(REASON_CUSTOMER_NOT_FOUND, "customer not found"))?;
@@ -418,7 +441,7 @@ impl Checkout {
                 .unwrap_or(0),
         };
         v.finish()?;
-        Ok(NewCheckout {
+        let new = NewCheckout {
             customer: customer.id,
             mode: r.mode,
             items,
@@ -429,88 +452,8 @@ impl Checkout {
             expires_at: now_micros() + r.expires_in,
             trial_days,
             metadata: r.metadata.clone(),
-        })
-    }
-
-    /// The customer's provider-side id on `account`, created the first time it is needed and
-    /// remembered in `provider_objects`. `None` where the provider has no customers.
-    async fn provider_customer(
-        &self,
-        ctx: TenantCtx,
-        account: &Resolved,
-        customer: CustomerId,
-    ) -> Result<Option<String>, AppError> {
-        if !account.supports(Operation::CreateCustomer) {
-            return Ok(None);
-        }
-        let provider = account.for_op(Operation::CreateCustomer)?;
-        let started = {
-            let mut conn = self.pool.acquire().await?;
-            if let Some(id) = known_customer(&mut conn, ctx, &account.name, customer).await? {
-                return Ok(Some(id));
-            }
-            self.journal
-                .begin(
-                    &mut conn,
-                    ctx.tenant,
-                    &account.name,
-                    OpKind::CreateCustomer,
-                    customer.as_uuid(),
-                    None,
-                )
-                .await?
         };
-        let op = match started {
-            Started::Call(op) => op,
-            Started::Existing(op) => {
-                if let Some(id) = &op.provider_id {
-                    return Ok(Some(id.clone()));
-                }
-                // Pending: another call is making this customer right now. Settling it here
-                // could call it failed while it is in flight; wait a little for that call to
-                // record it (its own call, or the resolver once it is stale, settles it).
-                if op.status == OpStatus::Pending {
-                    for _ in 0..CUSTOMER_WAIT_STEPS {
-                        tokio::time::sleep(CUSTOMER_WAIT_STEP).await;
-                        let mut conn = self.pool.acquire().await?;
-                        if let Some(id) =
-                            known_customer(&mut conn, ctx, &account.name, customer).await?
-                        {
-                            return Ok(Some(id));
-                        }
-                    }
-                    return Err(AppError::Provider(ProviderError::Retryable {
-                        message: "the provider customer is being created by another call".into(),
-                        retry_after: Some(std::time::Duration::from_secs(1)),
-                    }));
-                }
-                return match self.journal.settle(&op, account).await? {
-                    Some(ProviderObject::Customer { id }) => Ok(Some(id)),
-                    // Not made (yet): the next attempt is a new generation.
-                    _ => Err(AppError::Provider(ProviderError::Retryable {
-                        message: "the provider customer is still being created".into(),
-                        retry_after: None,
-                    })),
-                };
-            }
-        };
-        let call = provider.create_customer(
-            &account.name,
-            CustomerRequest {
-                client_reference: customer.as_uuid(),
-                idempotency_key: op.idempotency_key(),
-            },
-        );
-        let id = self.journal.call(&op, account.kind, call).await?;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        self.journal
-            .succeeded(&mut tx, &op, &account.name, &id)
-            .await?;
-        tx.commit()
-            .await
-            .map_err(|e| AppError::from_commit(e.into()))?;
-        Ok(Some(id))
+        Ok((new, customer))
     }
 
     pub async fn get(&self, ctx: &TenantCtx, id: CheckoutId) -> Result<CheckoutSession, AppError> {
@@ -677,23 +620,6 @@ impl Checkout {
         )
         .await
     }
-}
-
-/// The provider's id of `customer` on `account`, if Coffer has made it there.
-async fn known_customer(
-    conn: &mut PgConnection,
-    ctx: TenantCtx,
-    account: &AccountName,
-    customer: CustomerId,
-) -> Result<Option<String>, AppError> {
-    Ok(crate::store::journal::find_provider_object(
-        conn,
-        ctx.tenant,
-        account.as_str(),
-        "customer",
-        customer.as_uuid(),
-    )
-    .await?)
 }
 
 fn not_found() -> AppError {

@@ -221,5 +221,6 @@ fn external_id_taken() -> Rejection {
         kind: RejectionKind::AlreadyExists,
         reason: REASON_EXTERNAL_ID_TAKEN.to_owned(),
         message: "a live customer already has this external_id".to_owned(),
+        metadata: Vec::new(),
     }
 }

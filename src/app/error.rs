@@ -54,6 +54,9 @@ pub struct Rejection {
     pub kind: RejectionKind,
     pub reason: String,
     pub message: String,
+    /// Answered in the error's `ErrorInfo.metadata` (a card's `decline_code`, ...): machine
+    /// readable facts a caller may act on; never a secret or card data.
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,7 @@ impl AppError {
             kind,
             reason: reason.to_owned(),
             message: message.into(),
+            metadata: Vec::new(),
         })
     }
 

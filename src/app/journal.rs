@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::payments;
 use super::providers::{Providers, Resolved};
-use super::{AppError, RejectionKind};
+use super::{AppError, Rejection, RejectionKind};
 use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::ids::{CheckoutId, RefundId, TenantId};
 use crate::providers::{ObjectKind, Operation, ProviderCheckout, ProviderError, ProviderObject};
@@ -40,6 +40,8 @@ pub const REASON_PROVIDER_REJECTED: &str = "PROVIDER_REJECTED";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
     CreateCustomer,
+    /// Mirroring one of Coffer's prices (`coffer_id` is the price's id).
+    CreatePrice,
     CreateCheckoutSession,
     ExpireCheckoutSession,
     Refund,
@@ -49,6 +51,7 @@ impl OpKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OpKind::CreateCustomer => "create_customer",
+            OpKind::CreatePrice => "create_price",
             OpKind::CreateCheckoutSession => "create_checkout_session",
             OpKind::ExpireCheckoutSession => "expire_checkout_session",
             OpKind::Refund => "refund",
@@ -58,6 +61,7 @@ impl OpKind {
     fn parse(s: &str) -> Option<Self> {
         [
             OpKind::CreateCustomer,
+            OpKind::CreatePrice,
             OpKind::CreateCheckoutSession,
             OpKind::ExpireCheckoutSession,
             OpKind::Refund,
@@ -70,6 +74,7 @@ impl OpKind {
     pub fn object(self) -> ObjectKind {
         match self {
             OpKind::CreateCustomer => ObjectKind::Customer,
+            OpKind::CreatePrice => ObjectKind::Price,
             OpKind::CreateCheckoutSession | OpKind::ExpireCheckoutSession => {
                 ObjectKind::CheckoutSession
             }
@@ -441,7 +446,9 @@ impl Journal {
         object: &ProviderObject,
     ) -> Result<(), AppError> {
         match object {
-            ProviderObject::Customer { id } => self.succeeded(tx, op, account, id).await,
+            ProviderObject::Customer { id } | ProviderObject::Price { id } => {
+                self.succeeded(tx, op, account, id).await
+            }
             ProviderObject::CheckoutSession(session) => {
                 self.succeeded(tx, op, account, &session.id).await?;
                 apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await
@@ -517,11 +524,22 @@ pub async fn apply_checkout(
 /// (`PROVIDER_REJECTED`, stored under the idempotency key); the rest say retry.
 pub fn provider_error(error: ProviderError) -> AppError {
     match error {
-        ProviderError::Definitive { code, message } => AppError::rejected(
-            RejectionKind::FailedPrecondition,
-            REASON_PROVIDER_REJECTED,
-            format!("the payment provider refused the request ({code}): {message}"),
-        ),
+        ProviderError::Definitive {
+            code,
+            message,
+            decline_code,
+        } => AppError::Rejected(Rejection {
+            kind: RejectionKind::FailedPrecondition,
+            reason: REASON_PROVIDER_REJECTED.to_owned(),
+            message: format!("the payment provider refused the request ({code}): {message}"),
+            metadata: [
+                ("provider_code", Some(code)),
+                ("decline_code", decline_code),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
+        }),
         other => AppError::Provider(other),
     }
 }

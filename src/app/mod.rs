@@ -12,6 +12,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod inbox;
 pub mod journal;
+pub mod mirror;
 pub mod page;
 pub mod payments;
 pub mod providers;

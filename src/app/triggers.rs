@@ -70,6 +70,6 @@ pub async fn apply(
         ProviderObject::Subscription(s) => payments::apply_subscription(tx, tenant, s).await,
         ProviderObject::Dispute(d) => payments::apply_dispute(tx, tenant, d).await,
         // Coffer keeps nothing of a provider's customer but its id, recorded when it was made.
-        ProviderObject::Customer { .. } => Ok(()),
+        ProviderObject::Customer { .. } | ProviderObject::Price { .. } => Ok(()),
     }
 }

@@ -100,7 +100,14 @@ fn refusal(r: &Rejection) -> Status {
         RejectionKind::Unauthenticated => Code::Unauthenticated,
         RejectionKind::PermissionDenied => Code::PermissionDenied,
     };
-    with_info(code, &r.reason, r.message.clone(), ErrorDetails::new())
+    let metadata: HashMap<String, String> = r
+        .metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let mut details = ErrorDetails::new();
+    details.set_error_info(&r.reason, DOMAIN, metadata);
+    Status::with_error_details(code, r.message.clone(), details)
 }
 
 /// A refusal as stored under an idempotency key: the encoded `google.rpc.Status` (code,
@@ -235,4 +242,33 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ProviderError;
+
+    /// A card decline reaches the caller as FAILED_PRECONDITION with the provider's code and
+    /// the issuer's decline code in ErrorInfo's metadata.
+    #[test]
+    fn a_card_decline_names_its_decline_code() {
+        let e = crate::app::journal::provider_error(ProviderError::Definitive {
+            code: "card_declined".into(),
+            message: "Your card has insufficient funds.".into(),
+            decline_code: Some("insufficient_funds".into()),
+        });
+        let status: Status = e.into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "PROVIDER_REJECTED");
+        assert_eq!(info.metadata["decline_code"], "insufficient_funds");
+        assert_eq!(info.metadata["provider_code"], "card_declined");
+        assert!(status.message().contains("insufficient funds"));
+
+        let plain: Status =
+            crate::app::journal::provider_error(ProviderError::definitive("bad", "no")).into();
+        let info = plain.get_details_error_info().expect("error info");
+        assert!(!info.metadata.contains_key("decline_code"));
+    }
 }

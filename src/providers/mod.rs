@@ -137,6 +137,9 @@ pub fn adapter(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     CreateCustomer,
+    /// Mirroring one of Coffer's prices as the provider's own price object, for providers
+    /// whose checkouts name prices rather than take amounts inline.
+    CreatePrice,
     /// A checkout session of this mode.
     CreateCheckoutSession(Mode),
     FetchCheckoutSession,
@@ -149,25 +152,30 @@ pub enum Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | payment checkout | subscription checkout | expire | refund | fetch |
-/// |----------|-----------|------------------|-----------------------|--------|--------|-------|
-/// | sandbox  | yes       | yes              | yes                   | yes    | yes    | yes   |
-/// | stripe   | yes       | yes              | yes                   | yes    | yes    | yes   |
-/// | polar    | yes       | yes              | yes                   | no     | yes    | yes   |
-/// | paytabs  | no        | yes              | no (no subscriptions) | no     | yes    | yes   |
-/// | hmac     | no        | no               | no                    | no     | no     | no    |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    |
 ///
 /// Polar checkouts cannot be expired through its API; PayTabs has neither a customer nor a
 /// subscription object, so its accounts serve one-time payments and refunds; generic HMAC
-/// accounts only send webhooks.
+/// accounts only send webhooks. "Inline": the provider takes each line's amount in the
+/// checkout itself, so Coffer's prices are not mirrored there.
 pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
-        ProviderKind::Sandbox | ProviderKind::Stripe => true,
+        ProviderKind::Sandbox => !matches!(op, CreatePrice),
+        ProviderKind::Stripe => true,
         ProviderKind::Polar => !matches!(op, ExpireCheckoutSession),
         ProviderKind::PayTabs => !matches!(
             op,
-            CreateCustomer | CreateCheckoutSession(Mode::Subscription) | ExpireCheckoutSession
+            CreateCustomer
+                | CreatePrice
+                | CreateCheckoutSession(Mode::Subscription)
+                | ExpireCheckoutSession
         ),
         ProviderKind::Hmac => false,
     }
@@ -186,11 +194,28 @@ pub enum ProviderError {
     /// The provider refused the request; it would refuse it again. `code` is the provider's
     /// (never a secret or card data).
     #[error("provider refused the request: {code}: {message}")]
-    Definitive { code: String, message: String },
+    Definitive {
+        code: String,
+        message: String,
+        /// The issuer's reason a card was declined (`insufficient_funds`, ...), for card
+        /// errors: answered in the error's metadata so a caller can tell its customer why.
+        decline_code: Option<String>,
+    },
     /// The request may or may not have been applied (a timeout, a 5xx after sending). Only
     /// fetching the object settles it; calling again blindly could do it twice.
     #[error("provider outcome unknown: {message}")]
     Unknown { message: String },
+}
+
+impl ProviderError {
+    /// A definitive refusal that is not a card decline.
+    pub fn definitive(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Definitive {
+            code: code.into(),
+            message: message.into(),
+            decline_code: None,
+        }
+    }
 }
 
 /// A customer to create on the provider.
@@ -200,6 +225,33 @@ pub struct CustomerRequest {
     pub client_reference: Uuid,
     /// `{operation}-{generation}`, from the journal.
     pub idempotency_key: String,
+    /// The caller's own id of the customer (Coffer's `external_id`), when it has one.
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// One of Coffer's prices, to mirror as the provider's own price object (Stripe's product and
+/// price, Polar's product).
+#[derive(Debug, Clone)]
+pub struct PriceRequest {
+    /// Coffer's price id, sent as the provider's client reference (its metadata).
+    pub client_reference: Uuid,
+    pub idempotency_key: String,
+    /// The plan's name, shown on the provider's checkout page.
+    pub name: String,
+    pub unit: Money,
+    pub billing: crate::domain::plan::Billing,
+}
+
+/// A line of a checkout as the provider is asked for it.
+#[derive(Debug, Clone)]
+pub struct CheckoutItem {
+    pub line: LineItem,
+    /// The provider's id of the line's price, where the line has one of Coffer's prices and
+    /// the provider mirrors prices ([`Operation::CreatePrice`]); otherwise the line is sent
+    /// inline (name, unit amount, quantity, billing).
+    pub provider_price: Option<String>,
 }
 
 /// A checkout session to create on the provider.
@@ -211,7 +263,7 @@ pub struct CheckoutRequest {
     /// The provider's customer id; `None` where the provider has no customers.
     pub customer: Option<String>,
     pub mode: Mode,
-    pub items: Vec<LineItem>,
+    pub items: Vec<CheckoutItem>,
     pub amount_total: i64,
     pub currency: Currency,
     pub success_url: String,
@@ -308,6 +360,8 @@ pub struct ProviderRefund {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
     Customer,
+    /// One of Coffer's prices mirrored on the provider.
+    Price,
     CheckoutSession,
     Payment,
     Refund,
@@ -320,6 +374,7 @@ impl ObjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Customer => "customer",
+            ObjectKind::Price => "price",
             ObjectKind::CheckoutSession => "checkout_session",
             ObjectKind::Payment => "payment",
             ObjectKind::Refund => "refund",
@@ -333,6 +388,7 @@ impl ObjectKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderObject {
     Customer { id: String },
+    Price { id: String },
     CheckoutSession(ProviderCheckout),
     Payment(ProviderPayment),
     Refund(ProviderRefund),
@@ -371,6 +427,21 @@ pub trait Provider: Send + Sync {
         account: &'a AccountName,
         request: CheckoutRequest,
     ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>>;
+
+    /// Mirrors one of Coffer's prices; only asked of providers that support
+    /// [`Operation::CreatePrice`].
+    fn create_price<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: PriceRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::definitive(
+                "unsupported",
+                "this provider takes prices inline",
+            ))
+        })
+    }
 
     fn fetch_checkout_session<'a>(
         &'a self,

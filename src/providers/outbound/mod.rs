@@ -409,6 +409,7 @@ fn invalid(message: String) -> ProviderError {
     ProviderError::Definitive {
         code: "invalid_outbound_request".into(),
         message,
+        decline_code: None,
     }
 }
 

@@ -270,6 +270,7 @@ fn unavailable(e: StoreError) -> ProviderError {
         ProviderError::Definitive {
             code: "corrupt".into(),
             message: e.to_string(),
+            decline_code: None,
         }
     } else if e.may_have_committed() {
         ProviderError::Unknown {
@@ -340,6 +341,7 @@ fn refund_refused(code: &str, message: &str) -> ProviderError {
     ProviderError::Definitive {
         code: code.into(),
         message: message.into(),
+        decline_code: None,
     }
 }
 
@@ -347,6 +349,7 @@ fn no_such_session() -> ProviderError {
     ProviderError::Definitive {
         code: "resource_missing".into(),
         message: "no such checkout session".into(),
+        decline_code: None,
     }
 }
 
@@ -382,12 +385,14 @@ impl Provider for Sandbox {
                 return Err(ProviderError::Definitive {
                     code: "customer_required".into(),
                     message: "the sandbox needs a customer".into(),
+                    decline_code: None,
                 });
             };
             let id = format!("cs_sbx_{}", Uuid::now_v7().simple());
             let items: Vec<serde_json::Value> = r
                 .items
                 .iter()
+                .map(|i| &i.line)
                 .map(|i| {
                     let mut item = serde_json::json!({
                         "name": i.name,
@@ -509,6 +514,7 @@ impl Provider for Sandbox {
                     Some(_) => Err(ProviderError::Definitive {
                         code: "session_not_open".into(),
                         message: "only an open checkout session can be expired".into(),
+                        decline_code: None,
                     }),
                     None => Err(no_such_session()),
                 },
@@ -602,6 +608,7 @@ impl Provider for Sandbox {
                 _ => Err(ProviderError::Definitive {
                     code: "unsupported".into(),
                     message: "the sandbox's events carry their objects".into(),
+                    decline_code: None,
                 }),
             }
         })
@@ -670,8 +677,8 @@ impl Provider for Sandbox {
                 .map_err(unavailable)?
                 .map(to_subscription)
                 .map(ProviderObject::Subscription)),
-                // The sandbox has no disputes.
-                ObjectKind::Dispute => Ok(None),
+                // The sandbox has no disputes, and takes prices inline.
+                ObjectKind::Dispute | ObjectKind::Price => Ok(None),
             }
         })
     }
@@ -692,6 +699,7 @@ mod tests {
             ProviderError::Definitive {
                 code: "corrupt".into(),
                 message: r#"stored sandbox payment status is invalid: "pending""#.into(),
+                decline_code: None,
             }
         );
     }
