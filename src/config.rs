@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// account's clock.
     #[arg(long, env = "COFFER_SANDBOX_EXPIRE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sandbox_expire_interval: Duration,
+    /// How far ahead of the wall clock Sandbox.AdvanceClock may move an account's clock (at
+    /// most 100 years); a later `to` is INVALID_ARGUMENT.
+    #[arg(long, env = "COFFER_SANDBOX_CLOCK_HORIZON", default_value = "3653days", value_parser = parse_clock_horizon)]
+    pub sandbox_clock_horizon: Duration,
     /// The largest accepted distance between a webhook's signed timestamp and now: its age for
     /// Stripe, either way for the other schemes (as their SDKs check).
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -382,6 +386,15 @@ pub struct BenchArgs {
     /// gRPC connections the load is spread over.
     #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
+}
+
+/// A sandbox clock horizon: a positive duration of at most a century.
+fn parse_clock_horizon(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > crate::providers::sandbox::MAX_CLOCK_HORIZON {
+        return Err("must be more than 0 and at most 100 years".into());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

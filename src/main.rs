@@ -279,6 +279,7 @@ async fn run_server(
                 ..Default::default()
             },
             expire_interval: args.sandbox_expire_interval,
+            clock_horizon: args.sandbox_clock_horizon,
             ..Default::default()
         }),
         ..ServerConfig::default()
