@@ -26,6 +26,7 @@ mod serving;
 mod signatures;
 mod sql_tenancy;
 mod tenancy;
+mod tls;
 mod usage;
 mod validation;
 mod webhooks;
