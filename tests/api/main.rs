@@ -24,6 +24,7 @@ mod sandbox_delivery;
 mod sandbox_page;
 mod serving;
 mod signatures;
+mod sql_tenancy;
 mod tenancy;
 mod usage;
 mod validation;
