@@ -129,7 +129,13 @@ pub fn adapter(
     };
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
-        ProviderKind::Stripe | ProviderKind::Polar | ProviderKind::PayTabs => None,
+        ProviderKind::Stripe | ProviderKind::Polar => None,
+        ProviderKind::PayTabs => Some(std::sync::Arc::new(
+            paytabs::PayTabs::new(account, _stack()?).map_err(|message| AdapterError::Config {
+                account: account.name.clone(),
+                message,
+            })?,
+        )),
     })
 }
 
