@@ -163,7 +163,7 @@ impl Provider for PayTabs {
                 profile_id: self.client.profile_id(),
                 tran_type: wire::SALE,
                 tran_class: wire::ECOM,
-                cart_id: request.client_reference.to_string(),
+                cart_id: objects::cart_id(ObjectKind::CheckoutSession, request.client_reference),
                 cart_currency: request.currency.code(),
                 cart_amount: amount::to_major(request.amount_total, request.currency),
                 cart_description: Self::description(&request),
@@ -224,10 +224,10 @@ impl Provider for PayTabs {
                 tran_type: wire::REFUND,
                 tran_class: wire::ECOM,
                 tran_ref: &request.payment,
-                cart_id: request.client_reference.to_string(),
+                cart_id: objects::cart_id(ObjectKind::Refund, request.client_reference),
                 cart_currency: currency.code(),
                 cart_amount: amount::to_major(request.amount.amount(), currency),
-                cart_description: format!("Refund {}", request.client_reference),
+                cart_description: format!("Refund of {}", request.payment),
             };
             let version = read_now();
             let mut t = self.client.refund(&body).await?;
@@ -304,7 +304,7 @@ impl Provider for PayTabs {
                 | ObjectKind::Subscription
                 | ObjectKind::Dispute => return Ok(None),
             };
-            let cart_id = client_reference.to_string();
+            let cart_id = objects::cart_id(kind, client_reference);
             let version = read_now();
             let found = self.client.query_cart(&cart_id).await?;
             let Some(t) = objects::best(&found, &cart_id, tran_type)? else {

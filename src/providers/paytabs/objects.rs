@@ -21,12 +21,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::wire::{PaymentResult, Transaction, UserDefined};
+use super::wire::{PaymentResult, REFUND, Transaction, UserDefined};
 use crate::domain::checkout::{PaymentStatus, Status};
+use crate::domain::ids::{CheckoutId, RefundId};
 use crate::domain::money::Currency;
 use crate::domain::payment::RefundStatus;
 use crate::providers::{
-    PaymentOutcome, ProviderCheckout, ProviderError, ProviderPayment, ProviderRefund,
+    ObjectKind, PaymentOutcome, ProviderCheckout, ProviderError, ProviderPayment, ProviderRefund,
 };
 
 /// `payment_result.response_status`, read.
@@ -119,8 +120,21 @@ fn minor(t: &Transaction) -> Result<i64, ProviderError> {
         .map_err(|e| unreadable(format!("transaction {}: cart_amount: {e}", t.tran_ref)))
 }
 
+/// Coffer's id of a transaction's object, as its `cart_id` carries it: the checkout's id
+/// (`checkout_…`) for a sale, the refund's (`refund_…`) for a refund.
+pub fn cart_id(kind: ObjectKind, id: Uuid) -> String {
+    match kind {
+        ObjectKind::Refund => RefundId::from_uuid(id).to_string(),
+        _ => CheckoutId::from_uuid(id).to_string(),
+    }
+}
+
 fn coffer_id(t: &Transaction) -> Option<Uuid> {
-    Uuid::parse_str(&t.cart_id).ok()
+    if t.is(REFUND) {
+        RefundId::parse(&t.cart_id).ok().map(|id| id.as_uuid())
+    } else {
+        CheckoutId::parse(&t.cart_id).ok().map(|id| id.as_uuid())
+    }
 }
 
 fn required_coffer_id(t: &Transaction) -> Result<Uuid, ProviderError> {
@@ -256,14 +270,18 @@ mod tests {
     use crate::providers::paytabs::amount::Decimal;
     use crate::providers::paytabs::wire::PaymentInfo;
 
-    const CART: &str = "0193a4a0-7a43-7cc2-9c8e-5b0f1f6d1e01";
+    const UUID: &str = "0193a4a0-7a43-7cc2-9c8e-5b0f1f6d1e01";
+
+    fn cart() -> String {
+        cart_id(ObjectKind::CheckoutSession, Uuid::parse_str(UUID).unwrap())
+    }
 
     fn sale(status: Option<&str>, code: Option<&str>) -> Transaction {
         Transaction {
             tran_ref: "TST2233".into(),
             previous_tran_ref: None,
             tran_type: Some("Sale".into()),
-            cart_id: CART.into(),
+            cart_id: cart(),
             cart_currency: "KWD".into(),
             cart_amount: Decimal("12.345".into()),
             payment_result: status.map(|s| PaymentResult {
@@ -293,7 +311,8 @@ mod tests {
         assert_eq!((p.amount, p.currency.as_str()), (12_345, "KWD"));
         assert_eq!(p.failure_code, None);
         assert_eq!(p.card, Some(("visa".into(), "1111".into())));
-        assert_eq!(p.client_reference.to_string(), CART);
+        assert_eq!(p.client_reference.to_string(), UUID);
+        assert!(cart().starts_with("checkout_"));
         assert_eq!(s.expires_at.unix_timestamp(), 1_900_000_000);
 
         for letter in ["H", "P"] {
@@ -347,7 +366,10 @@ mod tests {
         t.tran_ref = "TST9".into();
         assert!(refund(&t, 1).is_err(), "no previous_tran_ref");
         t.previous_tran_ref = Some("TST2233".into());
+        assert!(refund(&t, 1).is_err(), "a checkout's id is no refund's");
+        t.cart_id = cart_id(ObjectKind::Refund, Uuid::parse_str(UUID).unwrap());
         let r = refund(&t, 1).unwrap();
+        assert_eq!(r.client_reference.to_string(), UUID);
         assert_eq!(
             (r.id.as_str(), r.payment.as_str(), r.amount, r.status),
             ("TST9", "TST2233", 12_345, RefundStatus::Succeeded)
@@ -367,9 +389,15 @@ mod tests {
         let mut refund = sale(Some("A"), None);
         refund.tran_type = Some("Refund".into());
         let found = [declined.clone(), refund, other, paid];
-        assert_eq!(best(&found, CART, "sale").unwrap().unwrap().tran_ref, "T-A");
         assert_eq!(
-            best(&found[..1], CART, "sale").unwrap().unwrap().tran_ref,
+            best(&found, &cart(), "sale").unwrap().unwrap().tran_ref,
+            "T-A"
+        );
+        assert_eq!(
+            best(&found[..1], &cart(), "sale")
+                .unwrap()
+                .unwrap()
+                .tran_ref,
             "T-D"
         );
         assert!(best(&found, "nothing", "sale").unwrap().is_none());
