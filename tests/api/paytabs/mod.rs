@@ -660,3 +660,64 @@ async fn a_callback_racing_an_unknown_create_completes_the_one_session() {
     assert_eq!(env.fake.transactions(&cart, "Sale").len(), 1);
     env.app.stop().await.unwrap();
 }
+
+/// A refund whose answer never came back is found by its cart id (the refund's id) when the
+/// caller retries: applied once, never refunded twice.
+#[tokio::test]
+async fn a_lost_refund_answer_is_settled_by_the_cart_id_and_refunds_once() {
+    let env = Env::spawn().await;
+    let s = env.open("ivan", 4_000, "USD", 1).await;
+    env.fake.pay(&s.provider_session_id, "A", "G1");
+    assert_eq!(
+        env.fake
+            .callback(env.sidecar, ACCOUNT, &s.provider_session_id)
+            .await,
+        200
+    );
+    assert!(
+        env.event_becomes(&format!("{}:A", s.provider_session_id), "processed")
+            .await
+    );
+    env.fake.fail_next(
+        Endpoint::Request,
+        Fault::Delay(Duration::from_millis(1_500)),
+    );
+    let refund = |key: &'static str| {
+        let payment_id = s.payment_id.clone();
+        let api_key = env.app.key.clone();
+        let app = &env.app;
+        async move {
+            client(app)
+                .await
+                .refund_payment(idem(
+                    RefundPaymentRequest {
+                        payment_id,
+                        amount: Some(1_000),
+                        reason: 0,
+                    },
+                    &api_key,
+                    key,
+                ))
+                .await
+        }
+    };
+    let e = refund("refund-lost").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let settled = refund("refund-lost").await.unwrap().into_inner();
+    assert_eq!(settled.status, RefundStatus::Succeeded as i32);
+    let made = env.fake.transactions(&settled.id, "Refund");
+    assert_eq!(made.len(), 1, "refunded once: {made:?}");
+    assert_eq!(
+        settled.provider_refund_id,
+        made[0]["tran_ref"].as_str().unwrap()
+    );
+    let refunds = env
+        .fake
+        .seen(Endpoint::Request)
+        .iter()
+        .filter(|r| r.body["tran_type"] == "refund")
+        .count();
+    assert_eq!(refunds, 1, "never asked twice");
+    assert_eq!(env.payment(&s.payment_id).await.amount_refunded, 1_000);
+    env.app.stop().await.unwrap();
+}
