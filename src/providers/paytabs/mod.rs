@@ -12,15 +12,24 @@
 //!
 //! | Coffer | PayTabs |
 //! |---|---|
-//! | CreateCheckoutSession (PAYMENT mode) | `POST /payment/request`, `tran_type` `sale`, `tran_class` `ecom`, `cart_id` = the checkout id, the total in major units, `return` = the success URL, `hide_shipping`; answered with `redirect_url` and `tran_ref` (the session's and its payment's provider id) |
+//! | CreateCheckoutSession (PAYMENT mode) | `POST /payment/request`, `tran_type` `sale`, `tran_class` `ecom`, `cart_id` = the checkout id as the API writes it (`checkout_…`), the total in major units, `return` = the success URL, `hide_shipping`, the session's expiry in `user_defined.udf1`; answered with `redirect_url` and `tran_ref` (the session's and its payment's provider id) |
 //! | fetch a session or payment, VerifyCheckoutSession | `POST /payment/query` by `tran_ref` |
-//! | RefundPayment | `POST /payment/request`, `tran_type` `refund`, the sale's `tran_ref`, `cart_id` = the refund id |
+//! | RefundPayment | `POST /payment/request`, `tran_type` `refund`, the sale's `tran_ref`, `cart_id` = the refund id (`refund_…`), the amount |
 //! | settle an unknown outcome ([`Provider::fetch_object`]) | `POST /payment/query` by `cart_id` (Coffer's id) |
 //!
 //! Customers, prices, subscriptions and expiring a page are not PayTabs operations (the
 //! capability table says so: FAILED_PRECONDITION `PROVIDER_UNSUPPORTED`). Coffer's cancel URL
 //! is not sent: PayTabs has one `return` URL, posted to by the browser whatever the result, so
 //! the success page must accept a POST and ask Coffer (VerifyCheckoutSession) what happened.
+//! No `callback` URL is sent (the adapter does not know Coffer's public sidecar URL): the
+//! profile's IPN, set in PayTabs' dashboard to `https://<sidecar>/webhooks/<account>`, carries
+//! the results. No `customer_details` are sent either: the port hands a PayTabs checkout no
+//! buyer details (PayTabs has no customers), so the page asks the buyer.
+//!
+//! PayTabs' query says neither a page's URL nor its expiry: a fetched session carries an empty
+//! URL (Coffer keeps the one it recorded) and the expiry Coffer sent in `user_defined`. Nor
+//! does PayTabs version its transactions: a fetched object's version is the time it was read
+//! ([`objects`]).
 //!
 //! # Events
 //!
@@ -45,11 +54,13 @@
 //! - a page found with no result yet is recorded EXPIRED: its URL reached nobody (the answer
 //!   carrying it was lost, and the query does not say it), so nobody can pay on it, and Coffer
 //!   makes no second page for the same checkout; the caller creates a new checkout session;
-//! - nothing found: the journal records the call failed and a retry sends it again (PayTabs
-//!   refuses a repeated `cart_id` for a while with "Duplicate Request", which is `Unknown`
-//!   again, so a page is never made twice behind a lost answer's back).
+//! - nothing found: nothing was made, the journal records the call failed, and the caller's
+//!   retry asks again (a new generation). Should PayTabs refuse that as a "Duplicate Request"
+//!   (409, code 4), it is `Unknown` again and settled the same way.
 //!
-//! A refund found by its `cart_id` is applied as PayTabs has it; none found frees its amount.
+//! So a second page for one checkout is asked for only once PayTabs said it has none. A refund
+//! found by its `cart_id` is applied as PayTabs has it (never asked for again); none found
+//! frees its amount.
 
 pub mod amount;
 pub mod client;
