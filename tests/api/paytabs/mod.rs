@@ -14,7 +14,7 @@ use coffer::domain::ids::{CheckoutId, RefundId};
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
     GetCheckoutSessionRequest, GetPaymentRequest, Payment, PaymentStatus, RefundPaymentRequest,
-    RefundStatus,
+    RefundStatus, VerifyCheckoutSessionRequest,
 };
 use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
 use serde_json::{Value, json};
@@ -719,5 +719,45 @@ async fn a_lost_refund_answer_is_settled_by_the_cart_id_and_refunds_once() {
         .count();
     assert_eq!(refunds, 1, "never asked twice");
     assert_eq!(env.payment(&s.payment_id).await.amount_refunded, 1_000);
+    env.app.stop().await.unwrap();
+}
+
+/// A success page asks Coffer instead of trusting the redirect: VerifyCheckoutSession queries
+/// the transaction. Unpaid, the session stays OPEN with its page's URL (the query does not say
+/// it, and Coffer keeps it); paid, it is COMPLETE before any callback came.
+#[tokio::test]
+async fn verifying_a_session_queries_paytabs_and_keeps_the_page() {
+    let env = Env::spawn().await;
+    let s = env.open("judy", 2_500, "USD", 1).await;
+    let verify = || async {
+        client(&env.app)
+            .await
+            .verify_checkout_session(req(
+                VerifyCheckoutSessionRequest { id: s.id.clone() },
+                &env.app.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let open = verify().await;
+    assert_eq!(open.status, CheckoutSessionStatus::Open as i32);
+    assert_eq!(open.url, s.url);
+    assert_eq!(open.expires_at, s.expires_at);
+    env.fake.pay(&s.provider_session_id, "A", "G1");
+    let paid = verify().await;
+    assert_eq!(paid.status, CheckoutSessionStatus::Complete as i32);
+    assert_eq!(paid.payment_status, CheckoutPaymentStatus::Paid as i32);
+    assert_eq!(
+        env.payment(&s.payment_id).await.status,
+        PaymentStatus::Succeeded as i32
+    );
+    let queried = env.fake.seen(Endpoint::Query);
+    assert_eq!(queried.len(), 2);
+    assert!(
+        queried
+            .iter()
+            .all(|q| q.body["tran_ref"] == s.provider_session_id.as_str())
+    );
     env.app.stop().await.unwrap();
 }
