@@ -82,7 +82,7 @@ use super::{
     ProviderObject, ProviderRefund, RefundRequest,
 };
 use crate::domain::account::{Account, AccountName, ProviderKind};
-use crate::domain::checkout::{Mode, Status};
+use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::payment::RefundStatus;
 use crate::providers::outbound::Outbound;
 
@@ -192,7 +192,7 @@ impl Provider for PayTabs {
                 client_reference: Some(request.client_reference),
                 url: page.redirect_url,
                 status: Status::Open,
-                payment_status: crate::domain::checkout::PaymentStatus::Unpaid,
+                payment_status: PaymentStatus::Unpaid,
                 expires_at: request.expires_at,
                 version: read_now(),
                 payment: None,
@@ -307,9 +307,9 @@ impl Provider for PayTabs {
     ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>> {
         Box::pin(async move {
             self.check(account)?;
-            let (tran_type, wanted) = match kind {
-                ObjectKind::CheckoutSession | ObjectKind::Payment => (wire::SALE, kind),
-                ObjectKind::Refund => (wire::REFUND, kind),
+            let tran_type = match kind {
+                ObjectKind::CheckoutSession | ObjectKind::Payment => wire::SALE,
+                ObjectKind::Refund => wire::REFUND,
                 ObjectKind::Customer
                 | ObjectKind::Price
                 | ObjectKind::Subscription
@@ -321,7 +321,7 @@ impl Provider for PayTabs {
             let Some(t) = objects::best(&found, &cart_id, tran_type)? else {
                 return Ok(None);
             };
-            Ok(match wanted {
+            Ok(match kind {
                 ObjectKind::Refund => Some(ProviderObject::Refund(objects::refund(t, version)?)),
                 ObjectKind::Payment => objects::payment(t, version)?.map(ProviderObject::Payment),
                 _ => {
