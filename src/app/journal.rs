@@ -453,8 +453,7 @@ impl Journal {
                 self.succeeded(tx, op, account, id).await
             }
             ProviderObject::CheckoutSession(session) => {
-                apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session)
-                    .await?;
+                apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await?;
                 self.succeeded(tx, op, account, &session.id).await
             }
             ProviderObject::Refund(refund) => {
