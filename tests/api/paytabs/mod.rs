@@ -25,7 +25,8 @@ use crate::checkout::{client, customer, inline, session};
 use crate::helpers::{TestApp, details, eventually, idem, req};
 
 const ACCOUNT: &str = "acme-paytabs";
-const WAIT: Duration = Duration::from_secs(10);
+// Generous: `eventually` returns as soon as the condition holds, and a loaded CI machine is slow.
+const WAIT: Duration = Duration::from_secs(30);
 
 struct Env {
     app: TestApp,
