@@ -115,7 +115,7 @@ pub fn adapter(
     config: &outbound::OutboundConfig,
 ) -> Result<Option<std::sync::Arc<dyn Provider>>, AdapterError> {
     // Each adapter that calls its provider gets a stack of its own.
-    let _stack = || {
+    let stack = || {
         outbound::Outbound::new(
             config.clone(),
             account.provider,
@@ -129,7 +129,8 @@ pub fn adapter(
     };
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
-        ProviderKind::Stripe | ProviderKind::Polar | ProviderKind::PayTabs => None,
+        ProviderKind::Stripe => Some(std::sync::Arc::new(stripe::Stripe::new(account, stack()?))),
+        ProviderKind::Polar | ProviderKind::PayTabs => None,
     })
 }
 
