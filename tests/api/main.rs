@@ -25,6 +25,7 @@ mod sandbox_page;
 mod serving;
 mod signatures;
 mod sql_tenancy;
+mod stripe;
 mod tenancy;
 mod usage;
 mod validation;
