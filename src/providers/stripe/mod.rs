@@ -73,7 +73,7 @@ pub use webhook::Webhooks;
 
 use self::api::{CHECKOUT_KEY, CUSTOMER_KEY, Call, PRICE_KEY, REFUND_KEY, SessionFilter, segment};
 use self::client::Client;
-use self::objects::{coffer_id, read_version, session_reference};
+use self::objects::{coffer_id, session_reference, version_now};
 use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
@@ -108,6 +108,7 @@ impl Stripe {
     }
 
     async fn session(&self, id: &str) -> Result<Option<ProviderCheckout>, ProviderError> {
+        let version = version_now();
         let Some(id) = segment(id) else {
             return Ok(None);
         };
@@ -118,7 +119,7 @@ impl Stripe {
         else {
             return Ok(None);
         };
-        objects::checkout(&s, read_version()).map(Some)
+        objects::checkout(&s, version).map(Some)
     }
 
     /// Coffer's checkout id of an object a session made, when its metadata lost it: the
@@ -138,6 +139,7 @@ impl Stripe {
     }
 
     async fn payment(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         let Some(pi) = self
             .client
             .find::<wire::PaymentIntent>(api::retrieve_payment_intent(id))
@@ -160,13 +162,12 @@ impl Stripe {
             return Ok(None);
         };
         Ok(Some(ProviderObject::Payment(objects::payment(
-            &pi,
-            reference,
-            read_version(),
+            &pi, reference, version,
         )?)))
     }
 
     async fn subscription(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         let Some(sub) = self
             .client
             .find::<wire::Subscription>(api::retrieve_subscription(id))
@@ -188,13 +189,12 @@ impl Stripe {
             return Ok(None);
         };
         Ok(Some(ProviderObject::Subscription(objects::subscription(
-            &sub,
-            reference,
-            read_version(),
+            &sub, reference, version,
         )?)))
     }
 
     async fn dispute(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         let Some(d) = self
             .client
             .find::<wire::Dispute>(api::retrieve_dispute(id))
@@ -223,13 +223,12 @@ impl Stripe {
             return Ok(None);
         };
         Ok(Some(ProviderObject::Dispute(objects::dispute(
-            &d,
-            reference,
-            read_version(),
+            &d, reference, version,
         )?)))
     }
 
     async fn refund_object(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         let Some(r) = self
             .client
             .find::<wire::Refund>(api::retrieve_refund(id))
@@ -237,7 +236,7 @@ impl Stripe {
         else {
             return Ok(None);
         };
-        Ok(objects::refund(&r, read_version())?.map(ProviderObject::Refund))
+        Ok(objects::refund(&r, version)?.map(ProviderObject::Refund))
     }
 
     /// Reads pages of a newest-first list (`call(starting_after)`) until `found` matches, the
@@ -343,6 +342,7 @@ impl Stripe {
     }
 
     async fn find_refund(&self, reference: Uuid) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         let since = created_since(reference);
         let found = self
             .scan::<wire::Refund>(
@@ -351,7 +351,7 @@ impl Stripe {
             )
             .await?;
         match found {
-            Some(r) => Ok(objects::refund(&r, read_version())?.map(ProviderObject::Refund)),
+            Some(r) => Ok(objects::refund(&r, version)?.map(ProviderObject::Refund)),
             None => Ok(None),
         }
     }
@@ -371,14 +371,13 @@ impl Stripe {
         &self,
         reference: Uuid,
     ) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
         match self
             .search_one::<wire::Subscription>("subscriptions", CHECKOUT_KEY, reference)
             .await?
         {
             Some(sub) => Ok(Some(ProviderObject::Subscription(objects::subscription(
-                &sub,
-                reference,
-                read_version(),
+                &sub, reference, version,
             )?))),
             None => Ok(None),
         }
@@ -435,12 +434,13 @@ impl Provider for Stripe {
         request: CheckoutRequest,
     ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
         Box::pin(async move {
+            let version = version_now();
             let call = api::create_session(&request, OffsetDateTime::now_utc());
             let s: wire::Session = self
                 .client
                 .send(call, Some(request.idempotency_key.clone()))
                 .await?;
-            let mut checkout = objects::checkout(&s, read_version())?;
+            let mut checkout = objects::checkout(&s, version)?;
             checkout
                 .client_reference
                 .get_or_insert(request.client_reference);
@@ -473,12 +473,13 @@ impl Provider for Stripe {
                     "not a Stripe session id",
                 ));
             };
+            let version = version_now();
             match self
                 .client
                 .send::<wire::Session>(api::expire_session(segment), Some(idempotency_key))
                 .await
             {
-                Ok(s) => objects::checkout(&s, read_version()),
+                Ok(s) => objects::checkout(&s, version),
                 // Stripe refuses to expire a session that is not open with a plain
                 // invalid_request_error: read the session to say so.
                 Err(refused @ ProviderError::Definitive { .. }) => match self.session(id).await? {
@@ -501,6 +502,7 @@ impl Provider for Stripe {
         request: RefundRequest,
     ) -> BoxFuture<'a, Result<ProviderRefund, ProviderError>> {
         Box::pin(async move {
+            let version = version_now();
             let r: wire::Refund = self
                 .client
                 .send(
@@ -515,7 +517,7 @@ impl Provider for Stripe {
                 client_reference: request.client_reference,
                 amount,
                 status: objects::refund_status(r.status.as_deref())?,
-                version: read_version(),
+                version,
             })
         })
     }

@@ -1,9 +1,12 @@
 //! Stripe's objects ([`super::wire`]) as the port's ([`crate::providers`]).
 //!
 //! Stripe sends no object versions (`created` is the only time, and it does not move), so
-//! each answer's version is the time it was read, in microseconds ([`read_version`]): of two
-//! answers about one object the one read later is newer, which is what "newest fetch wins"
-//! needs under the appliers' `version >` checks.
+//! each answer's version is the time its request was sent, in microseconds
+//! ([`version_now`], taken before the first attempt): what an answer says was true at that
+//! time or later, so of two answers the one asked later is at least as new, and "newest
+//! fetch wins" under the appliers' `version >` checks. The time the answer was *read* would
+//! not do: a create's answer read late (a slow network) would outrank the fetch of a webhook
+//! that raced it and saw the session already completed.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -18,8 +21,8 @@ use crate::providers::{
     ProviderRefund, ProviderSubscription,
 };
 
-/// The version of an answer read now: microseconds since the epoch.
-pub fn read_version() -> i64 {
+/// The version of the answer to a request sent now: microseconds since the epoch.
+pub fn version_now() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
 }
 

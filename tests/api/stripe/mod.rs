@@ -9,15 +9,15 @@ use std::time::Duration;
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
-    GetCheckoutSessionRequest, GetPaymentRequest, Payment, PaymentStatus, RefundPaymentRequest,
-    RefundStatus,
+    GetCheckoutSessionRequest, GetPaymentRequest, GetSubscriptionRequest, ListSubscriptionsRequest,
+    Payment, PaymentStatus, RefundPaymentRequest, RefundStatus, Subscription, SubscriptionStatus,
 };
 use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
 use coffer::providers::stripe::client::API_VERSION;
 use http::Method;
 use serde_json::Value;
 
-use self::fake::{API_KEY, FakeStripe};
+use self::fake::{API_KEY, FakeStripe, Fault};
 use crate::checkout::{client, customer, inline, item, plan, session};
 use crate::helpers::{TestApp, eventually, idem, req};
 
@@ -316,5 +316,285 @@ async fn a_paid_checkout_then_refunds_partial_and_full() {
         fake.objects("re_").len(),
         2,
         "one Stripe refund per RefundPayment"
+    );
+}
+
+impl Env {
+    /// A customer and an open SUBSCRIPTION session of the monthly price (29.00 USD, with
+    /// the plan's 14-day trial unless `trial_days` says otherwise).
+    async fn open_subscription_session(&self, trial_days: Option<i64>) -> CheckoutSession {
+        let bob = customer(&self.app, &self.app.key, "bob").await;
+        let (_, [monthly, _, _]) = plan(&self.app, "pro").await;
+        let mut request = session(&bob, CheckoutMode::Subscription, vec![item(&monthly, 1)]);
+        request.trial_days = trial_days;
+        client(&self.app)
+            .await
+            .create_checkout_session(req(request, &self.app.key))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn subscription(&self, id: &str) -> Subscription {
+        self.app
+            .subscriptions()
+            .await
+            .get_subscription(req(GetSubscriptionRequest { id: id.into() }, &self.app.key))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn subscriptions(&self) -> Vec<Subscription> {
+        self.app
+            .subscriptions()
+            .await
+            .list_subscriptions(req(ListSubscriptionsRequest::default(), &self.app.key))
+            .await
+            .unwrap()
+            .into_inner()
+            .subscriptions
+    }
+
+    /// Delivers `event_type` about `object` and waits for the inbox to process it.
+    async fn apply(&self, event_type: &str, object: Value) {
+        let event = self.deliver(event_type, object).await;
+        assert!(
+            self.settled(&event, "processed").await,
+            "{event_type} processed: {:?}",
+            self.event_row(event["id"].as_str().unwrap()).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_checkout_with_a_trial_makes_the_subscription() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_subscription_session(None).await;
+    assert_eq!(opened.trial_days, 14);
+    assert!(opened.payment_id.is_empty(), "a trial collects nothing now");
+    let cs = opened.provider_session_id.clone();
+    let params = fake.session_params(&cs);
+    let checkout = uuid_of(&opened.id);
+    assert_eq!(params["mode"], "subscription");
+    assert_eq!(params["subscription_data"]["trial_period_days"], "14");
+    assert_eq!(
+        params["subscription_data"]["metadata"]["coffer_checkout_id"],
+        checkout
+    );
+    assert!(params.get("payment_intent_data").is_none());
+    let price = fake.object(params["line_items"][0]["price"].as_str().unwrap());
+    assert_eq!(price["recurring"]["interval"], "month");
+    assert_eq!(price["unit_amount"], 2_900);
+
+    let completed = fake.complete_session(&cs);
+    env.apply("checkout.session.completed", completed).await;
+    let done = env.session(&opened.id).await;
+    assert_eq!(done.status, CheckoutSessionStatus::Complete as i32);
+    assert_eq!(
+        done.payment_status,
+        CheckoutPaymentStatus::NoPaymentRequired as i32
+    );
+    assert!(!done.subscription_id.is_empty());
+    let sub = env.subscription(&done.subscription_id).await;
+    let stripe_sub = fake.object(&sub.provider_subscription_id);
+    assert_eq!(stripe_sub["metadata"]["coffer_checkout_id"], checkout);
+    assert_eq!(sub.status, SubscriptionStatus::Trialing as i32);
+    assert_eq!(
+        sub.trial_end.unwrap().seconds,
+        stripe_sub["trial_end"].as_i64().unwrap()
+    );
+
+    // A renewal that fails, then one that is paid: the invoices name the subscription.
+    let sub_id = sub.provider_subscription_id.clone();
+    let invoice = fake.object(done_invoice(fake, &cs).as_str());
+    fake.update(&sub_id, |s| s["status"] = "past_due".into());
+    env.apply("invoice.payment_failed", invoice.clone()).await;
+    assert_eq!(
+        env.subscription(&done.subscription_id).await.status,
+        SubscriptionStatus::PastDue as i32
+    );
+    fake.update(&sub_id, |s| s["status"] = "active".into());
+    env.apply("invoice.paid", invoice).await;
+    assert_eq!(
+        env.subscription(&done.subscription_id).await.status,
+        SubscriptionStatus::Active as i32
+    );
+    fake.update(&sub_id, |s| s["status"] = "canceled".into());
+    let deleted = fake.object(&sub_id);
+    env.apply("customer.subscription.deleted", deleted).await;
+    assert_eq!(
+        env.subscription(&done.subscription_id).await.status,
+        SubscriptionStatus::Canceled as i32
+    );
+}
+
+/// The invoice a completed subscription session made.
+fn done_invoice(fake: &FakeStripe, cs: &str) -> String {
+    fake.object(cs)["invoice"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn events_out_of_order_end_in_stripes_current_state() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_subscription_session(Some(7)).await;
+    let cs = opened.provider_session_id.clone();
+    let completed = fake.complete_session(&cs);
+    let sub_id = completed["subscription"].as_str().unwrap().to_owned();
+    let created = fake.object(&sub_id);
+    assert_eq!(created["status"], "trialing");
+    // The trial ends and the first invoice is paid: the subscription is active now.
+    fake.update(&sub_id, |s| {
+        s["status"] = "active".into();
+        s["trial_end"] = Value::Null;
+    });
+    let updated = fake.object(&sub_id);
+
+    // `updated` comes first, about a subscription Coffer does not know yet: fetched, and
+    // made from what Stripe says now.
+    env.apply("customer.subscription.updated", updated.clone())
+        .await;
+    let subs = env.subscriptions().await;
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].status, SubscriptionStatus::Active as i32);
+    assert_eq!(subs[0].provider_subscription_id, sub_id);
+    // Then `created`, whose payload says trialing: Stripe's current state wins.
+    env.apply("customer.subscription.created", created.clone())
+        .await;
+    // An old update delivered again after the newer one.
+    env.apply("customer.subscription.updated", created).await;
+    // The session's own completion, last.
+    env.apply("checkout.session.completed", completed).await;
+    let subs = env.subscriptions().await;
+    assert_eq!(
+        subs.len(),
+        1,
+        "one subscription row, however the events came"
+    );
+    assert_eq!(subs[0].status, SubscriptionStatus::Active as i32);
+    assert_eq!(subs[0].trial_end, None);
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Complete as i32
+    );
+    // Every event fetched the subscription from Stripe rather than reading its payload.
+    assert!(
+        fake.requests(Method::GET, &format!("/v1/subscriptions/{sub_id}"))
+            .len()
+            >= 3
+    );
+}
+
+#[tokio::test]
+async fn a_payment_coffer_does_not_know_is_fetched_and_found_by_its_checkout() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_payment_session().await;
+    let cs = opened.provider_session_id.clone();
+    let paid = fake.complete_session(&cs);
+    let pi = fake.object(paid["payment_intent"].as_str().unwrap());
+    // Coffer has never seen pi_…: the payment intent's metadata names the checkout.
+    env.apply("payment_intent.succeeded", pi.clone()).await;
+    let payment = env.payment(&opened.payment_id).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(payment.provider_payment_id, pi["id"].as_str().unwrap());
+    // A payment intent Coffer did not make (a renewal's, a payment link's) is ignored.
+    let mut foreign = pi.clone();
+    foreign["id"] = "pi_test_foreign".into();
+    foreign["metadata"] = serde_json::json!({});
+    let event = env.deliver("payment_intent.succeeded", foreign).await;
+    assert!(env.settled(&event, "ignored").await);
+    // And the session's completion still lands on the same payment.
+    env.apply("checkout.session.completed", paid).await;
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Complete as i32
+    );
+}
+
+/// The event of a session completed while its create's answer is still on its way: the
+/// inbox's fetch applies the completion first, the create's answer (asked earlier, so older)
+/// does not move the session back to OPEN, and there is one session.
+#[tokio::test]
+async fn a_webhook_racing_the_create_updates_the_one_session() {
+    let env = Env::spawn().await;
+    let fake = FakeStripe::clone(&env.fake);
+    // The session is made at once, but its answer takes 400 ms (within the attempt's time).
+    fake.fail(
+        Method::POST,
+        "/v1/checkout/sessions",
+        1,
+        Fault::Slow(Duration::from_millis(400)),
+    );
+    let alice = customer(&env.app, &env.app.key, "alice").await;
+    let (_, [_, _, once]) = plan(&env.app, "pro").await;
+    let mut checkout = client(&env.app).await;
+    let key = env.app.key.clone();
+    let create = tokio::spawn(async move {
+        checkout
+            .create_checkout_session(req(
+                session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+                &key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !fake.objects("cs_").is_empty()
+        })
+        .await
+    );
+    let cs = fake.objects("cs_")[0]["id"].as_str().unwrap().to_owned();
+    let event = env
+        .deliver("checkout.session.completed", fake.complete_session(&cs))
+        .await;
+    let opened = create.await.unwrap();
+    assert_eq!(opened.provider_session_id, cs);
+    assert!(env.settled(&event, "processed").await);
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Complete as i32
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM checkout_sessions")
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    assert_eq!((rows, fake.objects("cs_").len()), (1, 1));
+}
+
+#[tokio::test]
+async fn an_event_whose_fetch_fails_waits_for_stripe_and_is_applied() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_payment_session().await;
+    let paid = fake.complete_session(&opened.provider_session_id);
+    fake.set_down(true);
+    let event = env.deliver("checkout.session.completed", paid).await;
+    let id = event["id"].as_str().unwrap().to_owned();
+    // Retried while Stripe is down, never dead.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            env.event_row(&id).await.1 >= 3
+        })
+        .await
+    );
+    assert_eq!(env.event_row(&id).await.0, "failed");
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Open as i32
+    );
+    fake.set_down(false);
+    assert!(env.settled(&event, "processed").await);
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Complete as i32
+    );
+    assert_eq!(
+        env.payment(&opened.payment_id).await.status,
+        PaymentStatus::Succeeded as i32
     );
 }
