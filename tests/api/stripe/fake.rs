@@ -830,6 +830,24 @@ impl FakeStripe {
             let now = now();
             if session["mode"] == "payment" {
                 let pi = pay(s, total, &currency, params["payment_intent_data"]["metadata"].clone(), &session["customer"]);
+                // A card declined before: the same payment intent succeeds with the new charge.
+                let pi = match session["payment_intent"].as_str() {
+                    Some(earlier) => {
+                        let mut intent = s.get(earlier).unwrap();
+                        intent["status"] = json!("succeeded");
+                        intent["last_payment_error"] = Value::Null;
+                        let charge = s.get(&pi).unwrap()["latest_charge"].as_str().unwrap().to_owned();
+                        let mut c = s.get(&charge).unwrap();
+                        c["payment_intent"] = json!(earlier);
+                        s.put(c);
+                        intent["latest_charge"] = json!(charge);
+                        s.objects.remove(&pi);
+                        s.order.retain(|id| *id != pi);
+                        s.put(intent);
+                        earlier.to_owned()
+                    }
+                    None => pi,
+                };
                 session["payment_intent"] = json!(pi);
                 session["payment_status"] = json!("paid");
             } else {

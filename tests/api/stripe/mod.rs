@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use self::fake::{API_KEY, FakeStripe, Fault};
 use crate::checkout::{client, customer, inline, item, plan, session};
-use crate::helpers::{TestApp, eventually, idem, req};
+use crate::helpers::{TestApp, details, eventually, idem, req};
 
 const WHSEC: &str = "whsec_fake_stripe_current";
 const WHSEC_OLD: &str = "whsec_fake_stripe_previous";
@@ -597,4 +597,495 @@ async fn an_event_whose_fetch_fails_waits_for_stripe_and_is_applied() {
         env.payment(&opened.payment_id).await.status,
         PaymentStatus::Succeeded as i32
     );
+}
+
+/// The ErrorInfo metadata of an error.
+fn error_metadata(status: &tonic::Status) -> std::collections::HashMap<String, String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.metadata.clone())
+        .unwrap_or_default()
+}
+
+/// A new PAYMENT session request for a new customer `who`, of one inline 20.00 USD line.
+async fn inline_session(env: &Env, who: &str) -> coffer::grpc::pb::CreateCheckoutSessionRequest {
+    let id = customer(&env.app, &env.app.key, who).await;
+    session(&id, CheckoutMode::Payment, vec![inline(2_000, "USD", 1)])
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_waited_out_as_stripe_asks() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let request = inline_session(&env, "carol").await;
+    fake.fail(
+        Method::POST,
+        "/v1/checkout/sessions",
+        1,
+        Fault::rate_limited(1),
+    );
+    let opened = client(&env.app)
+        .await
+        .create_checkout_session(req(request, &env.app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let tries = fake.requests(Method::POST, "/v1/checkout/sessions");
+    assert_eq!(tries.len(), 2);
+    assert_eq!(tries[0].status, 429);
+    assert_eq!(tries[1].idempotency_key, tries[0].idempotency_key);
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured ({:?})",
+        tries[1].at - tries[0].at
+    );
+    assert_eq!(fake.objects("cs_").len(), 1);
+    assert_eq!(opened.provider_session_id, fake.objects("cs_")[0]["id"]);
+}
+
+#[tokio::test]
+async fn a_server_error_then_success_is_one_refund() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_payment_session().await;
+    env.apply(
+        "checkout.session.completed",
+        fake.complete_session(&opened.provider_session_id),
+    )
+    .await;
+    fake.fail(Method::POST, "/v1/refunds", 1, Fault::status(500));
+    let refund = client(&env.app)
+        .await
+        .refund_payment(req(
+            RefundPaymentRequest {
+                payment_id: opened.payment_id.clone(),
+                amount: Some(1_000),
+                ..Default::default()
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refund.status, RefundStatus::Succeeded as i32);
+    let tries = fake.requests(Method::POST, "/v1/refunds");
+    assert_eq!(
+        tries.iter().map(|t| t.status).collect::<Vec<_>>(),
+        [500, 200]
+    );
+    let key = tries[0].idempotency_key.clone().unwrap();
+    assert_eq!(tries[1].idempotency_key.as_deref(), Some(key.as_str()));
+    assert_eq!(fake.executions(&key), 1);
+    assert_eq!(fake.objects("re_").len(), 1);
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_is_settled_by_finding_the_one_session() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let request = inline_session(&env, "dave").await;
+    // Stripe makes the session, but every answer comes after the attempt's timeout.
+    fake.fail(
+        Method::POST,
+        "/v1/checkout/sessions",
+        usize::MAX,
+        Fault::Slow(Duration::from_millis(900)),
+    );
+    let mut checkout = client(&env.app).await;
+    let e = checkout
+        .create_checkout_session(idem(request.clone(), &env.app.key, "timed-out"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (tonic::Code::Unavailable, "PROVIDER_OUTCOME_UNKNOWN")
+    );
+    let tries = fake.requests(Method::POST, "/v1/checkout/sessions");
+    assert!(tries.len() >= 2, "retried under its key: {tries:?}");
+    let key = tries[0].idempotency_key.clone().unwrap();
+    assert!(
+        tries
+            .iter()
+            .all(|t| t.idempotency_key.as_deref() == Some(key.as_str()))
+    );
+    assert_eq!(fake.executions(&key), 1, "made once, replayed after");
+    assert_eq!(fake.objects("cs_").len(), 1);
+    fake.clear_faults();
+
+    // The resolver finds it by Coffer's id among Stripe's recent sessions.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM provider_operations WHERE kind = 'create_checkout_session'",
+            )
+            .fetch_one(&env.app.pool)
+            .await
+            .unwrap()
+                == "succeeded"
+        })
+        .await
+    );
+    assert!(
+        !fake
+            .requests(Method::GET, "/v1/checkout/sessions")
+            .is_empty()
+    );
+    let retried = checkout
+        .create_checkout_session(idem(request, &env.app.key, "timed-out"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.provider_session_id, fake.objects("cs_")[0]["id"]);
+    assert_eq!(retried.status, CheckoutSessionStatus::Open as i32);
+    assert_eq!(
+        fake.objects("cs_").len(),
+        1,
+        "exactly one session on Stripe"
+    );
+    assert_eq!(fake.executions(&key), 1);
+}
+
+#[tokio::test]
+async fn card_errors_carry_their_decline_code_and_bad_requests_are_not_retried() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let mut checkout = client(&env.app).await;
+
+    // 402 on a create: FAILED_PRECONDITION with the decline code, asked once.
+    let request = inline_session(&env, "erin").await;
+    fake.fail(
+        Method::POST,
+        "/v1/checkout/sessions",
+        1,
+        Fault::card_declined("do_not_honor"),
+    );
+    let e = checkout
+        .create_checkout_session(req(request.clone(), &env.app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(details(&e).0, "PROVIDER_REJECTED");
+    let metadata = error_metadata(&e);
+    assert_eq!(metadata["decline_code"], "do_not_honor");
+    assert_eq!(metadata["provider_code"], "card_declined");
+    assert_eq!(
+        fake.requests(Method::POST, "/v1/checkout/sessions").len(),
+        1
+    );
+
+    // 400: refused, never sent again.
+    fake.fail(Method::POST, "/v1/checkout/sessions", 1, Fault::status(400));
+    let e = checkout
+        .create_checkout_session(req(request.clone(), &env.app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(!error_metadata(&e).contains_key("decline_code"));
+    assert_eq!(
+        fake.requests(Method::POST, "/v1/checkout/sessions").len(),
+        2
+    );
+
+    // A session that works, paid.
+    let opened = checkout
+        .create_checkout_session(req(request, &env.app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    env.apply(
+        "checkout.session.completed",
+        fake.complete_session(&opened.provider_session_id),
+    )
+    .await;
+    // 402 on a refund: the refund is FAILED with Stripe's code, its amount free again.
+    fake.fail(
+        Method::POST,
+        "/v1/refunds",
+        1,
+        Fault::card_declined("expired_card"),
+    );
+    let refused = checkout
+        .refund_payment(req(
+            RefundPaymentRequest {
+                payment_id: opened.payment_id.clone(),
+                amount: Some(500),
+                ..Default::default()
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refused.status, RefundStatus::Failed as i32);
+    assert_eq!(refused.failure_code, "card_declined");
+    assert_eq!(fake.requests(Method::POST, "/v1/refunds").len(), 1);
+    assert_eq!(fake.objects("re_").len(), 0);
+    // The whole amount can still be refunded.
+    let whole = checkout
+        .refund_payment(req(
+            RefundPaymentRequest {
+                payment_id: opened.payment_id.clone(),
+                amount: None,
+                ..Default::default()
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (whole.status, whole.amount),
+        (RefundStatus::Succeeded as i32, 2_000)
+    );
+}
+
+#[tokio::test]
+async fn the_breaker_opens_refuses_fast_and_closes_after_stripe_recovers() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let mut checkout = client(&env.app).await;
+    // The customer exists on Stripe already, so each call below is one request.
+    let request = inline_session(&env, "frank").await;
+    checkout
+        .create_checkout_session(req(request.clone(), &env.app.key))
+        .await
+        .unwrap();
+    fake.set_down(true);
+    let mut refused = None;
+    for _ in 0..8 {
+        let before = fake.all_requests().len();
+        let started = std::time::Instant::now();
+        let e = checkout
+            .create_checkout_session(req(request.clone(), &env.app.key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        if details(&e).0 == "PROVIDER_UNAVAILABLE" {
+            refused = Some((started.elapsed(), fake.all_requests().len() - before));
+            break;
+        }
+        assert_eq!(details(&e).0, "PROVIDER_OUTCOME_UNKNOWN");
+    }
+    let (took, sent) = refused.expect("the breaker opened");
+    assert_eq!(sent, 0, "an open breaker sends nothing");
+    assert!(took < Duration::from_millis(300), "refused fast: {took:?}");
+
+    fake.set_down(false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            client(&env.app)
+                .await
+                .create_checkout_session(req(request.clone(), &env.app.key))
+                .await
+                .is_ok()
+        })
+        .await,
+        "the breaker closes once Stripe answers again"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_stripe_account_leaves_another_accounts_calls_alone() {
+    let slow = FakeStripe::start().await;
+    let extra = format!(
+        r#"
+[[account]]
+name = "acme-slow"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_STRIPE_KEY"
+webhook_secret_env = "COFFER_STRIPE_WHSEC"
+api_base = "{}"
+"#,
+        slow.base()
+    );
+    let env = Env::spawn_on(FakeStripe::start().await, &extra).await;
+    let mut fast_request = inline_session(&env, "grace").await;
+    // Warm: grace's customer exists on the fast account.
+    client(&env.app)
+        .await
+        .create_checkout_session(req(fast_request.clone(), &env.app.key))
+        .await
+        .unwrap();
+    for path in ["/v1/customers", "/v1/checkout/sessions"] {
+        slow.fail(
+            Method::POST,
+            path,
+            usize::MAX,
+            Fault::Slow(Duration::from_millis(450)),
+        );
+    }
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let mut r = inline_session(&env, &format!("slow-{i}")).await;
+        r.account = "acme-slow".into();
+        let (app_key, channel) = (env.app.key.clone(), env.app.channel().await);
+        calls.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = coffer::grpc::pb::checkout_client::CheckoutClient::new(channel)
+                .create_checkout_session(req(r, &app_key))
+                .await;
+            (result.map(|_| ()), started.elapsed())
+        }));
+    }
+    // While the slow account's slots are full, the other account answers at once.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            slow.all_requests().len() >= 4
+        })
+        .await
+    );
+    fast_request.account = ACCOUNT.into();
+    let started = std::time::Instant::now();
+    client(&env.app)
+        .await
+        .create_checkout_session(req(fast_request, &env.app.key))
+        .await
+        .unwrap();
+    let fast = started.elapsed();
+    assert!(
+        fast < Duration::from_millis(450),
+        "the fast account took {fast:?}"
+    );
+    let mut refused = 0;
+    for call in calls {
+        let (result, took) = call.await.unwrap();
+        match result {
+            Ok(()) => assert!(took >= Duration::from_millis(900), "{took:?}"),
+            Err(e) => {
+                assert_eq!(details(&e).0, "PROVIDER_UNAVAILABLE", "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 1,
+        "the slow account's bulkhead refused the overflow"
+    );
+}
+
+#[tokio::test]
+async fn disputes_lost_and_won_show_on_the_payment() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let mut paid = Vec::new();
+    for who in ["heidi", "ivan"] {
+        let request = inline_session(&env, who).await;
+        let opened = client(&env.app)
+            .await
+            .create_checkout_session(req(request, &env.app.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let session = fake.complete_session(&opened.provider_session_id);
+        env.apply("checkout.session.completed", session.clone())
+            .await;
+        paid.push((
+            opened.payment_id,
+            session["payment_intent"].as_str().unwrap().to_owned(),
+        ));
+    }
+
+    // Lost: the payment stays DISPUTED and shows what the dispute took.
+    let (payment, pi) = &paid[0];
+    let dispute = fake.open_dispute(pi, 1_500, "fraudulent");
+    env.apply("charge.dispute.created", dispute.clone()).await;
+    assert_eq!(
+        env.payment(payment).await.status,
+        PaymentStatus::Disputed as i32
+    );
+    let id = dispute["id"].as_str().unwrap();
+    let closed = fake.update(id, |d| d["status"] = "lost".into());
+    env.apply("charge.dispute.closed", closed).await;
+    let lost = env.payment(payment).await;
+    assert_eq!(lost.status, PaymentStatus::Disputed as i32);
+    assert_eq!(lost.amount_lost, 1_500);
+
+    // Won: SUCCEEDED again, nothing lost.
+    let (payment, pi) = &paid[1];
+    let dispute = fake.open_dispute(pi, 2_000, "product_not_received");
+    env.apply("charge.dispute.created", dispute.clone()).await;
+    assert_eq!(
+        env.payment(payment).await.status,
+        PaymentStatus::Disputed as i32
+    );
+    let id = dispute["id"].as_str().unwrap();
+    fake.update(id, |d| d["status"] = "under_review".into());
+    env.apply("charge.dispute.updated", fake.object(id)).await;
+    assert_eq!(
+        env.payment(payment).await.status,
+        PaymentStatus::Disputed as i32
+    );
+    let closed = fake.update(id, |d| d["status"] = "won".into());
+    env.apply("charge.dispute.closed", closed).await;
+    let won = env.payment(payment).await;
+    assert_eq!(won.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(won.amount_lost, 0);
+    // Each dispute was read from Stripe with its payment intent expanded.
+    assert!(
+        fake.requests(Method::GET, "/v1/disputes/")
+            .iter()
+            .all(|r| r.status == 200)
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_webhook_secret_still_verifies_and_a_bad_api_key_is_unavailable() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_payment_session().await;
+    // Signed with the previous secret, still listed: accepted and applied.
+    let event = fake.event(
+        "checkout.session.completed",
+        fake.complete_session(&opened.provider_session_id),
+    );
+    assert_eq!(
+        fake.deliver(&env.webhook_url(ACCOUNT), WHSEC_OLD, &event)
+            .await,
+        200
+    );
+    assert!(env.settled(&event, "processed").await);
+    assert_eq!(
+        fake.deliver(&env.webhook_url(ACCOUNT), "whsec_someone_else", &event)
+            .await,
+        400
+    );
+    // Stripe refusing the key is the operator's problem: UNAVAILABLE, not the caller's fault.
+    fake.fail(Method::POST, "/v1/customers", 1, Fault::status(401));
+    let e = client(&env.app)
+        .await
+        .create_checkout_session(req(inline_session(&env, "judy").await, &env.app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(!e.message().contains(API_KEY));
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_payment_until_another_card_pays() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_payment_session().await;
+    let session = fake.decline_session(&opened.provider_session_id, "insufficient_funds");
+    let pi = session["payment_intent"].as_str().unwrap().to_owned();
+    env.apply("payment_intent.payment_failed", fake.object(&pi))
+        .await;
+    let failed = env.payment(&opened.payment_id).await;
+    assert_eq!(failed.status, PaymentStatus::Failed as i32);
+    assert_eq!(failed.failure_code, "insufficient_funds");
+    assert_eq!(
+        env.session(&opened.id).await.status,
+        CheckoutSessionStatus::Open as i32
+    );
+    // The customer tries another card on Stripe's page; the same payment intent succeeds.
+    let paid = fake.complete_session(&opened.provider_session_id);
+    assert_eq!(paid["payment_intent"], pi.as_str());
+    env.apply("payment_intent.succeeded", fake.object(&pi))
+        .await;
+    env.apply("checkout.session.completed", paid).await;
+    let payment = env.payment(&opened.payment_id).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(payment.failure_code, "");
 }
