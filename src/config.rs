@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// Public HTTP listen address of the webhook sidecar (POST /webhooks/{account}).
     #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// Reloaded on SIGHUP and when the file changes, without dropping connections.
+    #[arg(long, env = "COFFER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to these CA certificates (PEM): mutual TLS.
+    #[arg(long, env = "COFFER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Enable the sandbox provider (always on with --dev): every tenant gets a
     /// `{tenant}-sandbox` account. For development and tests only.
     #[arg(long, env = "COFFER_SANDBOX")]
@@ -221,9 +231,21 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// The core's gRPC endpoint, e.g. http://coffer:50051.
+    /// The core's gRPC endpoint, e.g. http://coffer:50051, or https://coffer:50051 when the
+    /// core serves TLS.
     #[arg(long, env = "COFFER_GRPC_ENDPOINT")]
     pub grpc_endpoint: String,
+    /// With an https endpoint: the CA certificate (PEM) the core's certificate chains to;
+    /// Mozilla's roots without it.
+    #[arg(long, env = "COFFER_GRPC_CA")]
+    pub grpc_ca: Option<PathBuf>,
+    /// With an https endpoint whose core requires client certificates (--tls-client-ca): the
+    /// sidecar's certificate (PEM); needs --grpc-client-key.
+    #[arg(long, env = "COFFER_GRPC_CLIENT_CERT", requires = "grpc_client_key")]
+    pub grpc_client_cert: Option<PathBuf>,
+    /// The key of --grpc-client-cert (PEM).
+    #[arg(long, env = "COFFER_GRPC_CLIENT_KEY", requires = "grpc_client_cert")]
+    pub grpc_client_key: Option<PathBuf>,
     /// Public HTTP listen address (POST /webhooks/{account}).
     #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

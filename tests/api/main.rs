@@ -27,6 +27,7 @@ mod signatures;
 mod sql_tenancy;
 mod stripe;
 mod tenancy;
+mod tls;
 mod usage;
 mod validation;
 mod webhooks;
