@@ -115,7 +115,7 @@ pub fn adapter(
     config: &outbound::OutboundConfig,
 ) -> Result<Option<std::sync::Arc<dyn Provider>>, AdapterError> {
     // Each adapter that calls its provider gets a stack of its own.
-    let _stack = || {
+    let stack = || {
         outbound::Outbound::new(
             config.clone(),
             account.provider,
@@ -129,9 +129,10 @@ pub fn adapter(
     };
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
-        ProviderKind::Stripe | ProviderKind::Polar => None,
+        ProviderKind::Stripe => Some(std::sync::Arc::new(stripe::Stripe::new(account, stack()?))),
+        ProviderKind::Polar => None,
         ProviderKind::PayTabs => Some(std::sync::Arc::new(
-            paytabs::PayTabs::new(account, _stack()?).map_err(|message| AdapterError::Config {
+            paytabs::PayTabs::new(account, stack()?).map_err(|message| AdapterError::Config {
                 account: account.name.clone(),
                 message,
             })?,

@@ -26,6 +26,7 @@ mod sandbox_page;
 mod serving;
 mod signatures;
 mod sql_tenancy;
+mod stripe;
 mod tenancy;
 mod tls;
 mod usage;

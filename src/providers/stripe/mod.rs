@@ -1,8 +1,577 @@
 //! The Stripe adapter: everything Coffer knows of Stripe's wire format.
 //!
 //! - [`webhook`]: `Stripe-Signature` deliveries, their event id, type and livemode, and the
-//!   object an event is about.
+//!   object an event is about; [`events`]: which object each event type asks the inbox to
+//!   fetch (the table below).
+//! - [`client`]: a typed client of the endpoints Coffer uses ([`api`]), pinned to
+//!   [`client::API_VERSION`], through the account's outbound stack; [`form`]: Stripe's
+//!   nested form encoding; [`wire`]: Stripe's objects; [`objects`]: them as the port's;
+//!   [`error`]: Stripe's error bodies as [`ProviderError`]s; [`money`]: amounts (ISK).
+//!
+//! # What Coffer makes on Stripe
+//!
+//! - **Customers**, lazily, the first time a checkout needs one, with
+//!   `metadata[coffer_customer_id]` (and `coffer_external_id`), email and name.
+//! - **Prices**, one per Coffer price on first use, each with its product in one request
+//!   (`product_data`), `lookup_key` `coffer_<price id>` and `metadata[coffer_price_id]`.
+//! - **Checkout Sessions** in `payment` or `subscription` mode: `client_reference_id` and
+//!   `metadata[coffer_checkout_id]` are Coffer's checkout id, copied to the payment intent
+//!   (`payment_intent_data[metadata]`) or the subscription (`subscription_data[metadata]`), so
+//!   every object a session makes names Coffer's checkout; lines name their mirrored price, or
+//!   carry `price_data` inline; `subscription_data[trial_period_days]` for a trial.
+//! - **Refunds** of a payment intent with `metadata[coffer_refund_id]`.
+//!
+//! # Events
+//!
+//! | Stripe event | fetched | Coffer change |
+//! |---|---|---|
+//! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | the session, with its payment intent, subscription and first invoice | session status; its payment's status and card; its subscription made or updated |
+//! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end |
+//! | `invoice.paid`, `invoice.payment_failed` | the invoice's subscription | likewise (a renewal paid or failed moves it) |
+//! | `payment_intent.succeeded`, `.payment_failed` | the payment intent and its charge | payment status, decline code, card |
+//! | `charge.refunded` | the charge's payment intent | payment kept current |
+//! | `refund.updated`, `refund.failed` | the refund | refund status (a pending refund settles) |
+//! | `charge.dispute.created`, `.updated`, `.closed` | the dispute, with its payment intent | dispute recorded; payment DISPUTED, SUCCEEDED again when won, amount lost when lost |
+//!
+//! Any other type is ignored, as is an event about an object Coffer did not make
+//! ([`events`]).
+//!
+//! # Finding what Coffer made (`fetch_object`)
+//!
+//! An unknown outcome (a timeout, a 5xx) is settled by finding the object by Coffer's id,
+//! never by calling again. Search (`/v1/*/search`) is eventually consistent (an object may
+//! take a minute to appear), so it is used only where a list cannot answer:
+//!
+//! - a **session** or **refund**: Stripe has no search for them. Coffer's ids are UUIDv7, so
+//!   the id says when the call was made: recent objects (`created[gte]` a few minutes before
+//!   the id's time) are listed, newest first, and matched by `client_reference_id` /
+//!   `metadata[coffer_refund_id]` — a strongly consistent read, a few pages at most;
+//! - a **price**: by its lookup key (`GET /v1/prices?lookup_keys[]=coffer_<id>`), consistent;
+//! - a **customer** (made long after its Coffer id): Search by metadata, then the customers
+//!   made in the last hour, which Search may not show yet;
+//! - a **payment** or **subscription** by checkout id: Search by metadata.
+//!
+//! Replaying the create under its idempotency key would also answer (Stripe keeps keys for
+//! 24 hours), but it is a write, which the journal never repeats blindly, and the port's
+//! `fetch_object` knows only Coffer's id.
 
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod form;
+pub mod money;
+pub mod objects;
 pub mod webhook;
+pub mod wire;
+
+use futures_core::future::BoxFuture;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 pub use webhook::Webhooks;
+
+use self::api::{CHECKOUT_KEY, CUSTOMER_KEY, Call, PRICE_KEY, REFUND_KEY, SessionFilter, segment};
+use self::client::Client;
+use self::objects::{coffer_id, session_reference, version_now};
+use crate::domain::account::{Account, AccountName, ProviderKind};
+use crate::providers::outbound::Outbound;
+use crate::providers::{
+    CheckoutRequest, CustomerRequest, ObjectKind, PriceRequest, Provider, ProviderCheckout,
+    ProviderError, ProviderObject, ProviderRefund, RefundRequest,
+};
+
+/// How many pages of 100 a search of recent objects reads before it gives up (and answers
+/// retryable rather than "not there").
+const MAX_PAGES: usize = 10;
+/// How long before its Coffer id's time an object may have been created (clock skew).
+const CREATED_SLACK_SECS: i64 = 300;
+/// The customers listed besides Search's answer: those Search may not show yet.
+const RECENT_CUSTOMERS_SECS: i64 = 3600;
+
+/// One Stripe account's adapter.
+#[derive(Clone)]
+pub struct Stripe {
+    client: Client,
+}
+
+impl Stripe {
+    pub fn new(account: &Account, outbound: Outbound) -> Self {
+        Self {
+            client: Client::new(account, outbound),
+        }
+    }
+
+    /// The typed client, for the calls the port does not name yet (subscription changes).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<ProviderCheckout>, ProviderError> {
+        let version = version_now();
+        let Some(id) = segment(id) else {
+            return Ok(None);
+        };
+        let Some(s) = self
+            .client
+            .find::<wire::Session>(api::retrieve_session(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        objects::checkout(&s, version).map(Some)
+    }
+
+    /// Coffer's checkout id of an object a session made, when its metadata lost it: the
+    /// session that made it, found by the list filter Stripe offers for it.
+    async fn reference_by_session(
+        &self,
+        filter: SessionFilter<'_>,
+    ) -> Result<Option<Uuid>, ProviderError> {
+        let list: wire::List<wire::Session> = self
+            .client
+            .send(
+                api::list_sessions(&SessionFilter { limit: 1, ..filter }),
+                None,
+            )
+            .await?;
+        Ok(list.data.first().and_then(session_reference))
+    }
+
+    async fn payment(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let Some(pi) = self
+            .client
+            .find::<wire::PaymentIntent>(api::retrieve_payment_intent(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let reference = match coffer_id(&pi.metadata, CHECKOUT_KEY) {
+            Some(r) => Some(r),
+            None => {
+                self.reference_by_session(SessionFilter {
+                    payment_intent: Some(id),
+                    ..Default::default()
+                })
+                .await?
+            }
+        };
+        // Not one of Coffer's: nothing Coffer could apply it to.
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        Ok(Some(ProviderObject::Payment(objects::payment(
+            &pi, reference, version,
+        )?)))
+    }
+
+    async fn subscription(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let Some(sub) = self
+            .client
+            .find::<wire::Subscription>(api::retrieve_subscription(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let reference = match coffer_id(&sub.metadata, CHECKOUT_KEY) {
+            Some(r) => Some(r),
+            None => {
+                self.reference_by_session(SessionFilter {
+                    subscription: Some(id),
+                    ..Default::default()
+                })
+                .await?
+            }
+        };
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        Ok(Some(ProviderObject::Subscription(objects::subscription(
+            &sub, reference, version,
+        )?)))
+    }
+
+    async fn dispute(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let Some(d) = self
+            .client
+            .find::<wire::Dispute>(api::retrieve_dispute(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut reference = d
+            .payment_intent
+            .as_ref()
+            .and_then(wire::Expandable::object)
+            .and_then(|pi| coffer_id(&pi.metadata, CHECKOUT_KEY));
+        // A dispute of a charge made without a payment intent (not Coffer's) names none.
+        let intent = d.payment_intent.as_ref().map(|pi| pi.id().to_owned());
+        if reference.is_none()
+            && let Some(intent) = &intent
+        {
+            reference = self
+                .reference_by_session(SessionFilter {
+                    payment_intent: Some(intent),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        Ok(Some(ProviderObject::Dispute(objects::dispute(
+            &d, reference, version,
+        )?)))
+    }
+
+    async fn refund_object(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let Some(r) = self
+            .client
+            .find::<wire::Refund>(api::retrieve_refund(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(objects::refund(&r, version)?.map(ProviderObject::Refund))
+    }
+
+    /// Reads pages of a newest-first list (`call(starting_after)`) until `found` matches, the
+    /// list ends (`None`: not there), or [`MAX_PAGES`] were read (retryable: not known).
+    async fn scan<T: serde::de::DeserializeOwned + wire::HasId>(
+        &self,
+        call: impl Fn(Option<&str>) -> Call,
+        found: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, ProviderError> {
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page: wire::List<T> = self.client.send(call(after.as_deref()), None).await?;
+            let last = page.data.last().map(|o| o.id().to_owned());
+            if let Some(hit) = page.data.into_iter().find(|o| found(o)) {
+                return Ok(Some(hit));
+            }
+            match last {
+                Some(last) if page.has_more => after = Some(last),
+                _ => return Ok(None),
+            }
+        }
+        Err(ProviderError::Retryable {
+            message: format!(
+                "the object was not among the {MAX_PAGES} newest pages of Stripe's list"
+            ),
+            retry_after: None,
+        })
+    }
+
+    async fn search_one<T: serde::de::DeserializeOwned>(
+        &self,
+        resource: &'static str,
+        key: &str,
+        value: Uuid,
+    ) -> Result<Option<T>, ProviderError> {
+        let list: wire::List<T> = self
+            .client
+            .send(
+                api::search_metadata(resource, key, &value.to_string()),
+                None,
+            )
+            .await?;
+        Ok(list.data.into_iter().next())
+    }
+
+    async fn find_customer(
+        &self,
+        reference: Uuid,
+    ) -> Result<Option<ProviderObject>, ProviderError> {
+        let customer = match self
+            .search_one::<wire::Customer>("customers", CUSTOMER_KEY, reference)
+            .await?
+        {
+            Some(c) => Some(c),
+            None => {
+                let since = OffsetDateTime::now_utc().unix_timestamp() - RECENT_CUSTOMERS_SECS;
+                self.scan::<wire::Customer>(
+                    |after| api::list_customers(since, after),
+                    |c| coffer_id(&c.metadata, CUSTOMER_KEY) == Some(reference),
+                )
+                .await?
+            }
+        };
+        Ok(customer.map(|c| ProviderObject::Customer { id: c.id }))
+    }
+
+    async fn find_price(&self, reference: Uuid) -> Result<Option<ProviderObject>, ProviderError> {
+        let list: wire::List<wire::Price> =
+            self.client.send(api::find_price(reference), None).await?;
+        Ok(list
+            .data
+            .into_iter()
+            .find(|p| {
+                p.lookup_key.as_deref() == Some(api::price_lookup_key(reference).as_str())
+                    || coffer_id(&p.metadata, PRICE_KEY) == Some(reference)
+            })
+            .map(|p| ProviderObject::Price { id: p.id }))
+    }
+
+    async fn find_session(&self, reference: Uuid) -> Result<Option<ProviderObject>, ProviderError> {
+        let since = created_since(reference);
+        let found = self
+            .scan::<wire::Session>(
+                |after| {
+                    api::list_sessions(&SessionFilter {
+                        created_gte: Some(since),
+                        starting_after: after,
+                        limit: 100,
+                        ..Default::default()
+                    })
+                },
+                |s| session_reference(s) == Some(reference),
+            )
+            .await?;
+        match found {
+            // Listed sessions are not expanded: read it whole.
+            Some(s) => Ok(self
+                .session(&s.id)
+                .await?
+                .map(ProviderObject::CheckoutSession)),
+            None => Ok(None),
+        }
+    }
+
+    async fn find_refund(&self, reference: Uuid) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let since = created_since(reference);
+        let found = self
+            .scan::<wire::Refund>(
+                |after| api::list_refunds(since, after),
+                |r| coffer_id(&r.metadata, REFUND_KEY) == Some(reference),
+            )
+            .await?;
+        match found {
+            Some(r) => Ok(objects::refund(&r, version)?.map(ProviderObject::Refund)),
+            None => Ok(None),
+        }
+    }
+
+    async fn find_payment(&self, reference: Uuid) -> Result<Option<ProviderObject>, ProviderError> {
+        match self
+            .search_one::<wire::PaymentIntent>("payment_intents", CHECKOUT_KEY, reference)
+            .await?
+        {
+            // Search answers are not expanded: read it whole.
+            Some(pi) => self.payment(&pi.id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn find_subscription(
+        &self,
+        reference: Uuid,
+    ) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        match self
+            .search_one::<wire::Subscription>("subscriptions", CHECKOUT_KEY, reference)
+            .await?
+        {
+            Some(sub) => Ok(Some(ProviderObject::Subscription(objects::subscription(
+                &sub, reference, version,
+            )?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The earliest an object made for Coffer's `id` can have been created: a few minutes before
+/// the time in the UUIDv7 (clock skew), or two days ago for an id that carries no time.
+fn created_since(id: Uuid) -> i64 {
+    match id.get_timestamp() {
+        Some(ts) => ts.to_unix().0 as i64 - CREATED_SLACK_SECS,
+        None => OffsetDateTime::now_utc().unix_timestamp() - 2 * 86_400,
+    }
+}
+
+impl Provider for Stripe {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Stripe
+    }
+
+    fn create_customer<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: CustomerRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let key = request.idempotency_key.clone();
+            let c: wire::Customer = self
+                .client
+                .send(api::create_customer(&request), Some(key))
+                .await?;
+            Ok(c.id)
+        })
+    }
+
+    fn create_price<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: PriceRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let key = request.idempotency_key.clone();
+            let p: wire::Price = self
+                .client
+                .send(api::create_price(&request), Some(key))
+                .await?;
+            Ok(p.id)
+        })
+    }
+
+    fn create_checkout_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: CheckoutRequest,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            let version = version_now();
+            let call = api::create_session(&request, OffsetDateTime::now_utc());
+            let s: wire::Session = self
+                .client
+                .send(call, Some(request.idempotency_key.clone()))
+                .await?;
+            let mut checkout = objects::checkout(&s, version)?;
+            checkout
+                .client_reference
+                .get_or_insert(request.client_reference);
+            Ok(checkout)
+        })
+    }
+
+    fn fetch_checkout_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            self.session(id).await?.ok_or_else(|| {
+                ProviderError::definitive("resource_missing", format!("Stripe has no session {id}"))
+            })
+        })
+    }
+
+    fn expire_checkout_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        id: &'a str,
+        idempotency_key: String,
+    ) -> BoxFuture<'a, Result<ProviderCheckout, ProviderError>> {
+        Box::pin(async move {
+            let Some(segment) = segment(id) else {
+                return Err(ProviderError::definitive(
+                    "resource_missing",
+                    "not a Stripe session id",
+                ));
+            };
+            let version = version_now();
+            match self
+                .client
+                .send::<wire::Session>(api::expire_session(segment), Some(idempotency_key))
+                .await
+            {
+                Ok(s) => objects::checkout(&s, version),
+                // Stripe refuses to expire a session that is not open with a plain
+                // invalid_request_error: read the session to say so.
+                Err(refused @ ProviderError::Definitive { .. }) => match self.session(id).await? {
+                    Some(s) if s.status != crate::domain::checkout::Status::Open => {
+                        Err(ProviderError::definitive(
+                            "session_not_open",
+                            format!("the session is {}", s.status.as_str()),
+                        ))
+                    }
+                    _ => Err(refused),
+                },
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: RefundRequest,
+    ) -> BoxFuture<'a, Result<ProviderRefund, ProviderError>> {
+        Box::pin(async move {
+            let version = version_now();
+            let r: wire::Refund = self
+                .client
+                .send(
+                    api::create_refund(&request),
+                    Some(request.idempotency_key.clone()),
+                )
+                .await?;
+            let (amount, _) = money::from_stripe(r.amount, &r.currency)?;
+            Ok(ProviderRefund {
+                id: r.id.clone(),
+                payment: request.payment.clone(),
+                client_reference: request.client_reference,
+                amount,
+                status: objects::refund_status(r.status.as_deref())?,
+                version,
+            })
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        kind: ObjectKind,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>> {
+        Box::pin(async move {
+            // An id that cannot be Stripe's names nothing Stripe has.
+            let Some(id) = segment(id) else {
+                return Ok(None);
+            };
+            match kind {
+                ObjectKind::CheckoutSession => {
+                    Ok(self.session(id).await?.map(ProviderObject::CheckoutSession))
+                }
+                ObjectKind::Payment => self.payment(id).await,
+                ObjectKind::Subscription => self.subscription(id).await,
+                ObjectKind::Refund => self.refund_object(id).await,
+                ObjectKind::Dispute => self.dispute(id).await,
+                ObjectKind::Customer => Ok(self
+                    .client
+                    .find::<wire::Customer>(api::retrieve("fetch_customer", "customers", id))
+                    .await?
+                    .map(|c| ProviderObject::Customer { id: c.id })),
+                ObjectKind::Price => Ok(self
+                    .client
+                    .find::<wire::Price>(api::retrieve("fetch_price", "prices", id))
+                    .await?
+                    .map(|p| ProviderObject::Price { id: p.id })),
+            }
+        })
+    }
+
+    fn fetch_object<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        kind: ObjectKind,
+        client_reference: Uuid,
+    ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>> {
+        Box::pin(async move {
+            match kind {
+                ObjectKind::Customer => self.find_customer(client_reference).await,
+                ObjectKind::Price => self.find_price(client_reference).await,
+                ObjectKind::CheckoutSession => self.find_session(client_reference).await,
+                ObjectKind::Refund => self.find_refund(client_reference).await,
+                ObjectKind::Payment => self.find_payment(client_reference).await,
+                ObjectKind::Subscription => self.find_subscription(client_reference).await,
+                // Coffer never makes a dispute.
+                ObjectKind::Dispute => Ok(None),
+            }
+        })
+    }
+}

@@ -3,15 +3,16 @@
 //!
 //! - the id is the event's `id` (`evt_…`), the type its `type`;
 //! - `livemode` must be present and equal the account's;
-//! - the object an event is about is `data.object.id`.
+//! - the object an event is about is `data.object.id`;
+//! - what the inbox fetches for it is [`super::events`]' answer.
 
 use serde_json::Value;
 
 use crate::domain::account::Account;
-use crate::providers::Inbound;
 use crate::providers::object::ProviderObjectRef;
 use crate::providers::signature::{self, Check, Header, Rejection, Scheme};
 use crate::providers::webhook::{Incoming, json_object, text};
+use crate::providers::{Inbound, Trigger};
 
 /// Stripe's webhooks; stateless.
 #[derive(Debug, Clone, Copy)]
@@ -46,5 +47,9 @@ impl Inbound for Webhooks {
 
     fn object_of(&self, payload: &[u8]) -> Option<ProviderObjectRef> {
         ProviderObjectRef::find(payload, &[&["data", "object", "id"]])
+    }
+
+    fn trigger(&self, event_type: &str, payload: &[u8]) -> Option<Trigger> {
+        super::events::trigger(event_type, payload)
     }
 }

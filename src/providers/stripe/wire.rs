@@ -1,0 +1,405 @@
+//! Stripe's objects as its API answers them (API version [`super::client::API_VERSION`]),
+//! reduced to the fields Coffer reads. Unknown fields are ignored and nullable ones default,
+//! so an answer with more in it still reads. Shapes follow `stripe/openapi` (`spec3`): a
+//! field that may be expanded is an id or the object ([`Expandable`]).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// `null` read as the type's default (Stripe sends `null` for absent maps and lists).
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+pub type Metadata = HashMap<String, String>;
+
+/// A field Stripe answers as the object's id, or as the object when the request expanded it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Expandable<T> {
+    Id(String),
+    Object(Box<T>),
+}
+
+/// Objects with an `id`, so an [`Expandable`] can name its id either way.
+pub trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl<T: HasId> Expandable<T> {
+    pub fn id(&self) -> &str {
+        match self {
+            Expandable::Id(id) => id,
+            Expandable::Object(o) => o.id(),
+        }
+    }
+
+    pub fn object(&self) -> Option<&T> {
+        match self {
+            Expandable::Id(_) => None,
+            Expandable::Object(o) => Some(o),
+        }
+    }
+}
+
+macro_rules! has_id {
+    ($($t:ty),*) => {
+        $(impl HasId for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+        })*
+    };
+}
+
+has_id!(
+    Customer,
+    Price,
+    Session,
+    PaymentIntent,
+    Charge,
+    Subscription,
+    Invoice,
+    Refund,
+    Dispute
+);
+
+/// `{"object":"list","data":[…],"has_more":…}`, and a search result's
+/// `{"object":"search_result","data":[…],"has_more":…,"next_page":…}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+    /// Search results only: the cursor of the next page.
+    #[serde(default)]
+    pub next_page: Option<String>,
+}
+
+/// Stripe's error body: `{"error":{"type":…,"code":…,"decline_code":…,"message":…,"param":…}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApiError {
+    /// `api_error`, `card_error`, `idempotency_error`, `invalid_request_error`, …
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub param: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Price {
+    pub id: String,
+    #[serde(default)]
+    pub lookup_key: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+/// A Checkout Session (`checkout.session`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Session {
+    pub id: String,
+    #[serde(default)]
+    pub client_reference_id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+    /// `payment`, `subscription`, `setup`.
+    pub mode: String,
+    /// `open`, `complete`, `expired`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `paid`, `unpaid`, `no_payment_required`.
+    pub payment_status: String,
+    /// Null once the session is complete or expired.
+    #[serde(default)]
+    pub url: Option<String>,
+    pub expires_at: i64,
+    #[serde(default)]
+    pub amount_total: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<PaymentIntent>>,
+    #[serde(default)]
+    pub subscription: Option<Expandable<Subscription>>,
+    #[serde(default)]
+    pub invoice: Option<Expandable<Invoice>>,
+}
+
+/// The last error of a payment intent: its `code` and, for declines, the issuer's
+/// `decline_code`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PaymentError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentIntent {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    /// `requires_payment_method`, `requires_confirmation`, `requires_action`, `processing`,
+    /// `requires_capture`, `canceled`, `succeeded`.
+    pub status: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub last_payment_error: Option<PaymentError>,
+    #[serde(default)]
+    pub latest_charge: Option<Expandable<Charge>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CardDetails {
+    #[serde(default)]
+    pub brand: Option<String>,
+    #[serde(default)]
+    pub last4: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PaymentMethodDetails {
+    #[serde(default)]
+    pub card: Option<CardDetails>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Charge {
+    pub id: String,
+    pub amount: i64,
+    #[serde(default)]
+    pub amount_refunded: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub payment_intent: Option<String>,
+    #[serde(default)]
+    pub payment_method_details: Option<PaymentMethodDetails>,
+    #[serde(default)]
+    pub failure_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SubscriptionItem {
+    pub id: String,
+    /// Where the billing period lives since API version 2025-03-31.basil.
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    /// `incomplete`, `incomplete_expired`, `trialing`, `active`, `past_due`, `canceled`,
+    /// `unpaid`, `paused`.
+    pub status: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+    /// Before 2025-03-31.basil the period was the subscription's own.
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+    #[serde(default)]
+    pub trial_end: Option<i64>,
+    #[serde(default)]
+    pub start_date: Option<i64>,
+    #[serde(default)]
+    pub items: Option<List<SubscriptionItem>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SubscriptionDetails {
+    #[serde(default)]
+    pub subscription: Option<Expandable<Subscription>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+}
+
+/// Where an invoice comes from (since 2025-03-31.basil).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InvoiceParent {
+    #[serde(default)]
+    pub subscription_details: Option<SubscriptionDetails>,
+}
+
+/// What an invoice payment paid with.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InvoicePaymentMethod {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<PaymentIntent>>,
+}
+
+/// One payment of an invoice (`invoice_payment`); listed on the invoice when `payments` is
+/// expanded.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoicePayment {
+    #[serde(default)]
+    pub payment: InvoicePaymentMethod,
+    /// `open`, `paid`, `canceled`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    /// `draft`, `open`, `paid`, `uncollectible`, `void`.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub amount_due: i64,
+    #[serde(default)]
+    pub amount_paid: i64,
+    pub currency: String,
+    /// Before 2025-03-31.basil.
+    #[serde(default)]
+    pub subscription: Option<Expandable<Subscription>>,
+    #[serde(default)]
+    pub parent: Option<InvoiceParent>,
+    #[serde(default)]
+    pub payments: Option<List<InvoicePayment>>,
+    /// Before 2025-03-31.basil.
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<PaymentIntent>>,
+}
+
+impl Invoice {
+    /// The subscription the invoice bills, where either API version puts it.
+    pub fn subscription_id(&self) -> Option<&str> {
+        self.parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref())
+            .and_then(|d| d.subscription.as_ref())
+            .or(self.subscription.as_ref())
+            .map(Expandable::id)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    /// `pending`, `requires_action`, `succeeded`, `failed`, `canceled`.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<PaymentIntent>>,
+    #[serde(default)]
+    pub charge: Option<Expandable<Charge>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Dispute {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    /// `warning_needs_response`, `warning_under_review`, `warning_closed`,
+    /// `needs_response`, `under_review`, `won`, `lost`, `prevented`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable<PaymentIntent>>,
+    #[serde(default)]
+    pub charge: Option<Expandable<Charge>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_expanded_and_unexpanded_fields() {
+        let s: Session = serde_json::from_str(
+            r#"{"id":"cs_1","object":"checkout.session","client_reference_id":null,
+                "metadata":null,"mode":"payment","status":"open","payment_status":"unpaid",
+                "url":"https://checkout.stripe.com/c/pay/cs_1","expires_at":1800000000,
+                "payment_intent":"pi_1","subscription":null,"extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.payment_intent.as_ref().unwrap().id(), "pi_1");
+        assert!(s.payment_intent.unwrap().object().is_none());
+        assert!(s.metadata.is_empty());
+
+        let s: Session = serde_json::from_str(
+            r#"{"id":"cs_1","mode":"payment","status":"complete","payment_status":"paid",
+                "url":null,"expires_at":1800000000,
+                "payment_intent":{"id":"pi_1","amount":500,"currency":"usd","status":"succeeded",
+                  "metadata":{"coffer_checkout_id":"x"},
+                  "latest_charge":{"id":"ch_1","amount":500,"amount_refunded":0,"currency":"usd",
+                    "payment_method_details":{"card":{"brand":"visa","last4":"4242"}}}}}"#,
+        )
+        .unwrap();
+        let pi = s.payment_intent.as_ref().unwrap().object().unwrap();
+        assert_eq!(pi.metadata["coffer_checkout_id"], "x");
+        let charge = pi.latest_charge.as_ref().unwrap().object().unwrap();
+        assert_eq!(
+            charge
+                .payment_method_details
+                .as_ref()
+                .unwrap()
+                .card
+                .as_ref()
+                .unwrap()
+                .last4
+                .as_deref(),
+            Some("4242")
+        );
+    }
+
+    #[test]
+    fn an_invoice_names_its_subscription_in_either_version() {
+        let new: Invoice = serde_json::from_str(
+            r#"{"id":"in_1","currency":"usd","subscription":null,
+                "parent":{"type":"subscription_details",
+                  "subscription_details":{"metadata":null,"subscription":"sub_new"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(new.subscription_id(), Some("sub_new"));
+        let old: Invoice =
+            serde_json::from_str(r#"{"id":"in_1","currency":"usd","subscription":"sub_old"}"#)
+                .unwrap();
+        assert_eq!(old.subscription_id(), Some("sub_old"));
+        let none: Invoice =
+            serde_json::from_str(r#"{"id":"in_1","currency":"usd","parent":null}"#).unwrap();
+        assert_eq!(none.subscription_id(), None);
+    }
+}
