@@ -115,7 +115,7 @@ pub fn adapter(
     config: &outbound::OutboundConfig,
 ) -> Result<Option<std::sync::Arc<dyn Provider>>, AdapterError> {
     // Each adapter that calls its provider gets a stack of its own.
-    let _stack = || {
+    let stack = || {
         outbound::Outbound::new(
             config.clone(),
             account.provider,
@@ -129,7 +129,13 @@ pub fn adapter(
     };
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
-        ProviderKind::Stripe | ProviderKind::Polar | ProviderKind::PayTabs => None,
+        ProviderKind::Stripe | ProviderKind::PayTabs => None,
+        ProviderKind::Polar => Some(std::sync::Arc::new(
+            polar::Polar::new(account, stack()?).map_err(|message| AdapterError::Config {
+                account: account.name.clone(),
+                message,
+            })?,
+        )),
     })
 }
 
