@@ -19,6 +19,7 @@ mod inbox;
 mod meters;
 mod payments;
 mod plans;
+mod polar;
 mod policy;
 mod sandbox_delivery;
 mod sandbox_page;

@@ -1,0 +1,594 @@
+//! A Polar account end to end, against a fake Polar on loopback that follows Polar's published
+//! wire format ([`fake`]): checkouts through Coffer's gRPC API, Polar's signed webhooks through
+//! the sidecar, fetched and applied by the inbox; refunds; an unknown outcome settled by
+//! fetching; Polar's validation errors; events about objects Coffer has not seen; a provider
+//! that fails while an event is applied; subscriptions and customer portal sessions.
+
+mod fake;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::Method;
+use coffer::app::inbox::InboxConfig;
+use coffer::domain::ids::{CheckoutId, CustomerId};
+use coffer::grpc::pb::{
+    CheckoutMode, CheckoutPaymentStatus, CheckoutSessionStatus, CreateCustomerRequest,
+    GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus, RefundPaymentRequest,
+    RefundStatus,
+};
+use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
+use serde_json::json;
+use tonic::Code;
+
+use self::fake::{FakePolar, Fault, TOKEN, WEBHOOK_SECRET};
+use crate::checkout::{client, inline, item, plan, session};
+use crate::helpers::{TestApp, details, eventually, idem, req};
+
+const ACCOUNT: &str = "polar-main";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Coffer with one Polar account on `fake`, the tenant's default, its sidecar and one inbox
+/// worker running; a short outbound configuration (a 3 s attempt, quick retries, a breaker
+/// that does not open in a test).
+async fn spawn(fake: &FakePolar) -> (TestApp, SocketAddr) {
+    let toml = format!(
+        r#"
+[[account]]
+name = "{ACCOUNT}"
+tenant = "acme"
+provider = "polar"
+api_key_env = "POLAR_ACCESS_TOKEN"
+webhook_secret_env = "POLAR_WEBHOOK_SECRET"
+api_base = "http://{}"
+
+[tenant.acme]
+default_account = "{ACCOUNT}"
+"#,
+        fake.addr
+    );
+    let app = TestApp::spawn_configured(
+        &toml,
+        &[
+            ("POLAR_ACCESS_TOKEN", TOKEN),
+            ("POLAR_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ],
+        |c| {
+            c.http_addr = Some("127.0.0.1:0".parse().unwrap());
+            c.resolve_interval = Duration::from_millis(100);
+            c.inbox = InboxConfig {
+                workers: 1,
+                batch: 8,
+                poll: Duration::from_millis(20),
+                backoff_base: Duration::from_millis(20),
+                backoff_cap: Duration::from_millis(200),
+                ..InboxConfig::default()
+            };
+            c.outbound = OutboundConfig {
+                connect_timeout: Duration::from_millis(500),
+                attempt_timeout: Duration::from_secs(3),
+                deadline: Duration::from_secs(4),
+                max_attempts: 3,
+                base_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                breaker: BreakerConfig {
+                    minimum_calls: 1_000_000,
+                    ..BreakerConfig::default()
+                },
+                ..OutboundConfig::default()
+            };
+        },
+    )
+    .await;
+    let sidecar = app.http_addr.expect("the sidecar runs");
+    (app, sidecar)
+}
+
+fn hook(sidecar: SocketAddr) -> String {
+    format!("http://{sidecar}/webhooks/{ACCOUNT}")
+}
+
+async fn customer(app: &TestApp, external_id: &str, email: &str) -> String {
+    app.customers()
+        .await
+        .create_customer(req(
+            CreateCustomerRequest {
+                external_id: external_id.into(),
+                email: email.into(),
+                name: "Alice Liddell".into(),
+                ..Default::default()
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+/// The UUID behind Coffer's public customer id: what Polar's external id carries.
+fn customer_uuid(id: &str) -> String {
+    CustomerId::parse(id).unwrap().as_uuid().to_string()
+}
+
+/// The UUID behind Coffer's public checkout id: what Polar's metadata carries.
+fn checkout_uuid(id: &str) -> String {
+    CheckoutId::parse(id).unwrap().as_uuid().to_string()
+}
+
+/// The statuses of the stored Polar events, oldest first.
+async fn events(app: &TestApp) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT event_type, status FROM webhook_events ORDER BY received_at")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn all_processed(app: &TestApp, n: usize) -> bool {
+    let e = events(app).await;
+    e.len() == n && e.iter().all(|(_, s)| s == "processed")
+}
+
+async fn get_session(app: &TestApp, id: &str) -> coffer::grpc::pb::CheckoutSession {
+    client(app)
+        .await
+        .get_checkout_session(req(GetCheckoutSessionRequest { id: id.into() }, &app.key))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn get_payment(app: &TestApp, id: &str) -> coffer::grpc::pb::Payment {
+    client(app)
+        .await
+        .get_payment(req(GetPaymentRequest { id: id.into() }, &app.key))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_checkout_is_paid_through_signed_events_and_refunded() {
+    let fake = FakePolar::start().await;
+    let (app, sidecar) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+
+    let created = client(&app)
+        .await
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.status(), CheckoutSessionStatus::Open);
+    assert_eq!(created.provider_account, ACCOUNT);
+
+    // On Polar: the customer by Coffer's id, the price as a private product, the checkout
+    // of that product carrying Coffer's reference — each made once, none with a key Polar
+    // would ignore.
+    let customers = fake.all("customers");
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0]["email"], "alice@example.com");
+    assert_eq!(customers[0]["external_id"], customer_uuid(&alice).as_str());
+    assert_eq!(customers[0]["metadata"]["coffer_external_id"], "alice");
+    let products = fake.all("products");
+    assert_eq!(products.len(), 1);
+    assert_eq!(products[0]["visibility"], "private");
+    assert_eq!(products[0]["is_recurring"], false);
+    assert_eq!(products[0]["prices"][0]["price_amount"], 9_900);
+    assert_eq!(products[0]["prices"][0]["price_currency"], "usd");
+    assert_eq!(products[0]["prices"][0]["tax_behavior"], "exclusive");
+    assert!(products[0]["metadata"]["coffer_price_id"].is_string());
+    assert!(
+        fake.seen().iter().any(|s| s.method == Method::GET
+            && s.path == "/v1/products/"
+            && s.query.contains("metadata%5Bcoffer_price_id%5D=")),
+        "looked up by its metadata before it was made"
+    );
+    let checkouts = fake.all("checkouts");
+    assert_eq!(checkouts.len(), 1);
+    let polar_checkout = checkouts[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.provider_session_id, polar_checkout);
+    assert_eq!(created.url, checkouts[0]["url"].as_str().unwrap());
+    assert_eq!(checkouts[0]["customer_id"], customers[0]["id"]);
+    assert_eq!(checkouts[0]["allow_discount_codes"], false);
+    assert_eq!(
+        checkouts[0]["return_url"],
+        "https://shop.acme.example/cancel"
+    );
+    assert_eq!(
+        checkouts[0]["metadata"]["coffer_checkout_id"],
+        checkout_uuid(&created.id).as_str()
+    );
+    assert!(
+        fake.seen()
+            .iter()
+            .filter(|s| s.method == Method::POST)
+            .all(|s| s.idempotency_key.is_none()),
+        "Polar takes no idempotency keys: creates are sent without one"
+    );
+
+    // The buyer pays; Polar signs and sends checkout.updated and order.paid.
+    let (order, _) = fake.pay(&polar_checkout);
+    let url = hook(sidecar);
+    assert_eq!(
+        fake.deliver(
+            &url,
+            "checkout.updated",
+            fake.object("checkouts", &polar_checkout)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        fake.deliver(&url, "order.paid", fake.object("orders", &order))
+            .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 2)).await,
+        "{:?}",
+        events(&app).await
+    );
+    let paid = get_session(&app, &created.id).await;
+    assert_eq!(paid.status(), CheckoutSessionStatus::Complete);
+    assert_eq!(paid.payment_status(), CheckoutPaymentStatus::Paid);
+    let payment = get_payment(&app, &created.payment_id).await;
+    assert_eq!(payment.status(), PaymentStatus::Succeeded);
+    assert_eq!(payment.provider_payment_id, order);
+    assert_eq!((payment.amount, payment.currency.as_str()), (9_900, "USD"));
+
+    // A refund of part of it, through Coffer.
+    let refund = client(&app)
+        .await
+        .refund_payment(idem(
+            RefundPaymentRequest {
+                payment_id: created.payment_id.clone(),
+                amount: Some(4_000),
+                ..Default::default()
+            },
+            &app.key,
+            "refund-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refund.status(), RefundStatus::Succeeded);
+    let refunds = fake.all("refunds");
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["order_id"], order.as_str());
+    assert_eq!(refunds[0]["amount"], 4_000);
+    assert!(refunds[0]["metadata"]["coffer_refund_id"].is_string());
+    assert_eq!(
+        fake.object("orders", &order)["status"],
+        "partially_refunded"
+    );
+    assert_eq!(
+        get_payment(&app, &created.payment_id).await.amount_refunded,
+        4_000
+    );
+
+    // Polar's events about the refund change nothing more, and Polar still has one refund.
+    let refund_id = refunds[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fake.deliver(&url, "refund.created", fake.object("refunds", &refund_id))
+            .await,
+        200
+    );
+    assert_eq!(
+        fake.deliver(&url, "order.refunded", fake.object("orders", &order))
+            .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 4)).await,
+        "{:?}",
+        events(&app).await
+    );
+    assert_eq!(
+        get_payment(&app, &created.payment_id).await.amount_refunded,
+        4_000
+    );
+    assert_eq!(fake.creates("refunds"), 1);
+
+    // An event Coffer does not follow is stored and ignored.
+    assert_eq!(
+        fake.deliver(&url, "customer.created", fake.all("customers")[0].clone())
+            .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || async {
+            events(&app).await.last().map(|e| e.1.clone()) == Some("ignored".into())
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn an_inline_line_is_sold_as_a_named_product_with_its_total() {
+    let fake = FakePolar::start().await;
+    let (app, _) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let mut checkout = client(&app).await;
+    for _ in 0..2 {
+        checkout
+            .create_checkout_session(req(
+                session(&alice, CheckoutMode::Payment, vec![inline(2_500, "USD", 3)]),
+                &app.key,
+            ))
+            .await
+            .unwrap();
+    }
+    let products = fake.all("products");
+    assert_eq!(products.len(), 1, "found again by its name");
+    assert_eq!(products[0]["name"], "Consulting hour");
+    assert_eq!(
+        products[0]["metadata"]["coffer_line_name"],
+        "Consulting hour"
+    );
+    for c in fake.all("checkouts") {
+        assert_eq!(c["amount"], 7_500);
+        assert_eq!(c["product_price"]["source"], "ad_hoc");
+    }
+    // Polar sells one product per checkout.
+    let e = checkout
+        .create_checkout_session(req(
+            session(
+                &alice,
+                CheckoutMode::Payment,
+                vec![inline(2_500, "USD", 1), inline(100, "USD", 1)],
+            ),
+            &app.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::FailedPrecondition, "PROVIDER_REJECTED")
+    );
+    assert!(
+        e.message().contains("unsupported_line_items"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(fake.creates("checkouts"), 2);
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_a_create_is_settled_by_fetching_one_checkout() {
+    let fake = FakePolar::start().await;
+    let (app, _) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    // Polar makes the checkout but its answer comes after Coffer stopped waiting.
+    fake.fail(
+        Method::POST,
+        "/v1/checkouts/",
+        1,
+        Fault::Slow(Duration::from_secs(5)),
+    );
+    let request = session(&alice, CheckoutMode::Payment, vec![item(&once, 2)]);
+    let e = client(&app)
+        .await
+        .create_checkout_session(idem(request.clone(), &app.key, "lost"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::Unavailable, "PROVIDER_OUTCOME_UNKNOWN"),
+        "{e:?}"
+    );
+    assert_eq!(
+        fake.count(Method::POST, "/v1/checkouts/"),
+        1,
+        "not sent twice"
+    );
+
+    let retried = client(&app)
+        .await
+        .create_checkout_session(idem(request, &app.key, "lost"))
+        .await
+        .unwrap()
+        .into_inner();
+    let checkouts = fake.all("checkouts");
+    assert_eq!(checkouts.len(), 1, "exactly one checkout on Polar");
+    assert_eq!(fake.creates("checkouts"), 1);
+    assert_eq!(
+        retried.provider_session_id,
+        checkouts[0]["id"].as_str().unwrap()
+    );
+    assert_eq!(retried.url, checkouts[0]["url"].as_str().unwrap());
+    assert_eq!(retried.amount_total, 19_800);
+    assert_eq!(retried.status(), CheckoutSessionStatus::Open);
+    // The ad-hoc price carries the quantity.
+    assert_eq!(checkouts[0]["amount"], 19_800);
+    let generation: i32 = sqlx::query_scalar(
+        "SELECT generation FROM provider_operations WHERE idempotency_key = 'lost'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(generation, 1, "settled by fetching, not by calling again");
+}
+
+#[tokio::test]
+async fn a_validation_error_is_failed_precondition_and_not_retried() {
+    let fake = FakePolar::start().await;
+    let (app, _) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "shared@example.com").await;
+    // Polar's customers have unique emails; Coffer's need not.
+    let bob = customer(&app, "bob", "shared@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let mut checkout = client(&app).await;
+    checkout
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap();
+    let e = checkout
+        .create_checkout_session(idem(
+            session(&bob, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+            "bob",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::FailedPrecondition, "PROVIDER_REJECTED"),
+        "{e:?}"
+    );
+    assert!(e.message().contains("validation_error"), "{}", e.message());
+    assert!(e.message().contains("body.email"), "{}", e.message());
+    assert!(
+        !e.message().contains("shared@example.com"),
+        "the input is never echoed"
+    );
+    assert_eq!(
+        fake.count(Method::POST, "/v1/customers/"),
+        2,
+        "alice's, and bob's one refused attempt"
+    );
+    assert_eq!(fake.creates("checkouts"), 1);
+
+    // A 422 on the checkout itself, likewise: sent once.
+    fake.fail(
+        Method::POST,
+        "/v1/checkouts/",
+        5,
+        Fault::Answer(
+            422,
+            json!({"error": "RequestValidationError", "detail": [{"loc": ["body", "success_url"], "msg": "URL scheme not permitted", "type": "url_scheme", "input": "x"}]}),
+        ),
+    );
+    let e = checkout
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("body.success_url"), "{}", e.message());
+    assert_eq!(fake.count(Method::POST, "/v1/checkouts/"), 2);
+}
+
+#[tokio::test]
+async fn events_are_triggers_the_object_is_fetched_as_polar_has_it_now() {
+    let fake = FakePolar::start().await;
+    let (app, sidecar) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let created = client(&app)
+        .await
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Stale copies, taken before the buyer paid: an order Coffer has never heard of, and a
+    // checkout still open in the event's own copy.
+    let stale_checkout = fake.object("checkouts", &created.provider_session_id);
+    let (order, _) = fake.pay(&created.provider_session_id);
+    let mut stale_order = fake.object("orders", &order);
+    stale_order["status"] = json!("pending");
+    stale_order["paid"] = json!(false);
+    let url = hook(sidecar);
+    assert_eq!(fake.deliver(&url, "order.created", stale_order).await, 200);
+    assert_eq!(
+        fake.deliver(&url, "checkout.updated", stale_checkout).await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 2)).await,
+        "{:?}",
+        events(&app).await
+    );
+    assert_eq!(
+        get_payment(&app, &created.payment_id).await.status(),
+        PaymentStatus::Succeeded
+    );
+    assert_eq!(
+        get_session(&app, &created.id).await.status(),
+        CheckoutSessionStatus::Complete
+    );
+    assert!(fake.count(Method::GET, &format!("/v1/orders/{order}")) >= 1);
+
+    // An order Coffer did not make (a checkout link's) names nothing to fetch.
+    let mut foreign = fake.object("orders", &order);
+    foreign["id"] = json!(uuid::Uuid::now_v7().to_string());
+    foreign["metadata"] = json!({});
+    assert_eq!(fake.deliver(&url, "order.paid", foreign).await, 200);
+    assert!(
+        eventually(WAIT, || async {
+            events(&app).await.last().map(|e| e.1.clone()) == Some("ignored".into())
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_fetch_that_fails_is_retried_and_applied_once_polar_recovers() {
+    let fake = FakePolar::start().await;
+    let (app, sidecar) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let created = client(&app)
+        .await
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (order, _) = fake.pay(&created.provider_session_id);
+    let path = format!("/v1/orders/{order}");
+    fake.fail(
+        Method::GET,
+        &path,
+        usize::MAX,
+        Fault::Answer(500, json!({"detail": "Internal Server Error"})),
+    );
+    assert_eq!(
+        fake.deliver(&hook(sidecar), "order.paid", fake.object("orders", &order))
+            .await,
+        200
+    );
+    let failed = || async {
+        let row: Option<(String, i32, Option<String>)> =
+            sqlx::query_as("SELECT status, attempts, last_error FROM webhook_events")
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap();
+        matches!(row, Some((s, a, _)) if s == "failed" && a >= 2)
+    };
+    assert!(eventually(WAIT, failed).await, "{:?}", events(&app).await);
+    assert_eq!(
+        get_payment(&app, &created.payment_id).await.status(),
+        PaymentStatus::Created
+    );
+    assert!(
+        fake.count(Method::GET, &path) >= 2 * 3,
+        "retried, by the stack and the inbox"
+    );
+
+    fake.recover();
+    assert!(
+        eventually(WAIT, || all_processed(&app, 1)).await,
+        "{:?}",
+        events(&app).await
+    );
+    assert_eq!(
+        get_payment(&app, &created.payment_id).await.status(),
+        PaymentStatus::Succeeded
+    );
+}
