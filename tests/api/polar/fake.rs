@@ -24,6 +24,7 @@ use coffer::providers::signature::sign;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -49,6 +50,8 @@ pub enum Fault {
     Answer(u16, Value),
     /// Do what was asked, then answer only after this long (past the client's timeout).
     Slow(Duration),
+    /// Do what was asked, then answer once the test says so.
+    Hold(Arc<Notify>),
 }
 
 struct Armed {
@@ -275,7 +278,7 @@ async fn handle(
                 armed.times -= 1;
                 match armed.fault.clone() {
                     Fault::Answer(status, body) => return json_response(status, &body),
-                    Fault::Slow(wait) => Some(wait),
+                    other => Some(other),
                 }
             }
             None => None,
@@ -300,8 +303,10 @@ async fn handle(
         let mut s = state.lock().unwrap();
         route(&mut s, &method, &path, &query, &body)
     };
-    if let Some(wait) = slow {
-        tokio::time::sleep(wait).await;
+    match slow {
+        Some(Fault::Slow(wait)) => tokio::time::sleep(wait).await,
+        Some(Fault::Hold(release)) => release.notified().await,
+        _ => {}
     }
     response
 }

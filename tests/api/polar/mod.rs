@@ -32,6 +32,11 @@ const WAIT: Duration = Duration::from_secs(15);
 /// worker running; a short outbound configuration (a 3 s attempt, quick retries, a breaker
 /// that does not open in a test).
 async fn spawn(fake: &FakePolar) -> (TestApp, SocketAddr) {
+    spawn_waiting(fake, Duration::from_secs(3)).await
+}
+
+/// [`spawn`] with each attempt given `attempt` (the deadline a second more).
+async fn spawn_waiting(fake: &FakePolar, attempt: Duration) -> (TestApp, SocketAddr) {
     let toml = format!(
         r#"
 [[account]]
@@ -66,8 +71,8 @@ default_account = "{ACCOUNT}"
             };
             c.outbound = OutboundConfig {
                 connect_timeout: Duration::from_millis(500),
-                attempt_timeout: Duration::from_secs(3),
-                deadline: Duration::from_secs(4),
+                attempt_timeout: attempt,
+                deadline: attempt + Duration::from_secs(1),
                 max_attempts: 3,
                 base_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(50),
@@ -591,4 +596,67 @@ async fn a_fetch_that_fails_is_retried_and_applied_once_polar_recovers() {
         get_payment(&app, &created.payment_id).await.status(),
         PaymentStatus::Succeeded
     );
+}
+
+#[tokio::test]
+async fn a_webhook_racing_the_create_updates_the_one_session() {
+    let fake = FakePolar::start().await;
+    // Polar's answer is held until the test has had its event applied.
+    let (app, sidecar) = spawn_waiting(&fake, Duration::from_secs(20)).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(&app, "pro").await;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    fake.fail(
+        Method::POST,
+        "/v1/checkouts/",
+        1,
+        Fault::Hold(release.clone()),
+    );
+    let mut checkout = client(&app).await;
+    let key = app.key.clone();
+    let create = tokio::spawn(async move {
+        checkout
+            .create_checkout_session(req(
+                session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+                &key,
+            ))
+            .await
+    });
+    assert!(eventually(WAIT, || async { !fake.all("checkouts").is_empty() }).await);
+    let polar_checkout = fake.all("checkouts")[0].clone();
+    assert_eq!(
+        fake.deliver(&hook(sidecar), "checkout.created", polar_checkout.clone())
+            .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 1)).await,
+        "{:?}",
+        events(&app).await
+    );
+    // The event found Coffer's session by its reference and recorded Polar's checkout on it
+    // while the create was still waiting for its answer.
+    let recorded: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT provider_session_id FROM checkout_sessions")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        vec![Some(polar_checkout["id"].as_str().unwrap().to_owned())]
+    );
+
+    release.notify_one();
+    let created = create.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        created.provider_session_id,
+        polar_checkout["id"].as_str().unwrap()
+    );
+    assert_eq!(created.status(), CheckoutSessionStatus::Open);
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM checkout_sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "one row");
+    assert_eq!(fake.creates("checkouts"), 1);
 }
