@@ -11,13 +11,21 @@ use std::time::Duration;
 
 use axum::http::Method;
 use coffer::app::inbox::InboxConfig;
+use coffer::domain::account::{Account, AccountName, ProviderKind, Secret};
+use coffer::domain::ids::TenantId;
 use coffer::domain::ids::{CheckoutId, CustomerId};
+use coffer::domain::payment::SubscriptionStatus as DomainSubscriptionStatus;
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSessionStatus, CreateCustomerRequest,
     GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus, RefundPaymentRequest,
     RefundStatus,
 };
-use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
+use coffer::grpc::pb::{
+    ListSubscriptionsRequest, SubscriptionStatus, VerifyCheckoutSessionRequest,
+};
+use coffer::providers::ProviderError;
+use coffer::providers::outbound::{BreakerConfig, Outbound, OutboundConfig, OutboundMetrics};
+use coffer::providers::polar::Polar;
 use serde_json::json;
 use tonic::Code;
 
@@ -659,4 +667,238 @@ async fn a_webhook_racing_the_create_updates_the_one_session() {
         .unwrap();
     assert_eq!(sessions, 1, "one row");
     assert_eq!(fake.creates("checkouts"), 1);
+}
+
+/// Coffer's subscriptions of the tenant: (status, provider id).
+async fn subscriptions(app: &TestApp) -> Vec<(SubscriptionStatus, String)> {
+    app.subscriptions()
+        .await
+        .list_subscriptions(req(ListSubscriptionsRequest::default(), &app.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions
+        .into_iter()
+        .map(|s| (s.status(), s.provider_subscription_id))
+        .collect()
+}
+
+/// The adapter itself on `fake`, for what Polar offers beyond the port.
+fn adapter(fake: &FakePolar) -> Polar {
+    let account = Account {
+        name: AccountName::parse(ACCOUNT).unwrap(),
+        tenant: TenantId::generate(),
+        provider: ProviderKind::Polar,
+        api_key: Some(Secret::new(TOKEN)),
+        webhook_secrets: vec![Secret::new(WEBHOOK_SECRET)],
+        api_base: Some(format!("http://{}", fake.addr)),
+        livemode: false,
+        hmac: None,
+        webhook_sources: None,
+    };
+    let outbound = Outbound::new(
+        OutboundConfig::default(),
+        ProviderKind::Polar,
+        &account.name,
+        OutboundMetrics::default(),
+    )
+    .unwrap();
+    Polar::new(&account, outbound).unwrap()
+}
+
+#[tokio::test]
+async fn subscriptions_start_change_and_end_as_polar_reports_them() {
+    let fake = FakePolar::start().await;
+    let (app, sidecar) = spawn(&fake).await;
+    let url = hook(sidecar);
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let (_, [monthly, yearly, _]) = plan(&app, "pro").await;
+    let mut checkout = client(&app).await;
+
+    // A monthly price with a 14-day trial: a recurring product with Polar's trial in days;
+    // Polar charges nothing now (a zero order), and the subscription is trialing.
+    let trial = checkout
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Subscription, vec![item(&monthly, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trial.payment_id.is_empty(), "nothing is collected now");
+    let product = fake.all("products")[0].clone();
+    assert_eq!(product["recurring_interval"], "month");
+    assert_eq!(product["recurring_interval_count"], 1);
+    assert_eq!(
+        (
+            product["trial_interval"].clone(),
+            product["trial_interval_count"].clone()
+        ),
+        (json!("day"), json!(14))
+    );
+    let polar_checkout = fake.object("checkouts", &trial.provider_session_id);
+    assert_eq!(polar_checkout["allow_trial"], true);
+    assert_eq!(polar_checkout["active_trial_interval_count"], 14);
+    let (zero_order, sub) = fake.pay(&trial.provider_session_id);
+    let sub = sub.unwrap();
+    for (event, data) in [
+        (
+            "checkout.updated",
+            fake.object("checkouts", &trial.provider_session_id),
+        ),
+        ("order.created", fake.object("orders", &zero_order)),
+        ("subscription.created", fake.object("subscriptions", &sub)),
+    ] {
+        assert_eq!(fake.deliver(&url, event, data).await, 200, "{event}");
+    }
+    assert!(
+        eventually(WAIT, || all_processed(&app, 3)).await,
+        "{:?}",
+        events(&app).await
+    );
+    let completed = get_session(&app, &trial.id).await;
+    assert_eq!(completed.status(), CheckoutSessionStatus::Complete);
+    assert_eq!(
+        completed.payment_status(),
+        CheckoutPaymentStatus::NoPaymentRequired
+    );
+    assert_eq!(
+        subscriptions(&app).await,
+        vec![(SubscriptionStatus::Trialing, sub.clone())]
+    );
+
+    // A yearly price without a trial: Polar charges now, and the first order is the payment.
+    let paid = checkout
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Subscription, vec![item(&yearly, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        fake.object("checkouts", &paid.provider_session_id)["allow_trial"],
+        false
+    );
+    let (order, yearly_sub) = fake.pay(&paid.provider_session_id);
+    assert_eq!(
+        fake.deliver(&url, "order.paid", fake.object("orders", &order))
+            .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 4)).await,
+        "{:?}",
+        events(&app).await
+    );
+    let payment = get_payment(&app, &paid.payment_id).await;
+    assert_eq!(payment.status(), PaymentStatus::Succeeded);
+    assert_eq!(payment.amount, 29_000);
+    // VerifyCheckoutSession's fetch brings the session and its subscription.
+    let verified = client(&app)
+        .await
+        .verify_checkout_session(req(
+            VerifyCheckoutSessionRequest {
+                id: paid.id.clone(),
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.status(), CheckoutSessionStatus::Complete);
+    assert!(
+        subscriptions(&app)
+            .await
+            .contains(&(SubscriptionStatus::Active, yearly_sub.unwrap()))
+    );
+
+    // What Polar offers beyond the port, on the adapter: cancel at the period's end (twice:
+    // Polar's "already canceled" answers the subscription as it is), move to another
+    // product, revoke now (twice, likewise).
+    let polar = adapter(&fake);
+    let canceled = polar.cancel_at_period_end(&sub, true).await.unwrap();
+    assert_eq!(canceled.status, DomainSubscriptionStatus::Trialing);
+    assert_eq!(
+        fake.object("subscriptions", &sub)["cancel_at_period_end"],
+        true
+    );
+    let again = polar.cancel_at_period_end(&sub, true).await.unwrap();
+    assert_eq!(again.id, sub);
+    let kept = polar.cancel_at_period_end(&sub, false).await.unwrap();
+    assert!(kept.version > canceled.version);
+    assert_eq!(
+        fake.object("subscriptions", &sub)["cancel_at_period_end"],
+        false
+    );
+    let yearly_product = fake.all("products")[1]["id"].as_str().unwrap().to_owned();
+    polar
+        .change_subscription_product(&sub, &yearly_product)
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.object("subscriptions", &sub)["product_id"],
+        yearly_product.as_str()
+    );
+    let revoked = polar.revoke_subscription(&sub).await.unwrap();
+    assert_eq!(revoked.status, DomainSubscriptionStatus::Canceled);
+    assert_eq!(
+        polar.revoke_subscription(&sub).await.unwrap().status,
+        DomainSubscriptionStatus::Canceled
+    );
+    for s in fake
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/v1/subscriptions/"))
+    {
+        if s.method == Method::PATCH || s.method == Method::DELETE {
+            assert!(
+                s.idempotency_key.is_some(),
+                "idempotent writes may be retried"
+            );
+        }
+    }
+    assert!(matches!(
+        polar.change_subscription_product("no-such", &yearly_product).await,
+        Err(ProviderError::Definitive { code, .. }) if code == "not_found"
+    ));
+
+    // Polar's revocation event makes Coffer's subscription CANCELED.
+    assert_eq!(
+        fake.deliver(
+            &url,
+            "subscription.revoked",
+            fake.object("subscriptions", &sub)
+        )
+        .await,
+        200
+    );
+    assert!(
+        eventually(WAIT, || all_processed(&app, 5)).await,
+        "{:?}",
+        events(&app).await
+    );
+    assert!(
+        subscriptions(&app)
+            .await
+            .contains(&(SubscriptionStatus::Canceled, sub.clone()))
+    );
+
+    // A customer portal session for Coffer's customer, found by its external id on Polar.
+    let portal = polar
+        .customer_portal(
+            CustomerId::parse(&alice).unwrap().as_uuid(),
+            Some("https://shop.acme.example/account".into()),
+        )
+        .await
+        .unwrap();
+    assert!(portal.url.contains("customer_session_token="));
+    assert!(portal.expires_at > time::OffsetDateTime::now_utc());
+    assert!(!format!("{portal:?}").contains("customer_session_token"));
+    let sessions = fake.all("customer-sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(
+        sessions[0]["return_url"],
+        "https://shop.acme.example/account"
+    );
 }
