@@ -3,24 +3,34 @@
 //! both ways, paths exactly as Polar's API has them (collections end in `/`; Polar redirects
 //! the other spelling, and redirects are not followed).
 //!
+//! Every request pins Polar's API version ([`API_VERSION`], the `Polar-Version` header), so the
+//! shapes Coffer reads do not move when Polar's default version does.
+//!
 //! Writes are sent without an `Idempotency-Key` unless the caller passes one: Polar has no
 //! idempotency keys, and a key is what makes the stack send a write again after a timeout or a
 //! 5xx. Only writes that are idempotent by nature (setting a field, revoking) pass one; a
 //! create is sent once and an ambiguous outcome is `Unknown`, which the journal settles by
 //! finding the object by Coffer's reference (see the adapter's documentation).
 
-use http::header::{ACCEPT, AUTHORIZATION};
-use http::{Method, StatusCode};
+use http::Method;
+use http::header::{ACCEPT, AUTHORIZATION, HeaderName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::error::{refusal, unreadable};
+use super::error::{missing_object, refusal, unreadable};
 use crate::domain::account::{Account, AccountName, Secret};
 use crate::providers::ProviderError;
 use crate::providers::outbound::{Outbound, OutboundBody, OutboundRequest, OutboundResponse};
 
 /// Polar's production API; its sandbox is `https://sandbox-api.polar.sh`.
 pub const DEFAULT_API_BASE: &str = "https://api.polar.sh";
+
+/// The API version Coffer speaks (`docs/openapi/2026-04.openapi.json` in polarsource/polar).
+/// A version Polar no longer serves answers every request 404 without an error name, which
+/// is read as a configuration error, never as a missing object.
+pub const API_VERSION: &str = "2026-04";
+
+const POLAR_VERSION: HeaderName = HeaderName::from_static("polar-version");
 
 /// A path under `/v1`, as segments; a last empty segment is the trailing `/` of a collection
 /// (`&["checkouts", ""]` is `/v1/checkouts/`). Segments are percent-encoded.
@@ -87,6 +97,7 @@ impl Client {
                 headers: vec![
                     (AUTHORIZATION, format!("Bearer {}", self.token.expose())),
                     (ACCEPT, "application/json".to_owned()),
+                    (POLAR_VERSION, API_VERSION.to_owned()),
                 ],
                 body: body.map(OutboundBody::Json),
                 idempotency_key,
@@ -94,7 +105,8 @@ impl Client {
             .await
     }
 
-    /// A GET: the object, `None` on 404.
+    /// A GET: the object, `None` when Polar says it has no such object (a 404 naming
+    /// `ResourceNotFound`; a 404 of a path or version Polar does not serve is an error).
     pub async fn get<T: DeserializeOwned>(
         &self,
         operation: &'static str,
@@ -104,7 +116,7 @@ impl Client {
         let response = self
             .send(operation, Method::GET, self.url(path, query), None, None)
             .await?;
-        if response.status == StatusCode::NOT_FOUND {
+        if missing_object(&response) {
             return Ok(None);
         }
         if !response.status.is_success() {

@@ -7,7 +7,8 @@
 //! | 401, and a 403 from the token layer (`insufficient_scope`, `invalid_token`, `NotPermitted`, `Unauthorized`) | `Retryable`, logged as an error naming the account | Coffer's configuration (the organization access token or its scopes) is wrong; once fixed, the same call succeeds, so nothing is failed for good and events wait |
 //! | other 403 (`RefundedAlready`, `AlreadyCanceledSubscription`, ...) | `Definitive`, Polar's error name as the code | a business refusal |
 //! | 402 (`PaymentFailed`) | `Definitive` `payment_failed` | |
-//! | 404 | `None` from a fetch; `Definitive` `not_found` from a write | |
+//! | 404 naming an error (`ResourceNotFound`) | `None` from a fetch; `Definitive` `not_found` from a write | |
+//! | 404 naming none (`{"detail": "Not Found"}`: a path, or a pinned API version, Polar does not serve) | `Retryable`, logged as an error naming the account | never read as a missing object, which would make the journal call again |
 //! | 409 (`SubscriptionLocked`) | `Retryable` | a pending update; the same call succeeds later |
 //! | 3xx | `Definitive` `unexpected_redirect`, logged as an error | `api_base` is wrong (redirects are not followed, so the token does not travel) |
 //! | other 4xx | `Definitive`, Polar's error name or `http_<status>` | |
@@ -32,6 +33,14 @@ const TOKEN_ERRORS: &[&str] = &[
     "NotPermitted",
     "Unauthorized",
 ];
+
+/// Whether `response` is Polar saying it has no such object: a 404 that names its error
+/// (`{"error": "ResourceNotFound", ...}`), unlike the router's bare `{"detail": "Not Found"}`.
+pub fn missing_object(response: &OutboundResponse) -> bool {
+    response.status == StatusCode::NOT_FOUND
+        && serde_json::from_slice::<ErrorBody>(&response.body)
+            .is_ok_and(|b| b.error.is_some_and(|e| !e.is_empty()))
+}
 
 /// The error for a non-2xx answer `response` to `operation` on `account`'s Polar.
 pub fn refusal(
@@ -63,6 +72,20 @@ pub fn refusal(
                 } else {
                     format!(", {name}")
                 }
+            ),
+            retry_after: None,
+        };
+    }
+    if status == StatusCode::NOT_FOUND && name.is_empty() {
+        tracing::error!(
+            account = %account,
+            operation,
+            "Polar does not serve this path or API version: check the account's api_base"
+        );
+        return ProviderError::Retryable {
+            message: format!(
+                "Polar does not serve this path or API version for account {account}: a \
+                 configuration error"
             ),
             retry_after: None,
         };
@@ -251,6 +274,14 @@ mod tests {
             answer(400, "<html>"),
             ProviderError::definitive("http_400", "Polar answered 400 Bad Request")
         );
+        assert_eq!(
+            answer(404, r#"{"error":"ResourceNotFound","detail":"Not found"}"#),
+            ProviderError::definitive("not_found", "Not found")
+        );
+        assert!(matches!(
+            answer(404, r#"{"detail":"Not Found"}"#),
+            ProviderError::Retryable { message, .. } if message.contains("polar-main")
+        ));
         assert!(matches!(
             answer(307, ""),
             ProviderError::Definitive { code, .. } if code == "unexpected_redirect"

@@ -3,8 +3,10 @@
 //! 401 `{"error": "invalid_token"}`; JSON both ways; collections at paths ending in `/` (the
 //! other spelling is a 307 to it, as FastAPI answers); lists as `{"items", "pagination"}`
 //! with `page`, `limit` (at most 100), `sorting`, `metadata[key]=value` and field filters;
-//! validation errors as 422 `{"error": "RequestValidationError", "detail": [{loc, msg, type,
-//! input}]}`; Polar's own errors as `{"error": "<Name>", "detail": "<text>"}`.
+//! `Polar-Version` one of the versions it serves, or a bare 404 `{"detail": "Not Found"}` as
+//! for a path it does not serve; validation errors as 422 `{"error":
+//! "RequestValidationError", "detail": [{loc, msg, type, input}]}`; Polar's own errors as
+//! `{"error": "<Name>", "detail": "<text>"}` (a missing object: 404 `ResourceNotFound`).
 //!
 //! It keeps its objects in memory, counts creates, records every request (and whether it
 //! carried an `Idempotency-Key`), can be told to fail ([`Fault`]), plays the buyer
@@ -32,6 +34,9 @@ use uuid::Uuid;
 pub const TOKEN: &str = "polar_oat_fake_organization_token";
 /// The webhook secret the fake signs with, as Polar's dashboard shows it.
 pub const WEBHOOK_SECRET: &str = "polar_whs_fake_webhook_secret";
+
+/// The API versions Polar serves (`Polar-Version`; without one, the first).
+const API_VERSIONS: &[&str] = &["2026-04", "2026-10"];
 
 const COLLECTIONS: &[&str] = &[
     "customers",
@@ -80,6 +85,8 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub idempotency_key: Option<String>,
+    /// `Polar-Version`, the API version asked for.
+    pub version: Option<String>,
 }
 
 #[derive(Default)]
@@ -262,7 +269,16 @@ async fn handle(
             idempotency_key: headers
                 .get("idempotency-key")
                 .map(|v| v.to_str().unwrap().to_owned()),
+            version: headers
+                .get("polar-version")
+                .map(|v| v.to_str().unwrap().to_owned()),
         });
+        // Polar's version middleware: an API version it does not serve is a bare 404.
+        if let Some(v) = headers.get("polar-version")
+            && !API_VERSIONS.contains(&v.to_str().unwrap_or_default())
+        {
+            return json_response(404, &json!({"detail": "Not Found"}));
+        }
         let authorized = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

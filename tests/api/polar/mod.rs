@@ -223,6 +223,12 @@ async fn a_checkout_is_paid_through_signed_events_and_refunded() {
             .all(|s| s.idempotency_key.is_none()),
         "Polar takes no idempotency keys: creates are sent without one"
     );
+    assert!(
+        fake.seen()
+            .iter()
+            .all(|s| s.version.as_deref() == Some(coffer::providers::polar::client::API_VERSION)),
+        "every request pins Polar's API version"
+    );
 
     // The buyer pays; Polar signs and sends checkout.updated and order.paid.
     let (order, _) = fake.pay(&polar_checkout);
