@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// Public HTTP listen address of the webhook sidecar (POST /webhooks/{account}).
     #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// Reloaded on SIGHUP and when the file changes, without dropping connections.
+    #[arg(long, env = "COFFER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to these CA certificates (PEM): mutual TLS.
+    #[arg(long, env = "COFFER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Enable the sandbox provider (always on with --dev): every tenant gets a
     /// `{tenant}-sandbox` account. For development and tests only.
     #[arg(long, env = "COFFER_SANDBOX")]
@@ -142,6 +152,10 @@ pub struct ServeArgs {
     /// account's clock.
     #[arg(long, env = "COFFER_SANDBOX_EXPIRE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sandbox_expire_interval: Duration,
+    /// How far ahead of the wall clock Sandbox.AdvanceClock may move an account's clock (at
+    /// most 100 years); a later `to` is INVALID_ARGUMENT.
+    #[arg(long, env = "COFFER_SANDBOX_CLOCK_HORIZON", default_value = "3653days", value_parser = parse_clock_horizon)]
+    pub sandbox_clock_horizon: Duration,
     /// The largest accepted distance between a webhook's signed timestamp and now: its age for
     /// Stripe, either way for the other schemes (as their SDKs check).
     #[arg(long, env = "COFFER_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -217,9 +231,21 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// The core's gRPC endpoint, e.g. http://coffer:50051.
+    /// The core's gRPC endpoint, e.g. http://coffer:50051, or https://coffer:50051 when the
+    /// core serves TLS.
     #[arg(long, env = "COFFER_GRPC_ENDPOINT")]
     pub grpc_endpoint: String,
+    /// With an https endpoint: the CA certificate (PEM) the core's certificate chains to;
+    /// Mozilla's roots without it.
+    #[arg(long, env = "COFFER_GRPC_CA")]
+    pub grpc_ca: Option<PathBuf>,
+    /// With an https endpoint whose core requires client certificates (--tls-client-ca): the
+    /// sidecar's certificate (PEM); needs --grpc-client-key.
+    #[arg(long, env = "COFFER_GRPC_CLIENT_CERT", requires = "grpc_client_key")]
+    pub grpc_client_cert: Option<PathBuf>,
+    /// The key of --grpc-client-cert (PEM).
+    #[arg(long, env = "COFFER_GRPC_CLIENT_KEY", requires = "grpc_client_cert")]
+    pub grpc_client_key: Option<PathBuf>,
     /// Public HTTP listen address (POST /webhooks/{account}).
     #[arg(long, env = "COFFER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -382,6 +408,15 @@ pub struct BenchArgs {
     /// gRPC connections the load is spread over.
     #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
+}
+
+/// A sandbox clock horizon: a positive duration of at most a century.
+fn parse_clock_horizon(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > crate::providers::sandbox::MAX_CLOCK_HORIZON {
+        return Err("must be more than 0 and at most 100 years".into());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -240,6 +240,15 @@ async fn run_server(
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         http_addr: Some(args.http_addr),
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| coffer::grpc::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.clone(),
+            }),
         webhooks: coffer::app::events::WebhookConfig {
             tolerance: args.webhook_tolerance,
             payload_retention: args.webhook_payload_retention,
@@ -279,6 +288,7 @@ async fn run_server(
                 ..Default::default()
             },
             expire_interval: args.sandbox_expire_interval,
+            clock_horizon: args.sandbox_clock_horizon,
             ..Default::default()
         }),
         ..ServerConfig::default()
@@ -301,6 +311,10 @@ async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("COFFER_SYSTEM_KEY is not an API key (ck_...)"))?;
     let config = coffer::webhooks::StandaloneConfig {
         grpc_endpoint: args.grpc_endpoint,
+        upstream_tls: coffer::webhooks::UpstreamTls {
+            ca: args.grpc_ca,
+            identity: args.grpc_client_cert.zip(args.grpc_client_key),
+        },
         http_addr: args.http_addr,
         admin_addr: args.admin_addr,
         drain_timeout: args.drain_timeout,

@@ -40,6 +40,8 @@ use crate::grpc::provider_events::{MAX_INGEST_BYTES, ProviderEventsService};
 use crate::grpc::sandbox::SandboxService;
 use crate::grpc::subscriptions::SubscriptionsService;
 use crate::grpc::telemetry::TelemetryLayer;
+use crate::grpc::tls::{ServerTls, TlsError, TlsFiles};
+use crate::grpc::transport::{self, InProcess};
 use crate::grpc::usage::UsageService;
 use crate::metrics::Metrics;
 use crate::providers::AdapterError;
@@ -108,6 +110,9 @@ pub struct ServerConfig {
     /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
     /// bulkhead (one stack per account).
     pub outbound: OutboundConfig,
+    /// TLS on the gRPC listener (`--tls-cert`, `--tls-key`, `--tls-client-ca` for mTLS),
+    /// reloaded on SIGHUP or when a file changes; plain HTTP/2 without it.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -137,6 +142,7 @@ impl Default for ServerConfig {
             sandbox: None,
             resolve_interval: Duration::from_secs(5),
             outbound: OutboundConfig::default(),
+            tls: None,
         }
     }
 }
@@ -152,6 +158,7 @@ pub struct Server {
     grpc: TcpListener,
     admin: TcpListener,
     http: Option<TcpListener>,
+    tls: Option<ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +177,8 @@ pub enum ServeError {
     Accounts(#[from] AccountsError),
     #[error("provider adapters")]
     Adapter(#[from] AdapterError),
+    #[error("TLS")]
+    Tls(#[from] TlsError),
 }
 
 impl Server {
@@ -244,7 +253,12 @@ impl Server {
         inbox.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
         crate::providers::outbound::OutboundMetrics::shared().register(metrics.registry_mut());
+        let tls = config.tls.clone().map(ServerTls::load).transpose()?;
+        if let Some(tls) = &tls {
+            tls.register(metrics.registry_mut());
+        }
         Ok(Self {
+            tls,
             delivery,
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
@@ -288,6 +302,7 @@ impl Server {
             grpc,
             admin,
             http,
+            tls,
         } = self;
         // The bound addresses: with port 0 in the config, only these say where to connect.
         let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
@@ -375,20 +390,29 @@ impl Server {
             .layer(AuthLayer::new(app.auth.clone()));
 
         let stop_accepting = CancellationToken::new();
-        let incoming = Incoming::new(
+        let tcp = Incoming::new(
             TcpIncoming::from(grpc)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(config.tcp_keepalive)),
             config.max_connections,
             config.handshake_timeout,
         );
+        if let Some(tls) = &tls {
+            let watching = stop_accepting.clone();
+            app.tasks.spawn(
+                tls.clone()
+                    .watch(crate::grpc::tls::WATCH_INTERVAL, watching),
+            );
+        }
+        let (in_process, pipes) = InProcess::new();
+        let incoming = transport::accept(tcp, tls, pipes, config.handshake_timeout);
         // The sidecar calls this server like any client, with a key that lives only in this
         // process's memory. It stops accepting with the gRPC server, and its deliveries in
         // flight finish (answered by the draining server) before the tasks are awaited.
         if let Some(http) = http {
             let key = app.auth.ephemeral_system_key();
-            let target = loopback(grpc_addr);
-            let channel = crate::webhooks::Upstream::channel(&format!("http://{target}"))?;
+            // In memory: the same gRPC call through every layer, without loopback TCP or TLS.
+            let channel = in_process.channel();
             // The sidecar's own refusals go to the core's rejection counter: one family.
             let metrics = app.events.metrics().clone();
             let refusals = crate::webhooks::Refusals::new(move |reason| {

@@ -48,7 +48,7 @@ pub enum AppError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredStatus(pub Vec<u8>);
 
-/// A refusal with a stable, upper-case reason (listed in ARCHITECTURE.md).
+/// A refusal with a stable, upper-case reason (listed in docs/api.md, "Error reasons").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub kind: RejectionKind,

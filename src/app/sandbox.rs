@@ -58,6 +58,19 @@ pub async fn advance_clock(
     if account.as_ref().is_some_and(|a| *a != own) {
         return Err(account_not_found());
     }
+    // Bounded ahead of the wall clock (which only moves forward), so every time derived from
+    // the sandbox clock stays one the store can hold and read back.
+    let horizon = sandbox.config().clock_horizon;
+    let latest = OffsetDateTime::now_utc() + horizon;
+    if to > latest {
+        return Err(AppError::Invalid(Violations::single(
+            "to",
+            format!(
+                "is more than {} ahead of now (the sandbox clock's horizon, --sandbox-clock-horizon); the latest accepted now is {latest}",
+                humantime::format_duration(horizon)
+            ),
+        )));
+    }
     let tenant = ctx.tenant;
     app.events
         .mutations()

@@ -8,7 +8,8 @@
 //! workers do. Their type (`bench.delivery`) has no handler, so inbox workers settle them as
 //! `ignored`. The goal's figure is the server's ingestion alone (`--inbox-workers 0`), which
 //! is what the baseline does; with the workers in the same process, they share the CPU and
-//! the database with the deliveries as they would in production (README, Performance).
+//! the database with the deliveries as they would in production (docs/operations.md,
+//! Performance).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,8 +102,8 @@ async fn secret(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<String, Bench
             .ok_or_else(|| {
                 BenchError::Webhooks(format!(
                     "no signing secret for account {:?}: set COFFER_BENCH_WEBHOOK_SECRET to the \
-                     secret coffer.toml gives it (README, Performance), or name a sandbox \
-                     account the server has made",
+                     secret coffer.toml gives it (docs/operations.md, Performance), or name a \
+                     sandbox account the server has made",
                     args.account
                 ))
             })?,

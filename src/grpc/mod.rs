@@ -14,6 +14,8 @@ pub mod sandbox;
 pub mod status;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod tls;
+pub mod transport;
 pub mod usage;
 
 use prost::Message;

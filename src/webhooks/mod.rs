@@ -260,13 +260,21 @@ impl Upstream {
         }
     }
 
-    /// A lazily connected channel to `url` (`http://host:port`): the sidecar starts whether
-    /// or not the core is up yet, and a delivery while it is not is answered 503.
-    pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(url.to_owned())?
+    /// A lazily connected channel to `url` (`http://host:port`, or `https://` with `tls`):
+    /// the sidecar starts whether or not the core is up yet, and a delivery while it is not is
+    /// answered 503.
+    pub fn channel(url: &str, tls: &UpstreamTls) -> Result<Channel, UpstreamError> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy())
+            .tcp_nodelay(true);
+        if endpoint.uri().scheme_str() == Some("https") {
+            endpoint = endpoint.tls_config(tls.client_config()?)?;
+        } else if tls.ca.is_some() || tls.identity.is_some() {
+            return Err(UpstreamError::Config(
+                "the TLS options need an https:// --grpc-endpoint".into(),
+            ));
+        }
+        Ok(endpoint.connect_lazy())
     }
 }
 
@@ -553,6 +561,8 @@ async fn forward(
 #[derive(Debug, Clone)]
 pub struct StandaloneConfig {
     pub grpc_endpoint: String,
+    /// How an `https` endpoint is trusted, and the sidecar's client certificate for mTLS.
+    pub upstream_tls: UpstreamTls,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     /// How long deliveries in flight have to finish on shutdown.
@@ -561,10 +571,47 @@ pub struct StandaloneConfig {
     pub trusted_proxies: Vec<Cidr>,
 }
 
+/// TLS to the core from a sidecar run alone: the CA its certificate chains to (Mozilla's roots
+/// without one), and a client certificate and key where the core requires mTLS. PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl UpstreamTls {
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, UpstreamError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| UpstreamError::Config(format!("{}: {e}", path.display())))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+            None => config.with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
     #[error("--grpc-endpoint")]
-    Endpoint(#[source] tonic::transport::Error),
+    Endpoint(#[source] UpstreamError),
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -587,8 +634,8 @@ pub struct Standalone {
 
 impl Standalone {
     pub async fn bind(config: StandaloneConfig, key: &ApiKey) -> Result<Self, StandaloneError> {
-        let channel =
-            Upstream::channel(&config.grpc_endpoint).map_err(StandaloneError::Endpoint)?;
+        let channel = Upstream::channel(&config.grpc_endpoint, &config.upstream_tls)
+            .map_err(StandaloneError::Endpoint)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await

@@ -11,10 +11,17 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::binary::{BIN, TempDir, db_url};
-use crate::helpers::TestDb;
+use crate::helpers::{TestDb, skip_or_fail};
+
+/// What a machine without Postgres binaries is told: the package that brings them.
+const NO_POSTGRES: &str =
+    "no Postgres binaries on this machine (apt-get install postgresql; .ci/run does)";
+
+/// What a test that needs root is told when it is not.
+const NOT_ROOT: &str = "not root: this test checks what coffer does when run as root";
 
 /// Starts the private cluster of the state directory `state`; `None` where the machine has no
-/// Postgres binaries.
+/// Postgres binaries and `COFFER_ALLOW_SKIP=1` allows that (else the test fails).
 async fn start(state: &Path) -> Option<(PgConnectOptions, bool)> {
     let dir = state.join("postgres");
     match tokio::task::spawn_blocking(move || pg_local::start_private(&dir))
@@ -23,7 +30,7 @@ async fn start(state: &Path) -> Option<(PgConnectOptions, bool)> {
     {
         Ok(started) => Some(started),
         Err(LocateError::NoPostgres) => {
-            eprintln!("no Postgres binaries on this machine; nothing to start");
+            skip_or_fail(NO_POSTGRES);
             None
         }
         Err(e) => panic!("{e}"),
@@ -31,14 +38,17 @@ async fn start(state: &Path) -> Option<(PgConnectOptions, bool)> {
 }
 
 /// Starts the private cluster of `state` expecting a refusal; `None` where the machine has no
-/// Postgres binaries.
+/// Postgres binaries and `COFFER_ALLOW_SKIP=1` allows that (else the test fails).
 fn refused(state: &Path) -> Option<String> {
     match pg_local::start_private(&state.join("postgres")) {
         Ok(_) => {
             pg_local::stop_private(&state.join("postgres"));
             panic!("{} was accepted", state.display())
         }
-        Err(LocateError::NoPostgres) => None,
+        Err(LocateError::NoPostgres) => {
+            skip_or_fail(NO_POSTGRES);
+            None
+        }
         Err(e) => Some(e.to_string()),
     }
 }
@@ -201,6 +211,7 @@ fn a_directory_other_users_can_change_is_refused() {
     assert_eq!(entries(&state), Vec::<String>::new(), "nothing made in it");
 
     if !nix::unistd::geteuid().is_root() {
+        skip_or_fail(NOT_ROOT);
         return;
     }
     // Under root, a directory of another user's is theirs to fill with symlinks.
@@ -215,7 +226,7 @@ fn a_directory_other_users_can_change_is_refused() {
 #[tokio::test]
 async fn under_root_an_unreachable_checkout_gets_a_fresh_random_directory() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("not root: the cluster runs as this user in the state directory");
+        skip_or_fail(NOT_ROOT);
         return;
     }
     let scratch = TempDir::new();

@@ -761,3 +761,46 @@ async fn a_delivery_is_one_trace_from_the_sandbox_through_the_sidecar() {
     assert_eq!(ingest.trace_id, delivery.trace_id);
     assert_eq!(ingest.parent_span_id, sidecar.span_id);
 }
+
+/// A target past the sandbox clock's horizon (ten years by default) is refused naming `to`,
+/// and changes nothing: the account's clock and its sessions keep working. (Moved to
+/// 9999-12-31, an account used to be broken for good: every time derived from its clock failed
+/// to be read back.)
+#[tokio::test]
+async fn advance_clock_past_the_horizon_is_refused_and_the_account_keeps_working() {
+    let (app, _) = spawn().await;
+    let mut client = sandbox_client(&app).await;
+    let now = OffsetDateTime::now_utc();
+    let end_of_time = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+    for to in [end_of_time, now + time::Duration::days(3_700)] {
+        let e = client
+            .advance_clock(req(advance("", to), &app.key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{to}");
+        assert_eq!(details(&e).1, ["to"]);
+        assert!(e.message().contains("horizon"), "{}", e.message());
+    }
+    let offset: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM clock_offset)::float8 FROM sandbox_accounts WHERE account = 'acme-sandbox'",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap();
+    assert!(offset.unwrap_or(0.0).abs() < 1.0, "{offset:?}");
+
+    // Nine years ahead is inside the horizon, and a session's expiry a day later reads back.
+    let to = now + time::Duration::days(9 * 365);
+    let moved = client
+        .advance_clock(req(advance("", to), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.now.unwrap().seconds, to.unix_timestamp());
+    let later = to + time::Duration::hours(1);
+    client
+        .advance_clock(req(advance("", later), &app.key))
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+}

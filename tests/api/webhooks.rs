@@ -314,6 +314,7 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
     let env = Env::spawn().await;
     let config = StandaloneConfig {
         grpc_endpoint: format!("http://{}", env.app.addr),
+        upstream_tls: Default::default(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
@@ -672,6 +673,7 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
     let sidecar = Standalone::bind(
         StandaloneConfig {
             grpc_endpoint: format!("http://{core}"),
+            upstream_tls: Default::default(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(1),
@@ -822,6 +824,7 @@ async fn a_standalone_sidecar_forwards_the_source_it_believes() {
         let sidecar = Standalone::bind(
             StandaloneConfig {
                 grpc_endpoint: format!("http://{core}"),
+                upstream_tls: Default::default(),
                 http_addr: "127.0.0.1:0".parse().unwrap(),
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 drain_timeout: Duration::from_secs(1),

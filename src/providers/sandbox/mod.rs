@@ -171,7 +171,18 @@ pub struct SandboxConfig {
     pub delivery: delivery::DeliveryConfig,
     /// How often open sessions past their expiry (on their account's clock) are expired.
     pub expire_interval: Duration,
+    /// How far ahead of the wall clock AdvanceClock may move an account's clock (10 years by
+    /// default, [`MAX_CLOCK_HORIZON`] at most): every time Coffer derives from a sandbox
+    /// clock (a session's expiry a day later, a renewal a period later) stays far inside what
+    /// Postgres and Coffer's timestamps hold, so none can fail to be written or read back.
+    pub clock_horizon: Duration,
 }
+
+/// The largest `clock_horizon`: a century, leaving millennia between the furthest sandbox time
+/// and year 9999, the last Coffer's timestamps represent.
+pub const MAX_CLOCK_HORIZON: Duration = Duration::from_secs(100 * 366 * 86_400);
+/// The default `clock_horizon`: ten years (3 653 days).
+pub const DEFAULT_CLOCK_HORIZON: Duration = Duration::from_secs(3_653 * 86_400);
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -181,6 +192,7 @@ impl Default for SandboxConfig {
             webhook_base: None,
             delivery: delivery::DeliveryConfig::default(),
             expire_interval: Duration::from_secs(10),
+            clock_horizon: DEFAULT_CLOCK_HORIZON,
         }
     }
 }
