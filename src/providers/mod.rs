@@ -20,8 +20,8 @@
 //! can settle). [`supports`] is the capability table of every [`ProviderKind`]. Calls are never
 //! made directly: `app::journal` writes each one to the operations journal first.
 //!
-//! Outbound calls are implemented by the [`sandbox`] today; Stripe, Polar and PayTabs plug into
-//! the same trait (their rows of the capability table already say what they will do).
+//! Outbound calls are implemented by the [`sandbox`] and [`polar`]; Stripe and PayTabs plug
+//! into the same trait (their rows of the capability table already say what they will do).
 
 pub mod hmac;
 pub mod object;
@@ -166,7 +166,8 @@ pub enum Operation {
 /// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   |
 /// | hmac     | no        | no     | no               | no                    | no     | no     | no    |
 ///
-/// Polar checkouts cannot be expired through its API; PayTabs has neither a customer nor a
+/// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
+/// checkout has one line item); PayTabs has neither a customer nor a
 /// subscription object, so its accounts serve one-time payments and refunds; generic HMAC
 /// accounts only send webhooks. "Inline": the provider takes each line's amount in the
 /// checkout itself, so Coffer's prices are not mirrored there.

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::wire::{self, CHECKOUT_KEY, Metadata, REFUND_KEY, meta};
+use super::wire::{self, CHECKOUT_KEY, EXPIRES_KEY, Metadata, REFUND_KEY, meta};
 use crate::domain::checkout::{PaymentStatus, Status};
 use crate::domain::money::Currency;
 use crate::domain::payment::{RefundStatus, SubscriptionStatus};
@@ -110,20 +110,36 @@ pub fn checkout_state(
     })
 }
 
-/// A checkout as the port's session, without its payment and subscription.
+/// A checkout as the port's session, without its payment and subscription. It expires at
+/// Coffer's time when that is earlier than Polar's (Polar keeps checkouts open 24 hours; a
+/// payment after Coffer's time is the provider's late completion, which Coffer records).
 pub fn checkout(c: &wire::Checkout) -> Result<ProviderCheckout, ProviderError> {
-    let (status, payment_status) = checkout_state(&c.status, c.is_payment_required)?;
+    let (mut status, payment_status) = checkout_state(&c.status, c.is_payment_required)?;
+    let expires_at = expires_at(c)?;
+    // Still open on Polar past Coffer's time: expired for Coffer, as its own clock made it
+    // (an open state must not undo that expiry; a payment still may, as a late completion).
+    if status == Status::Open && expires_at <= OffsetDateTime::now_utc() {
+        status = Status::Expired;
+    }
     Ok(ProviderCheckout {
         id: c.id.clone(),
         client_reference: reference(&c.metadata, CHECKOUT_KEY)?,
         url: c.url.clone(),
         status,
         payment_status,
-        expires_at: timestamp(&c.expires_at)?,
+        expires_at,
         version: version(&c.created_at, c.modified_at.as_deref())?,
         payment: None,
         subscription: None,
     })
+}
+
+fn expires_at(c: &wire::Checkout) -> Result<OffsetDateTime, ProviderError> {
+    let polar = timestamp(&c.expires_at)?;
+    let coffer = meta(&c.metadata, EXPIRES_KEY)
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+    Ok(coffer.map_or(polar, |coffer| coffer.min(polar)))
 }
 
 /// Whether `order` is the payment of the checkout that made it: the first charge of a
@@ -221,6 +237,44 @@ mod tests {
         assert_eq!(state("expired", true), (Expired, Unpaid));
         assert_eq!(state("failed", true), (Expired, Unpaid));
         assert!(checkout_state("exploded", true).is_err());
+    }
+
+    #[test]
+    fn a_checkout_ends_at_coffer_s_time() {
+        let at = |t: OffsetDateTime| t.format(&Rfc3339).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let checkout = |status: &str, coffer: OffsetDateTime| -> wire::Checkout {
+            serde_json::from_value(serde_json::json!({
+                "id": "co_1",
+                "created_at": at(now),
+                "modified_at": null,
+                "status": status,
+                "url": "https://sandbox.polar.sh/checkout/x",
+                "expires_at": at(now + time::Duration::hours(24)),
+                "metadata": {
+                    "coffer_checkout_id": "0193c7a4-7e2b-7cc0-8000-000000000001",
+                    "coffer_expires_at": coffer.unix_timestamp().to_string(),
+                },
+            }))
+            .unwrap()
+        };
+        let soon = now + time::Duration::minutes(30);
+        let open = super::checkout(&checkout("open", soon)).unwrap();
+        assert_eq!(open.status, Status::Open);
+        assert_eq!(open.expires_at.unix_timestamp(), soon.unix_timestamp());
+        let past = now - time::Duration::minutes(1);
+        assert_eq!(
+            super::checkout(&checkout("confirmed", past))
+                .unwrap()
+                .status,
+            Status::Expired
+        );
+        assert_eq!(
+            super::checkout(&checkout("succeeded", past))
+                .unwrap()
+                .status,
+            Status::Complete
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | customer | customer, `external_id` = Coffer's customer id (email and name sent; the caller's own id in `metadata.coffer_external_id`) | `GET /v1/customers/external/{id}` |
 //! | price | a private product with one fixed, tax-exclusive price (recurring ones with their interval and trial), `metadata.coffer_price_id` | `GET /v1/products/?metadata[coffer_price_id]=…` |
-//! | checkout session | checkout of that product (`metadata.coffer_checkout_id`, discount codes off, `return_url` = the cancel URL) | the most recent checkouts, scanned |
+//! | checkout session | checkout of that product (`metadata.coffer_checkout_id`, and `coffer_expires_at`: Polar keeps checkouts open 24 hours, Coffer's session ends at its own time; discount codes off; `return_url` = the cancel URL) | the most recent checkouts, scanned |
 //! | payment | the checkout's order (its metadata is the checkout's) | `GET /v1/orders/?metadata[coffer_checkout_id]=…` |
 //! | refund | refund of the order, `metadata.coffer_refund_id` | the order's refunds; the most recent refunds, scanned |
 //! | subscription | subscription (its metadata is the checkout's) | `GET /v1/subscriptions/?metadata[coffer_checkout_id]=…` |
@@ -75,7 +75,9 @@ use uuid::Uuid;
 pub use webhook::Webhooks;
 
 use self::client::Client;
-use self::wire::{CHECKOUT_KEY, CUSTOMER_KEY, EXTERNAL_KEY, LINE_KEY, PRICE_KEY, REFUND_KEY};
+use self::wire::{
+    CHECKOUT_KEY, CUSTOMER_KEY, EXPIRES_KEY, EXTERNAL_KEY, LINE_KEY, PRICE_KEY, REFUND_KEY,
+};
 use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::domain::checkout::Mode;
 use crate::domain::plan::{Billing, Interval};
@@ -595,7 +597,10 @@ impl Provider for Polar {
                 prices: adhoc.map(|p| [(product.clone(), vec![p])].into_iter().collect()),
                 products: vec![product],
                 customer_id: r.customer.clone(),
-                metadata: metadata(&[(CHECKOUT_KEY, r.client_reference.to_string())]),
+                metadata: metadata(&[
+                    (CHECKOUT_KEY, r.client_reference.to_string()),
+                    (EXPIRES_KEY, r.expires_at.unix_timestamp().to_string()),
+                ]),
                 success_url: r.success_url.clone(),
                 return_url: r.cancel_url.clone(),
                 allow_discount_codes: false,

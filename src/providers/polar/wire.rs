@@ -14,6 +14,9 @@ use serde_json::Value;
 /// The metadata key carrying Coffer's checkout id, on checkouts — and, since Polar copies a
 /// checkout's metadata, on its orders and subscriptions (renewal orders included).
 pub const CHECKOUT_KEY: &str = "coffer_checkout_id";
+/// On checkouts: when Coffer's session expires (Unix seconds). Polar keeps a checkout open for
+/// 24 hours and cannot be told otherwise; Coffer's session ends at the caller's time.
+pub const EXPIRES_KEY: &str = "coffer_expires_at";
 /// The metadata key carrying Coffer's price id, on the products mirroring Coffer's prices.
 pub const PRICE_KEY: &str = "coffer_price_id";
 /// The metadata key carrying Coffer's refund id, on refunds.

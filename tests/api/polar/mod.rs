@@ -16,9 +16,9 @@ use coffer::domain::ids::TenantId;
 use coffer::domain::ids::{CheckoutId, CustomerId};
 use coffer::domain::payment::SubscriptionStatus as DomainSubscriptionStatus;
 use coffer::grpc::pb::{
-    CheckoutMode, CheckoutPaymentStatus, CheckoutSessionStatus, CreateCustomerRequest,
-    GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus, RefundPaymentRequest,
-    RefundStatus,
+    CheckoutMode, CheckoutPaymentStatus, CheckoutSessionStatus, CreateCheckoutSessionRequest,
+    CreateCustomerRequest, GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus,
+    RefundPaymentRequest, RefundStatus,
 };
 use coffer::grpc::pb::{
     ListSubscriptionsRequest, SubscriptionStatus, VerifyCheckoutSessionRequest,
@@ -170,7 +170,10 @@ async fn a_checkout_is_paid_through_signed_events_and_refunded() {
     let created = client(&app)
         .await
         .create_checkout_session(req(
-            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            CreateCheckoutSessionRequest {
+                expires_in_seconds: Some(3_600),
+                ..session(&alice, CheckoutMode::Payment, vec![item(&once, 1)])
+            },
             &app.key,
         ))
         .await
@@ -178,6 +181,13 @@ async fn a_checkout_is_paid_through_signed_events_and_refunded() {
         .into_inner();
     assert_eq!(created.status(), CheckoutSessionStatus::Open);
     assert_eq!(created.provider_account, ACCOUNT);
+    // Polar keeps its checkout open a day; Coffer's session ends when the caller asked.
+    let expires = created.expires_at.unwrap().seconds;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now + 3_500..=now + 3_600).contains(&expires),
+        "{expires} vs {now}"
+    );
 
     // On Polar: the customer by Coffer's id, the price as a private product, the checkout
     // of that product carrying Coffer's reference — each made once, none with a key Polar
@@ -255,6 +265,7 @@ async fn a_checkout_is_paid_through_signed_events_and_refunded() {
     let paid = get_session(&app, &created.id).await;
     assert_eq!(paid.status(), CheckoutSessionStatus::Complete);
     assert_eq!(paid.payment_status(), CheckoutPaymentStatus::Paid);
+    assert_eq!(paid.expires_at.unwrap().seconds, expires);
     let payment = get_payment(&app, &created.payment_id).await;
     assert_eq!(payment.status(), PaymentStatus::Succeeded);
     assert_eq!(payment.provider_payment_id, order);
