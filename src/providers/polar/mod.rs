@@ -48,10 +48,19 @@
 //!
 //! # Events
 //!
-//! Every event is a trigger ([`events`]): checkout events fetch the checkout (with its order
-//! and subscription once it succeeded), order events the payment (or, for renewals, the
-//! subscription), subscription events the subscription, refund events the refund. See
-//! `docs/providers/polar.md` for the table, the setup and what is unsupported.
+//! Every event is a trigger ([`events`]): the inbox fetches the object, as Polar has it now,
+//! and applies it.
+//!
+//! | Polar event | trigger (fetched) | Coffer change |
+//! |---|---|---|
+//! | `checkout.created`, `.updated`, `.expired` | checkout session (with its order and subscription once succeeded) | session status and payment status; its payment and subscription |
+//! | `order.created`, `.updated`, `.paid`, `.refunded` of a checkout's first charge | payment (the order) | the session's payment |
+//! | the same for a renewal, an update or a trial's zero order | subscription | its status and period |
+//! | `subscription.created`, `.active`, `.updated`, `.canceled`, `.uncanceled`, `.revoked`, `.past_due`, `.cycled`, `.paused`, `.resumed` | subscription | the subscription (made on first sight) |
+//! | `refund.created`, `.updated` | refund | its status; the payment's refunded amount |
+//! | anything else, or an object without Coffer's reference in its metadata | none | `ignored` |
+//!
+//! Setup (endpoint, events, token scopes, secret rotation): `docs/providers/polar.md`.
 //!
 //! Unsupported: expiring a checkout (Polar's API cannot; the capability table says so),
 //! disputes (not fetched), checkouts of several line items, and the currencies
