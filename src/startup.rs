@@ -55,6 +55,13 @@ use crate::store::pool::Pinger;
 /// Every service health reports on, besides the whole server (""), from the policy table.
 pub const SERVICES: &[&str] = &crate::grpc::policy::HEALTH_REPORTED;
 
+/// The health entry that says only "this process is alive and serving gRPC": SERVING from the
+/// start to the exit, whatever the database does, for liveness probes (Kubernetes' `grpc`
+/// probe with `service: liveness`). The whole-server entry (`""`) follows the database and
+/// the drain: a readiness signal, which would restart every replica during a database outage
+/// if used for liveness.
+pub const LIVENESS: &str = "liveness";
+
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
@@ -310,6 +317,9 @@ impl Server {
         let readiness = Arc::new(Readiness::default());
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let health = Arc::new(Health::new(reporter, readiness.clone(), metrics.clone()));
         let mut pinger = Pinger::new(&app.pool);
         health

@@ -20,8 +20,8 @@
 //! can settle). [`supports`] is the capability table of every [`ProviderKind`]. Calls are never
 //! made directly: `app::journal` writes each one to the operations journal first.
 //!
-//! Outbound calls are implemented by the [`sandbox`] and [`polar`]; Stripe and PayTabs plug
-//! into the same trait (their rows of the capability table already say what they will do).
+//! Outbound calls are implemented by the [`sandbox`], [`polar`] and [`paytabs`]; Stripe plugs
+//! into the same trait (its row of the capability table already says what it will do).
 
 pub mod hmac;
 pub mod object;
@@ -129,9 +129,15 @@ pub fn adapter(
     };
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
-        ProviderKind::Stripe | ProviderKind::PayTabs => None,
+        ProviderKind::Stripe => None,
         ProviderKind::Polar => Some(std::sync::Arc::new(
             polar::Polar::new(account, stack()?).map_err(|message| AdapterError::Config {
+                account: account.name.clone(),
+                message,
+            })?,
+        )),
+        ProviderKind::PayTabs => Some(std::sync::Arc::new(
+            paytabs::PayTabs::new(account, stack()?).map_err(|message| AdapterError::Config {
                 account: account.name.clone(),
                 message,
             })?,
@@ -287,6 +293,8 @@ pub struct ProviderCheckout {
     /// session is found here, even before the create's own answer was recorded. `None` where
     /// the answer is to a call that named the session already (the sandbox's).
     pub client_reference: Option<Uuid>,
+    /// The page the customer pays on; empty when the answer does not say it (PayTabs' query),
+    /// and then the URL Coffer recorded is kept.
     pub url: String,
     pub status: Status,
     pub payment_status: PaymentStatus,

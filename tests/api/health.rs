@@ -41,6 +41,7 @@ async fn health_flips_with_the_database() {
 
     assert_eq!(status(&mut health, "").await, SERVING);
     assert_eq!(status(&mut health, "coffer.v1.Customers").await, SERVING);
+    assert_eq!(status(&mut health, "liveness").await, SERVING);
     assert_eq!(http_get(app.admin_addr, "/readyz").await.0, 200);
 
     proxy.cut().await;
@@ -61,6 +62,11 @@ async fn health_flips_with_the_database() {
         http_get(app.admin_addr, "/healthz").await.0,
         200,
         "alive all the same"
+    );
+    assert_eq!(
+        status(&mut health, "liveness").await,
+        SERVING,
+        "the liveness entry does not follow the database"
     );
     // Calls fail as UNAVAILABLE (retryable), not INTERNAL.
     let err = customers

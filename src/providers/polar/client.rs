@@ -174,6 +174,7 @@ mod tests {
             api_base: api_base.map(str::to_owned),
             livemode: false,
             hmac: None,
+            paytabs: None,
             webhook_sources: None,
         };
         let outbound = Outbound::new(

@@ -711,6 +711,7 @@ fn adapter(fake: &FakePolar) -> Polar {
         api_base: Some(format!("http://{}", fake.addr)),
         livemode: false,
         hmac: None,
+        paytabs: None,
         webhook_sources: None,
     };
     let outbound = Outbound::new(
