@@ -20,8 +20,8 @@
 //! can settle). [`supports`] is the capability table of every [`ProviderKind`]. Calls are never
 //! made directly: `app::journal` writes each one to the operations journal first.
 //!
-//! Outbound calls are implemented by the [`sandbox`] today; Stripe, Polar and PayTabs plug into
-//! the same trait (their rows of the capability table already say what they will do).
+//! Outbound calls are implemented by the [`sandbox`], [`polar`] and [`paytabs`]; Stripe plugs
+//! into the same trait (its row of the capability table already says what it will do).
 
 pub mod hmac;
 pub mod object;
@@ -130,7 +130,12 @@ pub fn adapter(
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
         ProviderKind::Stripe => Some(std::sync::Arc::new(stripe::Stripe::new(account, stack()?))),
-        ProviderKind::Polar => None,
+        ProviderKind::Polar => Some(std::sync::Arc::new(
+            polar::Polar::new(account, stack()?).map_err(|message| AdapterError::Config {
+                account: account.name.clone(),
+                message,
+            })?,
+        )),
         ProviderKind::PayTabs => Some(std::sync::Arc::new(
             paytabs::PayTabs::new(account, stack()?).map_err(|message| AdapterError::Config {
                 account: account.name.clone(),
@@ -167,7 +172,8 @@ pub enum Operation {
 /// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   |
 /// | hmac     | no        | no     | no               | no                    | no     | no     | no    |
 ///
-/// Polar checkouts cannot be expired through its API; PayTabs has neither a customer nor a
+/// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
+/// checkout has one line item); PayTabs has neither a customer nor a
 /// subscription object, so its accounts serve one-time payments and refunds; generic HMAC
 /// accounts only send webhooks. "Inline": the provider takes each line's amount in the
 /// checkout itself, so Coffer's prices are not mirrored there.

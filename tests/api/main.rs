@@ -20,6 +20,7 @@ mod meters;
 mod payments;
 mod paytabs;
 mod plans;
+mod polar;
 mod policy;
 mod sandbox_delivery;
 mod sandbox_page;

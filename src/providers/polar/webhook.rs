@@ -1,13 +1,14 @@
 //! Polar's webhooks: Standard Webhooks headers and message, with the MAC keyed as Polar's SDKs
 //! key it — the secret string's own bytes, and (polar-sdk 1.x) also the base64-decoded key —
 //! ([`Scheme::Polar`]). The event is read as every Standard Webhooks event is
-//! ([`webhook::standard_event`]).
+//! ([`webhook::standard_event`]). Every event is a trigger: [`super::events`] says which object
+//! the inbox fetches for it.
 
 use crate::domain::account::Account;
-use crate::providers::Inbound;
 use crate::providers::object::ProviderObjectRef;
 use crate::providers::signature::{self, Check, Header, Rejection, Scheme};
 use crate::providers::webhook::{self, Incoming};
+use crate::providers::{Inbound, Trigger};
 
 /// Polar's webhooks; stateless.
 #[derive(Debug, Clone, Copy)]
@@ -33,5 +34,9 @@ impl Inbound for Webhooks {
 
     fn object_of(&self, payload: &[u8]) -> Option<ProviderObjectRef> {
         ProviderObjectRef::find(payload, webhook::STANDARD_OBJECT_PATHS)
+    }
+
+    fn trigger(&self, event_type: &str, payload: &[u8]) -> Option<Trigger> {
+        super::events::trigger(event_type, payload)
     }
 }
