@@ -15,6 +15,14 @@
 //! livemode = false
 //! webhook_source_cidrs = ["3.18.12.63/32", "2600:1f18::/32"]  # optional; without it, any source
 //!
+//! [[account]]
+//! name = "paytabs-main"
+//! tenant = "acme"
+//! provider = "paytabs"
+//! api_key_env = "PAYTABS_SERVER_KEY"   # also signs its callbacks
+//! profile_id = 123456                  # paytabs only, required
+//! region = "ARE"                       # paytabs only, required: ARE SAU OMN JOR EGY KWT IRQ MAR QAT GLOBAL
+//!
 //! [tenant.acme]
 //! allowed_redirect_origins = ["https://shop.acme.example"]
 //! sandbox_webhook_secret_env = "ACME_SANDBOX_SECRET"
@@ -43,7 +51,8 @@ use serde::Deserialize;
 
 use crate::domain::Invalid;
 use crate::domain::account::{
-    Account, AccountName, HmacEncoding, HmacMessage, HmacScheme, ProviderKind, Secret,
+    Account, AccountName, HmacEncoding, HmacMessage, HmacScheme, PayTabsProfile, PayTabsRegion,
+    ProviderKind, Secret,
 };
 use crate::domain::auth::TenantName;
 use crate::domain::cidr::{Cidr, Cidrs};
@@ -226,6 +235,8 @@ struct RawAccount {
     encoding: Option<String>,
     prefix: Option<String>,
     webhook_source_cidrs: Option<Vec<String>>,
+    profile_id: Option<i64>,
+    region: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +436,7 @@ type FieldError = (&'static str, String);
 enum Kind {
     Str,
     Bool,
+    Int,
     Strs,
     StrOrStrs,
     Table,
@@ -444,6 +456,8 @@ const ACCOUNT_FIELDS: &[(&str, Kind)] = &[
     ("encoding", Kind::Str),
     ("prefix", Kind::Str),
     ("webhook_source_cidrs", Kind::Strs),
+    ("profile_id", Kind::Int),
+    ("region", Kind::Str),
 ];
 
 const TENANT_FIELDS: &[(&str, Kind)] = &[
@@ -473,6 +487,7 @@ fn typed<T: serde::de::DeserializeOwned>(
         let (ok, expected) = match kind {
             Kind::Str => (value.is_str(), "a string"),
             Kind::Bool => (value.is_bool(), "true or false"),
+            Kind::Int => (value.is_integer(), "an integer"),
             Kind::Strs => (strs(value), "a list of strings"),
             Kind::StrOrStrs => (
                 value.is_str() || strs(value),
@@ -604,6 +619,24 @@ fn account(
         None
     };
 
+    let paytabs = if provider == ProviderKind::PayTabs {
+        Some(paytabs_profile(raw.profile_id, raw.region)?)
+    } else {
+        if raw.profile_id.is_some() {
+            return Err((
+                "profile_id",
+                "is only for provider = \"paytabs\" accounts".into(),
+            ));
+        }
+        if raw.region.is_some() {
+            return Err((
+                "region",
+                "is only for provider = \"paytabs\" accounts".into(),
+            ));
+        }
+        None
+    };
+
     let webhook_sources = match raw.webhook_source_cidrs {
         None => None,
         Some(ranges) if ranges.is_empty() => {
@@ -635,9 +668,28 @@ fn account(
             api_base,
             livemode: raw.livemode,
             hmac,
+            paytabs,
             webhook_sources,
         },
     ))
+}
+
+/// A PayTabs account's merchant profile: both keys are required, the id positive.
+fn paytabs_profile(
+    profile_id: Option<i64>,
+    region: Option<String>,
+) -> Result<PayTabsProfile, FieldError> {
+    let required = |name: &'static str| (name, "is required for provider = \"paytabs\"".to_owned());
+    let profile_id = profile_id.ok_or_else(|| required("profile_id"))?;
+    let profile_id = u64::try_from(profile_id).ok().filter(|id| *id > 0).ok_or((
+        "profile_id",
+        format!("{profile_id} is not a PayTabs profile id (a positive integer)"),
+    ))?;
+    let region = field(
+        "region",
+        PayTabsRegion::parse(&region.ok_or_else(|| required("region"))?),
+    )?;
+    Ok(PayTabsProfile { profile_id, region })
 }
 
 /// A provider API base URL: https, or http on a loopback host (tests point accounts at local
@@ -801,6 +853,7 @@ mod tests {
             "STRIPE_KEY" => Some("sk_test_123".into()),
             "STRIPE_WHSEC" => Some("whsec_abc".into()),
             "STRIPE_WHSEC_OLD" => Some("whsec_old".into()),
+            "PAYTABS_KEY" => Some("SJNL-server-key".into()),
             "EMPTY" => Some(String::new()),
             _ => None,
         }
@@ -931,6 +984,92 @@ mod tests {
         let debug = format!("{settings:?}");
         for secret in ["sk_test_123", "whsec_abc", "whsec_old"] {
             assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+
+    const PAYTABS: &str = r#"
+        [[account]]
+        name = "paytabs-main"
+        tenant = "acme"
+        provider = "paytabs"
+        api_key_env = "PAYTABS_KEY"
+        profile_id = 123456
+        region = "KWT"
+    "#;
+
+    #[test]
+    fn paytabs_accounts_name_their_profile_and_region() {
+        let settings = draft(PAYTABS).unwrap().resolve(&tenants()).unwrap();
+        let [paytabs] = settings.accounts() else {
+            panic!("one account");
+        };
+        assert_eq!(paytabs.provider, ProviderKind::PayTabs);
+        assert_eq!(
+            paytabs.paytabs,
+            Some(PayTabsProfile {
+                profile_id: 123456,
+                region: PayTabsRegion::Kwt,
+            })
+        );
+        // The server key signs the callbacks when no webhook secret is named.
+        let secrets: Vec<&str> = paytabs.webhook_secrets.iter().map(Secret::expose).collect();
+        assert_eq!(secrets, ["SJNL-server-key"]);
+        assert!(paytabs.hmac.is_none());
+        // Other providers carry no PayTabs profile.
+        let stripe = draft(STRIPE).unwrap().resolve(&tenants()).unwrap();
+        assert!(stripe.accounts()[0].paytabs.is_none());
+        // Secrets never print.
+        assert!(!format!("{settings:?}").contains("SJNL-server-key"));
+    }
+
+    #[test]
+    fn paytabs_keys_are_checked() {
+        let without = |key: &str| {
+            PAYTABS
+                .lines()
+                .filter(|l| !l.trim_start().starts_with(key))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        for (text, expected) in [
+            (
+                without("profile_id"),
+                r#"/etc/coffer.toml: account "paytabs-main": profile_id: is required for provider = "paytabs""#,
+            ),
+            (
+                without("region"),
+                r#"/etc/coffer.toml: account "paytabs-main": region: is required for provider = "paytabs""#,
+            ),
+            (
+                PAYTABS.replace("\"KWT\"", "\"kwt\""),
+                r#"/etc/coffer.toml: account "paytabs-main": region: unknown PayTabs region "kwt"; expected one of ARE, SAU, OMN, JOR, EGY, KWT, IRQ, MAR, QAT, GLOBAL"#,
+            ),
+            (
+                PAYTABS.replace("123456", "0"),
+                r#"/etc/coffer.toml: account "paytabs-main": profile_id: 0 is not a PayTabs profile id (a positive integer)"#,
+            ),
+            (
+                PAYTABS.replace("123456", "-4"),
+                r#"/etc/coffer.toml: account "paytabs-main": profile_id: -4 is not a PayTabs profile id (a positive integer)"#,
+            ),
+            (
+                PAYTABS.replace("123456", "\"123456\""),
+                r#"/etc/coffer.toml: account "paytabs-main": profile_id: must be an integer"#,
+            ),
+            (
+                without("api_key_env"),
+                r#"/etc/coffer.toml: account "paytabs-main": api_key_env: is required for paytabs accounts"#,
+            ),
+            (
+                format!("{STRIPE}profile_id = 1\n"),
+                r#"/etc/coffer.toml: account "stripe-main": profile_id: is only for provider = "paytabs" accounts"#,
+            ),
+            (
+                format!("{STRIPE}region = \"ARE\"\n"),
+                r#"/etc/coffer.toml: account "stripe-main": region: is only for provider = "paytabs" accounts"#,
+            ),
+        ] {
+            assert_eq!(err(&text), expected, "for:\n{text}");
         }
     }
 

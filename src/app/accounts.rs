@@ -137,6 +137,7 @@ impl SandboxAccounts {
             api_base: None,
             livemode: false,
             hmac: None,
+            paytabs: None,
             webhook_sources: None,
         });
         self.found
@@ -167,6 +168,7 @@ mod tests {
             api_base: None,
             livemode: false,
             hmac: None,
+            paytabs: None,
             webhook_sources: None,
         }
     }

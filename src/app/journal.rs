@@ -445,30 +445,33 @@ impl Journal {
         account: &AccountName,
         object: &ProviderObject,
     ) -> Result<(), AppError> {
+        // The object's own rows are locked first, then the journal's and `provider_objects`'
+        // (`succeeded`): the order an inbox worker applying the same object's event takes, so
+        // an answer and its event racing each other wait in line instead of deadlocking.
         match object {
             ProviderObject::Customer { id } | ProviderObject::Price { id } => {
                 self.succeeded(tx, op, account, id).await
             }
             ProviderObject::CheckoutSession(session) => {
-                self.succeeded(tx, op, account, &session.id).await?;
-                apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await
+                apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await?;
+                self.succeeded(tx, op, account, &session.id).await
             }
             ProviderObject::Refund(refund) => {
-                self.succeeded(tx, op, account, &refund.id).await?;
-                Ok(payments::apply_refund(tx, op.tenant, refund).await?)
+                payments::apply_refund(tx, op.tenant, refund).await?;
+                self.succeeded(tx, op, account, &refund.id).await
             }
             // No operation makes these yet; recorded and applied all the same.
             ProviderObject::Payment(payment) => {
-                self.succeeded(tx, op, account, &payment.id).await?;
-                Ok(payments::apply_payment(tx, op.tenant, payment).await?)
+                payments::apply_payment(tx, op.tenant, payment).await?;
+                self.succeeded(tx, op, account, &payment.id).await
             }
             ProviderObject::Subscription(sub) => {
-                self.succeeded(tx, op, account, &sub.id).await?;
-                Ok(payments::apply_subscription(tx, op.tenant, sub).await?)
+                payments::apply_subscription(tx, op.tenant, sub).await?;
+                self.succeeded(tx, op, account, &sub.id).await
             }
             ProviderObject::Dispute(dispute) => {
-                self.succeeded(tx, op, account, &dispute.id).await?;
-                Ok(payments::apply_dispute(tx, op.tenant, dispute).await?)
+                payments::apply_dispute(tx, op.tenant, dispute).await?;
+                self.succeeded(tx, op, account, &dispute.id).await
             }
         }
     }

@@ -167,6 +167,79 @@ pub enum HmacEncoding {
     Base64,
 }
 
+/// Where a PayTabs account's merchant profile lives (`provider = "paytabs"` accounts): which
+/// profile, and in which region. A server key works only against its profile's region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayTabsProfile {
+    /// The merchant profile id, sent as `profile_id` in every request.
+    pub profile_id: u64,
+    pub region: PayTabsRegion,
+}
+
+/// The PayTabs regions, by the codes PayTabs' own SDKs use for them. Each has its own API host
+/// (in `providers::paytabs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayTabsRegion {
+    /// United Arab Emirates.
+    Are,
+    /// Saudi Arabia.
+    Sau,
+    Omn,
+    Jor,
+    Egy,
+    Kwt,
+    Irq,
+    /// Morocco.
+    Mar,
+    /// Qatar.
+    Qat,
+    Global,
+}
+
+impl PayTabsRegion {
+    pub const ALL: [PayTabsRegion; 10] = [
+        PayTabsRegion::Are,
+        PayTabsRegion::Sau,
+        PayTabsRegion::Omn,
+        PayTabsRegion::Jor,
+        PayTabsRegion::Egy,
+        PayTabsRegion::Kwt,
+        PayTabsRegion::Irq,
+        PayTabsRegion::Mar,
+        PayTabsRegion::Qat,
+        PayTabsRegion::Global,
+    ];
+
+    /// Parses a region code (`ARE`, `SAU`, ..., `GLOBAL`), in upper case as PayTabs writes it.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.code() == s)
+            .ok_or_else(|| {
+                let codes: Vec<&str> = Self::ALL.iter().map(|r| r.code()).collect();
+                Invalid::new(format!(
+                    "unknown PayTabs region {s:?}; expected one of {}",
+                    codes.join(", ")
+                ))
+            })
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            PayTabsRegion::Are => "ARE",
+            PayTabsRegion::Sau => "SAU",
+            PayTabsRegion::Omn => "OMN",
+            PayTabsRegion::Jor => "JOR",
+            PayTabsRegion::Egy => "EGY",
+            PayTabsRegion::Kwt => "KWT",
+            PayTabsRegion::Irq => "IRQ",
+            PayTabsRegion::Mar => "MAR",
+            PayTabsRegion::Qat => "QAT",
+            PayTabsRegion::Global => "GLOBAL",
+        }
+    }
+}
+
 /// One provider account of one tenant, resolved: secrets read, tenant found.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -185,6 +258,8 @@ pub struct Account {
     pub livemode: bool,
     /// Present exactly for `ProviderKind::Hmac`.
     pub hmac: Option<HmacScheme>,
+    /// Present exactly for `ProviderKind::PayTabs`.
+    pub paytabs: Option<PayTabsProfile>,
     /// The addresses its deliveries may come from (`webhook_source_cidrs`); one from anywhere
     /// else, or from an unknown address, is refused before anything of it is read. `None`:
     /// any source.
@@ -212,6 +287,16 @@ mod tests {
             assert!(name.as_str().ends_with("-sandbox"));
         }
         assert_eq!(AccountName::sandbox_for("acme").as_str(), "acme-sandbox");
+    }
+
+    #[test]
+    fn paytabs_regions_round_trip() {
+        for region in PayTabsRegion::ALL {
+            assert_eq!(PayTabsRegion::parse(region.code()), Ok(region));
+        }
+        for bad in ["are", "UAE", "", "GLOBALX"] {
+            assert!(PayTabsRegion::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

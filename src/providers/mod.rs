@@ -130,7 +130,13 @@ pub fn adapter(
     Ok(match account.provider {
         ProviderKind::Sandbox | ProviderKind::Hmac => None,
         ProviderKind::Stripe => Some(std::sync::Arc::new(stripe::Stripe::new(account, stack()?))),
-        ProviderKind::Polar | ProviderKind::PayTabs => None,
+        ProviderKind::Polar => None,
+        ProviderKind::PayTabs => Some(std::sync::Arc::new(
+            paytabs::PayTabs::new(account, stack()?).map_err(|message| AdapterError::Config {
+                account: account.name.clone(),
+                message,
+            })?,
+        )),
     })
 }
 
@@ -281,6 +287,8 @@ pub struct ProviderCheckout {
     /// session is found here, even before the create's own answer was recorded. `None` where
     /// the answer is to a call that named the session already (the sandbox's).
     pub client_reference: Option<Uuid>,
+    /// The page the customer pays on; empty when the answer does not say it (PayTabs' query),
+    /// and then the URL Coffer recorded is kept.
     pub url: String,
     pub status: Status,
     pub payment_status: PaymentStatus,

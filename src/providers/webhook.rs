@@ -119,6 +119,7 @@ mod tests {
                 encoding: HmacEncoding::Hex,
                 prefix: None,
             }),
+            paytabs: None,
             webhook_sources: None,
         }
     }

@@ -192,7 +192,8 @@ pub async fn insert_pending_session(
 }
 
 /// Records the provider's session on Coffer's, making it visible; a state older than the one
-/// applied (by version) leaves the state alone.
+/// applied (by version) leaves the state alone. An empty `url` (an answer that does not say
+/// the page's URL, as PayTabs' transaction query does not) keeps the one recorded.
 #[allow(clippy::too_many_arguments)]
 pub async fn record_provider_session(
     conn: &mut PgConnection,
@@ -207,7 +208,7 @@ pub async fn record_provider_session(
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "UPDATE checkout_sessions
-         SET provider_session_id = $3, url = $4,
+         SET provider_session_id = $3, url = COALESCE(NULLIF($4, ''), url, ''),
              status = CASE WHEN provider_version < $8 THEN $5 ELSE status END,
              payment_status = CASE WHEN provider_version < $8 THEN $6 ELSE payment_status END,
              expires_at = $7,

@@ -22,6 +22,14 @@ provider = "sandbox"
 webhook_secret_env = "COFFER_TEST_STRIPE_WHSEC"
 webhook_source_cidrs = ["127.0.0.1/32", "::1"]
 
+[[account]]
+name = "acme-paytabs"
+tenant = "acme"
+provider = "paytabs"
+api_key_env = "COFFER_TEST_STRIPE_KEY"
+profile_id = 87654
+region = "SAU"
+
 [tenant.acme]
 allowed_redirect_origins = ["https://shop.acme.example"]
 default_account = "acme-stripe"
@@ -107,6 +115,21 @@ async fn a_bad_file_stops_serve_with_one_line() {
             ),
         ),
         (
+            GOOD.replace("region = \"SAU\"\n", ""),
+            format!(
+                "{file}: account \"acme-paytabs\": region: is required for provider = \"paytabs\""
+            ),
+        ),
+        (
+            GOOD.replace(
+                "api_base = \"http://127.0.0.1:9\"",
+                "api_base = \"http://127.0.0.1:9\"\nprofile_id = 87654",
+            ),
+            format!(
+                "{file}: account \"acme-stripe\": profile_id: is only for provider = \"paytabs\" accounts"
+            ),
+        ),
+        (
             GOOD.replace("name = \"acme-test\"", "name = \"acme-stripe\""),
             format!(
                 "{file}: account \"acme-stripe\": name: another account has this name; names must be unique"
@@ -143,7 +166,7 @@ async fn a_good_file_starts_and_its_secrets_stay_out_of_the_logs() {
     served.sigterm();
     let (code, logs) = served.wait().await;
     assert_eq!(code, Some(0), "{logs}");
-    assert!(logs.contains("\"accounts\":2"), "{logs}");
+    assert!(logs.contains("\"accounts\":3"), "{logs}");
     for (_, secret) in SECRETS {
         assert!(!logs.contains(secret), "{logs}");
     }

@@ -52,6 +52,7 @@ pub fn account(name: &str, tenant: TenantId, provider: ProviderKind, secret: &st
             encoding: HmacEncoding::Hex,
             prefix: Some("sha256=".into()),
         }),
+        paytabs: None,
         webhook_sources: None,
     }
 }

@@ -18,6 +18,7 @@ mod idempotency;
 mod inbox;
 mod meters;
 mod payments;
+mod paytabs;
 mod plans;
 mod policy;
 mod sandbox_delivery;

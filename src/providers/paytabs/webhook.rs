@@ -7,13 +7,14 @@
 //! - the object an event is about is `tran_ref`.
 //!
 //! No staleness check is possible; the inbox's de-duplication, and the transaction query made
-//! before a result is applied, are the defence against replays.
+//! before a result is applied, are the defence against replays: a callback only names the
+//! transaction to query ([`super::events`]).
 
 use crate::domain::account::Account;
-use crate::providers::Inbound;
 use crate::providers::object::ProviderObjectRef;
 use crate::providers::signature::{self, Check, Header, Rejection, Scheme};
 use crate::providers::webhook::{Incoming, checked, json_object, text};
+use crate::providers::{Inbound, Trigger};
 
 /// PayTabs' callbacks; stateless.
 #[derive(Debug, Clone, Copy)]
@@ -52,5 +53,10 @@ impl Inbound for Webhooks {
 
     fn object_of(&self, payload: &[u8]) -> Option<ProviderObjectRef> {
         ProviderObjectRef::find(payload, &[&["tran_ref"]])
+    }
+
+    /// Every callback is a trigger: see [`super::events`].
+    fn trigger(&self, event_type: &str, payload: &[u8]) -> Option<Trigger> {
+        super::events::trigger(event_type, payload)
     }
 }
