@@ -252,6 +252,10 @@ async fn a_paid_checkout_then_refunds_partial_and_full() {
     let done = env.session(&opened.id).await;
     assert_eq!(done.status, CheckoutSessionStatus::Complete as i32);
     assert_eq!(done.payment_status, CheckoutPaymentStatus::Paid as i32);
+    assert_eq!(
+        done.url, opened.url,
+        "Stripe's null URL keeps the recorded one"
+    );
     let payment = env.payment(&opened.payment_id).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
     assert_eq!(
