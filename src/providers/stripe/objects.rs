@@ -82,7 +82,8 @@ pub fn checkout(s: &wire::Session, version: i64) -> Result<ProviderCheckout, Pro
     Ok(ProviderCheckout {
         id: s.id.clone(),
         client_reference: reference,
-        // Stripe clears it once the session is complete or expired.
+        // Stripe clears it once the session is complete or expired; empty keeps the one
+        // Coffer recorded (`store::checkout::record_provider_session`).
         url: s.url.clone().unwrap_or_default(),
         status,
         payment_status,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
-    GetCheckoutSessionRequest, GetPaymentRequest, GetSubscriptionRequest, ListSubscriptionsRequest,
-    Payment, PaymentStatus, RefundPaymentRequest, RefundStatus, Subscription, SubscriptionStatus,
+    ExpireCheckoutSessionRequest, GetCheckoutSessionRequest, GetPaymentRequest,
+    GetSubscriptionRequest, ListSubscriptionsRequest, Payment, PaymentStatus, RefundPaymentRequest,
+    RefundStatus, Subscription, SubscriptionStatus, VerifyCheckoutSessionRequest,
 };
 use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
 use coffer::providers::stripe::client::API_VERSION;
@@ -251,6 +252,10 @@ async fn a_paid_checkout_then_refunds_partial_and_full() {
     let done = env.session(&opened.id).await;
     assert_eq!(done.status, CheckoutSessionStatus::Complete as i32);
     assert_eq!(done.payment_status, CheckoutPaymentStatus::Paid as i32);
+    assert_eq!(
+        done.url, opened.url,
+        "Stripe's null URL keeps the recorded one"
+    );
     let payment = env.payment(&opened.payment_id).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
     assert_eq!(
@@ -582,7 +587,11 @@ async fn an_event_whose_fetch_fails_waits_for_stripe_and_is_applied() {
         })
         .await
     );
-    assert_eq!(env.event_row(&id).await.0, "failed");
+    let (status, _) = env.event_row(&id).await;
+    assert!(
+        !["dead", "processed"].contains(&status.as_str()),
+        "{status}"
+    );
     assert_eq!(
         env.session(&opened.id).await.status,
         CheckoutSessionStatus::Open as i32
@@ -1088,4 +1097,143 @@ async fn a_declined_card_fails_the_payment_until_another_card_pays() {
     let payment = env.payment(&opened.payment_id).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded as i32);
     assert_eq!(payment.failure_code, "");
+}
+
+#[tokio::test]
+async fn sessions_are_verified_and_expired_on_stripe() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let mut checkout = client(&env.app).await;
+
+    // Verify reads the session from Stripe, without waiting for its event.
+    let paid = env.open_payment_session().await;
+    fake.complete_session(&paid.provider_session_id);
+    let verified = checkout
+        .verify_checkout_session(req(
+            VerifyCheckoutSessionRequest {
+                id: paid.id.clone(),
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.status, CheckoutSessionStatus::Complete as i32);
+    assert_eq!(
+        env.payment(&paid.payment_id).await.status,
+        PaymentStatus::Succeeded as i32
+    );
+
+    // Expire asks Stripe to expire the session.
+    let open = client(&env.app)
+        .await
+        .create_checkout_session(req(inline_session(&env, "kim").await, &env.app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let expired = checkout
+        .expire_checkout_session(req(
+            ExpireCheckoutSessionRequest {
+                id: open.id.clone(),
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expired.status, CheckoutSessionStatus::Expired as i32);
+    assert_eq!(fake.object(&open.provider_session_id)["status"], "expired");
+    let expire = fake.requests(
+        Method::POST,
+        &format!("/v1/checkout/sessions/{}/expire", open.provider_session_id),
+    );
+    assert_eq!(expire.len(), 1);
+    assert!(expire[0].idempotency_key.is_some());
+    assert_eq!(
+        env.payment(&open.payment_id).await.status,
+        PaymentStatus::Expired as i32
+    );
+    // Stripe's event for it changes nothing more.
+    env.apply(
+        "checkout.session.expired",
+        fake.object(&open.provider_session_id),
+    )
+    .await;
+    assert_eq!(
+        env.session(&open.id).await.status,
+        CheckoutSessionStatus::Expired as i32
+    );
+}
+
+#[tokio::test]
+async fn lost_answers_for_a_customer_and_a_price_are_found_by_coffers_ids() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let leo = customer(&env.app, &env.app.key, "leo").await;
+    let (_, [_, _, once]) = plan(&env.app, "pro").await;
+    let request = session(&leo, CheckoutMode::Payment, vec![item(&once, 1)]);
+    let mut checkout = client(&env.app).await;
+    for path in ["/v1/customers", "/v1/prices"] {
+        fake.fail(
+            Method::POST,
+            path,
+            usize::MAX,
+            Fault::Slow(Duration::from_millis(900)),
+        );
+    }
+    // The customer is made on Stripe, its answer lost.
+    let e = checkout
+        .create_checkout_session(req(request.clone(), &env.app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).0, "PROVIDER_OUTCOME_UNKNOWN", "{e:?}");
+    assert_eq!(fake.objects("cus_").len(), 1);
+    fake.clear_faults();
+    fake.fail(
+        Method::POST,
+        "/v1/prices",
+        usize::MAX,
+        Fault::Slow(Duration::from_millis(900)),
+    );
+    // Found by Search on its metadata; then the price is made, its answer lost too.
+    let e = checkout
+        .create_checkout_session(req(request.clone(), &env.app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).0, "PROVIDER_OUTCOME_UNKNOWN", "{e:?}");
+    assert!(
+        !fake
+            .requests(Method::GET, "/v1/customers/search")
+            .is_empty()
+    );
+    fake.clear_faults();
+    // Found by its lookup key; the session is made (once the breaker, opened by six
+    // timed-out attempts, lets calls through again).
+    let mut opened = None;
+    for _ in 0..50 {
+        match checkout
+            .create_checkout_session(req(request.clone(), &env.app.key))
+            .await
+        {
+            Ok(r) => {
+                opened = Some(r.into_inner());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(details(&e).0, "PROVIDER_UNAVAILABLE", "{e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let opened = opened.expect("the session is made");
+    assert!(!fake.requests(Method::GET, "/v1/prices").is_empty());
+    assert_eq!(fake.objects("cus_").len(), 1, "one Stripe customer");
+    assert_eq!(fake.objects("price_").len(), 1, "one Stripe price");
+    assert_eq!(fake.objects("cs_").len(), 1);
+    let params = fake.session_params(&opened.provider_session_id);
+    assert_eq!(params["customer"], fake.objects("cus_")[0]["id"]);
+    assert_eq!(
+        params["line_items"][0]["price"],
+        fake.objects("price_")[0]["id"]
+    );
 }
