@@ -20,8 +20,9 @@
 //! can settle). [`supports`] is the capability table of every [`ProviderKind`]. Calls are never
 //! made directly: `app::journal` writes each one to the operations journal first.
 //!
-//! Outbound calls are implemented by the [`sandbox`], [`polar`] and [`paytabs`]; Stripe plugs
-//! into the same trait (its row of the capability table already says what it will do).
+//! Outbound calls are implemented by the [`sandbox`], [`stripe`], [`polar`] and [`paytabs`]
+//! adapters; [`adapter`] builds a configured account's, each on its own outbound stack
+//! ([`outbound`]).
 
 pub mod hmac;
 pub mod object;
