@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
+use time::OffsetDateTime;
 
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
@@ -123,7 +124,10 @@ impl Checkout {
             .await?;
         let provider = account.for_op(Operation::CreateCheckoutSession(request.mode))?;
         let mut conn = self.pool.acquire().await?;
-        let (new, buyer) = self.prepare(&mut conn, ctx, &request).await?;
+        // The session's expiry is on the account's clock (a sandbox account's may be ahead),
+        // so Coffer and the provider's page agree on when it ends.
+        let now = self.providers.now(ctx.tenant, &account).await?;
+        let (new, buyer) = self.prepare(&mut conn, ctx, &request, now).await?;
         // No connection is held while a provider is called: the customer and the prices may
         // be made there.
         drop(conn);
@@ -332,6 +336,7 @@ impl Checkout {
         conn: &mut PgConnection,
         ctx: TenantCtx,
         r: &CreateCheckout,
+        now: OffsetDateTime,
     ) -> Result<(NewCheckout, Customer), AppError> {
         let customer = customer_store::find_customer(conn, ctx.tenant, &r.customer)
             .await?
@@ -449,7 +454,7 @@ impl Checkout {
             currency,
             success_url: r.success_url.clone(),
             cancel_url: r.cancel_url.clone(),
-            expires_at: now_micros() + r.expires_in,
+            expires_at: now + r.expires_in,
             trial_days,
             metadata: r.metadata.clone(),
         };

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use super::AppError;
 use super::RejectionKind;
 use super::accounts::REASON_ACCOUNT_NOT_FOUND;
@@ -91,6 +93,23 @@ impl Providers {
         }
         self.configured = Arc::new(configured);
         Ok(self)
+    }
+
+    /// The time as `account` sees it: Coffer's one seam for an account's "now". A sandbox
+    /// account has a clock of its own (AdvanceClock moves it); every other account runs on the
+    /// wall clock. Microsecond precision, as Postgres stores it.
+    pub async fn now(
+        &self,
+        tenant: TenantId,
+        account: &Resolved,
+    ) -> Result<OffsetDateTime, AppError> {
+        let now = match (&self.sandbox, account.kind) {
+            (Some(sandbox), ProviderKind::Sandbox) => sandbox.now(tenant, &account.name).await?,
+            _ => OffsetDateTime::now_utc(),
+        };
+        Ok(now
+            .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now))
     }
 
     pub fn sandbox(&self) -> Option<&Sandbox> {

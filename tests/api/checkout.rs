@@ -1271,3 +1271,61 @@ async fn a_payment_acknowledged_by_a_killed_binary_is_applied_after_restart() {
     let (code, logs) = served.wait().await;
     assert_eq!(code, Some(0), "{logs}");
 }
+
+/// A session's expiry is on its account's clock: after AdvanceClock moves a sandbox account a
+/// day and more ahead, a new session ends 24 hours after the account's time (not the wall
+/// clock's, which is already past), so Coffer and the hosted page agree it is open.
+#[tokio::test]
+async fn a_session_expires_on_its_accounts_clock() {
+    use coffer::grpc::pb::AdvanceClockRequest;
+    use coffer::grpc::pb::sandbox_client::SandboxClient;
+
+    let app = TestApp::spawn_configured("", &[], |config| {
+        config.sandbox = Some(SandboxConfig {
+            public_url: PUBLIC_URL.into(),
+            ..SandboxConfig::default()
+        });
+        config.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(30);
+    SandboxClient::new(app.channel().await)
+        .advance_clock(req(
+            AdvanceClockRequest {
+                account: String::new(),
+                to: Some(prost_types::Timestamp {
+                    seconds: ahead.unix_timestamp(),
+                    nanos: 0,
+                }),
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap();
+    let alice = customer(&app, &app.key, "alice").await;
+    let s = client(&app)
+        .await
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![inline(2_500, "USD", 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let expires = s.expires_at.unwrap().seconds;
+    let expected = (ahead + time::Duration::hours(24)).unix_timestamp();
+    assert!(
+        (expected - 5..=expected + 5).contains(&expires),
+        "expires at {expires}, expected about {expected} (the account's time + 24 h)"
+    );
+    // The hosted page takes a card: it is open on the account's clock too.
+    let path = s
+        .url
+        .split_once("/sandbox/")
+        .map(|(_, p)| format!("/sandbox/{p}"))
+        .unwrap();
+    let (status, page) = http_get(app.http_addr.unwrap(), &path).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("This checkout has expired"), "{page}");
+    app.stop().await.unwrap();
+}

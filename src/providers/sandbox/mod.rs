@@ -41,6 +41,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_core::future::BoxFuture;
 use sqlx::PgPool;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use sqlx::Connection as _;
@@ -238,6 +239,19 @@ impl Sandbox {
         })?;
         let secret = override_secret.cloned().unwrap_or(Secret::new(secret));
         Ok(Some((name, secret)))
+    }
+
+    /// The tenant's sandbox account's own time (it starts at real time and AdvanceClock moves
+    /// it forward); the wall clock for an account it does not know.
+    pub async fn now(
+        &self,
+        tenant: TenantId,
+        account: &AccountName,
+    ) -> Result<OffsetDateTime, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(store::sandbox_now(&mut conn, tenant, account.as_str())
+            .await?
+            .unwrap_or_else(OffsetDateTime::now_utc))
     }
 
     fn checkout_url(&self, id: &str) -> String {

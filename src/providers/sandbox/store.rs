@@ -403,6 +403,22 @@ pub enum ClockMove {
     NotFound,
 }
 
+/// The sandbox time of the tenant's account `account` (`None`: no such account).
+pub async fn sandbox_now(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    account: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT now() + clock_offset AS "now!" FROM sandbox_accounts
+           WHERE tenant_id = $1 AND account = $2"#,
+        tenant.as_uuid(),
+        account,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Moves the tenant's sandbox account `account` forward so its sandbox time is `to`, under
 /// a row lock (concurrent moves serialise, and none moves it back).
 pub async fn advance_clock(
