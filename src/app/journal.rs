@@ -466,7 +466,7 @@ impl Journal {
                 self.succeeded(tx, op, account, &payment.id).await
             }
             ProviderObject::Subscription(sub) => {
-                payments::apply_subscription(tx, op.tenant, sub).await?;
+                super::subscriptions::apply_subscription(tx, op.tenant, sub).await?;
                 self.succeeded(tx, op, account, &sub.id).await
             }
             ProviderObject::Dispute(dispute) => {

@@ -3,7 +3,7 @@
 //! Payments use cases (Get, List, Refund) and subscription reads.
 //!
 //! **Appliers.** One per object kind ([`apply_session_state`], [`apply_payment`],
-//! [`apply_refund`], [`apply_subscription`]), used alike by the inbox handlers, by
+//! [`apply_refund`], and `subscriptions::apply_subscription`), used alike by the inbox handlers, by
 //! `VerifyCheckoutSession` and by the journal when it records a provider's answer. Each finds
 //! Coffer's object by the provider object's client reference, locks its row (`FOR UPDATE`;
 //! always session, then payment, then refund), and applies the provider's state only when its
@@ -35,30 +35,26 @@ use super::providers::Providers;
 use super::{AppError, RejectionKind, TenantCtx};
 use crate::domain::account::{AccountName, ProviderKind};
 use crate::domain::checkout::Status;
-use crate::domain::customer::CustomerRef;
-use crate::domain::ids::{CheckoutId, PaymentId, RefundId, SubscriptionId, TenantId};
+use crate::domain::ids::{CheckoutId, PaymentId, RefundId, TenantId};
 use crate::domain::money::Money;
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::payment::{
-    Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription, SubscriptionStatus,
-    disputed_state, refundable_rest,
+    Payment, PaymentStatus, Refund, RefundReason, RefundStatus, disputed_state, refundable_rest,
 };
 use crate::providers::sandbox::events::EventType;
 use crate::providers::sandbox::wire::{self, SessionState};
 use crate::providers::{
     ObjectKind, Operation, PaymentOutcome, ProviderDispute, ProviderError, ProviderPayment,
-    ProviderRefund, ProviderSubscription, RefundRequest,
+    ProviderRefund, RefundRequest,
 };
-use crate::store::{StoreError, audit, checkout as checkout_store, customers as customer_store};
+use crate::store::{StoreError, audit, checkout as checkout_store};
 use crate::store::{journal as journal_store, payments as store};
 
 pub const REASON_PAYMENT_NOT_FOUND: &str = "PAYMENT_NOT_FOUND";
 pub const REASON_PAYMENT_NOT_REFUNDABLE: &str = "PAYMENT_NOT_REFUNDABLE";
 pub const REASON_REFUND_EXCEEDS_PAYMENT: &str = "REFUND_EXCEEDS_PAYMENT";
-pub const REASON_SUBSCRIPTION_NOT_FOUND: &str = "SUBSCRIPTION_NOT_FOUND";
 
 const LIST_PAYMENTS: &str = "coffer.v1.Checkout/ListPayments";
-const LIST_SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions/ListSubscriptions";
 
 // ---------------------------------------------------------------------------------------------
 // Metrics
@@ -178,14 +174,14 @@ impl From<ApplyError> for AppError {
     }
 }
 
-fn refused(m: impl Into<String>) -> ApplyError {
+pub(super) fn refused(m: impl Into<String>) -> ApplyError {
     ApplyError::Refused(m.into())
 }
 
 /// Locks a visible session, refusing one Coffer does not hold (for this tenant) or whose
 /// provider session is not recorded yet (its create's answer is still on the way: the event
 /// retries after it).
-async fn lock_visible(
+pub(super) async fn lock_visible(
     tx: &mut PgConnection,
     tenant: TenantId,
     id: CheckoutId,
@@ -297,7 +293,7 @@ pub async fn apply_checkout(
         apply_payment(tx, tenant, p).await?;
     }
     if let Some(sub) = &s.subscription {
-        apply_subscription(tx, tenant, sub).await?;
+        super::subscriptions::apply_subscription(tx, tenant, sub).await?;
     }
     Ok(())
 }
@@ -463,84 +459,6 @@ pub async fn apply_refund(
     Ok(())
 }
 
-/// A subscription a session made: created the first time (with the session's first line
-/// item's price and quantity, and named on the session), its state updated after.
-pub async fn apply_subscription(
-    tx: &mut PgConnection,
-    tenant: TenantId,
-    s: &ProviderSubscription,
-) -> Result<(), ApplyError> {
-    let checkout = CheckoutId::from_uuid(s.client_reference);
-    lock_visible(tx, tenant, checkout).await?;
-    let id = match store::lock_session_subscription(tx, tenant, checkout).await? {
-        Some((id, status, version)) => {
-            if s.version <= version {
-                return Ok(());
-            }
-            if !status.can_become(s.status) {
-                return Err(refused(format!(
-                    "subscription {id}: a {} subscription cannot become {}",
-                    status.as_str(),
-                    s.status.as_str()
-                )));
-            }
-            store::update_subscription_state(
-                tx,
-                tenant,
-                id,
-                s.status,
-                s.current_period_start,
-                s.current_period_end,
-                s.trial_end,
-                s.version,
-            )
-            .await?;
-            id
-        }
-        None => {
-            let session = checkout_store::find_session(tx, tenant, checkout)
-                .await?
-                .ok_or_else(|| refused(format!("no checkout session {checkout}")))?;
-            let first = session
-                .items
-                .first()
-                .ok_or_else(|| refused(format!("checkout session {checkout} has no items")))?;
-            let id = SubscriptionId::generate();
-            store::insert_subscription(
-                tx,
-                tenant,
-                &store::NewSubscription {
-                    id,
-                    customer: session.customer,
-                    price: first.price_id,
-                    quantity: first.quantity,
-                    status: s.status,
-                    current_period_start: s.current_period_start,
-                    current_period_end: s.current_period_end,
-                    trial_end: s.trial_end,
-                    account: &session.account,
-                    provider_id: &s.id,
-                    checkout,
-                    version: s.version,
-                },
-            )
-            .await?;
-            journal_store::insert_provider_object(
-                tx,
-                tenant,
-                &session.account,
-                ObjectKind::Subscription.as_str(),
-                id.as_uuid(),
-                &s.id,
-            )
-            .await?;
-            id
-        }
-    };
-    tracing::debug!(subscription = %id, status = s.status.as_str(), "subscription applied");
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Inbox handlers
 
@@ -571,7 +489,7 @@ impl Handler for SandboxEvents {
                 }
                 EventType::SubscriptionCreated => {
                     let s = wire::subscription(&object).map_err(HandlerError::Failed)?;
-                    apply_subscription(conn, tenant, &s).await?;
+                    super::subscriptions::apply_subscription(conn, tenant, &s).await?;
                 }
             }
             Ok(())
@@ -595,15 +513,6 @@ pub fn with_sandbox_handlers(mut handlers: Handlers) -> Handlers {
 pub struct PaymentQuery {
     pub customer: Option<crate::domain::ids::CustomerId>,
     pub status: Option<PaymentStatus>,
-    pub page_size: PageSize,
-    pub page_token: Option<String>,
-}
-
-/// Filters and position of a ListSubscriptions call.
-#[derive(Debug, Clone)]
-pub struct SubscriptionQuery {
-    pub customer: Option<CustomerRef>,
-    pub status: Option<SubscriptionStatus>,
     pub page_size: PageSize,
     pub page_token: Option<String>,
 }
@@ -663,54 +572,6 @@ impl Payments {
         )
         .await?;
         Ok(Page::of(rows, query.page_size, filters, |p| p.id.as_uuid()))
-    }
-
-    pub async fn get_subscription(
-        &self,
-        ctx: &TenantCtx,
-        id: SubscriptionId,
-    ) -> Result<Subscription, AppError> {
-        let mut conn = self.pool.acquire().await?;
-        store::find_subscription(&mut conn, ctx.tenant, id)
-            .await?
-            .ok_or_else(|| {
-                AppError::not_found(REASON_SUBSCRIPTION_NOT_FOUND, "subscription not found")
-            })
-    }
-
-    pub async fn list_subscriptions(
-        &self,
-        ctx: &TenantCtx,
-        query: &SubscriptionQuery,
-    ) -> Result<Page<Subscription>, AppError> {
-        let mut conn = self.pool.acquire().await?;
-        // An external id names a customer; one that names none has no subscriptions.
-        let customer = match &query.customer {
-            None => None,
-            Some(r) => match customer_store::find_customer(&mut conn, ctx.tenant, r).await? {
-                Some(c) => Some(c.id),
-                None => {
-                    return Ok(Page {
-                        items: Vec::new(),
-                        next_page_token: None,
-                    });
-                }
-            },
-        };
-        let who = customer.map(|c| c.to_string()).unwrap_or_default();
-        let status = query.status.map(SubscriptionStatus::as_str).unwrap_or("");
-        let filters = FilterDigest::of(LIST_SUBSCRIPTIONS, &[&who, status]);
-        let after = page::start(query.page_token.as_deref(), filters)?.unwrap_or(uuid::Uuid::nil());
-        let rows = store::list_subscriptions(
-            &mut conn,
-            ctx.tenant,
-            customer,
-            query.status,
-            after,
-            query.page_size.get() as i64 + 1,
-        )
-        .await?;
-        Ok(Page::of(rows, query.page_size, filters, |s| s.id.as_uuid()))
     }
 
     /// Refunds (part of) a SUCCEEDED payment through the provider.

@@ -67,7 +67,9 @@ pub async fn apply(
         }
         ProviderObject::Payment(p) => payments::apply_payment(tx, tenant, p).await,
         ProviderObject::Refund(r) => payments::apply_refund(tx, tenant, r).await,
-        ProviderObject::Subscription(s) => payments::apply_subscription(tx, tenant, s).await,
+        ProviderObject::Subscription(s) => {
+            super::subscriptions::apply_subscription(tx, tenant, s).await
+        }
         ProviderObject::Dispute(d) => payments::apply_dispute(tx, tenant, d).await,
         // Coffer keeps nothing of a provider's customer but its id, recorded when it was made.
         ProviderObject::Customer { .. } | ProviderObject::Price { .. } => Ok(()),

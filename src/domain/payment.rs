@@ -24,7 +24,7 @@
 use time::OffsetDateTime;
 
 use super::Invalid;
-use super::ids::{CheckoutId, CustomerId, PaymentId, PlanId, PriceId, RefundId, SubscriptionId};
+use super::ids::{CheckoutId, CustomerId, PaymentId, RefundId};
 use super::money::Currency;
 
 /// Where a payment is.
@@ -129,68 +129,6 @@ impl RefundStatus {
 
     pub fn can_become(self, to: RefundStatus) -> bool {
         self == to || self == RefundStatus::Pending
-    }
-}
-
-/// A subscription's status: Stripe's list. Only TRIALING and ACTIVE are reachable until the
-/// lifecycle RPCs and renewals come; the rest are here so the stored values and the API do
-/// not change then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SubscriptionStatus {
-    Incomplete,
-    IncompleteExpired,
-    Trialing,
-    Active,
-    PastDue,
-    Canceled,
-    Unpaid,
-    Paused,
-}
-
-impl SubscriptionStatus {
-    pub const ALL: [SubscriptionStatus; 8] = [
-        SubscriptionStatus::Incomplete,
-        SubscriptionStatus::IncompleteExpired,
-        SubscriptionStatus::Trialing,
-        SubscriptionStatus::Active,
-        SubscriptionStatus::PastDue,
-        SubscriptionStatus::Canceled,
-        SubscriptionStatus::Unpaid,
-        SubscriptionStatus::Paused,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SubscriptionStatus::Incomplete => "incomplete",
-            SubscriptionStatus::IncompleteExpired => "incomplete_expired",
-            SubscriptionStatus::Trialing => "trialing",
-            SubscriptionStatus::Active => "active",
-            SubscriptionStatus::PastDue => "past_due",
-            SubscriptionStatus::Canceled => "canceled",
-            SubscriptionStatus::Unpaid => "unpaid",
-            SubscriptionStatus::Paused => "paused",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// Stripe's transitions: INCOMPLETE becomes ACTIVE/TRIALING once paid or INCOMPLETE_EXPIRED;
-    /// TRIALING and ACTIVE move among themselves and to PAST_DUE, PAUSED or CANCELED; PAST_DUE
-    /// recovers or ends UNPAID/CANCELED; CANCELED and INCOMPLETE_EXPIRED are final.
-    pub fn can_become(self, to: SubscriptionStatus) -> bool {
-        use SubscriptionStatus::*;
-        self == to
-            || matches!(
-                (self, to),
-                (Incomplete, Trialing | Active | IncompleteExpired)
-                    | (Trialing, Active | PastDue | Paused | Canceled)
-                    | (Active, PastDue | Paused | Canceled)
-                    | (PastDue, Active | Unpaid | Canceled)
-                    | (Unpaid, Active | Canceled)
-                    | (Paused, Active | Trialing | Canceled)
-            )
     }
 }
 
@@ -304,24 +242,6 @@ pub struct Refund {
     pub created_at: OffsetDateTime,
 }
 
-/// A subscription made by a completed SUBSCRIPTION checkout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscription {
-    pub id: SubscriptionId,
-    pub customer: CustomerId,
-    pub plan: Option<PlanId>,
-    pub price: Option<PriceId>,
-    pub quantity: u32,
-    pub status: SubscriptionStatus,
-    pub current_period_start: OffsetDateTime,
-    pub current_period_end: OffsetDateTime,
-    pub trial_end: Option<OffsetDateTime>,
-    pub account: String,
-    pub provider_subscription_id: String,
-    pub checkout_session: CheckoutId,
-    pub created_at: OffsetDateTime,
-}
-
 /// What may still be refunded of `amount` with `refunded` given back and `pending` asked for:
 /// the default amount of a refund, and its ceiling.
 pub fn refundable_rest(amount: i64, refunded: i64, pending: i64) -> i64 {
@@ -387,26 +307,12 @@ mod tests {
     }
 
     #[test]
-    fn only_trialing_and_active_are_reachable_from_checkout_and_canceled_is_final() {
-        use SubscriptionStatus::*;
-        assert!(Trialing.can_become(Active));
-        assert!(!Active.can_become(Trialing));
-        for to in SubscriptionStatus::ALL {
-            assert_eq!(Canceled.can_become(to), to == Canceled);
-            assert_eq!(IncompleteExpired.can_become(to), to == IncompleteExpired);
-        }
-    }
-
-    #[test]
     fn names_round_trip() {
         for s in PaymentStatus::ALL {
             assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
         }
         for s in RefundStatus::ALL {
             assert_eq!(RefundStatus::parse(s.as_str()), Some(s));
-        }
-        for s in SubscriptionStatus::ALL {
-            assert_eq!(SubscriptionStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(
             RefundReason::parse("duplicate"),

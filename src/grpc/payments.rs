@@ -9,15 +9,15 @@ use super::pb::{self, list_subscriptions_request::Customer as Who};
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::idempotency::Replayable;
-use crate::app::payments::{NewRefund, PaymentQuery, SubscriptionQuery};
+use crate::app::payments::{NewRefund, PaymentQuery};
+use crate::app::subscriptions::SubscriptionQuery;
 use crate::domain::Violations;
 use crate::domain::customer::{CustomerRef, ExternalId};
 use crate::domain::ids::{CustomerId, PaymentId, RefundId, SubscriptionId};
 use crate::domain::money::Currency;
 use crate::domain::page::PageSize;
-use crate::domain::payment::{
-    Payment, PaymentStatus, Refund, RefundReason, RefundStatus, Subscription, SubscriptionStatus,
-};
+use crate::domain::payment::{Payment, PaymentStatus, Refund, RefundReason, RefundStatus};
+use crate::domain::subscription::{Subscription, SubscriptionStatus};
 
 const REFUND: &str = "/coffer.v1.Checkout/RefundPayment";
 
@@ -85,7 +85,7 @@ pub async fn get_subscription(
     let ctx = tenant_ctx(&request)?;
     let id = SubscriptionId::parse(&request.get_ref().id)
         .map_err(|e| status::invalid(&Violations::single("id", e.0)))?;
-    let sub = app.payments.get_subscription(&ctx, id).await?;
+    let sub = app.subscriptions.get_subscription(&ctx, id).await?;
     Ok(Response::new(subscription_to_proto(&sub)))
 }
 
@@ -120,7 +120,7 @@ pub async fn list_subscriptions(
         page_size: page_size.expect("checked"),
         page_token: Some(req.page_token.clone()),
     };
-    let page = app.payments.list_subscriptions(&ctx, &query).await?;
+    let page = app.subscriptions.list_subscriptions(&ctx, &query).await?;
     Ok(Response::new(pb::ListSubscriptionsResponse {
         subscriptions: page.items.iter().map(subscription_to_proto).collect(),
         next_page_token: page.next_page_token.unwrap_or_default(),

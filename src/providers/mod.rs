@@ -342,7 +342,7 @@ pub struct ProviderSubscription {
     pub id: String,
     /// Coffer's checkout session id.
     pub client_reference: Uuid,
-    pub status: crate::domain::payment::SubscriptionStatus,
+    pub status: crate::domain::subscription::SubscriptionStatus,
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,

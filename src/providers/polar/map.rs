@@ -31,7 +31,8 @@ use uuid::Uuid;
 use super::wire::{self, CHECKOUT_KEY, EXPIRES_KEY, Metadata, REFUND_KEY, meta};
 use crate::domain::checkout::{PaymentStatus, Status};
 use crate::domain::money::Currency;
-use crate::domain::payment::{RefundStatus, SubscriptionStatus};
+use crate::domain::payment::RefundStatus;
+use crate::domain::subscription::SubscriptionStatus;
 use crate::providers::{
     PaymentOutcome, ProviderCheckout, ProviderError, ProviderPayment, ProviderRefund,
     ProviderSubscription,

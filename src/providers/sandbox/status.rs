@@ -8,7 +8,7 @@
 //! ([`crate::domain::checkout::Status`], [`crate::domain::checkout::PaymentStatus`],
 //! [`crate::domain::checkout::Mode`], [`crate::domain::payment::RefundStatus`]).
 
-use crate::domain::payment::SubscriptionStatus;
+use crate::domain::subscription::SubscriptionStatus;
 use crate::providers::PaymentOutcome;
 
 /// A sandbox payment's status: its last card attempt's result.

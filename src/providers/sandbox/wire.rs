@@ -8,7 +8,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::checkout::{PaymentStatus, Status};
-use crate::domain::payment::{RefundStatus, SubscriptionStatus};
+use crate::domain::payment::RefundStatus;
+use crate::domain::subscription::SubscriptionStatus;
 use crate::providers::sandbox::status::PaymentState;
 use crate::providers::{PaymentOutcome, ProviderPayment, ProviderRefund, ProviderSubscription};
 

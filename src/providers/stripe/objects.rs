@@ -15,7 +15,8 @@ use super::api::{CHECKOUT_KEY, REFUND_KEY};
 use super::money::from_stripe;
 use super::wire::{self, Expandable};
 use crate::domain::checkout::{PaymentStatus, Status};
-use crate::domain::payment::{DisputeStatus, RefundStatus, SubscriptionStatus};
+use crate::domain::payment::{DisputeStatus, RefundStatus};
+use crate::domain::subscription::SubscriptionStatus;
 use crate::providers::{
     PaymentOutcome, ProviderCheckout, ProviderDispute, ProviderError, ProviderPayment,
     ProviderRefund, ProviderSubscription,

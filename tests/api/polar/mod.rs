@@ -14,7 +14,7 @@ use coffer::app::inbox::InboxConfig;
 use coffer::domain::account::{Account, AccountName, ProviderKind, Secret};
 use coffer::domain::ids::TenantId;
 use coffer::domain::ids::{CheckoutId, CustomerId};
-use coffer::domain::payment::SubscriptionStatus as DomainSubscriptionStatus;
+use coffer::domain::subscription::SubscriptionStatus as DomainSubscriptionStatus;
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSessionStatus, CreateCheckoutSessionRequest,
     CreateCustomerRequest, GetCheckoutSessionRequest, GetPaymentRequest, PaymentStatus,

@@ -1,0 +1,213 @@
+//! Subscriptions (`subscriptions`). Provider state is written only under the row's lock
+//! (`FOR UPDATE`, taken by the `lock_*` functions) and only when newer than
+//! `provider_version`; the app layer decides, this layer writes.
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{StoreError, corrupt};
+use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId, TenantId};
+use crate::domain::subscription::{Subscription, SubscriptionStatus};
+
+struct SubscriptionRow {
+    id: Uuid,
+    customer_id: Uuid,
+    plan_id: Option<Uuid>,
+    price_id: Option<Uuid>,
+    quantity: i32,
+    status: String,
+    current_period_start: OffsetDateTime,
+    current_period_end: OffsetDateTime,
+    trial_end: Option<OffsetDateTime>,
+    account: String,
+    provider_subscription_id: String,
+    checkout_session_id: Uuid,
+    created_at: OffsetDateTime,
+}
+
+impl SubscriptionRow {
+    fn into_domain(self) -> Result<Subscription, StoreError> {
+        Ok(Subscription {
+            id: SubscriptionId::from_uuid(self.id),
+            customer: CustomerId::from_uuid(self.customer_id),
+            plan: self.plan_id.map(PlanId::from_uuid),
+            price: self.price_id.map(PriceId::from_uuid),
+            quantity: u32::try_from(self.quantity).map_err(|e| corrupt("quantity", e))?,
+            status: SubscriptionStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("subscription status", &self.status))?,
+            current_period_start: self.current_period_start,
+            current_period_end: self.current_period_end,
+            trial_end: self.trial_end,
+            account: self.account,
+            provider_subscription_id: self.provider_subscription_id,
+            checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// A subscription to insert.
+pub struct NewSubscription<'a> {
+    pub id: SubscriptionId,
+    pub customer: CustomerId,
+    pub price: Option<PriceId>,
+    pub quantity: u32,
+    pub status: SubscriptionStatus,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub account: &'a str,
+    pub provider_id: &'a str,
+    pub checkout: CheckoutId,
+    pub version: i64,
+}
+
+/// Inserts a subscription (its plan looked up from its price) and names it on its session.
+pub async fn insert_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    s: &NewSubscription<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO subscriptions
+             (tenant_id, id, customer_id, plan_id, price_id, quantity, status,
+              current_period_start, current_period_end, trial_end, account,
+              provider_subscription_id, checkout_session_id, provider_version, created_at,
+              updated_at)
+         VALUES ($1, $2, $3,
+                 (SELECT plan_id FROM prices WHERE tenant_id = $1 AND id = $4),
+                 $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now(), now())",
+        tenant.as_uuid(),
+        s.id.as_uuid(),
+        s.customer.as_uuid(),
+        s.price.map(|p| p.as_uuid()),
+        s.quantity as i32,
+        s.status.as_str(),
+        s.current_period_start,
+        s.current_period_end,
+        s.trial_end,
+        s.account,
+        s.provider_id,
+        s.checkout.as_uuid(),
+        s.version,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE checkout_sessions SET subscription_id = $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        s.checkout.as_uuid(),
+        s.id.as_uuid(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The subscription a session made, locked, with its status and applied version.
+pub async fn lock_session_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    checkout: CheckoutId,
+) -> Result<Option<(SubscriptionId, SubscriptionStatus, i64)>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT id, status, provider_version FROM subscriptions
+         WHERE tenant_id = $1 AND checkout_session_id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        checkout.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let status = SubscriptionStatus::parse(&row.status)
+        .ok_or_else(|| corrupt("subscription status", &row.status))?;
+    Ok(Some((
+        SubscriptionId::from_uuid(row.id),
+        status,
+        row.provider_version,
+    )))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn update_subscription_state(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+    status: SubscriptionStatus,
+    current_period_start: OffsetDateTime,
+    current_period_end: OffsetDateTime,
+    trial_end: Option<OffsetDateTime>,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE subscriptions
+         SET status = $3, current_period_start = $4, current_period_end = $5, trial_end = $6,
+             provider_version = $7, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        status.as_str(),
+        current_period_start,
+        current_period_end,
+        trial_end,
+        version,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(SubscriptionRow::into_domain)
+    .transpose()
+}
+
+/// The tenant's subscriptions after `after`, by id, optionally of one customer and status.
+pub async fn list_subscriptions(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: Option<CustomerId>,
+    status: Option<SubscriptionStatus>,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<Subscription>, StoreError> {
+    let rows = sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions
+         WHERE tenant_id = $1 AND id > $2
+           AND ($3::uuid IS NULL OR customer_id = $3)
+           AND ($4::text IS NULL OR status = $4)
+         ORDER BY id
+         LIMIT $5",
+        tenant.as_uuid(),
+        after,
+        customer.map(|c| c.as_uuid()),
+        status.map(SubscriptionStatus::as_str),
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(SubscriptionRow::into_domain).collect()
+}
