@@ -227,6 +227,30 @@ impl TestApp {
         }
     }
 
+    /// GetCheckoutSession `id` with the tenant's key.
+    pub async fn checkout_session(&self, id: &str) -> coffer::grpc::pb::CheckoutSession {
+        coffer::grpc::pb::checkout_client::CheckoutClient::new(self.channel().await)
+            .get_checkout_session(req(
+                coffer::grpc::pb::GetCheckoutSessionRequest { id: id.into() },
+                &self.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// GetPayment `id` with the tenant's key.
+    pub async fn payment(&self, id: &str) -> coffer::grpc::pb::Payment {
+        coffer::grpc::pb::checkout_client::CheckoutClient::new(self.channel().await)
+            .get_payment(req(
+                coffer::grpc::pb::GetPaymentRequest { id: id.into() },
+                &self.key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn customers(&self) -> CustomersClient<Channel> {
         CustomersClient::new(self.channel().await)
     }

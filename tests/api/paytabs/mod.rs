@@ -12,9 +12,8 @@ use std::time::Duration;
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::domain::ids::{CheckoutId, RefundId};
 use coffer::grpc::pb::{
-    CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
-    GetCheckoutSessionRequest, GetPaymentRequest, Payment, PaymentStatus, RefundPaymentRequest,
-    RefundStatus, VerifyCheckoutSessionRequest,
+    CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus, Payment,
+    PaymentStatus, RefundPaymentRequest, RefundStatus, VerifyCheckoutSessionRequest,
 };
 use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
 use serde_json::{Value, json};
@@ -119,24 +118,11 @@ impl Env {
     }
 
     async fn session(&self, id: &str) -> CheckoutSession {
-        client(&self.app)
-            .await
-            .get_checkout_session(req(
-                GetCheckoutSessionRequest { id: id.into() },
-                &self.app.key,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
+        self.app.checkout_session(id).await
     }
 
     async fn payment(&self, id: &str) -> Payment {
-        client(&self.app)
-            .await
-            .get_payment(req(GetPaymentRequest { id: id.into() }, &self.app.key))
-            .await
-            .unwrap()
-            .into_inner()
+        self.app.payment(id).await
     }
 
     /// The inbox's (status, attempts) of the callback event `tran_ref:status`.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
-    ExpireCheckoutSessionRequest, GetCheckoutSessionRequest, GetPaymentRequest,
-    GetSubscriptionRequest, ListSubscriptionsRequest, Payment, PaymentStatus, RefundPaymentRequest,
-    RefundStatus, Subscription, SubscriptionStatus, VerifyCheckoutSessionRequest,
+    ExpireCheckoutSessionRequest, GetSubscriptionRequest, ListSubscriptionsRequest, Payment,
+    PaymentStatus, RefundPaymentRequest, RefundStatus, Subscription, SubscriptionStatus,
+    VerifyCheckoutSessionRequest,
 };
 use coffer::providers::outbound::{BreakerConfig, OutboundConfig};
 use coffer::providers::stripe::client::API_VERSION;
@@ -145,24 +145,11 @@ default_account = "{ACCOUNT}"
     }
 
     async fn session(&self, id: &str) -> CheckoutSession {
-        client(&self.app)
-            .await
-            .get_checkout_session(req(
-                GetCheckoutSessionRequest { id: id.into() },
-                &self.app.key,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
+        self.app.checkout_session(id).await
     }
 
     async fn payment(&self, id: &str) -> Payment {
-        client(&self.app)
-            .await
-            .get_payment(req(GetPaymentRequest { id: id.into() }, &self.app.key))
-            .await
-            .unwrap()
-            .into_inner()
+        self.app.payment(id).await
     }
 
     /// A customer, and an open PAYMENT session of one 99.00 USD price and two 15.00 USD
