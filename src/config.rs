@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::cidr::Cidr;
-use crate::store::pool::PoolConfig;
+use crate::store::pool::{PoolConfig, Pooler};
 
 #[derive(Debug, Parser)]
 #[command(name = "coffer", version, about = "Payments and billing over gRPC")]
@@ -53,6 +53,26 @@ pub struct DbArgs {
     /// cluster under the state directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
+    /// A Postgres URL that bypasses the pooler, for what a transaction pooler cannot carry:
+    /// creating the database and migrating (sqlx's migrator holds a session advisory lock).
+    /// Required with `--db-pooler transaction`; the same database as DATABASE_URL.
+    #[arg(
+        long,
+        env = "COFFER_DATABASE_DIRECT_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_direct_url: Option<String>,
+    /// What DATABASE_URL points at: `none` (Postgres itself, or a session pooler) or
+    /// `transaction` (PgBouncer in pool_mode = transaction; see docs/operations.md).
+    #[arg(
+        long,
+        env = "COFFER_DB_POOLER",
+        value_enum,
+        default_value_t = Pooler::None,
+        global = true
+    )]
+    pub db_pooler: Pooler,
     /// Database name used when the server is found rather than given by URL.
     #[arg(
         long,
@@ -84,6 +104,7 @@ impl DbArgs {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
             statement_timeout: self.db_statement_timeout,
+            pooler: self.db_pooler,
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct PoolConfig {
     pub acquire_timeout: Duration,
     /// Server-side cap on any one statement, so a runaway query cannot hold a connection.
     pub statement_timeout: Duration,
+    /// What stands between Coffer and Postgres.
+    pub pooler: Pooler,
 }
 
 impl Default for PoolConfig {
@@ -22,15 +24,51 @@ impl Default for PoolConfig {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
+            pooler: Pooler::None,
         }
     }
+}
+
+/// A connection pooler in front of Postgres (`--db-pooler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    /// Connections go straight to Postgres (or through a session-pooling proxy).
+    #[default]
+    None,
+    /// PgBouncer (or alike) in `pool_mode = transaction`: a server connection belongs to a
+    /// client only for one transaction, so nothing may live in the session. Coffer sends no
+    /// startup `options` (PgBouncer refuses them; the settings they carry belong on the role,
+    /// docs/operations.md) and no `extra_float_digits`, and prepares no named statements
+    /// (PgBouncer before 1.21 cannot route them; each statement is parsed unnamed).
+    Transaction,
 }
 
 /// A pool on `options`' database. Connections are opened lazily, so a pool exists even while
 /// the database is down; health checks report that state.
 pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        // No ping before every acquire: it is a round trip per call on the hot path. A dead
+        // connection fails its query as UNAVAILABLE (retryable) and the pool drops it, and
+        // the health watcher reports the outage.
+        .test_before_acquire(false)
+        .connect_lazy_with(connect_options(options, config))
+}
+
+/// `options` with Coffer's session settings, in the form `config.pooler` lets through.
+pub fn connect_options(options: &PgConnectOptions, config: &PoolConfig) -> PgConnectOptions {
+    let options = options.clone().application_name("coffer");
+    if config.pooler == Pooler::Transaction {
+        // Startup parameters PgBouncer does not know fail the connection ("unsupported startup
+        // parameter"), and a session `SET` would land on whichever server connection ran it.
+        // The settings below are the role's to carry (`ALTER ROLE ... SET`).
+        return options
+            .extra_float_digits(None)
+            .statement_cache_capacity(0);
+    }
     let statement_ms = config.statement_timeout.as_millis();
-    let options = options.clone().application_name("coffer").options([
+    options.options([
         ("statement_timeout", format!("{statement_ms}ms")),
         // A client that opens a transaction and hangs cannot hold its locks (or an
         // idempotency claim) for long.
@@ -45,15 +83,7 @@ pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
         // parameter's value could simplify (`$1 IS NULL OR ...`) — such a lookup is two
         // statements.
         ("plan_cache_mode", "force_generic_plan".to_owned()),
-    ]);
-    PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        // No ping before every acquire: it is a round trip per call on the hot path. A dead
-        // connection fails its query as UNAVAILABLE (retryable) and the pool drops it, and
-        // the health watcher reports the outage.
-        .test_before_acquire(false)
-        .connect_lazy_with(options)
+    ])
 }
 
 /// Creates `options`' database when it does not exist (through the `postgres` database).
