@@ -63,8 +63,9 @@ pub struct DbArgs {
         global = true
     )]
     pub database_direct_url: Option<String>,
-    /// What DATABASE_URL points at: `none` (Postgres itself, or a session pooler) or
-    /// `transaction` (PgBouncer in pool_mode = transaction; see docs/operations.md).
+    /// What DATABASE_URL points at: `none` (Postgres itself), `session` (PgBouncer in
+    /// pool_mode = session) or `transaction` (PgBouncer 1.21+ in pool_mode = transaction with
+    /// max_prepared_statements); see docs/operations.md.
     #[arg(
         long,
         env = "COFFER_DB_POOLER",

@@ -30,16 +30,26 @@ impl Default for PoolConfig {
 }
 
 /// A connection pooler in front of Postgres (`--db-pooler`).
+///
+/// Either way Coffer sends no startup `options` and no `extra_float_digits` (PgBouncer refuses
+/// startup parameters it does not know), so the session settings those carried belong on the
+/// role: `ALTER ROLE ... SET statement_timeout = ...` (docs/operations.md). A session `SET`
+/// would not do: under transaction pooling it lands on whichever server connection ran it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pooler {
-    /// Connections go straight to Postgres (or through a session-pooling proxy).
+    /// Connections go straight to Postgres.
     #[default]
     None,
-    /// PgBouncer (or alike) in `pool_mode = transaction`: a server connection belongs to a
-    /// client only for one transaction, so nothing may live in the session. Coffer sends no
-    /// startup `options` (PgBouncer refuses them; the settings they carry belong on the role,
-    /// docs/operations.md) and no `extra_float_digits`, and prepares no named statements
-    /// (PgBouncer before 1.21 cannot route them; each statement is parsed unnamed).
+    /// PgBouncer in `pool_mode = session`: a server connection is the client's for as long as
+    /// the client holds it, so everything works as without it. The only mode Debian 12's
+    /// PgBouncer 1.18 serves Coffer in.
+    Session,
+    /// PgBouncer in `pool_mode = transaction`: a server connection is the client's for one
+    /// transaction. Needs PgBouncer 1.21 or later with `max_prepared_statements` above 0: sqlx
+    /// prepares every statement under a name of its own, one connection's names clash with
+    /// another's on a shared server connection, and only PgBouncer's own tracking (1.21+)
+    /// keeps them apart. A smaller statement cache does not help: sqlx 0.9 still names each
+    /// statement, it just never reuses (or closes) them.
     Transaction,
 }
 
@@ -59,13 +69,8 @@ pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
 /// `options` with Coffer's session settings, in the form `config.pooler` lets through.
 pub fn connect_options(options: &PgConnectOptions, config: &PoolConfig) -> PgConnectOptions {
     let options = options.clone().application_name("coffer");
-    if config.pooler == Pooler::Transaction {
-        // Startup parameters PgBouncer does not know fail the connection ("unsupported startup
-        // parameter"), and a session `SET` would land on whichever server connection ran it.
-        // The settings below are the role's to carry (`ALTER ROLE ... SET`).
-        return options
-            .extra_float_digits(None)
-            .statement_cache_capacity(0);
+    if config.pooler != Pooler::None {
+        return options.extra_float_digits(None);
     }
     let statement_ms = config.statement_timeout.as_millis();
     options.options([
