@@ -267,6 +267,19 @@ async fn run_server(
     idempotency
         .check(db.db_statement_timeout)
         .map_err(|e| anyhow::anyhow!("--work-timeout / --idempotency-lease: {e}"))?;
+    if db.db_pooler != Pooler::None {
+        // Behind a pooler the timeout is the role's (docs/operations.md), not the flag's.
+        match pool::session_statement_timeout(&database.pool).await {
+            Ok(t) if t == db.db_statement_timeout => {}
+            Ok(t) => tracing::warn!(
+                role = %humantime::format_duration(t),
+                flag = %humantime::format_duration(db.db_statement_timeout),
+                "statement_timeout through the pooler differs from --db-statement-timeout \
+                 (zero: none); set it on the role: ALTER ROLE ... SET statement_timeout"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not read statement_timeout"),
+        }
+    }
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,

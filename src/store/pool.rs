@@ -91,6 +91,17 @@ pub fn connect_options(options: &PgConnectOptions, config: &PoolConfig) -> PgCon
     ])
 }
 
+/// The `statement_timeout` the pool's sessions start with (zero: none). Behind a pooler it comes
+/// from the role or database, not from Coffer.
+pub async fn session_statement_timeout(pool: &PgPool) -> Result<Duration, sqlx::Error> {
+    let ms: i64 = sqlx::query_scalar(
+        "SELECT (EXTRACT(epoch FROM current_setting('statement_timeout')::interval) * 1000)::int8",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Duration::from_millis(ms.max(0) as u64))
+}
+
 /// Creates `options`' database when it does not exist (through the `postgres` database).
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<bool, StoreError> {
     let name = options.get_database().unwrap_or("postgres").to_owned();

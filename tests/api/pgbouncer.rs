@@ -203,11 +203,10 @@ async fn the_main_flows_run_through_pgbouncer() {
     let server_pool = through(&bouncer, &db.options, mode);
 
     // Connections through PgBouncer carry the database's settings.
-    let timeout: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
-        .fetch_one(&server_pool)
+    let timeout = pool::session_statement_timeout(&server_pool)
         .await
         .unwrap_or_else(|e| panic!("{e}: {}", bouncer.log()));
-    assert_eq!(timeout, "10s");
+    assert_eq!(timeout, Duration::from_secs(10));
 
     let mut config = test_config();
     config.sandbox = Some(SandboxConfig {
