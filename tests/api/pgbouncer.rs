@@ -199,7 +199,10 @@ async fn the_main_flows_run_through_pgbouncer() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     settings_on_the_database(&pool, &db.name).await;
-    let bouncer = PgBouncer::start(&binary, &db.options, mode, 4).await;
+    // Room for the whole pool and the health check's connection: in session mode a server
+    // connection stays with its Coffer connection, and one more would wait for
+    // --db-acquire-timeout and fail the call.
+    let bouncer = PgBouncer::start(&binary, &db.options, mode, 20).await;
     let server_pool = through(&bouncer, &db.options, mode);
 
     // Connections through PgBouncer carry the database's settings.
