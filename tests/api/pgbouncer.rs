@@ -23,7 +23,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::checkout;
+use crate::events::{Env, STRIPE_SECRET};
 use crate::helpers::{TestApp, TestDb, by_id, idem, req, skip_or_fail, test_config};
+use crate::webhooks::post_stripe;
 
 /// Where the `pgbouncer` binary is, if installed.
 fn binary() -> Option<PathBuf> {
@@ -190,12 +192,7 @@ async fn the_main_flows_run_through_pgbouncer() {
     let Some(binary) = binary() else {
         return skip_or_fail("pgbouncer is not installed (apt-get install pgbouncer)");
     };
-    let mode = if tracks_prepared_statements(&binary) {
-        Pooler::Transaction
-    } else {
-        eprintln!("pgbouncer before 1.21: pool_mode = session (transaction mode needs 1.21+)");
-        Pooler::Session
-    };
+    let mode = mode_for(&binary);
     let db = TestDb::new().await;
     let pool = db.pool().await;
     settings_on_the_database(&pool, &db.name).await;
@@ -341,11 +338,46 @@ async fn the_main_flows_run_through_pgbouncer() {
         .unwrap();
     assert_eq!((total.value.as_str(), total.events), ("13", 3));
 
-    // PgBouncer carried it all: its log shows no refused parameter or protocol error.
+    // PgBouncer carried it all: its log shows the server's logins and no refused parameter
+    // or protocol error.
     let log = bouncer.log();
+    assert!(log.contains("login attempt"), "{log}");
     assert!(
         !log.contains("unsupported startup parameter") && !log.contains("ERROR"),
         "{log}"
+    );
+}
+
+/// The mode the flows run in: transaction pooling when this PgBouncer can carry it.
+fn mode_for(binary: &Path) -> Pooler {
+    if tracks_prepared_statements(binary) {
+        Pooler::Transaction
+    } else {
+        eprintln!("pgbouncer before 1.21: pool_mode = session (transaction mode needs 1.21+)");
+        Pooler::Session
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_through_the_sidecar_is_stored_through_pgbouncer() {
+    let Some(binary) = binary() else {
+        return skip_or_fail("pgbouncer is not installed (apt-get install pgbouncer)");
+    };
+    let mode = mode_for(&binary);
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bouncer = PgBouncer::start(&binary, &db.options, mode, 20).await;
+    let server_pool = through(&bouncer, &db.options, mode);
+    let env = Env::spawn_on(db, pool, server_pool, |c| c).await;
+    let http = env.app.http_addr.expect("the sidecar runs");
+    for _ in 0..2 {
+        let (status, _, body) = post_stripe(http, "shop-stripe", "evt_1", STRIPE_SECRET).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}: {}", bouncer.log());
+    }
+    assert_eq!(
+        env.rows().await,
+        1,
+        "stored once, the duplicate acknowledged"
     );
 }
 
