@@ -516,6 +516,29 @@ mod tests {
     }
 
     #[test]
+    fn the_pooler_flag_names_its_modes() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["coffer"], args, &["migrate"]].concat()).map(|cli| cli.global.db)
+        };
+        let db = parse(&[]).unwrap();
+        assert_eq!((db.db_pooler, db.database_direct_url), (Pooler::None, None));
+        let db = parse(&[
+            "--db-pooler",
+            "transaction",
+            "--database-direct-url",
+            "postgres://x",
+        ])
+        .unwrap();
+        assert_eq!(db.db_pooler, Pooler::Transaction);
+        assert_eq!(db.database_direct_url.as_deref(), Some("postgres://x"));
+        assert_eq!(
+            parse(&["--db-pooler", "session"]).unwrap().db_pooler,
+            Pooler::Session
+        );
+        assert!(parse(&["--db-pooler", "statement"]).is_err());
+    }
+
+    #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

@@ -191,3 +191,25 @@ impl Pinger {
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_a_pooler_no_startup_options_are_sent() {
+        let base = PgConnectOptions::new().host("127.0.0.1").database("coffer");
+        let direct = connect_options(&base, &PoolConfig::default());
+        let sent = direct.get_options().unwrap();
+        assert!(sent.contains("statement_timeout=10000ms"), "{sent}");
+        for pooler in [Pooler::Session, Pooler::Transaction] {
+            let config = PoolConfig {
+                pooler,
+                ..PoolConfig::default()
+            };
+            let behind = connect_options(&base, &config);
+            assert_eq!(behind.get_options(), None, "{pooler:?}");
+            assert_eq!(behind.get_application_name(), Some("coffer"));
+        }
+    }
+}
