@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::cidr::Cidr;
-use crate::store::pool::PoolConfig;
+use crate::store::pool::{PoolConfig, Pooler};
 
 #[derive(Debug, Parser)]
 #[command(name = "coffer", version, about = "Payments and billing over gRPC")]
@@ -53,6 +53,27 @@ pub struct DbArgs {
     /// cluster under the state directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
+    /// A Postgres URL that bypasses the pooler, for what a transaction pooler cannot carry:
+    /// creating the database and migrating (sqlx's migrator holds a session advisory lock).
+    /// Required with `--db-pooler transaction`; the same database as DATABASE_URL.
+    #[arg(
+        long,
+        env = "COFFER_DATABASE_DIRECT_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_direct_url: Option<String>,
+    /// What DATABASE_URL points at: `none` (Postgres itself), `session` (PgBouncer in
+    /// pool_mode = session) or `transaction` (PgBouncer 1.21+ in pool_mode = transaction with
+    /// max_prepared_statements); see docs/operations.md.
+    #[arg(
+        long,
+        env = "COFFER_DB_POOLER",
+        value_enum,
+        default_value_t = Pooler::None,
+        global = true
+    )]
+    pub db_pooler: Pooler,
     /// Database name used when the server is found rather than given by URL.
     #[arg(
         long,
@@ -84,6 +105,7 @@ impl DbArgs {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
             statement_timeout: self.db_statement_timeout,
+            pooler: self.db_pooler,
         }
     }
 }
@@ -491,6 +513,29 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_pooler_flag_names_its_modes() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["coffer"], args, &["migrate"]].concat()).map(|cli| cli.global.db)
+        };
+        let db = parse(&[]).unwrap();
+        assert_eq!((db.db_pooler, db.database_direct_url), (Pooler::None, None));
+        let db = parse(&[
+            "--db-pooler",
+            "transaction",
+            "--database-direct-url",
+            "postgres://x",
+        ])
+        .unwrap();
+        assert_eq!(db.db_pooler, Pooler::Transaction);
+        assert_eq!(db.database_direct_url.as_deref(), Some("postgres://x"));
+        assert_eq!(
+            parse(&["--db-pooler", "session"]).unwrap().db_pooler,
+            Pooler::Session
+        );
+        assert!(parse(&["--db-pooler", "statement"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use coffer::domain::ids::KeyId;
 use coffer::pg_local::{self, Located, Source};
 use coffer::settings::{self, Settings};
 use coffer::startup::{Server, ServerConfig};
-use coffer::store::pool;
+use coffer::store::pool::{self, PoolConfig, Pooler};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
@@ -108,6 +108,22 @@ impl Database {
     }
 }
 
+/// `--database-direct-url`, which `--db-pooler transaction` requires.
+fn direct_options(db: &DbArgs) -> anyhow::Result<Option<PgConnectOptions>> {
+    match &db.database_direct_url {
+        Some(url) if !url.is_empty() => Ok(Some(
+            url.parse::<PgConnectOptions>()
+                .context("--database-direct-url")?,
+        )),
+        _ if db.db_pooler == Pooler::Transaction => bail!(
+            "--db-pooler transaction needs --database-direct-url (COFFER_DATABASE_DIRECT_URL): \
+             creating the database and migrating need a session of their own, which a \
+             transaction pooler does not keep"
+        ),
+        _ => Ok(None),
+    }
+}
+
 /// Where a command looks for Postgres when it is given no URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Find {
@@ -172,11 +188,26 @@ async fn open_database(
     };
     let options = located.options;
     let opened = async {
-        pool::create_database_if_missing(&options)
+        let direct = direct_options(db)?;
+        pool::create_database_if_missing(direct.as_ref().unwrap_or(&options))
             .await
             .context("connecting to Postgres to create the database")?;
         let pool = pool::pool(&options, &db.pool_config());
-        pool::migrate(&pool).await.context("applying migrations")?;
+        match &direct {
+            // The migrator's session advisory lock needs a session of its own.
+            Some(direct) => {
+                let config = PoolConfig {
+                    max_connections: 1,
+                    pooler: Pooler::None,
+                    ..db.pool_config()
+                };
+                let migrating = pool::pool(direct, &config);
+                let migrated = pool::migrate(&migrating).await;
+                migrating.close().await;
+                migrated.context("applying migrations (--database-direct-url)")?;
+            }
+            None => pool::migrate(&pool).await.context("applying migrations")?,
+        }
         anyhow::Ok(pool)
     }
     .await;
@@ -236,6 +267,19 @@ async fn run_server(
     idempotency
         .check(db.db_statement_timeout)
         .map_err(|e| anyhow::anyhow!("--work-timeout / --idempotency-lease: {e}"))?;
+    if db.db_pooler != Pooler::None {
+        // Behind a pooler the timeout is the role's (docs/operations.md), not the flag's.
+        match pool::session_statement_timeout(&database.pool).await {
+            Ok(t) if t == db.db_statement_timeout => {}
+            Ok(t) => tracing::warn!(
+                role = %humantime::format_duration(t),
+                flag = %humantime::format_duration(db.db_statement_timeout),
+                "statement_timeout through the pooler differs from --db-statement-timeout \
+                 (zero: none); set it on the role: ALTER ROLE ... SET statement_timeout"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not read statement_timeout"),
+        }
+    }
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,

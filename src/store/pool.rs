@@ -14,6 +14,8 @@ pub struct PoolConfig {
     pub acquire_timeout: Duration,
     /// Server-side cap on any one statement, so a runaway query cannot hold a connection.
     pub statement_timeout: Duration,
+    /// What stands between Coffer and Postgres.
+    pub pooler: Pooler,
 }
 
 impl Default for PoolConfig {
@@ -22,15 +24,56 @@ impl Default for PoolConfig {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
+            pooler: Pooler::None,
         }
     }
+}
+
+/// A connection pooler in front of Postgres (`--db-pooler`).
+///
+/// Either way Coffer sends no startup `options` and no `extra_float_digits` (PgBouncer refuses
+/// startup parameters it does not know), so the session settings those carried belong on the
+/// role: `ALTER ROLE ... SET statement_timeout = ...` (docs/operations.md). A session `SET`
+/// would not do: under transaction pooling it lands on whichever server connection ran it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    /// Connections go straight to Postgres.
+    #[default]
+    None,
+    /// PgBouncer in `pool_mode = session`: a server connection is the client's for as long as
+    /// the client holds it, so everything works as without it. The only mode Debian 12's
+    /// PgBouncer 1.18 serves Coffer in.
+    Session,
+    /// PgBouncer in `pool_mode = transaction`: a server connection is the client's for one
+    /// transaction. Needs PgBouncer 1.21 or later with `max_prepared_statements` above 0: sqlx
+    /// prepares every statement under a name of its own, one connection's names clash with
+    /// another's on a shared server connection, and only PgBouncer's own tracking (1.21+)
+    /// keeps them apart. A smaller statement cache does not help: sqlx 0.9 still names each
+    /// statement, it just never reuses (or closes) them.
+    Transaction,
 }
 
 /// A pool on `options`' database. Connections are opened lazily, so a pool exists even while
 /// the database is down; health checks report that state.
 pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        // No ping before every acquire: it is a round trip per call on the hot path. A dead
+        // connection fails its query as UNAVAILABLE (retryable) and the pool drops it, and
+        // the health watcher reports the outage.
+        .test_before_acquire(false)
+        .connect_lazy_with(connect_options(options, config))
+}
+
+/// `options` with Coffer's session settings, in the form `config.pooler` lets through.
+pub fn connect_options(options: &PgConnectOptions, config: &PoolConfig) -> PgConnectOptions {
+    let options = options.clone().application_name("coffer");
+    if config.pooler != Pooler::None {
+        return options.extra_float_digits(None);
+    }
     let statement_ms = config.statement_timeout.as_millis();
-    let options = options.clone().application_name("coffer").options([
+    options.options([
         ("statement_timeout", format!("{statement_ms}ms")),
         // A client that opens a transaction and hangs cannot hold its locks (or an
         // idempotency claim) for long.
@@ -45,15 +88,18 @@ pub fn pool(options: &PgConnectOptions, config: &PoolConfig) -> PgPool {
         // parameter's value could simplify (`$1 IS NULL OR ...`) — such a lookup is two
         // statements.
         ("plan_cache_mode", "force_generic_plan".to_owned()),
-    ]);
-    PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        // No ping before every acquire: it is a round trip per call on the hot path. A dead
-        // connection fails its query as UNAVAILABLE (retryable) and the pool drops it, and
-        // the health watcher reports the outage.
-        .test_before_acquire(false)
-        .connect_lazy_with(options)
+    ])
+}
+
+/// The `statement_timeout` the pool's sessions start with (zero: none). Behind a pooler it comes
+/// from the role or database, not from Coffer.
+pub async fn session_statement_timeout(pool: &PgPool) -> Result<Duration, sqlx::Error> {
+    let ms: i64 = sqlx::query_scalar(
+        "SELECT (EXTRACT(epoch FROM current_setting('statement_timeout')::interval) * 1000)::int8",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Duration::from_millis(ms.max(0) as u64))
 }
 
 /// Creates `options`' database when it does not exist (through the `postgres` database).
@@ -144,4 +190,26 @@ impl Pinger {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_a_pooler_no_startup_options_are_sent() {
+        let base = PgConnectOptions::new().host("127.0.0.1").database("coffer");
+        let direct = connect_options(&base, &PoolConfig::default());
+        let sent = direct.get_options().unwrap();
+        assert!(sent.contains("statement_timeout=10000ms"), "{sent}");
+        for pooler in [Pooler::Session, Pooler::Transaction] {
+            let config = PoolConfig {
+                pooler,
+                ..PoolConfig::default()
+            };
+            let behind = connect_options(&base, &config);
+            assert_eq!(behind.get_options(), None, "{pooler:?}");
+            assert_eq!(behind.get_application_name(), Some("coffer"));
+        }
+    }
 }

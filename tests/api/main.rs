@@ -19,6 +19,7 @@ mod inbox;
 mod meters;
 mod payments;
 mod paytabs;
+mod pgbouncer;
 mod plans;
 mod polar;
 mod policy;

@@ -39,7 +39,7 @@ fn url(addr: SocketAddr, account: &str) -> String {
 }
 
 /// POSTs a Stripe delivery of `id` signed with `secret`; (status, Retry-After, body).
-async fn post_stripe(
+pub async fn post_stripe(
     addr: SocketAddr,
     account: &str,
     id: &str,
