@@ -251,13 +251,19 @@ impl Polar {
             trial_interval_count: None,
             metadata: metadata(&[(LINE_KEY, name.to_owned())]),
         };
+        self.create_product(&body).await
+    }
+
+    /// Makes a product (`POST /v1/products/`); its id. No idempotency key: Polar has none, and
+    /// each caller looked for the product by its metadata first.
+    async fn create_product(&self, body: &wire::ProductCreate) -> Result<String, ProviderError> {
         let product: wire::Product = self
             .client
             .write(
                 "create_product",
                 Method::POST,
                 &["products", ""],
-                Some(&body),
+                Some(body),
                 None,
             )
             .await?;
@@ -563,17 +569,7 @@ impl Provider for Polar {
                 trial_interval_count: (trial > 0).then_some(trial),
                 metadata: metadata(&[(PRICE_KEY, reference)]),
             };
-            let product: wire::Product = self
-                .client
-                .write(
-                    "create_product",
-                    Method::POST,
-                    &["products", ""],
-                    Some(&body),
-                    None,
-                )
-                .await?;
-            Ok(product.id)
+            self.create_product(&body).await
         })
     }
 
