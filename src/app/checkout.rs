@@ -7,7 +7,7 @@
 //! under the same idempotency key finds the operation the first attempt began and settles it
 //! (by fetching, when its outcome is unknown) instead of creating a second session.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
@@ -26,7 +26,7 @@ use crate::domain::checkout::{
     self as domain, CheckoutSession, ItemPrice, LineItem, Mode, NewCheckout, NewLineItem, Status,
 };
 use crate::domain::customer::{Customer, CustomerRef, Metadata};
-use crate::domain::ids::{CheckoutId, CustomerId, PaymentId};
+use crate::domain::ids::{CheckoutId, CustomerId, PaymentId, PriceId};
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
 use crate::providers::{
@@ -139,18 +139,26 @@ impl Checkout {
             Mirror::Customer(&buyer),
         )
         .await?;
+        // Each distinct price is mirrored (or found) once, however many lines name it.
+        let mut prices: HashMap<PriceId, Option<String>> = HashMap::new();
         let mut items = Vec::with_capacity(new.items.len());
         for line in &new.items {
             let provider_price = match line.price_id {
-                Some(id) => {
-                    let price = Mirror::Price {
-                        id,
-                        name: &line.name,
-                        unit: line.unit,
-                        billing: line.billing,
-                    };
-                    mirrored(&self.pool, &self.journal, ctx, &account, price).await?
-                }
+                Some(id) => match prices.get(&id) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let price = Mirror::Price {
+                            id,
+                            name: &line.name,
+                            unit: line.unit,
+                            billing: line.billing,
+                        };
+                        let made =
+                            mirrored(&self.pool, &self.journal, ctx, &account, price).await?;
+                        prices.insert(id, made.clone());
+                        made
+                    }
+                },
                 None => None,
             };
             items.push(CheckoutItem {

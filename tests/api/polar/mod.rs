@@ -142,6 +142,21 @@ async fn all_processed(app: &TestApp, n: usize) -> bool {
     e.len() == n && e.iter().all(|(_, s)| s == "processed")
 }
 
+/// An OPEN PAYMENT checkout for a new customer "alice", of the "pro" plan's one-time price.
+async fn open_payment_checkout(app: &TestApp) -> coffer::grpc::pb::CheckoutSession {
+    let alice = customer(app, "alice", "alice@example.com").await;
+    let (_, [_, _, once]) = plan(app, "pro").await;
+    client(app)
+        .await
+        .create_checkout_session(req(
+            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn get_session(app: &TestApp, id: &str) -> coffer::grpc::pb::CheckoutSession {
     client(app)
         .await
@@ -513,17 +528,7 @@ async fn a_validation_error_is_failed_precondition_and_not_retried() {
 async fn events_are_triggers_the_object_is_fetched_as_polar_has_it_now() {
     let fake = FakePolar::start().await;
     let (app, sidecar) = spawn(&fake).await;
-    let alice = customer(&app, "alice", "alice@example.com").await;
-    let (_, [_, _, once]) = plan(&app, "pro").await;
-    let created = client(&app)
-        .await
-        .create_checkout_session(req(
-            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
-            &app.key,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = open_payment_checkout(&app).await;
     // Stale copies, taken before the buyer paid: an order Coffer has never heard of, and a
     // checkout still open in the event's own copy.
     let stale_checkout = fake.object("checkouts", &created.provider_session_id);
@@ -569,17 +574,7 @@ async fn events_are_triggers_the_object_is_fetched_as_polar_has_it_now() {
 async fn a_fetch_that_fails_is_retried_and_applied_once_polar_recovers() {
     let fake = FakePolar::start().await;
     let (app, sidecar) = spawn(&fake).await;
-    let alice = customer(&app, "alice", "alice@example.com").await;
-    let (_, [_, _, once]) = plan(&app, "pro").await;
-    let created = client(&app)
-        .await
-        .create_checkout_session(req(
-            session(&alice, CheckoutMode::Payment, vec![item(&once, 1)]),
-            &app.key,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = open_payment_checkout(&app).await;
     let (order, _) = fake.pay(&created.provider_session_id);
     let path = format!("/v1/orders/{order}");
     fake.fail(
