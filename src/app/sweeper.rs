@@ -50,7 +50,7 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
         };
         match maintained {
             Ok(0) => {}
-            Ok(folded) => tracing::info!(hours_folded = folded, "usage rollups folded"),
+            Ok(folded) => tracing::info!(groups_folded = folded, "usage rollups folded"),
             Err(e) => tracing::warn!(error = ?e, "usage rollup fold failed"),
         }
         let purged = tokio::select! {

@@ -528,16 +528,19 @@ impl Usage {
         Ok(usage::balance(&grants, &hours, now))
     }
 
-    /// Folds the rollup rows of past hours into one per hour; returns how many hours it
-    /// folded.
+    /// Folds the rollup rows of past hours and minutes into one per hour and per minute;
+    /// returns how many it folded.
     pub async fn maintain(&self) -> Result<u64, AppError> {
         let now = super::customers::now_micros();
         let mut conn = self.pool.acquire().await?;
-        // Hours that ended more than a minute ago: their writers have mostly moved on.
-        let before = now - time::Duration::minutes(61);
+        // Hours and minutes that ended more than a minute ago: their writers have mostly
+        // moved on (a late event is folded in by a later pass).
+        let hours_before = now - time::Duration::minutes(61);
+        let minutes_before = now - time::Duration::minutes(2);
         let mut folded = 0;
         for _ in 0..100 {
-            let n = usage_store::fold_rollups(&mut conn, before, 1_000).await?;
+            let n =
+                usage_store::fold_rollups(&mut conn, hours_before, minutes_before, 1_000).await?;
             folded += n;
             if n == 0 {
                 break;

@@ -1,8 +1,9 @@
 //! Usage events, rollups and credit grants.
 //!
 //! One statement stores a batch: it inserts the events whose (tenant, id) is new, and folds
-//! those into `usage_rollups` (and, for UNIQUE_COUNT meters, `usage_unique_keys`). One
-//! statement is one transaction, so an event is never stored without its rollup.
+//! those into `usage_rollups_minute` and `usage_rollups` (and, for UNIQUE_COUNT meters,
+//! `usage_unique_keys`). One statement is one transaction, so an event is never stored
+//! without its rollups.
 
 use std::collections::HashMap;
 
@@ -113,27 +114,63 @@ pub async fn insert_event_batches(
                          unique_key),
            fresh AS MATERIALIZED (
                SELECT s.*, i.batch, i.latest,
+                      date_trunc('minute', s.occurred_at, 'UTC') AS minute,
                       date_trunc('hour', s.occurred_at, 'UTC') AS hour
                FROM stored s JOIN input i USING (tenant_id, event_id)),
-           -- count, sum and max hash-aggregate; only LATEST meters' events are sorted
-           -- for their newest. Rollup rows are this connection's own, so no lock order is
-           -- needed here.
+           -- Per minute, count, sum and max hash-aggregate; only LATEST meters' events are
+           -- sorted for their newest. The hours are then folded from the minutes, not from
+           -- the events again.
+           by_minute AS MATERIALIZED (
+               SELECT g.*, l.occurred_at AS latest_at, l.event_id AS latest_event_id,
+                      l.value AS latest_value
+               FROM (SELECT tenant_id, customer_id, meter_id, minute, hour, count(*) AS events,
+                            sum(value) AS total, max(value) AS max_value
+                     FROM fresh GROUP BY tenant_id, customer_id, meter_id, minute, hour) g
+               LEFT JOIN (
+                     SELECT DISTINCT ON (tenant_id, customer_id, meter_id, minute)
+                            tenant_id, customer_id, meter_id, minute, occurred_at, event_id, value
+                     FROM fresh WHERE latest
+                     ORDER BY tenant_id, customer_id, meter_id, minute,
+                              occurred_at DESC, event_id DESC) l
+                   USING (tenant_id, customer_id, meter_id, minute)),
+           -- Rollup rows are this connection's own, so no lock order is needed here.
+           minutes AS (
+               INSERT INTO usage_rollups_minute AS r
+                   (tenant_id, customer_id, meter_id, minute, shard, events, total, max_value,
+                    latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, minute, pg_backend_pid(), events, total,
+                      max_value, latest_at, latest_event_id, latest_value
+               FROM by_minute
+               ON CONFLICT (tenant_id, customer_id, meter_id, minute, shard) DO UPDATE SET
+                   events = r.events + excluded.events,
+                   total = r.total + excluded.total,
+                   max_value = greatest(r.max_value, excluded.max_value),
+                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                         > (r.latest_at, r.latest_event_id)
+                                         OR r.latest_at IS NULL
+                                    THEN excluded.latest_at ELSE r.latest_at END,
+                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                            > (r.latest_at, r.latest_event_id)
+                                            OR r.latest_at IS NULL
+                                       THEN excluded.latest_value ELSE r.latest_value END,
+                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
+                                               > (r.latest_at, r.latest_event_id)
+                                               OR r.latest_at IS NULL
+                                          THEN excluded.latest_event_id
+                                          ELSE r.latest_event_id END),
            rolled AS (
                INSERT INTO usage_rollups AS r
                    (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
                     latest_at, latest_event_id, latest_value)
-               SELECT g.tenant_id, g.customer_id, g.meter_id, g.hour, pg_backend_pid(),
-                      g.events, g.total, g.max_value, l.occurred_at, l.event_id, l.value
-               FROM (SELECT tenant_id, customer_id, meter_id, hour, count(*) AS events,
-                            sum(value) AS total, max(value) AS max_value
-                     FROM fresh GROUP BY tenant_id, customer_id, meter_id, hour) g
-               LEFT JOIN (
-                     SELECT DISTINCT ON (tenant_id, customer_id, meter_id, hour)
-                            tenant_id, customer_id, meter_id, hour, occurred_at, event_id, value
-                     FROM fresh WHERE latest
-                     ORDER BY tenant_id, customer_id, meter_id, hour,
-                              occurred_at DESC, event_id DESC) l
-                   USING (tenant_id, customer_id, meter_id, hour)
+               SELECT tenant_id, customer_id, meter_id, hour, pg_backend_pid(), sum(events),
+                      sum(total), max(max_value),
+                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
+                                                    latest_event_id DESC))[1],
+                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                                                          latest_event_id DESC))[1],
+                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
+                                                       latest_event_id DESC))[1]
+               FROM by_minute GROUP BY tenant_id, customer_id, meter_id, hour
                ON CONFLICT (tenant_id, customer_id, meter_id, hour, shard) DO UPDATE SET
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
@@ -218,8 +255,9 @@ pub struct WindowRow {
     pub latest_value: String,
 }
 
-/// The aggregates of a customer's meter over `[from, to)`: full UTC hours from the rollups,
-/// the partial hours at either end from the events themselves, per window and in total.
+/// The aggregates of a customer's meter over `[from, to)`, per window and in total: full UTC
+/// hours from the hour rollups, the whole minutes of the partial hours at either end from the
+/// minute rollups, and only the seconds around those minutes from the events themselves.
 pub async fn usage_windows(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -235,15 +273,30 @@ pub async fn usage_windows(
                           + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
                                  THEN interval '0' ELSE interval '1 hour' END AS first_hour,
                       date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
-           -- The partial hours at either end, read from the events as two plain ranges (an
-           -- OR of ranges would make the index scan the whole range): [from, first whole
-           -- hour) and [end of the last whole hour, to). When the range lies inside one hour
-           -- the first covers it all and the second is empty.
+           -- The partial hours at either end as two plain ranges (an OR of ranges would
+           -- make the index scan the whole range): [from, first whole hour) and [end of the
+           -- last whole hour, to). When the range lies inside one hour the first covers it
+           -- all and the second is empty.
            edges AS (
                SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
                FROM bounds b
                UNION ALL
                SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
+           -- Each partial hour is cut into its whole minutes, read from the minute rollups,
+           -- and the seconds before its first whole minute and after its last, read from the
+           -- events: an end costs at most 59 minute rows and two minutes' events, however
+           -- many events its hour holds.
+           cuts AS (
+               SELECT g.lo, g.hi,
+                      date_trunc('minute', g.lo, 'UTC')
+                          + CASE WHEN date_trunc('minute', g.lo, 'UTC') = g.lo
+                                 THEN interval '0' ELSE interval '1 minute' END AS first_minute,
+                      date_trunc('minute', g.hi, 'UTC') AS last_minute
+               FROM edges g WHERE g.lo < g.hi),
+           seconds AS (
+               SELECT c.lo, least(c.first_minute, c.hi) AS hi FROM cuts c
+               UNION ALL
+               SELECT greatest(c.last_minute, c.first_minute), c.hi FROM cuts c),
            parts AS (
                -- LATERAL: the bounds drive each index scan, whatever a generic plan
                -- guesses about the rows on either side.
@@ -254,7 +307,14 @@ pub async fn usage_windows(
                    WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
                      AND r.hour >= b.first_hour AND r.hour < b.last_hour) r
                UNION ALL
-               SELECT x.* FROM edges g CROSS JOIN LATERAL (
+               SELECT m.* FROM cuts c CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', m.minute, 'UTC') AS hour, m.events, m.total,
+                          m.max_value, m.latest_at, m.latest_event_id, m.latest_value
+                   FROM usage_rollups_minute m
+                   WHERE m.tenant_id = $1 AND m.customer_id = $2 AND m.meter_id = $3
+                     AND m.minute >= c.first_minute AND m.minute < c.last_minute) m
+               UNION ALL
+               SELECT x.* FROM seconds g CROSS JOIN LATERAL (
                    SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, count(*) AS events,
                           sum(e.value) AS total, max(e.value) AS max_value,
                           (array_agg(e.occurred_at
@@ -367,48 +427,82 @@ pub async fn unique_counts(
         .collect())
 }
 
-/// Folds the per-connection rollup rows of up to `limit` (tenant, customer, meter, hour)
-/// groups that ended before `before` into one row each (shard 0), so a long range reads one
-/// row per hour. Returns how many groups it folded. A writer adding to a shard row meanwhile
-/// waits for the fold and then inserts its delta as a new row, which a later fold takes in:
-/// nothing is counted twice or lost.
+/// Folds the per-connection rollup rows of past periods into one row each (shard 0): up to
+/// `limit` (tenant, customer, meter, hour) groups of hour rows whose hour began before
+/// `hours_before`, and as many groups of minute rows whose minute began before
+/// `minutes_before`, so a range reads one row per hour and an end one row per minute. Returns
+/// how many groups it folded. A writer adding to a shard row meanwhile waits for the fold and
+/// then inserts its delta as a new row, which a later fold takes in: nothing is counted twice
+/// or lost.
 pub async fn fold_rollups(
     conn: &mut PgConnection,
-    before: OffsetDateTime,
+    hours_before: OffsetDateTime,
+    minutes_before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    let folded = sqlx::query!(
+    let folded = sqlx::query_scalar!(
         r#"WITH groups AS (
                SELECT DISTINCT tenant_id, customer_id, meter_id, hour
                FROM usage_rollups
                WHERE hour < $1 AND shard <> 0
-               LIMIT $2),
+               LIMIT $3),
            moved AS (
                DELETE FROM usage_rollups r
                USING groups g
                WHERE r.tenant_id = g.tenant_id AND r.customer_id = g.customer_id
                  AND r.meter_id = g.meter_id AND r.hour = g.hour
-               RETURNING r.*)
-           INSERT INTO usage_rollups AS r
-               (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
-                latest_at, latest_event_id, latest_value)
-           SELECT tenant_id, customer_id, meter_id, hour, 0, sum(events), sum(total),
-                  max(max_value),
-                  (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                latest_event_id DESC))[1],
-                  (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                      latest_event_id DESC))[1],
-                  (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                   latest_event_id DESC))[1]
-           FROM moved
-           GROUP BY tenant_id, customer_id, meter_id, hour"#,
-        before,
+               RETURNING r.*),
+           hours AS (
+               INSERT INTO usage_rollups AS r
+                   (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
+                    latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, hour, 0, sum(events), sum(total),
+                      max(max_value),
+                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
+                                                    latest_event_id DESC))[1],
+                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                                                          latest_event_id DESC))[1],
+                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
+                                                       latest_event_id DESC))[1]
+               FROM moved
+               GROUP BY tenant_id, customer_id, meter_id, hour
+               RETURNING 1),
+           minute_groups AS (
+               SELECT DISTINCT tenant_id, customer_id, meter_id, minute
+               FROM usage_rollups_minute
+               WHERE minute < $2 AND shard <> 0
+               LIMIT $3),
+           moved_minutes AS (
+               DELETE FROM usage_rollups_minute r
+               USING minute_groups g
+               WHERE r.tenant_id = g.tenant_id AND r.customer_id = g.customer_id
+                 AND r.meter_id = g.meter_id AND r.minute = g.minute
+               RETURNING r.*),
+           minutes AS (
+               INSERT INTO usage_rollups_minute AS r
+                   (tenant_id, customer_id, meter_id, minute, shard, events, total, max_value,
+                    latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, minute, 0, sum(events), sum(total),
+                      max(max_value),
+                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
+                                                    latest_event_id DESC))[1],
+                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                                                          latest_event_id DESC))[1],
+                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
+                                                       latest_event_id DESC))[1]
+               FROM moved_minutes
+               GROUP BY tenant_id, customer_id, meter_id, minute
+               RETURNING 1)
+           SELECT ((SELECT count(*) FROM hours) + (SELECT count(*) FROM minutes))::int8
+               AS "folded!""#,
+        hours_before,
+        minutes_before,
         limit,
     )
-    .execute(conn)
+    .fetch_one(conn)
     .instrument(super::statement_span!("UPDATE", "usage_rollups"))
     .await?;
-    Ok(folded.rows_affected())
+    Ok(u64::try_from(folded).unwrap_or(0))
 }
 
 /// A credit grant as stored.

@@ -171,6 +171,7 @@ async fn settings_on_the_database(pool: &PgPool, name: &str) {
         ("statement_timeout", "10s"),
         ("idle_in_transaction_session_timeout", "30s"),
         ("plan_cache_mode", "force_generic_plan"),
+        ("jit", "off"),
     ] {
         let sql = format!("ALTER DATABASE \"{name}\" SET {setting} = '{value}'");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

@@ -970,3 +970,155 @@ async fn hold_one_id_and_record(
     );
     (holder, call)
 }
+
+/// The answer GetUsage must give, worked out by a plain scan of the stored events: for each
+/// bucket (`None` = the whole range) the figure's value and event count.
+async fn scan(
+    pool: &sqlx::PgPool,
+    meter: &str,
+    from: i64,
+    to: i64,
+    window: UsageWindow,
+) -> BTreeMap<Option<i64>, (String, i64)> {
+    let unit = match window {
+        UsageWindow::Hour => "hour",
+        UsageWindow::Day => "day",
+        _ => "none",
+    };
+    let rows: Vec<(Option<i64>, bool, String, i64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM date_trunc($4, e.occurred_at, 'UTC'))::int8,
+                grouping(date_trunc($4, e.occurred_at, 'UTC')) = 1,
+                CASE m.aggregation
+                    WHEN 'count' THEN count(*)::text
+                    WHEN 'sum' THEN trim_scale(sum(e.value))::text
+                    WHEN 'max' THEN trim_scale(max(e.value))::text
+                    WHEN 'unique_count' THEN count(DISTINCT e.unique_key)::text
+                    ELSE trim_scale((array_agg(e.value
+                             ORDER BY e.occurred_at DESC, e.event_id DESC))[1])::text
+                END,
+                count(*)
+         FROM usage_events e JOIN meters m ON m.tenant_id = e.tenant_id AND m.id = e.meter_id
+         WHERE m.key = $1 AND e.occurred_at >= to_timestamp($2) AND e.occurred_at < to_timestamp($3)
+         GROUP BY GROUPING SETS ((m.aggregation, date_trunc($4, e.occurred_at, 'UTC')),
+                                 (m.aggregation))",
+    )
+    .bind(meter)
+    .bind(from as f64)
+    .bind(to as f64)
+    .bind(if unit == "none" { "hour" } else { unit })
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .filter(|(_, is_total, _, _)| *is_total || unit != "none")
+        .map(|(bucket, is_total, value, events)| {
+            ((!is_total).then_some(bucket).flatten(), (value, events))
+        })
+        .collect()
+}
+
+/// GetUsage's answers equal a scan of the raw events over random ranges (ends on the second,
+/// the minute or the hour), for every aggregation and window, with the rollups part folded
+/// and part not, then all folded: the hour rollups, the minute rollups and the events read at
+/// the edges add up to exactly what the events say.
+#[tokio::test]
+async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
+    use proptest::prelude::{Just, Strategy, prop_oneof};
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let app = TestApp::spawn().await;
+    let k = &app.key;
+    let mut u = setup(&app, k, &["ada"]).await;
+    let b = base();
+    let mut runner = TestRunner::deterministic();
+    // Events in a few busy minutes of a few hours over two days, some at the same instant.
+    let instant = (
+        0i64..48,
+        prop_oneof![Just(0i64), Just(59), 0i64..60],
+        0i64..60,
+    )
+        .prop_map(move |(h, m, s)| b + h * HOUR + m * 60 + s);
+    let events = proptest::collection::vec((instant, 0u32..100_000, 0u32..12), 600);
+    let events = events.new_tree(&mut runner).unwrap().current();
+    let make = |i: usize, (at, hundredths, user): (i64, u32, u32)| {
+        let value = format!("{}.{:02}", hundredths / 100, hundredths % 100);
+        vec![
+            event(&format!("c{i}"), "ada", "calls", "", at),
+            event(&format!("t{i}"), "ada", "tokens", &value, at),
+            event(&format!("p{i}"), "ada", "peak", &value, at),
+            with_property(
+                event(&format!("u{i}"), "ada", "users", "", at),
+                "user",
+                &format!("u{user}"),
+            ),
+            event(&format!("s{i}"), "ada", "seats", &value, at),
+        ]
+    };
+    let all: Vec<UsageEvent> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| make(i, *e))
+        .collect();
+    let (first, second) = all.split_at(all.len() / 2);
+    for chunk in first.chunks(1_000) {
+        record(&mut u, k, chunk.to_vec()).await;
+    }
+    // The first half folded into one row per hour and minute, the second half beside it.
+    app.app.usage.maintain().await.unwrap();
+    for chunk in second.chunks(1_000) {
+        record(&mut u, k, chunk.to_vec()).await;
+    }
+
+    let edge = prop_oneof![
+        0i64..2 * DAY + HOUR,
+        (0i64..49 * 60).prop_map(|m| m * 60),
+        (0i64..49).prop_map(|h| h * HOUR),
+    ];
+    let ranges = proptest::collection::vec((edge.clone(), edge), 24)
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    for pass in ["half folded", "all folded"] {
+        for (x, y) in &ranges {
+            let (from, to) = (b + x.min(y), b + x.max(y) + 1);
+            for window in [UsageWindow::None, UsageWindow::Hour, UsageWindow::Day] {
+                for meter in ["calls", "tokens", "peak", "users", "seats"] {
+                    let expected = scan(&app.pool, meter, from, to, window).await;
+                    let got = usage(&mut u, k, "ada", meter, from, to, window).await;
+                    let t = got.total.unwrap();
+                    let want = expected.get(&None).cloned().unwrap_or(("0".into(), 0));
+                    assert_eq!(
+                        (t.value, t.events),
+                        want,
+                        "{pass}: total of {meter} over [{from}, {to}) by {window:?}"
+                    );
+                    for w in &got.windows {
+                        let start = w.start.unwrap().seconds;
+                        let bucket = match window {
+                            UsageWindow::Day => start - (start - b).rem_euclid(DAY),
+                            _ => start - (start - b).rem_euclid(HOUR),
+                        };
+                        let f = w.figure.clone().unwrap();
+                        let want = expected
+                            .get(&Some(bucket))
+                            .cloned()
+                            .unwrap_or(("0".into(), 0));
+                        assert_eq!(
+                            (f.value, f.events),
+                            want,
+                            "{pass}: {meter} window at {start} of [{from}, {to}) by {window:?}"
+                        );
+                    }
+                }
+            }
+        }
+        app.app.usage.maintain().await.unwrap();
+    }
+    let unfolded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM usage_rollups_minute WHERE shard <> 0")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(unfolded, 0, "the sweeper folds past minutes too");
+}
