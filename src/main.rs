@@ -299,6 +299,7 @@ async fn run_server(
             ..Default::default()
         },
         webhook_trusted_proxies: args.webhook_trusted_proxies.clone().unwrap_or_default().0,
+        http_limits: args.http_limits.limits(),
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
@@ -363,6 +364,7 @@ async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         drain_timeout: args.drain_timeout,
         trusted_proxies: args.webhook_trusted_proxies.unwrap_or_default().0,
+        limits: args.http_limits.limits(),
     };
     let sidecar = coffer::webhooks::Standalone::bind(config, &key).await?;
     sidecar.run(coffer::shutdown::signal()).await;

@@ -26,6 +26,7 @@ mod policy;
 mod sandbox_delivery;
 mod sandbox_page;
 mod serving;
+mod sidecar_limits;
 mod signatures;
 mod sql_tenancy;
 mod stripe;
