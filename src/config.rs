@@ -247,6 +247,18 @@ pub struct ServeArgs {
     pub tcp_keepalive: Duration,
     #[command(flatten)]
     pub http_limits: HttpLimitsArgs,
+    /// A streaming replica of DATABASE_URL's database for reads that tolerate a bounded lag
+    /// (List*, GetUsage, GetBalance), with the same pool settings; without it every read goes
+    /// to the primary. See docs/configuration.md for the bound.
+    #[arg(long, env = "COFFER_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// The most replay lag at which reads still go to the replica; above it they go to the
+    /// primary until it catches up.
+    #[arg(long, env = "COFFER_DATABASE_READ_MAX_LAG", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_read_max_lag: Duration,
+    /// How often the replica's lag is measured.
+    #[arg(long, env = "COFFER_DATABASE_READ_CHECK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub database_read_check_interval: Duration,
     /// coffer.toml: provider accounts and per-tenant settings, read once at start. Without
     /// it there are no configured accounts and every tenant has the default settings.
     #[arg(long, env = "COFFER_CONFIG")]

@@ -280,7 +280,23 @@ async fn run_server(
             Err(e) => tracing::warn!(error = %e, "could not read statement_timeout"),
         }
     }
+    let read_replica = match args.database_read_url.as_deref() {
+        Some(url) if !url.is_empty() => {
+            let options = url
+                .parse::<PgConnectOptions>()
+                .context("--database-read-url")?;
+            Some(coffer::store::replica::ReadReplica {
+                pool: pool::pool(&options, &db.pool_config()),
+                bound: coffer::store::replica::ReplicaBound {
+                    max_lag: args.database_read_max_lag,
+                    check_interval: args.database_read_check_interval,
+                },
+            })
+        }
+        _ => None,
+    };
     let config = ServerConfig {
+        read_replica,
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         http_addr: Some(args.http_addr),

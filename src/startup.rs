@@ -120,6 +120,9 @@ pub struct ServerConfig {
     /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
     /// bulkhead (one stack per account).
     pub outbound: OutboundConfig,
+    /// A streaming replica for reads that tolerate a bounded lag (`--database-read-url`);
+    /// without it every read goes to the primary.
+    pub read_replica: Option<crate::store::replica::ReadReplica>,
     /// TLS on the gRPC listener (`--tls-cert`, `--tls-key`, `--tls-client-ca` for mTLS),
     /// reloaded on SIGHUP or when a file changes; plain HTTP/2 without it.
     pub tls: Option<TlsFiles>,
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             sandbox: None,
             resolve_interval: Duration::from_secs(5),
             outbound: OutboundConfig::default(),
+            read_replica: None,
             tls: None,
         }
     }
@@ -236,6 +240,13 @@ impl Server {
         )
         .with_adapters(&config.outbound)?;
         app = app.with_providers(providers);
+        if let Some(replica) = &config.read_replica {
+            app = app.with_read_pool(crate::store::replica::ReadPool::with_replica(
+                pool.clone(),
+                replica.pool.clone(),
+                replica.bound,
+            ));
+        }
         if let Some(sandbox) = &config.sandbox {
             delivery = sandbox.webhook_base.as_deref().map(|base| {
                 Delivery::new(
@@ -252,6 +263,7 @@ impl Server {
             delivery.metrics().register(metrics.registry_mut());
         }
         app.events.metrics().register(metrics.registry_mut());
+        app.reads().register(metrics.registry_mut());
         app.usage.metrics().register(metrics.registry_mut());
         app.checkout
             .journal()
@@ -346,6 +358,8 @@ impl Server {
             config.health_interval,
             workers.clone(),
         ));
+        // Routes lag-tolerant reads by the replica's lag; nothing without one.
+        app.tasks.spawn(app.reads().clone().watch(workers.clone()));
         app.tasks.spawn(sweeper::run(
             app.clone(),
             config.sweep_interval,

@@ -23,6 +23,7 @@ mod pgbouncer;
 mod plans;
 mod polar;
 mod policy;
+mod replica;
 mod sandbox_delivery;
 mod sandbox_page;
 mod serving;
