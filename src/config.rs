@@ -245,6 +245,20 @@ pub struct ServeArgs {
     /// Idle time before TCP keep-alive probes start on a client connection.
     #[arg(long, env = "COFFER_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub tcp_keepalive: Duration,
+    #[command(flatten)]
+    pub http_limits: HttpLimitsArgs,
+    /// A streaming replica of DATABASE_URL's database for reads that tolerate a bounded lag
+    /// (List*, GetUsage, GetBalance), with the same pool settings; without it every read goes
+    /// to the primary. See docs/configuration.md for the bound.
+    #[arg(long, env = "COFFER_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// The most replay lag at which reads still go to the replica; above it they go to the
+    /// primary until it catches up.
+    #[arg(long, env = "COFFER_DATABASE_READ_MAX_LAG", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_read_max_lag: Duration,
+    /// How often the replica's lag is measured.
+    #[arg(long, env = "COFFER_DATABASE_READ_CHECK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub database_read_check_interval: Duration,
     /// coffer.toml: provider accounts and per-tenant settings, read once at start. Without
     /// it there are no configured accounts and every tenant has the default settings.
     #[arg(long, env = "COFFER_CONFIG")]
@@ -287,6 +301,49 @@ pub struct WebhooksArgs {
     /// trusted proxy. Without it, a delivery's source is its TCP peer.
     #[arg(long, env = "COFFER_WEBHOOK_TRUSTED_PROXIES", value_parser = cidr_list)]
     pub webhook_trusted_proxies: Option<CidrList>,
+    #[command(flatten)]
+    pub http_limits: HttpLimitsArgs,
+}
+
+/// What one client may hold on the public (webhook) listener, for `serve` and `webhooks`
+/// alike; see docs/configuration.md.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimitsArgs {
+    /// How long a new connection has to send a complete request head, and a later request
+    /// on it from its first byte; then the connection is closed.
+    #[arg(long, env = "COFFER_HTTP_HEADER_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub http_header_timeout: Duration,
+    /// How long a request body may bring no new bytes before it is cut (408); a slow but
+    /// steady body is read to the end.
+    #[arg(long, env = "COFFER_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub http_body_timeout: Duration,
+    /// How long a keep-alive connection may stay silent between requests.
+    #[arg(long, env = "COFFER_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub http_idle_timeout: Duration,
+    /// Connections open at once on the public listener; more are closed as soon as they are
+    /// accepted (counted in coffer_public_connections_refused_total).
+    #[arg(long, env = "COFFER_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+}
+
+impl HttpLimitsArgs {
+    pub fn limits(&self) -> crate::webhooks::ListenerLimits {
+        crate::webhooks::ListenerLimits {
+            header_timeout: self.http_header_timeout,
+            body_timeout: self.http_body_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections as usize,
+        }
+    }
+}
+
+/// A duration above zero: a zero timeout would close every connection at once.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Address ranges given as one comma-separated value.

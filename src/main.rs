@@ -280,7 +280,23 @@ async fn run_server(
             Err(e) => tracing::warn!(error = %e, "could not read statement_timeout"),
         }
     }
+    let read_replica = match args.database_read_url.as_deref() {
+        Some(url) if !url.is_empty() => {
+            let options = url
+                .parse::<PgConnectOptions>()
+                .context("--database-read-url")?;
+            Some(coffer::store::replica::ReadReplica {
+                pool: pool::pool(&options, &db.pool_config()),
+                bound: coffer::store::replica::ReplicaBound {
+                    max_lag: args.database_read_max_lag,
+                    check_interval: args.database_read_check_interval,
+                },
+            })
+        }
+        _ => None,
+    };
     let config = ServerConfig {
+        read_replica,
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         http_addr: Some(args.http_addr),
@@ -299,6 +315,7 @@ async fn run_server(
             ..Default::default()
         },
         webhook_trusted_proxies: args.webhook_trusted_proxies.clone().unwrap_or_default().0,
+        http_limits: args.http_limits.limits(),
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,
@@ -363,6 +380,7 @@ async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         drain_timeout: args.drain_timeout,
         trusted_proxies: args.webhook_trusted_proxies.unwrap_or_default().0,
+        limits: args.http_limits.limits(),
     };
     let sidecar = coffer::webhooks::Standalone::bind(config, &key).await?;
     sidecar.run(coffer::shutdown::signal()).await;

@@ -272,6 +272,24 @@ fn cluster_account() -> Result<Account, String> {
 /// `dir/LOCATION` records. Either must be a real directory (not a symlink) owned by the
 /// cluster's account with mode 0700, or it is refused.
 pub fn start_private(dir: &Path) -> Result<(PgConnectOptions, bool), LocateError> {
+    start_cluster(dir, None)
+}
+
+/// As [`start_private`], but a new cluster is made a streaming replica of the private cluster
+/// `primary` reaches (its socket), by `pg_basebackup -R` rather than `initdb`: it follows the
+/// primary and answers reads. For tests of the read replica and for trying one out; the
+/// primary's default `wal_level = replica` and its local `replication` trust line suffice.
+pub fn start_private_replica(
+    dir: &Path,
+    primary: &PgConnectOptions,
+) -> Result<(PgConnectOptions, bool), LocateError> {
+    start_cluster(dir, Some(primary))
+}
+
+fn start_cluster(
+    dir: &Path,
+    replica_of: Option<&PgConnectOptions>,
+) -> Result<(PgConnectOptions, bool), LocateError> {
     let fail = |detail: String| LocateError::Private {
         dir: dir.to_owned(),
         detail,
@@ -305,7 +323,10 @@ pub fn start_private(dir: &Path) -> Result<(PgConnectOptions, bool), LocateError
     };
 
     if !data.contains("PG_VERSION") {
-        cluster.initdb()?;
+        match replica_of {
+            None => cluster.initdb()?,
+            Some(primary) => cluster.base_backup(primary)?,
+        }
     }
     let pid_file = data
         .read("postmaster.pid", Some(cluster.account.uid))
@@ -468,6 +489,54 @@ impl Cluster<'_> {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
+        }
+        Ok(())
+    }
+
+    /// Copies the private cluster `primary` reaches into this (empty) data directory, set up
+    /// to stream from it (`standby.signal` and `primary_conninfo`).
+    fn base_backup(&self, primary: &PgConnectOptions) -> Result<(), LocateError> {
+        let d = self.data.to_string_lossy();
+        let socket = primary
+            .get_socket()
+            .ok_or_else(|| (self.fail)("the primary must be a private cluster (a socket)".into()))?
+            .to_string_lossy()
+            .into_owned();
+        let port = primary.get_port().to_string();
+        let out = self.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &d,
+                "-h",
+                &socket,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        if !out.status.success() {
+            return Err((self.fail)(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        // The primary's socket lives in its data directory, and the copy brings its lock file
+        // along, which would stop this server from opening its own socket.
+        let lock = self
+            .data
+            .join(format!(".s.PGSQL.{}.lock", primary.get_port()));
+        match std::fs::remove_file(&lock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err((self.fail)(format!("{}: {e}", lock.display()))),
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// Proxies in front of the sidecar whose `X-Forwarded-For` it believes about where a
     /// delivery came from (`--webhook-trusted-proxies`); none by default.
     pub webhook_trusted_proxies: Vec<Cidr>,
+    /// What one client may hold on the public listener: connections, header, body-progress
+    /// and idle timeouts (`--http-*`).
+    pub http_limits: crate::webhooks::ListenerLimits,
     /// How often the database is pinged for health.
     pub health_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls, so load balancers notice.
@@ -117,6 +120,9 @@ pub struct ServerConfig {
     /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
     /// bulkhead (one stack per account).
     pub outbound: OutboundConfig,
+    /// A streaming replica for reads that tolerate a bounded lag (`--database-read-url`);
+    /// without it every read goes to the primary.
+    pub read_replica: Option<crate::store::replica::ReadReplica>,
     /// TLS on the gRPC listener (`--tls-cert`, `--tls-key`, `--tls-client-ca` for mTLS),
     /// reloaded on SIGHUP or when a file changes; plain HTTP/2 without it.
     pub tls: Option<TlsFiles>,
@@ -131,6 +137,7 @@ impl Default for ServerConfig {
             accounts: Vec::new(),
             webhooks: WebhookConfig::default(),
             webhook_trusted_proxies: Vec::new(),
+            http_limits: crate::webhooks::ListenerLimits::default(),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
@@ -149,6 +156,7 @@ impl Default for ServerConfig {
             sandbox: None,
             resolve_interval: Duration::from_secs(5),
             outbound: OutboundConfig::default(),
+            read_replica: None,
             tls: None,
         }
     }
@@ -165,6 +173,8 @@ pub struct Server {
     grpc: TcpListener,
     admin: TcpListener,
     http: Option<TcpListener>,
+    /// The public listener's connection gauge and refusal counter, in `metrics`.
+    http_connections: crate::webhooks::ListenerMetrics,
     tls: Option<ServerTls>,
 }
 
@@ -230,6 +240,13 @@ impl Server {
         )
         .with_adapters(&config.outbound)?;
         app = app.with_providers(providers);
+        if let Some(replica) = &config.read_replica {
+            app = app.with_read_pool(crate::store::replica::ReadPool::with_replica(
+                pool.clone(),
+                replica.pool.clone(),
+                replica.bound,
+            ));
+        }
         if let Some(sandbox) = &config.sandbox {
             delivery = sandbox.webhook_base.as_deref().map(|base| {
                 Delivery::new(
@@ -246,6 +263,7 @@ impl Server {
             delivery.metrics().register(metrics.registry_mut());
         }
         app.events.metrics().register(metrics.registry_mut());
+        app.reads().register(metrics.registry_mut());
         app.usage.metrics().register(metrics.registry_mut());
         app.checkout
             .journal()
@@ -260,6 +278,10 @@ impl Server {
         inbox.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
         crate::providers::outbound::OutboundMetrics::shared().register(metrics.registry_mut());
+        let http_connections = crate::webhooks::ListenerMetrics::default();
+        if http.is_some() {
+            http_connections.register(metrics.registry_mut());
+        }
         let tls = config.tls.clone().map(ServerTls::load).transpose()?;
         if let Some(tls) = &tls {
             tls.register(metrics.registry_mut());
@@ -270,6 +292,7 @@ impl Server {
             grpc: bind(config.grpc_addr).await?,
             admin: bind(config.admin_addr).await?,
             http,
+            http_connections,
             app,
             inbox,
             metrics: Arc::new(metrics),
@@ -309,6 +332,7 @@ impl Server {
             grpc,
             admin,
             http,
+            http_connections,
             tls,
         } = self;
         // The bound addresses: with port 0 in the config, only these say where to connect.
@@ -334,6 +358,8 @@ impl Server {
             config.health_interval,
             workers.clone(),
         ));
+        // Routes lag-tolerant reads by the replica's lag; nothing without one.
+        app.tasks.spawn(app.reads().clone().watch(workers.clone()));
         app.tasks.spawn(sweeper::run(
             app.clone(),
             config.sweep_interval,
@@ -440,16 +466,13 @@ impl Server {
             }
             let stop = stop_accepting.clone().cancelled_owned();
             tracing::info!(http = %http.local_addr().unwrap_or(grpc_addr), "webhook sidecar is serving");
-            app.tasks.spawn(async move {
-                // Connect info: deliveries are judged by their TCP peer (`source_address`).
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(http, service)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "webhook sidecar failed");
-                }
-            });
+            app.tasks.spawn(crate::webhooks::listener::serve(
+                http,
+                router,
+                config.http_limits,
+                http_connections,
+                stop,
+            ));
         }
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "coffer is serving");
         // No `.timeout(..)`: the telemetry layer enforces deadlines, so timed-out calls are

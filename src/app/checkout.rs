@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::store::replica::ReadPool;
 use time::OffsetDateTime;
 
 use super::customers::now_micros;
@@ -73,15 +75,24 @@ pub struct CheckoutQuery {
 #[derive(Clone)]
 pub struct Checkout {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
     providers: Providers,
     journal: Journal,
 }
 
 impl Checkout {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(pool: PgPool, mutations: Mutations, providers: Providers) -> Self {
         Self {
             journal: Journal::new(pool.clone()),
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             providers,
@@ -485,7 +496,7 @@ impl Checkout {
         let status = query.status.map(Status::as_str).unwrap_or("");
         let filters = FilterDigest::of(LIST, &[&customer, status]);
         let after = page::start(query.page_token.as_deref(), filters)?.unwrap_or(uuid::Uuid::nil());
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_sessions(
             &mut conn,
             ctx.tenant,

@@ -4,6 +4,8 @@ use time::OffsetDateTime;
 
 use sqlx::PgPool;
 
+use crate::store::replica::ReadPool;
+
 use tokio_util::task::TaskTracker;
 
 use super::group_commit::GroupCommit;
@@ -34,12 +36,20 @@ pub struct CustomerQuery {
 #[derive(Clone)]
 pub struct Customers {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
     /// Concurrent creates share a statement and a commit.
     inserts: GroupCommit<CustomerInsert, Written>,
 }
 
 impl Customers {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(pool: PgPool, mutations: Mutations, tasks: TaskTracker) -> Self {
         let inserts = GroupCommit::new(
             "customer inserts",
@@ -49,6 +59,7 @@ impl Customers {
             store::order_inserts,
         );
         Self {
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             inserts,
@@ -189,7 +200,7 @@ impl Customers {
         // The filter compares case-insensitively, so its token binding does too.
         let filters = FilterDigest::of(LIST, &[&email.unwrap_or("").to_lowercase()]);
         let after = page::start(query.page_token.as_deref(), filters)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let items = store::list_customers(
             &mut conn,
             ctx.tenant,

@@ -24,6 +24,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
+
+use crate::store::replica::ReadPool;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
@@ -195,6 +197,9 @@ pub struct Ingested {
 #[derive(Clone)]
 pub struct Events {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
     /// Concurrent deliveries share a statement and a commit.
     inserts: GroupCommit<store::NewEvent, Option<store::Stored>>,
@@ -204,6 +209,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(
         pool: PgPool,
         mutations: Mutations,
@@ -225,6 +235,7 @@ impl Events {
         );
         Self {
             inserts,
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             accounts,
@@ -388,7 +399,7 @@ impl Events {
             ],
         );
         let after = page::start(token, filters)?.unwrap_or(uuid::Uuid::nil());
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_events(
             &mut conn,
             ctx.tenant,

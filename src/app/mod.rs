@@ -33,11 +33,16 @@ pub use idempotency::IdempotencyConfig;
 
 use crate::domain::ids::{KeyId, TenantId};
 use crate::settings::Settings;
+use crate::store::replica::ReadPool;
 
 /// The use cases, wired to one pool. Cheap to clone: each service holds only handles.
 #[derive(Clone)]
 pub struct App {
     pub pool: PgPool,
+    /// Where reads that tolerate a bounded lag go (List*, GetUsage, GetBalance, and caches
+    /// filled from the database): the read replica while it is within its bound, else `pool`.
+    /// A read that must see the caller's own writes uses `pool`.
+    reads: ReadPool,
     pub auth: auth::Authenticator,
     /// Every task the use cases spawn (mutations that outlive their call, for one), so
     /// shutdown can wait for them.
@@ -98,6 +103,7 @@ impl App {
             ),
             tenants: tenants::Tenants::new(pool.clone()),
             tasks,
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
         }
     }
@@ -118,6 +124,7 @@ impl App {
             accounts,
             config,
         );
+        self.route_reads();
         self
     }
 }
@@ -138,7 +145,37 @@ impl App {
             self.checkout.providers().clone(),
             self.checkout.journal().clone(),
         );
+        self.route_reads();
         self
+    }
+
+    /// The same app sending lag-tolerant reads to `reads` (`--database-read-url`).
+    pub fn with_read_pool(mut self, reads: ReadPool) -> Self {
+        self.reads = reads;
+        self.route_reads();
+        self
+    }
+
+    /// The pool for reads that tolerate a bounded lag (see [`ReadPool`] for the bound): the
+    /// read replica while it is within it, else the primary. Never for a read that must see
+    /// the caller's own writes, nor inside a mutation.
+    pub fn read_pool(&self) -> &PgPool {
+        self.reads.get()
+    }
+
+    /// The read routing itself, for its checks and metrics.
+    pub fn reads(&self) -> &ReadPool {
+        &self.reads
+    }
+
+    fn route_reads(&mut self) {
+        let reads = self.reads.clone();
+        self.customers.set_reads(reads.clone());
+        self.usage.set_reads(reads.clone());
+        self.subscriptions.set_reads(reads.clone());
+        self.events.set_reads(reads.clone());
+        self.checkout.set_reads(reads.clone());
+        self.payments.set_reads(reads);
     }
 }
 

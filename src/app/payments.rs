@@ -26,6 +26,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::store::replica::ReadPool;
+
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::inbox::{Handler, HandlerError, Handlers, InboxEvent};
@@ -530,14 +532,23 @@ pub struct NewRefund {
 #[derive(Clone)]
 pub struct Payments {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
     providers: Providers,
     journal: Journal,
 }
 
 impl Payments {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(pool: PgPool, mutations: Mutations, providers: Providers, journal: Journal) -> Self {
         Self {
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             providers,
@@ -561,7 +572,7 @@ impl Payments {
         let status = query.status.map(PaymentStatus::as_str).unwrap_or("");
         let filters = FilterDigest::of(LIST_PAYMENTS, &[&customer, status]);
         let after = page::start(query.page_token.as_deref(), filters)?.unwrap_or(uuid::Uuid::nil());
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_payments(
             &mut conn,
             ctx.tenant,

@@ -5,6 +5,8 @@
 
 use sqlx::PgPool;
 
+use crate::store::replica::ReadPool;
+
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::page::{self, Page};
@@ -54,12 +56,24 @@ pub struct PlanQuery {
 #[derive(Clone)]
 pub struct Subscriptions {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
 }
 
 impl Subscriptions {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(pool: PgPool, mutations: Mutations) -> Self {
-        Self { pool, mutations }
+        Self {
+            reads: ReadPool::primary_only(pool.clone()),
+            pool,
+            mutations,
+        }
     }
 
     /// Creates a plan with its features and prices, in one statement. A key the tenant already
@@ -146,7 +160,7 @@ impl Subscriptions {
     ) -> Result<Page<Plan>, AppError> {
         let filters = FilterDigest::of(LIST, &[if query.show_archived { "all" } else { "active" }]);
         let after = page::start(query.page_token.as_deref(), filters)?.unwrap_or(uuid::Uuid::nil());
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_plans(
             &mut conn,
             ctx.tenant,
@@ -176,7 +190,7 @@ impl Subscriptions {
         ctx: &TenantCtx,
         query: &SubscriptionQuery,
     ) -> Result<Page<Subscription>, AppError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         // An external id names a customer; one that names none has no subscriptions.
         let customer = match &query.customer {
             None => None,

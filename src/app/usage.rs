@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
+
+use crate::store::replica::ReadPool;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
@@ -98,6 +100,9 @@ const LIST: &str = "coffer.v1.Usage/ListMeters";
 #[derive(Clone)]
 pub struct Usage {
     pool: PgPool,
+    /// Lag-tolerant reads (List*, GetUsage, GetBalance): the read replica while it is within
+    /// its bound, else `pool`.
+    reads: ReadPool,
     mutations: Mutations,
     /// Batches of events committed together.
     ingest: GroupCommit<EventBatch, u32>,
@@ -106,6 +111,11 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Sends lag-tolerant reads to `reads` (the app's [`ReadPool`]).
+    pub(crate) fn set_reads(&mut self, reads: ReadPool) {
+        self.reads = reads;
+    }
+
     pub fn new(pool: PgPool, mutations: Mutations, tasks: TaskTracker) -> Self {
         let ingest = GroupCommit::new(
             "usage events",
@@ -120,6 +130,7 @@ impl Usage {
             MAX_EVENTS_QUEUED,
         );
         Self {
+            reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             ingest,
@@ -182,7 +193,7 @@ impl Usage {
     ) -> Result<Page<Meter>, AppError> {
         let filters = FilterDigest::of(LIST, &[]);
         let after = page::start(token, filters)?.unwrap_or(uuid::Uuid::nil());
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_meters(&mut conn, ctx.tenant, after, size.get() as i64 + 1).await?;
         Ok(Page::of(rows, size, filters, |m| m.id.as_uuid()))
     }
@@ -397,7 +408,7 @@ impl Usage {
         violations.finish().map_err(AppError::Invalid)?;
         let customer = self.customer_id(ctx.tenant, &q.customer).await?;
         let meter = self.meter(ctx.tenant, &q.meter).await?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let rows = usage_store::usage_windows(
             &mut conn, ctx.tenant, customer, meter.id, q.from, q.to, q.window,
         )
@@ -503,7 +514,7 @@ impl Usage {
         let customer = self.customer_id(ctx.tenant, customer).await?;
         let meter = self.meter(ctx.tenant, meter).await?;
         let now = super::customers::now_micros();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.get().acquire().await?;
         let (grants, hours) =
             usage_store::balance_inputs(&mut conn, ctx.tenant, customer, meter.id, now).await?;
         let units = |s: &str| {

@@ -17,7 +17,10 @@
 //! | anything else | 500 |
 //!
 //! The sidecar bounds what it holds: at most [`MAX_IN_FLIGHT`] deliveries at once (more are
-//! 503 at once, not queued) and [`REQUEST_TIMEOUT`] for each, body included (then 408).
+//! 503 at once, not queued) and [`REQUEST_TIMEOUT`] for each, body included (then 408). Its
+//! listener ([`listener`]) bounds what a client holds before and between deliveries: open
+//! connections, the time to send a request's headers, idle keep-alive, and a body that stops
+//! arriving (408 too, counted as `timeout`).
 //!
 //! So 200 is said only once the core has committed the event (or found it already stored);
 //! whatever else happens, the provider is told to retry or that the delivery is refused.
@@ -80,6 +83,10 @@ use crate::grpc::status::{
 };
 use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::telemetry::HeaderExtractor;
+
+pub mod listener;
+
+pub use listener::{ListenerLimits, ListenerMetrics};
 
 /// The largest body accepted; larger deliveries are answered 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -279,9 +286,9 @@ impl Upstream {
 }
 
 /// The sidecar's routes; the refusals it decides alone are counted in `refusals`, and
-/// `proxies` are believed about where a delivery came from. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()`: a delivery is judged by its TCP
-/// peer.
+/// `proxies` are believed about where a delivery came from. Serve it with [`listener::serve`],
+/// which bounds what clients hold and gives each request its TCP peer (`ConnectInfo`): a
+/// delivery is judged by it.
 pub fn router(upstream: Upstream, refusals: Refusals, proxies: TrustedProxies) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let timeouts = refusals.clone();
@@ -366,11 +373,21 @@ impl IntoResponse for WebhookError {
             WebhookError::Internal => "internal error",
         };
         let mut response = (self.status_code(), body).into_response();
-        if let WebhookError::Unavailable { retry_after } = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+        match self {
+            WebhookError::Unavailable { retry_after } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            // The rest of a body that stopped arriving is never read: the connection closes
+            // after this answer rather than waiting for it.
+            WebhookError::Timeout => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -503,7 +520,9 @@ async fn forward(
         return Err(refusals.refuse(None, REASON_UNKNOWN_ACCOUNT, WebhookError::UnknownAccount));
     };
     let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if listener::is_stalled(&e) {
+            refusals.refuse(Some(&account), REASON_TIMEOUT, WebhookError::Timeout)
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             refusals.refuse(Some(&account), REASON_TOO_LARGE, WebhookError::TooLarge)
         } else {
             refusals.refuse(Some(&account), REASON_UNREADABLE, WebhookError::BadBody)
@@ -569,6 +588,8 @@ pub struct StandaloneConfig {
     pub drain_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed (`--webhook-trusted-proxies`).
     pub trusted_proxies: Vec<Cidr>,
+    /// What one client may hold on the public listener (`--http-*`).
+    pub limits: ListenerLimits,
 }
 
 /// TLS to the core from a sidecar run alone: the CA its certificate chains to (Mozilla's roots
@@ -627,6 +648,7 @@ pub struct Standalone {
     upstream: Upstream,
     /// Its own refusals' counter, served on the admin listener's `/metrics`.
     refusals: Refusals,
+    connections: ListenerMetrics,
     registry: Arc<Registry>,
     http: TcpListener,
     admin: TcpListener,
@@ -643,9 +665,12 @@ impl Standalone {
         };
         let mut registry = Registry::default();
         let refusals = Refusals::registered(&mut registry);
+        let connections = ListenerMetrics::default();
+        connections.register(&mut registry);
         Ok(Self {
             upstream: Upstream::new(channel.clone(), key),
             refusals,
+            connections,
             registry: Arc::new(registry),
             channel,
             http: bind(config.http_addr).await?,
@@ -681,18 +706,22 @@ impl Standalone {
             .with_state(self.channel);
         let proxies = TrustedProxies::new(self.config.trusted_proxies.clone());
         let public = router(self.upstream, self.refusals, proxies);
-        for (listener, router) in [(self.http, public), (self.admin, admin)] {
-            let stop = stop.clone().cancelled_owned();
-            tasks.spawn(async move {
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(listener, service)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "listener failed");
-                }
-            });
-        }
+        tasks.spawn(listener::serve(
+            self.http,
+            public,
+            self.config.limits,
+            self.connections,
+            stop.clone().cancelled_owned(),
+        ));
+        let admin_stop = stop.clone().cancelled_owned();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(self.admin, admin)
+                .with_graceful_shutdown(admin_stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
         tasks.close();
         signal.await;
         tracing::info!("shutting down: draining deliveries in flight");

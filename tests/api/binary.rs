@@ -219,13 +219,23 @@ impl Served {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Self {
+        Self::start_on(&db_url(db), state, extra, env).await
+    }
+
+    /// [`Served::start`] on the database at `database_url`.
+    pub(crate) async fn start_on(
+        database_url: &str,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let grpc_port = free_port();
         let admin_port = free_port();
         let http_port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(extra)
-            .env("DATABASE_URL", db_url(db))
+            .env("DATABASE_URL", database_url)
             .env("COFFER_STATE_DIR", state)
             .env("COFFER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("COFFER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))

@@ -196,6 +196,7 @@ async fn mtls_serves_clients_with_a_certificate_and_refuses_the_others() {
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 drain_timeout: Duration::from_secs(1),
                 trusted_proxies: Vec::new(),
+                limits: Default::default(),
             },
             &key,
         )

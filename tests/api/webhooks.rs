@@ -319,6 +319,7 @@ async fn a_standalone_sidecar_works_the_same_and_is_ready_with_its_upstream() {
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
         trusted_proxies: Vec::new(),
+        limits: Default::default(),
     };
     let key = ApiKey::parse(&env.ingest_key).unwrap();
     let sidecar = Standalone::bind(config, &key).await.unwrap();
@@ -678,6 +679,7 @@ async fn the_sidecar_forwards_raw_bytes_every_header_in_order_and_the_trace() {
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(1),
             trusted_proxies: Vec::new(),
+            limits: Default::default(),
         },
         &key,
     )
@@ -829,6 +831,7 @@ async fn a_standalone_sidecar_forwards_the_source_it_believes() {
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 drain_timeout: Duration::from_secs(1),
                 trusted_proxies: trusted,
+                limits: Default::default(),
             },
             &key,
         )
