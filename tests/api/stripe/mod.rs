@@ -26,13 +26,15 @@ const WHSEC: &str = "whsec_fake_stripe_current";
 const WHSEC_OLD: &str = "whsec_fake_stripe_previous";
 const ACCOUNT: &str = "acme-stripe";
 
-/// The outbound stack as the tests run it: attempts of 500 ms, three per call, short
+/// The outbound stack as the tests run it: attempts of 700 ms, three per call, short
 /// backoffs, and a breaker that opens after six attempts of which half failed and tries
-/// again after a second.
+/// again after three seconds. The margins are wide enough for a loaded 2-core machine: a
+/// fault of 400-450 ms stays within an attempt, and a breaker opened by one call is still
+/// open when the next call comes, however slowly the test runs.
 fn outbound() -> OutboundConfig {
     OutboundConfig {
         connect_timeout: Duration::from_millis(300),
-        attempt_timeout: Duration::from_millis(500),
+        attempt_timeout: Duration::from_millis(700),
         deadline: Duration::from_secs(4),
         max_attempts: 3,
         base_backoff: Duration::from_millis(20),
@@ -41,7 +43,7 @@ fn outbound() -> OutboundConfig {
             window: Duration::from_secs(10),
             failure_rate: 0.5,
             minimum_calls: 6,
-            cool_down: Duration::from_secs(1),
+            cool_down: Duration::from_secs(3),
             half_open_calls: 1,
         },
         max_concurrent: 8,
