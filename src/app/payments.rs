@@ -487,7 +487,9 @@ impl Handler for SandboxEvents {
                     let r = wire::refund(&object).map_err(HandlerError::Failed)?;
                     apply_refund(conn, tenant, &r).await?;
                 }
-                EventType::SubscriptionCreated => {
+                EventType::SubscriptionCreated
+                | EventType::SubscriptionUpdated
+                | EventType::SubscriptionDeleted => {
                     let s = wire::subscription(&object).map_err(HandlerError::Failed)?;
                     super::subscriptions::apply_subscription(conn, tenant, &s).await?;
                 }

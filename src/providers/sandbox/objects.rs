@@ -111,6 +111,10 @@ pub fn subscription(s: &Subscription) -> Value {
         "current_period_start": s.current_period_start.unix_timestamp(),
         "current_period_end": s.current_period_end.unix_timestamp(),
         "trial_end": s.trial_end.map(OffsetDateTime::unix_timestamp),
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "collection_paused": s.collection_paused,
+        "canceled_at": s.canceled_at.map(OffsetDateTime::unix_timestamp),
+        "cancel_reason": s.cancel_reason,
         "version": s.version,
     })
 }
@@ -259,6 +263,10 @@ mod tests {
             current_period_end: at(200),
             trial_end: Some(at(200)),
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
             version: 1,
             created_at: at(100),
         };
@@ -278,6 +286,10 @@ mod tests {
             current_period_end: at(200),
             trial_end: None,
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
             version: 1,
             created_at: at(100),
         };
@@ -286,5 +298,7 @@ mod tests {
         assert_eq!(v["current_period_start"], 100);
         assert_eq!(v["current_period_end"], 200);
         assert_eq!(v["checkout_session"], "cs_sbx_1");
+        assert_eq!(v["cancel_at_period_end"], false);
+        assert_eq!(v["canceled_at"], Value::Null);
     }
 }

@@ -799,6 +799,10 @@ pub struct Subscription {
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
     pub fails_on_renewal: bool,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub cancel_reason: String,
     pub version: i64,
     pub created_at: OffsetDateTime,
 }
@@ -815,6 +819,10 @@ struct SubscriptionRecord {
     current_period_end: OffsetDateTime,
     trial_end: Option<OffsetDateTime>,
     fails_on_renewal: bool,
+    cancel_at_period_end: bool,
+    collection_paused: bool,
+    canceled_at: Option<OffsetDateTime>,
+    cancel_reason: String,
     version: i64,
     created_at: OffsetDateTime,
 }
@@ -836,6 +844,10 @@ impl SubscriptionRecord {
             current_period_end: self.current_period_end,
             trial_end: self.trial_end,
             fails_on_renewal: self.fails_on_renewal,
+            cancel_at_period_end: self.cancel_at_period_end,
+            collection_paused: self.collection_paused,
+            canceled_at: self.canceled_at,
+            cancel_reason: self.cancel_reason,
             version: self.version,
             created_at: self.created_at,
         })
@@ -1081,8 +1093,8 @@ pub async fn insert_subscription(
               current_period_end, trial_end, fails_on_renewal, version, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)
          RETURNING account, id, session_id, client_reference, customer, status,
-                   current_period_start, current_period_end, trial_end, fails_on_renewal,
-                   version, created_at",
+                   current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                   collection_paused, canceled_at, cancel_reason, version, created_at",
         s.account,
         s.id,
         s.session_id,
@@ -1097,6 +1109,130 @@ pub async fn insert_subscription(
     )
     .fetch_one(conn)
     .instrument(statement_span!("INSERT", "sandbox_subscriptions"))
+    .await?
+    .decode()
+}
+
+// ---- Changes to subscriptions (the lifecycle calls).
+
+/// The subscription `id`, locked for the rest of the transaction, with the account's sandbox
+/// time.
+pub async fn lock_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<(Subscription, OffsetDateTime)>, StoreError> {
+    let Some(now) = sqlx::query_scalar!(
+        r#"SELECT now() + COALESCE(a.clock_offset, '0') AS "now!"
+           FROM sandbox_subscriptions s
+           LEFT JOIN sandbox_accounts a ON a.account = s.account
+           WHERE s.account = $1 AND s.id = $2
+           FOR UPDATE OF s"#,
+        account,
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?
+    else {
+        return Ok(None);
+    };
+    let sub = find_subscription(conn, account, id)
+        .await?
+        .ok_or_else(|| corrupt("sandbox subscription", "missing under its lock"))?;
+    Ok(Some((sub, now)))
+}
+
+pub async fn find_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRecord,
+        "SELECT account, id, session_id, client_reference, customer, status,
+                current_period_start, current_period_end, trial_end, fails_on_renewal,
+                cancel_at_period_end, collection_paused, canceled_at, cancel_reason,
+                version, created_at
+         FROM sandbox_subscriptions WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?
+    .map(SubscriptionRecord::decode)
+    .transpose()
+}
+
+/// The subscription a change (by Coffer's change id) was made to, if it was made.
+pub async fn find_changed_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    change: Uuid,
+) -> Result<Option<Subscription>, StoreError> {
+    let Some(id) = sqlx::query_scalar!(
+        "SELECT subscription_id FROM sandbox_subscription_changes
+         WHERE account = $1 AND client_reference = $2",
+        account,
+        change,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    find_subscription(conn, account, &id).await
+}
+
+/// A subscription's lifecycle fields after a change, to write.
+pub struct SubscriptionChange<'a> {
+    pub status: SubscriptionState,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub cancel_reason: &'a str,
+}
+
+/// Writes a locked subscription's change (bumping its version) and records the change's id,
+/// so the same change is never made twice.
+pub async fn change_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    change_reference: Uuid,
+    c: &SubscriptionChange<'_>,
+) -> Result<Subscription, StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_subscription_changes (account, client_reference, subscription_id,
+                                                   created_at)
+         VALUES ($1, $2, $3, now())",
+        account,
+        change_reference,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as!(
+        SubscriptionRecord,
+        "UPDATE sandbox_subscriptions
+         SET status = $3, cancel_at_period_end = $4, collection_paused = $5, canceled_at = $6,
+             cancel_reason = $7, version = version + 1
+         WHERE account = $1 AND id = $2
+         RETURNING account, id, session_id, client_reference, customer, status,
+                   current_period_start, current_period_end, trial_end, fails_on_renewal,
+                   cancel_at_period_end, collection_paused, canceled_at, cancel_reason,
+                   version, created_at",
+        account,
+        id,
+        c.status.as_str(),
+        c.cancel_at_period_end,
+        c.collection_paused,
+        c.canceled_at,
+        c.cancel_reason,
+    )
+    .fetch_one(conn)
+    .instrument(statement_span!("UPDATE", "sandbox_subscriptions"))
     .await?
     .decode()
 }
@@ -1134,8 +1270,8 @@ pub async fn find_subscription_for_session(
     sqlx::query_as!(
         SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
-                current_period_start, current_period_end, trial_end, fails_on_renewal,
-                version, created_at
+                current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                collection_paused, canceled_at, cancel_reason, version, created_at
          FROM sandbox_subscriptions WHERE account = $1 AND session_id = $2",
         account,
         session_id,
@@ -1155,8 +1291,8 @@ pub async fn find_subscription_by_reference(
     sqlx::query_as!(
         SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
-                current_period_start, current_period_end, trial_end, fails_on_renewal,
-                version, created_at
+                current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                collection_paused, canceled_at, cancel_reason, version, created_at
          FROM sandbox_subscriptions WHERE account = $1 AND client_reference = $2",
         account,
         client_reference,
@@ -1358,6 +1494,10 @@ mod tests {
             current_period_end: at(200),
             trial_end: None,
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
             version: 1,
             created_at: at(100),
         }

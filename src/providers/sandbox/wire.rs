@@ -90,6 +90,15 @@ struct Subscription {
     current_period_start: i64,
     current_period_end: i64,
     trial_end: Option<i64>,
+    // Absent from events queued before the lifecycle fields existed: false, null, empty.
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    #[serde(default)]
+    collection_paused: bool,
+    #[serde(default)]
+    canceled_at: Option<i64>,
+    #[serde(default)]
+    cancel_reason: Option<String>,
     version: i64,
 }
 
@@ -158,6 +167,10 @@ pub fn subscription(v: &Value) -> Result<ProviderSubscription, String> {
         current_period_start: time("current_period_start", s.current_period_start)?,
         current_period_end: time("current_period_end", s.current_period_end)?,
         trial_end: s.trial_end.map(|t| time("trial_end", t)).transpose()?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.collection_paused,
+        canceled_at: s.canceled_at.map(|t| time("canceled_at", t)).transpose()?,
+        cancel_reason: s.cancel_reason.unwrap_or_default(),
         id: s.id,
         client_reference: reference(&s.client_reference_id)?,
         version: s.version,

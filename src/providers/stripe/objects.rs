@@ -71,7 +71,7 @@ pub fn checkout(s: &wire::Session, version: i64) -> Result<ProviderCheckout, Pro
             payment = session_payment(pi, reference, version)?;
         }
         if let Some(sub) = s.subscription.as_ref().and_then(Expandable::object) {
-            subscription = Some(self::subscription(sub, reference, version)?);
+            subscription = Some(Box::new(self::subscription(sub, reference, version)?));
         }
         if payment.is_none()
             && s.mode == "subscription"
@@ -216,6 +216,14 @@ pub fn subscription(
         current_period_start: time("period start", start)?,
         current_period_end: time("period end", end)?,
         trial_end: s.trial_end.map(|t| time("trial end", t)).transpose()?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.pause_collection.as_ref().is_some_and(|p| !p.is_null()),
+        canceled_at: s.canceled_at.map(|t| time("canceled at", t)).transpose()?,
+        cancel_reason: s
+            .cancellation_details
+            .as_ref()
+            .and_then(|d| d.comment.clone())
+            .unwrap_or_default(),
         version,
     })
 }
