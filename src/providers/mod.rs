@@ -355,6 +355,9 @@ pub struct ProviderPayment {
     /// The card's brand and last four digits, when known.
     pub card: Option<(String, String)>,
     pub amount_refunded: i64,
+    /// A subscription's renewal charge: the provider's subscription id and the start of the
+    /// period it pays for. `None` for a checkout session's own payment.
+    pub renewal: Option<(String, OffsetDateTime)>,
     pub version: i64,
 }
 

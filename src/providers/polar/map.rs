@@ -162,6 +162,7 @@ pub fn payment(o: &wire::Order) -> Result<ProviderPayment, ProviderError> {
         other => return Err(unexpected(format!("unknown Polar order status {other}"))),
     };
     Ok(ProviderPayment {
+        renewal: None,
         id: o.id.clone(),
         client_reference: required(&o.metadata, CHECKOUT_KEY, "order", &o.id)?,
         amount: o.net_amount,

@@ -21,7 +21,9 @@
 //! - `payment`: `id`, `checkout_session`, `client_reference_id` (Coffer's checkout id),
 //!   `amount`, `currency`, `status` (`requires_action|succeeded|failed`), `failure_code`
 //!   (`card_declined|insufficient_funds|authentication_failed` or null), `card` (`{brand,
-//!   last4}` or null), `amount_refunded`, `version`.
+//!   last4}` or null), `amount_refunded`, `subscription` and `period_start` (a renewal's: the
+//!   subscription and the start of the period it pays; null for a session's payment),
+//!   `version`.
 //! - `refund`: `id`, `payment`, `client_reference_id` (Coffer's refund id), `amount`,
 //!   `currency`, `status` (`pending|succeeded|failed`), `version`.
 //! - `subscription`: `id`, `checkout_session`, `client_reference_id` (Coffer's checkout id),

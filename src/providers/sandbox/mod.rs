@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod renewals;
 pub mod status;
 pub mod store;
 pub mod webhook;
@@ -179,6 +180,8 @@ pub struct SandboxConfig {
     /// clock (a session's expiry a day later, a renewal a period later) stays far inside what
     /// Postgres and Coffer's timestamps hold, so none can fail to be written or read back.
     pub clock_horizon: Duration,
+    /// How failed renewals are retried, and what becomes of them when the retries run out.
+    pub dunning: renewals::Dunning,
 }
 
 /// The largest `clock_horizon`: a century, leaving millennia between the furthest sandbox time
@@ -196,6 +199,7 @@ impl Default for SandboxConfig {
             delivery: delivery::DeliveryConfig::default(),
             expire_interval: Duration::from_secs(10),
             clock_horizon: DEFAULT_CLOCK_HORIZON,
+            dunning: renewals::Dunning::default(),
         }
     }
 }
@@ -254,6 +258,17 @@ impl Sandbox {
         Ok(store::sandbox_now(&mut conn, tenant, account.as_str())
             .await?
             .unwrap_or_else(OffsetDateTime::now_utc))
+    }
+
+    /// Applies what is due on `account` (every account when `None`): renewals, retries,
+    /// scheduled cancels, in order. Returns how many steps it made.
+    pub async fn renew_due(&self, account: Option<&AccountName>) -> Result<usize, StoreError> {
+        renewals::run_due(
+            &self.pool,
+            account.map(AccountName::as_str),
+            self.config.dunning,
+        )
+        .await
     }
 
     fn checkout_url(&self, id: &str) -> String {
@@ -338,6 +353,7 @@ fn to_payment(row: store::Payment) -> ProviderPayment {
         failure_code: row.failure_code,
         card,
         amount_refunded: row.amount_refunded,
+        renewal: row.renewal,
         version: row.version,
     }
 }

@@ -83,6 +83,8 @@ pub fn payment(p: &Payment) -> Value {
         "failure_code": p.failure_code,
         "card": card,
         "amount_refunded": p.amount_refunded,
+        "subscription": p.renewal.as_ref().map(|(sub, _)| sub),
+        "period_start": p.renewal.as_ref().map(|(_, start)| start.unix_timestamp()),
         "version": p.version,
     })
 }
@@ -187,6 +189,7 @@ mod tests {
             card_last4: Some("0002".into()),
             fails_on_renewal: false,
             amount_refunded: 0,
+            renewal: None,
             version: 2,
             created_at: at(1),
             updated_at: at(2),
@@ -198,6 +201,7 @@ mod tests {
                 "client_reference_id": reference.to_string(), "amount": 5_800,
                 "currency": "USD", "status": "failed", "failure_code": "card_declined",
                 "card": {"brand": "visa", "last4": "0002"}, "amount_refunded": 0, "version": 2,
+                "subscription": null, "period_start": null,
             })
         );
     }
@@ -267,6 +271,12 @@ mod tests {
             collection_paused: false,
             canceled_at: None,
             cancel_reason: String::new(),
+            amount: Some(2_900),
+            currency: Some("USD".into()),
+            period_months: Some(1),
+            retries: 0,
+            next_retry_at: None,
+            unpaid_payment: None,
             version: 1,
             created_at: at(100),
         };
@@ -290,6 +300,12 @@ mod tests {
             collection_paused: false,
             canceled_at: None,
             cancel_reason: String::new(),
+            amount: Some(2_900),
+            currency: Some("USD".into()),
+            period_months: Some(1),
+            retries: 0,
+            next_retry_at: None,
+            unpaid_payment: None,
             version: 1,
             created_at: at(100),
         };

@@ -51,19 +51,25 @@ impl From<PaymentState> for PaymentOutcome {
     }
 }
 
-/// A sandbox subscription's status: it starts `trialing` or `active`, and a cancel ends it
-/// `canceled`.
+/// A sandbox subscription's status: it starts `trialing` or `active`; a failed renewal makes
+/// it `past_due`, its retries running out `unpaid` (or `canceled`); a cancel ends it
+/// `canceled`. It is never `paused` (collection pauses with the status unchanged) nor
+/// `incomplete` (its first payment is taken on the hosted page before it exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionState {
     Trialing,
     Active,
+    PastDue,
+    Unpaid,
     Canceled,
 }
 
 impl SubscriptionState {
-    pub const ALL: [SubscriptionState; 3] = [
+    pub const ALL: [SubscriptionState; 5] = [
         SubscriptionState::Trialing,
         SubscriptionState::Active,
+        SubscriptionState::PastDue,
+        SubscriptionState::Unpaid,
         SubscriptionState::Canceled,
     ];
 
@@ -71,6 +77,8 @@ impl SubscriptionState {
         match self {
             SubscriptionState::Trialing => "trialing",
             SubscriptionState::Active => "active",
+            SubscriptionState::PastDue => "past_due",
+            SubscriptionState::Unpaid => "unpaid",
             SubscriptionState::Canceled => "canceled",
         }
     }
@@ -90,6 +98,8 @@ impl From<SubscriptionState> for SubscriptionStatus {
         match s {
             SubscriptionState::Trialing => SubscriptionStatus::Trialing,
             SubscriptionState::Active => SubscriptionStatus::Active,
+            SubscriptionState::PastDue => SubscriptionStatus::PastDue,
+            SubscriptionState::Unpaid => SubscriptionStatus::Unpaid,
             SubscriptionState::Canceled => SubscriptionStatus::Canceled,
         }
     }
@@ -128,12 +138,13 @@ mod tests {
 
     #[test]
     fn a_subscription_state_round_trips_and_is_coffers_status_of_the_same_name() {
-        // sandbox_subscriptions' CHECK: ('trialing', 'active', 'canceled').
+        // sandbox_subscriptions' CHECK: ('trialing', 'active', 'past_due', 'unpaid',
+        // 'canceled').
         for s in SubscriptionState::ALL {
             assert_eq!(SubscriptionState::parse(s.as_str()), Some(s));
             assert_eq!(SubscriptionStatus::from(s).as_str(), s.as_str());
         }
-        for bad in ["past_due", "unpaid", "Active", ""] {
+        for bad in ["paused", "incomplete", "Active", ""] {
             assert_eq!(SubscriptionState::parse(bad), None, "{bad:?}");
         }
     }

@@ -69,6 +69,11 @@ struct Payment {
     card: Option<Card>,
     #[serde(default)]
     amount_refunded: i64,
+    /// A renewal's subscription and period start; absent or null for a session's payment.
+    #[serde(default)]
+    subscription: Option<String>,
+    #[serde(default)]
+    period_start: Option<i64>,
     version: i64,
 }
 
@@ -144,6 +149,10 @@ pub fn payment(v: &Value) -> Result<ProviderPayment, String> {
         failure_code: p.failure_code,
         card: p.card.map(|c| (c.brand, c.last4)),
         amount_refunded: p.amount_refunded,
+        renewal: match (p.subscription, p.period_start) {
+            (Some(sub), Some(start)) => Some((sub, time("period_start", start)?)),
+            _ => None,
+        },
         version: p.version,
     })
 }

@@ -135,6 +135,7 @@ fn invoice_payment(
     }
     let (amount, currency) = from_stripe(invoice.amount_paid, &invoice.currency)?;
     Ok(Some(ProviderPayment {
+        renewal: None,
         id: intent.id().to_owned(),
         client_reference: reference,
         amount,
@@ -179,6 +180,7 @@ pub fn payment(
         None => 0,
     };
     Ok(ProviderPayment {
+        renewal: None,
         id: pi.id.clone(),
         client_reference: reference,
         amount,
