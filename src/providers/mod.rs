@@ -183,7 +183,7 @@ impl Operation {
 /// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub |
 /// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|
 /// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | not yet    | not yet   |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
 /// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        |
 /// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        |
 /// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        |
@@ -197,9 +197,9 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice),
-        // Their subscription calls are typed in their clients but not made through the
-        // trait yet: PROVIDER_UNSUPPORTED until they are.
-        ProviderKind::Stripe => !matches!(op, CancelSubscription | PauseSubscription),
+        ProviderKind::Stripe => true,
+        // Polar's subscription calls are typed in its client but not made through the trait
+        // yet: PROVIDER_UNSUPPORTED until they are.
         ProviderKind::Polar => !matches!(
             op,
             ExpireCheckoutSession | CancelSubscription | PauseSubscription
@@ -588,5 +588,6 @@ mod tests {
         assert!(supports(ProviderKind::Sandbox, CancelSubscription));
         assert!(supports(ProviderKind::Sandbox, PauseSubscription));
         assert!(!supports(ProviderKind::PayTabs, CancelSubscription));
+        assert!(supports(ProviderKind::Stripe, PauseSubscription));
     }
 }
