@@ -171,7 +171,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_SANDBOX_DELIVERY_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub sandbox_delivery_poll: Duration,
     /// How often the sandbox expires open checkout sessions past their expiry on their
-    /// account's clock.
+    /// account's clock, and applies the renewals and retries due by it (AdvanceClock applies
+    /// them at once; this pass finishes what a crash interrupted).
     #[arg(long, env = "COFFER_SANDBOX_EXPIRE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sandbox_expire_interval: Duration,
     /// How far ahead of the wall clock Sandbox.AdvanceClock may move an account's clock (at

@@ -381,6 +381,7 @@ impl Server {
                 .spawn(crate::providers::sandbox::clock::run_expirer(
                     app.pool.clone(),
                     sandbox.expire_interval,
+                    sandbox.dunning,
                     stop_claiming.clone(),
                 ));
         }

@@ -20,6 +20,7 @@ use crate::store::{audit, customers as store};
 
 pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
 pub const REASON_EXTERNAL_ID_TAKEN: &str = "CUSTOMER_EXTERNAL_ID_TAKEN";
+pub const REASON_HAS_LIVE_SUBSCRIPTION: &str = "CUSTOMER_HAS_LIVE_SUBSCRIPTION";
 
 /// The list a page token of ListCustomers belongs to.
 const LIST: &str = "coffer.v1.Customers/ListCustomers";
@@ -173,6 +174,20 @@ impl Customers {
         self.mutations
             .run(&ctx, call, move |conn| {
                 Box::pin(async move {
+                    // The customer's row lock first: a subscription's insert waits for it (its
+                    // foreign key), so none appears between the check and the delete.
+                    store::lock_customer(conn, ctx.tenant, id)
+                        .await?
+                        .ok_or_else(not_found)?;
+                    if crate::store::subscriptions::has_live_subscription(conn, ctx.tenant, id)
+                        .await?
+                    {
+                        return Err(AppError::rejected(
+                            RejectionKind::FailedPrecondition,
+                            REASON_HAS_LIVE_SUBSCRIPTION,
+                            "the customer holds a live subscription: cancel it first",
+                        ));
+                    }
                     let customer = store::soft_delete_customer(conn, ctx.tenant, id, now_micros())
                         .await?
                         .ok_or_else(not_found)?;

@@ -45,6 +45,9 @@ pub enum OpKind {
     CreateCheckoutSession,
     ExpireCheckoutSession,
     Refund,
+    /// A lifecycle change to a subscription (`coffer_id` is the change's own id, so each
+    /// change is an operation of its own).
+    UpdateSubscription,
 }
 
 impl OpKind {
@@ -55,6 +58,7 @@ impl OpKind {
             OpKind::CreateCheckoutSession => "create_checkout_session",
             OpKind::ExpireCheckoutSession => "expire_checkout_session",
             OpKind::Refund => "refund",
+            OpKind::UpdateSubscription => "update_subscription",
         }
     }
 
@@ -65,6 +69,7 @@ impl OpKind {
             OpKind::CreateCheckoutSession,
             OpKind::ExpireCheckoutSession,
             OpKind::Refund,
+            OpKind::UpdateSubscription,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -79,6 +84,7 @@ impl OpKind {
                 ObjectKind::CheckoutSession
             }
             OpKind::Refund => ObjectKind::Refund,
+            OpKind::UpdateSubscription => ObjectKind::Subscription,
         }
     }
 }

@@ -85,7 +85,12 @@ impl App {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
             usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
-            subscriptions: subscriptions::Subscriptions::new(pool.clone(), mutations.clone()),
+            subscriptions: subscriptions::Subscriptions::new(
+                pool.clone(),
+                mutations.clone(),
+                checkout.providers().clone(),
+                checkout.journal().clone(),
+            ),
             payments: payments::Payments::new(
                 pool.clone(),
                 mutations.clone(),
@@ -140,6 +145,12 @@ impl App {
             providers,
         );
         self.payments = payments::Payments::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            self.checkout.providers().clone(),
+            self.checkout.journal().clone(),
+        );
+        self.subscriptions = subscriptions::Subscriptions::new(
             self.pool.clone(),
             self.events.mutations().clone(),
             self.checkout.providers().clone(),

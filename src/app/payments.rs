@@ -50,7 +50,7 @@ use crate::providers::{
     ProviderRefund, RefundRequest,
 };
 use crate::store::{StoreError, audit, checkout as checkout_store};
-use crate::store::{journal as journal_store, payments as store};
+use crate::store::{journal as journal_store, payments as store, subscriptions as sub_store};
 
 pub const REASON_PAYMENT_NOT_FOUND: &str = "PAYMENT_NOT_FOUND";
 pub const REASON_PAYMENT_NOT_REFUNDABLE: &str = "PAYMENT_NOT_REFUNDABLE";
@@ -300,7 +300,8 @@ pub async fn apply_checkout(
     Ok(())
 }
 
-/// A payment's state: status, decline code and card, on the session's payment.
+/// A payment's state: status, decline code and card, on the session's payment, or on the
+/// period's payment of a subscription's renewal (made the first time it is reported).
 pub async fn apply_payment(
     tx: &mut PgConnection,
     tenant: TenantId,
@@ -308,9 +309,37 @@ pub async fn apply_payment(
 ) -> Result<(), ApplyError> {
     let checkout = CheckoutId::from_uuid(p.client_reference);
     lock_visible(tx, tenant, checkout).await?;
-    let locked = store::lock_session_payment(tx, tenant, checkout)
-        .await?
-        .ok_or_else(|| refused(format!("checkout session {checkout} has no payment")))?;
+    let locked = match &p.renewal {
+        None => store::lock_session_payment(tx, tenant, checkout)
+            .await?
+            .ok_or_else(|| refused(format!("checkout session {checkout} has no payment")))?,
+        Some((provider_subscription, period_start)) => {
+            let (sub, _) = sub_store::lock_session_subscription(tx, tenant, checkout)
+                .await?
+                .ok_or_else(|| {
+                    refused(format!(
+                        "checkout session {checkout} has no subscription yet"
+                    ))
+                })?;
+            if sub.provider_subscription_id != *provider_subscription {
+                return Err(refused(format!(
+                    "the renewal's subscription is not checkout session {checkout}'s"
+                )));
+            }
+            let currency = crate::domain::money::Currency::parse(&p.currency)
+                .map_err(|e| refused(format!("renewal currency: {}", e.0)))?;
+            store::lock_renewal_payment(
+                tx,
+                tenant,
+                &sub,
+                *period_start,
+                p.amount,
+                currency,
+                now_micros(),
+            )
+            .await?
+        }
+    };
     if p.version <= locked.provider_version {
         return Ok(());
     }
@@ -489,7 +518,9 @@ impl Handler for SandboxEvents {
                     let r = wire::refund(&object).map_err(HandlerError::Failed)?;
                     apply_refund(conn, tenant, &r).await?;
                 }
-                EventType::SubscriptionCreated => {
+                EventType::SubscriptionCreated
+                | EventType::SubscriptionUpdated
+                | EventType::SubscriptionDeleted => {
                     let s = wire::subscription(&object).map_err(HandlerError::Failed)?;
                     super::subscriptions::apply_subscription(conn, tenant, &s).await?;
                 }

@@ -72,7 +72,9 @@ pub async fn advance_clock(
         )));
     }
     let tenant = ctx.tenant;
-    app.events
+    let account = own.clone();
+    let moved = app
+        .events
         .mutations()
         .run(ctx, call, move |conn| {
             Box::pin(async move {
@@ -86,7 +88,11 @@ pub async fn advance_clock(
                 }
             })
         })
-        .await
+        .await?;
+    // Then everything the new time makes due, in order, each step committed on its own (a
+    // replayed call runs it too: it finishes what an interrupted one began).
+    sandbox.renew_due(Some(&account)).await?;
+    Ok(moved)
 }
 
 fn account_not_found() -> AppError {

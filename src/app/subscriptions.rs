@@ -1,22 +1,31 @@
 //! The Subscriptions service's use cases: the plan catalogue (create, get, list, archive), and
 //! subscriptions — read and listed, and applied from the provider's state
-//! ([`apply_subscription`], used by the inbox and the journal alike). Changing them (cancel,
-//! change plan, pause) comes with the lifecycle RPCs.
+//! ([`apply_subscription`], used by the inbox and the journal alike), and changed by the
+//! lifecycle calls ([`Subscriptions::change`]: cancel, undo a scheduled cancel, pause and
+//! resume collection), each through the provider and the journal.
 
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
+use uuid::Uuid;
 
 use crate::store::replica::ReadPool;
 
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::journal::{Journal, OpKind, OpStatus, Started};
 use super::page::{self, Page};
-use super::{AppError, RejectionKind, TenantCtx};
+use super::providers::Providers;
+use super::{AppError, Rejection, RejectionKind, TenantCtx};
+use crate::domain::account::AccountName;
 use crate::domain::customer::CustomerRef;
 use crate::domain::ids::{CheckoutId, PlanId, SubscriptionId, TenantId};
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::{NewPlan, Plan, PlanRef};
-use crate::domain::subscription::{Subscription, SubscriptionStatus};
-use crate::providers::{ObjectKind, ProviderSubscription};
+use crate::domain::subscription::{
+    Change, IllegalChange, Lifecycle, MAX_CANCEL_REASON, Subscription, SubscriptionStatus,
+};
+use crate::providers::{
+    ObjectKind, Operation, ProviderObject, ProviderSubscription, SubscriptionUpdate,
+};
 use crate::store::{audit, plans as store};
 use crate::store::{
     checkout as checkout_store, customers as customer_store, journal as journal_store,
@@ -29,6 +38,7 @@ use super::payments::{ApplyError, lock_visible, refused};
 pub const REASON_PLAN_NOT_FOUND: &str = "PLAN_NOT_FOUND";
 pub const REASON_SUBSCRIPTION_NOT_FOUND: &str = "SUBSCRIPTION_NOT_FOUND";
 pub const REASON_PLAN_KEY_TAKEN: &str = "PLAN_KEY_TAKEN";
+pub const REASON_ILLEGAL_SUBSCRIPTION_TRANSITION: &str = "ILLEGAL_SUBSCRIPTION_TRANSITION";
 
 /// The list a page token of ListPlans belongs to.
 const LIST: &str = "coffer.v1.Subscriptions/ListPlans";
@@ -60,6 +70,8 @@ pub struct Subscriptions {
     /// its bound, else `pool`.
     reads: ReadPool,
     mutations: Mutations,
+    providers: Providers,
+    journal: Journal,
 }
 
 impl Subscriptions {
@@ -68,12 +80,144 @@ impl Subscriptions {
         self.reads = reads;
     }
 
-    pub fn new(pool: PgPool, mutations: Mutations) -> Self {
+    pub fn new(pool: PgPool, mutations: Mutations, providers: Providers, journal: Journal) -> Self {
         Self {
             reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
+            providers,
+            journal,
         }
+    }
+
+    /// Makes a lifecycle change (cancel, undo a scheduled cancel, pause or resume collection)
+    /// through the subscription's provider, journaled, and answers the subscription after it.
+    /// The change is judged by the domain's rules first: an illegal one is
+    /// FAILED_PRECONDITION (`ILLEGAL_SUBSCRIPTION_TRANSITION`) naming the current status, and
+    /// nothing is written or sent.
+    #[tracing::instrument(skip_all)]
+    pub async fn change(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        id: SubscriptionId,
+        change: Change,
+    ) -> Result<Done<Subscription>, AppError> {
+        let this = self.clone();
+        let ctx = *ctx;
+        self.mutations
+            .run_external(&ctx, call, move |call| async move {
+                this.change_attempt(ctx, call, id, change).await
+            })
+            .await
+    }
+
+    async fn change_attempt(
+        &self,
+        ctx: TenantCtx,
+        call: Option<IdempotentCall>,
+        id: SubscriptionId,
+        change: Change,
+    ) -> Result<Subscription, AppError> {
+        let mut conn = self.pool.acquire().await?;
+        let sub = sub_store::find_subscription(&mut conn, ctx.tenant, id)
+            .await?
+            .ok_or_else(subscription_not_found)?;
+        let name = AccountName::parse(&sub.account)
+            .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
+        let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
+        let provider = account.for_op(Operation::of_change(&change))?;
+        let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
+        let earlier = match idempotency {
+            Some((method, key)) => {
+                journal_store::find_by_idempotency_key(&mut conn, ctx.tenant, method, key).await?
+            }
+            None => None,
+        };
+        // A change already made under this key is answered, not judged again.
+        let made = earlier
+            .as_ref()
+            .is_some_and(|row| row.status == OpStatus::Succeeded.as_str());
+        if !made {
+            let now = self.providers.now(ctx.tenant, &account).await?;
+            sub.lifecycle()
+                .apply(&change, now)
+                .map_err(|e| illegal_change(&e))?;
+        }
+        let change_id = earlier
+            .map(|row| row.coffer_id)
+            .unwrap_or_else(Uuid::now_v7);
+        let started = self
+            .journal
+            .begin(
+                &mut conn,
+                ctx.tenant,
+                &account.name,
+                OpKind::UpdateSubscription,
+                change_id,
+                idempotency,
+            )
+            .await?;
+        // No connection is held while the provider is called.
+        drop(conn);
+        let op = match started {
+            Started::Call(op) => op,
+            Started::Existing(op) => {
+                // Pending or unknown: the provider knows whether it made the change. If it did
+                // not, the operation is failed and the change is asked again (a new
+                // generation).
+                if op.status != OpStatus::Succeeded
+                    && self.journal.settle(&op, &account).await?.is_none()
+                {
+                    return Box::pin(self.change_attempt(ctx, call, id, change)).await;
+                }
+                return self.get_subscription(&ctx, id).await;
+            }
+        };
+        let verb = match &change {
+            Change::Cancel {
+                at_period_end: false,
+                ..
+            } => "subscription.canceled",
+            Change::Cancel { .. } => "subscription.cancel_scheduled",
+            Change::UndoCancel => "subscription.cancel_undone",
+            Change::PauseCollection => "subscription.collection_paused",
+            Change::ResumeCollection => "subscription.collection_resumed",
+        };
+        let sent = provider.update_subscription(
+            &account.name,
+            SubscriptionUpdate {
+                client_reference: change_id,
+                idempotency_key: op.idempotency_key(),
+                subscription: sub.provider_subscription_id.clone(),
+                change,
+            },
+        );
+        let changed = self.journal.call(&op, account.kind, sent).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.journal
+            .apply(
+                &mut tx,
+                &op,
+                &account.name,
+                &ProviderObject::Subscription(changed),
+            )
+            .await?;
+        audit::insert_audit(
+            &mut tx,
+            ctx.tenant,
+            Some(ctx.key),
+            verb,
+            "subscription",
+            id.as_uuid(),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| AppError::from_commit(e.into()))?;
+        drop(conn);
+        self.get_subscription(&ctx, id).await
     }
 
     /// Creates a plan with its features and prices, in one statement. A key the tenant already
@@ -225,6 +369,21 @@ fn not_found() -> AppError {
     AppError::not_found(REASON_PLAN_NOT_FOUND, "plan not found")
 }
 
+fn subscription_not_found() -> AppError {
+    AppError::not_found(REASON_SUBSCRIPTION_NOT_FOUND, "subscription not found")
+}
+
+/// A change the subscription's state refuses: FAILED_PRECONDITION naming its status, in the
+/// message and in the metadata (`status`).
+fn illegal_change(e: &IllegalChange) -> AppError {
+    AppError::Rejected(Rejection {
+        kind: RejectionKind::FailedPrecondition,
+        reason: REASON_ILLEGAL_SUBSCRIPTION_TRANSITION.to_owned(),
+        message: e.to_string(),
+        metadata: vec![("status", e.status.as_str().to_owned())],
+    })
+}
+
 /// A subscription a session made: created the first time (with the session's first line
 /// item's price and quantity, and named on the session), its state updated after.
 pub async fn apply_subscription(
@@ -235,22 +394,36 @@ pub async fn apply_subscription(
     let checkout = CheckoutId::from_uuid(s.client_reference);
     lock_visible(tx, tenant, checkout).await?;
     let id = match sub_store::lock_session_subscription(tx, tenant, checkout).await? {
-        Some((id, status, version)) => {
+        Some((current, version)) => {
             if s.version <= version {
                 return Ok(());
             }
-            status
+            let id = current.id;
+            current
+                .status
                 .transition(s.status)
                 .map_err(|e| refused(format!("subscription {id}: {e}")))?;
+            // The provider's flags are the truth; a CANCELED subscription always has its time
+            // (a provider that sends none ended it with its period).
+            let lifecycle = Lifecycle {
+                status: s.status,
+                cancel_at_period_end: s.cancel_at_period_end,
+                collection_paused: s.collection_paused,
+                canceled_at: (s.status == SubscriptionStatus::Canceled)
+                    .then(|| s.canceled_at.unwrap_or(s.current_period_end)),
+                cancel_reason: s.cancel_reason.chars().take(MAX_CANCEL_REASON).collect(),
+            };
             sub_store::update_subscription_state(
                 tx,
                 tenant,
                 id,
-                s.status,
-                s.current_period_start,
-                s.current_period_end,
-                s.trial_end,
-                s.version,
+                &sub_store::SubscriptionState {
+                    lifecycle: &lifecycle,
+                    current_period_start: s.current_period_start,
+                    current_period_end: s.current_period_end,
+                    trial_end: s.trial_end,
+                    version: s.version,
+                },
             )
             .await?;
             id

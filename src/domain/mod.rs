@@ -17,6 +17,7 @@ pub mod money;
 pub mod page;
 pub mod payment;
 pub mod plan;
+pub mod proration;
 pub mod subscription;
 pub mod usage;
 pub mod validation;

@@ -87,7 +87,178 @@ pub struct IllegalTransition {
     pub to: SubscriptionStatus,
 }
 
-/// A subscription made by a completed SUBSCRIPTION checkout.
+/// The largest cancel reason kept, in characters.
+pub const MAX_CANCEL_REASON: usize = 500;
+
+/// A change a caller asks of a subscription (the lifecycle RPCs), as Stripe's subscription
+/// updates make them: cancel now or at the period's end (and undo the latter), and pause or
+/// resume collection (the status stays, as Stripe's `pause_collection` leaves it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Cancel { at_period_end: bool, reason: String },
+    UndoCancel,
+    PauseCollection,
+    ResumeCollection,
+}
+
+impl Change {
+    /// What the change does, for messages.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Change::Cancel {
+                at_period_end: true,
+                ..
+            } => "be canceled at the end of its period",
+            Change::Cancel { .. } => "be canceled",
+            Change::UndoCancel => "have a scheduled cancel undone",
+            Change::PauseCollection => "have its collection paused",
+            Change::ResumeCollection => "have its collection resumed",
+        }
+    }
+}
+
+/// A change the subscription's state does not allow: FAILED_PRECONDITION naming the current
+/// status (and why, when the status alone is not the reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a {} subscription cannot {verb}{why}", status.as_str())]
+pub struct IllegalChange {
+    pub status: SubscriptionStatus,
+    pub verb: &'static str,
+    /// Empty, or ": " and the flag that refuses it.
+    pub why: &'static str,
+}
+
+/// The part of a subscription its lifecycle moves. Invariants (what [`Lifecycle::check`]
+/// asserts, and what no sequence of changes and provider moves may break): a CANCELED
+/// subscription has `canceled_at` and neither a scheduled cancel nor paused collection; only
+/// a TRIALING or ACTIVE subscription has its collection paused; a scheduled cancel needs a
+/// status that still has a period to end (TRIALING, ACTIVE, PAST_DUE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub status: SubscriptionStatus,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub cancel_reason: String,
+}
+
+impl Lifecycle {
+    /// A fresh subscription's.
+    pub fn new(status: SubscriptionStatus) -> Self {
+        Lifecycle {
+            status,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
+        }
+    }
+
+    /// The state after `change` at `now`, or why it is refused. A change that is already so
+    /// (pausing paused collection, scheduling a scheduled cancel) is allowed and changes
+    /// nothing but the reason, so a caller's retry without an idempotency key is harmless.
+    pub fn apply(&self, change: &Change, now: OffsetDateTime) -> Result<Lifecycle, IllegalChange> {
+        use SubscriptionStatus::*;
+        let refuse = |why: &'static str| IllegalChange {
+            status: self.status,
+            verb: change.verb(),
+            why,
+        };
+        let mut next = self.clone();
+        match change {
+            Change::Cancel {
+                at_period_end: false,
+                reason,
+            } => {
+                if self.status == Canceled {
+                    return Err(refuse(""));
+                }
+                next.status = self.status.transition(Canceled).map_err(|_| refuse(""))?;
+                next.canceled_at = Some(now);
+                next.cancel_at_period_end = false;
+                next.collection_paused = false;
+                next.cancel_reason = reason.clone();
+            }
+            Change::Cancel {
+                at_period_end: true,
+                reason,
+            } => {
+                if !matches!(self.status, Trialing | Active | PastDue) {
+                    return Err(refuse(""));
+                }
+                next.cancel_at_period_end = true;
+                next.cancel_reason = reason.clone();
+            }
+            Change::UndoCancel => {
+                if self.status == Canceled {
+                    return Err(refuse(""));
+                }
+                if !self.cancel_at_period_end {
+                    return Err(refuse(": no cancel is scheduled"));
+                }
+                next.cancel_at_period_end = false;
+                next.cancel_reason.clear();
+            }
+            Change::PauseCollection => {
+                if !matches!(self.status, Trialing | Active) {
+                    return Err(refuse(""));
+                }
+                next.collection_paused = true;
+            }
+            Change::ResumeCollection => {
+                if !self.collection_paused {
+                    return Err(refuse(": its collection is not paused"));
+                }
+                next.collection_paused = false;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The state after the provider moved the subscription to `to` at `now` (a renewal, a
+    /// failed charge, the end of a period): only through the state machine; entering CANCELED
+    /// ends what was scheduled, and a status that is not TRIALING or ACTIVE collects nothing to
+    /// pause.
+    pub fn moved(
+        &self,
+        to: SubscriptionStatus,
+        now: OffsetDateTime,
+    ) -> Result<Lifecycle, IllegalTransition> {
+        use SubscriptionStatus::*;
+        let status = self.status.transition(to)?;
+        let mut next = self.clone();
+        next.status = status;
+        if status == Canceled {
+            next.canceled_at = self.canceled_at.or(Some(now));
+            next.cancel_at_period_end = false;
+        }
+        if !matches!(status, Trialing | Active) {
+            next.collection_paused = false;
+        }
+        if !matches!(status, Trialing | Active | PastDue) {
+            next.cancel_at_period_end = false;
+        }
+        Ok(next)
+    }
+
+    /// Whether the invariants hold (see the type's comment).
+    pub fn check(&self) -> Result<(), &'static str> {
+        use SubscriptionStatus::*;
+        if (self.status == Canceled) != self.canceled_at.is_some() {
+            return Err("canceled_at is set exactly when CANCELED");
+        }
+        if self.collection_paused && !matches!(self.status, Trialing | Active) {
+            return Err("only a TRIALING or ACTIVE subscription has paused collection");
+        }
+        if self.cancel_at_period_end && !matches!(self.status, Trialing | Active | PastDue) {
+            return Err("a scheduled cancel needs a period to end");
+        }
+        Ok(())
+    }
+}
+
+/// A customer's subscription: made by a completed SUBSCRIPTION checkout, moved by the
+/// lifecycle calls and the provider's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub id: SubscriptionId,
@@ -99,15 +270,164 @@ pub struct Subscription {
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    /// The caller's reason for a cancel; empty when none was given.
+    pub cancel_reason: String,
     pub account: String,
     pub provider_subscription_id: String,
     pub checkout_session: CheckoutId,
     pub created_at: OffsetDateTime,
 }
 
+impl Subscription {
+    /// The part its lifecycle moves.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            status: self.status,
+            cancel_at_period_end: self.cancel_at_period_end,
+            collection_paused: self.collection_paused,
+            canceled_at: self.canceled_at,
+            cancel_reason: self.cancel_reason.clone(),
+        }
+    }
+
+    /// Live: it may still charge or grant (neither CANCELED nor INCOMPLETE_EXPIRED), so its
+    /// customer cannot be deleted.
+    pub fn is_live(&self) -> bool {
+        !matches!(
+            self.status,
+            SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn t(s: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_764_590_000 + s).unwrap()
+    }
+
+    fn cancel(at_period_end: bool) -> Change {
+        Change::Cancel {
+            at_period_end,
+            reason: "too expensive".into(),
+        }
+    }
+
+    #[test]
+    fn cancel_now_ends_it_and_names_the_status_when_refused() {
+        let active = Lifecycle::new(SubscriptionStatus::Active);
+        let done = active.apply(&cancel(false), t(5)).unwrap();
+        assert_eq!(done.status, SubscriptionStatus::Canceled);
+        assert_eq!(done.canceled_at, Some(t(5)));
+        assert_eq!(done.cancel_reason, "too expensive");
+        let again = done.apply(&cancel(false), t(6)).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            "a canceled subscription cannot be canceled"
+        );
+        assert_eq!(
+            done.apply(&Change::PauseCollection, t(6))
+                .unwrap_err()
+                .to_string(),
+            "a canceled subscription cannot have its collection paused"
+        );
+    }
+
+    #[test]
+    fn a_scheduled_cancel_is_undone_and_an_unscheduled_one_is_refused() {
+        let active = Lifecycle::new(SubscriptionStatus::Trialing);
+        let scheduled = active.apply(&cancel(true), t(1)).unwrap();
+        assert!(scheduled.cancel_at_period_end);
+        assert_eq!(scheduled.status, SubscriptionStatus::Trialing);
+        let undone = scheduled.apply(&Change::UndoCancel, t(2)).unwrap();
+        assert_eq!(undone, active);
+        assert_eq!(
+            undone
+                .apply(&Change::UndoCancel, t(3))
+                .unwrap_err()
+                .to_string(),
+            "a trialing subscription cannot have a scheduled cancel undone: no cancel is scheduled"
+        );
+    }
+
+    #[test]
+    fn pausing_keeps_the_status() {
+        let active = Lifecycle::new(SubscriptionStatus::Active);
+        let paused = active.apply(&Change::PauseCollection, t(1)).unwrap();
+        assert_eq!(paused.status, SubscriptionStatus::Active);
+        assert!(paused.collection_paused);
+        assert_eq!(
+            paused.apply(&Change::ResumeCollection, t(2)).unwrap(),
+            active
+        );
+        assert!(
+            Lifecycle::new(SubscriptionStatus::PastDue)
+                .apply(&Change::PauseCollection, t(1))
+                .is_err()
+        );
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            any::<bool>().prop_map(cancel),
+            Just(Change::UndoCancel),
+            Just(Change::PauseCollection),
+            Just(Change::ResumeCollection),
+        ]
+    }
+
+    /// A lifecycle call, or the provider moving the subscription to a status.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Call(Change),
+        Provider(SubscriptionStatus),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            change().prop_map(Step::Call),
+            proptest::sample::select(SubscriptionStatus::ALL.to_vec()).prop_map(Step::Provider),
+        ]
+    }
+
+    proptest! {
+        /// No sequence of lifecycle calls and provider moves reaches a state the machine
+        /// forbids: every status change is one `transition` allows, every state keeps the
+        /// invariants, and a refused step changes nothing.
+        #[test]
+        fn no_sequence_reaches_a_forbidden_state(
+            start in proptest::sample::select(vec![
+                SubscriptionStatus::Incomplete,
+                SubscriptionStatus::Trialing,
+                SubscriptionStatus::Active,
+            ]),
+            steps in proptest::collection::vec(step(), 0..40),
+        ) {
+            let mut state = Lifecycle::new(start);
+            for (i, step) in steps.into_iter().enumerate() {
+                let now = t(i as i64);
+                let next = match &step {
+                    Step::Call(c) => state.apply(c, now).ok(),
+                    Step::Provider(to) => state.moved(*to, now).ok(),
+                };
+                if let Some(next) = next {
+                    prop_assert!(state.status.transition(next.status).is_ok(),
+                        "{:?} -> {:?} by {:?}", state.status, next.status, step);
+                    prop_assert_eq!(next.check(), Ok(()), "{:?} after {:?}", next, step);
+                    if state.status == SubscriptionStatus::Canceled {
+                        prop_assert_eq!(next.status, SubscriptionStatus::Canceled);
+                    }
+                    state = next;
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_trialing_and_active_are_reachable_from_checkout_and_canceled_is_final() {

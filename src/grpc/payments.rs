@@ -170,7 +170,7 @@ fn payment_status_from_proto(s: pb::PaymentStatus) -> Option<PaymentStatus> {
         .find(|d| payment_status_to_proto(*d) == s)
 }
 
-fn subscription_status_to_proto(s: SubscriptionStatus) -> pb::SubscriptionStatus {
+pub(super) fn subscription_status_to_proto(s: SubscriptionStatus) -> pb::SubscriptionStatus {
     match s {
         SubscriptionStatus::Incomplete => pb::SubscriptionStatus::Incomplete,
         SubscriptionStatus::IncompleteExpired => pb::SubscriptionStatus::IncompleteExpired,
@@ -264,6 +264,10 @@ pub fn subscription_to_proto(s: &Subscription) -> pb::Subscription {
         provider_subscription_id: s.provider_subscription_id.clone(),
         checkout_session_id: s.checkout_session.to_string(),
         create_time: Some(timestamp(s.created_at)),
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.collection_paused,
+        canceled_at: s.canceled_at.map(timestamp),
+        cancel_reason: s.cancel_reason.clone(),
     }
 }
 

@@ -153,6 +153,35 @@ pub const SERVICES: &[Service] = &[
                 false,
                 Unary,
             ),
+            // The lifecycle: changes through the provider, idempotent.
+            rpc(
+                SUBSCRIPTIONS,
+                "CancelSubscription",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
+            rpc(
+                SUBSCRIPTIONS,
+                "UndoCancelSubscription",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
+            rpc(
+                SUBSCRIPTIONS,
+                "PauseSubscription",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
+            rpc(
+                SUBSCRIPTIONS,
+                "ResumeSubscription",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
         ],
     },
     Service {

@@ -7,6 +7,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::customers::{from_timestamp, timestamp};
+use super::payments::{subscription_status_to_proto, subscription_to_proto};
 use super::pb::subscriptions_server::Subscriptions;
 use super::pb::{self, get_plan_request::Lookup};
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
@@ -15,17 +16,22 @@ use crate::app::idempotency::Replayable;
 use crate::app::subscriptions::PlanQuery;
 use crate::domain::Violations;
 use crate::domain::customer::DisplayName;
-use crate::domain::ids::{PlanId, PriceId};
+use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId};
 use crate::domain::money::{Currency, CurrencyLimits, Money};
 use crate::domain::page::PageSize;
 use crate::domain::plan::{
     Billing, BillingField, Description, FeatureKey, Interval, NewPlan, NewPrice, Plan, PlanKey,
     PlanRef, Price,
 };
+use crate::domain::subscription::{Change, MAX_CANCEL_REASON, Subscription, SubscriptionStatus};
 
 // Full method names: idempotency keys are scoped per method.
 const CREATE_PLAN: &str = "/coffer.v1.Subscriptions/CreatePlan";
 const ARCHIVE_PLAN: &str = "/coffer.v1.Subscriptions/ArchivePlan";
+const CANCEL: &str = "/coffer.v1.Subscriptions/CancelSubscription";
+const UNDO_CANCEL: &str = "/coffer.v1.Subscriptions/UndoCancelSubscription";
+const PAUSE: &str = "/coffer.v1.Subscriptions/PauseSubscription";
+const RESUME: &str = "/coffer.v1.Subscriptions/ResumeSubscription";
 
 pub struct SubscriptionsService {
     app: App,
@@ -121,6 +127,135 @@ impl Subscriptions for SubscriptionsService {
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         super::payments::list_subscriptions(&self.app, request).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cancel_subscription(
+        &self,
+        request: Request<pb::CancelSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let id = v.check("id", SubscriptionId::parse(&req.id));
+        if req.reason.chars().count() > MAX_CANCEL_REASON {
+            v.add(
+                "reason",
+                format!("must be at most {MAX_CANCEL_REASON} characters"),
+            );
+        }
+        v.finish().map_err(|v| status::invalid(&v))?;
+        let change = Change::Cancel {
+            at_period_end: req.at_period_end,
+            reason: req.reason.clone(),
+        };
+        self.change(&request, CANCEL, id.expect("checked"), change)
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn undo_cancel_subscription(
+        &self,
+        request: Request<pb::UndoCancelSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let id = parse_id(&request.get_ref().id)?;
+        self.change(&request, UNDO_CANCEL, id, Change::UndoCancel)
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn pause_subscription(
+        &self,
+        request: Request<pb::PauseSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let id = parse_id(&request.get_ref().id)?;
+        self.change(&request, PAUSE, id, Change::PauseCollection)
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn resume_subscription(
+        &self,
+        request: Request<pb::ResumeSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let id = parse_id(&request.get_ref().id)?;
+        self.change(&request, RESUME, id, Change::ResumeCollection)
+            .await
+    }
+}
+
+impl SubscriptionsService {
+    /// A lifecycle change, its request already valid.
+    async fn change<T: Fingerprinted + Message>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        id: SubscriptionId,
+        change: Change,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let ctx = tenant_ctx(request)?;
+        let call = idempotent_call(request.metadata(), method, request.get_ref())?;
+        let done = self
+            .app
+            .subscriptions
+            .change(&ctx, call, id, change)
+            .await?;
+        Ok(respond(done, |s| subscription_to_proto(&s)))
+    }
+}
+
+fn parse_id(id: &str) -> Result<SubscriptionId, Status> {
+    SubscriptionId::parse(id).map_err(|e| status::invalid(&Violations::single("id", e.0)))
+}
+
+impl Fingerprinted for pb::CancelSubscriptionRequest {}
+impl Fingerprinted for pb::UndoCancelSubscriptionRequest {}
+impl Fingerprinted for pb::PauseSubscriptionRequest {}
+impl Fingerprinted for pb::ResumeSubscriptionRequest {}
+
+/// The subscription a stored response describes: everything the response shows, so a replay
+/// is byte for byte the first answer.
+fn subscription_from_proto(p: &pb::Subscription) -> Option<Subscription> {
+    let optional_time = |t: &Option<prost_types::Timestamp>| match t {
+        Some(t) => from_timestamp(t).map(Some),
+        None => Some(None),
+    };
+    Some(Subscription {
+        id: SubscriptionId::parse(&p.id).ok()?,
+        customer: CustomerId::parse(&p.customer_id).ok()?,
+        plan: match p.plan_id.as_str() {
+            "" => None,
+            id => Some(PlanId::parse(id).ok()?),
+        },
+        price: match p.price_id.as_str() {
+            "" => None,
+            id => Some(PriceId::parse(id).ok()?),
+        },
+        quantity: u32::try_from(p.quantity).ok()?,
+        status: SubscriptionStatus::ALL
+            .into_iter()
+            .find(|s| subscription_status_to_proto(*s) as i32 == p.status)?,
+        current_period_start: from_timestamp(p.current_period_start.as_ref()?)?,
+        current_period_end: from_timestamp(p.current_period_end.as_ref()?)?,
+        trial_end: optional_time(&p.trial_end)?,
+        cancel_at_period_end: p.cancel_at_period_end,
+        collection_paused: p.collection_paused,
+        canceled_at: optional_time(&p.canceled_at)?,
+        cancel_reason: p.cancel_reason.clone(),
+        account: p.provider_account.clone(),
+        provider_subscription_id: p.provider_subscription_id.clone(),
+        checkout_session: CheckoutId::parse(&p.checkout_session_id).ok()?,
+        created_at: from_timestamp(p.create_time.as_ref()?)?,
+    })
+}
+
+/// A replay hands back exactly the subscription the first call returned, via its wire form.
+impl Replayable for Subscription {
+    fn encode_replay(&self) -> Vec<u8> {
+        subscription_to_proto(self).encode_to_vec()
+    }
+
+    fn decode_replay(bytes: &[u8]) -> Option<Self> {
+        subscription_from_proto(&pb::Subscription::decode(bytes).ok()?)
     }
 }
 

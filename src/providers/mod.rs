@@ -160,18 +160,33 @@ pub enum Operation {
     Refund,
     /// Finding an object by Coffer's id (the client reference), to resolve unknown outcomes.
     FetchObject,
+    /// Cancelling a subscription (now or at its period's end) and undoing a scheduled cancel.
+    CancelSubscription,
+    /// Pausing and resuming a subscription's collection.
+    PauseSubscription,
+}
+
+impl Operation {
+    /// The operation a subscription change is.
+    pub fn of_change(change: &crate::domain::subscription::Change) -> Self {
+        use crate::domain::subscription::Change;
+        match change {
+            Change::Cancel { .. } | Change::UndoCancel => Operation::CancelSubscription,
+            Change::PauseCollection | Change::ResumeCollection => Operation::PauseSubscription,
+        }
+    }
 }
 
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
 /// checkout has one line item); PayTabs has neither a customer nor a
@@ -183,13 +198,20 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice),
         ProviderKind::Stripe => true,
-        ProviderKind::Polar => !matches!(op, ExpireCheckoutSession),
+        // Polar's subscription calls are typed in its client but not made through the trait
+        // yet: PROVIDER_UNSUPPORTED until they are.
+        ProviderKind::Polar => !matches!(
+            op,
+            ExpireCheckoutSession | CancelSubscription | PauseSubscription
+        ),
         ProviderKind::PayTabs => !matches!(
             op,
             CreateCustomer
                 | CreatePrice
                 | CreateCheckoutSession(Mode::Subscription)
                 | ExpireCheckoutSession
+                | CancelSubscription
+                | PauseSubscription
         ),
         ProviderKind::Hmac => false,
     }
@@ -305,8 +327,8 @@ pub struct ProviderCheckout {
     /// The session's payment as the provider sees it, when the answer carries it (a fetch
     /// does; a create or an event names at most its id).
     pub payment: Option<ProviderPayment>,
-    /// The subscription the session made, likewise.
-    pub subscription: Option<ProviderSubscription>,
+    /// The subscription the session made, likewise (boxed: a session is mostly without).
+    pub subscription: Option<Box<ProviderSubscription>>,
 }
 
 /// Where a payment is on the provider.
@@ -333,6 +355,9 @@ pub struct ProviderPayment {
     /// The card's brand and last four digits, when known.
     pub card: Option<(String, String)>,
     pub amount_refunded: i64,
+    /// A subscription's renewal charge: the provider's subscription id and the start of the
+    /// period it pays for. `None` for a checkout session's own payment.
+    pub renewal: Option<(String, OffsetDateTime)>,
     pub version: i64,
 }
 
@@ -346,7 +371,28 @@ pub struct ProviderSubscription {
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
+    /// A cancel is scheduled for the period's end.
+    pub cancel_at_period_end: bool,
+    /// Collection is paused (Stripe's `pause_collection`); the status stays.
+    pub collection_paused: bool,
+    /// When it was canceled, once CANCELED.
+    pub canceled_at: Option<OffsetDateTime>,
+    /// The reason given with a cancel, as the provider keeps it; empty when none.
+    pub cancel_reason: String,
     pub version: i64,
+}
+
+/// A change to make to a provider's subscription (a lifecycle call).
+#[derive(Debug, Clone)]
+pub struct SubscriptionUpdate {
+    /// Coffer's id of this change, sent as the client reference: how an unknown outcome is
+    /// settled ([`Provider::fetch_object`] of a subscription finds the one a change was made
+    /// to).
+    pub client_reference: Uuid,
+    pub idempotency_key: String,
+    /// The provider's subscription id.
+    pub subscription: String,
+    pub change: crate::domain::subscription::Change,
 }
 
 /// A refund to ask for.
@@ -489,8 +535,25 @@ pub trait Provider: Send + Sync {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ProviderObject>, ProviderError>>;
 
+    /// Makes `request.change` to a subscription and answers its state after; only asked of
+    /// providers that support the change's [`Operation::of_change`]. A repeated request (the
+    /// same client reference) answers the subscription as it is, without changing it again.
+    fn update_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: SubscriptionUpdate,
+    ) -> BoxFuture<'a, Result<ProviderSubscription, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::definitive(
+                "unsupported",
+                "this provider's subscriptions cannot be changed through Coffer",
+            ))
+        })
+    }
+
     /// The object of `kind` that Coffer created with `client_reference`, if the provider has
-    /// one: how an unknown outcome is settled.
+    /// one: how an unknown outcome is settled. For a subscription, the reference may also be a
+    /// change's ([`SubscriptionUpdate::client_reference`]): the subscription it was made to.
     fn fetch_object<'a>(
         &'a self,
         account: &'a AccountName,
@@ -522,5 +585,9 @@ mod tests {
         assert!(!supports(ProviderKind::PayTabs, CreateCustomer));
         assert!(!supports(ProviderKind::Polar, ExpireCheckoutSession));
         assert!(!supports(ProviderKind::Hmac, FetchObject));
+        assert!(supports(ProviderKind::Sandbox, CancelSubscription));
+        assert!(supports(ProviderKind::Sandbox, PauseSubscription));
+        assert!(!supports(ProviderKind::PayTabs, CancelSubscription));
+        assert!(supports(ProviderKind::Stripe, PauseSubscription));
     }
 }

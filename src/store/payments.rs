@@ -214,7 +214,8 @@ pub async fn lock_session_payment(
         LockedRow,
         "SELECT id, account, status, amount, currency, amount_refunded, amount_refund_pending,
                 provider_payment_id, provider_version
-         FROM payments WHERE tenant_id = $1 AND checkout_session_id = $2
+         FROM payments
+         WHERE tenant_id = $1 AND checkout_session_id = $2 AND subscription_id IS NULL
          FOR UPDATE",
         tenant.as_uuid(),
         checkout.as_uuid(),
@@ -223,6 +224,55 @@ pub async fn lock_session_payment(
     .await?
     .map(LockedRow::into_locked)
     .transpose()
+}
+
+/// Locks the charge of a subscription's period starting `period_start`, made (CREATED, with
+/// `amount`) if it is not there yet: the period's one payment, however often its events come.
+#[allow(clippy::too_many_arguments)]
+pub async fn lock_renewal_payment(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    subscription: &crate::domain::subscription::Subscription,
+    period_start: OffsetDateTime,
+    amount: i64,
+    currency: Currency,
+    now: OffsetDateTime,
+) -> Result<LockedPayment, StoreError> {
+    sqlx::query!(
+        "INSERT INTO payments (tenant_id, id, customer_id, checkout_session_id, account, amount,
+                               currency, status, subscription_id, period_start, created_at,
+                               updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $9, $10, $10)
+         ON CONFLICT (tenant_id, subscription_id, period_start)
+             WHERE subscription_id IS NOT NULL
+         DO NOTHING",
+        tenant.as_uuid(),
+        PaymentId::generate().as_uuid(),
+        subscription.customer.as_uuid(),
+        subscription.checkout_session.as_uuid(),
+        subscription.account,
+        amount,
+        currency.code(),
+        subscription.id.as_uuid(),
+        period_start,
+        now,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as!(
+        LockedRow,
+        "SELECT id, account, status, amount, currency, amount_refunded, amount_refund_pending,
+                provider_payment_id, provider_version
+         FROM payments
+         WHERE tenant_id = $1 AND subscription_id = $2 AND period_start = $3
+         FOR UPDATE",
+        tenant.as_uuid(),
+        subscription.id.as_uuid(),
+        period_start,
+    )
+    .fetch_one(conn)
+    .await?
+    .into_locked()
 }
 
 /// The provider's view of a locked payment: its status and card, at `version`.
@@ -266,7 +316,7 @@ pub async fn expire_session_payment(
 ) -> Result<bool, StoreError> {
     let done = sqlx::query!(
         "UPDATE payments SET status = 'expired', failure_code = NULL, updated_at = now()
-         WHERE tenant_id = $1 AND checkout_session_id = $2
+         WHERE tenant_id = $1 AND checkout_session_id = $2 AND subscription_id IS NULL
            AND status IN ('created', 'provider_pending', 'failed')",
         tenant.as_uuid(),
         checkout.as_uuid(),
@@ -300,7 +350,7 @@ pub async fn expire_due_sessions(
                SET status = 'expired', failure_code = NULL, updated_at = now()
                FROM sessions
                WHERE p.tenant_id = sessions.tenant_id AND p.checkout_session_id = sessions.id
-                 AND p.status IN ('created', 'provider_pending', 'failed')
+                 AND p.subscription_id IS NULL AND p.status IN ('created', 'provider_pending', 'failed')
                RETURNING p.id
            )
            SELECT (SELECT count(*) FROM sessions) AS "sessions!",

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{StoreError, corrupt};
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId, TenantId};
-use crate::domain::subscription::{Subscription, SubscriptionStatus};
+use crate::domain::subscription::{Lifecycle, Subscription, SubscriptionStatus};
 
 struct SubscriptionRow {
     id: Uuid,
@@ -20,6 +20,10 @@ struct SubscriptionRow {
     current_period_start: OffsetDateTime,
     current_period_end: OffsetDateTime,
     trial_end: Option<OffsetDateTime>,
+    cancel_at_period_end: bool,
+    collection_paused: bool,
+    canceled_at: Option<OffsetDateTime>,
+    cancel_reason: String,
     account: String,
     provider_subscription_id: String,
     checkout_session_id: Uuid,
@@ -39,6 +43,10 @@ impl SubscriptionRow {
             current_period_start: self.current_period_start,
             current_period_end: self.current_period_end,
             trial_end: self.trial_end,
+            cancel_at_period_end: self.cancel_at_period_end,
+            collection_paused: self.collection_paused,
+            canceled_at: self.canceled_at,
+            cancel_reason: self.cancel_reason,
             account: self.account,
             provider_subscription_id: self.provider_subscription_id,
             checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
@@ -106,59 +114,120 @@ pub async fn insert_subscription(
     Ok(())
 }
 
-/// The subscription a session made, locked, with its status and applied version.
+/// The subscription a session made, locked, with its applied version.
 pub async fn lock_session_subscription(
     conn: &mut PgConnection,
     tenant: TenantId,
     checkout: CheckoutId,
-) -> Result<Option<(SubscriptionId, SubscriptionStatus, i64)>, StoreError> {
-    let Some(row) = sqlx::query!(
-        "SELECT id, status, provider_version FROM subscriptions
+) -> Result<Option<(Subscription, i64)>, StoreError> {
+    let Some(version) = sqlx::query_scalar!(
+        "SELECT provider_version FROM subscriptions
          WHERE tenant_id = $1 AND checkout_session_id = $2 FOR UPDATE",
         tenant.as_uuid(),
         checkout.as_uuid(),
     )
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?
     else {
         return Ok(None);
     };
-    let status = SubscriptionStatus::parse(&row.status)
-        .ok_or_else(|| corrupt("subscription status", &row.status))?;
-    Ok(Some((
-        SubscriptionId::from_uuid(row.id),
-        status,
-        row.provider_version,
-    )))
+    let found = sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, cancel_at_period_end, collection_paused,
+                canceled_at, cancel_reason, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions WHERE tenant_id = $1 AND checkout_session_id = $2",
+        tenant.as_uuid(),
+        checkout.as_uuid(),
+    )
+    .fetch_one(conn)
+    .await?
+    .into_domain()?;
+    Ok(Some((found, version)))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A subscription's state as the provider reports it, to write.
+#[derive(Debug, Clone)]
+pub struct SubscriptionState<'a> {
+    pub lifecycle: &'a Lifecycle,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub version: i64,
+}
+
+/// The one write of a subscription's state after it exists: every change (the provider's
+/// events, the lifecycle calls' answers, renewals) comes through here, under the row's lock
+/// the caller took, so whatever must follow a change (an outbox row) is added once, here.
 pub async fn update_subscription_state(
     conn: &mut PgConnection,
     tenant: TenantId,
     id: SubscriptionId,
-    status: SubscriptionStatus,
-    current_period_start: OffsetDateTime,
-    current_period_end: OffsetDateTime,
-    trial_end: Option<OffsetDateTime>,
-    version: i64,
+    s: &SubscriptionState<'_>,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "UPDATE subscriptions
          SET status = $3, current_period_start = $4, current_period_end = $5, trial_end = $6,
-             provider_version = $7, updated_at = now()
+             provider_version = $7, cancel_at_period_end = $8, collection_paused = $9,
+             canceled_at = $10, cancel_reason = $11, updated_at = now()
          WHERE tenant_id = $1 AND id = $2",
         tenant.as_uuid(),
         id.as_uuid(),
-        status.as_str(),
-        current_period_start,
-        current_period_end,
-        trial_end,
-        version,
+        s.lifecycle.status.as_str(),
+        s.current_period_start,
+        s.current_period_end,
+        s.trial_end,
+        s.version,
+        s.lifecycle.cancel_at_period_end,
+        s.lifecycle.collection_paused,
+        s.lifecycle.canceled_at,
+        &s.lifecycle.cancel_reason,
     )
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Whether the customer holds a live subscription (neither canceled nor incomplete_expired).
+/// The caller holds the customer's row lock (`FOR UPDATE`), which a subscription's insert
+/// (its foreign key's `KEY SHARE`) waits for, so the answer holds until it commits.
+pub async fn has_live_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions
+                          WHERE tenant_id = $1 AND customer_id = $2
+                            AND status NOT IN ('canceled', 'incomplete_expired')) AS "live!""#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The subscription, locked for the rest of the transaction.
+pub async fn lock_subscription(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRow,
+        "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
+                current_period_end, trial_end, cancel_at_period_end, collection_paused,
+                canceled_at, cancel_reason, account, provider_subscription_id,
+                checkout_session_id, created_at
+         FROM subscriptions WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(SubscriptionRow::into_domain)
+    .transpose()
 }
 
 pub async fn find_subscription(
@@ -169,7 +238,8 @@ pub async fn find_subscription(
     sqlx::query_as!(
         SubscriptionRow,
         "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
-                current_period_end, trial_end, account, provider_subscription_id,
+                current_period_end, trial_end, cancel_at_period_end, collection_paused,
+                canceled_at, cancel_reason, account, provider_subscription_id,
                 checkout_session_id, created_at
          FROM subscriptions WHERE tenant_id = $1 AND id = $2",
         tenant.as_uuid(),
@@ -193,7 +263,8 @@ pub async fn list_subscriptions(
     let rows = sqlx::query_as!(
         SubscriptionRow,
         "SELECT id, customer_id, plan_id, price_id, quantity, status, current_period_start,
-                current_period_end, trial_end, account, provider_subscription_id,
+                current_period_end, trial_end, cancel_at_period_end, collection_paused,
+                canceled_at, cancel_reason, account, provider_subscription_id,
                 checkout_session_id, created_at
          FROM subscriptions
          WHERE tenant_id = $1 AND id > $2

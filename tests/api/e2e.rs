@@ -29,12 +29,12 @@ use crate::sandbox_page::{ASKS, DECLINED, Env, NO_FUNDS, PAYS, env_of, success_u
 
 /// How long a state may take to travel page → sandbox outbox → HTTP → sidecar → IngestEvent →
 /// inbox worker → the RPC's answer. Tens of milliseconds when all is well.
-const SETTLE: Duration = Duration::from_secs(15);
+pub(crate) const SETTLE: Duration = Duration::from_secs(15);
 
 /// The server with everything on: the sandbox, its public listener (page and sidecar), its
 /// delivery workers and expiry sweeper (`sandbox_test_config`), and inbox workers with a short
 /// poll.
-async fn spawn() -> (Env, Arc<Faults>) {
+pub(crate) async fn spawn() -> (Env, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
     let config = ServerConfig {
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -59,7 +59,7 @@ async fn spawn() -> (Env, Arc<Faults>) {
     (env_of(app).await, faults)
 }
 
-async fn get(env: &Env, id: &str) -> CheckoutSession {
+pub(crate) async fn get(env: &Env, id: &str) -> CheckoutSession {
     client(&env.app)
         .await
         .get_checkout_session(req(
@@ -80,7 +80,7 @@ async fn payment(env: &Env, id: &str) -> Payment {
         .into_inner()
 }
 
-async fn subscription(env: &Env, id: &str) -> Subscription {
+pub(crate) async fn subscription(env: &Env, id: &str) -> Subscription {
     env.app
         .subscriptions()
         .await
@@ -184,7 +184,7 @@ async fn inbox(env: &Env) -> (Vec<(String, String, i64)>, i64) {
 
 /// Every queued sandbox event has been delivered (a 2xx from the sidecar) and every inbox
 /// row is processed.
-async fn all_delivered_and_processed(env: &Env) -> bool {
+pub(crate) async fn all_delivered_and_processed(env: &Env) -> bool {
     let (undelivered, unprocessed): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM sandbox_outbox WHERE status <> 'delivered'),
                 (SELECT count(*) FROM webhook_events WHERE status <> 'processed')",

@@ -16,6 +16,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod inbox;
+mod lifecycle;
 mod meters;
 mod payments;
 mod paytabs;

@@ -197,7 +197,7 @@ impl Env {
              SELECT account, 'py_sbx_' || md5(id), id, client_reference, amount_total, currency,
                     $2, $3, 'visa', $4, 1, now(), now()
              FROM sandbox_checkout_sessions WHERE id = $1
-             ON CONFLICT (account, session_id) DO UPDATE
+             ON CONFLICT (account, session_id) WHERE subscription_id IS NULL DO UPDATE
                  SET status = $2, failure_code = $3, card_last4 = $4, version = p.version + 1,
                      updated_at = now()",
         )

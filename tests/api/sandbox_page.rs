@@ -23,7 +23,7 @@ pub(crate) const PAYS: &str = "4242 4242 4242 4242";
 pub(crate) const DECLINED: &str = "4000 0000 0000 0002";
 pub(crate) const NO_FUNDS: &str = "4000 0000 0000 9995";
 pub(crate) const ASKS: &str = "4000 0025 0000 3155";
-const FAILS_LATER: &str = "4000 0000 0000 0341";
+pub(crate) const FAILS_LATER: &str = "4000 0000 0000 0341";
 /// A CVC unlike any other text on the page or in the tables.
 const CVC: &str = "7319";
 
@@ -357,6 +357,7 @@ async fn the_good_card_pays_and_its_events_are_queued_with_the_documented_object
             "client_reference_id": CheckoutId::parse(&s.id).unwrap().as_uuid().to_string(),
             "amount": 37_035, "currency": "USD", "status": "succeeded", "failure_code": null,
             "card": {"brand": "visa", "last4": "4242"}, "amount_refunded": 0, "version": 1,
+            "subscription": null, "period_start": null,
         })
     );
     let done = &events[1].1["data"]["object"];

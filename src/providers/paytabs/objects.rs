@@ -171,6 +171,7 @@ pub fn payment(t: &Transaction, version: i64) -> Result<Option<ProviderPayment>,
             .unwrap_or_else(|| format!("paytabs_{status:?}").to_ascii_lowercase())
     });
     Ok(Some(ProviderPayment {
+        renewal: None,
         id: t.tran_ref.clone(),
         client_reference: required_coffer_id(t)?,
         amount: minor(t)?,

@@ -162,6 +162,7 @@ pub fn payment(o: &wire::Order) -> Result<ProviderPayment, ProviderError> {
         other => return Err(unexpected(format!("unknown Polar order status {other}"))),
     };
     Ok(ProviderPayment {
+        renewal: None,
         id: o.id.clone(),
         client_reference: required(&o.metadata, CHECKOUT_KEY, "order", &o.id)?,
         amount: o.net_amount,
@@ -203,6 +204,11 @@ pub fn subscription(s: &wire::Subscription) -> Result<ProviderSubscription, Prov
         current_period_start: timestamp(&s.current_period_start)?,
         current_period_end: timestamp(&s.current_period_end)?,
         trial_end: s.trial_end.as_deref().map(timestamp).transpose()?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        // Polar has no paused collection.
+        collection_paused: false,
+        canceled_at: s.canceled_at.as_deref().map(timestamp).transpose()?,
+        cancel_reason: s.customer_cancellation_comment.clone().unwrap_or_default(),
         version: version(&s.created_at, s.modified_at.as_deref())?,
     })
 }

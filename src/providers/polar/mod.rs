@@ -333,7 +333,11 @@ impl Polar {
                     &[],
                 )
                 .await?;
-            session.subscription = sub.as_ref().map(map::subscription).transpose()?;
+            session.subscription = sub
+                .as_ref()
+                .map(map::subscription)
+                .transpose()?
+                .map(Box::new);
         }
         Ok(session)
     }

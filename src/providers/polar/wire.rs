@@ -157,6 +157,10 @@ pub struct Subscription {
     #[serde(default)]
     pub cancel_at_period_end: bool,
     #[serde(default)]
+    pub canceled_at: Option<String>,
+    #[serde(default)]
+    pub customer_cancellation_comment: Option<String>,
+    #[serde(default)]
     pub product_id: Option<String>,
     #[serde(default)]
     pub metadata: Metadata,

@@ -70,8 +70,14 @@ pub async fn expire_batch(
     Ok(expired.len())
 }
 
-/// Expires due sessions every `every` until `stop`.
-pub async fn run_expirer(pool: PgPool, every: Duration, stop: CancellationToken) {
+/// Expires due sessions, and applies due renewals (`renewals`, with `dunning`), every `every`
+/// until `stop`: what AdvanceClock began and a crash interrupted is finished here.
+pub async fn run_expirer(
+    pool: PgPool,
+    every: Duration,
+    dunning: super::renewals::Dunning,
+    stop: CancellationToken,
+) {
     let every = every.max(Duration::from_millis(10));
     loop {
         tokio::select! {
@@ -87,6 +93,10 @@ pub async fn run_expirer(pool: PgPool, every: Duration, stop: CancellationToken)
                     tracing::info!(sessions = n, "sandbox sessions expired");
                 }
                 if n < BATCH as usize {
+                    let steps = super::renewals::run_due(&pool, None, dunning).await?;
+                    if steps > 0 {
+                        tracing::info!(steps, "sandbox renewals applied");
+                    }
                     return Ok::<_, StoreError>(());
                 }
             }

@@ -21,12 +21,17 @@
 //! - `payment`: `id`, `checkout_session`, `client_reference_id` (Coffer's checkout id),
 //!   `amount`, `currency`, `status` (`requires_action|succeeded|failed`), `failure_code`
 //!   (`card_declined|insufficient_funds|authentication_failed` or null), `card` (`{brand,
-//!   last4}` or null), `amount_refunded`, `version`.
+//!   last4}` or null), `amount_refunded`, `subscription` and `period_start` (a renewal's: the
+//!   subscription and the start of the period it pays; null for a session's payment),
+//!   `version`.
 //! - `refund`: `id`, `payment`, `client_reference_id` (Coffer's refund id), `amount`,
 //!   `currency`, `status` (`pending|succeeded|failed`), `version`.
 //! - `subscription`: `id`, `checkout_session`, `client_reference_id` (Coffer's checkout id),
-//!   `customer`, `status` (`trialing|active`), `current_period_start`, `current_period_end`,
-//!   `trial_end` (or null), `version`.
+//!   `customer`, `status` (`trialing|active|canceled`), `current_period_start`,
+//!   `current_period_end`, `trial_end` (or null), `cancel_at_period_end`, `collection_paused`,
+//!   `canceled_at` (or null), `cancel_reason` (empty when none), `version`. Sent as
+//!   `subscription.created`, `subscription.updated` (a scheduled cancel, undone, paused or
+//!   resumed collection) and `subscription.deleted` (canceled).
 
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -45,16 +50,20 @@ pub enum EventType {
     PaymentFailed,
     RefundSucceeded,
     SubscriptionCreated,
+    SubscriptionUpdated,
+    SubscriptionDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         EventType::CheckoutCompleted,
         EventType::CheckoutExpired,
         EventType::PaymentSucceeded,
         EventType::PaymentFailed,
         EventType::RefundSucceeded,
         EventType::SubscriptionCreated,
+        EventType::SubscriptionUpdated,
+        EventType::SubscriptionDeleted,
     ];
 
     /// The `type` of the event body.
@@ -66,6 +75,8 @@ impl EventType {
             EventType::PaymentFailed => "payment.failed",
             EventType::RefundSucceeded => "refund.succeeded",
             EventType::SubscriptionCreated => "subscription.created",
+            EventType::SubscriptionUpdated => "subscription.updated",
+            EventType::SubscriptionDeleted => "subscription.deleted",
         }
     }
 

@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod renewals;
 pub mod status;
 pub mod store;
 pub mod webhook;
@@ -51,11 +52,13 @@ use self::status::PaymentState;
 use super::{
     CheckoutRequest, CustomerRequest, ObjectKind, Provider, ProviderCheckout, ProviderError,
     ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription, RefundRequest,
+    SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
 use crate::domain::plan::{Billing, Interval};
+use crate::domain::subscription::{Change, Lifecycle};
 use crate::store::StoreError;
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
@@ -177,6 +180,8 @@ pub struct SandboxConfig {
     /// clock (a session's expiry a day later, a renewal a period later) stays far inside what
     /// Postgres and Coffer's timestamps hold, so none can fail to be written or read back.
     pub clock_horizon: Duration,
+    /// How failed renewals are retried, and what becomes of them when the retries run out.
+    pub dunning: renewals::Dunning,
 }
 
 /// The largest `clock_horizon`: a century, leaving millennia between the furthest sandbox time
@@ -194,6 +199,7 @@ impl Default for SandboxConfig {
             delivery: delivery::DeliveryConfig::default(),
             expire_interval: Duration::from_secs(10),
             clock_horizon: DEFAULT_CLOCK_HORIZON,
+            dunning: renewals::Dunning::default(),
         }
     }
 }
@@ -252,6 +258,17 @@ impl Sandbox {
         Ok(store::sandbox_now(&mut conn, tenant, account.as_str())
             .await?
             .unwrap_or_else(OffsetDateTime::now_utc))
+    }
+
+    /// Applies what is due on `account` (every account when `None`): renewals, retries,
+    /// scheduled cancels, in order. Returns how many steps it made.
+    pub async fn renew_due(&self, account: Option<&AccountName>) -> Result<usize, StoreError> {
+        renewals::run_due(
+            &self.pool,
+            account.map(AccountName::as_str),
+            self.config.dunning,
+        )
+        .await
     }
 
     fn checkout_url(&self, id: &str) -> String {
@@ -336,6 +353,7 @@ fn to_payment(row: store::Payment) -> ProviderPayment {
         failure_code: row.failure_code,
         card,
         amount_refunded: row.amount_refunded,
+        renewal: row.renewal,
         version: row.version,
     }
 }
@@ -359,7 +377,23 @@ fn to_subscription(row: store::Subscription) -> ProviderSubscription {
         current_period_start: row.current_period_start,
         current_period_end: row.current_period_end,
         trial_end: row.trial_end,
+        cancel_at_period_end: row.cancel_at_period_end,
+        collection_paused: row.collection_paused,
+        canceled_at: row.canceled_at,
+        cancel_reason: row.cancel_reason,
         version: row.version,
+    }
+}
+
+/// The sandbox's subscription as the domain's lifecycle, to judge a change by the same rules
+/// Coffer does (a real provider has its own; the sandbox's are Stripe's).
+fn lifecycle_of(row: &store::Subscription) -> Lifecycle {
+    Lifecycle {
+        status: row.status.into(),
+        cancel_at_period_end: row.cancel_at_period_end,
+        collection_paused: row.collection_paused,
+        canceled_at: row.canceled_at,
+        cancel_reason: row.cancel_reason.clone(),
     }
 }
 
@@ -493,7 +527,8 @@ impl Provider for Sandbox {
                 store::find_subscription_for_session(&mut conn, account.as_str(), id)
                     .await
                     .map_err(unavailable)?
-                    .map(to_subscription);
+                    .map(to_subscription)
+                    .map(Box::new);
             Ok(session)
         })
     }
@@ -615,6 +650,89 @@ impl Provider for Sandbox {
         })
     }
 
+    /// Changes a subscription under its row lock, with its `subscription.updated` (or
+    /// `subscription.deleted`) event in the same transaction. A change already made (its
+    /// client reference recorded) is answered with the subscription as it is now.
+    fn update_subscription<'a>(
+        &'a self,
+        account: &'a AccountName,
+        r: SubscriptionUpdate,
+    ) -> BoxFuture<'a, Result<ProviderSubscription, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let made = async {
+                let mut tx = conn.begin().await?;
+                if let Some(row) =
+                    store::find_changed_subscription(&mut tx, account.as_str(), r.client_reference)
+                        .await?
+                {
+                    return Ok(Ok(row));
+                }
+                let Some((row, now)) =
+                    store::lock_subscription(&mut tx, account.as_str(), &r.subscription).await?
+                else {
+                    return Ok(Err(ProviderError::definitive(
+                        "resource_missing",
+                        "no such subscription",
+                    )));
+                };
+                let next = match lifecycle_of(&row).apply(&r.change, now) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        return Ok(Err(ProviderError::definitive(
+                            "invalid_state",
+                            e.to_string(),
+                        )));
+                    }
+                };
+                let Some(status) = status::SubscriptionState::of(next.status) else {
+                    return Ok(Err(ProviderError::definitive(
+                        "invalid_state",
+                        "the sandbox cannot make this status",
+                    )));
+                };
+                let changed = store::change_subscription(
+                    &mut tx,
+                    account.as_str(),
+                    &row.id,
+                    r.client_reference,
+                    &store::SubscriptionChange {
+                        status,
+                        cancel_at_period_end: next.cancel_at_period_end,
+                        collection_paused: next.collection_paused,
+                        canceled_at: next.canceled_at,
+                        cancel_reason: &next.cancel_reason,
+                    },
+                )
+                .await?;
+                let event = if matches!(
+                    r.change,
+                    Change::Cancel {
+                        at_period_end: false,
+                        ..
+                    }
+                ) {
+                    EventType::SubscriptionDeleted
+                } else {
+                    EventType::SubscriptionUpdated
+                };
+                events::emit(
+                    &mut tx,
+                    account.as_str(),
+                    event,
+                    &objects::subscription(&changed),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(Ok(changed))
+            }
+            .await
+            .map_err(unavailable)?;
+            self.answer(to_subscription(made?))
+        })
+    }
+
     /// The sandbox's events carry their objects, versioned, so the inbox never fetches for
     /// them; a session is fetched all the same, for a caller that asks.
     fn fetch<'a>(
@@ -694,15 +812,28 @@ impl Provider for Sandbox {
                         None => Ok(None),
                     }
                 }
-                ObjectKind::Subscription => Ok(store::find_subscription_by_reference(
-                    &mut conn,
-                    account.as_str(),
-                    client_reference,
-                )
-                .await
-                .map_err(unavailable)?
-                .map(to_subscription)
-                .map(ProviderObject::Subscription)),
+                // A session's subscription by its session's reference, or the one a change
+                // (by the change's reference) was made to.
+                ObjectKind::Subscription => {
+                    let found = match store::find_subscription_by_reference(
+                        &mut conn,
+                        account.as_str(),
+                        client_reference,
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    {
+                        Some(row) => Some(row),
+                        None => store::find_changed_subscription(
+                            &mut conn,
+                            account.as_str(),
+                            client_reference,
+                        )
+                        .await
+                        .map_err(unavailable)?,
+                    };
+                    Ok(found.map(to_subscription).map(ProviderObject::Subscription))
+                }
                 // The sandbox has no disputes, and takes prices inline.
                 ObjectKind::Dispute | ObjectKind::Price => Ok(None),
             }

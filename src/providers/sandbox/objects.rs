@@ -83,6 +83,8 @@ pub fn payment(p: &Payment) -> Value {
         "failure_code": p.failure_code,
         "card": card,
         "amount_refunded": p.amount_refunded,
+        "subscription": p.renewal.as_ref().map(|(sub, _)| sub),
+        "period_start": p.renewal.as_ref().map(|(_, start)| start.unix_timestamp()),
         "version": p.version,
     })
 }
@@ -111,6 +113,10 @@ pub fn subscription(s: &Subscription) -> Value {
         "current_period_start": s.current_period_start.unix_timestamp(),
         "current_period_end": s.current_period_end.unix_timestamp(),
         "trial_end": s.trial_end.map(OffsetDateTime::unix_timestamp),
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "collection_paused": s.collection_paused,
+        "canceled_at": s.canceled_at.map(OffsetDateTime::unix_timestamp),
+        "cancel_reason": s.cancel_reason,
         "version": s.version,
     })
 }
@@ -183,6 +189,7 @@ mod tests {
             card_last4: Some("0002".into()),
             fails_on_renewal: false,
             amount_refunded: 0,
+            renewal: None,
             version: 2,
             created_at: at(1),
             updated_at: at(2),
@@ -194,6 +201,7 @@ mod tests {
                 "client_reference_id": reference.to_string(), "amount": 5_800,
                 "currency": "USD", "status": "failed", "failure_code": "card_declined",
                 "card": {"brand": "visa", "last4": "0002"}, "amount_refunded": 0, "version": 2,
+                "subscription": null, "period_start": null,
             })
         );
     }
@@ -259,6 +267,16 @@ mod tests {
             current_period_end: at(200),
             trial_end: Some(at(200)),
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
+            amount: Some(2_900),
+            currency: Some("USD".into()),
+            period_months: Some(1),
+            retries: 0,
+            next_retry_at: None,
+            unpaid_payment: None,
             version: 1,
             created_at: at(100),
         };
@@ -278,6 +296,16 @@ mod tests {
             current_period_end: at(200),
             trial_end: None,
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
+            amount: Some(2_900),
+            currency: Some("USD".into()),
+            period_months: Some(1),
+            retries: 0,
+            next_retry_at: None,
+            unpaid_payment: None,
             version: 1,
             created_at: at(100),
         };
@@ -286,5 +314,7 @@ mod tests {
         assert_eq!(v["current_period_start"], 100);
         assert_eq!(v["current_period_end"], 200);
         assert_eq!(v["checkout_session"], "cs_sbx_1");
+        assert_eq!(v["cancel_at_period_end"], false);
+        assert_eq!(v["canceled_at"], Value::Null);
     }
 }

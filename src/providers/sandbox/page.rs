@@ -453,6 +453,9 @@ async fn complete(
                 current_period_end: period_end,
                 trial_end,
                 fails_on_renewal,
+                amount: s.amount_total,
+                currency: &s.currency,
+                period_months: months as i32,
                 now: s.now,
             },
         )
@@ -521,7 +524,7 @@ fn period_of(line_items: &serde_json::Value) -> Result<(u32, &'static str), Stor
 
 /// `t` plus `months` calendar months, the day clamped to the target month's last (Jan 31 + 1
 /// month is Feb 28 or 29).
-fn add_months(t: OffsetDateTime, months: u32) -> OffsetDateTime {
+pub(super) fn add_months(t: OffsetDateTime, months: u32) -> OffsetDateTime {
     let index = t.year() * 12 + i32::from(u8::from(t.month())) - 1 + months as i32;
     let (year, month) = (index.div_euclid(12), index.rem_euclid(12) as u8 + 1);
     let month = time::Month::try_from(month).expect("1..=12");

@@ -1,6 +1,6 @@
 //! The sandbox's own statuses, where its states are not Coffer's: a payment's (one card
 //! attempt after another on a session, never `created` or `disputed`) and a subscription's (it
-//! only ever starts, `trialing` or `active`). Each spells its values as the sandbox's tables
+//! starts `trialing` or `active` and may end `canceled`). Each spells its values as the sandbox's tables
 //! (their CHECKs) and its event objects do.
 //!
 //! A session's status, payment status and mode, and a refund's status, are the same sets with
@@ -51,23 +51,41 @@ impl From<PaymentState> for PaymentOutcome {
     }
 }
 
-/// A sandbox subscription's status. The sandbox renews nothing and cancels nothing, so a
-/// subscription stays as it started.
+/// A sandbox subscription's status: it starts `trialing` or `active`; a failed renewal makes
+/// it `past_due`, its retries running out `unpaid` (or `canceled`); a cancel ends it
+/// `canceled`. It is never `paused` (collection pauses with the status unchanged) nor
+/// `incomplete` (its first payment is taken on the hosted page before it exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionState {
     Trialing,
     Active,
+    PastDue,
+    Unpaid,
+    Canceled,
 }
 
 impl SubscriptionState {
-    pub const ALL: [SubscriptionState; 2] =
-        [SubscriptionState::Trialing, SubscriptionState::Active];
+    pub const ALL: [SubscriptionState; 5] = [
+        SubscriptionState::Trialing,
+        SubscriptionState::Active,
+        SubscriptionState::PastDue,
+        SubscriptionState::Unpaid,
+        SubscriptionState::Canceled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SubscriptionState::Trialing => "trialing",
             SubscriptionState::Active => "active",
+            SubscriptionState::PastDue => "past_due",
+            SubscriptionState::Unpaid => "unpaid",
+            SubscriptionState::Canceled => "canceled",
         }
+    }
+
+    /// The sandbox's state of Coffer's status, for the statuses the sandbox makes.
+    pub fn of(status: SubscriptionStatus) -> Option<Self> {
+        Self::parse(status.as_str())
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -80,6 +98,9 @@ impl From<SubscriptionState> for SubscriptionStatus {
         match s {
             SubscriptionState::Trialing => SubscriptionStatus::Trialing,
             SubscriptionState::Active => SubscriptionStatus::Active,
+            SubscriptionState::PastDue => SubscriptionStatus::PastDue,
+            SubscriptionState::Unpaid => SubscriptionStatus::Unpaid,
+            SubscriptionState::Canceled => SubscriptionStatus::Canceled,
         }
     }
 }
@@ -117,12 +138,13 @@ mod tests {
 
     #[test]
     fn a_subscription_state_round_trips_and_is_coffers_status_of_the_same_name() {
-        // sandbox_subscriptions' CHECK: ('trialing', 'active').
+        // sandbox_subscriptions' CHECK: ('trialing', 'active', 'past_due', 'unpaid',
+        // 'canceled').
         for s in SubscriptionState::ALL {
             assert_eq!(SubscriptionState::parse(s.as_str()), Some(s));
             assert_eq!(SubscriptionStatus::from(s).as_str(), s.as_str());
         }
-        for bad in ["past_due", "canceled", "Active", ""] {
+        for bad in ["paused", "incomplete", "Active", ""] {
             assert_eq!(SubscriptionState::parse(bad), None, "{bad:?}");
         }
     }

@@ -697,6 +697,8 @@ pub struct Payment {
     pub card_last4: Option<String>,
     pub fails_on_renewal: bool,
     pub amount_refunded: i64,
+    /// A renewal's: the subscription and the period it pays for; `None` for a session's own.
+    pub renewal: Option<(String, OffsetDateTime)>,
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -716,6 +718,8 @@ struct PaymentRecord {
     card_last4: Option<String>,
     fails_on_renewal: bool,
     amount_refunded: i64,
+    subscription_id: Option<String>,
+    period_start: Option<OffsetDateTime>,
     version: i64,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -736,6 +740,7 @@ impl PaymentRecord {
             card_last4: self.card_last4,
             fails_on_renewal: self.fails_on_renewal,
             amount_refunded: self.amount_refunded,
+            renewal: self.subscription_id.zip(self.period_start),
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -799,6 +804,19 @@ pub struct Subscription {
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
     pub fails_on_renewal: bool,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub cancel_reason: String,
+    /// What each period charges, once known (subscriptions made before renewals existed have
+    /// none, and are not renewed).
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub period_months: Option<i32>,
+    /// Dunning: the unpaid period's payment, the retries made of it, and when the next is due.
+    pub retries: i32,
+    pub next_retry_at: Option<OffsetDateTime>,
+    pub unpaid_payment: Option<String>,
     pub version: i64,
     pub created_at: OffsetDateTime,
 }
@@ -815,6 +833,16 @@ struct SubscriptionRecord {
     current_period_end: OffsetDateTime,
     trial_end: Option<OffsetDateTime>,
     fails_on_renewal: bool,
+    cancel_at_period_end: bool,
+    collection_paused: bool,
+    canceled_at: Option<OffsetDateTime>,
+    cancel_reason: String,
+    amount: Option<i64>,
+    currency: Option<String>,
+    period_months: Option<i32>,
+    retries: i32,
+    next_retry_at: Option<OffsetDateTime>,
+    unpaid_payment: Option<String>,
     version: i64,
     created_at: OffsetDateTime,
 }
@@ -836,6 +864,16 @@ impl SubscriptionRecord {
             current_period_end: self.current_period_end,
             trial_end: self.trial_end,
             fails_on_renewal: self.fails_on_renewal,
+            cancel_at_period_end: self.cancel_at_period_end,
+            collection_paused: self.collection_paused,
+            canceled_at: self.canceled_at,
+            cancel_reason: self.cancel_reason,
+            amount: self.amount,
+            currency: self.currency,
+            period_months: self.period_months,
+            retries: self.retries,
+            next_retry_at: self.next_retry_at,
+            unpaid_payment: self.unpaid_payment,
             version: self.version,
             created_at: self.created_at,
         })
@@ -975,14 +1013,14 @@ pub async fn record_attempt(
              (account, id, session_id, client_reference, amount, currency, status, failure_code,
               card_brand, card_last4, fails_on_renewal, version, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)
-         ON CONFLICT (account, session_id) DO UPDATE
+         ON CONFLICT (account, session_id) WHERE subscription_id IS NULL DO UPDATE
          SET status = EXCLUDED.status, failure_code = EXCLUDED.failure_code,
              card_brand = EXCLUDED.card_brand, card_last4 = EXCLUDED.card_last4,
              fails_on_renewal = EXCLUDED.fails_on_renewal,
              version = sandbox_payments.version + 1, updated_at = EXCLUDED.updated_at
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   version, created_at, updated_at",
+                   subscription_id, period_start, version, created_at, updated_at",
         a.account,
         a.new_id,
         a.session_id,
@@ -1011,8 +1049,9 @@ pub async fn find_payment_for_session(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                version, created_at, updated_at
-         FROM sandbox_payments WHERE account = $1 AND session_id = $2",
+                subscription_id, period_start, version, created_at, updated_at
+         FROM sandbox_payments
+         WHERE account = $1 AND session_id = $2 AND subscription_id IS NULL",
         account,
         session_id,
     )
@@ -1040,7 +1079,7 @@ pub async fn settle_payment(
          WHERE account = $1 AND id = $2
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   version, created_at, updated_at",
+                   subscription_id, period_start, version, created_at, updated_at",
         account,
         id,
         status.as_str(),
@@ -1065,6 +1104,9 @@ pub struct NewSubscription<'a> {
     pub current_period_end: OffsetDateTime,
     pub trial_end: Option<OffsetDateTime>,
     pub fails_on_renewal: bool,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub period_months: i32,
     pub now: OffsetDateTime,
 }
 
@@ -1078,11 +1120,13 @@ pub async fn insert_subscription(
         SubscriptionRecord,
         "INSERT INTO sandbox_subscriptions
              (account, id, session_id, client_reference, customer, status, current_period_start,
-              current_period_end, trial_end, fails_on_renewal, version, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)
+              current_period_end, trial_end, fails_on_renewal, amount, currency, period_months,
+              version, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14, 1, $11)
          RETURNING account, id, session_id, client_reference, customer, status,
-                   current_period_start, current_period_end, trial_end, fails_on_renewal,
-                   version, created_at",
+                   current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                   collection_paused, canceled_at, cancel_reason, amount, currency, period_months, retries,
+                next_retry_at, unpaid_payment, version, created_at",
         s.account,
         s.id,
         s.session_id,
@@ -1094,9 +1138,277 @@ pub async fn insert_subscription(
         s.trial_end,
         s.fails_on_renewal,
         s.now,
+        s.amount,
+        s.currency,
+        s.period_months,
     )
     .fetch_one(conn)
     .instrument(statement_span!("INSERT", "sandbox_subscriptions"))
+    .await?
+    .decode()
+}
+
+// ---- Changes to subscriptions (the lifecycle calls).
+
+/// The subscription `id`, locked for the rest of the transaction, with the account's sandbox
+/// time.
+pub async fn lock_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<(Subscription, OffsetDateTime)>, StoreError> {
+    let Some(now) = sqlx::query_scalar!(
+        r#"SELECT now() + COALESCE(a.clock_offset, '0') AS "now!"
+           FROM sandbox_subscriptions s
+           LEFT JOIN sandbox_accounts a ON a.account = s.account
+           WHERE s.account = $1 AND s.id = $2
+           FOR UPDATE OF s"#,
+        account,
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?
+    else {
+        return Ok(None);
+    };
+    let sub = find_subscription(conn, account, id)
+        .await?
+        .ok_or_else(|| corrupt("sandbox subscription", "missing under its lock"))?;
+    Ok(Some((sub, now)))
+}
+
+pub async fn find_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRecord,
+        "SELECT account, id, session_id, client_reference, customer, status,
+                current_period_start, current_period_end, trial_end, fails_on_renewal,
+                cancel_at_period_end, collection_paused, canceled_at, cancel_reason, amount, currency,
+                period_months, retries, next_retry_at, unpaid_payment, version, created_at
+         FROM sandbox_subscriptions WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?
+    .map(SubscriptionRecord::decode)
+    .transpose()
+}
+
+/// The subscription a change (by Coffer's change id) was made to, if it was made.
+pub async fn find_changed_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    change: Uuid,
+) -> Result<Option<Subscription>, StoreError> {
+    let Some(id) = sqlx::query_scalar!(
+        "SELECT subscription_id FROM sandbox_subscription_changes
+         WHERE account = $1 AND client_reference = $2",
+        account,
+        change,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    find_subscription(conn, account, &id).await
+}
+
+/// A subscription's lifecycle fields after a change, to write.
+pub struct SubscriptionChange<'a> {
+    pub status: SubscriptionState,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub cancel_reason: &'a str,
+}
+
+/// Writes a locked subscription's change (bumping its version) and records the change's id,
+/// so the same change is never made twice.
+pub async fn change_subscription(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    change_reference: Uuid,
+    c: &SubscriptionChange<'_>,
+) -> Result<Subscription, StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_subscription_changes (account, client_reference, subscription_id,
+                                                   created_at)
+         VALUES ($1, $2, $3, now())",
+        account,
+        change_reference,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as!(
+        SubscriptionRecord,
+        "UPDATE sandbox_subscriptions
+         SET status = $3, cancel_at_period_end = $4, collection_paused = $5, canceled_at = $6,
+             cancel_reason = $7, version = version + 1
+         WHERE account = $1 AND id = $2
+         RETURNING account, id, session_id, client_reference, customer, status,
+                   current_period_start, current_period_end, trial_end, fails_on_renewal,
+                   cancel_at_period_end, collection_paused, canceled_at, cancel_reason, amount, currency,
+                   period_months, retries, next_retry_at, unpaid_payment, version, created_at",
+        account,
+        id,
+        c.status.as_str(),
+        c.cancel_at_period_end,
+        c.collection_paused,
+        c.canceled_at,
+        c.cancel_reason,
+    )
+    .fetch_one(conn)
+    .instrument(statement_span!("UPDATE", "sandbox_subscriptions"))
+    .await?
+    .decode()
+}
+
+// ---- Renewals (the clock's pass, `renewals`).
+
+/// The live subscription (of `account`, or of any) whose next renewal or retry is the
+/// earliest due by its account's clock, locked (skipping one another pass holds), with its
+/// account's tenant and sandbox time.
+pub async fn lock_next_due(
+    conn: &mut PgConnection,
+    account: Option<&str>,
+) -> Result<Option<(Subscription, TenantId, OffsetDateTime)>, StoreError> {
+    let Some(row) = sqlx::query!(
+        r#"SELECT s.account, s.id, a.tenant_id, now() + a.clock_offset AS "now!"
+           FROM sandbox_subscriptions s
+           JOIN sandbox_accounts a ON a.account = s.account
+           WHERE ($1::text IS NULL OR s.account = $1)
+             AND s.status IN ('trialing', 'active', 'past_due')
+             AND s.amount IS NOT NULL
+             AND LEAST(s.current_period_end, COALESCE(s.next_retry_at, 'infinity'))
+                 <= now() + a.clock_offset
+           ORDER BY LEAST(s.current_period_end, COALESCE(s.next_retry_at, 'infinity'))
+           LIMIT 1
+           FOR UPDATE OF s SKIP LOCKED"#,
+        account,
+    )
+    .fetch_optional(&mut *conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?
+    else {
+        return Ok(None);
+    };
+    let sub = find_subscription(conn, &row.account, &row.id)
+        .await?
+        .ok_or_else(|| corrupt("sandbox subscription", "missing under its lock"))?;
+    Ok(Some((sub, TenantId::from_uuid(row.tenant_id), row.now)))
+}
+
+/// A renewal's charge to record.
+pub struct NewRenewal<'a> {
+    pub account: &'a str,
+    pub new_id: &'a str,
+    pub subscription: &'a Subscription,
+    pub period_start: OffsetDateTime,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub status: PaymentState,
+    pub failure_code: Option<&'a str>,
+}
+
+/// The charge of `subscription`'s period starting `period_start`: made once (version 1); if
+/// it exists already (a pass that crashed after charging), the one there.
+pub async fn insert_renewal(
+    conn: &mut PgConnection,
+    r: NewRenewal<'_>,
+) -> Result<Payment, StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_payments
+             (account, id, session_id, client_reference, amount, currency, status, failure_code,
+              fails_on_renewal, subscription_id, period_start, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $11, $11)
+         ON CONFLICT (account, subscription_id, period_start) WHERE subscription_id IS NOT NULL
+         DO NOTHING",
+        r.account,
+        r.new_id,
+        r.subscription.session_id,
+        r.subscription.client_reference,
+        r.amount,
+        r.currency,
+        r.status.as_str(),
+        r.failure_code,
+        r.subscription.fails_on_renewal,
+        r.subscription.id,
+        r.period_start,
+    )
+    .execute(&mut *conn)
+    .instrument(statement_span!("INSERT", "sandbox_payments"))
+    .await?;
+    sqlx::query_as!(
+        PaymentRecord,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                   failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                   subscription_id, period_start, version, created_at, updated_at
+         FROM sandbox_payments
+         WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
+        r.account,
+        r.subscription.id,
+        r.period_start,
+    )
+    .fetch_one(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?
+    .decode()
+}
+
+/// A subscription's state after a renewal step, to write (its version bumped).
+pub struct Renewed {
+    pub status: SubscriptionState,
+    pub current_period_start: OffsetDateTime,
+    pub current_period_end: OffsetDateTime,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub canceled_at: Option<OffsetDateTime>,
+    pub retries: i32,
+    pub next_retry_at: Option<OffsetDateTime>,
+    pub unpaid_payment: Option<String>,
+}
+
+pub async fn write_renewal(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    r: &Renewed,
+) -> Result<Subscription, StoreError> {
+    sqlx::query_as!(
+        SubscriptionRecord,
+        "UPDATE sandbox_subscriptions
+         SET status = $3, current_period_start = $4, current_period_end = $5,
+             cancel_at_period_end = $6, collection_paused = $7, canceled_at = $8, retries = $9,
+             next_retry_at = $10, unpaid_payment = $11, version = version + 1
+         WHERE account = $1 AND id = $2
+         RETURNING account, id, session_id, client_reference, customer, status,
+                   current_period_start, current_period_end, trial_end, fails_on_renewal,
+                   cancel_at_period_end, collection_paused, canceled_at, cancel_reason, amount,
+                   currency, period_months, retries, next_retry_at, unpaid_payment, version,
+                   created_at",
+        account,
+        id,
+        r.status.as_str(),
+        r.current_period_start,
+        r.current_period_end,
+        r.cancel_at_period_end,
+        r.collection_paused,
+        r.canceled_at,
+        r.retries,
+        r.next_retry_at,
+        r.unpaid_payment.as_deref(),
+    )
+    .fetch_one(conn)
+    .instrument(statement_span!("UPDATE", "sandbox_subscriptions"))
     .await?
     .decode()
 }
@@ -1113,8 +1425,9 @@ pub async fn find_payment_by_reference(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                version, created_at, updated_at
-         FROM sandbox_payments WHERE account = $1 AND client_reference = $2",
+                subscription_id, period_start, version, created_at, updated_at
+         FROM sandbox_payments
+         WHERE account = $1 AND client_reference = $2 AND subscription_id IS NULL",
         account,
         client_reference,
     )
@@ -1134,8 +1447,9 @@ pub async fn find_subscription_for_session(
     sqlx::query_as!(
         SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
-                current_period_start, current_period_end, trial_end, fails_on_renewal,
-                version, created_at
+                current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                collection_paused, canceled_at, cancel_reason, amount, currency, period_months, retries,
+                next_retry_at, unpaid_payment, version, created_at
          FROM sandbox_subscriptions WHERE account = $1 AND session_id = $2",
         account,
         session_id,
@@ -1155,8 +1469,9 @@ pub async fn find_subscription_by_reference(
     sqlx::query_as!(
         SubscriptionRecord,
         "SELECT account, id, session_id, client_reference, customer, status,
-                current_period_start, current_period_end, trial_end, fails_on_renewal,
-                version, created_at
+                current_period_start, current_period_end, trial_end, fails_on_renewal, cancel_at_period_end,
+                collection_paused, canceled_at, cancel_reason, amount, currency, period_months, retries,
+                next_retry_at, unpaid_payment, version, created_at
          FROM sandbox_subscriptions WHERE account = $1 AND client_reference = $2",
         account,
         client_reference,
@@ -1200,7 +1515,7 @@ pub async fn lock_payment(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                version, created_at, updated_at
+                subscription_id, period_start, version, created_at, updated_at
          FROM sandbox_payments WHERE account = $1 AND id = $2 FOR UPDATE",
         account,
         id,
@@ -1326,6 +1641,8 @@ mod tests {
             card_last4: Some("4242".into()),
             fails_on_renewal: false,
             amount_refunded: 0,
+            subscription_id: None,
+            period_start: None,
             version: 1,
             created_at: at(1),
             updated_at: at(1),
@@ -1358,6 +1675,16 @@ mod tests {
             current_period_end: at(200),
             trial_end: None,
             fails_on_renewal: false,
+            cancel_at_period_end: false,
+            collection_paused: false,
+            canceled_at: None,
+            cancel_reason: String::new(),
+            amount: None,
+            currency: None,
+            period_months: None,
+            retries: 0,
+            next_retry_at: None,
+            unpaid_payment: None,
             version: 1,
             created_at: at(100),
         }
@@ -1426,9 +1753,9 @@ mod tests {
             corrupt_what(refund("canceled").decode()),
             "sandbox refund status"
         );
-        // Coffer knows past_due; the sandbox never makes it.
+        // Coffer knows paused; the sandbox never makes it.
         assert_eq!(
-            corrupt_what(subscription("past_due").decode()),
+            corrupt_what(subscription("paused").decode()),
             "sandbox subscription status"
         );
         let expired = ExpiredRecord {

@@ -69,6 +69,11 @@ struct Payment {
     card: Option<Card>,
     #[serde(default)]
     amount_refunded: i64,
+    /// A renewal's subscription and period start; absent or null for a session's payment.
+    #[serde(default)]
+    subscription: Option<String>,
+    #[serde(default)]
+    period_start: Option<i64>,
     version: i64,
 }
 
@@ -90,6 +95,15 @@ struct Subscription {
     current_period_start: i64,
     current_period_end: i64,
     trial_end: Option<i64>,
+    // Absent from events queued before the lifecycle fields existed: false, null, empty.
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    #[serde(default)]
+    collection_paused: bool,
+    #[serde(default)]
+    canceled_at: Option<i64>,
+    #[serde(default)]
+    cancel_reason: Option<String>,
     version: i64,
 }
 
@@ -135,6 +149,10 @@ pub fn payment(v: &Value) -> Result<ProviderPayment, String> {
         failure_code: p.failure_code,
         card: p.card.map(|c| (c.brand, c.last4)),
         amount_refunded: p.amount_refunded,
+        renewal: match (p.subscription, p.period_start) {
+            (Some(sub), Some(start)) => Some((sub, time("period_start", start)?)),
+            _ => None,
+        },
         version: p.version,
     })
 }
@@ -158,6 +176,10 @@ pub fn subscription(v: &Value) -> Result<ProviderSubscription, String> {
         current_period_start: time("current_period_start", s.current_period_start)?,
         current_period_end: time("current_period_end", s.current_period_end)?,
         trial_end: s.trial_end.map(|t| time("trial_end", t)).transpose()?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.collection_paused,
+        canceled_at: s.canceled_at.map(|t| time("canceled_at", t)).transpose()?,
+        cancel_reason: s.cancel_reason.unwrap_or_default(),
         id: s.id,
         client_reference: reference(&s.client_reference_id)?,
         version: s.version,

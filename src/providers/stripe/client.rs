@@ -133,7 +133,7 @@ impl Client {
     }
 
     // -----------------------------------------------------------------------------------
-    // Subscription changes. No RPC makes them yet; the subscriptions work will.
+    // Subscription changes (the lifecycle RPCs, through `Provider::update_subscription`).
 
     /// Cancels now.
     pub async fn cancel_subscription(

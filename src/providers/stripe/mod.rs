@@ -78,7 +78,7 @@ use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
     CheckoutRequest, CustomerRequest, ObjectKind, PriceRequest, Provider, ProviderCheckout,
-    ProviderError, ProviderObject, ProviderRefund, RefundRequest,
+    ProviderError, ProviderObject, ProviderRefund, RefundRequest, SubscriptionUpdate,
 };
 
 /// How many pages of 100 a search of recent objects reads before it gives up (and answers
@@ -175,22 +175,32 @@ impl Stripe {
         else {
             return Ok(None);
         };
+        Ok(self
+            .subscription_of(&sub, version)
+            .await?
+            .map(ProviderObject::Subscription))
+    }
+
+    /// A subscription as Stripe answered it, with the Coffer checkout that made it (its
+    /// metadata, or the session that names it); `None` for one Coffer did not make.
+    async fn subscription_of(
+        &self,
+        sub: &wire::Subscription,
+        version: i64,
+    ) -> Result<Option<crate::providers::ProviderSubscription>, ProviderError> {
         let reference = match coffer_id(&sub.metadata, CHECKOUT_KEY) {
             Some(r) => Some(r),
             None => {
                 self.reference_by_session(SessionFilter {
-                    subscription: Some(id),
+                    subscription: Some(&sub.id),
                     ..Default::default()
                 })
                 .await?
             }
         };
-        let Some(reference) = reference else {
-            return Ok(None);
-        };
-        Ok(Some(ProviderObject::Subscription(objects::subscription(
-            &sub, reference, version,
-        )?)))
+        reference
+            .map(|reference| objects::subscription(sub, reference, version))
+            .transpose()
     }
 
     async fn dispute(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
@@ -518,6 +528,45 @@ impl Provider for Stripe {
                 amount,
                 status: objects::refund_status(r.status.as_deref())?,
                 version,
+            })
+        })
+    }
+
+    /// Stripe's own calls for each change: DELETE (cancel now), `cancel_at_period_end`,
+    /// `pause_collection` (invoices voided while paused, Stripe's usual choice) and its unset.
+    fn update_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        r: SubscriptionUpdate,
+    ) -> BoxFuture<'a, Result<crate::providers::ProviderSubscription, ProviderError>> {
+        use crate::domain::subscription::Change;
+        Box::pin(async move {
+            let version = version_now();
+            let key = r.idempotency_key.clone();
+            let id = r.subscription.as_str();
+            let sub = match &r.change {
+                Change::Cancel {
+                    at_period_end: false,
+                    ..
+                } => {
+                    self.client
+                        .cancel_subscription(id, false, false, key)
+                        .await?
+                }
+                Change::Cancel { .. } => self.client.cancel_at_period_end(id, true, key).await?,
+                Change::UndoCancel => self.client.cancel_at_period_end(id, false, key).await?,
+                Change::PauseCollection => {
+                    self.client
+                        .pause_collection(id, api::PauseBehavior::Void, None, key)
+                        .await?
+                }
+                Change::ResumeCollection => self.client.unpause_collection(id, key).await?,
+            };
+            self.subscription_of(&sub, version).await?.ok_or_else(|| {
+                ProviderError::definitive(
+                    "not_coffers",
+                    "the subscription names no Coffer checkout",
+                )
             })
         })
     }

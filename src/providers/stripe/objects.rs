@@ -71,7 +71,7 @@ pub fn checkout(s: &wire::Session, version: i64) -> Result<ProviderCheckout, Pro
             payment = session_payment(pi, reference, version)?;
         }
         if let Some(sub) = s.subscription.as_ref().and_then(Expandable::object) {
-            subscription = Some(self::subscription(sub, reference, version)?);
+            subscription = Some(Box::new(self::subscription(sub, reference, version)?));
         }
         if payment.is_none()
             && s.mode == "subscription"
@@ -135,6 +135,7 @@ fn invoice_payment(
     }
     let (amount, currency) = from_stripe(invoice.amount_paid, &invoice.currency)?;
     Ok(Some(ProviderPayment {
+        renewal: None,
         id: intent.id().to_owned(),
         client_reference: reference,
         amount,
@@ -179,6 +180,7 @@ pub fn payment(
         None => 0,
     };
     Ok(ProviderPayment {
+        renewal: None,
         id: pi.id.clone(),
         client_reference: reference,
         amount,
@@ -216,6 +218,14 @@ pub fn subscription(
         current_period_start: time("period start", start)?,
         current_period_end: time("period end", end)?,
         trial_end: s.trial_end.map(|t| time("trial end", t)).transpose()?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.pause_collection.as_ref().is_some_and(|p| !p.is_null()),
+        canceled_at: s.canceled_at.map(|t| time("canceled at", t)).transpose()?,
+        cancel_reason: s
+            .cancellation_details
+            .as_ref()
+            .and_then(|d| d.comment.clone())
+            .unwrap_or_default(),
         version,
     })
 }

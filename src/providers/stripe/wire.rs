@@ -236,6 +236,21 @@ pub struct Subscription {
     pub start_date: Option<i64>,
     #[serde(default)]
     pub items: Option<List<SubscriptionItem>>,
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
+    #[serde(default)]
+    pub canceled_at: Option<i64>,
+    /// Set (an object) while collection is paused; null otherwise.
+    #[serde(default)]
+    pub pause_collection: Option<serde_json::Value>,
+    #[serde(default)]
+    pub cancellation_details: Option<CancellationDetails>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CancellationDetails {
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -685,6 +685,38 @@ impl State {
                 self.search("sub_", p, "/v1/subscriptions/search")?
             }
             ("GET", ["v1", "subscriptions", id]) => get(self, id)?,
+            // Stripe's subscription updates as the lifecycle calls send them: a scheduled cancel
+            // and its undoing, collection paused and unpaused; refused once canceled.
+            ("POST", ["v1", "subscriptions", id]) => {
+                let mut sub = get(self, id)?;
+                if sub["status"] == "canceled" {
+                    return Err(invalid(
+                        "A canceled subscription can only update its cancellation_details and metadata.",
+                        None,
+                    ));
+                }
+                if let Some(v) = text(p, "cancel_at_period_end") {
+                    sub["cancel_at_period_end"] = json!(v == "true");
+                }
+                match p.get("pause_collection") {
+                    Some(Value::String(empty)) if empty.is_empty() => {
+                        sub["pause_collection"] = Value::Null;
+                    }
+                    Some(pause) => sub["pause_collection"] = pause.clone(),
+                    None => {}
+                }
+                self.put(sub)
+            }
+            ("DELETE", ["v1", "subscriptions", id]) => {
+                let mut sub = get(self, id)?;
+                if sub["status"] == "canceled" {
+                    return Err(invalid("This subscription is already canceled.", None));
+                }
+                sub["status"] = json!("canceled");
+                sub["canceled_at"] = json!(now());
+                sub["cancel_at_period_end"] = json!(false);
+                self.put(sub)
+            }
             ("GET", ["v1", "invoices", id]) => get(self, id)?,
             ("POST", ["v1", "refunds"]) => self.create_refund(p)?,
             ("GET", ["v1", "refunds"]) => self.list("re_", p, "/v1/refunds", |_| true)?,

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use coffer::app::inbox::{Handlers, InboxConfig};
 use coffer::grpc::pb::{
+    CancelSubscriptionRequest, PauseSubscriptionRequest, ResumeSubscriptionRequest,
+    UndoCancelSubscriptionRequest,
+};
+use coffer::grpc::pb::{
     CheckoutMode, CheckoutPaymentStatus, CheckoutSession, CheckoutSessionStatus,
     ExpireCheckoutSessionRequest, GetSubscriptionRequest, ListSubscriptionsRequest, Payment,
     PaymentStatus, RefundPaymentRequest, RefundStatus, Subscription, SubscriptionStatus,
@@ -1225,4 +1229,85 @@ async fn lost_answers_for_a_customer_and_a_price_are_found_by_coffers_ids() {
         params["line_items"][0]["price"],
         fake.objects("price_")[0]["id"]
     );
+}
+
+#[tokio::test]
+async fn lifecycle_calls_go_to_stripe_and_answer_its_state() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let opened = env.open_subscription_session(None).await;
+    let completed = fake.complete_session(&opened.provider_session_id);
+    env.apply("checkout.session.completed", completed).await;
+    let id = env.session(&opened.id).await.subscription_id;
+    let sub_id = env.subscription(&id).await.provider_subscription_id;
+    let path = format!("/v1/subscriptions/{sub_id}");
+    let mut subs = env.app.subscriptions().await;
+    let key = &env.app.key;
+
+    let scheduled = subs
+        .cancel_subscription(idem(
+            CancelSubscriptionRequest {
+                id: id.clone(),
+                at_period_end: true,
+                reason: String::new(),
+            },
+            key,
+            "stripe-cancel-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(scheduled.cancel_at_period_end);
+    assert_eq!(fake.object(&sub_id)["cancel_at_period_end"], true);
+    let posts = fake.requests(Method::POST, &path);
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].idempotency_key.is_some(), "{:?}", posts[0]);
+    let undone = subs
+        .undo_cancel_subscription(req(UndoCancelSubscriptionRequest { id: id.clone() }, key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!undone.cancel_at_period_end);
+    assert_eq!(fake.object(&sub_id)["cancel_at_period_end"], false);
+
+    let paused = subs
+        .pause_subscription(req(PauseSubscriptionRequest { id: id.clone() }, key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.collection_paused);
+    assert_eq!(fake.object(&sub_id)["pause_collection"]["behavior"], "void");
+    let resumed = subs
+        .resume_subscription(req(ResumeSubscriptionRequest { id: id.clone() }, key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resumed.collection_paused);
+    assert_eq!(fake.object(&sub_id)["pause_collection"], Value::Null);
+
+    let canceled = subs
+        .cancel_subscription(req(
+            CancelSubscriptionRequest {
+                id: id.clone(),
+                at_period_end: false,
+                reason: String::new(),
+            },
+            key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(canceled.status, SubscriptionStatus::Canceled as i32);
+    assert_eq!(
+        canceled.canceled_at.unwrap().seconds,
+        fake.object(&sub_id)["canceled_at"].as_i64().unwrap()
+    );
+    assert_eq!(fake.requests(Method::DELETE, &path).len(), 1);
+    // Refused by Coffer's own rules before Stripe is asked.
+    let e = subs
+        .pause_subscription(req(PauseSubscriptionRequest { id: id.clone() }, key))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).0, "ILLEGAL_SUBSCRIPTION_TRANSITION");
+    assert_eq!(fake.requests(Method::POST, &path).len(), 4);
 }

@@ -1,0 +1,272 @@
+//! Renewals and dunning on the sandbox clock: what falls due as an account's time passes —
+//! a period ends (a scheduled cancel takes effect, or the next period is charged to the card
+//! on file, a trial's end included), and a failed charge is retried on the dunning schedule
+//! until it is paid or the retries run out (UNPAID or CANCELED, as configured).
+//!
+//! One step is one transaction: the earliest due subscription, locked (`SKIP LOCKED`, so
+//! passes on several replicas share the work), moved one boundary on, with its payment and
+//! the events reporting both, committed together. Steps repeat until nothing is due, so a
+//! jump of a year applies its twelve monthly renewals in order. A period's charge is keyed by
+//! (subscription, period start), unique, and the subscription's period moves in the same
+//! transaction: a pass killed at any point leaves each period charged once or not at all, and
+//! the next pass (AdvanceClock's, or the periodic one after a restart) carries on from there.
+//!
+//! Statuses move through the domain's state machine ([`Lifecycle::moved`]), as Coffer's do.
+
+use std::time::Duration;
+
+use sqlx::{Connection as _, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::events::{self, EventType};
+use super::objects;
+use super::page::add_months;
+use super::status::{PaymentState, SubscriptionState};
+use super::store::{self, Subscription};
+use crate::domain::subscription::{Lifecycle, SubscriptionStatus};
+use crate::store::{StoreError, corrupt};
+
+/// What becomes of a subscription whose failed renewal is never paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DunningEnd {
+    Unpaid,
+    Canceled,
+}
+
+/// The retry schedule of a failed renewal: `retries` more attempts spread evenly over
+/// `window` after the failure (3 over 7 days by default, Stripe's default schedule's span),
+/// then `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dunning {
+    pub retries: u32,
+    pub window: Duration,
+    pub end: DunningEnd,
+}
+
+impl Default for Dunning {
+    fn default() -> Self {
+        Dunning {
+            retries: 3,
+            window: Duration::from_secs(7 * 86_400),
+            end: DunningEnd::Unpaid,
+        }
+    }
+}
+
+impl Dunning {
+    /// When retry `n` (1-based) of a charge that failed at `failed_at` is due.
+    fn retry_at(&self, failed_at: OffsetDateTime, n: u32) -> OffsetDateTime {
+        let step = self.window.as_secs() / u64::from(self.retries.max(1));
+        failed_at + time::Duration::seconds((step * u64::from(n)) as i64)
+    }
+}
+
+/// Applies everything due (on `account`, or on every account) in order, one step per
+/// transaction, until nothing is. Returns how many steps it made.
+pub async fn run_due(
+    pool: &PgPool,
+    account: Option<&str>,
+    dunning: Dunning,
+) -> Result<usize, StoreError> {
+    let mut steps = 0;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let Some((sub, _tenant, now)) = store::lock_next_due(&mut tx, account).await? else {
+            return Ok(steps);
+        };
+        step(&mut tx, &sub, now, dunning).await?;
+        tx.commit().await?;
+        steps += 1;
+    }
+}
+
+fn lifecycle_of(s: &Subscription) -> Lifecycle {
+    Lifecycle {
+        status: s.status.into(),
+        cancel_at_period_end: s.cancel_at_period_end,
+        collection_paused: s.collection_paused,
+        canceled_at: s.canceled_at,
+        cancel_reason: s.cancel_reason.clone(),
+    }
+}
+
+fn state_of(status: SubscriptionStatus) -> Result<SubscriptionState, StoreError> {
+    SubscriptionState::of(status)
+        .ok_or_else(|| corrupt("sandbox renewal", format!("reached {}", status.as_str())))
+}
+
+/// One due boundary of a locked subscription: a retry if one is due first, else its period's
+/// end.
+async fn step(
+    tx: &mut sqlx::PgConnection,
+    sub: &Subscription,
+    now: OffsetDateTime,
+    dunning: Dunning,
+) -> Result<(), StoreError> {
+    let (Some(amount), Some(currency), Some(months)) =
+        (sub.amount, sub.currency.as_deref(), sub.period_months)
+    else {
+        return Err(corrupt("sandbox subscription", "due without a price"));
+    };
+    let current = lifecycle_of(sub);
+    let retry_due = sub
+        .next_retry_at
+        .filter(|at| *at <= sub.current_period_end && *at <= now);
+    let mut renewed = store::Renewed {
+        status: sub.status,
+        current_period_start: sub.current_period_start,
+        current_period_end: sub.current_period_end,
+        cancel_at_period_end: sub.cancel_at_period_end,
+        collection_paused: sub.collection_paused,
+        canceled_at: sub.canceled_at,
+        retries: sub.retries,
+        next_retry_at: sub.next_retry_at,
+        unpaid_payment: sub.unpaid_payment.clone(),
+    };
+    let at;
+    if let (Some(retry_at), Some(unpaid)) = (retry_due, sub.unpaid_payment.as_deref()) {
+        // A retry of the unpaid period's charge: the card on file is tried again.
+        at = retry_at;
+        let (status, code) = charge(sub);
+        let payment = store::settle_payment(tx, &sub.account, unpaid, status, code, at).await?;
+        emit_payment(tx, &sub.account, &payment, at).await?;
+        let failed_at = payment
+            .renewal
+            .as_ref()
+            .map(|(_, start)| *start)
+            .unwrap_or(at);
+        renewed.retries = sub.retries + 1;
+        let next = if status == PaymentState::Succeeded {
+            renewed.next_retry_at = None;
+            renewed.unpaid_payment = None;
+            renewed.retries = 0;
+            current.moved(SubscriptionStatus::Active, at)
+        } else if renewed.retries as u32 >= dunning.retries {
+            renewed.next_retry_at = None;
+            current.moved(
+                match dunning.end {
+                    DunningEnd::Unpaid => SubscriptionStatus::Unpaid,
+                    DunningEnd::Canceled => SubscriptionStatus::Canceled,
+                },
+                at,
+            )
+        } else {
+            renewed.next_retry_at = Some(dunning.retry_at(failed_at, renewed.retries as u32 + 1));
+            Ok(current.clone())
+        }
+        .map_err(|e| corrupt("sandbox renewal", e))?;
+        apply(&mut renewed, &next)?;
+    } else {
+        // The period ends.
+        at = sub.current_period_end;
+        let next = if sub.cancel_at_period_end {
+            current.moved(SubscriptionStatus::Canceled, at)
+        } else {
+            renewed.current_period_start = at;
+            renewed.current_period_end = add_months(at, months as u32);
+            if sub.collection_paused {
+                // Nothing is collected while paused; the period moves on.
+                Ok(current.clone())
+            } else {
+                let (status, code) = charge(sub);
+                let id = format!("py_sbx_{}", Uuid::now_v7().simple());
+                let payment = store::insert_renewal(
+                    tx,
+                    store::NewRenewal {
+                        account: &sub.account,
+                        new_id: &id,
+                        subscription: sub,
+                        period_start: at,
+                        amount,
+                        currency,
+                        status,
+                        failure_code: code,
+                    },
+                )
+                .await?;
+                emit_payment(tx, &sub.account, &payment, at).await?;
+                if payment.status == PaymentState::Succeeded {
+                    renewed.retries = 0;
+                    renewed.next_retry_at = None;
+                    renewed.unpaid_payment = None;
+                    current.moved(SubscriptionStatus::Active, at)
+                } else {
+                    renewed.retries = 0;
+                    renewed.next_retry_at = Some(dunning.retry_at(at, 1));
+                    renewed.unpaid_payment = Some(payment.id.clone());
+                    current.moved(SubscriptionStatus::PastDue, at)
+                }
+            }
+        }
+        .map_err(|e| corrupt("sandbox renewal", e))?;
+        apply(&mut renewed, &next)?;
+    }
+    let written = store::write_renewal(tx, &sub.account, &sub.id, &renewed).await?;
+    let event = if written.status == SubscriptionState::Canceled {
+        EventType::SubscriptionDeleted
+    } else {
+        EventType::SubscriptionUpdated
+    };
+    events::emit(
+        tx,
+        &sub.account,
+        event,
+        &objects::subscription(&written),
+        at,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The lifecycle's state onto the row to write.
+fn apply(renewed: &mut store::Renewed, next: &Lifecycle) -> Result<(), StoreError> {
+    renewed.status = state_of(next.status)?;
+    renewed.cancel_at_period_end = next.cancel_at_period_end;
+    renewed.collection_paused = next.collection_paused;
+    renewed.canceled_at = next.canceled_at;
+    if next.status != SubscriptionStatus::PastDue {
+        renewed.next_retry_at = None;
+    }
+    Ok(())
+}
+
+/// The card on file's answer: the 0341 card fails every renewal; every other card the
+/// sandbox accepted pays.
+fn charge(sub: &Subscription) -> (PaymentState, Option<&'static str>) {
+    if sub.fails_on_renewal {
+        (PaymentState::Failed, Some("card_declined"))
+    } else {
+        (PaymentState::Succeeded, None)
+    }
+}
+
+async fn emit_payment(
+    tx: &mut sqlx::PgConnection,
+    account: &str,
+    payment: &store::Payment,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let event = if payment.status == PaymentState::Succeeded {
+        EventType::PaymentSucceeded
+    } else {
+        EventType::PaymentFailed
+    };
+    events::emit(tx, account, event, &objects::payment(payment), at).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_retries_over_seven_days_are_spread_evenly() {
+        let d = Dunning::default();
+        let t0 = OffsetDateTime::from_unix_timestamp(1_764_590_000).unwrap();
+        let days = |n: u32| (d.retry_at(t0, n) - t0).whole_seconds();
+        assert_eq!(days(1), 201_600);
+        assert_eq!(days(3), 604_800);
+    }
+}
