@@ -2,7 +2,8 @@
 //! (`--database-read-url`) while its replay lag is within the bound, else the primary.
 //!
 //! The guarantee: a read sent to the replica sees every transaction committed on the primary
-//! more than `max_lag + check_interval` before it (a little more: one check's own round trip).
+//! more than `max_lag + check_interval` before it (a little more: one check's own round trip,
+//! at most the interval or [`CHECK_TIMEOUT`], whichever is longer).
 //! The lag is measured every `check_interval` on the replica itself:
 //!
 //! - caught up (its WAL receiver is streaming and has replayed all it received): 0;
@@ -45,6 +46,9 @@ impl Default for ReplicaBound {
         }
     }
 }
+
+/// The least time a lag check is given before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A read replica to use: its pool (`--database-read-url`) and bound.
 #[derive(Debug, Clone)]
@@ -142,19 +146,18 @@ impl ReadPool {
     /// check failed. Nothing to do without a replica.
     pub async fn check(&self) -> Option<Duration> {
         let r = self.replica.as_ref()?;
-        let lag = tokio::time::timeout(
-            r.bound.check_interval.max(Duration::from_millis(100)),
-            lag(&r.pool),
-        )
-        .await
-        .ok()
-        .and_then(|lag| match lag {
-            Ok(lag) => lag,
-            Err(e) => {
-                tracing::debug!(error = %e, "read replica check failed");
-                None
-            }
-        });
+        // A check slower than this counts as failed: reads go to the primary meanwhile.
+        let limit = r.bound.check_interval.max(CHECK_TIMEOUT);
+        let lag = tokio::time::timeout(limit, lag(&r.pool))
+            .await
+            .ok()
+            .and_then(|lag| match lag {
+                Ok(lag) => lag,
+                Err(e) => {
+                    tracing::debug!(error = %e, "read replica check failed");
+                    None
+                }
+            });
         let usable = lag.is_some_and(|lag| lag <= r.bound.max_lag);
         let was = r.usable.swap(usable, Ordering::Relaxed);
         r.metrics

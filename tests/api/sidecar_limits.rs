@@ -1,15 +1,17 @@
 //! The public listener under hostile clients, over real sockets: slow headers, a full
-//! connection cap, a body that stops, an idle keep-alive connection. Small limits, set
-//! through the server's config as the `--http-*` flags set them.
+//! connection cap, a body that stops, an idle keep-alive connection, in `serve` and in the
+//! standalone sidecar. Small limits, set through the config as the `--http-*` flags set them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use coffer::domain::auth::ApiKey;
 use coffer::providers::signature::sign;
 use coffer::startup::ServerConfig;
-use coffer::webhooks::ListenerLimits;
+use coffer::webhooks::{ListenerLimits, Standalone, StandaloneConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::events::{Env, STRIPE_SECRET, now, stripe_body};
@@ -315,5 +317,64 @@ async fn an_idle_keep_alive_connection_is_closed() {
     );
     assert!(idle.elapsed() >= idle_timeout - Duration::from_millis(50));
     assert_eq!(env.rows().await, 2);
+    env.app.stop().await.unwrap();
+}
+
+/// `coffer webhooks` runs the same accept loop: its cap and header timeout hold, and its own
+/// `/metrics` carries the connection gauge and refusal counter.
+#[tokio::test]
+async fn a_standalone_sidecar_has_the_same_limits_and_metrics() {
+    let env = Env::spawn().await;
+    let config = StandaloneConfig {
+        grpc_endpoint: format!("http://{}", env.app.addr),
+        upstream_tls: Default::default(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        drain_timeout: Duration::from_secs(5),
+        trusted_proxies: Vec::new(),
+        limits: ListenerLimits {
+            header_timeout: Duration::from_secs(2),
+            max_connections: 2,
+            ..ListenerLimits::default()
+        },
+    };
+    let key = ApiKey::parse(&env.ingest_key).unwrap();
+    let sidecar = Standalone::bind(config, &key).await.unwrap();
+    let (http, admin) = (sidecar.http_addr(), sidecar.admin_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(sidecar.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut provider = TcpStream::connect(http).await.unwrap();
+    assert_eq!(deliver(&mut provider, "evt_1").await, Some(200));
+    let mut slow = TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"POST /webhooks/shop-stripe HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(admin, "coffer_public_connections_open").await == 2.0
+        })
+        .await
+    );
+    let mut refused = TcpStream::connect(http).await.unwrap();
+    assert_eq!(
+        deliver(&mut refused, "evt_refused").await,
+        None,
+        "at the cap"
+    );
+    assert_eq!(
+        metric(admin, "coffer_public_connections_refused_total").await,
+        1.0
+    );
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(4)).await,
+        "half a head is cut"
+    );
+    assert_eq!(deliver(&mut provider, "evt_2").await, Some(200));
+    assert_eq!(env.rows().await, 2);
+    stop.send(()).unwrap();
+    running.await.unwrap();
     env.app.stop().await.unwrap();
 }
