@@ -16,6 +16,7 @@ pub mod pool;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;
+pub mod usage_push;
 
 use sqlx::migrate::Migrator;
 
