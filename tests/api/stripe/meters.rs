@@ -325,3 +325,192 @@ async fn a_max_meter_is_pushed_as_a_last_total() {
     assert_eq!(sent, vec![9, 12]);
     identifiers_distinct(&env);
 }
+
+/// A real crash: the `coffer serve` process is killed (SIGKILL) while Stripe holds the answer
+/// to a push it has already taken; the next process sends the same batch again, and Stripe's
+/// total is exact.
+#[tokio::test]
+async fn a_push_cut_by_a_crash_is_sent_again_by_the_next_process_and_counted_once() {
+    use crate::binary::{Served, TempDir, acme};
+    use coffer::grpc::pb::checkout_client::CheckoutClient;
+    use coffer::grpc::pb::customers_client::CustomersClient;
+    use coffer::grpc::pb::subscriptions_client::SubscriptionsClient;
+    use coffer::grpc::pb::usage_client::UsageClient;
+
+    let db = crate::helpers::TestDb::new().await;
+    let (pool, _, key) = acme(&db).await;
+    let fake = super::fake::FakeStripe::start().await;
+    let state = TempDir::new();
+    let config = state.0.join("coffer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[account]]
+name = "{}"
+tenant = "acme"
+provider = "stripe"
+api_key_env = "COFFER_STRIPE_KEY"
+webhook_secret_env = "COFFER_STRIPE_WHSEC"
+api_base = "{}"
+
+[tenant.acme]
+allowed_redirect_origins = ["https://shop.acme.example"]
+default_account = "{}"
+"#,
+            super::ACCOUNT,
+            fake.base(),
+            super::ACCOUNT
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("COFFER_STRIPE_KEY", super::fake::API_KEY.to_owned()),
+        ("COFFER_STRIPE_WHSEC", super::WHSEC.to_owned()),
+        ("COFFER_USAGE_PUSH_INTERVAL", "200ms".to_owned()),
+        ("COFFER_USAGE_PUSH_RESEND_AFTER", "1s".to_owned()),
+    ];
+    let args = ["--config", config.to_str().unwrap()];
+    let served = Served::start(&db, &state.0, &args, &env).await;
+
+    let mut usage = UsageClient::connect(served.grpc.clone()).await.unwrap();
+    usage
+        .create_meter(req(
+            CreateMeterRequest {
+                key: "tokens".into(),
+                aggregation: Aggregation::Sum as i32,
+                value_key: "tokens".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap();
+    let plan = SubscriptionsClient::connect(served.grpc.clone())
+        .await
+        .unwrap()
+        .create_plan(req(
+            CreatePlanRequest {
+                key: "usage".into(),
+                name: "Pay as you go".into(),
+                prices: vec![Price {
+                    amount: 50,
+                    currency: "USD".into(),
+                    interval: Interval::Month as i32,
+                    meter_key: "tokens".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let carol = CustomersClient::connect(served.grpc.clone())
+        .await
+        .unwrap()
+        .create_customer(req(
+            coffer::grpc::pb::CreateCustomerRequest {
+                external_id: "carol".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let opened = CheckoutClient::connect(served.grpc.clone())
+        .await
+        .unwrap()
+        .create_checkout_session(req(
+            session(
+                &carol,
+                CheckoutMode::Subscription,
+                vec![item(&plan.prices[0].id, 1)],
+            ),
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let completed = fake.complete_session(&opened.provider_session_id);
+    let stripe_customer = completed["customer"].as_str().unwrap().to_owned();
+    let event = fake.event("checkout.session.completed", completed);
+    let hook = format!("http://{}/webhooks/{}", served.http, super::ACCOUNT);
+    assert_eq!(fake.deliver(&hook, super::WHSEC, &event).await, 200);
+    let subscribed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM subscriptions")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 1
+    };
+    assert!(eventually(Duration::from_secs(15), subscribed).await);
+
+    // Stripe takes the push and holds its answer; the process dies meanwhile.
+    fake.fail(
+        Method::POST,
+        EVENTS,
+        100,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    usage
+        .record_usage(req(
+            RecordUsageRequest {
+                events: vec![UsageEvent {
+                    event_id: "e1".into(),
+                    customer: Some(usage_event::Customer::CustomerId(carol.clone())),
+                    meter_key: "tokens".into(),
+                    value: "42".into(),
+                    occurred_at: Some(prost_types::Timestamp {
+                        seconds: now.unix_timestamp(),
+                        nanos: now.nanosecond() as i32,
+                    }),
+                    properties: BTreeMap::new(),
+                }],
+            },
+            &key,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            !fake.meter_events().is_empty()
+        })
+        .await
+    );
+    drop(served);
+    fake.clear_faults();
+    let in_flight: (String, bool) = sqlx::query_as(
+        "SELECT trim_scale(pushed)::text, pending_op IS NOT NULL FROM usage_push_cursors",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_flight, ("0".to_owned(), true), "the batch was in flight");
+
+    let _served = Served::start(&db, &state.0, &args, &env).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            sqlx::query_as::<_, (String, bool)>(
+                "SELECT trim_scale(pushed)::text, pending_op IS NOT NULL FROM usage_push_cursors",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == ("42".to_owned(), false)
+        })
+        .await
+    );
+    let sends = fake.requests(Method::POST, EVENTS);
+    assert!(sends.len() >= 2, "sent again after the crash: {sends:?}");
+    assert_eq!(fake.meter_events().len(), 1, "Stripe took it once");
+    let event_name = fake.objects("mtr_")[0]["event_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fake.meter_total(&event_name, &stripe_customer), 42);
+}
