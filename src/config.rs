@@ -194,6 +194,14 @@ pub struct ServeArgs {
     /// event can no longer be replayed. Pending and failed events keep theirs.
     #[arg(long, env = "COFFER_WEBHOOK_PAYLOAD_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
     pub webhook_payload_retention: Duration,
+    /// How often usage is pushed to Stripe's and Polar's meters (a pass that filled its
+    /// batch is followed at once).
+    #[arg(long, env = "COFFER_USAGE_PUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub usage_push_interval: Duration,
+    /// How long a usage batch whose answer was lost (a crash, a timeout, a 429) waits before
+    /// it is sent again, unchanged.
+    #[arg(long, env = "COFFER_USAGE_PUSH_RESEND_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub usage_push_resend_after: Duration,
     /// How often the database is checked for health.
     #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,

@@ -325,6 +325,11 @@ async fn run_server(
             poll: args.inbox_poll,
             ..Default::default()
         },
+        usage_push: coffer::app::usage_push::PushConfig {
+            interval: args.usage_push_interval,
+            resend_after: args.usage_push_resend_after,
+            ..Default::default()
+        },
         drain_timeout: args.drain_timeout,
         max_calls: args.max_calls as usize,
         max_streams: args.max_streams as usize,

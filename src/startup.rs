@@ -117,6 +117,8 @@ pub struct ServerConfig {
     pub sandbox: Option<SandboxConfig>,
     /// How often the journal's resolver settles provider operations of unknown outcome.
     pub resolve_interval: Duration,
+    /// The worker that pushes usage to Stripe's and Polar's meters.
+    pub usage_push: crate::app::usage_push::PushConfig,
     /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
     /// bulkhead (one stack per account).
     pub outbound: OutboundConfig,
@@ -155,6 +157,7 @@ impl Default for ServerConfig {
             settings: Arc::default(),
             sandbox: None,
             resolve_interval: Duration::from_secs(5),
+            usage_push: Default::default(),
             outbound: OutboundConfig::default(),
             read_replica: None,
             tls: None,
@@ -167,6 +170,7 @@ pub struct Server {
     config: ServerConfig,
     app: App,
     inbox: Inbox,
+    usage_push: crate::app::usage_push::UsagePush,
     /// The sandbox's event delivery, when the sandbox runs and has somewhere to deliver.
     delivery: Option<Delivery>,
     metrics: Arc<Metrics>,
@@ -276,6 +280,13 @@ impl Server {
             ),
         );
         inbox.metrics().register(metrics.registry_mut());
+        let usage_push = crate::app::usage_push::UsagePush::new(
+            app.pool.clone(),
+            app.checkout.journal().clone(),
+            app.checkout.providers().clone(),
+            config.usage_push.clone(),
+        );
+        usage_push.metrics().register(metrics.registry_mut());
         crate::app::payments::metrics().register(metrics.registry_mut());
         crate::providers::outbound::OutboundMetrics::shared().register(metrics.registry_mut());
         let http_connections = crate::webhooks::ListenerMetrics::default();
@@ -295,6 +306,7 @@ impl Server {
             http_connections,
             app,
             inbox,
+            usage_push,
             metrics: Arc::new(metrics),
             config,
         })
@@ -327,6 +339,7 @@ impl Server {
             config,
             app,
             inbox,
+            usage_push,
             delivery,
             metrics,
             grpc,
@@ -371,6 +384,10 @@ impl Server {
             config.resolve_interval,
             workers.clone(),
         ));
+        // Usage pushed to provider meters; a pass in progress stops with the workers (what it
+        // committed is sent again by the next start).
+        app.tasks
+            .spawn(crate::app::usage_push::run(usage_push, workers.clone()));
         // The inbox workers claim nothing after the signal; a batch in flight finishes while
         // calls drain, or is rolled back when the workers stop.
         let stop_claiming = CancellationToken::new();

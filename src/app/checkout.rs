@@ -139,6 +139,7 @@ impl Checkout {
         // so Coffer and the provider's page agree on when it ends.
         let now = self.providers.now(ctx.tenant, &account).await?;
         let (new, buyer) = self.prepare(&mut conn, ctx, &request, now).await?;
+        let meters = metered_prices(&mut conn, ctx, &new.items).await?;
         // No connection is held while a provider is called: the customer and the prices may
         // be made there.
         drop(conn);
@@ -158,11 +159,26 @@ impl Checkout {
                 Some(id) => match prices.get(&id) {
                     Some(known) => known.clone(),
                     None => {
+                        // A metered price names its provider meter, made first.
+                        let meter = match meters.get(&id) {
+                            Some(meter) => {
+                                mirrored(
+                                    &self.pool,
+                                    &self.journal,
+                                    ctx,
+                                    &account,
+                                    Mirror::Meter(meter),
+                                )
+                                .await?
+                            }
+                            None => None,
+                        };
                         let price = Mirror::Price {
                             id,
                             name: &line.name,
                             unit: line.unit,
                             billing: line.billing,
+                            meter: meter.as_deref(),
                         };
                         let made =
                             mirrored(&self.pool, &self.journal, ctx, &account, price).await?;
@@ -175,6 +191,7 @@ impl Checkout {
             items.push(CheckoutItem {
                 line: line.clone(),
                 provider_price,
+                metered: line.price_id.is_some_and(|id| meters.contains_key(&id)),
             });
         }
         let mut conn = self.pool.acquire().await?;
@@ -656,4 +673,31 @@ fn not_open(status: Status) -> AppError {
         REASON_CHECKOUT_NOT_OPEN,
         format!("the checkout session is {}, not open", status.as_str()),
     )
+}
+
+/// The meters of the metered prices among `items`' (by price): two reads, none when no line
+/// names a price.
+async fn metered_prices(
+    conn: &mut PgConnection,
+    ctx: TenantCtx,
+    items: &[crate::domain::checkout::LineItem],
+) -> Result<HashMap<PriceId, crate::domain::meter::Meter>, AppError> {
+    let ids: Vec<uuid::Uuid> = items
+        .iter()
+        .filter_map(|l| l.price_id.map(|p| p.as_uuid()))
+        .collect();
+    let mut found = HashMap::new();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let prices = crate::store::plans::find_prices_for_sale(conn, ctx.tenant, &ids).await?;
+    for (id, sale) in prices {
+        if let Some(key) = &sale.price.meter
+            && let Some(meter) =
+                crate::store::meters::find_meter_by_key(conn, ctx.tenant, key).await?
+        {
+            found.insert(PriceId::from_uuid(id), meter);
+        }
+    }
+    Ok(found)
 }

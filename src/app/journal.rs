@@ -42,6 +42,12 @@ pub enum OpKind {
     CreateCustomer,
     /// Mirroring one of Coffer's prices (`coffer_id` is the price's id).
     CreatePrice,
+    /// Mirroring one of Coffer's meters (`coffer_id` is the meter's id).
+    CreateMeter,
+    /// One batch of usage pushed to an account's meters (`coffer_id` is the batch's id). Its
+    /// unknown outcome is settled by the push worker sending the same batch again, never by
+    /// the resolver (a meter event cannot be fetched).
+    PushUsage,
     CreateCheckoutSession,
     ExpireCheckoutSession,
     Refund,
@@ -55,6 +61,8 @@ impl OpKind {
         match self {
             OpKind::CreateCustomer => "create_customer",
             OpKind::CreatePrice => "create_price",
+            OpKind::CreateMeter => "create_meter",
+            OpKind::PushUsage => "push_usage",
             OpKind::CreateCheckoutSession => "create_checkout_session",
             OpKind::ExpireCheckoutSession => "expire_checkout_session",
             OpKind::Refund => "refund",
@@ -66,6 +74,8 @@ impl OpKind {
         [
             OpKind::CreateCustomer,
             OpKind::CreatePrice,
+            OpKind::CreateMeter,
+            OpKind::PushUsage,
             OpKind::CreateCheckoutSession,
             OpKind::ExpireCheckoutSession,
             OpKind::Refund,
@@ -80,6 +90,8 @@ impl OpKind {
         match self {
             OpKind::CreateCustomer => ObjectKind::Customer,
             OpKind::CreatePrice => ObjectKind::Price,
+            OpKind::CreateMeter => ObjectKind::Meter,
+            OpKind::PushUsage => ObjectKind::UsageBatch,
             OpKind::CreateCheckoutSession | OpKind::ExpireCheckoutSession => {
                 ObjectKind::CheckoutSession
             }
@@ -387,6 +399,27 @@ impl Journal {
         Ok(())
     }
 
+    /// Step 3 for a pushed batch of usage, inside the transaction `tx` that advances its
+    /// cursors: the operation succeeded, naming no provider object (`batch` is Coffer's).
+    pub async fn pushed(
+        &self,
+        tx: &mut PgConnection,
+        op: &Op,
+        batch: &str,
+    ) -> Result<(), AppError> {
+        store::record_outcome(
+            tx,
+            op.tenant,
+            op.id,
+            op.generation,
+            OpStatus::Succeeded.as_str(),
+            Some(batch),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Settles an operation whose outcome is not known by fetching its object by Coffer's id:
     /// the object if the provider has it (the operation is then recorded and applied), `None`
     /// if it does not (the operation is recorded failed, so the next attempt is a new
@@ -455,9 +488,9 @@ impl Journal {
         // (`succeeded`): the order an inbox worker applying the same object's event takes, so
         // an answer and its event racing each other wait in line instead of deadlocking.
         match object {
-            ProviderObject::Customer { id } | ProviderObject::Price { id } => {
-                self.succeeded(tx, op, account, id).await
-            }
+            ProviderObject::Customer { id }
+            | ProviderObject::Price { id }
+            | ProviderObject::Meter { id } => self.succeeded(tx, op, account, id).await,
             ProviderObject::CheckoutSession(session) => {
                 apply_checkout(tx, op.tenant, CheckoutId::from_uuid(op.coffer_id), session).await?;
                 self.succeeded(tx, op, account, &session.id).await

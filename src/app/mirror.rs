@@ -19,11 +19,23 @@ use super::{AppError, TenantCtx};
 use crate::domain::account::AccountName;
 use crate::domain::customer::Customer;
 use crate::domain::ids::PriceId;
+use crate::domain::meter::{Aggregation, Meter};
 use crate::domain::money::Money;
 use crate::domain::plan::Billing;
 use crate::providers::{
-    CustomerRequest, ObjectKind, Operation, PriceRequest, Provider, ProviderError, ProviderObject,
+    CustomerRequest, MeterFormula, MeterRequest, ObjectKind, Operation, PriceRequest, Provider,
+    ProviderError, ProviderObject,
 };
+
+/// How the provider's meter adds up what Coffer pushes for a meter of `aggregation`: SUM and
+/// COUNT push increments (a COUNT's increment is a number of events, so the provider sums
+/// it); the others push Coffer's own per-period total, of which the provider keeps the last.
+pub fn formula(aggregation: Aggregation) -> MeterFormula {
+    match aggregation {
+        Aggregation::Sum | Aggregation::Count => MeterFormula::Sum,
+        Aggregation::Max | Aggregation::UniqueCount | Aggregation::Latest => MeterFormula::Last,
+    }
+}
 
 /// How long a call waits for a concurrent one that is making the same object: 50 steps of
 /// 50 ms, well inside the work timeout.
@@ -40,7 +52,11 @@ pub enum Mirror<'a> {
         name: &'a str,
         unit: Money,
         billing: Billing,
+        /// The provider's meter of a metered price (mirrored first, as [`Mirror::Meter`]).
+        meter: Option<&'a str>,
     },
+    /// One of Coffer's meters, as the provider meter its metered prices are billed by.
+    Meter(&'a Meter),
 }
 
 impl Mirror<'_> {
@@ -48,6 +64,7 @@ impl Mirror<'_> {
         match self {
             Mirror::Customer(_) => Operation::CreateCustomer,
             Mirror::Price { .. } => Operation::CreatePrice,
+            Mirror::Meter(_) => Operation::CreateMeter,
         }
     }
 
@@ -55,6 +72,7 @@ impl Mirror<'_> {
         match self {
             Mirror::Customer(_) => OpKind::CreateCustomer,
             Mirror::Price { .. } => OpKind::CreatePrice,
+            Mirror::Meter(_) => OpKind::CreateMeter,
         }
     }
 
@@ -62,6 +80,7 @@ impl Mirror<'_> {
         match self {
             Mirror::Customer(c) => c.id.as_uuid(),
             Mirror::Price { id, .. } => id.as_uuid(),
+            Mirror::Meter(m) => m.id.as_uuid(),
         }
     }
 
@@ -88,6 +107,7 @@ impl Mirror<'_> {
                 name,
                 unit,
                 billing,
+                meter,
             } => provider.create_price(
                 account,
                 PriceRequest {
@@ -96,6 +116,20 @@ impl Mirror<'_> {
                     name: name.to_owned(),
                     unit,
                     billing,
+                    meter: meter.map(str::to_owned),
+                },
+            ),
+            Mirror::Meter(m) => provider.create_meter(
+                account,
+                MeterRequest {
+                    client_reference: m.id.as_uuid(),
+                    idempotency_key,
+                    name: m
+                        .name
+                        .as_ref()
+                        .map(|n| n.as_str().to_owned())
+                        .unwrap_or_else(|| m.key.as_str().to_owned()),
+                    formula: formula(m.reading.aggregation()),
                 },
             ),
         }
@@ -161,9 +195,11 @@ pub async fn mirrored(
                 }));
             }
             return match journal.settle(&op, account).await? {
-                Some(ProviderObject::Customer { id } | ProviderObject::Price { id }) => {
-                    Ok(Some(id))
-                }
+                Some(
+                    ProviderObject::Customer { id }
+                    | ProviderObject::Price { id }
+                    | ProviderObject::Meter { id },
+                ) => Ok(Some(id)),
                 // Not made (yet): the next attempt is a new generation.
                 _ => Err(AppError::Provider(ProviderError::Retryable {
                     message: format!("the provider {} is still being made", kind.as_str()),

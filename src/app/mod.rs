@@ -22,6 +22,7 @@ pub mod sweeper;
 pub mod tenants;
 pub mod triggers;
 pub mod usage;
+pub mod usage_push;
 
 use std::sync::Arc;
 

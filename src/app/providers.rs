@@ -112,6 +112,27 @@ impl Providers {
             .unwrap_or(now))
     }
 
+    /// Every configured account whose usage is pushed to the provider's meters, with its
+    /// tenant: what the push worker serves.
+    pub fn metering_accounts(&self) -> Vec<(TenantId, Resolved)> {
+        self.settings
+            .accounts()
+            .iter()
+            .filter(|a| supports(a.provider, Operation::PushUsage))
+            .filter_map(|a| {
+                let provider = self.configured.get(&a.name)?.clone();
+                Some((
+                    a.tenant,
+                    Resolved {
+                        name: a.name.clone(),
+                        kind: a.provider,
+                        provider: Some(provider),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     pub fn sandbox(&self) -> Option<&Sandbox> {
         self.sandbox.as_ref()
     }

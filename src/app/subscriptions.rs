@@ -234,6 +234,24 @@ impl Subscriptions {
         self.mutations
             .run(&ctx, call, move |conn| {
                 Box::pin(async move {
+                    // A metered price names a meter of the tenant's; the foreign key would
+                    // refuse an unknown one too, but not name the field.
+                    let mut unknown = crate::domain::Violations::default();
+                    for (i, price) in plan.prices.iter().enumerate() {
+                        if let Some(key) = &price.meter
+                            && crate::store::meters::find_meter_by_key(conn, ctx.tenant, key)
+                                .await?
+                                .is_none()
+                        {
+                            unknown.add(
+                                &format!("prices[{i}].meter_key"),
+                                "the tenant has no meter with this key",
+                            );
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        return Err(AppError::Invalid(unknown));
+                    }
                     if !store::insert_plan(conn, ctx.tenant, &plan).await? {
                         return Err(AppError::rejected(
                             RejectionKind::AlreadyExists,

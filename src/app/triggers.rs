@@ -72,6 +72,8 @@ pub async fn apply(
         }
         ProviderObject::Dispute(d) => payments::apply_dispute(tx, tenant, d).await,
         // Coffer keeps nothing of a provider's customer but its id, recorded when it was made.
-        ProviderObject::Customer { .. } | ProviderObject::Price { .. } => Ok(()),
+        ProviderObject::Customer { .. }
+        | ProviderObject::Price { .. }
+        | ProviderObject::Meter { .. } => Ok(()),
     }
 }

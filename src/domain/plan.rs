@@ -160,6 +160,9 @@ pub enum BillingField {
 pub struct NewPrice {
     pub money: Money,
     pub billing: Billing,
+    /// The meter whose usage a subscription to this (recurring) price is billed by: its
+    /// `money` is then the price of one unit, charged in arrears.
+    pub meter: Option<MeterKey>,
 }
 
 /// A price of a plan, as stored. Immutable.
@@ -168,6 +171,8 @@ pub struct Price {
     pub id: PriceId,
     pub money: Money,
     pub billing: Billing,
+    /// See [`NewPrice::meter`].
+    pub meter: Option<MeterKey>,
     pub created_at: OffsetDateTime,
 }
 
@@ -216,6 +221,7 @@ impl Plan {
                     id: PriceId::generate(),
                     money: p.money,
                     billing: p.billing,
+                    meter: p.meter,
                     created_at: now,
                 })
                 .collect(),

@@ -363,6 +363,11 @@ impl Units {
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
+
+    /// The whole part (what a provider that takes only whole numbers is sent).
+    pub fn floor(self) -> Units {
+        Units(self.0 - self.0 % SCALE)
+    }
 }
 
 impl std::fmt::Display for Units {

@@ -17,6 +17,7 @@ use crate::app::subscriptions::PlanQuery;
 use crate::domain::Violations;
 use crate::domain::customer::DisplayName;
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId};
+use crate::domain::meter::MeterKey;
 use crate::domain::money::{Currency, CurrencyLimits, Money};
 use crate::domain::page::PageSize;
 use crate::domain::plan::{
@@ -402,9 +403,22 @@ fn parse_price(
             }
         }
     };
+    let meter = if p.meter_key.is_empty() {
+        Some(None)
+    } else if matches!(billing, Some(Billing::OneTime)) {
+        v.add(
+            &format!("{at}.meter_key"),
+            "must be empty for ONE_TIME: only recurring prices are metered",
+        );
+        None
+    } else {
+        v.check(&format!("{at}.meter_key"), MeterKey::parse(&p.meter_key))
+            .map(Some)
+    };
     Some(NewPrice {
         money: money?,
         billing: billing?,
+        meter: meter?,
     })
 }
 
@@ -428,6 +442,11 @@ fn price_to_proto(p: &Price) -> pb::Price {
         interval_count: p.billing.interval_count().into(),
         trial_days: p.billing.trial_days().into(),
         create_time: Some(timestamp(p.created_at)),
+        meter_key: p
+            .meter
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -465,6 +484,11 @@ fn price_from_proto(p: &pb::Price) -> Option<Price> {
         id: PriceId::parse(&p.id).ok()?,
         money: Money::stored(p.amount, Currency::parse(&p.currency).ok()?).ok()?,
         billing,
+        meter: if p.meter_key.is_empty() {
+            None
+        } else {
+            Some(MeterKey::parse(&p.meter_key).ok()?)
+        },
         created_at: from_timestamp(p.create_time.as_ref()?)?,
     })
 }

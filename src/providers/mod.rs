@@ -164,6 +164,10 @@ pub enum Operation {
     CancelSubscription,
     /// Pausing and resuming a subscription's collection.
     PauseSubscription,
+    /// Mirroring one of Coffer's meters as the provider's meter, for metered prices.
+    CreateMeter,
+    /// Sending usage to the provider's meters ([`Provider::push_usage`]).
+    PushUsage,
 }
 
 impl Operation {
@@ -180,13 +184,13 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | meters (mirror, push) |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-----------------------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | no                    |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes (billing meters)  |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | yes (event ingestion) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no                    |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no                    |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
 /// checkout has one line item); PayTabs has neither a customer nor a
@@ -196,7 +200,7 @@ impl Operation {
 pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
-        ProviderKind::Sandbox => !matches!(op, CreatePrice),
+        ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
         ProviderKind::Stripe => true,
         // Polar's subscription calls are typed in its client but not made through the trait
         // yet: PROVIDER_UNSUPPORTED until they are.
@@ -212,9 +216,46 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | ExpireCheckoutSession
                 | CancelSubscription
                 | PauseSubscription
+                | CreateMeter
+                | PushUsage
         ),
         ProviderKind::Hmac => false,
     }
+}
+
+/// Whether `kind`'s meters take only whole numbers (Stripe's meter event values are
+/// integers): Coffer then pushes the whole part of a total, and a fraction waits until it adds
+/// up to a unit.
+pub fn whole_units(kind: ProviderKind) -> bool {
+    matches!(kind, ProviderKind::Stripe)
+}
+
+/// Runs `futures` concurrently (the caller bounds how many) and answers their outputs in
+/// order, without spawning: they borrow the adapter, and every task of Coffer's is owned.
+pub async fn join_all<'a, T>(futures: Vec<BoxFuture<'a, T>>) -> Vec<T> {
+    let mut pending: Vec<Option<BoxFuture<'a, T>>> = futures.into_iter().map(Some).collect();
+    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut open = false;
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => open = true,
+                }
+            }
+        }
+        if open {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
 
 /// How a provider call failed.
@@ -278,8 +319,54 @@ pub struct PriceRequest {
     pub name: String,
     pub unit: Money,
     pub billing: crate::domain::plan::Billing,
+    /// The provider's id of the meter a metered price is billed by (mirrored first,
+    /// [`Operation::CreateMeter`]); `None` for a licensed price.
+    pub meter: Option<String>,
 }
 
+/// How the provider's meter adds up what Coffer pushes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterFormula {
+    /// Each push is an increment (Coffer's SUM and COUNT meters).
+    Sum,
+    /// The period's value is the newest push: Coffer pushes its own per-period total (MAX,
+    /// UNIQUE_COUNT, LATEST), since providers cannot compute those from increments.
+    Last,
+}
+
+/// One of Coffer's meters, to mirror as the provider's meter.
+#[derive(Debug, Clone)]
+pub struct MeterRequest {
+    /// Coffer's meter id; the provider's event name is [`meter_event_name`] of it.
+    pub client_reference: Uuid,
+    pub idempotency_key: String,
+    /// Shown in the provider's dashboard: the meter's name, or its key.
+    pub name: String,
+    pub formula: MeterFormula,
+}
+
+/// The event name Coffer's meter `meter` has on every provider: derived from its id alone, so
+/// an unknown outcome of the meter's creation is settled by finding the name.
+pub fn meter_event_name(meter: Uuid) -> String {
+    format!("coffer_{}", meter.simple())
+}
+
+/// One value pushed to a provider's meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// Deterministic (`{cursor}-{seq}`): sent again unchanged until its answer is recorded, so
+    /// the provider de-duplicates a resend (Stripe for about a day, Polar by `external_id`).
+    pub identifier: String,
+    /// The provider's id of the customer (Stripe's payload names it).
+    pub customer: String,
+    /// Coffer's id of the customer (Polar's events name it as `external_customer_id`).
+    pub customer_reference: Uuid,
+    /// [`meter_event_name`] of the meter.
+    pub event_name: String,
+    /// An exact decimal, never negative.
+    pub value: String,
+    pub timestamp: OffsetDateTime,
+}
 /// A line of a checkout as the provider is asked for it.
 #[derive(Debug, Clone)]
 pub struct CheckoutItem {
@@ -288,6 +375,9 @@ pub struct CheckoutItem {
     /// the provider mirrors prices ([`Operation::CreatePrice`]); otherwise the line is sent
     /// inline (name, unit amount, quantity, billing).
     pub provider_price: Option<String>,
+    /// The line's price is metered: charged in arrears by usage, so the checkout sends no
+    /// quantity for it (Stripe refuses one).
+    pub metered: bool,
 }
 
 /// A checkout session to create on the provider.
@@ -430,6 +520,10 @@ pub enum ObjectKind {
     Subscription,
     /// A dispute (chargeback) of a payment; only ever fetched, never made by Coffer.
     Dispute,
+    /// One of Coffer's meters mirrored on the provider.
+    Meter,
+    /// A batch of usage pushed to meters; never fetched (the journal's operation kind only).
+    UsageBatch,
 }
 
 impl ObjectKind {
@@ -442,6 +536,8 @@ impl ObjectKind {
             ObjectKind::Refund => "refund",
             ObjectKind::Subscription => "subscription",
             ObjectKind::Dispute => "dispute",
+            ObjectKind::Meter => "meter",
+            ObjectKind::UsageBatch => "usage_batch",
         }
     }
 }
@@ -451,6 +547,7 @@ impl ObjectKind {
 pub enum ProviderObject {
     Customer { id: String },
     Price { id: String },
+    Meter { id: String },
     CheckoutSession(ProviderCheckout),
     Payment(ProviderPayment),
     Refund(ProviderRefund),
@@ -503,6 +600,27 @@ pub trait Provider: Send + Sync {
                 "this provider takes prices inline",
             ))
         })
+    }
+
+    /// Mirrors one of Coffer's meters; only asked of providers that support
+    /// [`Operation::CreateMeter`].
+    fn create_meter<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: MeterRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async { Err(ProviderError::definitive("unsupported", "no meters")) })
+    }
+
+    /// Sends `events` to the provider's meters, within its rate limits. The outer error is the
+    /// whole batch's (nothing of it is known to have arrived); otherwise one result per event,
+    /// in order. Only asked of providers that support [`Operation::PushUsage`].
+    fn push_usage<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _events: &'a [UsageEvent],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), ProviderError>>, ProviderError>> {
+        Box::pin(async { Err(ProviderError::definitive("unsupported", "no meters")) })
     }
 
     fn fetch_checkout_session<'a>(

@@ -144,6 +144,7 @@ pub async fn claim_unresolved(
              status = 'unknown', updated_at = now()
          FROM (SELECT tenant_id, id FROM provider_operations
                WHERE status IN ('unknown', 'pending') AND next_resolve_at <= now()
+                 AND kind <> 'push_usage'
                ORDER BY next_resolve_at
                LIMIT $1
                FOR UPDATE SKIP LOCKED) due

@@ -17,6 +17,7 @@ pub mod replica;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;
+pub mod usage_push;
 
 use sqlx::migrate::Migrator;
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{StoreError, corrupt};
 use crate::domain::customer::DisplayName;
 use crate::domain::ids::{PlanId, PriceId, TenantId};
+use crate::domain::meter::MeterKey;
 use crate::domain::money::{Currency, Money};
 use crate::domain::plan::{Billing, Description, FeatureKey, Interval, Plan, PlanKey, Price};
 
@@ -32,6 +33,7 @@ struct PriceRow {
     interval_count: i16,
     trial_days: i16,
     created_at: OffsetDateTime,
+    meter_key: Option<String>,
 }
 
 fn interval_name(billing: Billing) -> &'static str {
@@ -67,6 +69,12 @@ impl PriceRow {
             id: PriceId::from_uuid(self.id),
             money: Money::stored(self.amount, currency).map_err(|e| corrupt("price amount", e))?,
             billing,
+            meter: self
+                .meter_key
+                .as_deref()
+                .map(MeterKey::parse)
+                .transpose()
+                .map_err(|e| corrupt("price meter", e))?,
             created_at: self.created_at,
         })
     }
@@ -132,6 +140,11 @@ pub async fn insert_plan(
         .iter()
         .map(|p| p.billing.trial_days() as i16)
         .collect();
+    let meters: Vec<Option<String>> = plan
+        .prices
+        .iter()
+        .map(|p| p.meter.as_ref().map(|m| m.as_str().to_owned()))
+        .collect();
     // The children are inserted only when the plan was: they select from its RETURNING.
     let inserted = sqlx::query_scalar!(
         r#"WITH p AS (
@@ -145,13 +158,13 @@ pub async fn insert_plan(
                FROM p, unnest($7::text[]) WITH ORDINALITY AS f (key, ord)),
            x AS (
                INSERT INTO prices (tenant_id, id, plan_id, position, amount, currency, interval,
-                                   interval_count, trial_days, created_at)
+                                   interval_count, trial_days, created_at, meter_key)
                SELECT $1, x.id, p.id, (x.ord - 1)::smallint, x.amount, x.currency, x.interval,
-                      x.interval_count, x.trial_days, $6
+                      x.interval_count, x.trial_days, $6, x.meter_key
                FROM p, unnest($8::uuid[], $9::bigint[], $10::text[], $11::text[],
-                              $12::smallint[], $13::smallint[])
+                              $12::smallint[], $13::smallint[], $14::text[])
                        WITH ORDINALITY AS x (id, amount, currency, interval, interval_count,
-                                             trial_days, ord))
+                                             trial_days, meter_key, ord))
            SELECT EXISTS (SELECT 1 FROM p) AS "inserted!""#,
         tenant.as_uuid(),
         plan.id.as_uuid(),
@@ -166,6 +179,7 @@ pub async fn insert_plan(
         &intervals,
         &counts,
         &trials,
+        &meters as &[Option<String>],
     )
     .fetch_one(conn)
     .instrument(super::statement_span!("INSERT", "plans"))
@@ -279,7 +293,8 @@ async fn with_prices(
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let prices = sqlx::query_as!(
         PriceRow,
-        "SELECT plan_id, id, amount, currency, interval, interval_count, trial_days, created_at
+        "SELECT plan_id, id, amount, currency, interval, interval_count, trial_days, created_at,
+                meter_key
          FROM prices WHERE tenant_id = $1 AND plan_id = ANY($2)
          ORDER BY plan_id, position",
         tenant.as_uuid(),
@@ -318,7 +333,7 @@ pub async fn find_prices_for_sale(
 ) -> Result<HashMap<Uuid, PriceForSale>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT pr.id, pr.plan_id, pr.amount, pr.currency, pr.interval, pr.interval_count,
-                  pr.trial_days, pr.created_at, p.name AS plan_name,
+                  pr.trial_days, pr.created_at, pr.meter_key, p.name AS plan_name,
                   p.archived_at IS NOT NULL AS "archived!"
            FROM prices pr
            JOIN plans p ON p.tenant_id = pr.tenant_id AND p.id = pr.plan_id
@@ -339,6 +354,7 @@ pub async fn find_prices_for_sale(
                 interval_count: r.interval_count,
                 trial_days: r.trial_days,
                 created_at: r.created_at,
+                meter_key: r.meter_key,
             }
             .into_domain()?;
             Ok((

@@ -711,3 +711,66 @@ async fn concurrent_creates_of_one_key_write_one_plan() {
     assert_eq!(count(&app, "prices").await, 3);
     assert_eq!(count(&app, "plan_features").await, 2);
 }
+
+/// A metered price names a meter of the tenant's: a bad key, an unknown one or a ONE_TIME price
+/// is INVALID_ARGUMENT naming `prices[i].meter_key`, and nothing is written; a known one is
+/// kept and read back.
+#[tokio::test]
+async fn a_metered_price_names_a_known_meter_of_a_recurring_price() {
+    let app = TestApp::spawn().await;
+    let mut s = app.subscriptions().await;
+    let metered = |interval, key: &str| Price {
+        meter_key: key.into(),
+        ..price(50, "USD", interval)
+    };
+    let with = |p: Price| CreatePlanRequest {
+        prices: vec![price(2_900, "USD", Interval::Month), p],
+        ..plan("usage")
+    };
+    for request in [
+        with(metered(Interval::Month, "Not A Key")),
+        with(metered(Interval::Month, "tokens")),
+        with(metered(Interval::OneTime, "tokens")),
+    ] {
+        let err = s.create_plan(req(request, &app.key)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(details(&err).1, ["prices[1].meter_key"]);
+    }
+    let plans: i64 = sqlx::query_scalar("SELECT count(*) FROM plans")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(plans, 0, "nothing written");
+
+    app.usage()
+        .await
+        .create_meter(req(
+            coffer::grpc::pb::CreateMeterRequest {
+                key: "tokens".into(),
+                aggregation: coffer::grpc::pb::Aggregation::Sum as i32,
+                value_key: "tokens".into(),
+                ..Default::default()
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap();
+    let made = s
+        .create_plan(req(with(metered(Interval::Month, "tokens")), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.prices[0].meter_key, "");
+    assert_eq!(made.prices[1].meter_key, "tokens");
+    let got = s
+        .get_plan(req(
+            GetPlanRequest {
+                lookup: Some(Lookup::Id(made.id.clone())),
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, made);
+}

@@ -70,6 +70,10 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "sandbox workers (delivery, expiry) read each account's clock by account name",
     ),
     (
+        "from usage_push_cursors where unpushed_since is not null or failure is not null",
+        "the usage push backlog gauges, across tenants",
+    ),
+    (
         "from sandbox_outbox where status = '' and next_attempt_at <= now()",
         "sandbox delivery claim, across tenants",
     ),

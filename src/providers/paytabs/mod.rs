@@ -294,7 +294,9 @@ impl Provider for PayTabs {
                 ObjectKind::Customer
                 | ObjectKind::Price
                 | ObjectKind::Subscription
-                | ObjectKind::Dispute => None,
+                | ObjectKind::Dispute
+                | ObjectKind::Meter
+                | ObjectKind::UsageBatch => None,
             })
         })
     }
@@ -313,7 +315,9 @@ impl Provider for PayTabs {
                 ObjectKind::Customer
                 | ObjectKind::Price
                 | ObjectKind::Subscription
-                | ObjectKind::Dispute => return Ok(None),
+                | ObjectKind::Dispute
+                | ObjectKind::Meter
+                | ObjectKind::UsageBatch => return Ok(None),
             };
             let cart_id = objects::cart_id(kind, client_reference);
             let version = read_now();

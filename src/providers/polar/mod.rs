@@ -85,16 +85,17 @@ pub use webhook::Webhooks;
 
 use self::client::Client;
 use self::wire::{
-    CHECKOUT_KEY, CUSTOMER_KEY, EXPIRES_KEY, EXTERNAL_KEY, LINE_KEY, PRICE_KEY, REFUND_KEY,
+    CHECKOUT_KEY, CUSTOMER_KEY, EXPIRES_KEY, EXTERNAL_KEY, LINE_KEY, METER_KEY, PRICE_KEY,
+    REFUND_KEY,
 };
 use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::domain::checkout::Mode;
 use crate::domain::plan::{Billing, Interval};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
-    CheckoutItem, CheckoutRequest, CustomerRequest, ObjectKind, PriceRequest, Provider,
-    ProviderCheckout, ProviderError, ProviderObject, ProviderRefund, ProviderSubscription,
-    RefundRequest,
+    CheckoutItem, CheckoutRequest, CustomerRequest, MeterFormula, MeterRequest, ObjectKind,
+    PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderRefund,
+    ProviderSubscription, RefundRequest, UsageEvent, meter_event_name,
 };
 
 /// Pages of 100 scanned, most recent first, to find a checkout or a refund by Coffer's id
@@ -241,10 +242,10 @@ impl Polar {
         let body = wire::ProductCreate {
             name: name.to_owned(),
             visibility: "private",
-            prices: vec![wire::FixedPrice::new(
+            prices: vec![wire::PriceCreate::Fixed(wire::FixedPrice::new(
                 unit.amount(),
                 map::currency(unit.currency())?,
-            )],
+            ))],
             recurring_interval: None,
             recurring_interval_count: None,
             trial_interval: None,
@@ -256,6 +257,11 @@ impl Polar {
 
     /// Makes a product (`POST /v1/products/`); its id. No idempotency key: Polar has none, and
     /// each caller looked for the product by its metadata first.
+    async fn meter_by(&self, reference: &str) -> Result<Option<wire::Meter>, ProviderError> {
+        self.by_metadata("list_meters", &["meters", ""], METER_KEY, reference, &[])
+            .await
+    }
+
     async fn create_product(&self, body: &wire::ProductCreate) -> Result<String, ProviderError> {
         let product: wire::Product = self
             .client
@@ -551,10 +557,18 @@ impl Provider for Polar {
             if let Some(id) = self.product_by(PRICE_KEY, &reference).await? {
                 return Ok(id);
             }
-            let price = wire::FixedPrice::new(
-                request.unit.amount(),
-                map::currency(request.unit.currency())?,
-            );
+            let currency = map::currency(request.unit.currency())?;
+            let price = match &request.meter {
+                Some(meter) => wire::PriceCreate::Metered(wire::MeteredPrice {
+                    amount_type: "metered_unit",
+                    meter_id: meter.clone(),
+                    unit_amount: request.unit.amount().to_string(),
+                    price_currency: currency,
+                }),
+                None => {
+                    wire::PriceCreate::Fixed(wire::FixedPrice::new(request.unit.amount(), currency))
+                }
+            };
             let (recurring, count, trial) = match request.billing {
                 Billing::OneTime => (None, None, 0),
                 Billing::Recurring {
@@ -574,6 +588,95 @@ impl Provider for Polar {
                 metadata: metadata(&[(PRICE_KEY, reference)]),
             };
             self.create_product(&body).await
+        })
+    }
+
+    /// A meter over the events named [`meter_event_name`], with Coffer's meter id in its
+    /// metadata (how an unknown outcome is settled: Polar's creates take no idempotency key).
+    fn create_meter<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: MeterRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let reference = request.client_reference.to_string();
+            if let Some(m) = self.meter_by(&reference).await? {
+                return Ok(m.id);
+            }
+            let func = match request.formula {
+                MeterFormula::Sum => "sum",
+                MeterFormula::Last => "max",
+            };
+            let body = wire::MeterCreate {
+                name: request.name.clone(),
+                filter: serde_json::json!({
+                    "conjunction": "and",
+                    "clauses": [{
+                        "property": "name",
+                        "operator": "eq",
+                        "value": meter_event_name(request.client_reference),
+                    }],
+                }),
+                aggregation: serde_json::json!({"func": func, "property": "value"}),
+                metadata: metadata(&[(METER_KEY, reference)]),
+            };
+            let meter: wire::Meter = self
+                .client
+                .write(
+                    "create_meter",
+                    Method::POST,
+                    &["meters", ""],
+                    Some(&body),
+                    None,
+                )
+                .await?;
+            Ok(meter.id)
+        })
+    }
+
+    /// The whole batch in one `POST /v1/events/ingest`, each event with its identifier as
+    /// `external_id`, which Polar de-duplicates (a resend answers `duplicates`). Sent with the
+    /// identifiers as the idempotency key, so the outbound stack may send it again after a
+    /// timeout: the events are idempotent by their ids.
+    fn push_usage<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        events: &'a [UsageEvent],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), ProviderError>>, ProviderError>> {
+        Box::pin(async move {
+            let events_json = events
+                .iter()
+                .map(|e| {
+                    let value: serde_json::Number = e.value.parse().map_err(|_| {
+                        definitive("invalid_value", format!("{} is not a number", e.value))
+                    })?;
+                    let timestamp = e
+                        .timestamp
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .map_err(|err| definitive("invalid_timestamp", err.to_string()))?;
+                    Ok(serde_json::json!({
+                        "name": e.event_name,
+                        "external_customer_id": e.customer_reference.to_string(),
+                        "external_id": e.identifier,
+                        "timestamp": timestamp,
+                        "metadata": {"value": value},
+                    }))
+                })
+                .collect::<Result<Vec<_>, ProviderError>>()?;
+            let key = events
+                .first()
+                .map(|e| format!("{}+{}", e.identifier, events.len()));
+            let _: wire::IngestAnswer = self
+                .client
+                .write(
+                    "push_usage",
+                    Method::POST,
+                    &["events", "ingest"],
+                    Some(&serde_json::json!({ "events": events_json })),
+                    key,
+                )
+                .await?;
+            Ok(events.iter().map(|_| Ok(())).collect())
         })
     }
 
@@ -759,6 +862,12 @@ impl Provider for Polar {
                     .get::<wire::Product>("get_product", &["products", id], &[])
                     .await?
                     .map(|p| ProviderObject::Price { id: p.id }),
+                ObjectKind::Meter => self
+                    .client
+                    .get::<wire::Meter>("get_meter", &["meters", id], &[])
+                    .await?
+                    .map(|m| ProviderObject::Meter { id: m.id }),
+                ObjectKind::UsageBatch => None,
                 ObjectKind::Dispute => {
                     return Err(definitive(
                         "unsupported",
@@ -841,7 +950,11 @@ impl Provider for Polar {
                     .await?
                     .map(|s| map::subscription(&s).map(ProviderObject::Subscription))
                     .transpose()?,
-                ObjectKind::Dispute => None,
+                ObjectKind::Meter => self
+                    .meter_by(&reference)
+                    .await?
+                    .map(|m| ProviderObject::Meter { id: m.id }),
+                ObjectKind::Dispute | ObjectKind::UsageBatch => None,
             })
         })
     }

@@ -19,6 +19,7 @@ pub const CHECKOUT_KEY: &str = "coffer_checkout_id";
 pub const EXPIRES_KEY: &str = "coffer_expires_at";
 /// The metadata key carrying Coffer's price id, on the products mirroring Coffer's prices.
 pub const PRICE_KEY: &str = "coffer_price_id";
+pub const METER_KEY: &str = "coffer_meter_id";
 /// The metadata key carrying Coffer's refund id, on refunds.
 pub const REFUND_KEY: &str = "coffer_refund_id";
 /// The metadata key carrying Coffer's customer id (which is also the customer's Polar
@@ -241,13 +242,59 @@ impl FixedPrice {
     }
 }
 
+/// A product's price as created: fixed, or metered by a meter.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PriceCreate {
+    Fixed(FixedPrice),
+    Metered(MeteredPrice),
+}
+
+/// `ProductPriceMeteredUnitCreate`: `unit_amount` per unit of the meter, in the currency's
+/// minor unit (a decimal string in Polar's API; Coffer's are whole).
+#[derive(Debug, Serialize)]
+pub struct MeteredPrice {
+    pub amount_type: &'static str,
+    pub meter_id: String,
+    pub unit_amount: String,
+    pub price_currency: String,
+}
+
+/// `MeterCreate`: the events named `name_is`, their `metadata.value` summed or the highest
+/// taken (Polar has no "last" aggregation; Coffer's per-period totals only grow within a
+/// period, except a LATEST meter's, so the highest is the last).
+#[derive(Debug, Serialize)]
+pub struct MeterCreate {
+    pub name: String,
+    pub filter: Value,
+    pub aggregation: Value,
+    pub metadata: BTreeMap<&'static str, String>,
+}
+
+/// A meter, as Coffer reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meter {
+    pub id: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// `EventsIngestResponse`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestAnswer {
+    #[serde(default)]
+    pub inserted: i64,
+    #[serde(default)]
+    pub duplicates: i64,
+}
+
 /// `ProductCreateRecurring` or `ProductCreateOneTime` (the recurring fields left out).
 #[derive(Debug, Serialize)]
 pub struct ProductCreate {
     pub name: String,
     /// `private`: sold through checkouts made by the API, not shown on a storefront.
     pub visibility: &'static str,
-    pub prices: Vec<FixedPrice>,
+    pub prices: Vec<PriceCreate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recurring_interval: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]

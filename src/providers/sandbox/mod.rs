@@ -835,7 +835,10 @@ impl Provider for Sandbox {
                     Ok(found.map(to_subscription).map(ProviderObject::Subscription))
                 }
                 // The sandbox has no disputes, and takes prices inline.
-                ObjectKind::Dispute | ObjectKind::Price => Ok(None),
+                ObjectKind::Dispute
+                | ObjectKind::Price
+                | ObjectKind::Meter
+                | ObjectKind::UsageBatch => Ok(None),
             }
         })
     }

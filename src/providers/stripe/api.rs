@@ -15,7 +15,10 @@ use super::form::Form;
 use super::money::{currency, to_stripe};
 use crate::domain::checkout::Mode;
 use crate::domain::plan::{Billing, Interval};
-use crate::providers::{CheckoutRequest, CustomerRequest, PriceRequest, RefundRequest};
+use crate::providers::{
+    CheckoutRequest, CustomerRequest, MeterFormula, MeterRequest, PriceRequest, RefundRequest,
+    UsageEvent, meter_event_name,
+};
 
 pub const CUSTOMER_KEY: &str = "coffer_customer_id";
 pub const EXTERNAL_ID_KEY: &str = "coffer_external_id";
@@ -153,9 +156,72 @@ pub fn create_price(r: &PriceRequest) -> Call {
         interval, count, ..
     } = r.billing
     {
-        form = form.map("recurring", recurring(interval, count));
+        let mut recurring = recurring(interval, count);
+        if let Some(meter) = &r.meter {
+            recurring = recurring.text("usage_type", "metered").text("meter", meter);
+        }
+        form = form.map("recurring", recurring);
     }
     Call::post("create_price", "/v1/prices".into(), form)
+}
+
+/// A billing meter for one of Coffer's meters: events named [`meter_event_name`], the
+/// customer in `payload[stripe_customer_id]`, the value in `payload[value]`, summed or the
+/// last one taken. Stripe's meters have no metadata: the event name is Coffer's reference.
+pub fn create_meter(r: &MeterRequest) -> Call {
+    let formula = match r.formula {
+        MeterFormula::Sum => "sum",
+        MeterFormula::Last => "last",
+    };
+    Call::post(
+        "create_meter",
+        "/v1/billing/meters".into(),
+        Form::new()
+            .text("display_name", &r.name)
+            .text("event_name", meter_event_name(r.client_reference))
+            .map("default_aggregation", Form::new().text("formula", formula))
+            .map(
+                "customer_mapping",
+                Form::new()
+                    .text("type", "by_id")
+                    .text("event_payload_key", "stripe_customer_id"),
+            )
+            .map(
+                "value_settings",
+                Form::new().text("event_payload_key", "value"),
+            ),
+    )
+}
+
+/// The account's active meters, after `starting_after`.
+pub fn list_meters(starting_after: Option<&str>) -> Call {
+    Call::get(
+        "list_meters",
+        "/v1/billing/meters".into(),
+        Form::new()
+            .text("status", "active")
+            .opt("starting_after", starting_after)
+            .text("limit", 100),
+    )
+}
+
+/// One meter event (`POST /v1/billing/meter_events`, one event per request). `identifier` is
+/// Stripe's de-duplication key for about a day: the same push sent again is counted once.
+pub fn meter_event(e: &UsageEvent) -> Call {
+    Call::post(
+        "push_usage",
+        "/v1/billing/meter_events".into(),
+        Form::new()
+            .text("event_name", &e.event_name)
+            .text("identifier", &e.identifier)
+            .text("timestamp", e.timestamp.unix_timestamp())
+            .map(
+                "payload",
+                Form::new()
+                    .text("stripe_customer_id", &e.customer)
+                    .text("value", &e.value),
+            ),
+    )
 }
 
 /// The price whose lookup key is Coffer's price id's.
@@ -197,7 +263,11 @@ pub fn create_session(r: &CheckoutRequest, now: OffsetDateTime) -> Call {
                 Form::new().map("price_data", data)
             }
         };
-        form.text("quantity", line.quantity)
+        if item.metered {
+            form
+        } else {
+            form.text("quantity", line.quantity)
+        }
     });
     let mut form = Form::new()
         .text(
@@ -558,6 +628,7 @@ mod tests {
                         amount_total: 2900,
                     },
                     provider_price: Some("price_1".into()),
+                    metered: false,
                 },
                 CheckoutItem {
                     line: LineItem {
@@ -569,6 +640,7 @@ mod tests {
                         amount_total: 1500,
                     },
                     provider_price: None,
+                    metered: false,
                 },
             ],
             amount_total: 4400,
@@ -695,6 +767,7 @@ mod tests {
                 count: 3,
                 trial_days: 7,
             },
+            meter: None,
         });
         let r = REF.to_string();
         assert_eq!(

@@ -77,9 +77,19 @@ use self::objects::{coffer_id, session_reference, version_now};
 use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, ObjectKind, PriceRequest, Provider, ProviderCheckout,
-    ProviderError, ProviderObject, ProviderRefund, RefundRequest, SubscriptionUpdate,
+    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PriceRequest, Provider,
+    ProviderCheckout, ProviderError, ProviderObject, ProviderRefund, RefundRequest,
+    SubscriptionUpdate, UsageEvent, meter_event_name,
 };
+
+/// Whether `e` is Stripe's refusal of a meter event whose identifier it has already taken.
+fn already_sent(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Definitive { message, .. }
+        if message.starts_with("An event already exists with identifier"))
+}
+
+/// Meter events in flight at once per push (see [`Stripe::push_usage`]).
+const PUSH_CONCURRENCY: usize = 8;
 
 /// How many pages of 100 a search of recent objects reads before it gives up (and answers
 /// retryable rather than "not there").
@@ -438,6 +448,70 @@ impl Provider for Stripe {
         })
     }
 
+    fn create_meter<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: MeterRequest,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let key = request.idempotency_key.clone();
+            let m: wire::Meter = self
+                .client
+                .send(api::create_meter(&request), Some(key))
+                .await?;
+            Ok(m.id)
+        })
+    }
+
+    /// One request per event (the v1 endpoint takes one), at most [`PUSH_CONCURRENCY`] at a
+    /// time: Stripe documents 1 000 meter events a second in live mode, and the account's
+    /// bulkhead bounds what all of Coffer's calls on it hold together. A 429 is waited out by
+    /// the outbound stack as its `Retry-After` says. The v2 meter event stream (10 000 a
+    /// second, batches of 100) needs a session token of 15 minutes and validates events only
+    /// after answering; Coffer pushes pre-aggregated totals, a few events per customer and
+    /// period, so the v1 endpoint's synchronous answer is worth more than the stream's rate.
+    fn push_usage<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        events: &'a [UsageEvent],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), ProviderError>>, ProviderError>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(events.len());
+            for chunk in events.chunks(PUSH_CONCURRENCY) {
+                let sends = chunk
+                    .iter()
+                    .map(|e| {
+                        let call = api::meter_event(e);
+                        let key = e.identifier.clone();
+                        Box::pin(async move {
+                            match self.client.send::<wire::MeterEvent>(call, Some(key)).await {
+                                Ok(_) => Ok(()),
+                                // Stripe refuses an identifier it already has (400, "An event
+                                // already exists with identifier …"): that push arrived.
+                                Err(e) if already_sent(&e) => Ok(()),
+                                Err(e) => Err(e),
+                            }
+                        }) as BoxFuture<'_, Result<(), ProviderError>>
+                    })
+                    .collect();
+                results.extend(crate::providers::join_all(sends).await);
+            }
+            // Nothing arrived for sure and nothing was refused: the batch's own outcome (an
+            // open breaker, Stripe down), for the journal to record.
+            if let Some(Err(first)) = results.first()
+                && results.iter().all(|r| {
+                    matches!(
+                        r,
+                        Err(ProviderError::Retryable { .. } | ProviderError::Unknown { .. })
+                    )
+                })
+            {
+                return Err(first.clone());
+            }
+            Ok(results)
+        })
+    }
+
     fn create_checkout_session<'a>(
         &'a self,
         _account: &'a AccountName,
@@ -600,6 +674,12 @@ impl Provider for Stripe {
                     .find::<wire::Price>(api::retrieve("fetch_price", "prices", id))
                     .await?
                     .map(|p| ProviderObject::Price { id: p.id })),
+                ObjectKind::Meter => Ok(self
+                    .client
+                    .find::<wire::Meter>(api::retrieve("fetch_meter", "billing/meters", id))
+                    .await?
+                    .map(|m| ProviderObject::Meter { id: m.id })),
+                ObjectKind::UsageBatch => Ok(None),
             }
         })
     }
@@ -618,8 +698,15 @@ impl Provider for Stripe {
                 ObjectKind::Refund => self.find_refund(client_reference).await,
                 ObjectKind::Payment => self.find_payment(client_reference).await,
                 ObjectKind::Subscription => self.find_subscription(client_reference).await,
-                // Coffer never makes a dispute.
-                ObjectKind::Dispute => Ok(None),
+                ObjectKind::Meter => {
+                    let name = meter_event_name(client_reference);
+                    Ok(self
+                        .scan::<wire::Meter>(api::list_meters, |m| m.event_name == name)
+                        .await?
+                        .map(|m| ProviderObject::Meter { id: m.id }))
+                }
+                // Coffer never makes a dispute; a usage batch is never fetched.
+                ObjectKind::Dispute | ObjectKind::UsageBatch => Ok(None),
             }
         })
     }

@@ -66,8 +66,23 @@ has_id!(
     Subscription,
     Invoice,
     Refund,
-    Dispute
+    Dispute,
+    Meter
 );
+
+/// A billing meter (`billing.meter`): what Coffer reads of it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meter {
+    pub id: String,
+    pub event_name: String,
+}
+
+/// A meter event's answer (`billing.meter_event`): nothing Coffer needs beyond success.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MeterEvent {
+    #[serde(default)]
+    pub identifier: Option<String>,
+}
 
 /// `{"object":"list","data":[…],"has_more":…}`, and a search result's
 /// `{"object":"search_result","data":[…],"has_more":…,"next_page":…}`.

@@ -46,6 +46,7 @@ const COLLECTIONS: &[&str] = &[
     "refunds",
     "subscriptions",
     "customer-sessions",
+    "meters",
 ];
 
 /// How a request the fake was told about fails.
@@ -98,6 +99,9 @@ struct State {
     seen: Vec<Seen>,
     /// The last timestamp handed out, in microseconds: every change gets a later one.
     last_micros: i128,
+    /// Events ingested (`POST /v1/events/ingest`), in arrival order, de-duplicated by
+    /// `external_id` as Polar does.
+    events: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -370,6 +374,10 @@ fn route(
         (Method::PATCH, ["subscriptions", id]) => update_subscription(s, id, body),
         (Method::DELETE, ["subscriptions", id]) => revoke_subscription(s, id),
         (Method::POST, ["customer-sessions", ""]) => create_customer_session(s, body),
+        (Method::POST, ["meters", ""]) => create_meter(s, body),
+        (Method::GET, ["meters", ""]) => list(s.list("meters"), query),
+        (Method::GET, ["meters", id]) => get(s, "meters", id),
+        (Method::POST, ["events", "ingest"]) => ingest(s, body),
         (_, [collection]) if COLLECTIONS.contains(collection) => (
             StatusCode::TEMPORARY_REDIRECT,
             [(header::LOCATION, format!("{path}/"))],
@@ -377,6 +385,73 @@ fn route(
             .into_response(),
         _ => json_response(404, &json!({"detail": "Not Found"})),
     }
+}
+
+/// `MeterCreate`: a name, a filter of clauses and an aggregation (`func`, `property`).
+fn create_meter(s: &mut State, body: &Value) -> Response {
+    for field in ["name", "filter", "aggregation"] {
+        if body[field].is_null() {
+            return missing(field);
+        }
+    }
+    let func = body["aggregation"]["func"].as_str().unwrap_or_default();
+    if !["count", "sum", "max", "min", "avg", "unique"].contains(&func) {
+        return validation(
+            &[json!("body"), json!("aggregation"), json!("func")],
+            "Input should be 'count', 'sum', 'max', 'min', 'avg' or 'unique'",
+            "enum",
+            &body["aggregation"]["func"],
+        );
+    }
+    let now = s.now();
+    let meter = json!({
+        "id": Uuid::now_v7().to_string(),
+        "created_at": now,
+        "modified_at": null,
+        "name": body["name"],
+        "filter": body["filter"],
+        "aggregation": body["aggregation"],
+        "organization_id": ORGANIZATION,
+        "metadata": body.get("metadata").cloned().unwrap_or(json!({})),
+    });
+    json_response(201, &s.insert("meters", meter))
+}
+
+/// `POST /v1/events/ingest`: each event needs a name and a customer; one whose
+/// `external_id` Polar has already is skipped and counted as a duplicate.
+fn ingest(s: &mut State, body: &Value) -> Response {
+    let Some(events) = body["events"].as_array() else {
+        return missing("events");
+    };
+    for (i, e) in events.iter().enumerate() {
+        if !e["name"].is_string()
+            || !(e["external_customer_id"].is_string() || e["customer_id"].is_string())
+        {
+            return validation(
+                &[json!("body"), json!("events"), json!(i)],
+                "An event needs a name and a customer",
+                "value_error",
+                e,
+            );
+        }
+    }
+    let (mut inserted, mut duplicates) = (0, 0);
+    for e in events {
+        let known = e["external_id"].is_string()
+            && s.events
+                .iter()
+                .any(|k| k["external_id"] == e["external_id"]);
+        if known {
+            duplicates += 1;
+        } else {
+            inserted += 1;
+            s.events.push(e.clone());
+        }
+    }
+    json_response(
+        200,
+        &json!({"inserted": inserted, "duplicates": duplicates}),
+    )
 }
 
 fn create_customer(s: &mut State, body: &Value) -> Response {
@@ -441,6 +516,8 @@ fn price_object(s: &mut State, product: &str, price: &Value, source: &str) -> Va
         "is_archived": false,
         "product_id": product,
         "price_amount": price["price_amount"],
+        "meter_id": price.get("meter_id").cloned().unwrap_or(Value::Null),
+        "unit_amount": price.get("unit_amount").cloned().unwrap_or(Value::Null),
     })
 }
 
@@ -457,6 +534,12 @@ fn check_prices(prices: &Value, loc: &[Value]) -> Option<Response> {
     for (i, p) in list.iter().enumerate() {
         let mut at = loc.to_vec();
         at.push(json!(i));
+        if p["amount_type"] == "metered_unit" {
+            if !p["meter_id"].is_string() || !p["unit_amount"].is_string() {
+                return Some(validation(&at, "Invalid metered price", "value_error", p));
+            }
+            continue;
+        }
         if p["amount_type"] != "fixed" || !p["price_amount"].is_i64() {
             return Some(validation(&at, "Invalid fixed price", "value_error", p));
         }
@@ -592,7 +675,8 @@ fn create_checkout(s: &mut State, body: &Value) -> Response {
             product["trial_interval_count"].clone(),
         )
     };
-    let amount = price["price_amount"].as_i64().unwrap();
+    // A metered price charges in arrears: nothing now.
+    let amount = price["price_amount"].as_i64().unwrap_or(0);
     let secret = format!("polar_c_{}", Uuid::now_v7().simple());
     let now = s.now();
     let expires = s.later(Duration::from_secs(24 * 3600));
@@ -865,6 +949,36 @@ impl FakePolar {
     /// The buyer pays checkout `id`: it succeeds, Polar makes its order (paid, or a zero trial
     /// order) and, for a recurring product, its subscription, both with the checkout's
     /// metadata. Returns (order id, subscription id).
+    /// The events ingested, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// What the meter `meter` bills the customer of external id `customer` for: its filter's
+    /// `name eq` clause picks the events, its aggregation (`sum` or `max`) adds up their
+    /// `metadata[property]`.
+    pub fn meter_total(&self, meter: &str, customer: &str) -> f64 {
+        let s = self.state.lock().unwrap();
+        let m = s
+            .objects
+            .get("meters")
+            .and_then(|ms| ms.iter().find(|m| m["id"] == meter))
+            .expect("the meter exists")
+            .clone();
+        let name = m["filter"]["clauses"][0]["value"].clone();
+        let property = m["aggregation"]["property"].as_str().unwrap().to_owned();
+        let values = s
+            .events
+            .iter()
+            .filter(|e| e["name"] == name && e["external_customer_id"] == customer)
+            .map(|e| e["metadata"][&property].as_f64().unwrap());
+        match m["aggregation"]["func"].as_str().unwrap() {
+            "sum" => values.sum(),
+            "max" => values.fold(0.0, f64::max),
+            other => panic!("the fake does not add up {other}"),
+        }
+    }
+
     pub fn pay(&self, id: &str) -> (String, Option<String>) {
         let mut s = self.state.lock().unwrap();
         let checkout = s.find("checkouts", id).expect("a checkout").clone();

@@ -5,6 +5,7 @@
 //! that fails while an event is applied; subscriptions and customer portal sessions.
 
 mod fake;
+mod meters;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,6 +70,11 @@ default_account = "{ACCOUNT}"
         |c| {
             c.http_addr = Some("127.0.0.1:0".parse().unwrap());
             c.resolve_interval = Duration::from_millis(100);
+            c.usage_push = coffer::app::usage_push::PushConfig {
+                interval: Duration::from_millis(200),
+                resend_after: Duration::from_secs(2),
+                ..Default::default()
+            };
             c.inbox = InboxConfig {
                 workers: 1,
                 batch: 8,

@@ -124,6 +124,10 @@ struct State {
     rules: Vec<Rule>,
     down: bool,
     seq: u64,
+    /// Meter events taken, in arrival order, and the identifiers Stripe remembers (for "at
+    /// least 24 hours": the test can make it forget them, as a day would).
+    meter_events: Vec<Value>,
+    identifiers: std::collections::HashSet<String>,
 }
 
 /// The fake, serving until dropped.
@@ -416,6 +420,12 @@ impl State {
             let p = self
                 .get(price)
                 .ok_or_else(|| missing(price, Some("line_items[0][price]")))?;
+            if p["recurring"]["usage_type"] == "metered" && item.get("quantity").is_some() {
+                return Err(invalid(
+                    "Quantity should not be specified where usage_type is `metered`.",
+                    Some("line_items[0][quantity]"),
+                ));
+            }
             return Ok((
                 p["currency"].as_str().unwrap().to_owned(),
                 p["unit_amount"].as_i64().unwrap(),
@@ -607,11 +617,23 @@ impl State {
                 self.put(holder);
             }
         }
-        let recurring = p.get("recurring").map(|r| {
-            json!({"interval": r["interval"], "interval_count":
+        let recurring = match p.get("recurring") {
+            None => None,
+            Some(r) => {
+                let usage_type = text(r, "usage_type").unwrap_or("licensed");
+                let meter = text(r, "meter");
+                if usage_type == "metered" {
+                    let meter = meter.ok_or_else(|| {
+                        invalid("A metered price needs a meter.", Some("recurring[meter]"))
+                    })?;
+                    self.get(meter)
+                        .ok_or_else(|| missing(meter, Some("recurring[meter]")))?;
+                }
+                Some(json!({"interval": r["interval"], "interval_count":
                    text(r, "interval_count").and_then(|c| c.parse::<i64>().ok()).unwrap_or(1),
-                   "usage_type": "licensed"})
-        });
+                   "usage_type": usage_type, "meter": meter}))
+            }
+        };
         self.next();
         Ok(self.put(json!({
             "id": random_id("price"), "object": "price", "active": true, "currency": currency,
@@ -619,6 +641,112 @@ impl State {
             "metadata": metadata(p), "recurring": recurring, "created": now(),
             "type": if recurring.is_some() { "recurring" } else { "one_time" },
         })))
+    }
+
+    /// `POST /v1/billing/meters`: an active meter; its event name is the account's only one.
+    fn create_meter(&mut self, p: &Value) -> Result<Value, Failure> {
+        let display = text(p, "display_name").ok_or_else(|| {
+            invalid(
+                "Missing required param: display_name.",
+                Some("display_name"),
+            )
+        })?;
+        let event_name = text(p, "event_name")
+            .ok_or_else(|| invalid("Missing required param: event_name.", Some("event_name")))?;
+        let formula = text(&p["default_aggregation"], "formula").ok_or_else(|| {
+            invalid(
+                "Missing required param: default_aggregation[formula].",
+                Some("default_aggregation[formula]"),
+            )
+        })?;
+        if !["sum", "count", "last"].contains(&formula) {
+            return Err(invalid(
+                "Invalid default_aggregation[formula]",
+                Some("default_aggregation[formula]"),
+            ));
+        }
+        if self
+            .newest("mtr_")
+            .iter()
+            .any(|m| m["event_name"] == event_name && m["status"] == "active")
+        {
+            return Err(invalid(
+                &format!("An active meter already uses the event name {event_name}."),
+                Some("event_name"),
+            ));
+        }
+        let customer_key = text(&p["customer_mapping"], "event_payload_key")
+            .unwrap_or("stripe_customer_id")
+            .to_owned();
+        let value_key = text(&p["value_settings"], "event_payload_key")
+            .unwrap_or("value")
+            .to_owned();
+        self.next();
+        Ok(self.put(json!({
+            "id": random_id("mtr"), "object": "billing.meter", "display_name": display,
+            "event_name": event_name, "status": "active", "created": now(),
+            "default_aggregation": {"formula": formula},
+            "customer_mapping": {"type": "by_id", "event_payload_key": customer_key},
+            "value_settings": {"event_payload_key": value_key},
+            "event_time_window": null, "livemode": false,
+        })))
+    }
+
+    /// `POST /v1/billing/meter_events`: validated at once as Stripe's v1 endpoint does (an
+    /// active meter of the event name, a known customer, a whole non-negative value), and
+    /// refused when its identifier was taken already.
+    fn meter_event(&mut self, p: &Value) -> Result<Value, Failure> {
+        let event_name = text(p, "event_name")
+            .ok_or_else(|| invalid("Missing required param: event_name.", Some("event_name")))?
+            .to_owned();
+        let meter = self
+            .newest("mtr_")
+            .into_iter()
+            .find(|m| m["event_name"] == event_name.as_str() && m["status"] == "active")
+            .ok_or_else(|| {
+                invalid(
+                    &format!("No active meter was found with event_name {event_name}."),
+                    Some("event_name"),
+                )
+            })?;
+        let payload = &p["payload"];
+        let customer_key = meter["customer_mapping"]["event_payload_key"]
+            .as_str()
+            .unwrap();
+        let value_key = meter["value_settings"]["event_payload_key"]
+            .as_str()
+            .unwrap();
+        let customer = text(payload, customer_key)
+            .ok_or_else(|| invalid("Missing customer in payload", Some("payload")))?
+            .to_owned();
+        self.get(&customer)
+            .ok_or_else(|| missing(&customer, Some("payload")))?;
+        let value = text(payload, value_key).unwrap_or("1");
+        let value: i64 = value
+            .parse()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| invalid("The value must be a whole number.", Some("payload")))?;
+        let identifier = text(p, "identifier")
+            .map(str::to_owned)
+            .unwrap_or_else(|| random_id("mev"));
+        if !self.identifiers.insert(identifier.clone()) {
+            return Err(invalid(
+                &format!("An event already exists with identifier {identifier}."),
+                None,
+            ));
+        }
+        let timestamp = int(p, "timestamp")?.unwrap_or_else(now);
+        let event = json!({
+            "object": "billing.meter_event", "created": now(), "event_name": event_name,
+            "identifier": identifier, "livemode": false, "timestamp": timestamp,
+            "payload": {customer_key: customer, value_key: value.to_string()},
+        });
+        self.meter_events.push(json!({
+            "event_name": event_name, "customer": customer, "value": value,
+            "identifier": identifier, "timestamp": timestamp,
+        }));
+        Ok(event)
     }
 
     fn execute(&mut self, method: &Method, path: &str, p: &Value) -> Result<Value, Failure> {
@@ -722,6 +850,15 @@ impl State {
             ("GET", ["v1", "refunds"]) => self.list("re_", p, "/v1/refunds", |_| true)?,
             ("GET", ["v1", "refunds", id]) => get(self, id)?,
             ("GET", ["v1", "disputes", id]) => get(self, id)?,
+            ("POST", ["v1", "billing", "meters"]) => self.create_meter(p)?,
+            ("GET", ["v1", "billing", "meters"]) => {
+                let status = text(p, "status").map(str::to_owned);
+                self.list("mtr_", p, "/v1/billing/meters", |m| {
+                    status.as_ref().is_none_or(|s| m["status"] == s.as_str())
+                })?
+            }
+            ("GET", ["v1", "billing", "meters", id]) => get(self, id)?,
+            ("POST", ["v1", "billing", "meter_events"]) => self.meter_event(p)?,
             _ => {
                 return Err(error(
                     404,
@@ -797,6 +934,44 @@ impl FakeStripe {
                 fault,
             })
         });
+    }
+
+    /// The meter events Stripe took, in arrival order: `{event_name, customer, value,
+    /// identifier, timestamp}`.
+    pub fn meter_events(&self) -> Vec<Value> {
+        self.with(|s| s.meter_events.clone())
+    }
+
+    /// What the meter of `event_name` bills `customer` for, by its formula: the sum or the
+    /// count of the events, or the value of the newest (by timestamp, then arrival).
+    pub fn meter_total(&self, event_name: &str, customer: &str) -> i64 {
+        self.with(|s| {
+            let meter = s
+                .newest("mtr_")
+                .into_iter()
+                .find(|m| m["event_name"] == event_name)
+                .expect("the meter exists");
+            let events: Vec<&Value> = s
+                .meter_events
+                .iter()
+                .filter(|e| e["event_name"] == event_name && e["customer"] == customer)
+                .collect();
+            match meter["default_aggregation"]["formula"].as_str().unwrap() {
+                "sum" => events.iter().map(|e| e["value"].as_i64().unwrap()).sum(),
+                "count" => events.len() as i64,
+                _ => events
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(i, e)| (e["timestamp"].as_i64().unwrap(), *i))
+                    .map(|(_, e)| e["value"].as_i64().unwrap())
+                    .unwrap_or(0),
+            }
+        })
+    }
+
+    /// Stripe forgets its idempotency keys (after 24 hours); identifiers are kept.
+    pub fn forget_idempotency_keys(&self) {
+        self.with(|s| s.idempotency.clear());
     }
 
     pub fn clear_faults(&self) {

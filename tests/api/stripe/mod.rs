@@ -3,6 +3,7 @@
 //! each event names from the fake and apply it.
 
 mod fake;
+mod meters;
 
 use std::time::Duration;
 
@@ -98,6 +99,13 @@ default_account = "{ACCOUNT}"
                 config.http_addr = Some("127.0.0.1:0".parse().unwrap());
                 config.resolve_interval = Duration::from_millis(100);
                 config.outbound = outbound();
+                // Usage pushed every 200 ms; a batch whose answer was lost is sent again
+                // after 3 s.
+                config.usage_push = coffer::app::usage_push::PushConfig {
+                    interval: Duration::from_millis(200),
+                    resend_after: Duration::from_secs(3),
+                    ..Default::default()
+                };
                 config.inbox = InboxConfig {
                     workers: 2,
                     batch: 8,
