@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
 use super::group_commit::GroupCommit;
-use super::idempotency::{Done, IdempotentCall, Mutations, Written};
+use super::idempotency::{self, Done, IdempotentCall, Keyed, Mutations, Written};
 use super::page::{self, Page};
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
@@ -36,7 +36,7 @@ pub struct Customers {
     pool: PgPool,
     mutations: Mutations,
     /// Concurrent creates share a statement and a commit.
-    inserts: GroupCommit<CustomerInsert, Written>,
+    inserts: GroupCommit<Keyed<CustomerInsert>, Option<Written>>,
 }
 
 impl Customers {
@@ -45,8 +45,12 @@ impl Customers {
             "customer inserts",
             pool.clone(),
             tasks,
-            |conn, rows| Box::pin(store::insert_customers(conn, rows)),
-            store::order_inserts,
+            |conn, rows| {
+                Box::pin(idempotency::claim_and_write(conn, rows, |conn, rows| {
+                    Box::pin(store::insert_customers(conn, rows))
+                }))
+            },
+            |a, b| store::order_inserts(&a.row, &b.row),
         );
         Self {
             pool,
@@ -55,8 +59,9 @@ impl Customers {
         }
     }
 
-    /// Creates a customer: after the claim, one statement writes it, its audit row and the
-    /// key's outcome, shared with concurrent creates (group commit). A taken external id is
+    /// Creates a customer: one transaction claims the key, and one statement writes the
+    /// customer, its audit row and the key's outcome, shared with concurrent creates (group
+    /// commit). A taken external id is
     /// the statement finding the conflict and writing nothing, not a failed insert.
     pub async fn create(
         &self,
@@ -109,7 +114,7 @@ impl Customers {
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     let current = store::lock_customer(conn, ctx.tenant, id)
                         .await?
@@ -160,7 +165,7 @@ impl Customers {
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     let customer = store::soft_delete_customer(conn, ctx.tenant, id, now_micros())
                         .await?

@@ -74,7 +74,7 @@ impl Subscriptions {
         let ctx = *ctx;
         let plan = Plan::create(new, now_micros());
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     if !store::insert_plan(conn, ctx.tenant, &plan).await? {
                         return Err(AppError::rejected(
@@ -118,7 +118,7 @@ impl Subscriptions {
     ) -> Result<Done<Plan>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     if store::archive_plan(conn, ctx.tenant, id, now_micros()).await? {
                         audit::insert_audit(

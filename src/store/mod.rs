@@ -13,6 +13,7 @@ pub mod meters;
 pub mod payments;
 pub mod plans;
 pub mod pool;
+pub mod stats;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;

@@ -28,6 +28,7 @@ mod sandbox_page;
 mod serving;
 mod signatures;
 mod sql_tenancy;
+mod statistics;
 mod stripe;
 mod tenancy;
 mod tls;
