@@ -378,6 +378,11 @@ impl Server {
             config.sweep_interval,
             workers.clone(),
         ));
+        app.tasks.spawn(sweeper::keep_statistics(
+            app.clone(),
+            sweeper::STATISTICS_EVERY,
+            workers.clone(),
+        ));
         app.tasks.spawn(journal::run_resolver(
             app.checkout.journal().clone(),
             app.checkout.providers().clone(),

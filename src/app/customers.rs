@@ -9,7 +9,7 @@ use crate::store::replica::ReadPool;
 use tokio_util::task::TaskTracker;
 
 use super::group_commit::GroupCommit;
-use super::idempotency::{Done, IdempotentCall, Mutations, Written};
+use super::idempotency::{self, Done, IdempotentCall, Keyed, Mutations, Written};
 use super::page::{self, Page};
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::customer::{Customer, CustomerPatch, CustomerRef, Email, NewCustomer};
@@ -42,7 +42,7 @@ pub struct Customers {
     reads: ReadPool,
     mutations: Mutations,
     /// Concurrent creates share a statement and a commit.
-    inserts: GroupCommit<CustomerInsert, Written>,
+    inserts: GroupCommit<Keyed<CustomerInsert>, Option<Written>>,
 }
 
 impl Customers {
@@ -56,8 +56,12 @@ impl Customers {
             "customer inserts",
             pool.clone(),
             tasks,
-            |conn, rows| Box::pin(store::insert_customers(conn, rows)),
-            store::order_inserts,
+            |conn, rows| {
+                Box::pin(idempotency::claim_and_write(conn, rows, |conn, rows| {
+                    Box::pin(store::insert_customers(conn, rows))
+                }))
+            },
+            |a, b| store::order_inserts(&a.row, &b.row),
         );
         Self {
             reads: ReadPool::primary_only(pool.clone()),
@@ -67,8 +71,9 @@ impl Customers {
         }
     }
 
-    /// Creates a customer: after the claim, one statement writes it, its audit row and the
-    /// key's outcome, shared with concurrent creates (group commit). A taken external id is
+    /// Creates a customer: one transaction claims the key, and one statement writes the
+    /// customer, its audit row and the key's outcome, shared with concurrent creates (group
+    /// commit). A taken external id is
     /// the statement finding the conflict and writing nothing, not a failed insert.
     pub async fn create(
         &self,
@@ -121,7 +126,7 @@ impl Customers {
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     let current = store::lock_customer(conn, ctx.tenant, id)
                         .await?
@@ -172,7 +177,7 @@ impl Customers {
     ) -> Result<Done<Customer>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     // The customer's row lock first: a subscription's insert waits for it (its
                     // foreign key), so none appears between the check and the delete.

@@ -443,7 +443,7 @@ impl Events {
         let ctx = *ctx;
         let now = super::customers::now_micros();
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     let event =
                         store::lock_event(conn, ctx.tenant, id)

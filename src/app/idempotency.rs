@@ -1,10 +1,8 @@
-//! Idempotency for every mutating RPC, built once, as explicit steps.
+//! Idempotency for every mutating RPC, built once, as explicit steps, with two uses.
 //!
-//! 1. **Claim**: [`Mutations::claim`] inserts an `in_flight` row for (tenant, method, key)
-//!    holding the request's fingerprint and a lease, and commits it at once, on its own. A
-//!    concurrent duplicate therefore sees the claim immediately and is answered ABORTED
-//!    (`IDEMPOTENCY_KEY_IN_USE`), never left waiting on a row lock; a key already completed
-//!    is answered from storage. One rule, whatever the mutation.
+//! 1. **Claim**: an `in_flight` row for (tenant, method, key) holding the request's
+//!    fingerprint and a lease. A key already completed is answered from storage; a different
+//!    request under it is refused (`IDEMPOTENCY_KEY_REUSED`).
 //! 2. **Complete**: [`Lease::complete`] stores the outcome in the transaction of the change
 //!    it records, guarded by the lease, so the change and its record commit together or not at
 //!    all, and an attempt whose lease was taken over rolls back instead of applying twice.
@@ -12,9 +10,19 @@
 //!    deterministic outcome (INTERNAL, UNAVAILABLE, ABORTED, a timeout), so the caller can
 //!    retry under the same key.
 //!
-//! Between claim and complete the attempt may do anything, including calling a payment
-//! provider outside any transaction and recording the result afterwards; [`Mutations::run`]
-//! is the driver for the common case of database-only work in one transaction.
+//! The two uses differ in where the claim commits:
+//!
+//! - **One transaction** ([`Mutations::run_atomic`], [`Mutations::run_statement`]), for every
+//!   mutation that calls no provider: the claim, the change and the outcome are one
+//!   transaction, group-committed with concurrent calls' for one-statement creates. Nobody
+//!   sees the claim before the outcome, so nothing is ever released: a failed attempt rolls
+//!   its claim back with its change. A concurrent duplicate waits on the key's unique index
+//!   for at most that commit, then replays the outcome.
+//! - **Claim first** ([`Mutations::run_external`], [`Mutations::claim`] and
+//!   [`Mutations::finish`], and [`Mutations::run`]), for calls that hold a provider call
+//!   between the steps: the claim commits on its own before the work starts, so a concurrent
+//!   duplicate is answered ABORTED (`IDEMPOTENCY_KEY_IN_USE`) at once instead of waiting on a
+//!   call to a payment provider, and a crashed attempt's key comes back when its lease runs out.
 //!
 //! Only deterministic outcomes are stored: the encoded response, and the caller's own
 //! refusals as the transport encoded them (a full `google.rpc.Status` with its details), so a
@@ -32,7 +40,7 @@ use uuid::Uuid;
 
 use super::TenantCtx;
 use super::error::{AppError, Rejection, RejectionKind, StoredStatus};
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, WriteFn};
 use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::ids::TenantId;
 use crate::store::StoreError;
@@ -215,6 +223,16 @@ impl Mutations {
                 id: lease,
             }));
         }
+        self.held(tenant, call).await.map(Claim::Replay)
+    }
+
+    /// The answer for a call whose claim found its key taken: the stored outcome, in use, or
+    /// reused with a different request.
+    async fn held<T: Replayable>(
+        &self,
+        tenant: TenantId,
+        call: &IdempotentCall,
+    ) -> Result<Result<Done<T>, AppError>, AppError> {
         let key = KeyRef {
             tenant,
             method: call.method,
@@ -225,13 +243,13 @@ impl Mutations {
         // A different request under the same key is refused first, even while the first
         // call still runs.
         if stored.fingerprint != call.fingerprint.0 {
-            return Ok(Claim::Replay(Err(AppError::rejected(
+            return Ok(Err(AppError::rejected(
                 RejectionKind::FailedPrecondition,
                 REASON_REUSED,
                 "this idempotency key was used with a different request",
-            ))));
+            )));
         }
-        Ok(Claim::Replay(match stored.state {
+        Ok(match stored.state {
             StoredState::InFlight => Err(in_use()),
             StoredState::Response(bytes) => T::decode_replay(&bytes)
                 .map(|value| Done {
@@ -240,7 +258,82 @@ impl Mutations {
                 })
                 .ok_or_else(|| AppError::internal("a stored idempotent response does not decode")),
             StoredState::Status(bytes) => Err(AppError::Replayed(StoredStatus(bytes))),
-        }))
+        })
+    }
+
+    /// The claim of `call`'s key for a new attempt, to commit with its work.
+    fn claim_row(&self, tenant: TenantId, call: &IdempotentCall) -> ClaimRow {
+        ClaimRow {
+            tenant,
+            method: call.method,
+            key: call.key.clone(),
+            fingerprint: call.fingerprint.0,
+            lease: Uuid::now_v7(),
+            lease_secs: self.config.lease.as_secs_f64(),
+        }
+    }
+
+    /// Runs `work` in one transaction with the claim of `call`'s key and its outcome: the
+    /// one-transaction use, for every mutation that calls no provider. A concurrent duplicate
+    /// waits on the key's unique index until this commits (or rolls back), then replays the
+    /// outcome (or runs). On the server's tracker, like [`Mutations::run`].
+    pub async fn run_atomic<T, F>(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        work: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, T> + Send + 'static,
+    {
+        let this = self.clone();
+        let tenant = ctx.tenant;
+        let attempt = async move {
+            let Some(call) = call else {
+                return this.run_here(tenant, None, work).await;
+            };
+            let claim = this.claim_row(tenant, &call);
+            let mut conn = this.pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let claimed = store::claim_keys(&mut tx, std::slice::from_ref(&claim)).await?;
+            if claimed.first() != Some(&true) {
+                // Held by a committed attempt (a running one made the claim wait for it).
+                drop(tx);
+                return this.held(tenant, &call).await?;
+            }
+            let lease = Lease {
+                tenant,
+                call,
+                id: claim.lease,
+            };
+            let result = this.bounded(work(&mut tx)).await;
+            // Without a storable outcome, rolling back takes the claim with the change.
+            let Some(record) = lease.record(&result) else {
+                return result.map(Done::new);
+            };
+            if let Record::Refusal(_) = record {
+                // Undo what the work wrote before refusing; the claim goes with it, so claim
+                // again. Should a duplicate have claimed meanwhile, it stores its own answer.
+                sqlx::query("ROLLBACK AND CHAIN")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(AppError::from)?;
+                let again = store::claim_keys(&mut tx, std::slice::from_ref(&claim)).await?;
+                if again.first() != Some(&true) {
+                    return result.map(Done::new);
+                }
+            }
+            lease.store(&mut tx, &record).await?;
+            tx.commit()
+                .await
+                .map_err(|e| AppError::from_commit(e.into()))?;
+            result.map(Done::new)
+        };
+        self.tasks
+            .spawn(attempt.instrument(tracing::Span::current()))
+            .await
+            .map_err(AppError::internal)?
     }
 
     /// Runs `work` in a transaction, under `call`'s idempotency key when there is one: claim,
@@ -391,16 +484,16 @@ impl Mutations {
     /// Runs a mutation whose work is one statement that records its own outcome: a create,
     /// whose response (`value`) is known before it runs because Coffer picks the id and the
     /// timestamps, and whose one possible refusal (`refusal`, a conflict the statement finds
-    /// without failing) is known too. Claim, then the statement, which writes the change and
-    /// completes the key under the lease's row lock: two round trips and no explicit
-    /// transaction, where [`Mutations::run`] takes five.
+    /// without failing) is known too. The one-transaction use, group-committed: `writes`
+    /// claims the keys of a batch of rows, runs their statement and commits once (see
+    /// [`claim_and_write`]), so under load a create shares its commit with the others.
     pub async fn run_statement<T, R>(
         &self,
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         value: T,
         refusal: Rejection,
-        writes: &GroupCommit<R, Written>,
+        writes: &GroupCommit<Keyed<R>, Option<Written>>,
         row: impl FnOnce(Option<Completion>) -> R + Send + 'static,
     ) -> Result<Done<T>, AppError>
     where
@@ -411,35 +504,38 @@ impl Mutations {
         let writes = writes.clone();
         let tenant = ctx.tenant;
         let attempt = async move {
-            let lease = match &call {
-                None => None,
-                Some(call) => match this.claim(tenant, call).await? {
-                    Claim::Mine(lease) => Some(lease),
-                    Claim::Replay(answer) => return answer,
-                },
-            };
-            let completion = lease.as_ref().map(|lease| Completion {
-                method: lease.call.method,
-                key: lease.call.key.clone(),
-                lease: lease.id,
-                response: value.encode_replay(),
-                refusal: (lease.call.encode_refusal)(&refusal),
-            });
+            let claim = call.as_ref().map(|call| this.claim_row(tenant, call));
+            let completion = call
+                .as_ref()
+                .zip(claim.as_ref())
+                .map(|(call, claim)| Completion {
+                    method: call.method,
+                    key: call.key.clone(),
+                    lease: claim.lease,
+                    response: value.encode_replay(),
+                    refusal: (call.encode_refusal)(&refusal),
+                });
             // Not bounded by the work timeout: a row handed to a batch may be written after
             // its caller stopped waiting, so giving up here could not honestly say "nothing
             // changed". The statement timeout bounds the statement, and the queue is bounded.
-            match writes.write(row(completion)).await {
-                Ok(Written { applied: true, .. }) => Ok(Done::new(value)),
-                Ok(Written {
-                    completed: false, ..
-                }) if lease.is_some() => Err(in_use()),
-                Ok(_) => Err(AppError::Rejected(refusal)),
-                Err(e) => {
-                    if let Some(lease) = lease {
-                        lease.release_elsewhere(&this.pool).await;
-                    }
-                    Err(e)
-                }
+            // Nothing is ever released: the claim commits with the outcome or not at all.
+            let written = writes
+                .write(Keyed {
+                    row: row(completion),
+                    claim,
+                })
+                .await?;
+            match (written, call) {
+                (Some(Written { applied: true, .. }), _) => Ok(Done::new(value)),
+                (
+                    Some(Written {
+                        completed: false, ..
+                    }),
+                    Some(_),
+                ) => Err(in_use()),
+                (Some(_), _) => Err(AppError::Rejected(refusal)),
+                (None, Some(call)) => this.held(tenant, &call).await?,
+                (None, None) => Err(AppError::internal("an unkeyed row was not written")),
             }
         };
         self.tasks
@@ -461,6 +557,68 @@ impl Mutations {
             )))),
         }
     }
+}
+
+/// A row of a one-statement mutation and, under an idempotency key, the claim of its key,
+/// which the batch writing the row makes in the same transaction.
+#[derive(Debug, Clone)]
+pub struct Keyed<R> {
+    pub row: R,
+    pub claim: Option<ClaimRow>,
+}
+
+/// Writes a batch of one-statement mutations in one transaction: claims the keys (in
+/// [`store::order_claims`] order, so two batches cannot deadlock on them), runs `write` for
+/// the rows whose claim succeeded and the rows without a key, and commits once. A claim that
+/// meets another batch's uncommitted claim of the same key waits for that commit. `None` for
+/// a row whose key was held (by a committed outcome, a live claim-first attempt, or an earlier
+/// row of this batch): its caller reads the key once this batch has committed.
+pub async fn claim_and_write<R: Clone, O>(
+    conn: &mut PgConnection,
+    rows: &[Keyed<R>],
+    write: WriteFn<R, O>,
+) -> Result<Vec<Option<O>>, StoreError> {
+    let mut claims: Vec<ClaimRow> = rows.iter().filter_map(|r| r.claim.clone()).collect();
+    if claims.is_empty() {
+        // Nothing to claim: the statement commits on its own.
+        let batch: Vec<R> = rows.iter().map(|r| r.row.clone()).collect();
+        return Ok(write(conn, &batch).await?.into_iter().map(Some).collect());
+    }
+    let mut tx = conn.begin().await?;
+    claims.sort_by(store::order_claims);
+    let claimed: Vec<Uuid> = store::claim_keys(&mut tx, &claims)
+        .await?
+        .into_iter()
+        .zip(&claims)
+        .filter_map(|(won, c)| won.then_some(c.lease))
+        .collect();
+    let go: Vec<bool> = rows
+        .iter()
+        .map(|r| r.claim.as_ref().is_none_or(|c| claimed.contains(&c.lease)))
+        .collect();
+    let batch: Vec<R> = rows
+        .iter()
+        .zip(&go)
+        .filter(|(_, go)| **go)
+        .map(|(r, _)| r.row.clone())
+        .collect();
+    let mut written = if batch.is_empty() {
+        Vec::new()
+    } else {
+        write(&mut tx, &batch).await?
+    };
+    if written.len() != batch.len() {
+        return Err(StoreError::Corrupt {
+            what: "batch result",
+            detail: "wrong number of rows".into(),
+        });
+    }
+    tx.commit().await?;
+    let mut written = written.drain(..);
+    Ok(go
+        .into_iter()
+        .map(|go| if go { written.next() } else { None })
+        .collect())
 }
 
 impl Lease {
@@ -496,7 +654,13 @@ impl Lease {
                 .await
                 .map_err(AppError::from)?;
         }
-        let outcome = match &record {
+        self.store(tx, &record).await
+    }
+
+    /// Stores `record` under the key, as [`Lease::complete`] does once the transaction holds
+    /// only what the outcome records.
+    async fn store(&self, tx: &mut PgConnection, record: &Record) -> Result<(), AppError> {
+        let outcome = match record {
             Record::Response(bytes) => Outcome::Response(bytes),
             Record::Refusal(bytes) => Outcome::Status(bytes),
         };

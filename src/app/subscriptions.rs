@@ -232,7 +232,7 @@ impl Subscriptions {
         let ctx = *ctx;
         let plan = Plan::create(new, now_micros());
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     // A metered price names a meter of the tenant's; the foreign key would
                     // refuse an unknown one too, but not name the field.
@@ -294,7 +294,7 @@ impl Subscriptions {
     ) -> Result<Done<Plan>, AppError> {
         let ctx = *ctx;
         self.mutations
-            .run(&ctx, call, move |conn| {
+            .run_atomic(&ctx, call, move |conn| {
                 Box::pin(async move {
                     if store::archive_plan(conn, ctx.tenant, id, now_micros()).await? {
                         audit::insert_audit(

@@ -160,7 +160,7 @@ impl Usage {
             created_at: super::customers::now_micros(),
         };
         self.mutations
-            .run(ctx, call, move |conn| {
+            .run_atomic(ctx, call, move |conn| {
                 Box::pin(async move {
                     if store::insert_meter(conn, tenant, &meter).await? {
                         Ok(meter)
@@ -495,7 +495,7 @@ impl Usage {
         };
         let tenant = ctx.tenant;
         self.mutations
-            .run(ctx, call, move |conn| {
+            .run_atomic(ctx, call, move |conn| {
                 Box::pin(async move {
                     usage_store::insert_grant(conn, tenant, &grant).await?;
                     Ok(grant)

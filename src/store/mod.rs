@@ -14,6 +14,7 @@ pub mod payments;
 pub mod plans;
 pub mod pool;
 pub mod replica;
+pub mod stats;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;

@@ -220,6 +220,100 @@ async fn fifty_concurrent_duplicates_create_exactly_one_customer() {
     assert_eq!(app.customer_rows().await, 1);
 }
 
+/// The one-transaction path: a duplicate that arrives while the first attempt's transaction is
+/// open waits on the key for that commit and replays its outcome; none is told IN_USE, and the
+/// change is made once.
+#[tokio::test]
+async fn concurrent_duplicates_on_the_one_transaction_path_wait_and_replay() {
+    let app = TestApp::spawn().await;
+    let channel = app.channel().await;
+    let key = Arc::new(app.key.clone());
+
+    // Creates: fifty at once share batches; every one answers with the same customer.
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut c = pb::customers_client::CustomersClient::new(channel.clone());
+        let (key, barrier) = (key.clone(), barrier.clone());
+        calls.spawn(async move {
+            barrier.wait().await;
+            c.create_customer(idem(create("dup"), &key, "create-once"))
+                .await
+        });
+    }
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    while let Some(result) = calls.join_next().await {
+        let response = result.unwrap().expect("a duplicate replays, never IN_USE");
+        fresh += usize::from(!replayed(&response));
+        ids.push(response.into_inner().id);
+    }
+    assert_eq!(fresh, 1, "exactly one call did the work");
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.customer_rows().await, 1);
+
+    // An update whose transaction is held open (its customer row is locked elsewhere): the
+    // duplicates wait on its key, then replay it once it commits.
+    let id = ids.pop().unwrap();
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE external_id = 'dup' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let rename = update(
+        pb::Customer {
+            id: id.clone(),
+            name: "Once".into(),
+            ..Default::default()
+        },
+        &[],
+    );
+    let mut first = pb::customers_client::CustomersClient::new(channel.clone());
+    let (k, r) = (key.clone(), rename.clone());
+    let first = tokio::spawn(async move { first.update_customer(idem(r, &k, "u-once")).await });
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    let mut dups = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let mut c = pb::customers_client::CustomersClient::new(channel.clone());
+        let (k, r) = (key.clone(), rename.clone());
+        dups.spawn(async move { c.update_customer(idem(r, &k, "u-once")).await });
+    }
+    // Every duplicate waits on the first attempt's uncommitted claim of the key.
+    let waiting = eventually(Duration::from_secs(5), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%idempotency_keys%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+            == 5
+    })
+    .await;
+    assert!(waiting, "the duplicates wait on the key");
+    let started = std::time::Instant::now();
+    lock.rollback().await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert!(!replayed(&first));
+    while let Some(result) = dups.join_next().await {
+        let response = result.unwrap().expect("a duplicate replays, never IN_USE");
+        assert!(replayed(&response));
+        assert_eq!(response.get_ref(), first.get_ref(), "the same answer");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered as soon as the first commits"
+    );
+    let audits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'customer.updated'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(audits, 1, "updated once");
+}
+
 #[tokio::test]
 async fn a_crashed_claim_expires_and_old_keys_are_swept() {
     let app = TestApp::spawn().await;

@@ -31,6 +31,7 @@ mod serving;
 mod sidecar_limits;
 mod signatures;
 mod sql_tenancy;
+mod statistics;
 mod stripe;
 mod tenancy;
 mod tls;
