@@ -44,6 +44,11 @@ use crate::providers::{
 use crate::shutdown::CancellationToken;
 use crate::store::usage_push::{self as store, CursorRow};
 
+/// Cursors read per pass, in batches: a pass reads the totals of up to this many batches'
+/// worth of cursors (one statement each, on the rollups) to find a batch of pushes, so
+/// subscriptions without new usage cost a read per interval, not a slot in the batch.
+const READS_PER_BATCH: usize = 10;
+
 /// The push worker's settings.
 #[derive(Debug, Clone)]
 pub struct PushConfig {
@@ -187,7 +192,7 @@ impl UsagePush {
         let mut full = false;
         for (tenant, account) in self.providers.metering_accounts() {
             match self.pass_account(tenant, &account).await {
-                Ok(n) => full |= n >= self.config.batch,
+                Ok(more) => full |= more,
                 Err(e) => tracing::warn!(
                     account = account.name.as_str(),
                     error = %e,
@@ -213,9 +218,10 @@ impl UsagePush {
         Ok(())
     }
 
-    /// One batch of `account`'s: events sent again first, then new pushes. Returns how many
-    /// events it sent.
-    async fn pass_account(&self, tenant: TenantId, account: &Resolved) -> Result<usize, AppError> {
+    /// One batch of `account`'s: events sent again first, then new pushes from up to
+    /// [`READS_PER_BATCH`] batches' worth of cursors not read this interval. Returns whether
+    /// more may be waiting (the batch or the reads were full).
+    async fn pass_account(&self, tenant: TenantId, account: &Resolved) -> Result<bool, AppError> {
         let provider = account.for_op(Operation::PushUsage)?;
         let name = account.name.as_str();
         let now = OffsetDateTime::now_utc();
@@ -249,19 +255,27 @@ impl UsagePush {
         }
         let mut pushes: Vec<Push> = again.iter().filter_map(|c| resend(c, now)).collect();
 
-        let room = batch.saturating_sub(pushes.len());
-        if room > 0 {
+        let mut more = !again.is_empty() && pushes.len() >= batch;
+        if pushes.len() < batch {
+            let reads = batch * READS_PER_BATCH;
             let open = store::open_for_push(
                 &mut conn,
                 tenant,
                 name,
                 now,
                 time::Duration::try_from(self.config.grace).unwrap_or(time::Duration::HOUR),
-                room as i64,
+                now - self.config.interval,
+                reads as i64,
             )
             .await?;
+            more |= open.len() == reads;
             let (mut ids, mut observed) = (Vec::new(), Vec::new());
             for cursor in &open {
+                if pushes.len() >= batch {
+                    // The rest are read by the next pass, which follows at once.
+                    more = true;
+                    break;
+                }
                 let Some(aggregation) = Aggregation::parse(&cursor.aggregation) else {
                     continue;
                 };
@@ -280,7 +294,7 @@ impl UsagePush {
             }
         }
         if pushes.is_empty() {
-            return Ok(0);
+            return Ok(more);
         }
 
         // Journal the batch and take its cursors, committed before anything is sent.
@@ -316,7 +330,7 @@ impl UsagePush {
         };
         drop(conn);
         if pushes.is_empty() {
-            return Ok(0);
+            return Ok(more);
         }
 
         let events: Vec<UsageEvent> = pushes.iter().map(|p| p.event.clone()).collect();
@@ -340,7 +354,7 @@ impl UsagePush {
                 // sent again, unchanged, after `resend_after`.
                 self.metrics
                     .count(account.kind, outcome(&failed.cause), pushes.len());
-                return Ok(pushes.len());
+                return Ok(false);
             }
         };
         let (mut done, mut refused, mut why) = (Vec::new(), Vec::new(), Vec::new());
@@ -383,7 +397,7 @@ impl UsagePush {
                 "the provider refused usage pushes for good; those periods are pushed no more"
             );
         }
-        Ok(pushes.len())
+        Ok(more)
     }
 }
 

@@ -64,15 +64,16 @@ pub async fn open_cursors(
     Ok(done.rows_affected())
 }
 
-/// Up to `limit` of `account`'s cursors with nothing in flight, read least recently first:
-/// periods not ended more than `grace` before `now`, not failed, whose customer and meter are
-/// mirrored on the account.
+/// Up to `limit` of `account`'s cursors with nothing in flight and not read since
+/// `read_before`, least recently read first: periods not ended more than `grace` before
+/// `now`, not failed, whose customer and meter are mirrored on the account.
 pub async fn open_for_push(
     conn: &mut PgConnection,
     tenant: TenantId,
     account: &str,
     now: OffsetDateTime,
     grace: time::Duration,
+    read_before: OffsetDateTime,
     limit: i64,
 ) -> Result<Vec<CursorRow>, StoreError> {
     Ok(sqlx::query_as!(
@@ -90,12 +91,14 @@ pub async fn open_for_push(
                 AND pm.kind = 'meter' AND pm.coffer_id = c.meter_id
            WHERE c.tenant_id = $1 AND c.account = $2 AND c.pending_op IS NULL
              AND c.failure IS NULL AND c.period_end > $3::timestamptz - $4::interval
+             AND (c.observed_at IS NULL OR c.observed_at < $5)
            ORDER BY c.observed_at NULLS FIRST
-           LIMIT $5"#,
+           LIMIT $6"#,
         tenant.as_uuid(),
         account,
         now,
         grace as _,
+        read_before,
         limit,
     )
     .fetch_all(conn)
