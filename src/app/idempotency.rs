@@ -325,9 +325,14 @@ impl Mutations {
                 }
             }
             lease.store(&mut tx, &record).await?;
-            tx.commit()
-                .await
-                .map_err(|e| AppError::from_commit(e.into()))?;
+            if let Err(e) = tx.commit().await {
+                // The commit may yet go through. Releasing waits on the key's row until the
+                // transaction's fate is known, and changes nothing either way (a committed
+                // key is no longer in flight; a rolled-back one is gone), so the caller is
+                // answered only once a retry would find the outcome.
+                lease.release_elsewhere(&this.pool).await;
+                return Err(AppError::from_commit(e.into()));
+            }
             result.map(Done::new)
         };
         self.tasks
@@ -519,12 +524,33 @@ impl Mutations {
             // its caller stopped waiting, so giving up here could not honestly say "nothing
             // changed". The statement timeout bounds the statement, and the queue is bounded.
             // Nothing is ever released: the claim commits with the outcome or not at all.
-            let written = writes
+            let lease = call
+                .as_ref()
+                .zip(claim.as_ref())
+                .map(|(call, claim)| Lease {
+                    tenant,
+                    call: call.clone(),
+                    id: claim.lease,
+                });
+            let written = match writes
                 .write(Keyed {
                     row: row(completion),
                     claim,
                 })
-                .await?;
+                .await
+            {
+                Ok(written) => written,
+                Err(e) => {
+                    // As in run_atomic: answer once the batch's fate is known (a row refused
+                    // before it was queued has none).
+                    if let Some(lease) = lease
+                        && !matches!(e, AppError::Overloaded(_))
+                    {
+                        lease.release_elsewhere(&this.pool).await;
+                    }
+                    return Err(e);
+                }
+            };
             match (written, call) {
                 (Some(Written { applied: true, .. }), _) => Ok(Done::new(value)),
                 (
