@@ -70,19 +70,20 @@ impl OpKind {
         }
     }
 
+    /// Every kind; the table's check constraint must take each (a test compares them).
+    pub const ALL: [OpKind; 8] = [
+        OpKind::CreateCustomer,
+        OpKind::CreatePrice,
+        OpKind::CreateMeter,
+        OpKind::PushUsage,
+        OpKind::CreateCheckoutSession,
+        OpKind::ExpireCheckoutSession,
+        OpKind::Refund,
+        OpKind::UpdateSubscription,
+    ];
+
     fn parse(s: &str) -> Option<Self> {
-        [
-            OpKind::CreateCustomer,
-            OpKind::CreatePrice,
-            OpKind::CreateMeter,
-            OpKind::PushUsage,
-            OpKind::CreateCheckoutSession,
-            OpKind::ExpireCheckoutSession,
-            OpKind::Refund,
-            OpKind::UpdateSubscription,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// The kind of object the operation is about (found by Coffer's id when settling).

@@ -25,6 +25,7 @@ mod plans;
 mod polar;
 mod policy;
 mod replica;
+mod schema;
 mod sandbox_delivery;
 mod sandbox_page;
 mod serving;
