@@ -998,3 +998,56 @@ async fn plan_changes_name_their_bad_fields_and_a_canceled_subscription_is_refus
     assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
     assert!(renewals(&env).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_change_with_no_proration_or_a_net_credit_changes_the_price_and_charges_nothing() {
+    let (env, _) = spawn().await;
+    let [basic, pro, _, _] = tiers(&env).await;
+    let id = bought(&env, &pro, PAYS, SubscriptionStatus::Active).await;
+    let start = at(subscription(&env, &id)
+        .await
+        .current_period_start
+        .as_ref()
+        .unwrap());
+    advance(&env, start + Duration::days(5)).await;
+    let mut subs = env.app.subscriptions().await;
+    let key = &env.app.key;
+    let now = PlanChangeEffective::Now;
+    // A downgrade invoiced now: the lines net to a credit, which is not paid out.
+    let down = plan_change(&id, &basic, Proration::AlwaysInvoice, now, None);
+    let preview = subs
+        .preview_plan_change(req(preview_of(&down), key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.amount_due, 0);
+    assert_eq!(preview.lines.len(), 2);
+    assert!(preview.lines.iter().map(|l| l.amount).sum::<i64>() < 0);
+    let changed = subs
+        .change_subscription_plan(idem(down, key, "down-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.price_id, basic);
+    // Back up with no proration: the price changes, nothing is charged.
+    let up = plan_change(&id, &pro, Proration::None, now, None);
+    let preview = subs
+        .preview_plan_change(req(preview_of(&up), key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((preview.amount_due, preview.lines.len()), (0, 0));
+    let changed = subs
+        .change_subscription_plan(idem(up, key, "up-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.price_id, pro);
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    assert!(renewals(&env).await.is_empty());
+    let amount: (Option<i64>,) = sqlx::query_as("SELECT amount FROM sandbox_subscriptions")
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(amount, (Some(3_000),));
+}
