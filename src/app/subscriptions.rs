@@ -11,20 +11,27 @@ use crate::store::replica::ReadPool;
 
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::journal::provider_error;
 use super::journal::{Journal, OpKind, OpStatus, Started};
 use super::page::{self, Page};
 use super::providers::Providers;
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
+use crate::domain::Violations;
 use crate::domain::account::AccountName;
 use crate::domain::customer::CustomerRef;
+use crate::domain::ids::PriceId;
 use crate::domain::ids::{CheckoutId, PlanId, SubscriptionId, TenantId};
 use crate::domain::page::{FilterDigest, PageSize};
+use crate::domain::plan::Billing;
 use crate::domain::plan::{NewPlan, Plan, PlanRef};
+use crate::domain::proration::Behavior;
 use crate::domain::subscription::{
-    Change, IllegalChange, Lifecycle, MAX_CANCEL_REASON, Subscription, SubscriptionStatus,
+    Change, Effective, IllegalChange, Lifecycle, MAX_CANCEL_REASON, PlanChange, Subscription,
+    SubscriptionStatus,
 };
 use crate::providers::{
-    ObjectKind, Operation, ProviderObject, ProviderSubscription, SubscriptionUpdate,
+    ObjectKind, Operation, PlanChangePreview, ProviderObject, ProviderSubscription,
+    SubscriptionUpdate,
 };
 use crate::store::{audit, plans as store};
 use crate::store::{
@@ -39,10 +46,21 @@ pub const REASON_PLAN_NOT_FOUND: &str = "PLAN_NOT_FOUND";
 pub const REASON_SUBSCRIPTION_NOT_FOUND: &str = "SUBSCRIPTION_NOT_FOUND";
 pub const REASON_PLAN_KEY_TAKEN: &str = "PLAN_KEY_TAKEN";
 pub const REASON_ILLEGAL_SUBSCRIPTION_TRANSITION: &str = "ILLEGAL_SUBSCRIPTION_TRANSITION";
+pub const REASON_SUBSCRIPTION_HAS_NO_PRICE: &str = "SUBSCRIPTION_HAS_NO_PRICE";
 
 /// The list a page token of ListPlans belongs to.
 const LIST: &str = "coffer.v1.Subscriptions/ListPlans";
 const LIST_SUBSCRIPTIONS: &str = "coffer.v1.Subscriptions/ListSubscriptions";
+
+/// A plan change as asked, before its price is looked up.
+#[derive(Debug, Clone)]
+pub struct PlanChangeAsk {
+    pub price: PriceId,
+    pub quantity: u32,
+    pub proration: Behavior,
+    pub effective: Effective,
+    pub proration_time: Option<time::OffsetDateTime>,
+}
 
 /// Filters and position of a ListSubscriptions call.
 #[derive(Debug, Clone)]
@@ -174,6 +192,10 @@ impl Subscriptions {
                 return self.get_subscription(&ctx, id).await;
             }
         };
+        let plan = match &change {
+            Change::ChangePlan(plan) => Some(plan.clone()),
+            _ => None,
+        };
         let verb = match &change {
             Change::Cancel {
                 at_period_end: false,
@@ -183,6 +205,11 @@ impl Subscriptions {
             Change::UndoCancel => "subscription.cancel_undone",
             Change::PauseCollection => "subscription.collection_paused",
             Change::ResumeCollection => "subscription.collection_resumed",
+            Change::ChangePlan(PlanChange {
+                effective: Effective::Now,
+                ..
+            }) => "subscription.plan_changed",
+            Change::ChangePlan(_) => "subscription.plan_change_scheduled",
         };
         let sent = provider.update_subscription(
             &account.name,
@@ -204,6 +231,27 @@ impl Subscriptions {
                 &ProviderObject::Subscription(changed),
             )
             .await?;
+        // The provider reports its own state, not Coffer's price: a plan change's price and
+        // quantity are written here, in the same transaction (or scheduled for the renewal
+        // that starts the next period, which apply_subscription applies).
+        if let Some(plan) = &plan {
+            match plan.effective {
+                Effective::Now => {
+                    sub_store::set_subscription_price(
+                        &mut tx,
+                        ctx.tenant,
+                        id,
+                        plan.price,
+                        plan.quantity,
+                    )
+                    .await?
+                }
+                Effective::PeriodEnd => {
+                    sub_store::schedule_price(&mut tx, ctx.tenant, id, plan.price, plan.quantity)
+                        .await?
+                }
+            }
+        }
         audit::insert_audit(
             &mut tx,
             ctx.tenant,
@@ -218,6 +266,116 @@ impl Subscriptions {
             .map_err(|e| AppError::from_commit(e.into()))?;
         drop(conn);
         self.get_subscription(&ctx, id).await
+    }
+
+    /// The plan change a ChangeSubscriptionPlan or PreviewPlanChange asks, its price checked:
+    /// a recurring price of the tenant's plans (not archived), in the subscription's currency
+    /// and billed at its interval, else INVALID_ARGUMENT naming `price_id`.
+    pub async fn plan_change(
+        &self,
+        ctx: &TenantCtx,
+        id: SubscriptionId,
+        ask: PlanChangeAsk,
+    ) -> Result<PlanChange, AppError> {
+        let mut conn = self.pool.acquire().await?;
+        let sub = sub_store::find_subscription(&mut conn, ctx.tenant, id)
+            .await?
+            .ok_or_else(subscription_not_found)?;
+        if let Some(t) = ask.proration_time
+            && (t < sub.current_period_start || t > sub.current_period_end)
+        {
+            return Err(AppError::Invalid(Violations::single(
+                "proration_time",
+                "must lie within the current period",
+            )));
+        }
+        let Some(current) = sub.price else {
+            return Err(AppError::rejected(
+                RejectionKind::FailedPrecondition,
+                REASON_SUBSCRIPTION_HAS_NO_PRICE,
+                "the subscription names no price to change from",
+            ));
+        };
+        let prices = store::find_prices_for_sale(
+            &mut conn,
+            ctx.tenant,
+            &[current.as_uuid(), ask.price.as_uuid()],
+        )
+        .await?;
+        let bad = |why: &str| AppError::Invalid(Violations::single("price_id", why.to_owned()));
+        let new = prices
+            .get(&ask.price.as_uuid())
+            .ok_or_else(|| bad("no such price among the tenant's plans"))?;
+        let old = prices
+            .get(&current.as_uuid())
+            .ok_or_else(|| AppError::internal("a subscription's price is missing"))?;
+        if new.archived {
+            return Err(bad("its plan is archived"));
+        }
+        let (
+            Billing::Recurring {
+                interval, count, ..
+            },
+            Billing::Recurring {
+                interval: was,
+                count: was_count,
+                ..
+            },
+        ) = (new.price.billing, old.price.billing)
+        else {
+            return Err(bad("must be a recurring price"));
+        };
+        if new.price.money.currency() != old.price.money.currency() {
+            return Err(bad("must be in the subscription's currency"));
+        }
+        if (interval, count) != (was, was_count) {
+            return Err(bad("must bill at the subscription's interval"));
+        }
+        let new_total = new
+            .price
+            .money
+            .amount()
+            .checked_mul(i64::from(ask.quantity))
+            .ok_or_else(|| {
+                AppError::Invalid(Violations::single("quantity", "is too large".to_owned()))
+            })?;
+        Ok(PlanChange {
+            price: ask.price,
+            provider_price: String::new(),
+            quantity: ask.quantity,
+            new_total,
+            proration: ask.proration,
+            effective: ask.effective,
+            proration_time: ask.proration_time,
+        })
+    }
+
+    /// What a plan change would charge now, by the subscription's provider, with nothing
+    /// written or changed; refused as the change would be.
+    #[tracing::instrument(skip_all)]
+    pub async fn preview_plan_change(
+        &self,
+        ctx: &TenantCtx,
+        id: SubscriptionId,
+        plan: PlanChange,
+    ) -> Result<PlanChangePreview, AppError> {
+        let sub = self.get_subscription(ctx, id).await?;
+        let name = AccountName::parse(&sub.account)
+            .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
+        let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
+        let change = Change::ChangePlan(plan);
+        let provider = account.for_op(Operation::of_change(&change))?;
+        let now = self.providers.now(ctx.tenant, &account).await?;
+        sub.lifecycle()
+            .apply(&change, now)
+            .map_err(|e| illegal_change(&e))?;
+        let Change::ChangePlan(plan) = &change else {
+            unreachable!("made above")
+        };
+        provider
+            .preview_plan_change(&account.name, &sub.provider_subscription_id, plan)
+            .await
+            .map_err(provider_error)
     }
 
     /// Creates a plan with its features and prices, in one statement. A key the tenant already
@@ -417,6 +575,10 @@ pub async fn apply_subscription(
                 return Ok(());
             }
             let id = current.id;
+            // A renewal that starts the next period applies a plan change scheduled for it.
+            if s.current_period_start > current.current_period_start {
+                sub_store::apply_scheduled_price(tx, tenant, id).await?;
+            }
             current
                 .status
                 .transition(s.status)

@@ -95,10 +95,40 @@ pub const MAX_CANCEL_REASON: usize = 500;
 /// resume collection (the status stays, as Stripe's `pause_collection` leaves it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Cancel { at_period_end: bool, reason: String },
+    Cancel {
+        at_period_end: bool,
+        reason: String,
+    },
     UndoCancel,
     PauseCollection,
     ResumeCollection,
+    /// A change of price or quantity (ChangeSubscriptionPlan), now or at the period's end.
+    ChangePlan(PlanChange),
+}
+
+/// When a plan change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effective {
+    /// Now, prorated as asked.
+    Now,
+    /// At the current period's end: the renewal charges the new price; nothing is prorated.
+    PeriodEnd,
+}
+
+/// A change of a subscription's price and quantity, with what the provider needs to make it:
+/// the new per-period total (unit amount × quantity, minor units) and the provider's id of the
+/// price (empty for providers that take amounts inline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanChange {
+    pub price: PriceId,
+    pub provider_price: String,
+    pub quantity: u32,
+    pub new_total: i64,
+    pub proration: crate::domain::proration::Behavior,
+    pub effective: Effective,
+    /// The time the proration is computed at (a preview's, so the change charges what it
+    /// showed); `None`: the provider's now.
+    pub proration_time: Option<OffsetDateTime>,
 }
 
 impl Change {
@@ -113,6 +143,7 @@ impl Change {
             Change::UndoCancel => "have a scheduled cancel undone",
             Change::PauseCollection => "have its collection paused",
             Change::ResumeCollection => "have its collection resumed",
+            Change::ChangePlan(_) => "change its plan",
         }
     }
 }
@@ -210,6 +241,12 @@ impl Lifecycle {
                     return Err(refuse(": its collection is not paused"));
                 }
                 next.collection_paused = false;
+            }
+            Change::ChangePlan(_) => {
+                // Only a subscription with a period being paid for changes price.
+                if !matches!(self.status, Trialing | Active | PastDue) {
+                    return Err(refuse(""));
+                }
             }
         }
         Ok(next)

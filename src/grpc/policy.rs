@@ -182,6 +182,21 @@ pub const SERVICES: &[Service] = &[
                 true,
                 Unary,
             ),
+            rpc(
+                SUBSCRIPTIONS,
+                "ChangeSubscriptionPlan",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
+            // No side effect: a read.
+            rpc(
+                SUBSCRIPTIONS,
+                "PreviewPlanChange",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
         ],
     },
     Service {

@@ -13,7 +13,7 @@ use super::pb::{self, get_plan_request::Lookup};
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::idempotency::Replayable;
-use crate::app::subscriptions::PlanQuery;
+use crate::app::subscriptions::{PlanChangeAsk, PlanQuery};
 use crate::domain::Violations;
 use crate::domain::customer::DisplayName;
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId};
@@ -24,7 +24,10 @@ use crate::domain::plan::{
     Billing, BillingField, Description, FeatureKey, Interval, NewPlan, NewPrice, Plan, PlanKey,
     PlanRef, Price,
 };
-use crate::domain::subscription::{Change, MAX_CANCEL_REASON, Subscription, SubscriptionStatus};
+use crate::domain::proration::{Behavior, LineKind};
+use crate::domain::subscription::{
+    Change, Effective, MAX_CANCEL_REASON, Subscription, SubscriptionStatus,
+};
 
 // Full method names: idempotency keys are scoped per method.
 const CREATE_PLAN: &str = "/coffer.v1.Subscriptions/CreatePlan";
@@ -33,6 +36,7 @@ const CANCEL: &str = "/coffer.v1.Subscriptions/CancelSubscription";
 const UNDO_CANCEL: &str = "/coffer.v1.Subscriptions/UndoCancelSubscription";
 const PAUSE: &str = "/coffer.v1.Subscriptions/PauseSubscription";
 const RESUME: &str = "/coffer.v1.Subscriptions/ResumeSubscription";
+const CHANGE_PLAN: &str = "/coffer.v1.Subscriptions/ChangeSubscriptionPlan";
 
 pub struct SubscriptionsService {
     app: App,
@@ -182,6 +186,128 @@ impl Subscriptions for SubscriptionsService {
         self.change(&request, RESUME, id, Change::ResumeCollection)
             .await
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn change_subscription_plan(
+        &self,
+        request: Request<pb::ChangeSubscriptionPlanRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let r = request.get_ref();
+        let (id, ask) = parse_plan_change(PlanChangeFields {
+            id: &r.id,
+            price_id: &r.price_id,
+            quantity: r.quantity,
+            proration: r.proration,
+            effective: r.effective,
+            proration_time: r.proration_time.as_ref(),
+        })?;
+        let ctx = tenant_ctx(&request)?;
+        let plan = self.app.subscriptions.plan_change(&ctx, id, ask).await?;
+        self.change(&request, CHANGE_PLAN, id, Change::ChangePlan(plan))
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn preview_plan_change(
+        &self,
+        request: Request<pb::PreviewPlanChangeRequest>,
+    ) -> Result<Response<pb::PreviewPlanChangeResponse>, Status> {
+        let r = request.get_ref();
+        let (id, ask) = parse_plan_change(PlanChangeFields {
+            id: &r.id,
+            price_id: &r.price_id,
+            quantity: r.quantity,
+            proration: r.proration,
+            effective: r.effective,
+            proration_time: r.proration_time.as_ref(),
+        })?;
+        let ctx = tenant_ctx(&request)?;
+        let plan = self.app.subscriptions.plan_change(&ctx, id, ask).await?;
+        let p = self
+            .app
+            .subscriptions
+            .preview_plan_change(&ctx, id, plan)
+            .await?;
+        Ok(Response::new(pb::PreviewPlanChangeResponse {
+            amount_due: p.amount_due,
+            currency: p.currency,
+            lines: p
+                .lines
+                .iter()
+                .map(|l| pb::PlanChangeLine {
+                    amount: l.amount,
+                    kind: match l.kind {
+                        LineKind::UnusedTime => "unused_time",
+                        LineKind::RemainingTime => "remaining_time",
+                    }
+                    .to_owned(),
+                })
+                .collect(),
+            proration_time: Some(timestamp(p.proration_time)),
+        }))
+    }
+}
+
+/// The fields ChangeSubscriptionPlan and PreviewPlanChange share.
+struct PlanChangeFields<'a> {
+    id: &'a str,
+    price_id: &'a str,
+    quantity: i64,
+    proration: i32,
+    effective: i32,
+    proration_time: Option<&'a prost_types::Timestamp>,
+}
+
+/// A plan change's request, every field checked (each bad one named).
+fn parse_plan_change(f: PlanChangeFields<'_>) -> Result<(SubscriptionId, PlanChangeAsk), Status> {
+    let mut v = Violations::new();
+    let id = v.check("id", SubscriptionId::parse(f.id));
+    let price = v.check("price_id", PriceId::parse(f.price_id));
+    let quantity = match u32::try_from(f.quantity) {
+        Ok(q) if q >= 1 => Some(q),
+        _ => {
+            v.add("quantity", "must be between 1 and 4294967295");
+            None
+        }
+    };
+    let proration = match pb::Proration::try_from(f.proration) {
+        Ok(pb::Proration::Prorate) => Some(Behavior::Prorate),
+        Ok(pb::Proration::None) => Some(Behavior::None),
+        Ok(pb::Proration::AlwaysInvoice) => Some(Behavior::AlwaysInvoice),
+        _ => {
+            v.add("proration", "must be PRORATE, NONE or ALWAYS_INVOICE");
+            None
+        }
+    };
+    let effective = match pb::PlanChangeEffective::try_from(f.effective) {
+        Ok(pb::PlanChangeEffective::Now) => Some(Effective::Now),
+        Ok(pb::PlanChangeEffective::PeriodEnd) => Some(Effective::PeriodEnd),
+        _ => {
+            v.add("effective", "must be NOW or PERIOD_END");
+            None
+        }
+    };
+    let proration_time = match f.proration_time {
+        None => None,
+        Some(t) => match from_timestamp(t) {
+            Some(t) => Some(t),
+            None => {
+                v.add("proration_time", "is not a valid time");
+                None
+            }
+        },
+    };
+    v.finish().map_err(|v| status::invalid(&v))?;
+    Ok((
+        id.expect("checked"),
+        PlanChangeAsk {
+            price: price.expect("checked"),
+            quantity: quantity.expect("checked"),
+            proration: proration.expect("checked"),
+            effective: effective.expect("checked"),
+            proration_time,
+        },
+    ))
 }
 
 impl SubscriptionsService {
@@ -212,6 +338,7 @@ impl Fingerprinted for pb::CancelSubscriptionRequest {}
 impl Fingerprinted for pb::UndoCancelSubscriptionRequest {}
 impl Fingerprinted for pb::PauseSubscriptionRequest {}
 impl Fingerprinted for pb::ResumeSubscriptionRequest {}
+impl Fingerprinted for pb::ChangeSubscriptionPlanRequest {}
 
 /// The subscription a stored response describes: everything the response shows, so a replay
 /// is byte for byte the first answer.

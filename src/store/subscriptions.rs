@@ -282,3 +282,81 @@ pub async fn list_subscriptions(
     .await?;
     rows.into_iter().map(SubscriptionRow::into_domain).collect()
 }
+
+/// A plan change made now: the subscription's price (and its plan) and quantity. A change
+/// scheduled earlier is replaced by it, so it is dropped.
+pub async fn set_subscription_price(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+    price: PriceId,
+    quantity: u32,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "WITH dropped AS (
+             DELETE FROM subscription_scheduled_changes
+             WHERE tenant_id = $1 AND subscription_id = $2)
+         UPDATE subscriptions s
+         SET price_id = $3, quantity = $4, updated_at = now(),
+             plan_id = (SELECT plan_id FROM prices WHERE tenant_id = $1 AND id = $3)
+         WHERE s.tenant_id = $1 AND s.id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        price.as_uuid(),
+        i32::try_from(quantity).map_err(|e| corrupt("quantity", e))?,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A plan change for the renewal that starts the subscription's next period (replacing one
+/// scheduled before).
+pub async fn schedule_price(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+    price: PriceId,
+    quantity: u32,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO subscription_scheduled_changes
+             (tenant_id, subscription_id, price_id, quantity, created_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (tenant_id, subscription_id)
+         DO UPDATE SET price_id = EXCLUDED.price_id, quantity = EXCLUDED.quantity",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        price.as_uuid(),
+        i32::try_from(quantity).map_err(|e| corrupt("quantity", e))?,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies the plan change scheduled for a locked subscription, if any: called when a renewal
+/// starts its next period.
+pub async fn apply_scheduled_price(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "WITH taken AS (
+             DELETE FROM subscription_scheduled_changes
+             WHERE tenant_id = $1 AND subscription_id = $2
+             RETURNING price_id, quantity)
+         UPDATE subscriptions s
+         SET price_id = taken.price_id, quantity = taken.quantity, updated_at = now(),
+             plan_id = (SELECT plan_id FROM prices p
+                        WHERE p.tenant_id = $1 AND p.id = taken.price_id)
+         FROM taken
+         WHERE s.tenant_id = $1 AND s.id = $2",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod events;
 pub mod objects;
 pub mod page;
+pub mod plan_change;
 pub mod renewals;
 pub mod status;
 pub mod store;
@@ -50,15 +51,15 @@ use sqlx::Connection as _;
 use self::events::EventType;
 use self::status::PaymentState;
 use super::{
-    CheckoutRequest, CustomerRequest, ObjectKind, Provider, ProviderCheckout, ProviderError,
-    ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription, RefundRequest,
-    SubscriptionUpdate,
+    CheckoutRequest, CustomerRequest, ObjectKind, PlanChangePreview, Provider, ProviderCheckout,
+    ProviderError, ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription,
+    RefundRequest, SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
 use crate::domain::ids::TenantId;
 use crate::domain::plan::{Billing, Interval};
-use crate::domain::subscription::{Change, Lifecycle};
+use crate::domain::subscription::{Change, Lifecycle, PlanChange};
 use crate::store::StoreError;
 
 /// Faults the sandbox can be told to inject. Reachable only from code holding the handle the
@@ -685,6 +686,11 @@ impl Provider for Sandbox {
                         )));
                     }
                 };
+                if let Change::ChangePlan(plan) = &r.change
+                    && let Err(e) = plan_change::make(&mut tx, &row, plan, now).await?
+                {
+                    return Ok(Err(e));
+                }
                 let Some(status) = status::SubscriptionState::of(next.status) else {
                     return Ok(Err(ProviderError::definitive(
                         "invalid_state",
@@ -730,6 +736,36 @@ impl Provider for Sandbox {
             .await
             .map_err(unavailable)?;
             self.answer(to_subscription(made?))
+        })
+    }
+
+    /// The proration by the sandbox's clock, with nothing written.
+    fn preview_plan_change<'a>(
+        &'a self,
+        account: &'a AccountName,
+        subscription: &'a str,
+        change: &'a PlanChange,
+    ) -> BoxFuture<'a, Result<PlanChangePreview, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let found = async {
+                let mut tx = conn.begin().await?;
+                // Read under the lock a change takes, so the preview sees no half-made change;
+                // the transaction is rolled back.
+                let found =
+                    store::lock_subscription(&mut tx, account.as_str(), subscription).await?;
+                tx.rollback().await?;
+                Ok::<_, StoreError>(found)
+            }
+            .await
+            .map_err(unavailable)?;
+            let Some((row, now)) = found else {
+                return Err(ProviderError::definitive(
+                    "resource_missing",
+                    "no such subscription",
+                ));
+            };
+            plan_change::preview(&row, change, now)
         })
     }
 

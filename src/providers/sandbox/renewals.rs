@@ -166,6 +166,11 @@ async fn step(
         } else {
             renewed.current_period_start = at;
             renewed.current_period_end = add_months(at, months as u32);
+            // A plan change scheduled for the period's end applies now: the new period is
+            // charged at its amount.
+            let amount = store::take_scheduled_amount(tx, &sub.account, &sub.id)
+                .await?
+                .unwrap_or(amount);
             if sub.collection_paused {
                 // Nothing is collected while paused; the period moves on.
                 Ok(current.clone())

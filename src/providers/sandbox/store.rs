@@ -1575,6 +1575,70 @@ pub async fn insert_refund(
     })
 }
 
+// ---- Plan changes (ChangeSubscriptionPlan).
+
+/// A locked subscription's per-period amount, changed now.
+pub async fn set_subscription_amount(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    amount: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_subscriptions SET amount = $3 WHERE account = $1 AND id = $2",
+        account,
+        id,
+        amount,
+    )
+    .execute(conn)
+    .instrument(statement_span!("UPDATE", "sandbox_subscriptions"))
+    .await?;
+    Ok(())
+}
+
+/// Schedules a locked subscription's amount for its next period (replacing one scheduled).
+pub async fn schedule_amount(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    amount: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_scheduled_changes (account, subscription_id, amount, created_at)
+         VALUES ($1, $2, $3, now())
+         ON CONFLICT (account, subscription_id) DO UPDATE SET amount = EXCLUDED.amount",
+        account,
+        id,
+        amount,
+    )
+    .execute(conn)
+    .instrument(statement_span!("INSERT", "sandbox_scheduled_changes"))
+    .await?;
+    Ok(())
+}
+
+/// Takes a locked subscription's scheduled amount, if any, making it the subscription's: what
+/// the renewal starting the next period charges.
+pub async fn take_scheduled_amount(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<i64>, StoreError> {
+    let taken = sqlx::query_scalar!(
+        "DELETE FROM sandbox_scheduled_changes WHERE account = $1 AND subscription_id = $2
+         RETURNING amount",
+        account,
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .instrument(statement_span!("DELETE", "sandbox_scheduled_changes"))
+    .await?;
+    if let Some(amount) = taken {
+        set_subscription_amount(conn, account, id, amount).await?;
+    }
+    Ok(taken)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -635,6 +635,13 @@ impl Provider for Stripe {
                         .await?
                 }
                 Change::ResumeCollection => self.client.unpause_collection(id, key).await?,
+                // Not in the capability table for Stripe yet, so never asked.
+                Change::ChangePlan(_) => {
+                    return Err(ProviderError::definitive(
+                        "unsupported",
+                        "plan changes are not made through Coffer on Stripe yet",
+                    ));
+                }
             };
             self.subscription_of(&sub, version).await?.ok_or_else(|| {
                 ProviderError::definitive(
