@@ -193,6 +193,10 @@ pub struct ServeArgs {
     /// event can no longer be replayed. Pending and failed events keep theirs.
     #[arg(long, env = "COFFER_WEBHOOK_PAYLOAD_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
     pub webhook_payload_retention: Duration,
+    /// How long the subscription change outbox (WatchSubscriptionEvents) keeps its rows; a
+    /// stream resumed from an older cursor is refused with CURSOR_EXPIRED.
+    #[arg(long, env = "COFFER_SUBSCRIPTION_EVENTS_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub subscription_events_retention: Duration,
     /// How often the database is checked for health.
     #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -352,6 +356,9 @@ pub enum BenchCommand {
     /// Signed webhook deliveries through the sidecar to committed inbox rows, against the
     /// same rows inserted into Postgres one per transaction.
     Webhooks(WebhooksBenchArgs),
+    /// CheckAccess (warm: answered from the server's cache) for subscribed customers, against
+    /// an empty gRPC call. Needs a server with the sandbox (`serve --dev`).
+    CheckAccess(BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -117,6 +117,8 @@ pub struct ServerConfig {
     /// Each configured provider account's HTTP client stack: timeouts, retries, breaker and
     /// bulkhead (one stack per account).
     pub outbound: OutboundConfig,
+    /// The subscription change stream: outbox retention, feed polling, streams open at once.
+    pub changes: crate::app::changes::ChangesConfig,
     /// TLS on the gRPC listener (`--tls-cert`, `--tls-key`, `--tls-client-ca` for mTLS),
     /// reloaded on SIGHUP or when a file changes; plain HTTP/2 without it.
     pub tls: Option<TlsFiles>,
@@ -150,6 +152,7 @@ impl Default for ServerConfig {
             resolve_interval: Duration::from_secs(5),
             outbound: OutboundConfig::default(),
             tls: None,
+            changes: Default::default(),
         }
     }
 }
@@ -219,7 +222,8 @@ impl Server {
             accounts = accounts.with_sandbox(pool.clone(), config.settings.clone());
         }
         let mut app = App::with_settings(pool.clone(), config.idempotency, config.settings.clone())
-            .with_webhooks(accounts, config.webhooks.clone());
+            .with_webhooks(accounts, config.webhooks.clone())
+            .with_changes(config.changes.clone());
         let mut delivery = None;
         let providers = Providers::new(
             config.settings.clone(),
@@ -339,6 +343,12 @@ impl Server {
             config.sweep_interval,
             workers.clone(),
         ));
+        // The change feed: keeps CheckAccess's cache fresh and wakes the change streams.
+        app.tasks.spawn(
+            app.changes
+                .clone()
+                .run_feed(app.access.clone(), workers.clone()),
+        );
         app.tasks.spawn(journal::run_resolver(
             app.checkout.journal().clone(),
             app.checkout.providers().clone(),

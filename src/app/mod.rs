@@ -2,8 +2,10 @@
 //! background workers. This layer opens transactions, applies idempotency, and calls `store`
 //! (and, later, `providers`); it never sees protobuf.
 
+pub mod access;
 pub mod accounts;
 pub mod auth;
+pub mod changes;
 pub mod checkout;
 pub mod customers;
 pub mod error;
@@ -53,6 +55,10 @@ pub struct App {
     pub checkout: checkout::Checkout,
     /// Payments, refunds and subscriptions, through the same registry and journal.
     pub payments: payments::Payments,
+    /// CheckAccess and its cache, kept fresh by `changes`.
+    pub access: access::Access,
+    /// The change feed of subscriptions and WatchSubscriptionEvents.
+    pub changes: changes::Changes,
 }
 
 impl App {
@@ -88,7 +94,7 @@ impl App {
                 checkout.journal().clone(),
             ),
             checkout,
-            settings,
+            settings: settings.clone(),
             events: events::Events::new(
                 pool.clone(),
                 mutations,
@@ -97,6 +103,12 @@ impl App {
                 events::WebhookConfig::default(),
             ),
             tenants: tenants::Tenants::new(pool.clone()),
+            access: access::Access::new(pool.clone(), settings.clone()),
+            changes: changes::Changes::new(
+                pool.clone(),
+                changes::ChangesConfig::default(),
+                tasks.clone(),
+            ),
             tasks,
             pool,
         }
@@ -118,6 +130,14 @@ impl App {
             accounts,
             config,
         );
+        self
+    }
+}
+
+impl App {
+    /// With the change stream configured (retention, polling, stream bound).
+    pub fn with_changes(mut self, config: changes::ChangesConfig) -> Self {
+        self.changes = changes::Changes::new(self.pool.clone(), config, self.tasks.clone());
         self
     }
 }

@@ -2,7 +2,8 @@
 //! never holds long locks; folds past hours' usage rollup rows into one per hour
 //! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
 //! their unpaid payments ([`expire_sessions`]); removes the payloads of settled webhook events
-//! past their retention period (`Events::purge_payloads`).
+//! past their retention period (`Events::purge_payloads`); prunes the subscription change
+//! outbox past its retention (`Changes::prune`).
 
 use std::time::Duration;
 
@@ -61,6 +62,18 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "webhook payloads past their retention removed"),
             Err(e) => tracing::warn!(error = %e, "webhook payload purge failed"),
+        }
+        let pruned = tokio::select! {
+            done = app.changes.prune() => done,
+            () = stop.cancelled() => return,
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                events = n,
+                "subscription events past their retention pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "subscription event prune failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

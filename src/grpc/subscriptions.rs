@@ -122,6 +122,24 @@ impl Subscriptions for SubscriptionsService {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         super::payments::list_subscriptions(&self.app, request).await
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn check_access(
+        &self,
+        request: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        super::access::check_access(&self.app, request).await
+    }
+
+    type WatchSubscriptionEventsStream = super::access::Events;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_subscription_events(
+        &self,
+        request: Request<pb::WatchSubscriptionEventsRequest>,
+    ) -> Result<Response<Self::WatchSubscriptionEventsStream>, Status> {
+        super::access::watch_subscription_events(&self.app, request).await
+    }
 }
 
 impl Fingerprinted for pb::CreatePlanRequest {

@@ -6,28 +6,30 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::subscription_events::record_change;
 use super::{StoreError, corrupt};
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId, TenantId};
-use crate::domain::subscription::{Subscription, SubscriptionStatus};
+use crate::domain::subscription::{ChangeKind, Subscription, SubscriptionStatus};
 
-struct SubscriptionRow {
-    id: Uuid,
-    customer_id: Uuid,
-    plan_id: Option<Uuid>,
-    price_id: Option<Uuid>,
-    quantity: i32,
-    status: String,
-    current_period_start: OffsetDateTime,
-    current_period_end: OffsetDateTime,
-    trial_end: Option<OffsetDateTime>,
-    account: String,
-    provider_subscription_id: String,
-    checkout_session_id: Uuid,
-    created_at: OffsetDateTime,
+/// A subscription as its columns read (the outbox's snapshots read back the same way).
+pub(super) struct SubscriptionRow {
+    pub(super) id: Uuid,
+    pub(super) customer_id: Uuid,
+    pub(super) plan_id: Option<Uuid>,
+    pub(super) price_id: Option<Uuid>,
+    pub(super) quantity: i32,
+    pub(super) status: String,
+    pub(super) current_period_start: OffsetDateTime,
+    pub(super) current_period_end: OffsetDateTime,
+    pub(super) trial_end: Option<OffsetDateTime>,
+    pub(super) account: String,
+    pub(super) provider_subscription_id: String,
+    pub(super) checkout_session_id: Uuid,
+    pub(super) created_at: OffsetDateTime,
 }
 
 impl SubscriptionRow {
-    fn into_domain(self) -> Result<Subscription, StoreError> {
+    pub(super) fn into_domain(self) -> Result<Subscription, StoreError> {
         Ok(Subscription {
             id: SubscriptionId::from_uuid(self.id),
             customer: CustomerId::from_uuid(self.customer_id),
@@ -63,7 +65,8 @@ pub struct NewSubscription<'a> {
     pub version: i64,
 }
 
-/// Inserts a subscription (its plan looked up from its price) and names it on its session.
+/// Inserts a subscription (its plan looked up from its price), names it on its session, and
+/// records the change in the outbox.
 pub async fn insert_subscription(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -101,9 +104,9 @@ pub async fn insert_subscription(
         s.checkout.as_uuid(),
         s.id.as_uuid(),
     )
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    record_change(conn, tenant, s.id, ChangeKind::Created).await
 }
 
 /// The subscription a session made, locked, with its status and applied version.
@@ -132,6 +135,8 @@ pub async fn lock_session_subscription(
     )))
 }
 
+/// Writes the provider's state of a subscription, and records the change in the outbox
+/// (STATUS_CHANGED when the status moved).
 #[allow(clippy::too_many_arguments)]
 pub async fn update_subscription_state(
     conn: &mut PgConnection,
@@ -143,11 +148,14 @@ pub async fn update_subscription_state(
     trial_end: Option<OffsetDateTime>,
     version: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE subscriptions
+    // The FROM reads the row as the statement's snapshot has it: before this update.
+    let before = sqlx::query_scalar!(
+        "UPDATE subscriptions s
          SET status = $3, current_period_start = $4, current_period_end = $5, trial_end = $6,
              provider_version = $7, updated_at = now()
-         WHERE tenant_id = $1 AND id = $2",
+         FROM (SELECT status FROM subscriptions WHERE tenant_id = $1 AND id = $2) old
+         WHERE s.tenant_id = $1 AND s.id = $2
+         RETURNING old.status",
         tenant.as_uuid(),
         id.as_uuid(),
         status.as_str(),
@@ -156,9 +164,17 @@ pub async fn update_subscription_state(
         trial_end,
         version,
     )
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let kind = if before == status.as_str() {
+        ChangeKind::Updated
+    } else {
+        ChangeKind::StatusChanged
+    };
+    record_change(conn, tenant, id, kind).await
 }
 
 pub async fn find_subscription(

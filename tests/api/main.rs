@@ -1,6 +1,7 @@
 //! Integration tests: real Postgres, real sockets, real tonic clients. One binary, so the
 //! crate links once.
 
+mod access;
 mod auth;
 mod bench;
 mod binary;
