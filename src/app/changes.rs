@@ -25,11 +25,11 @@ use crate::store::subscription_events as store;
 
 pub const REASON_CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
 
-/// The channel the outbox's trigger notifies.
-const CHANNEL: &str = "coffer_subscription_events";
-
 /// Rows one read of the outbox takes.
 const BATCH: i64 = 200;
+
+/// How long the feed waits before trying LISTEN again after it failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// Messages a stream holds ready for a slow client before it stops reading.
 const STREAM_BUFFER: usize = 64;
@@ -61,6 +61,8 @@ impl Default for ChangesConfig {
 #[derive(Clone)]
 pub struct Changes {
     pool: PgPool,
+    /// The LISTEN session's own connection, outside the calls' pool.
+    listen_pool: PgPool,
     config: ChangesConfig,
     tasks: TaskTracker,
     /// The feed's position, (xid, seq): changes up to it have been read; streams wake when it
@@ -74,6 +76,7 @@ pub struct Changes {
 impl Changes {
     pub fn new(pool: PgPool, config: ChangesConfig, tasks: TaskTracker) -> Self {
         Self {
+            listen_pool: crate::store::pool::side_pool(&pool, "coffer changes"),
             pool,
             streams: Arc::new(Semaphore::new(config.max_streams)),
             config,
@@ -111,9 +114,13 @@ impl Changes {
         self.position.send_replace(position);
         let mut seen = HashSet::new();
         let mut listener = None;
+        // When to try LISTEN again after it failed: polling carries on meanwhile, and a
+        // database that refuses connections is not asked on every poll.
+        let mut listen_at = tokio::time::Instant::now();
         loop {
-            if listener.is_none() {
-                listener = listen(&self.pool).await;
+            if listener.is_none() && tokio::time::Instant::now() >= listen_at {
+                listener = listen(&self.listen_pool).await;
+                listen_at = tokio::time::Instant::now() + LISTEN_RETRY;
             }
             match self.read_feed(&access, position, &mut seen).await {
                 Ok(p) => {
@@ -290,14 +297,9 @@ impl Changes {
     }
 }
 
-/// A LISTEN connection on the outbox's channel, or `None` (logged) when it cannot be had.
+/// A LISTEN session on the outbox's channel, or `None` (logged) when it cannot be had.
 async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let listening = async {
-        let mut l = PgListener::connect_with(pool).await?;
-        l.listen(CHANNEL).await?;
-        Ok::<_, sqlx::Error>(l)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), listening).await {
+    match tokio::time::timeout(Duration::from_secs(5), store::listen(pool)).await {
         Ok(Ok(l)) => Some(l),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "cannot LISTEN for changes; polling");

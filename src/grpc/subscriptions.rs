@@ -1,5 +1,5 @@
-//! The Subscriptions service: protobuf ⇄ domain, nothing else. This version: the plan
-//! catalogue.
+//! The Subscriptions service: protobuf ⇄ domain, nothing else. The plan catalogue here;
+//! subscriptions read in `payments`; CheckAccess and the change stream in `access`.
 
 use std::collections::HashMap;
 

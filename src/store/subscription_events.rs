@@ -2,7 +2,8 @@
 //! [`record_change`] in the transaction of each change, read in (xid, seq) order and only
 //! below the reading snapshot's xmin, so no row can later appear behind one already served.
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -10,6 +11,16 @@ use super::subscriptions::SubscriptionRow;
 use super::{StoreError, corrupt};
 use crate::domain::ids::{CustomerId, SubscriptionId, TenantId};
 use crate::domain::subscription::{ChangeKind, EventCursor, SubscriptionEvent};
+
+/// The channel the outbox's trigger notifies once per writing transaction.
+const CHANNEL: &str = "coffer_subscription_events";
+
+/// A LISTEN session on the outbox's channel, on a connection of `pool` it keeps.
+pub async fn listen(pool: &PgPool) -> Result<PgListener, StoreError> {
+    let mut l = PgListener::connect_with(pool).await?;
+    l.listen(CHANNEL).await?;
+    Ok(l)
+}
 
 /// Records a change of subscription `id`, with the row as it is now in this transaction.
 /// Every write of a subscription calls this in its own transaction: the outbox invariant.
