@@ -680,7 +680,8 @@ async fn the_stream_resumes_without_gap_or_repeat_while_writers_commit_out_of_or
 #[tokio::test]
 async fn a_cursor_past_the_retention_is_cursor_expired() {
     let mut config = sandbox_config();
-    config.changes.retention = Duration::from_secs(1);
+    // Long enough that a loaded machine still reads and resumes before it runs out.
+    config.changes.retention = Duration::from_secs(5);
     let env = Env::spawn_with(config).await;
     let key = env.app.key.clone();
     let mut s = env.app.subscriptions().await;
@@ -692,10 +693,10 @@ async fn a_cursor_past_the_retention_is_cursor_expired() {
     )
     .await;
     let mut stream = watch(&mut s, &key, "").await.unwrap();
-    let e = next(&mut stream, Duration::from_secs(3)).await.unwrap();
+    let e = next(&mut stream, Duration::from_secs(10)).await.unwrap();
     // Fresh: accepted.
     watch(&mut s, &key, &e.cursor).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
     let err = watch(&mut s, &key, &e.cursor).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(details(&err).0, "CURSOR_EXPIRED");
