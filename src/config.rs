@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// it is sent again, unchanged.
     #[arg(long, env = "COFFER_USAGE_PUSH_RESEND_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub usage_push_resend_after: Duration,
+    /// How long the subscription change outbox (WatchSubscriptionEvents) keeps its rows; a
+    /// stream resumed from an older cursor is refused with CURSOR_EXPIRED.
+    #[arg(long, env = "COFFER_SUBSCRIPTION_EVENTS_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub subscription_events_retention: Duration,
     /// How often the database is checked for health.
     #[arg(long, env = "COFFER_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -418,6 +422,9 @@ pub enum BenchCommand {
     /// Signed webhook deliveries through the sidecar to committed inbox rows, against the
     /// same rows inserted into Postgres one per transaction.
     Webhooks(WebhooksBenchArgs),
+    /// CheckAccess (warm: answered from the server's cache) for subscribed customers, against
+    /// an empty gRPC call. Needs a server with the sandbox (`serve --dev`).
+    CheckAccess(BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]

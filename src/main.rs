@@ -58,6 +58,13 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.context("running the benchmark")?);
             Ok(())
         }
+        Command::Bench(BenchCommand::CheckAccess(args)) => {
+            let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
+            let report = coffer::bench::check_access(&args, &state_dir, &database.pool).await;
+            database.close().await;
+            print!("{}", report.context("running the benchmark")?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::UsageQuery(args)) => {
             let report = coffer::bench::usage_query(&args, &state_dir).await;
             print!("{}", report.context("running the benchmark")?);
@@ -316,6 +323,10 @@ async fn run_server(
         },
         webhook_trusted_proxies: args.webhook_trusted_proxies.clone().unwrap_or_default().0,
         http_limits: args.http_limits.limits(),
+        changes: coffer::app::changes::ChangesConfig {
+            retention: args.subscription_events_retention,
+            ..Default::default()
+        },
         health_interval: args.health_interval,
         shutdown_grace: args.shutdown_grace,
         idempotency,

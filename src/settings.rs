@@ -27,6 +27,7 @@
 //! allowed_redirect_origins = ["https://shop.acme.example"]
 //! sandbox_webhook_secret_env = "ACME_SANDBOX_SECRET"
 //! past_due_grace = "3days"
+//! disputed_access = "deny"
 //! default_account = "stripe-main"
 //!
 //! [tenant.acme.amount_limits]
@@ -98,6 +99,9 @@ pub struct TenantSettings {
     pub sandbox_webhook_secret: Option<Secret>,
     /// How long a PAST_DUE subscription keeps access; `None`: the service's default.
     pub past_due_grace: Option<Duration>,
+    /// Whether a subscription with a DISPUTED payment keeps access (`disputed_access =
+    /// "allow"`) or loses it (`"deny"`); `None`: deny.
+    pub disputed_access: Option<crate::domain::access::DisputedAccess>,
     /// The account checkouts use when they name none: a configured account of this tenant, or
     /// its sandbox account (`{tenant}-sandbox`), which exists only with the sandbox enabled.
     pub default_account: Option<AccountName>,
@@ -256,6 +260,7 @@ struct RawTenant {
     amount_limits: BTreeMap<String, toml::Value>,
     sandbox_webhook_secret_env: Option<String>,
     past_due_grace: Option<String>,
+    disputed_access: Option<String>,
     default_account: Option<String>,
 }
 
@@ -465,6 +470,7 @@ const TENANT_FIELDS: &[(&str, Kind)] = &[
     ("amount_limits", Kind::Table),
     ("sandbox_webhook_secret_env", Kind::Str),
     ("past_due_grace", Kind::Str),
+    ("disputed_access", Kind::Str),
     ("default_account", Kind::Str),
 ];
 
@@ -829,6 +835,17 @@ fn tenant_settings(
             })
         })
         .transpose()?;
+    let disputed_access = raw
+        .disputed_access
+        .map(|s| match s.as_str() {
+            "allow" => Ok(crate::domain::access::DisputedAccess::Allow),
+            "deny" => Ok(crate::domain::access::DisputedAccess::Deny),
+            _ => Err((
+                "disputed_access",
+                format!("{s:?} is neither \"allow\" nor \"deny\""),
+            )),
+        })
+        .transpose()?;
     let default_account = raw
         .default_account
         .map(|a| field("default_account", AccountName::parse(&a)))
@@ -838,6 +855,7 @@ fn tenant_settings(
         amount_limits,
         sandbox_webhook_secret,
         past_due_grace,
+        disputed_access,
         default_account,
     })
 }

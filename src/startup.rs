@@ -125,6 +125,8 @@ pub struct ServerConfig {
     /// A streaming replica for reads that tolerate a bounded lag (`--database-read-url`);
     /// without it every read goes to the primary.
     pub read_replica: Option<crate::store::replica::ReadReplica>,
+    /// The subscription change stream: outbox retention, feed polling, streams open at once.
+    pub changes: crate::app::changes::ChangesConfig,
     /// TLS on the gRPC listener (`--tls-cert`, `--tls-key`, `--tls-client-ca` for mTLS),
     /// reloaded on SIGHUP or when a file changes; plain HTTP/2 without it.
     pub tls: Option<TlsFiles>,
@@ -161,6 +163,7 @@ impl Default for ServerConfig {
             outbound: OutboundConfig::default(),
             read_replica: None,
             tls: None,
+            changes: Default::default(),
         }
     }
 }
@@ -233,7 +236,8 @@ impl Server {
             accounts = accounts.with_sandbox(pool.clone(), config.settings.clone());
         }
         let mut app = App::with_settings(pool.clone(), config.idempotency, config.settings.clone())
-            .with_webhooks(accounts, config.webhooks.clone());
+            .with_webhooks(accounts, config.webhooks.clone())
+            .with_changes(config.changes.clone());
         let mut delivery = None;
         let providers = Providers::new(
             config.settings.clone(),
@@ -383,6 +387,12 @@ impl Server {
             sweeper::STATISTICS_EVERY,
             workers.clone(),
         ));
+        // The change feed: keeps CheckAccess's cache fresh and wakes the change streams.
+        app.tasks.spawn(
+            app.changes
+                .clone()
+                .run_feed(app.access.clone(), workers.clone()),
+        );
         app.tasks.spawn(journal::run_resolver(
             app.checkout.journal().clone(),
             app.checkout.providers().clone(),

@@ -2,8 +2,10 @@
 //! background workers. This layer opens transactions, applies idempotency, and calls `store`
 //! (and, later, `providers`); it never sees protobuf.
 
+pub mod access;
 pub mod accounts;
 pub mod auth;
+pub mod changes;
 pub mod checkout;
 pub mod customers;
 pub mod error;
@@ -59,6 +61,10 @@ pub struct App {
     pub checkout: checkout::Checkout,
     /// Payments, refunds and subscriptions, through the same registry and journal.
     pub payments: payments::Payments,
+    /// CheckAccess and its cache, kept fresh by `changes`.
+    pub access: access::Access,
+    /// The change feed of subscriptions and WatchSubscriptionEvents.
+    pub changes: changes::Changes,
 }
 
 impl App {
@@ -99,7 +105,7 @@ impl App {
                 checkout.journal().clone(),
             ),
             checkout,
-            settings,
+            settings: settings.clone(),
             events: events::Events::new(
                 pool.clone(),
                 mutations,
@@ -108,6 +114,12 @@ impl App {
                 events::WebhookConfig::default(),
             ),
             tenants: tenants::Tenants::new(pool.clone()),
+            access: access::Access::new(pool.clone(), settings.clone()),
+            changes: changes::Changes::new(
+                pool.clone(),
+                changes::ChangesConfig::default(),
+                tasks.clone(),
+            ),
             tasks,
             reads: ReadPool::primary_only(pool.clone()),
             pool,
@@ -131,6 +143,14 @@ impl App {
             config,
         );
         self.route_reads();
+        self
+    }
+}
+
+impl App {
+    /// With the change stream configured (retention, polling, stream bound).
+    pub fn with_changes(mut self, config: changes::ChangesConfig) -> Self {
+        self.changes = changes::Changes::new(self.pool.clone(), config, self.tasks.clone());
         self
     }
 }

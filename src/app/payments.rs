@@ -435,6 +435,19 @@ pub async fn apply_dispute(
         .await?;
     if to != locked.status {
         metrics().payment(to);
+        // A disputed payment may take its subscription's access away (and a won dispute give
+        // it back): the subscription's entitlements changed, in this transaction.
+        if let Some((sub, _)) =
+            crate::store::subscriptions::lock_session_subscription(tx, tenant, checkout).await?
+        {
+            crate::store::subscription_events::record_change(
+                tx,
+                tenant,
+                sub.id,
+                crate::domain::subscription::ChangeKind::EntitlementsChanged,
+            )
+            .await?;
+        }
     }
     Ok(())
 }

@@ -21,9 +21,10 @@ use crate::domain::account::AccountName;
 use crate::domain::customer::CustomerRef;
 use crate::domain::ids::PriceId;
 use crate::domain::ids::{CheckoutId, PlanId, SubscriptionId, TenantId};
+use crate::domain::meter::Aggregation;
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
-use crate::domain::plan::{NewPlan, Plan, PlanRef};
+use crate::domain::plan::{self, NewPlan, Plan, PlanRef};
 use crate::domain::proration::Behavior;
 use crate::domain::subscription::{
     Change, Effective, IllegalChange, Lifecycle, MAX_CANCEL_REASON, PlanChange, Subscription,
@@ -33,7 +34,7 @@ use crate::providers::{
     ObjectKind, Operation, PlanChangePreview, ProviderObject, ProviderSubscription,
     SubscriptionUpdate,
 };
-use crate::store::{audit, plans as store};
+use crate::store::{audit, meters as meter_store, plans as store};
 use crate::store::{
     checkout as checkout_store, customers as customer_store, journal as journal_store,
     subscriptions as sub_store,
@@ -388,6 +389,7 @@ impl Subscriptions {
         new: NewPlan,
     ) -> Result<Done<Plan>, AppError> {
         let ctx = *ctx;
+        self.check_feature_meters(&ctx, &new).await?;
         let plan = Plan::create(new, now_micros());
         self.mutations
             .run_atomic(&ctx, call, move |conn| {
@@ -430,6 +432,33 @@ impl Subscriptions {
                 })
             })
             .await
+    }
+
+    /// Every metered feature names a COUNT or SUM meter of the tenant; otherwise
+    /// INVALID_ARGUMENT naming `features[i].meter_key`. Read before the plan's transaction:
+    /// meters are never deleted, so one found stays.
+    async fn check_feature_meters(&self, ctx: &TenantCtx, new: &NewPlan) -> Result<(), AppError> {
+        let keys: Vec<String> = new
+            .features
+            .iter()
+            .filter_map(|f| f.metered.as_ref().map(|m| m.meter.as_str().to_owned()))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let found = meter_store::find_meter_aggregations(&mut conn, ctx.tenant, &keys).await?;
+        let bad = plan::check_meters(&new.features, |key| {
+            found
+                .iter()
+                .find(|(k, _)| k == key.as_str())
+                .map(|(_, a)| matches!(a, Aggregation::Count | Aggregation::Sum))
+        });
+        let mut v = Violations::new();
+        for (i, e) in bad {
+            v.add(&format!("features[{i}].meter_key"), e.0);
+        }
+        v.finish().map_err(AppError::Invalid)
     }
 
     pub async fn get_plan(&self, ctx: &TenantCtx, by: &PlanRef) -> Result<Plan, AppError> {

@@ -2,8 +2,9 @@
 //! never holds long locks; folds past hours' usage rollup rows into one per hour
 //! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
 //! their unpaid payments ([`expire_sessions`]); removes the payloads of settled webhook events
-//! past their retention period (`Events::purge_payloads`). Apart, and more often: keeps the
-//! planner's statistics of Coffer's tables current ([`keep_statistics`]).
+//! past their retention period (`Events::purge_payloads`); prunes the subscription change
+//! outbox past its retention (`Changes::prune`). Apart, and more often: keeps the planner's
+//! statistics of Coffer's tables current ([`keep_statistics`]).
 
 use std::time::Duration;
 
@@ -63,6 +64,18 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "webhook payloads past their retention removed"),
             Err(e) => tracing::warn!(error = %e, "webhook payload purge failed"),
+        }
+        let pruned = tokio::select! {
+            done = app.changes.prune() => done,
+            () = stop.cancelled() => return,
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                events = n,
+                "subscription events past their retention pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "subscription event prune failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

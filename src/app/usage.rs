@@ -515,28 +515,7 @@ impl Usage {
         let meter = self.meter(ctx.tenant, meter).await?;
         let now = super::customers::now_micros();
         let mut conn = self.reads.get().acquire().await?;
-        let (grants, hours) =
-            usage_store::balance_inputs(&mut conn, ctx.tenant, customer, meter.id, now).await?;
-        let units = |s: &str| {
-            Units::parse(s).ok_or_else(|| {
-                AppError::internal(format!("a stored quantity is not a decimal: {s:?}"))
-            })
-        };
-        let grants = grants
-            .iter()
-            .map(|g| {
-                Ok(GrantSpan {
-                    amount: units(&g.amount)?,
-                    granted_at: g.granted_at,
-                    expires_at: g.expires_at,
-                })
-            })
-            .collect::<Result<Vec<_>, AppError>>()?;
-        let hours = hours
-            .iter()
-            .map(|(h, total)| Ok((*h, units(total)?)))
-            .collect::<Result<Vec<_>, AppError>>()?;
-        Ok(usage::balance(&grants, &hours, now))
+        balance_at(&mut conn, ctx.tenant, customer, meter.id, now).await
     }
 
     /// Folds the rollup rows of past hours and minutes into one per hour and per minute;
@@ -559,6 +538,37 @@ impl Usage {
         }
         Ok(folded)
     }
+}
+
+/// A customer's credits on a meter at `now` (what GetBalance answers, and what CheckAccess
+/// adds to a metered feature's limit).
+pub(crate) async fn balance_at(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    customer: crate::domain::ids::CustomerId,
+    meter: crate::domain::ids::MeterId,
+    now: OffsetDateTime,
+) -> Result<Balance, AppError> {
+    let (grants, hours) = usage_store::balance_inputs(conn, tenant, customer, meter, now).await?;
+    let units = |s: &str| {
+        Units::parse(s)
+            .ok_or_else(|| AppError::internal(format!("a stored quantity is not a decimal: {s:?}")))
+    };
+    let grants = grants
+        .iter()
+        .map(|g| {
+            Ok(GrantSpan {
+                amount: units(&g.amount)?,
+                granted_at: g.granted_at,
+                expires_at: g.expires_at,
+            })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    let hours = hours
+        .iter()
+        .map(|(h, total)| Ok((*h, units(total)?)))
+        .collect::<Result<Vec<_>, AppError>>()?;
+    Ok(usage::balance(&grants, &hours, now))
 }
 
 /// The windows of `[from, to)` as (start, end, bucket): each clipped to the range, the bucket

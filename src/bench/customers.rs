@@ -123,5 +123,6 @@ pub async fn customers(
             ("CreateCustomer rate / Postgres insert rate".into(), 0, 1),
             ("CreateCustomer rate / empty RPC rate".into(), 0, 2),
         ],
+        notes: vec![],
     })
 }

@@ -6,6 +6,7 @@
 //! latencies are gathered into a [`Measurement`]. A scenario is a set of such operations: the
 //! one under test and its baselines.
 
+mod access;
 mod customers;
 mod usage;
 mod webhooks;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use access::check_access;
 pub use customers::customers;
 pub use usage::{usage, usage_query};
 pub use webhooks::webhooks;
@@ -241,6 +243,8 @@ pub struct Report {
     pub measurements: Vec<Measurement>,
     /// (label, numerator index, denominator index) of item-rate ratios to print.
     pub ratios: Vec<(String, usize, usize)>,
+    /// Further lines to print after the ratios (a latency ratio, say).
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for Report {
@@ -273,6 +277,9 @@ impl fmt::Display for Report {
                 0.0
             };
             writeln!(f, "{label}: {ratio:.2}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "{note}")?;
         }
         for m in &self.measurements {
             if let Some(e) = &m.first_error {

@@ -208,6 +208,7 @@ pub async fn usage(
             ("StreamUsage events/s / COPY rows/s".into(), 0, 2),
             ("RecordUsage events/s / COPY rows/s".into(), 1, 2),
         ],
+        notes: vec![],
     })
 }
 
@@ -466,6 +467,7 @@ pub async fn usage_query(
         ),
         measurements,
         ratios: Vec::new(),
+        notes: Vec::new(),
     })
 }
 

@@ -233,6 +233,7 @@ pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report,
         ),
         measurements: vec![delivered, inserted],
         ratios: vec![("deliveries/s / Postgres insert rows/s".into(), 0, 1)],
+        notes: vec![],
     })
 }
 

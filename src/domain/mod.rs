@@ -4,6 +4,7 @@
 //! Nothing here knows protobuf, SQL or HTTP. Every type that holds caller input has a private
 //! field and a `parse` that returns `Result`, so a value that exists is a valid one.
 
+pub mod access;
 pub mod account;
 pub mod auth;
 pub mod checkout;

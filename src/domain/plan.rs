@@ -44,6 +44,114 @@ impl FeatureKey {
     }
 }
 
+/// What a plan grants under one key: a switch (`reports`: on for whoever holds the plan), or a
+/// metered allowance (`api_calls`: up to `limit` units of a meter per billing period, plus any
+/// credits the customer was granted). What `CheckAccess` judges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub key: FeatureKey,
+    pub metered: Option<Metered>,
+}
+
+/// A metered feature's allowance: usage of `meter` per period, up to `limit` units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metered {
+    pub meter: MeterKey,
+    pub limit: u64,
+}
+
+/// Which field of a feature a violation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureField {
+    Key,
+    MeterKey,
+    LimitPerPeriod,
+}
+
+impl FeatureField {
+    /// The field's name in the API, under `features[i].`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureField::Key => "key",
+            FeatureField::MeterKey => "meter_key",
+            FeatureField::LimitPerPeriod => "limit_per_period",
+        }
+    }
+}
+
+impl Feature {
+    /// The largest limit per period: far above any real allowance, and exact in every
+    /// decimal and integer type the limit meets on its way.
+    pub const MAX_LIMIT: i64 = 1_000_000_000_000_000;
+
+    /// A feature from its three fields: a switch has neither a meter nor a limit; a metered
+    /// feature names its meter and a limit of 0 (credits only) up to [`Self::MAX_LIMIT`].
+    pub fn parse(
+        key: &str,
+        meter_key: &str,
+        limit_per_period: i64,
+    ) -> Result<Self, Vec<(FeatureField, Invalid)>> {
+        let mut errors = Vec::new();
+        let key = FeatureKey::parse(key).map_err(|e| errors.push((FeatureField::Key, e)));
+        let metered = if meter_key.is_empty() {
+            if limit_per_period != 0 {
+                errors.push((
+                    FeatureField::LimitPerPeriod,
+                    Invalid::new("needs a meter_key: a switch feature has no limit"),
+                ));
+            }
+            None
+        } else {
+            let meter =
+                MeterKey::parse(meter_key).map_err(|e| errors.push((FeatureField::MeterKey, e)));
+            if !(0..=Self::MAX_LIMIT).contains(&limit_per_period) {
+                errors.push((
+                    FeatureField::LimitPerPeriod,
+                    Invalid::new(format!("must be between 0 and {}", Self::MAX_LIMIT)),
+                ));
+            }
+            meter.ok().map(|meter| Metered {
+                meter,
+                limit: limit_per_period.max(0) as u64,
+            })
+        };
+        match key {
+            Ok(key) if errors.is_empty() => Ok(Feature { key, metered }),
+            _ => Err(errors),
+        }
+    }
+
+    /// A switch feature.
+    pub fn switch(key: FeatureKey) -> Self {
+        Feature { key, metered: None }
+    }
+}
+
+/// Checks the meters a plan's metered features name, given what the tenant's meter of a key
+/// is (`None`: no such meter; `Some(additive)`: a COUNT or SUM meter, whose usage adds up to
+/// a total a limit and credits can bound). Returns the index and reason of each feature that
+/// names no usable meter.
+pub fn check_meters(
+    features: &[Feature],
+    meter: impl Fn(&MeterKey) -> Option<bool>,
+) -> Vec<(usize, Invalid)> {
+    features
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let m = f.metered.as_ref()?;
+            match meter(&m.meter) {
+                None => Some((i, Invalid::new("names no meter of the tenant"))),
+                Some(false) => Some((
+                    i,
+                    Invalid::new("must name a COUNT or SUM meter: a limit bounds a total"),
+                )),
+                Some(true) => None,
+            }
+        })
+        .collect()
+}
+
 /// A plan's description: at most 1 000 characters of prose, with the character rules of names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Description(String);
@@ -182,7 +290,7 @@ pub struct NewPlan {
     pub key: PlanKey,
     pub name: DisplayName,
     pub description: Option<Description>,
-    pub features: Vec<FeatureKey>,
+    pub features: Vec<Feature>,
     pub prices: Vec<NewPrice>,
 }
 
@@ -198,7 +306,7 @@ pub struct Plan {
     pub key: PlanKey,
     pub name: DisplayName,
     pub description: Option<Description>,
-    pub features: Vec<FeatureKey>,
+    pub features: Vec<Feature>,
     pub prices: Vec<Price>,
     pub created_at: OffsetDateTime,
     /// Set once, when the plan is first archived; archived plans cannot be bought.
@@ -266,6 +374,44 @@ mod tests {
         assert_eq!(field(Interval::Year, 1, 731), Some(TrialDays));
         assert_eq!(field(Interval::Year, 1, -1), Some(TrialDays));
         assert_eq!(Billing::OneTime.interval_count(), 0);
+    }
+
+    #[test]
+    fn features_are_switches_or_metered() {
+        let f = Feature::parse("reports", "", 0).unwrap();
+        assert_eq!(f.metered, None);
+        let f = Feature::parse("api_calls", "calls", 100).unwrap();
+        assert_eq!(f.metered.unwrap().limit, 100);
+        assert!(Feature::parse("prepaid", "calls", 0).is_ok());
+        let fields = |k, m, l| {
+            Feature::parse(k, m, l)
+                .err()
+                .map(|e| e.into_iter().map(|(f, _)| f).collect::<Vec<_>>())
+        };
+        use FeatureField::*;
+        assert_eq!(fields("reports", "", 5), Some(vec![LimitPerPeriod]));
+        assert_eq!(fields("api", "Calls", 5), Some(vec![MeterKey]));
+        assert_eq!(fields("api", "calls", -1), Some(vec![LimitPerPeriod]));
+        assert_eq!(
+            fields("API", "calls", Feature::MAX_LIMIT + 1),
+            Some(vec![Key, LimitPerPeriod])
+        );
+    }
+
+    #[test]
+    fn metered_features_need_an_additive_meter() {
+        let features = [
+            Feature::parse("a", "calls", 1).unwrap(),
+            Feature::parse("b", "", 0).unwrap(),
+            Feature::parse("c", "nope", 1).unwrap(),
+            Feature::parse("d", "peak", 1).unwrap(),
+        ];
+        let bad = check_meters(&features, |m| match m.as_str() {
+            "calls" => Some(true),
+            "peak" => Some(false),
+            _ => None,
+        });
+        assert_eq!(bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]

@@ -340,6 +340,113 @@ impl Subscription {
     }
 }
 
+/// What a change to a subscription was, as its outbox row and `WatchSubscriptionEvents` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// The subscription was made.
+    Created,
+    /// Its status moved (what CheckAccess answers may have changed).
+    StatusChanged,
+    /// What it grants changed without a status change: another price or plan, a payment of it
+    /// disputed or settled.
+    EntitlementsChanged,
+    /// Anything else: a new period, a trial end.
+    Updated,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 4] = [
+        ChangeKind::Created,
+        ChangeKind::StatusChanged,
+        ChangeKind::EntitlementsChanged,
+        ChangeKind::Updated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::StatusChanged => "status_changed",
+            ChangeKind::EntitlementsChanged => "entitlements_changed",
+            ChangeKind::Updated => "updated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a change stands in the outbox's order: the writing transaction's id, then the row's
+/// sequence, and (for expiry) when it was written. Opaque to clients, who get it encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventCursor {
+    pub xid: i64,
+    pub seq: i64,
+    /// When the change was written, in Unix microseconds.
+    pub at_micros: i64,
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+impl EventCursor {
+    /// Before every change.
+    pub const START: EventCursor = EventCursor {
+        xid: 0,
+        seq: 0,
+        at_micros: i64::MAX,
+    };
+
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let mut bytes = Vec::with_capacity(25);
+        bytes.push(CURSOR_VERSION);
+        bytes.extend_from_slice(&self.xid.to_be_bytes());
+        bytes.extend_from_slice(&self.seq.to_be_bytes());
+        bytes.extend_from_slice(&self.at_micros.to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, super::Invalid> {
+        use base64::Engine as _;
+        let bad = || super::Invalid::new("is not a cursor of this stream");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| bad())?;
+        if bytes.len() != 25 || bytes[0] != CURSOR_VERSION {
+            return Err(bad());
+        }
+        let int = |i: usize| i64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let cursor = EventCursor {
+            xid: int(1),
+            seq: int(9),
+            at_micros: int(17),
+        };
+        if cursor.xid < 0 || cursor.seq < 0 {
+            return Err(bad());
+        }
+        Ok(cursor)
+    }
+
+    /// Whether the change it points at is older than `retention` at `now`: the rows after it
+    /// may have been pruned, so a stream cannot resume from it without a gap.
+    pub fn expired(&self, now: OffsetDateTime, retention: time::Duration) -> bool {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(self.at_micros as i128 * 1_000);
+        match at {
+            Ok(at) => at < now - retention,
+            Err(_) => true,
+        }
+    }
+}
+
+/// One change of a subscription, with the whole subscription as it was right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEvent {
+    pub cursor: EventCursor,
+    pub kind: ChangeKind,
+    pub subscription: Subscription,
+    pub occurred_at: OffsetDateTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +570,24 @@ mod tests {
                     state = next;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_expire() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let c = EventCursor {
+            xid: 7_000_123,
+            seq: 42,
+            at_micros: 1_800_000_000 * 1_000_000 - 5_000_000,
+        };
+        assert_eq!(EventCursor::decode(&c.encode()), Ok(c));
+        assert!(EventCursor::decode("").is_err());
+        assert!(EventCursor::decode("AAAA").is_err());
+        assert!(!c.expired(now, time::Duration::seconds(10)));
+        assert!(c.expired(now, time::Duration::seconds(4)));
+        for k in ChangeKind::ALL {
+            assert_eq!(ChangeKind::parse(k.as_str()), Some(k));
         }
     }
 

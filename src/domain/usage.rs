@@ -326,6 +326,12 @@ const SCALE: i128 = 1_000_000_000_000;
 
 impl Units {
     pub const ZERO: Units = Units(0);
+    pub const MAX: Units = Units(i128::MAX);
+
+    /// A whole number of units.
+    pub fn whole(n: u64) -> Units {
+        Units(n as i128 * SCALE)
+    }
 
     /// Reads a non-negative decimal as Postgres prints a `numeric` (`12`, `0.5`, `3.250`).
     pub fn parse(s: &str) -> Option<Self> {

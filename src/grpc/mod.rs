@@ -2,6 +2,7 @@
 //! layers every call passes through (telemetry, then the call limits, then authentication),
 //! which read each method's policy from one table. Nothing else: the use cases live in `app`.
 
+pub mod access;
 pub mod auth;
 pub mod checkout;
 pub mod codec;

@@ -197,6 +197,20 @@ pub const SERVICES: &[Service] = &[
                 false,
                 Unary,
             ),
+            rpc(
+                SUBSCRIPTIONS,
+                "CheckAccess",
+                Some(Scope::Read),
+                false,
+                Unary,
+            ),
+            rpc(
+                SUBSCRIPTIONS,
+                "WatchSubscriptionEvents",
+                Some(Scope::Read),
+                false,
+                ServerStream,
+            ),
         ],
     },
     Service {

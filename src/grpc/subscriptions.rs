@@ -1,5 +1,5 @@
-//! The Subscriptions service: protobuf ⇄ domain, nothing else. This version: the plan
-//! catalogue.
+//! The Subscriptions service: protobuf ⇄ domain, nothing else. The plan catalogue here;
+//! subscriptions read in `payments`; CheckAccess and the change stream in `access`.
 
 use std::collections::HashMap;
 
@@ -21,7 +21,7 @@ use crate::domain::meter::MeterKey;
 use crate::domain::money::{Currency, CurrencyLimits, Money};
 use crate::domain::page::PageSize;
 use crate::domain::plan::{
-    Billing, BillingField, Description, FeatureKey, Interval, NewPlan, NewPrice, Plan, PlanKey,
+    Billing, BillingField, Description, Feature, Interval, NewPlan, NewPrice, Plan, PlanKey,
     PlanRef, Price,
 };
 use crate::domain::proration::{Behavior, LineKind};
@@ -246,6 +246,24 @@ impl Subscriptions for SubscriptionsService {
             proration_time: Some(timestamp(p.proration_time)),
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn check_access(
+        &self,
+        request: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        super::access::check_access(&self.app, request).await
+    }
+
+    type WatchSubscriptionEventsStream = super::access::Events;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_subscription_events(
+        &self,
+        request: Request<pb::WatchSubscriptionEventsRequest>,
+    ) -> Result<Response<Self::WatchSubscriptionEventsStream>, Status> {
+        super::access::watch_subscription_events(&self.app, request).await
+    }
 }
 
 /// The fields ChangeSubscriptionPlan and PreviewPlanChange share.
@@ -435,14 +453,19 @@ fn parse_new(req: &pb::CreatePlanRequest, limits: &CurrencyLimits) -> Result<New
         let mut first_at: HashMap<&str, usize> = HashMap::new();
         for (i, feature) in req.features.iter().enumerate() {
             let field = format!("features[{i}].key");
-            if let Some(key) = v.check(&field, FeatureKey::parse(&feature.key)) {
-                match first_at.get(feature.key.as_str()) {
+            match Feature::parse(&feature.key, &feature.meter_key, feature.limit_per_period) {
+                Err(errors) => {
+                    for (f, e) in errors {
+                        v.add(&format!("features[{i}].{}", f.as_str()), e.0);
+                    }
+                }
+                Ok(parsed) => match first_at.get(feature.key.as_str()) {
                     Some(j) => v.add(&field, format!("duplicates features[{j}].key")),
                     None => {
                         first_at.insert(&feature.key, i);
-                        features.push(key);
+                        features.push(parsed);
                     }
-                }
+                },
             }
         }
     }
@@ -591,7 +614,13 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
             .features
             .iter()
             .map(|f| pb::Feature {
-                key: f.as_str().to_owned(),
+                key: f.key.as_str().to_owned(),
+                meter_key: f
+                    .metered
+                    .as_ref()
+                    .map(|m| m.meter.as_str().to_owned())
+                    .unwrap_or_default(),
+                limit_per_period: f.metered.as_ref().map_or(0, |m| m.limit as i64),
             })
             .collect(),
         prices: p.prices.iter().map(price_to_proto).collect(),
@@ -633,7 +662,7 @@ fn from_proto(p: &pb::Plan) -> Option<Plan> {
         features: p
             .features
             .iter()
-            .map(|f| FeatureKey::parse(&f.key).ok())
+            .map(|f| Feature::parse(&f.key, &f.meter_key, f.limit_per_period).ok())
             .collect::<Option<_>>()?,
         prices: p
             .prices
@@ -684,7 +713,10 @@ mod tests {
         let good = pb::CreatePlanRequest {
             key: "pro".into(),
             name: "Pro".into(),
-            features: vec![pb::Feature { key: "sso".into() }],
+            features: vec![pb::Feature {
+                key: "sso".into(),
+                ..Default::default()
+            }],
             prices: vec![price(1_000, "USD", pb::Interval::Month)],
             ..Default::default()
         };
@@ -734,6 +766,7 @@ mod tests {
                     features: (0..51)
                         .map(|i| pb::Feature {
                             key: format!("f{i}"),
+                            ..Default::default()
                         })
                         .collect(),
                     ..good.clone()
@@ -743,8 +776,14 @@ mod tests {
             (
                 pb::CreatePlanRequest {
                     features: vec![
-                        pb::Feature { key: "sso".into() },
-                        pb::Feature { key: "sso".into() },
+                        pb::Feature {
+                            key: "sso".into(),
+                            ..Default::default()
+                        },
+                        pb::Feature {
+                            key: "sso".into(),
+                            ..Default::default()
+                        },
                     ],
                     ..good.clone()
                 },

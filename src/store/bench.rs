@@ -161,3 +161,16 @@ pub async fn sandbox_webhook_secret(
             .await?,
     )
 }
+
+/// The tenant of a checkout session, so the check-access benchmark can apply a subscription
+/// to it as the inbox would.
+pub async fn session_tenant(
+    pool: &PgPool,
+    session: Uuid,
+) -> Result<crate::domain::ids::TenantId, StoreError> {
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM checkout_sessions WHERE id = $1")
+        .bind(session)
+        .fetch_one(pool)
+        .await?;
+    Ok(crate::domain::ids::TenantId::from_uuid(tenant))
+}

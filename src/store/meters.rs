@@ -128,3 +128,25 @@ pub async fn list_meters(
     .await?;
     rows.into_iter().map(MeterRow::into_domain).collect()
 }
+
+/// The tenant's meters among `keys`, as (key, aggregation); unknown keys are absent.
+pub async fn find_meter_aggregations(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    keys: &[String],
+) -> Result<Vec<(String, Aggregation)>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT key, aggregation FROM meters WHERE tenant_id = $1 AND key = ANY($2)",
+        tenant.as_uuid(),
+        keys,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let a = Aggregation::parse(&r.aggregation)
+                .ok_or_else(|| corrupt("meter aggregation", &r.aggregation))?;
+            Ok((r.key, a))
+        })
+        .collect()
+}

@@ -1,6 +1,7 @@
 //! All SQL. Functions are named verb_noun, take `&mut PgConnection` (a transaction derefs to
 //! one) and every tenant-owned query filters by `tenant_id`.
 
+pub mod access;
 pub mod audit;
 pub mod bench;
 pub mod checkout;
@@ -15,6 +16,7 @@ pub mod plans;
 pub mod pool;
 pub mod replica;
 pub mod stats;
+pub mod subscription_events;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;

@@ -12,7 +12,7 @@ use crate::domain::customer::DisplayName;
 use crate::domain::ids::{PlanId, PriceId, TenantId};
 use crate::domain::meter::MeterKey;
 use crate::domain::money::{Currency, Money};
-use crate::domain::plan::{Billing, Description, FeatureKey, Interval, Plan, PlanKey, Price};
+use crate::domain::plan::{Billing, Description, Feature, Interval, Plan, PlanKey, Price};
 
 struct PlanRow {
     id: Uuid,
@@ -22,6 +22,10 @@ struct PlanRow {
     created_at: OffsetDateTime,
     archived_at: Option<OffsetDateTime>,
     features: Vec<String>,
+    /// Per feature, its meter's key, or "" for a switch.
+    feature_meters: Vec<String>,
+    /// Per feature, its limit per period, or -1 for a switch.
+    feature_limits: Vec<i64>,
 }
 
 struct PriceRow {
@@ -95,9 +99,13 @@ impl PlanRow {
             features: self
                 .features
                 .iter()
-                .map(|f| FeatureKey::parse(f))
-                .collect::<Result<_, _>>()
-                .map_err(|e| corrupt("plan feature", e))?,
+                .zip(&self.feature_meters)
+                .zip(&self.feature_limits)
+                .map(|((key, meter), limit)| {
+                    Feature::parse(key, meter, if meter.is_empty() { 0 } else { *limit })
+                        .map_err(|e| corrupt("plan feature", format!("{key}: {e:?}")))
+                })
+                .collect::<Result<_, _>>()?,
             prices,
             created_at: self.created_at,
             archived_at: self.archived_at,
@@ -116,7 +124,23 @@ pub async fn insert_plan(
     let features: Vec<String> = plan
         .features
         .iter()
-        .map(|f| f.as_str().to_owned())
+        .map(|f| f.key.as_str().to_owned())
+        .collect();
+    // A switch's meter and limit are NULL: the arrays carry "" and -1 for them.
+    let feature_meters: Vec<String> = plan
+        .features
+        .iter()
+        .map(|f| {
+            f.metered
+                .as_ref()
+                .map_or("", |m| m.meter.as_str())
+                .to_owned()
+        })
+        .collect();
+    let limits: Vec<i64> = plan
+        .features
+        .iter()
+        .map(|f| f.metered.as_ref().map_or(-1, |m| m.limit as i64))
         .collect();
     let price_ids: Vec<Uuid> = plan.prices.iter().map(|p| p.id.as_uuid()).collect();
     let amounts: Vec<i64> = plan.prices.iter().map(|p| p.money.amount()).collect();
@@ -140,7 +164,7 @@ pub async fn insert_plan(
         .iter()
         .map(|p| p.billing.trial_days() as i16)
         .collect();
-    let meters: Vec<Option<String>> = plan
+    let price_meters: Vec<Option<String>> = plan
         .prices
         .iter()
         .map(|p| p.meter.as_ref().map(|m| m.as_str().to_owned()))
@@ -153,9 +177,12 @@ pub async fn insert_plan(
                ON CONFLICT (tenant_id, key) DO NOTHING
                RETURNING id),
            f AS (
-               INSERT INTO plan_features (tenant_id, plan_id, key, position)
-               SELECT $1, p.id, f.key, (f.ord - 1)::smallint
-               FROM p, unnest($7::text[]) WITH ORDINALITY AS f (key, ord)),
+               INSERT INTO plan_features (tenant_id, plan_id, key, position, meter_key,
+                                          limit_per_period)
+               SELECT $1, p.id, f.key, (f.ord - 1)::smallint, nullif(f.meter, ''),
+                      nullif(f.lim, -1)
+               FROM p, unnest($7::text[], $15::text[], $16::bigint[])
+                       WITH ORDINALITY AS f (key, meter, lim, ord)),
            x AS (
                INSERT INTO prices (tenant_id, id, plan_id, position, amount, currency, interval,
                                    interval_count, trial_days, created_at, meter_key)
@@ -179,7 +206,9 @@ pub async fn insert_plan(
         &intervals,
         &counts,
         &trials,
-        &meters as &[Option<String>],
+        &price_meters as &[Option<String>],
+        &feature_meters,
+        &limits,
     )
     .fetch_one(conn)
     .instrument(super::statement_span!("INSERT", "plans"))
@@ -218,7 +247,13 @@ pub async fn find_plan_by_id(
         r#"SELECT p.id, p.key, p.name, p.description, p.created_at, p.archived_at,
                   ARRAY(SELECT f.key FROM plan_features f
                         WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
-                        ORDER BY f.position) AS "features!"
+                        ORDER BY f.position) AS "features!",
+                  ARRAY(SELECT coalesce(f.meter_key, '') FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_meters!",
+                  ARRAY(SELECT coalesce(f.limit_per_period, -1) FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_limits!"
            FROM plans p WHERE p.tenant_id = $1 AND p.id = $2"#,
         tenant.as_uuid(),
         id.as_uuid(),
@@ -240,7 +275,13 @@ pub async fn find_plan_by_key(
         r#"SELECT p.id, p.key, p.name, p.description, p.created_at, p.archived_at,
                   ARRAY(SELECT f.key FROM plan_features f
                         WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
-                        ORDER BY f.position) AS "features!"
+                        ORDER BY f.position) AS "features!",
+                  ARRAY(SELECT coalesce(f.meter_key, '') FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_meters!",
+                  ARRAY(SELECT coalesce(f.limit_per_period, -1) FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_limits!"
            FROM plans p WHERE p.tenant_id = $1 AND p.key = $2"#,
         tenant.as_uuid(),
         key.as_str(),
@@ -266,7 +307,13 @@ pub async fn list_plans(
         r#"SELECT p.id, p.key, p.name, p.description, p.created_at, p.archived_at,
                   ARRAY(SELECT f.key FROM plan_features f
                         WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
-                        ORDER BY f.position) AS "features!"
+                        ORDER BY f.position) AS "features!",
+                  ARRAY(SELECT coalesce(f.meter_key, '') FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_meters!",
+                  ARRAY(SELECT coalesce(f.limit_per_period, -1) FROM plan_features f
+                        WHERE f.tenant_id = p.tenant_id AND f.plan_id = p.id
+                        ORDER BY f.position) AS "feature_limits!"
            FROM plans p
            WHERE p.tenant_id = $1 AND p.id > $2 AND ($3 OR p.archived_at IS NULL)
            ORDER BY p.id

@@ -160,6 +160,16 @@ pub struct Pinger {
     conn: Option<PgConnection>,
 }
 
+/// A pool of one connection of its own beside `pool`, with the same settings and named
+/// `name`, for a session that holds its connection for good (the change feed's LISTEN), so
+/// the calls' pool keeps all of its connections. It connects on first use.
+pub fn side_pool(pool: &PgPool, name: &str) -> PgPool {
+    let options = (*pool.connect_options()).clone().application_name(name);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options)
+}
+
 impl Pinger {
     /// A pinger for the database `pool` connects to, with the same settings. It connects on the
     /// first ping.

@@ -6,32 +6,34 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::subscription_events::record_change;
 use super::{StoreError, corrupt};
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId, TenantId};
-use crate::domain::subscription::{Lifecycle, Subscription, SubscriptionStatus};
+use crate::domain::subscription::{ChangeKind, Lifecycle, Subscription, SubscriptionStatus};
 
-struct SubscriptionRow {
-    id: Uuid,
-    customer_id: Uuid,
-    plan_id: Option<Uuid>,
-    price_id: Option<Uuid>,
-    quantity: i32,
-    status: String,
-    current_period_start: OffsetDateTime,
-    current_period_end: OffsetDateTime,
-    trial_end: Option<OffsetDateTime>,
-    cancel_at_period_end: bool,
-    collection_paused: bool,
-    canceled_at: Option<OffsetDateTime>,
-    cancel_reason: String,
-    account: String,
-    provider_subscription_id: String,
-    checkout_session_id: Uuid,
-    created_at: OffsetDateTime,
+/// A subscription as its columns read (the outbox's snapshots read back the same way).
+pub(super) struct SubscriptionRow {
+    pub(super) id: Uuid,
+    pub(super) customer_id: Uuid,
+    pub(super) plan_id: Option<Uuid>,
+    pub(super) price_id: Option<Uuid>,
+    pub(super) quantity: i32,
+    pub(super) status: String,
+    pub(super) current_period_start: OffsetDateTime,
+    pub(super) current_period_end: OffsetDateTime,
+    pub(super) trial_end: Option<OffsetDateTime>,
+    pub(super) cancel_at_period_end: bool,
+    pub(super) collection_paused: bool,
+    pub(super) canceled_at: Option<OffsetDateTime>,
+    pub(super) cancel_reason: String,
+    pub(super) account: String,
+    pub(super) provider_subscription_id: String,
+    pub(super) checkout_session_id: Uuid,
+    pub(super) created_at: OffsetDateTime,
 }
 
 impl SubscriptionRow {
-    fn into_domain(self) -> Result<Subscription, StoreError> {
+    pub(super) fn into_domain(self) -> Result<Subscription, StoreError> {
         Ok(Subscription {
             id: SubscriptionId::from_uuid(self.id),
             customer: CustomerId::from_uuid(self.customer_id),
@@ -71,7 +73,8 @@ pub struct NewSubscription<'a> {
     pub version: i64,
 }
 
-/// Inserts a subscription (its plan looked up from its price) and names it on its session.
+/// Inserts a subscription (its plan looked up from its price), names it on its session, and
+/// records the change in the outbox.
 pub async fn insert_subscription(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -109,9 +112,9 @@ pub async fn insert_subscription(
         s.checkout.as_uuid(),
         s.id.as_uuid(),
     )
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    record_change(conn, tenant, s.id, ChangeKind::Created).await
 }
 
 /// The subscription a session made, locked, with its applied version.
@@ -159,19 +162,23 @@ pub struct SubscriptionState<'a> {
 
 /// The one write of a subscription's state after it exists: every change (the provider's
 /// events, the lifecycle calls' answers, renewals) comes through here, under the row's lock
-/// the caller took, so whatever must follow a change (an outbox row) is added once, here.
+/// the caller took, so what must follow a change is added once, here: its outbox row (STATUS_CHANGED when
+/// the status moved, UPDATED otherwise).
 pub async fn update_subscription_state(
     conn: &mut PgConnection,
     tenant: TenantId,
     id: SubscriptionId,
     s: &SubscriptionState<'_>,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE subscriptions
+    // The FROM reads the row as the statement's snapshot has it: before this update.
+    let before = sqlx::query_scalar!(
+        "UPDATE subscriptions s
          SET status = $3, current_period_start = $4, current_period_end = $5, trial_end = $6,
              provider_version = $7, cancel_at_period_end = $8, collection_paused = $9,
              canceled_at = $10, cancel_reason = $11, updated_at = now()
-         WHERE tenant_id = $1 AND id = $2",
+         FROM (SELECT status FROM subscriptions WHERE tenant_id = $1 AND id = $2) old
+         WHERE s.tenant_id = $1 AND s.id = $2
+         RETURNING old.status",
         tenant.as_uuid(),
         id.as_uuid(),
         s.lifecycle.status.as_str(),
@@ -184,9 +191,17 @@ pub async fn update_subscription_state(
         s.lifecycle.canceled_at,
         &s.lifecycle.cancel_reason,
     )
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let kind = if before == s.lifecycle.status.as_str() {
+        ChangeKind::Updated
+    } else {
+        ChangeKind::StatusChanged
+    };
+    record_change(conn, tenant, id, kind).await
 }
 
 /// Whether the customer holds a live subscription (neither canceled nor incomplete_expired).
@@ -305,9 +320,9 @@ pub async fn set_subscription_price(
         price.as_uuid(),
         i32::try_from(quantity).map_err(|e| corrupt("quantity", e))?,
     )
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    record_change(conn, tenant, id, ChangeKind::EntitlementsChanged).await
 }
 
 /// A plan change for the renewal that starts the subscription's next period (replacing one
@@ -342,7 +357,7 @@ pub async fn apply_scheduled_price(
     tenant: TenantId,
     id: SubscriptionId,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
+    let applied = sqlx::query!(
         "WITH taken AS (
              DELETE FROM subscription_scheduled_changes
              WHERE tenant_id = $1 AND subscription_id = $2
@@ -356,7 +371,10 @@ pub async fn apply_scheduled_price(
         tenant.as_uuid(),
         id.as_uuid(),
     )
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    if applied.rows_affected() == 0 {
+        return Ok(());
+    }
+    record_change(conn, tenant, id, ChangeKind::EntitlementsChanged).await
 }

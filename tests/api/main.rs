@@ -1,6 +1,7 @@
 //! Integration tests: real Postgres, real sockets, real tonic clients. One binary, so the
 //! crate links once.
 
+mod access;
 mod auth;
 mod bench;
 mod binary;
@@ -25,9 +26,9 @@ mod plans;
 mod polar;
 mod policy;
 mod replica;
-mod schema;
 mod sandbox_delivery;
 mod sandbox_page;
+mod schema;
 mod serving;
 mod sidecar_limits;
 mod signatures;

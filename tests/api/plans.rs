@@ -19,17 +19,19 @@ fn price(amount: i64, currency: &str, interval: Interval) -> Price {
     }
 }
 
+fn switch(key: &str) -> Feature {
+    Feature {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
 fn plan(key: &str) -> CreatePlanRequest {
     CreatePlanRequest {
         key: key.into(),
         name: format!("Plan {key}"),
         description: "Everything a team needs.".into(),
-        features: vec![
-            Feature { key: "sso".into() },
-            Feature {
-                key: "api.calls".into(),
-            },
-        ],
+        features: vec![switch("sso"), switch("api.calls")],
         prices: vec![
             Price {
                 trial_days: 14,
@@ -176,11 +178,7 @@ async fn bad_plans_are_refused_by_field_and_nothing_is_written() {
         ),
         (
             CreatePlanRequest {
-                features: vec![
-                    Feature { key: "sso".into() },
-                    Feature { key: "sso".into() },
-                    Feature { key: "SSO".into() },
-                ],
+                features: vec![switch("sso"), switch("sso"), switch("SSO")],
                 ..plan("pro")
             },
             vec!["features[1].key", "features[2].key"],
@@ -243,11 +241,7 @@ async fn bad_plans_are_refused_by_field_and_nothing_is_written() {
         ),
         (
             CreatePlanRequest {
-                features: (0..51)
-                    .map(|i| Feature {
-                        key: format!("f{i}"),
-                    })
-                    .collect(),
+                features: (0..51).map(|i| switch(&format!("f{i}"))).collect(),
                 ..plan("pro")
             },
             vec!["features"],
@@ -773,4 +767,87 @@ async fn a_metered_price_names_a_known_meter_of_a_recurring_price() {
         .unwrap()
         .into_inner();
     assert_eq!(got, made);
+}
+
+/// A metered feature names one of the tenant's COUNT or SUM meters and reads back as created;
+/// a missing or non-additive meter, or a limit on a switch, is INVALID_ARGUMENT naming the
+/// field, and nothing is written.
+#[tokio::test]
+async fn metered_features_name_an_existing_additive_meter() {
+    use coffer::grpc::pb::{Aggregation, CreateMeterRequest};
+    let app = TestApp::spawn().await;
+    let mut usage = app.usage().await;
+    for (key, aggregation, value_key) in [
+        ("calls", Aggregation::Count, ""),
+        ("peak", Aggregation::Max, "v"),
+    ] {
+        usage
+            .create_meter(req(
+                CreateMeterRequest {
+                    key: key.into(),
+                    aggregation: aggregation as i32,
+                    value_key: value_key.into(),
+                    ..Default::default()
+                },
+                &app.key,
+            ))
+            .await
+            .unwrap();
+    }
+    let metered = |key: &str, meter: &str, limit: i64| Feature {
+        key: key.into(),
+        meter_key: meter.into(),
+        limit_per_period: limit,
+    };
+    let mut s = app.subscriptions().await;
+    let made = s
+        .create_plan(req(
+            CreatePlanRequest {
+                features: vec![switch("reports"), metered("api_calls", "calls", 100)],
+                ..plan("pro")
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.features[1], metered("api_calls", "calls", 100));
+    let got = s
+        .get_plan(req(by_key("pro"), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.features, made.features);
+
+    for (features, field) in [
+        (
+            vec![switch("reports"), metered("api_calls", "nope", 100)],
+            "features[1].meter_key",
+        ),
+        (vec![metered("peak", "peak", 1)], "features[0].meter_key"),
+        (vec![metered("x", "Calls", 1)], "features[0].meter_key"),
+        (
+            vec![metered("x", "calls", -1)],
+            "features[0].limit_per_period",
+        ),
+        (vec![metered("x", "", 5)], "features[0].limit_per_period"),
+    ] {
+        let err = s
+            .create_plan(req(
+                CreatePlanRequest {
+                    features,
+                    ..plan("other")
+                },
+                &app.key,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(details(&err).1, vec![field.to_owned()]);
+    }
+    let err = s
+        .get_plan(req(by_key("other"), &app.key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }

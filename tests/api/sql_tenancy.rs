@@ -74,6 +74,18 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "the usage push backlog gauges, across tenants",
     ),
     (
+        "from subscription_events e, (select pg_snapshot_xmin(",
+        "every replica's change feed reads all tenants' changes to keep its caches fresh",
+    ),
+    (
+        "select xid, seq from subscription_events where xid <",
+        "where a replica's change feed starts, across tenants",
+    ),
+    (
+        "delete from subscription_events where ctid in",
+        "subscription change outbox retention sweeper, across tenants",
+    ),
+    (
         "from sandbox_outbox where status = '' and next_attempt_at <= now()",
         "sandbox delivery claim, across tenants",
     ),

@@ -1,0 +1,112 @@
+//! What `CheckAccess` reads on a cache miss: a customer's subscriptions with their plans'
+//! features, and a meter's usage in a period from the hourly rollups (never the events).
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use super::{StoreError, corrupt};
+use crate::domain::access::Holding;
+use crate::domain::ids::{CustomerId, MeterId, SubscriptionId, TenantId};
+use crate::domain::plan::Feature;
+use crate::domain::subscription::SubscriptionStatus;
+
+/// The customer's subscriptions as the access policy sees them, or `None` when the tenant
+/// has no live customer with that id.
+pub async fn holdings(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+) -> Result<Option<Vec<Holding>>, StoreError> {
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM customers
+                          WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL) AS "e!""#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    // A payment is a subscription's when it was made by the same checkout session.
+    let rows = sqlx::query!(
+        r#"SELECT s.id, s.status, s.current_period_start, s.current_period_end, s.trial_end,
+                  s.cancel_at_period_end,
+                  EXISTS (SELECT 1 FROM payments p
+                          WHERE p.tenant_id = s.tenant_id
+                            AND p.checkout_session_id = s.checkout_session_id
+                            AND p.status = 'disputed') AS "disputed!",
+                  ARRAY(SELECT f.key FROM plan_features f
+                        WHERE f.tenant_id = s.tenant_id AND f.plan_id = s.plan_id
+                        ORDER BY f.position) AS "features!",
+                  ARRAY(SELECT coalesce(f.meter_key, '') FROM plan_features f
+                        WHERE f.tenant_id = s.tenant_id AND f.plan_id = s.plan_id
+                        ORDER BY f.position) AS "meters!",
+                  ARRAY(SELECT coalesce(f.limit_per_period, -1) FROM plan_features f
+                        WHERE f.tenant_id = s.tenant_id AND f.plan_id = s.plan_id
+                        ORDER BY f.position) AS "limits!"
+           FROM subscriptions s
+           WHERE s.tenant_id = $1 AND s.customer_id = $2
+           ORDER BY s.id"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+    )
+    .fetch_all(conn)
+    .instrument(super::statement_span!("SELECT", "subscriptions"))
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let features = r
+                .features
+                .iter()
+                .zip(&r.meters)
+                .zip(&r.limits)
+                .map(|((key, meter), limit)| {
+                    Feature::parse(key, meter, if meter.is_empty() { 0 } else { *limit })
+                        .map_err(|e| corrupt("plan feature", format!("{key}: {e:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Holding {
+                subscription: SubscriptionId::from_uuid(r.id),
+                status: SubscriptionStatus::parse(&r.status)
+                    .ok_or_else(|| corrupt("subscription status", &r.status))?,
+                current_period_start: r.current_period_start,
+                current_period_end: r.current_period_end,
+                trial_end: r.trial_end,
+                cancel_at_period_end: r.cancel_at_period_end,
+                disputed: r.disputed,
+                features,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
+        .map(Some)
+}
+
+/// A meter's id and its customer's usage total since the UTC hour `since` falls in, from the
+/// hourly rollups alone (whole hours: usage in the hour before a period starts counts towards
+/// it, so a limit is never overshot); `None` when the tenant has no meter with that key.
+pub async fn period_usage(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    customer: CustomerId,
+    meter: &str,
+    since: OffsetDateTime,
+) -> Result<Option<(MeterId, String)>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT m.id,
+                  coalesce((SELECT trim_scale(sum(r.total))::text FROM usage_rollups r
+                            WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = m.id
+                              AND r.hour >= date_trunc('hour', $4::timestamptz, 'UTC')),
+                           '0') AS "total!"
+           FROM meters m WHERE m.tenant_id = $1 AND m.key = $3"#,
+        tenant.as_uuid(),
+        customer.as_uuid(),
+        meter,
+        since,
+    )
+    .fetch_optional(conn)
+    .instrument(super::statement_span!("SELECT", "usage_rollups"))
+    .await?;
+    Ok(row.map(|r| (MeterId::from_uuid(r.id), r.total)))
+}
