@@ -4,7 +4,7 @@
 //! change feed (`app::changes`) says one of them changed, so a committed change reaches every
 //! replica's answers within the feed's poll (250 ms) or at once on a notification. A load that
 //! raced an invalidation is answered but not kept. Usage of a metered feature's meter is read
-//! from the hourly rollups and kept for [`USAGE_TTL`], since usage has no outbox; credits come
+//! from the rollups (exact to the second) and kept for [`USAGE_TTL`], since usage has no outbox; credits come
 //! from the same computation as GetBalance. Each map is bounded and cleared when full.
 
 use std::collections::HashMap;

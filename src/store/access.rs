@@ -83,9 +83,11 @@ pub async fn holdings(
         .map(Some)
 }
 
-/// A meter's id and its customer's usage total since the UTC hour `since` falls in, from the
-/// hourly rollups alone (whole hours: usage in the hour before a period starts counts towards
-/// it, so a limit is never overshot); `None` when the tenant has no meter with that key.
+/// A meter's id and its customer's usage total since `since` (a COUNT or SUM meter: the sum
+/// of its values), exactly: whole hours from the hour rollups, the whole minutes of the hour
+/// `since` falls in from the minute rollups, and only the seconds before its first whole
+/// minute from the events, so the cost does not grow with the events; `None` when the tenant
+/// has no meter with that key.
 pub async fn period_usage(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -94,12 +96,28 @@ pub async fn period_usage(
     since: OffsetDateTime,
 ) -> Result<Option<(MeterId, String)>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT m.id,
-                  coalesce((SELECT trim_scale(sum(r.total))::text FROM usage_rollups r
-                            WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = m.id
-                              AND r.hour >= date_trunc('hour', $4::timestamptz, 'UTC')),
-                           '0') AS "total!"
-           FROM meters m WHERE m.tenant_id = $1 AND m.key = $3"#,
+        r#"WITH b AS (
+               SELECT $4::timestamptz AS since,
+                      date_trunc('minute', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('minute', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 minute' END AS first_minute,
+                      date_trunc('hour', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour)
+           SELECT m.id,
+                  trim_scale(
+                      coalesce((SELECT sum(r.total) FROM usage_rollups r
+                                WHERE r.tenant_id = $1 AND r.customer_id = $2
+                                  AND r.meter_id = m.id AND r.hour >= b.first_hour), 0)
+                    + coalesce((SELECT sum(x.total) FROM usage_rollups_minute x
+                                WHERE x.tenant_id = $1 AND x.customer_id = $2
+                                  AND x.meter_id = m.id AND x.minute >= b.first_minute
+                                  AND x.minute < b.first_hour), 0)
+                    + coalesce((SELECT sum(e.value) FROM usage_events e
+                                WHERE e.tenant_id = $1 AND e.customer_id = $2
+                                  AND e.meter_id = m.id AND e.occurred_at >= b.since
+                                  AND e.occurred_at < b.first_minute), 0))::text AS "total!"
+           FROM meters m CROSS JOIN b WHERE m.tenant_id = $1 AND m.key = $3"#,
         tenant.as_uuid(),
         customer.as_uuid(),
         meter,

@@ -430,6 +430,67 @@ async fn check_access_follows_the_policy_usage_and_credits() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+/// A metered feature counts the usage since its period started to the second: events in the
+/// same hour and the same minute before the start are not counted, those from the start on are
+/// (read from the events, the minute rollups and the hour rollups).
+#[tokio::test]
+async fn metered_usage_counts_from_the_period_start_to_the_second() {
+    let env = Env::spawn().await;
+    let key = &env.app.key;
+    let s = env.app.subscriptions().await;
+    let session = env.session(&env.dana).await;
+    // A start with seconds in it, so it cuts a minute and an hour.
+    let active = state(
+        session,
+        SubscriptionStatus::Active,
+        time::Duration::minutes(127) + time::Duration::seconds(13),
+        1,
+    );
+    apply(&env.app.pool, env.tenant, &active).await;
+    let start = active.current_period_start;
+    let at = |offset: time::Duration, tag: &str| UsageEvent {
+        event_id: tag.into(),
+        customer: Some(UsageWho::CustomerId(env.dana.clone())),
+        meter_key: "calls".into(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: (start + offset).unix_timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let events = vec![
+        at(time::Duration::seconds(-1), "before-1s"),
+        at(time::Duration::minutes(-10), "before-10m"),
+        at(time::Duration::ZERO, "at-start"),
+        at(time::Duration::seconds(30), "after-30s"),
+        at(time::Duration::minutes(3), "after-3m"),
+        at(time::Duration::minutes(61), "after-61m"),
+    ];
+    let done = env
+        .app
+        .usage()
+        .await
+        .record_usage(req(RecordUsageRequest { events }, key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.accepted, 6, "{done:?}");
+    let counted = eventually(Duration::from_secs(3), || {
+        let mut s = s.clone();
+        let dana = env.dana.clone();
+        async move {
+            let r = check(&mut s, key, &dana, &["api_calls"]).await.unwrap();
+            r[0].remaining == "96"
+        }
+    })
+    .await;
+    let r = check(&mut s.clone(), key, &env.dana, &["api_calls"])
+        .await
+        .unwrap();
+    assert!(counted, "100 less the 4 events from the start on: {r:?}");
+    assert!(r[0].allowed);
+}
+
 /// A change committed through one server (its cache warm on the old answer) is answered by a
 /// second server process on the same database within a second.
 #[tokio::test]
