@@ -1,8 +1,9 @@
-//! Coffer behind a real PgBouncer (Debian's `pgbouncer`): the server's pool goes through it as
-//! `--db-pooler` makes it, the test keeps a direct pool (as `--database-direct-url` gives
-//! migrations), and the main flows run through it. In `pool_mode = transaction` when the
-//! PgBouncer can track prepared statements (1.21+, `max_prepared_statements`); Debian 12's 1.18
-//! cannot, and there the flows run in `pool_mode = session` while the second test shows why.
+//! Coffer behind a real PgBouncer: the server's pool goes through it as `--db-pooler` makes it,
+//! the test keeps a direct pool (as `--database-direct-url` gives migrations), and the main
+//! flows run through it. In `pool_mode = transaction` when the PgBouncer can track prepared
+//! statements (1.21+, `max_prepared_statements`): CI builds 1.24.1 from Debian 13's source
+//! package and names it in `COFFER_PGBOUNCER`. Debian 12's package (1.18) cannot; with only
+//! that one the flows run in `pool_mode = session`, and the last test shows why on it.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -27,12 +28,26 @@ use crate::events::{Env, STRIPE_SECRET};
 use crate::helpers::{TestApp, TestDb, by_id, idem, req, skip_or_fail, test_config};
 use crate::webhooks::post_stripe;
 
-/// Where the `pgbouncer` binary is, if installed.
-fn binary() -> Option<PathBuf> {
+/// Debian's `pgbouncer` binary, if installed.
+fn debian_binary() -> Option<PathBuf> {
     ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// The PgBouncer the flows run through: `COFFER_PGBOUNCER` (CI sets it to a 1.21+ build, so
+/// transaction pooling is what runs there), else Debian's. A `COFFER_PGBOUNCER` that is not
+/// there is a mistake, not a reason to fall back.
+fn binary() -> Option<PathBuf> {
+    match std::env::var_os("COFFER_PGBOUNCER") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "COFFER_PGBOUNCER={} does not exist", p.display());
+            Some(p)
+        }
+        _ => debian_binary(),
+    }
 }
 
 /// Whether this PgBouncer tracks named prepared statements (`max_prepared_statements`, 1.21+),
@@ -389,12 +404,36 @@ async fn a_webhook_through_the_sidecar_is_stored_through_pgbouncer() {
 /// `--db-pooler transaction` needs 1.21 and Debian 12's PgBouncer serves Coffer in session mode.
 #[tokio::test]
 async fn transaction_pooling_needs_pgbouncer_to_track_prepared_statements() {
-    let Some(binary) = binary() else {
+    let mut binaries: Vec<PathBuf> = binary().into_iter().chain(debian_binary()).collect();
+    binaries.dedup();
+    if binaries.is_empty() {
         return skip_or_fail("pgbouncer is not installed (apt-get install pgbouncer)");
-    };
-    let tracks = tracks_prepared_statements(&binary);
+    }
+    for binary in binaries {
+        let tracks = tracks_prepared_statements(&binary);
+        let wrong = shared_server_connections(&binary).await;
+        if tracks {
+            assert!(
+                wrong.is_empty(),
+                "{}: {} of 800 went wrong: {wrong:?}",
+                binary.display(),
+                wrong.len()
+            );
+        } else {
+            assert!(
+                wrong.iter().any(|w| w.contains("already exists")),
+                "{}: PgBouncer before 1.21 no longer mixes up named statements? {wrong:?}",
+                binary.display()
+            );
+        }
+    }
+}
+
+/// 16 clients of two server connections in transaction pooling, 50 statements each; what went
+/// wrong.
+async fn shared_server_connections(binary: &Path) -> Vec<String> {
     let db = TestDb::new().await;
-    let bouncer = PgBouncer::start(&binary, &db.options, Pooler::Transaction, 2).await;
+    let bouncer = PgBouncer::start(binary, &db.options, Pooler::Transaction, 2).await;
     let server_pool = through(&bouncer, &db.options, Pooler::Transaction);
     let mut tasks = Vec::new();
     for t in 0..16_i64 {
@@ -429,16 +468,6 @@ async fn transaction_pooling_needs_pgbouncer_to_track_prepared_statements() {
     for t in tasks {
         wrong.extend(t.await.unwrap());
     }
-    if tracks {
-        assert!(
-            wrong.is_empty(),
-            "{} of 800 went wrong: {wrong:?}",
-            wrong.len()
-        );
-    } else {
-        assert!(
-            wrong.iter().any(|w| w.contains("already exists")),
-            "PgBouncer before 1.21 no longer mixes up named statements? {wrong:?}"
-        );
-    }
+    server_pool.close().await;
+    wrong
 }
