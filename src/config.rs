@@ -337,6 +337,15 @@ pub struct HttpLimitsArgs {
     /// accepted (counted in coffer_public_connections_refused_total).
     #[arg(long, env = "COFFER_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
+    /// Connections open at once from one source address (the TCP peer); more from it are
+    /// closed on accept (coffer_public_connections_refused_total{reason="source"}). 0 turns
+    /// the limit off: behind a load balancer every connection has the balancer's address.
+    #[arg(
+        long,
+        env = "COFFER_HTTP_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 512
+    )]
+    pub http_max_connections_per_source: u32,
 }
 
 impl HttpLimitsArgs {
@@ -346,6 +355,9 @@ impl HttpLimitsArgs {
             body_timeout: self.http_body_timeout,
             idle_timeout: self.http_idle_timeout,
             max_connections: self.http_max_connections as usize,
+            max_connections_per_source: std::num::NonZeroUsize::new(
+                self.http_max_connections_per_source as usize,
+            ),
         }
     }
 }

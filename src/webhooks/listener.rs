@@ -7,7 +7,10 @@
 //!   in the listen backlog, and the accept loop keeps draining the backlog so the kernel never
 //!   holds a queue of them for us. Counted in `coffer_public_connections_refused_total`, open
 //!   ones in the `coffer_public_connections_open` gauge, and logged (at most every
-//!   [`REFUSAL_LOG_EVERY`]) while it lasts.
+//!   [`REFUSAL_LOG_EVERY`]) while it lasts. So that one client cannot take the whole cap from
+//!   the providers, each source address may also hold at most
+//!   [`ListenerLimits::max_connections_per_source`]; one more from it is closed the same way
+//!   (counted with `reason="source"`, the global cap's with `reason="cap"`).
 //! - **Headers**: a new connection has [`ListenerLimits::header_timeout`] from its accept to
 //!   a complete request head, and each later request as long from its first byte.
 //! - **Idle keep-alive**: between requests, a connection that sends nothing for
@@ -23,10 +26,12 @@
 //! in flight, and times the wait for one itself. With HTTP/2 (h2c, which providers do not
 //! use), any frame outside a request counts as a request's first byte.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -40,7 +45,9 @@ use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -67,6 +74,9 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     /// Connections open at once; more are accepted and closed at once.
     pub max_connections: usize,
+    /// Connections open at once from one source address (the TCP peer: behind a load balancer,
+    /// the balancer); `None` for no limit beyond `max_connections`.
+    pub max_connections_per_source: Option<NonZeroUsize>,
 }
 
 impl Default for ListenerLimits {
@@ -76,15 +86,39 @@ impl Default for ListenerLimits {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_connections_per_source: NonZeroUsize::new(512),
         }
     }
+}
+
+/// Why a connection was closed on accept.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// The listener's cap ([`ListenerLimits::max_connections`]).
+    Cap,
+    /// Its source's cap ([`ListenerLimits::max_connections_per_source`]).
+    Source,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Cap => "cap",
+            Refusal::Source => "source",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 /// The listener's gauge of open connections and counter of refused ones. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct ListenerMetrics {
     open: Gauge,
-    refused: Counter,
+    refused: Family<RefusalLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -97,7 +131,7 @@ impl ListenerMetrics {
         // prometheus-client appends `_total` to counters.
         registry.register(
             "coffer_public_connections_refused",
-            "Connections the public (webhook) listener closed on accept because its cap was reached",
+            "Connections the public (webhook) listener closed on accept, by reason: its cap (cap) or their source's (source) was reached",
             self.refused.clone(),
         );
     }
@@ -115,6 +149,7 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Sources::default();
     let graceful = GracefulShutdown::new();
     let mut refusals = RefusalLog::default();
     tokio::pin!(stop);
@@ -133,8 +168,13 @@ pub async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Accepted and closed: see the module doc.
             drop(tcp);
-            metrics.refused.inc();
+            metrics.refuse(Refusal::Cap);
             refusals.refused(limits.max_connections);
+            continue;
+        };
+        let Some(source_slot) = sources.take(peer.ip(), limits.max_connections_per_source) else {
+            drop(tcp);
+            metrics.refuse(Refusal::Source);
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -160,11 +200,61 @@ pub async fn serve(
                 tracing::debug!(error = %e, %peer, "public connection ended");
             }
             open.dec();
+            drop(source_slot);
             drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+impl ListenerMetrics {
+    fn refuse(&self, reason: Refusal) {
+        self.refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// Connections open per source address, for [`ListenerLimits::max_connections_per_source`].
+/// At most `max_connections` entries: an address is removed with its last connection.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Sources {
+    /// A slot for one more connection from `ip`, or `None` when it holds `max` already.
+    fn take(&self, ip: IpAddr, max: Option<NonZeroUsize>) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if max.is_some_and(|max| *n >= max.get()) {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection of a source; released when dropped.
+struct SourceSlot {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// One request through the router, counted in flight on its connection until answered.

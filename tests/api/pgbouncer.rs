@@ -43,7 +43,11 @@ fn binary() -> Option<PathBuf> {
     match std::env::var_os("COFFER_PGBOUNCER") {
         Some(p) if !p.is_empty() => {
             let p = PathBuf::from(p);
-            assert!(p.exists(), "COFFER_PGBOUNCER={} does not exist", p.display());
+            assert!(
+                p.exists(),
+                "COFFER_PGBOUNCER={} does not exist",
+                p.display()
+            );
             Some(p)
         }
         _ => debian_binary(),

@@ -240,6 +240,72 @@ async fn at_the_cap_new_connections_are_refused_while_established_ones_deliver()
     env.app.stop().await.unwrap();
 }
 
+/// From 127.0.0.2 on `http`'s port: another source address on loopback.
+async fn connect_from_another_source(http: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    socket.connect(http).await.unwrap()
+}
+
+/// One source holding its own cap of half-open connections has its next one closed at once and
+/// counted as `reason="source"`, while another source still connects and delivers.
+#[tokio::test]
+async fn one_source_cannot_hold_more_than_its_share_of_connections() {
+    let env = Env::spawn_with(limited(ListenerLimits {
+        header_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 16,
+        max_connections_per_source: std::num::NonZeroUsize::new(3),
+        ..ListenerLimits::default()
+    }))
+    .await;
+    let http = env.app.http_addr.unwrap();
+    let admin = env.app.admin_addr;
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from_another_source(http).await;
+        s.write_all(b"POST /webhooks/shop-stripe HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        holders.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(admin, "coffer_public_connections_open").await == 3.0
+        })
+        .await
+    );
+    let mut refused = connect_from_another_source(http).await;
+    let answer = tokio::time::timeout(Duration::from_secs(2), deliver(&mut refused, "evt_refused"))
+        .await
+        .expect("refused at once, not left waiting");
+    assert_eq!(answer, None, "closed without an answer");
+    assert_eq!(
+        metric(
+            admin,
+            "coffer_public_connections_refused_total{reason=\"source\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // Another source is served beside them.
+    let mut provider = TcpStream::connect(http).await.unwrap();
+    assert_eq!(deliver(&mut provider, "evt_1").await, Some(200));
+    // A slot freed is a slot again.
+    drop(holders.pop());
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(admin, "coffer_public_connections_open").await == 3.0
+        })
+        .await
+    );
+    let mut again = connect_from_another_source(http).await;
+    assert_eq!(deliver(&mut again, "evt_2").await, Some(200));
+    assert_eq!(env.rows().await, 2, "evt_1 and evt_2, not the refused one");
+    env.app.stop().await.unwrap();
+}
+
 /// A body that stops arriving is answered 408 once the body timeout passes, the connection is
 /// closed, and nothing of it is stored; a body that arrives slowly but steadily, over several
 /// body timeouts in all, is delivered.
