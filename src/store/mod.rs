@@ -13,6 +13,7 @@ pub mod journal;
 pub mod meters;
 pub mod payments;
 pub mod plans;
+pub mod portal;
 pub mod pool;
 pub mod replica;
 pub mod stats;
