@@ -12,8 +12,8 @@ use super::pb::{
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::customers::CustomerQuery;
-use crate::app::portal::{NewPortalSession, PortalLink};
 use crate::app::idempotency::Replayable;
+use crate::app::portal::{NewPortalSession, PortalLink};
 use crate::domain::Violations;
 use crate::domain::customer::{
     Customer, CustomerPatch, CustomerRef, DisplayName, Email, ExternalId, Metadata, NewCustomer,
@@ -157,7 +157,8 @@ fn parse_portal(
             None
         }
     };
-    let return_url = super::checkout::redirect(&mut v, "return_url", &req.return_url, settings, false);
+    let return_url =
+        super::checkout::redirect(&mut v, "return_url", &req.return_url, settings, false);
     v.finish()?;
     Ok(NewPortalSession {
         customer: customer.expect("checked"),

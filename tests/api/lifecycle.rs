@@ -317,7 +317,12 @@ pub(crate) async fn advance(env: &Env, to: OffsetDateTime) {
 
 /// A subscription bought on the hosted page with `card` at `price`; its id, once Coffer has
 /// it in `status`.
-async fn bought(env: &Env, price: &str, card: &str, status: SubscriptionStatus) -> String {
+pub(crate) async fn bought(
+    env: &Env,
+    price: &str,
+    card: &str,
+    status: SubscriptionStatus,
+) -> String {
     let s = env
         .open(session(
             &env.customer,

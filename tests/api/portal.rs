@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use coffer::grpc::pb::create_portal_session_request::Customer as Who;
-use coffer::grpc::pb::{CreatePortalSessionRequest, PortalSession};
+use coffer::grpc::pb::{CreatePortalSessionRequest, PortalSession, SubscriptionStatus};
 use coffer::providers::sandbox::SandboxConfig;
 use reqwest::StatusCode;
 use tonic::Code;
 
 use crate::e2e::{spawn, subscription};
 use crate::helpers::{TestApp, details, idem, req};
-use crate::lifecycle::{active_subscription, advance};
+use crate::lifecycle::{active_subscription, advance, bought};
 use crate::sandbox_page::{Env, FAILS_LATER, PAYS, env_of, form};
 
 const RETURN: &str = "https://shop.acme.example/account";
@@ -37,7 +37,10 @@ async fn open_portal(env: &Env) -> PortalSession {
 
 /// The portal's URL on the test's public listener (the sandbox's `public_url` is not it).
 fn local(env: &Env, portal: &PortalSession) -> String {
-    let at = portal.url.find("/sandbox/portal/").expect("a sandbox portal URL");
+    let at = portal
+        .url
+        .find("/sandbox/portal/")
+        .expect("a sandbox portal URL");
     format!("http://{}{}", env.http, &portal.url[at..])
 }
 
@@ -174,7 +177,8 @@ async fn create_portal_session_checks_its_return_url_and_customer_and_is_idempot
         1
     );
     // An hour on the sandbox's clock, which has not moved.
-    let made = first.expire_time.unwrap().seconds - time::OffsetDateTime::now_utc().unix_timestamp();
+    let made =
+        first.expire_time.unwrap().seconds - time::OffsetDateTime::now_utc().unix_timestamp();
     assert!((3500..=3600).contains(&made), "{made}");
     // The token is in the URL and nowhere in the tables: only its hash is kept.
     let token = first.url.rsplit('/').next().unwrap().to_owned();
@@ -205,7 +209,10 @@ async fn the_portal_cancels_at_period_end_undoes_it_and_changes_the_card_through
 
     let page = get(&url).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains(&provider_id), "the subscription is listed");
+    assert!(
+        page.body.contains(&provider_id),
+        "the subscription is listed"
+    );
     assert!(page.body.contains("Cancel subscription"));
     assert!(page.body.contains("Renews on"));
     assert!(page.body.contains("Visa ending in <strong>4242</strong>"));
@@ -245,7 +252,10 @@ async fn the_portal_cancels_at_period_end_undoes_it_and_changes_the_card_through
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     assert!(done.location.unwrap().ends_with("?notice=cancel"));
     let after = subscription(&env, &id).await;
-    assert!(after.cancel_at_period_end, "GetSubscription shows it at once");
+    assert!(
+        after.cancel_at_period_end,
+        "GetSubscription shows it at once"
+    );
     assert_eq!(journaled().await, journaled_before + 1);
     assert!(events().await > events_before);
     let audited: String = sqlx::query_scalar(
@@ -263,16 +273,22 @@ async fn the_portal_cancels_at_period_end_undoes_it_and_changes_the_card_through
     let page = get(&format!("{url}?notice=cancel")).await;
     assert!(page.body.contains("Keep my subscription"));
     assert!(page.body.contains("will end at the close"));
-    // Asked twice (a double submit): the state forbids it; nothing more is made.
+    // Asked twice (a double submit): answered as the RPC would, and still scheduled.
     let twice = post(&action, &[("csrf", &token), ("action", "cancel")]).await;
-    assert_eq!(twice.status, StatusCode::CONFLICT);
-    assert_eq!(journaled().await, journaled_before + 1);
+    assert_eq!(twice.status, StatusCode::SEE_OTHER);
+    assert!(subscription(&env, &id).await.cancel_at_period_end);
+    let journaled_before = journaled().await;
 
     // Undo it.
     let undone = post(&action, &[("csrf", &token), ("action", "undo")]).await;
     assert_eq!(undone.status, StatusCode::SEE_OTHER, "{}", undone.body);
     assert!(!subscription(&env, &id).await.cancel_at_period_end);
-    assert_eq!(journaled().await, journaled_before + 2);
+    assert_eq!(journaled().await, journaled_before + 1);
+    // Undoing what is not scheduled is refused by the state machine, and shown.
+    let again = post(&action, &[("csrf", &token), ("action", "resume")]).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert!(again.body.contains("cannot be changed that way now"));
+    assert_eq!(journaled().await, journaled_before + 1);
 
     // Another subscription id (not this customer's) is refused.
     let other = post(
@@ -281,7 +297,7 @@ async fn the_portal_cancels_at_period_end_undoes_it_and_changes_the_card_through
     )
     .await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
-    assert_eq!(journaled().await, journaled_before + 2);
+    assert_eq!(journaled().await, journaled_before + 1);
 
     // The card: a declined one is refused and changes nothing; 0341 becomes the card on file
     // and what the renewals charge.
@@ -426,7 +442,9 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
         "Chromium is not installed: apt-get install -y chromium chromium-driver (.ci/run does)",
     );
     let (env, _faults) = spawn().await;
-    let id = active_subscription(&env).await;
+    // A plan with a name a person would read, for the screenshot.
+    let (_, [_, yearly, _]) = crate::checkout::plan(&env.app, "team").await;
+    let id = bought(&env, &yearly, PAYS, SubscriptionStatus::Active).await;
     let provider_id = subscription(&env, &id).await.provider_subscription_id;
     let portal = open_portal(&env).await;
     let url = local(&env, &portal);
@@ -438,7 +456,7 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
         serde_json::json!({
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=480,1200"],
+                     "--disable-dev-shm-usage", "--window-size=480,1320"],
         }),
     );
     let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -452,7 +470,9 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
         browser.goto(&url).await?;
         assert_eq!(browser.title().await?, "Your billing · Coffer sandbox");
         let shown = browser
-            .find(Locator::Css(&format!("[data-subscription='{provider_id}']")))
+            .find(Locator::Css(&format!(
+                "[data-subscription='{provider_id}']"
+            )))
             .await?;
         assert!(shown.text().await?.contains("Active"));
 
@@ -499,14 +519,22 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
                 .send_keys(text)
                 .await?;
         }
-        browser.find(Locator::Id("save-card")).await?.click().await?;
+        browser
+            .find(Locator::Id("save-card"))
+            .await?
+            .click()
+            .await?;
         let notice = browser
             .wait()
             .at_most(wait)
             .for_element(Locator::Css("[role=status]"))
             .await?;
         assert!(notice.text().await?.contains("card was saved"));
-        let on_file = browser.find(Locator::Id("card-on-file")).await?.text().await?;
+        let on_file = browser
+            .find(Locator::Id("card-on-file"))
+            .await?
+            .text()
+            .await?;
         std::fs::write(
             dir.join("portal-card-changed.png"),
             browser.screenshot().await?,
@@ -517,7 +545,10 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
     .await;
     let _ = browser.close().await;
     let (canceled, undone, on_file) = result.expect("the browser used the portal");
-    assert!(canceled, "GetSubscription showed cancel_at_period_end after the click");
+    assert!(
+        canceled,
+        "GetSubscription showed cancel_at_period_end after the click"
+    );
     assert!(undone, "and cleared after the undo");
     assert!(on_file.contains("0341"), "{on_file}");
     assert_eq!(

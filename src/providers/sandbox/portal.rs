@@ -250,7 +250,17 @@ async fn show(
         Opened::Refused(r) => return r,
     };
     let notice = Notice::parse(uri.query()).map(Notice::text);
-    render(&state.pool, &s, &token, StatusCode::OK, notice, None, &[], &Kept::default()).await
+    render(
+        &state.pool,
+        &s,
+        &token,
+        StatusCode::OK,
+        notice,
+        None,
+        &[],
+        &Kept::default(),
+    )
+    .await
 }
 
 /// What the card form keeps when shown again: never the number or the CVC.
@@ -567,7 +577,10 @@ fn subscription_box(s: &PortalSession, sub: &PortalSubscription, token: &str) ->
             date(sub.trial_end.unwrap_or(sub.current_period_end))
         ),
         _ if sub.collection_paused => "Payments are paused.".to_owned(),
-        _ => format!("Renews on <strong>{}</strong>.", date(sub.current_period_end)),
+        _ => format!(
+            "Renews on <strong>{}</strong>.",
+            date(sub.current_period_end)
+        ),
     };
     let (action, button, style) = match sub.status {
         SubscriptionState::Canceled => (None, "", ""),
@@ -609,7 +622,7 @@ fn payment_row(p: &PortalPayment) -> String {
         PaymentState::RequiresAction => "Awaiting confirmation",
     };
     let card = match (&p.card_brand, &p.card_last4) {
-        (Some(brand), Some(last4)) => format!("{} ·· {}", esc(brand), esc(last4)),
+        (Some(brand), Some(last4)) => format!("{} ·· {}", esc(&capitalised(brand)), esc(last4)),
         _ => String::new(),
     };
     format!(
@@ -705,8 +718,8 @@ fn capitalised(s: &str) -> String {
 
 /// Extra styles of the portal, on top of the checkout page's.
 const PORTAL_STYLE: &str = "<style>\
-.head{display:flex;justify-content:space-between;align-items:center;gap:.5rem}\
-.head h2{margin:0}\
+.head{display:flex;justify-content:space-between;align-items:flex-start;gap:.5rem}\
+.head h2{margin:0;min-width:0;overflow-wrap:anywhere}\
 .pill{font-size:.75rem;font-weight:600;border-radius:1rem;padding:.1rem .6rem;white-space:nowrap}\
 .pill.ok{background:#e3f6e8;color:#1b6b34}.pill.warn{background:#fff4d6;color:#7a4f00}\
 .pill.bad{background:#fdecea;color:#8a1c1c}.pill.off{background:#eceff3;color:#5b6470}\
@@ -746,8 +759,7 @@ async fn render(
         .map(|a| format!("<div class=\"alert\" role=\"alert\">{}</div>", esc(a)))
         .or_else(|| {
             (!errors.is_empty()).then(|| {
-                "<div class=\"alert\" role=\"alert\">Check the card details below.</div>"
-                    .to_owned()
+                "<div class=\"alert\" role=\"alert\">Check the card details below.</div>".to_owned()
             })
         })
         .unwrap_or_default();
