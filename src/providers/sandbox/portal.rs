@@ -796,3 +796,58 @@ async fn render(
     );
     html(status, layout("Your billing", &body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(csrf: &str) -> PortalSession {
+        let now = OffsetDateTime::now_utc();
+        PortalSession {
+            account: "acme-sandbox".into(),
+            id: "ps_sbx_1".into(),
+            tenant: TenantId::generate(),
+            client_reference: Uuid::now_v7(),
+            customer: "cus_sbx_1".into(),
+            csrf: csrf.into(),
+            return_url: "https://shop.example/".into(),
+            expires_at: now,
+            now,
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_url_safe_and_stored_only_as_their_hash() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(well_formed(&a) && well_formed(&b), "{a}");
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_ne!(token_hash(&a).as_slice(), a.as_bytes());
+        for bad in ["", "short", &"a".repeat(44), &format!("{}/", &a[..42])] {
+            assert!(!well_formed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_post_needs_the_sessions_own_csrf_token() {
+        let s = session("the-token");
+        assert!(csrf_ok(&s, "the-token"));
+        assert!(!csrf_ok(&s, ""));
+        assert!(!csrf_ok(&s, "the-toke"));
+        assert!(!csrf_ok(&s, "the-token "));
+        assert!(!csrf_ok(&session(""), ""), "an empty token never matches");
+    }
+
+    #[test]
+    fn notices_are_fixed_text_chosen_by_name() {
+        assert_eq!(Notice::parse(Some("notice=cancel")), Some(Notice::Canceled));
+        assert_eq!(
+            Notice::parse(Some("x=1&notice=card")),
+            Some(Notice::CardChanged)
+        );
+        assert_eq!(Notice::parse(Some("notice=<script>")), None);
+        assert_eq!(Notice::parse(None), None);
+        assert_eq!(PortalAction::parse("undo"), Some(PortalAction::UndoCancel));
+        assert_eq!(PortalAction::parse("pause"), None);
+    }
+}
