@@ -496,6 +496,11 @@ impl Server {
             // routes stay secretless and table-free, the page's are a router of their own.
             if config.sandbox.is_some() {
                 router = router.merge(crate::providers::sandbox::page::router(app.pool.clone()));
+                // The portal's changes go through the app's use cases, by the port it defines.
+                router = router.merge(crate::providers::sandbox::portal::router(
+                    app.pool.clone(),
+                    std::sync::Arc::new(app.portal.clone()),
+                ));
             }
             let stop = stop_accepting.clone().cancelled_owned();
             tracing::info!(http = %http.local_addr().unwrap_or(grpc_addr), "webhook sidecar is serving");

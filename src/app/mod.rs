@@ -17,6 +17,7 @@ pub mod journal;
 pub mod mirror;
 pub mod page;
 pub mod payments;
+pub mod portal;
 pub mod providers;
 pub mod sandbox;
 pub mod subscriptions;
@@ -65,6 +66,8 @@ pub struct App {
     pub access: access::Access,
     /// The change feed of subscriptions and WatchSubscriptionEvents.
     pub changes: changes::Changes,
+    /// CreatePortalSession, and the sandbox portal's port into the lifecycle use cases.
+    pub portal: portal::Portal,
 }
 
 impl App {
@@ -88,16 +91,24 @@ impl App {
             mutations.clone(),
             providers::Providers::new(settings.clone(), None),
         );
+        let subscriptions = subscriptions::Subscriptions::new(
+            pool.clone(),
+            mutations.clone(),
+            checkout.providers().clone(),
+            checkout.journal().clone(),
+        );
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             customers: customers::Customers::new(pool.clone(), mutations.clone(), tasks.clone()),
             usage: usage::Usage::new(pool.clone(), mutations.clone(), tasks.clone()),
-            subscriptions: subscriptions::Subscriptions::new(
+            portal: portal::Portal::new(
                 pool.clone(),
                 mutations.clone(),
                 checkout.providers().clone(),
                 checkout.journal().clone(),
+                subscriptions.clone(),
             ),
+            subscriptions,
             payments: payments::Payments::new(
                 pool.clone(),
                 mutations.clone(),
@@ -178,6 +189,13 @@ impl App {
             self.checkout.journal().clone(),
         );
         self.route_reads();
+        self.portal = portal::Portal::new(
+            self.pool.clone(),
+            self.events.mutations().clone(),
+            self.checkout.providers().clone(),
+            self.checkout.journal().clone(),
+            self.subscriptions.clone(),
+        );
         self
     }
 

@@ -212,9 +212,9 @@ fn payment_status_from_proto(s: i32) -> Option<PaymentStatus> {
     }
 }
 
-/// A success or cancel URL: well-formed, and on one of the tenant's allowed origins when it
-/// lists any, so Coffer is never an open redirect.
-fn redirect(
+/// A success, cancel or return URL: well-formed, and on one of the tenant's allowed origins
+/// when it lists any, so Coffer is never an open redirect.
+pub(super) fn redirect(
     v: &mut Violations,
     field: &str,
     url: &str,

@@ -6,11 +6,14 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::pb::customers_server::Customers;
-use super::pb::{self, get_customer_request::Lookup};
+use super::pb::{
+    self, create_portal_session_request::Customer as Who, get_customer_request::Lookup,
+};
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::customers::CustomerQuery;
 use crate::app::idempotency::Replayable;
+use crate::app::portal::{NewPortalSession, PortalLink};
 use crate::domain::Violations;
 use crate::domain::customer::{
     Customer, CustomerPatch, CustomerRef, DisplayName, Email, ExternalId, Metadata, NewCustomer,
@@ -22,6 +25,7 @@ use crate::domain::page::PageSize;
 const CREATE: &str = "/coffer.v1.Customers/CreateCustomer";
 const UPDATE: &str = "/coffer.v1.Customers/UpdateCustomer";
 const DELETE: &str = "/coffer.v1.Customers/DeleteCustomer";
+const PORTAL: &str = "/coffer.v1.Customers/CreatePortalSession";
 
 pub struct CustomersService {
     app: App,
@@ -120,6 +124,68 @@ impl Customers for CustomersService {
             customers: page.items.iter().map(to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_portal_session(
+        &self,
+        request: Request<pb::CreatePortalSessionRequest>,
+    ) -> Result<Response<pb::PortalSession>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let call = idempotent_call(request.metadata(), PORTAL, request.get_ref())?;
+        let settings = self.app.settings.tenant(ctx.tenant);
+        let new = parse_portal(request.get_ref(), settings).map_err(|v| status::invalid(&v))?;
+        let done = self.app.portal.create(&ctx, call, new).await?;
+        Ok(respond(done, |p| portal_to_proto(&p)))
+    }
+}
+
+fn parse_portal(
+    req: &pb::CreatePortalSessionRequest,
+    settings: &crate::settings::TenantSettings,
+) -> Result<NewPortalSession, Violations> {
+    let mut v = Violations::new();
+    let customer = match &req.customer {
+        Some(Who::CustomerId(id)) => v
+            .check("customer_id", CustomerId::parse(id))
+            .map(CustomerRef::Id),
+        Some(Who::ExternalId(e)) => v
+            .check("external_id", ExternalId::parse(e))
+            .map(CustomerRef::External),
+        None => {
+            v.add("customer_id", "set customer_id or external_id");
+            None
+        }
+    };
+    let return_url =
+        super::checkout::redirect(&mut v, "return_url", &req.return_url, settings, false);
+    v.finish()?;
+    Ok(NewPortalSession {
+        customer: customer.expect("checked"),
+        return_url: return_url.expect("checked"),
+    })
+}
+
+fn portal_to_proto(p: &PortalLink) -> pb::PortalSession {
+    pb::PortalSession {
+        url: p.url.clone(),
+        expire_time: Some(timestamp(p.expires_at)),
+    }
+}
+
+impl Fingerprinted for pb::CreatePortalSessionRequest {}
+
+impl Replayable for PortalLink {
+    fn encode_replay(&self) -> Vec<u8> {
+        portal_to_proto(self).encode_to_vec()
+    }
+
+    fn decode_replay(bytes: &[u8]) -> Option<Self> {
+        let p = pb::PortalSession::decode(bytes).ok()?;
+        Some(PortalLink {
+            url: p.url,
+            expires_at: from_timestamp(p.expire_time.as_ref()?)?,
+        })
     }
 }
 

@@ -108,6 +108,14 @@ pub const SERVICES: &[Service] = &[
             rpc(CUSTOMERS, "UpdateCustomer", Some(Scope::Write), true, Unary),
             rpc(CUSTOMERS, "DeleteCustomer", Some(Scope::Write), true, Unary),
             rpc(CUSTOMERS, "ListCustomers", Some(Scope::Read), false, Unary),
+            // Opens a provider session; a retry under the key answers the same URL.
+            rpc(
+                CUSTOMERS,
+                "CreatePortalSession",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
         ],
     },
     Service {

@@ -170,6 +170,9 @@ pub enum Operation {
     PushUsage,
     /// Changing a subscription's price or quantity, and previewing what that charges.
     ChangeSubscriptionPlan,
+    /// Opening the provider's customer portal for one customer
+    /// ([`Provider::create_portal_session`]).
+    CreatePortalSession,
 }
 
 impl Operation {
@@ -187,13 +190,13 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | meters (mirror, push) |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|-----------------------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | no                    |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | yes (billing meters)  |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | yes (event ingestion) |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no                    |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no                    |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | meters (mirror, push) | portal |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|-----------------------|--------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | no                    | yes (its own page) |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | yes (billing meters)  | yes (billing portal) |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | yes (event ingestion) | yes (customer session) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no                    | no     |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no                    | no     |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
 /// checkout has one line item); PayTabs has neither a customer nor a
@@ -223,6 +226,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | CreateMeter
                 | PushUsage
                 | ChangeSubscriptionPlan
+                | CreatePortalSession
         ),
         ProviderKind::Hmac => false,
     }
@@ -311,6 +315,32 @@ pub struct CustomerRequest {
     pub external_id: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
+}
+
+/// A customer portal to open on the provider for one customer.
+#[derive(Debug, Clone)]
+pub struct PortalRequest {
+    /// Coffer's portal session id, sent as the provider's client reference where it keeps one.
+    pub client_reference: Uuid,
+    /// Sent with the create where the provider takes one (Stripe).
+    pub idempotency_key: String,
+    /// The provider's customer (mirrored on first use).
+    pub customer: String,
+    /// Coffer's id of the customer (Polar finds its customers by it).
+    pub coffer_customer: Uuid,
+    /// Where the portal's "return" link goes; checked against the tenant's allowed origins.
+    pub return_url: String,
+    /// When the session ends, on the account's clock, for providers that let Coffer choose
+    /// (the sandbox); the others answer their own.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A portal session as the provider answers it. No `Debug`: the URL is a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderPortal {
+    /// Where to send the customer. It is the session's credential: never logged.
+    pub url: String,
+    pub expires_at: OffsetDateTime,
 }
 
 /// One of Coffer's prices, to mirror as the provider's own price object (Stripe's product and
@@ -702,6 +732,22 @@ pub trait Provider: Send + Sync {
         })
     }
 
+    /// Opens the provider's customer portal for `request.customer`; only asked of providers
+    /// that support [`Operation::CreatePortalSession`]. A portal session is a short-lived
+    /// link, not an object with a state: a lost answer is settled by opening another.
+    fn create_portal_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: PortalRequest,
+    ) -> BoxFuture<'a, Result<ProviderPortal, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::definitive(
+                "unsupported",
+                "this provider has no customer portal",
+            ))
+        })
+    }
+
     /// The object of `kind` that Coffer created with `client_reference`, if the provider has
     /// one: how an unknown outcome is settled. For a subscription, the reference may also be a
     /// change's ([`SubscriptionUpdate::client_reference`]): the subscription it was made to.
@@ -743,5 +789,10 @@ mod tests {
         assert!(supports(ProviderKind::Sandbox, ChangeSubscriptionPlan));
         assert!(!supports(ProviderKind::Polar, ChangeSubscriptionPlan));
         assert!(!supports(ProviderKind::PayTabs, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Sandbox, CreatePortalSession));
+        assert!(supports(ProviderKind::Stripe, CreatePortalSession));
+        assert!(supports(ProviderKind::Polar, CreatePortalSession));
+        assert!(!supports(ProviderKind::PayTabs, CreatePortalSession));
+        assert!(!supports(ProviderKind::Hmac, CreatePortalSession));
     }
 }

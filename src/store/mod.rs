@@ -14,6 +14,7 @@ pub mod meters;
 pub mod payments;
 pub mod plans;
 pub mod pool;
+pub mod portal;
 pub mod replica;
 pub mod stats;
 pub mod subscription_events;

@@ -24,7 +24,7 @@ use crate::helpers::{TestDb, details, eventually, idem, req};
 use crate::sandbox_page::{Env, FAILS_LATER, PAYS, form};
 
 /// A yearly subscription bought with the good card, ACTIVE; its id.
-async fn active_subscription(env: &Env) -> String {
+pub(crate) async fn active_subscription(env: &Env) -> String {
     let (_, [_, yearly, _]) = plan(&env.app, &env.app.key).await;
     let s = env
         .open(session(
@@ -299,7 +299,7 @@ async fn lifecycle_requests_name_their_bad_fields() {
 // ---- Renewals and dunning on the sandbox clock.
 
 /// The account's sandbox clock moved to `to`.
-async fn advance(env: &Env, to: OffsetDateTime) {
+pub(crate) async fn advance(env: &Env, to: OffsetDateTime) {
     SandboxClient::new(env.app.channel().await)
         .advance_clock(req(
             AdvanceClockRequest {
@@ -317,7 +317,12 @@ async fn advance(env: &Env, to: OffsetDateTime) {
 
 /// A subscription bought on the hosted page with `card` at `price`; its id, once Coffer has
 /// it in `status`.
-async fn bought(env: &Env, price: &str, card: &str, status: SubscriptionStatus) -> String {
+pub(crate) async fn bought(
+    env: &Env,
+    price: &str,
+    card: &str,
+    status: SubscriptionStatus,
+) -> String {
     let s = env
         .open(session(
             &env.customer,

@@ -25,6 +25,7 @@ mod pgbouncer;
 mod plans;
 mod polar;
 mod policy;
+mod portal;
 mod replica;
 mod sandbox_delivery;
 mod sandbox_page;

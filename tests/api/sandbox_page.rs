@@ -984,9 +984,9 @@ async fn no_card_number_or_cvc_reaches_a_log_line_or_a_span() {
 // ---- A real browser.
 
 /// chromedriver on a free loopback port, ended when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Driver {
@@ -996,14 +996,14 @@ impl Drop for Driver {
     }
 }
 
-fn find_binary(names: &[&str]) -> Option<std::path::PathBuf> {
+pub(crate) fn find_binary(names: &[&str]) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
         .find(|p| p.is_file())
 }
 
-async fn chromedriver() -> Driver {
+pub(crate) async fn chromedriver() -> Driver {
     let binary = find_binary(&["chromedriver"]).expect(
         "chromedriver is not installed: apt-get install -y chromium chromium-driver (.ci/run does)",
     );
@@ -1039,7 +1039,7 @@ async fn chromedriver() -> Driver {
 
 /// Where the test keeps its screenshots: `$CARGO_TARGET_DIR/artefacts/`, found from the test
 /// binary's own path (target/debug/deps/api-…) when the variable is not set.
-fn artefacts() -> std::path::PathBuf {
+pub(crate) fn artefacts() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {

@@ -94,8 +94,9 @@ use crate::domain::plan::{Billing, Interval};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
     CheckoutItem, CheckoutRequest, CustomerRequest, MeterFormula, MeterRequest, ObjectKind,
-    PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderRefund,
-    ProviderSubscription, RefundRequest, UsageEvent, meter_event_name,
+    PortalRequest, PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject,
+    ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest, UsageEvent,
+    meter_event_name,
 };
 
 /// Pages of 100 scanned, most recent first, to find a checkout or a refund by Coffer's id
@@ -543,6 +544,24 @@ impl Provider for Polar {
                 )
                 .await?;
             Ok(customer.id)
+        })
+    }
+
+    /// A customer session (`POST /v1/customer-sessions/`, by external id: Coffer's), whose
+    /// `customer_portal_url` is the portal, signed in ([`Polar::customer_portal`]).
+    fn create_portal_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: PortalRequest,
+    ) -> BoxFuture<'a, Result<ProviderPortal, ProviderError>> {
+        Box::pin(async move {
+            let portal = self
+                .customer_portal(request.coffer_customer, Some(request.return_url))
+                .await?;
+            Ok(ProviderPortal {
+                url: portal.url,
+                expires_at: portal.expires_at,
+            })
         })
     }
 

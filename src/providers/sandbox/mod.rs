@@ -30,6 +30,7 @@ pub mod events;
 pub mod objects;
 pub mod page;
 pub mod plan_change;
+pub mod portal;
 pub mod renewals;
 pub mod status;
 pub mod store;
@@ -51,9 +52,9 @@ use sqlx::Connection as _;
 use self::events::EventType;
 use self::status::PaymentState;
 use super::{
-    CheckoutRequest, CustomerRequest, ObjectKind, PlanChangePreview, Provider, ProviderCheckout,
-    ProviderError, ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription,
-    RefundRequest, SubscriptionUpdate,
+    CheckoutRequest, CustomerRequest, ObjectKind, PlanChangePreview, PortalRequest, Provider,
+    ProviderCheckout, ProviderError, ProviderObject, ProviderPayment, ProviderPortal,
+    ProviderRefund, ProviderSubscription, RefundRequest, SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
@@ -432,6 +433,40 @@ impl Provider for Sandbox {
                     .await
                     .map_err(unavailable)?;
             self.answer(id)
+        })
+    }
+
+    /// A portal session on the sandbox's own page ([`portal`]): a random token in the URL,
+    /// stored as its hash, good until `request.expires_at` on the account's clock.
+    fn create_portal_session<'a>(
+        &'a self,
+        account: &'a AccountName,
+        request: PortalRequest,
+    ) -> BoxFuture<'a, Result<ProviderPortal, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let id = format!("ps_sbx_{}", Uuid::now_v7().simple());
+            let token = portal::new_token();
+            let csrf = portal::new_token();
+            store::insert_portal_session(
+                &mut conn,
+                store::NewPortalSession {
+                    account: account.as_str(),
+                    id: &id,
+                    token_sha256: &portal::token_hash(&token),
+                    client_reference: request.client_reference,
+                    customer: &request.customer,
+                    csrf: &csrf,
+                    return_url: &request.return_url,
+                    expires_at: request.expires_at,
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+            self.answer(ProviderPortal {
+                url: format!("{}/sandbox/portal/{token}", self.config.public_url),
+                expires_at: request.expires_at,
+            })
         })
     }
 

@@ -542,7 +542,7 @@ fn session_id(id: Result<Path<String>, PathRejection>) -> Option<String> {
     valid.then_some(id)
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -618,7 +618,7 @@ fn unavailable(e: StoreError) -> Response {
 // ---- HTML.
 
 /// Escapes text for HTML content and quoted attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -662,7 +662,7 @@ a{color:#4b44d6}\
 code{font-size:.85rem}\
 ul{padding-left:1.2rem;margin:.5rem 0}";
 
-fn layout(title: &str, body: &str) -> String {
+pub(super) fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -679,7 +679,7 @@ fn currency_of(s: &Checkout) -> Option<Currency> {
 
 /// An amount for people, or the raw minor units if the currency is unknown (a corrupt row
 /// still shows something true).
-fn money(amount: i64, currency: Option<Currency>, code: &str) -> String {
+pub(super) fn money(amount: i64, currency: Option<Currency>, code: &str) -> String {
     match currency {
         Some(c) => format_amount(amount, c),
         None => format!("{amount} (minor units) {code}"),

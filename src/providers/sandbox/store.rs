@@ -1850,3 +1850,267 @@ mod tests {
         );
     }
 }
+
+// ---- The customer portal.
+
+/// A portal session to store: the token's hash, never the token.
+pub struct NewPortalSession<'a> {
+    pub account: &'a str,
+    pub id: &'a str,
+    pub token_sha256: &'a [u8],
+    pub client_reference: Uuid,
+    pub customer: &'a str,
+    pub csrf: &'a str,
+    pub return_url: &'a str,
+    pub expires_at: OffsetDateTime,
+}
+
+pub async fn insert_portal_session(
+    conn: &mut PgConnection,
+    s: NewPortalSession<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO sandbox_portal_sessions (account, id, token_sha256, client_reference,
+                                              customer, csrf, return_url, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
+        s.account,
+        s.id,
+        s.token_sha256,
+        s.client_reference,
+        s.customer,
+        s.csrf,
+        s.return_url,
+        s.expires_at,
+    )
+    .execute(conn)
+    .instrument(statement_span!("INSERT", "sandbox_portal_sessions"))
+    .await?;
+    Ok(())
+}
+
+/// A portal session found by its token, with its account's tenant and clock.
+#[derive(Debug, Clone)]
+pub struct PortalSession {
+    pub account: String,
+    pub id: String,
+    pub tenant: TenantId,
+    pub client_reference: Uuid,
+    pub customer: String,
+    pub csrf: String,
+    pub return_url: String,
+    pub expires_at: OffsetDateTime,
+    /// The sandbox's now: the database's `now()` plus the account's clock offset.
+    pub now: OffsetDateTime,
+}
+
+/// The portal session whose token hashes to `token_sha256`, if any (of any account: the
+/// token is the credential).
+pub async fn find_portal_session(
+    conn: &mut PgConnection,
+    token_sha256: &[u8],
+) -> Result<Option<PortalSession>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT s.account, s.id, a.tenant_id, s.client_reference, s.customer, s.csrf,
+                  s.return_url, s.expires_at,
+                  now() + COALESCE(a.clock_offset, '0') AS "now!"
+           FROM sandbox_portal_sessions s
+           JOIN sandbox_accounts a ON a.account = s.account
+           WHERE s.token_sha256 = $1"#,
+        token_sha256,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_portal_sessions"))
+    .await?;
+    Ok(row.map(|r| PortalSession {
+        account: r.account,
+        id: r.id,
+        tenant: TenantId::from_uuid(r.tenant_id),
+        client_reference: r.client_reference,
+        customer: r.customer,
+        csrf: r.csrf,
+        return_url: r.return_url,
+        expires_at: r.expires_at,
+        now: r.now,
+    }))
+}
+
+/// A subscription as the portal lists it.
+#[derive(Debug, Clone)]
+pub struct PortalSubscription {
+    pub id: String,
+    /// The first line item's name, from the session that started it.
+    pub name: String,
+    pub status: SubscriptionState,
+    pub current_period_end: OffsetDateTime,
+    pub trial_end: Option<OffsetDateTime>,
+    pub cancel_at_period_end: bool,
+    pub collection_paused: bool,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub period_months: Option<i32>,
+}
+
+/// The customer's subscriptions on `account`, newest first.
+pub async fn list_customer_subscriptions(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+) -> Result<Vec<PortalSubscription>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT sub.id, COALESCE(s.line_items -> 0 ->> 'name', '') AS "name!", sub.status,
+                  sub.current_period_end, sub.trial_end, sub.cancel_at_period_end,
+                  sub.collection_paused, sub.amount, sub.currency, sub.period_months
+           FROM sandbox_subscriptions sub
+           LEFT JOIN sandbox_checkout_sessions s
+                  ON s.account = sub.account AND s.id = sub.session_id
+           WHERE sub.account = $1 AND sub.customer = $2
+           ORDER BY sub.created_at DESC, sub.id DESC
+           LIMIT 50"#,
+        account,
+        customer,
+    )
+    .fetch_all(conn)
+    .instrument(statement_span!("SELECT", "sandbox_subscriptions"))
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(PortalSubscription {
+                status: decode(
+                    "sandbox subscription status",
+                    &r.status,
+                    SubscriptionState::parse,
+                )?,
+                id: r.id,
+                name: r.name,
+                current_period_end: r.current_period_end,
+                trial_end: r.trial_end,
+                cancel_at_period_end: r.cancel_at_period_end,
+                collection_paused: r.collection_paused,
+                amount: r.amount,
+                currency: r.currency,
+                period_months: r.period_months,
+            })
+        })
+        .collect()
+}
+
+/// A payment as the portal lists it.
+#[derive(Debug, Clone)]
+pub struct PortalPayment {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: PaymentState,
+    pub amount_refunded: i64,
+    pub card_brand: Option<String>,
+    pub card_last4: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// The customer's latest payments on `account` (a session's and its renewals': every payment
+/// names the session that started it), newest first.
+pub async fn list_customer_payments(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+) -> Result<Vec<PortalPayment>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT p.id, p.amount, p.currency, p.status, p.amount_refunded, p.card_brand,
+                p.card_last4, p.created_at
+         FROM sandbox_payments p
+         JOIN sandbox_checkout_sessions s ON s.account = p.account AND s.id = p.session_id
+         WHERE p.account = $1 AND s.customer = $2
+         ORDER BY p.created_at DESC, p.id DESC
+         LIMIT 20",
+        account,
+        customer,
+    )
+    .fetch_all(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(PortalPayment {
+                status: decode("sandbox payment status", &r.status, PaymentState::parse)?,
+                id: r.id,
+                amount: r.amount,
+                currency: r.currency,
+                amount_refunded: r.amount_refunded,
+                card_brand: r.card_brand,
+                card_last4: r.card_last4,
+                created_at: r.created_at,
+            })
+        })
+        .collect()
+}
+
+/// The customer's card on file: the one the portal last set, else the card of its latest
+/// successful payment. Brand and last four only.
+pub async fn find_customer_card(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT COALESCE(c.card_brand, (
+                      SELECT p.card_brand FROM sandbox_payments p
+                      JOIN sandbox_checkout_sessions s
+                        ON s.account = p.account AND s.id = p.session_id
+                      WHERE p.account = c.account AND s.customer = c.id
+                        AND p.status = 'succeeded' AND p.card_brand IS NOT NULL
+                      ORDER BY p.created_at DESC LIMIT 1)) AS brand,
+                  COALESCE(c.card_last4, (
+                      SELECT p.card_last4 FROM sandbox_payments p
+                      JOIN sandbox_checkout_sessions s
+                        ON s.account = p.account AND s.id = p.session_id
+                      WHERE p.account = c.account AND s.customer = c.id
+                        AND p.status = 'succeeded' AND p.card_last4 IS NOT NULL
+                      ORDER BY p.created_at DESC LIMIT 1)) AS last4
+           FROM sandbox_customers c
+           WHERE c.account = $1 AND c.id = $2"#,
+        account,
+        customer,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_customers"))
+    .await?;
+    Ok(row.and_then(|r| r.brand.zip(r.last4)))
+}
+
+/// Makes `brand`/`last4` the customer's card on file, and what its subscriptions' renewals
+/// charge: a card that fails on renewal (0341) makes them fail, any other makes them succeed.
+/// Returns how many subscriptions now renew on it.
+pub async fn set_customer_card(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+    brand: &str,
+    last4: &str,
+    fails_on_renewal: bool,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_customers
+         SET card_brand = $3, card_last4 = $4, card_updated_at = $5, version = version + 1
+         WHERE account = $1 AND id = $2",
+        account,
+        customer,
+        brand,
+        last4,
+        now,
+    )
+    .execute(&mut *conn)
+    .instrument(statement_span!("UPDATE", "sandbox_customers"))
+    .await?;
+    let done = sqlx::query!(
+        "UPDATE sandbox_subscriptions SET fails_on_renewal = $3
+         WHERE account = $1 AND customer = $2 AND status <> 'canceled'",
+        account,
+        customer,
+        fails_on_renewal,
+    )
+    .execute(conn)
+    .instrument(statement_span!("UPDATE", "sandbox_subscriptions"))
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -125,6 +125,18 @@ pub fn create_customer(r: &CustomerRequest) -> Call {
     )
 }
 
+/// A billing portal session for `customer`, whose return link goes to `return_url`
+/// (`POST /v1/billing_portal/sessions`). The account's default portal configuration applies.
+pub fn create_portal_session(customer: &str, return_url: &str) -> Call {
+    Call::post(
+        "create_portal_session",
+        "/v1/billing_portal/sessions".into(),
+        Form::new()
+            .text("customer", customer)
+            .text("return_url", return_url),
+    )
+}
+
 fn recurring(interval: Interval, count: u8) -> Form {
     let interval = match interval {
         Interval::Month => "month",

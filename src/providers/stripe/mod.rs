@@ -77,10 +77,14 @@ use self::objects::{coffer_id, session_reference, version_now};
 use crate::domain::account::{Account, AccountName, ProviderKind};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PriceRequest, Provider,
-    ProviderCheckout, ProviderError, ProviderObject, ProviderRefund, RefundRequest,
-    SubscriptionUpdate, UsageEvent, meter_event_name,
+    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PortalRequest, PriceRequest,
+    Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPortal, ProviderRefund,
+    RefundRequest, SubscriptionUpdate, UsageEvent, meter_event_name,
 };
+
+/// How long a billing portal session is good for. Stripe does not answer it; an unused session
+/// lasts about five minutes (its documentation), so that is what Coffer reports.
+const PORTAL_LIFETIME: time::Duration = time::Duration::minutes(5);
 
 /// Whether `e` is Stripe's refusal of a meter event whose identifier it has already taken.
 fn already_sent(e: &ProviderError) -> bool {
@@ -430,6 +434,30 @@ impl Provider for Stripe {
                 .send(api::create_customer(&request), Some(key))
                 .await?;
             Ok(c.id)
+        })
+    }
+
+    fn create_portal_session<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        request: PortalRequest,
+    ) -> BoxFuture<'a, Result<ProviderPortal, ProviderError>> {
+        Box::pin(async move {
+            let s: wire::PortalSession = self
+                .client
+                .send(
+                    api::create_portal_session(&request.customer, &request.return_url),
+                    Some(request.idempotency_key),
+                )
+                .await?;
+            let created = OffsetDateTime::from_unix_timestamp(s.created).map_err(|_| {
+                ProviderError::definitive("unreadable", "the portal session's created is no time")
+            })?;
+            tracing::debug!(stripe.portal_session = %s.id, "billing portal session made");
+            Ok(ProviderPortal {
+                url: s.url,
+                expires_at: created + PORTAL_LIFETIME,
+            })
         })
     }
 

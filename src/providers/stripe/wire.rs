@@ -125,6 +125,16 @@ pub struct Customer {
     pub metadata: Metadata,
 }
 
+/// A billing portal session. Its `url` is a credential for the customer's portal: no `Debug`.
+#[derive(Clone, Deserialize)]
+pub struct PortalSession {
+    pub id: String,
+    pub url: String,
+    /// When Stripe made it; Stripe does not say when it ends (an unused session lasts about
+    /// five minutes).
+    pub created: i64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Price {
     pub id: String,

@@ -777,3 +777,27 @@ async fn verifying_a_session_queries_paytabs_and_keeps_the_page() {
     );
     env.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_portal_session_is_provider_unsupported_on_paytabs() {
+    use coffer::grpc::pb::CreatePortalSessionRequest;
+    use coffer::grpc::pb::create_portal_session_request::Customer as Who;
+
+    let env = Env::spawn().await;
+    let alice = customer(&env.app, &env.app.key, "alice").await;
+    let e = env
+        .app
+        .customers()
+        .await
+        .create_portal_session(req(
+            CreatePortalSessionRequest {
+                customer: Some(Who::CustomerId(alice)),
+                return_url: "https://shop.acme.example/account".into(),
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(details(&e).0, "PROVIDER_UNSUPPORTED");
+}

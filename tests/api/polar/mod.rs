@@ -921,3 +921,67 @@ async fn subscriptions_start_change_and_end_as_polar_reports_them() {
         "https://shop.acme.example/account"
     );
 }
+
+#[tokio::test]
+async fn create_portal_session_opens_a_polar_customer_session_by_coffers_id() {
+    use coffer::grpc::pb::CreatePortalSessionRequest;
+    use coffer::grpc::pb::create_portal_session_request::Customer as Who;
+
+    let fake = FakePolar::start().await;
+    let (app, _) = spawn(&fake).await;
+    let alice = customer(&app, "alice", "alice@example.com").await;
+    let portal = app
+        .customers()
+        .await
+        .create_portal_session(idem(
+            CreatePortalSessionRequest {
+                customer: Some(Who::CustomerId(alice.clone())),
+                return_url: "https://shop.acme.example/account".into(),
+            },
+            &app.key,
+            "polar-portal-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        portal.url.contains("customer_session_token="),
+        "the URL is Polar's customer_portal_url"
+    );
+    // The customer was made on Polar with Coffer's id as its external id, and the session
+    // asked for by that id, with the return URL.
+    let customers = fake.all("customers");
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0]["external_id"], customer_uuid(&alice));
+    let sessions = fake.all("customer-sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["customer_id"], customers[0]["id"]);
+    assert_eq!(
+        sessions[0]["return_url"],
+        "https://shop.acme.example/account"
+    );
+    assert!(
+        portal.url.ends_with(sessions[0]["token"].as_str().unwrap()),
+        "{}",
+        portal.url
+    );
+    let expires = portal.expire_time.unwrap().seconds;
+    assert!(expires > time::OffsetDateTime::now_utc().unix_timestamp() + 3000);
+
+    // An unknown customer is NOT_FOUND, and Polar is not asked.
+    let e = app
+        .customers()
+        .await
+        .create_portal_session(req(
+            CreatePortalSessionRequest {
+                customer: Some(Who::ExternalId("nobody".into())),
+                return_url: "https://shop.acme.example/account".into(),
+            },
+            &app.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(details(&e).0, "CUSTOMER_NOT_FOUND");
+    assert_eq!(fake.all("customer-sessions").len(), 1);
+}

@@ -768,6 +768,27 @@ impl State {
                                 "name": p.get("name"), "metadata": metadata(p), "created": now()}),
                 )
             }
+            // A billing portal session: its customer must exist, its return_url be given.
+            ("POST", ["v1", "billing_portal", "sessions"]) => {
+                let customer = text(p, "customer")
+                    .ok_or_else(|| invalid("Missing required param: customer.", Some("customer")))?
+                    .to_owned();
+                if self.get(&customer).is_none() {
+                    return Err(missing(&customer, Some("customer")));
+                }
+                let Some(return_url) = text(p, "return_url").map(str::to_owned) else {
+                    return Err(invalid(
+                        "Missing required param: return_url.",
+                        Some("return_url"),
+                    ));
+                };
+                self.next();
+                let id = random_id("bps");
+                self.put(json!({"id": id, "object": "billing_portal.session",
+                    "customer": customer, "return_url": return_url, "livemode": false,
+                    "url": format!("https://billing.stripe.com/p/session/{id}"),
+                    "created": now()}))
+            }
             ("GET", ["v1", "customers"]) => self.list("cus_", p, "/v1/customers", |_| true)?,
             ("GET", ["v1", "customers", "search"]) => {
                 self.search("cus_", p, "/v1/customers/search")?

@@ -1319,3 +1319,73 @@ async fn lifecycle_calls_go_to_stripe_and_answer_its_state() {
     assert_eq!(details(&e).0, "ILLEGAL_SUBSCRIPTION_TRANSITION");
     assert_eq!(fake.requests(Method::POST, &path).len(), 4);
 }
+
+#[tokio::test]
+async fn a_portal_session_opens_stripes_billing_portal_for_the_mirrored_customer() {
+    use coffer::grpc::pb::CreatePortalSessionRequest;
+    use coffer::grpc::pb::create_portal_session_request::Customer as Who;
+
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let key = &env.app.key;
+    let alice = customer(&env.app, key, "alice").await;
+    let mut customers = env.app.customers().await;
+    let ask = |return_url: &str| CreatePortalSessionRequest {
+        customer: Some(Who::ExternalId("alice".into())),
+        return_url: return_url.into(),
+    };
+    let portal = customers
+        .create_portal_session(idem(
+            ask("https://shop.acme.example/account"),
+            key,
+            "portal-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let made = fake.objects("bps_");
+    assert_eq!(made.len(), 1);
+    assert_eq!(portal.url, made[0]["url"].as_str().unwrap());
+    assert_eq!(made[0]["return_url"], "https://shop.acme.example/account");
+    // The customer was mirrored on Stripe first, with Coffer's id, and the session is its.
+    let stripe_customers = fake.objects("cus_");
+    assert_eq!(stripe_customers.len(), 1);
+    assert_eq!(
+        stripe_customers[0]["metadata"]["coffer_customer_id"],
+        uuid_of(&alice)
+    );
+    assert_eq!(made[0]["customer"], stripe_customers[0]["id"]);
+    let posts = fake.requests(Method::POST, "/v1/billing_portal/sessions");
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].idempotency_key.is_some(), "{:?}", posts[0]);
+    assert_eq!(posts[0].stripe_version.as_deref(), Some(API_VERSION));
+    let expires = portal.expire_time.unwrap().seconds;
+    let created = made[0]["created"].as_i64().unwrap();
+    assert_eq!(expires - created, 300, "Stripe's five minutes");
+
+    // A retry under the same key answers the same link without asking Stripe again.
+    let again = customers
+        .create_portal_session(idem(
+            ask("https://shop.acme.example/account"),
+            key,
+            "portal-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.url, portal.url);
+    assert_eq!(
+        fake.requests(Method::POST, "/v1/billing_portal/sessions")
+            .len(),
+        1
+    );
+
+    // A return URL off the tenant's allowed origins is refused before Stripe is asked.
+    let e = customers
+        .create_portal_session(req(ask("https://evil.example/account"), key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(details(&e).1, vec!["return_url".to_owned()]);
+    assert_eq!(fake.objects("bps_").len(), 1);
+}
