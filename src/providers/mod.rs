@@ -170,6 +170,9 @@ pub enum Operation {
     PushUsage,
     /// Changing a subscription's price or quantity, and previewing what that charges.
     ChangeSubscriptionPlan,
+    /// Making a subscription without a checkout (CreateSubscription): charged to the
+    /// customer's card on file, or on a trial.
+    CreateSubscription,
 }
 
 impl Operation {
@@ -187,13 +190,13 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | meters (mirror, push) |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|-----------------------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | no                    |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | yes (billing meters)  |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | yes (event ingestion) |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no                    |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no                    |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | create sub | meters (mirror, push) |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|------------|-----------------------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes        | no                    |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | not yet    | yes (billing meters)  |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | no         | yes (event ingestion) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no         | no                    |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no         | no                    |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
 /// checkout has one line item); PayTabs has neither a customer nor a
@@ -205,12 +208,17 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
         // Stripe's item price update is in its client, not yet mapped through the trait.
-        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan),
+        // `POST /v1/subscriptions` is not mapped through the trait yet.
+        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan | CreateSubscription),
         // Polar's subscription calls are typed in its client but not made through the trait
         // yet: PROVIDER_UNSUPPORTED until they are.
         ProviderKind::Polar => !matches!(
             op,
-            ExpireCheckoutSession | CancelSubscription | PauseSubscription | ChangeSubscriptionPlan
+            ExpireCheckoutSession
+                | CancelSubscription
+                | PauseSubscription
+                | ChangeSubscriptionPlan
+                | CreateSubscription
         ),
         ProviderKind::PayTabs => !matches!(
             op,
@@ -223,6 +231,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | CreateMeter
                 | PushUsage
                 | ChangeSubscriptionPlan
+                | CreateSubscription
         ),
         ProviderKind::Hmac => false,
     }
@@ -490,6 +499,35 @@ pub struct SubscriptionUpdate {
     pub change: crate::domain::subscription::Change,
 }
 
+/// A subscription to make without a checkout (CreateSubscription).
+#[derive(Debug, Clone)]
+pub struct SubscriptionRequest {
+    /// Coffer's subscription id, sent as the client reference (Stripe: metadata).
+    pub client_reference: Uuid,
+    pub idempotency_key: String,
+    /// The provider's customer id; `None` where the provider has no customers.
+    pub customer: Option<String>,
+    /// The provider's price id, where the provider mirrors prices.
+    pub provider_price: Option<String>,
+    /// The price's unit amount and its billing (recurring), for providers that take it inline.
+    pub unit: Money,
+    pub billing: crate::domain::plan::Billing,
+    pub quantity: u32,
+    /// 0: no trial.
+    pub trial_days: u16,
+}
+
+/// A subscription the provider made, with its first period's charge when one was made now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSubscription {
+    pub subscription: ProviderSubscription,
+    pub payment: Option<ProviderPayment>,
+}
+
+/// The provider's code for a CreateSubscription it refused because the customer has no
+/// payment method on file and no trial was asked (Coffer answers `PAYMENT_METHOD_REQUIRED`).
+pub const PAYMENT_METHOD_REQUIRED: &str = "payment_method_required";
+
 /// What a plan change would charge or credit now, as the provider computes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanChangePreview {
@@ -686,6 +724,24 @@ pub trait Provider: Send + Sync {
         })
     }
 
+    /// Makes a subscription for a customer without a checkout: on a trial, or charging the
+    /// first period to the customer's card on file now; only asked of providers that support
+    /// [`Operation::CreateSubscription`]. No card and no trial is a definitive
+    /// [`PAYMENT_METHOD_REQUIRED`]. A repeated request (the same client reference) answers the
+    /// subscription made, without making another.
+    fn create_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: SubscriptionRequest,
+    ) -> BoxFuture<'a, Result<CreatedSubscription, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::definitive(
+                "unsupported",
+                "this provider's subscriptions cannot be made through Coffer",
+            ))
+        })
+    }
+
     /// What `change` would charge now on the subscription `subscription`, changing nothing;
     /// only asked of providers that support [`Operation::ChangeSubscriptionPlan`].
     fn preview_plan_change<'a>(
@@ -743,5 +799,8 @@ mod tests {
         assert!(supports(ProviderKind::Sandbox, ChangeSubscriptionPlan));
         assert!(!supports(ProviderKind::Polar, ChangeSubscriptionPlan));
         assert!(!supports(ProviderKind::PayTabs, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Sandbox, CreateSubscription));
+        assert!(!supports(ProviderKind::Polar, CreateSubscription));
+        assert!(!supports(ProviderKind::PayTabs, CreateSubscription));
     }
 }
