@@ -115,8 +115,7 @@ pub struct TenantSettings {
     pub dunning_end: Option<crate::domain::subscription::DunningEnd>,
     /// What a trial ending without a payment method becomes
     /// (`trial_end_without_payment_method`); `None`: CANCELED.
-    pub trial_end_without_payment_method:
-        Option<crate::domain::subscription::MissingPaymentMethod>,
+    pub trial_end_without_payment_method: Option<crate::domain::subscription::MissingPaymentMethod>,
     /// The account checkouts use when they name none: a configured account of this tenant, or
     /// its sandbox account (`{tenant}-sandbox`), which exists only with the sandbox enabled.
     pub default_account: Option<AccountName>,

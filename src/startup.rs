@@ -241,13 +241,9 @@ impl Server {
         let mut delivery = None;
         let providers = Providers::new(
             config.settings.clone(),
-            config
-                .sandbox
-                .as_ref()
-                .map(|sandbox| {
-                    Sandbox::new(pool.clone(), sandbox.clone())
-                        .with_settings(config.settings.clone())
-                }),
+            config.sandbox.as_ref().map(|sandbox| {
+                Sandbox::new(pool.clone(), sandbox.clone()).with_settings(config.settings.clone())
+            }),
         )
         .with_adapters(&config.outbound)?;
         app = app.with_providers(providers);

@@ -314,18 +314,15 @@ impl Subscriptions {
             .await?;
         let provider = account.for_op(Operation::CreateSubscription)?;
         let mut conn = self.pool.acquire().await?;
-        let customer = customer_store::find_customer(
-            &mut conn,
-            ctx.tenant,
-            &CustomerRef::Id(ask.customer),
-        )
-        .await?
-        .ok_or_else(|| {
-            AppError::not_found(
-                super::checkout::REASON_CUSTOMER_NOT_FOUND,
-                "customer not found",
-            )
-        })?;
+        let customer =
+            customer_store::find_customer(&mut conn, ctx.tenant, &CustomerRef::Id(ask.customer))
+                .await?
+                .ok_or_else(|| {
+                    AppError::not_found(
+                        super::checkout::REASON_CUSTOMER_NOT_FOUND,
+                        "customer not found",
+                    )
+                })?;
         let prices =
             store::find_prices_for_sale(&mut conn, ctx.tenant, &[ask.price.as_uuid()]).await?;
         let sale = prices.get(&ask.price.as_uuid()).ok_or_else(|| {
@@ -884,34 +881,34 @@ pub async fn apply_subscription(
             let checkout = match origin {
                 Origin::Session(checkout) => checkout,
                 Origin::Created(id, c) => {
-                sub_store::insert_subscription(
-                    tx,
-                    tenant,
-                    &sub_store::NewSubscription {
-                        id,
-                        customer: c.customer,
-                        price: Some(c.price),
-                        quantity: c.quantity,
-                        status: s.status,
-                        current_period_start: s.current_period_start,
-                        current_period_end: s.current_period_end,
-                        trial_end: s.trial_end,
-                        account: &c.account,
-                        provider_id: &s.id,
-                        checkout: None,
-                        version: s.version,
-                    },
-                )
-                .await?;
-                journal_store::insert_provider_object(
-                    tx,
-                    tenant,
-                    &c.account,
-                    ObjectKind::Subscription.as_str(),
-                    id.as_uuid(),
-                    &s.id,
-                )
-                .await?;
+                    sub_store::insert_subscription(
+                        tx,
+                        tenant,
+                        &sub_store::NewSubscription {
+                            id,
+                            customer: c.customer,
+                            price: Some(c.price),
+                            quantity: c.quantity,
+                            status: s.status,
+                            current_period_start: s.current_period_start,
+                            current_period_end: s.current_period_end,
+                            trial_end: s.trial_end,
+                            account: &c.account,
+                            provider_id: &s.id,
+                            checkout: None,
+                            version: s.version,
+                        },
+                    )
+                    .await?;
+                    journal_store::insert_provider_object(
+                        tx,
+                        tenant,
+                        &c.account,
+                        ObjectKind::Subscription.as_str(),
+                        id.as_uuid(),
+                        &s.id,
+                    )
+                    .await?;
                     tracing::debug!(subscription = %id, status = s.status.as_str(), "subscription created");
                     return Ok(());
                 }

@@ -591,7 +591,10 @@ mod tests {
             Ok(Start::FirstChargeFailed)
         );
         assert_eq!(start(none, None), Err(PaymentMethodRequired));
-        assert_eq!(Start::FirstChargeFailed.status(), SubscriptionStatus::Incomplete);
+        assert_eq!(
+            Start::FirstChargeFailed.status(),
+            SubscriptionStatus::Incomplete
+        );
         // Every start is a status the state machine can leave for ACTIVE.
         for s in [Start::Trial, Start::Paid, Start::FirstChargeFailed] {
             assert!(s.status().transition(SubscriptionStatus::Active).is_ok());
@@ -606,8 +609,14 @@ mod tests {
 
     #[test]
     fn a_trial_without_a_card_ends_canceled_or_paused_legally() {
-        assert_eq!(MissingPaymentMethod::default(), MissingPaymentMethod::Cancel);
-        assert_eq!(MissingPaymentMethod::parse("pause"), Some(MissingPaymentMethod::Pause));
+        assert_eq!(
+            MissingPaymentMethod::default(),
+            MissingPaymentMethod::Cancel
+        );
+        assert_eq!(
+            MissingPaymentMethod::parse("pause"),
+            Some(MissingPaymentMethod::Pause)
+        );
         assert_eq!(MissingPaymentMethod::parse("Pause"), None);
         for m in [MissingPaymentMethod::Cancel, MissingPaymentMethod::Pause] {
             assert!(SubscriptionStatus::Trialing.transition(m.status()).is_ok());

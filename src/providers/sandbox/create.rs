@@ -30,7 +30,8 @@ pub async fn make(
     r: &SubscriptionRequest,
     now: OffsetDateTime,
 ) -> Result<Result<(Subscription, Option<Payment>), ProviderError>, StoreError> {
-    if let Some(sub) = store::find_subscription_by_reference(tx, account, r.client_reference).await?
+    if let Some(sub) =
+        store::find_subscription_by_reference(tx, account, r.client_reference).await?
     {
         let first = store::find_renewal(tx, account, &sub.id, sub.created_at).await?;
         return Ok(Ok((sub, first)));
@@ -69,7 +70,8 @@ pub async fn make(
                 CardOnFile::Pays
             }
         });
-    let trial = TrialDays::parse(u32::from(r.trial_days)).unwrap_or(TrialDays::parse(0).expect("0"));
+    let trial =
+        TrialDays::parse(u32::from(r.trial_days)).unwrap_or(TrialDays::parse(0).expect("0"));
     let start = match domain::start(trial, card) {
         Ok(start) => start,
         Err(e) => {

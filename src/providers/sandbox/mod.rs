@@ -52,9 +52,9 @@ use sqlx::Connection as _;
 use self::events::EventType;
 use self::status::PaymentState;
 use super::{
-    CheckoutRequest, CustomerRequest, ObjectKind, PlanChangePreview, Provider, ProviderCheckout,
-    ProviderError, ProviderObject, ProviderPayment, ProviderRefund, ProviderSubscription,
-    CreatedSubscription, RefundRequest, SubscriptionRequest, SubscriptionUpdate,
+    CheckoutRequest, CreatedSubscription, CustomerRequest, ObjectKind, PlanChangePreview, Provider,
+    ProviderCheckout, ProviderError, ProviderObject, ProviderPayment, ProviderRefund,
+    ProviderSubscription, RefundRequest, SubscriptionRequest, SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
@@ -765,6 +765,9 @@ impl Provider for Sandbox {
                 let now = store::account_now(&mut tx, account.as_str())
                     .await?
                     .unwrap_or_else(OffsetDateTime::now_utc);
+                // Whole seconds, as its events carry times: the answer and the events then
+                // name the same period (a payment is keyed by its period's start).
+                let now = now.replace_nanosecond(0).expect("0 is a valid nanosecond");
                 let made = create::make(&mut tx, account.as_str(), &r, now).await?;
                 tx.commit().await?;
                 Ok::<_, StoreError>(made)

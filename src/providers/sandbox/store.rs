@@ -1817,9 +1817,9 @@ mod tests {
             corrupt_what(refund("canceled").decode()),
             "sandbox refund status"
         );
-        // Coffer knows paused; the sandbox never makes it.
+        // Coffer knows incomplete_expired; the sandbox never makes it.
         assert_eq!(
-            corrupt_what(subscription("paused").decode()),
+            corrupt_what(subscription("incomplete_expired").decode()),
             "sandbox subscription status"
         );
         let expired = ExpiredRecord {
