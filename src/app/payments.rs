@@ -345,7 +345,7 @@ pub async fn apply_payment(
                 tx,
                 tenant,
                 &sub,
-                *period_start,
+                (*period_start, p.period_end),
                 p.amount,
                 currency,
                 now_micros(),

@@ -462,6 +462,8 @@ pub struct ProviderPayment {
     /// A subscription's renewal charge: the provider's subscription id and the start of the
     /// period it pays for. `None` for a checkout session's own payment.
     pub renewal: Option<(String, OffsetDateTime)>,
+    /// A renewal's period end, where the provider says it.
+    pub period_end: Option<OffsetDateTime>,
     pub version: i64,
 }
 

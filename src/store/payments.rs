@@ -249,16 +249,17 @@ pub async fn lock_renewal_payment(
     conn: &mut PgConnection,
     tenant: TenantId,
     subscription: &crate::domain::subscription::Subscription,
-    period_start: OffsetDateTime,
+    period: (OffsetDateTime, Option<OffsetDateTime>),
     amount: i64,
     currency: Currency,
     now: OffsetDateTime,
 ) -> Result<LockedPayment, StoreError> {
+    let (period_start, period_end) = period;
     sqlx::query!(
         "INSERT INTO payments (tenant_id, id, customer_id, checkout_session_id, account, amount,
-                               currency, status, subscription_id, period_start, created_at,
-                               updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $9, $10, $10)
+                               currency, status, subscription_id, period_start, period_end,
+                               created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $9, $11, $10, $10)
          ON CONFLICT (tenant_id, subscription_id, period_start)
              WHERE subscription_id IS NOT NULL
          DO NOTHING",
@@ -272,6 +273,7 @@ pub async fn lock_renewal_payment(
         subscription.id.as_uuid(),
         period_start,
         now,
+        period_end,
     )
     .execute(&mut *conn)
     .await?;

@@ -163,6 +163,7 @@ async fn with_a_card_on_file_the_first_period_is_charged_now_and_a_replay_charge
     assert_eq!(paid[0].subscription_id, first.id);
     assert!(paid[0].checkout_session_id.is_empty());
     assert_eq!(at(paid[0].period_start.as_ref().unwrap()), start);
+    assert_eq!(at(paid[0].period_end.as_ref().unwrap()), end);
 
     // The same key again: the same subscription, replayed, and no second charge.
     let replay = create_with(&env, create(&env.customer, &yearly, None), "sub-1")
@@ -276,6 +277,10 @@ async fn a_trial_with_a_card_renews_into_active_with_a_payment_naming_its_period
     assert_eq!(paid[0].amount, 5_800);
     assert_eq!(paid[0].subscription_id, s.id);
     assert_eq!(at(paid[0].period_start.as_ref().unwrap()), trial_end);
+    assert_eq!(
+        at(paid[0].period_end.as_ref().unwrap()),
+        at(active.current_period_end.as_ref().unwrap())
+    );
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ pub async fn make(
                     new_id: &format!("py_sbx_{}", Uuid::now_v7().simple()),
                     subscription: &sub,
                     period_start: now,
+                    period_end: sub.current_period_end,
                     amount,
                     currency,
                     status,

@@ -369,6 +369,7 @@ fn to_payment(row: store::Payment) -> ProviderPayment {
         card,
         amount_refunded: row.amount_refunded,
         renewal: row.renewal,
+        period_end: row.period_end,
         version: row.version,
     }
 }

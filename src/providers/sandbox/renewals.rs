@@ -213,6 +213,7 @@ async fn step(
                         new_id: &id,
                         subscription: sub,
                         period_start: at,
+                        period_end: renewed.current_period_end,
                         amount,
                         currency,
                         status,

@@ -699,6 +699,9 @@ pub struct Payment {
     pub amount_refunded: i64,
     /// A renewal's: the subscription and the period it pays for; `None` for a session's own.
     pub renewal: Option<(String, OffsetDateTime)>,
+    /// A renewal's: the end of the period it pays for (`None` for charges made before it was
+    /// kept).
+    pub period_end: Option<OffsetDateTime>,
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -720,6 +723,7 @@ struct PaymentRecord {
     amount_refunded: i64,
     subscription_id: Option<String>,
     period_start: Option<OffsetDateTime>,
+    period_end: Option<OffsetDateTime>,
     version: i64,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -741,6 +745,7 @@ impl PaymentRecord {
             fails_on_renewal: self.fails_on_renewal,
             amount_refunded: self.amount_refunded,
             renewal: self.subscription_id.zip(self.period_start),
+            period_end: self.period_end,
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -1020,7 +1025,7 @@ pub async fn record_attempt(
              version = sandbox_payments.version + 1, updated_at = EXCLUDED.updated_at
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at",
+                   subscription_id, period_start, period_end, version, created_at, updated_at",
         a.account,
         a.new_id,
         a.session_id,
@@ -1049,7 +1054,7 @@ pub async fn find_payment_for_session(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND session_id = $2 AND subscription_id IS NULL",
         account,
@@ -1079,7 +1084,7 @@ pub async fn settle_payment(
          WHERE account = $1 AND id = $2
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at",
+                   subscription_id, period_start, period_end, version, created_at, updated_at",
         account,
         id,
         status.as_str(),
@@ -1313,6 +1318,8 @@ pub struct NewRenewal<'a> {
     pub new_id: &'a str,
     pub subscription: &'a Subscription,
     pub period_start: OffsetDateTime,
+    /// The end of the period it pays for.
+    pub period_end: OffsetDateTime,
     pub amount: i64,
     pub currency: &'a str,
     pub status: PaymentState,
@@ -1328,8 +1335,9 @@ pub async fn insert_renewal(
     sqlx::query!(
         "INSERT INTO sandbox_payments
              (account, id, session_id, client_reference, amount, currency, status, failure_code,
-              fails_on_renewal, subscription_id, period_start, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $11, $11)
+              fails_on_renewal, subscription_id, period_start, period_end, version, created_at,
+              updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $11, $11)
          ON CONFLICT (account, subscription_id, period_start) WHERE subscription_id IS NOT NULL
          DO NOTHING",
         r.account,
@@ -1343,6 +1351,7 @@ pub async fn insert_renewal(
         r.subscription.fails_on_renewal,
         r.subscription.id,
         r.period_start,
+        r.period_end,
     )
     .execute(&mut *conn)
     .instrument(statement_span!("INSERT", "sandbox_payments"))
@@ -1351,7 +1360,7 @@ pub async fn insert_renewal(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at
+                   subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
         r.account,
@@ -1425,7 +1434,7 @@ pub async fn find_payment_by_reference(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND client_reference = $2 AND subscription_id IS NULL",
         account,
@@ -1515,7 +1524,7 @@ pub async fn lock_payment(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments WHERE account = $1 AND id = $2 FOR UPDATE",
         account,
         id,
@@ -1707,6 +1716,7 @@ mod tests {
             amount_refunded: 0,
             subscription_id: None,
             period_start: None,
+            period_end: None,
             version: 1,
             created_at: at(1),
             updated_at: at(1),
@@ -1925,7 +1935,7 @@ pub async fn find_renewal(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
         account,
