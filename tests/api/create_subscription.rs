@@ -18,7 +18,7 @@ use time::{Duration, OffsetDateTime};
 use tonic::Code;
 
 use crate::checkout::{inline, plan, session};
-use crate::e2e::{SETTLE, subscription};
+use crate::e2e::{SETTLE, all_delivered_and_processed, subscription};
 use crate::helpers::{TestApp, details, eventually, idem, req, sandbox_test_config};
 use crate::sandbox_page::{Env, FAILS_LATER, PAYS, env_of};
 
@@ -182,8 +182,9 @@ async fn with_a_card_on_file_the_first_period_is_charged_now_and_a_replay_charge
         .await
         .unwrap_err();
     assert_eq!(details(&e).0, "IDEMPOTENCY_KEY_REUSED");
-    // Its events arrive and change nothing: still one charge, still ACTIVE.
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    // Its events arrive, are applied without error, and change nothing: still one charge,
+    // still ACTIVE.
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
     assert_eq!(charges(&env, &first.id).await.len(), 1);
     assert_eq!(
         subscription(&env, &first.id).await.status,
@@ -234,6 +235,7 @@ async fn a_trial_without_a_card_ends_canceled_by_default() {
     let gone = reaches(&env, &s.id, SubscriptionStatus::Canceled).await;
     assert_eq!(at(gone.canceled_at.as_ref().unwrap()), trial_end);
     assert!(charges(&env, &s.id).await.is_empty());
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
 }
 
 #[tokio::test]

@@ -1648,6 +1648,108 @@ pub async fn take_scheduled_amount(
     Ok(taken)
 }
 
+// ---- Subscriptions made through the API (CreateSubscription).
+
+/// The customer's card on file on `account`: the card of its newest succeeded checkout
+/// payment, or of its newest subscription that has one (a trial checkout saves the card
+/// without charging it). `Some(true)` when that card fails every later charge (0341);
+/// `None` when the customer never gave a card.
+pub async fn find_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+) -> Result<Option<bool>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT c.fails AS "fails!" FROM (
+               SELECT p.fails_on_renewal AS fails, p.created_at
+               FROM sandbox_payments p
+               JOIN sandbox_checkout_sessions s ON s.account = p.account AND s.id = p.session_id
+               WHERE p.account = $1 AND s.customer = $2 AND p.status = 'succeeded'
+                 AND p.subscription_id IS NULL
+               UNION ALL
+               SELECT fails_on_renewal, created_at FROM sandbox_subscriptions
+               WHERE account = $1 AND customer = $2 AND card_on_file
+           ) c
+           ORDER BY c.created_at DESC LIMIT 1"#,
+        account,
+        customer,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?)
+}
+
+/// Marks a subscription as having no card on file (a trial begun without one).
+pub async fn set_no_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_subscriptions SET card_on_file = false WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a subscription has a card to charge when its trial ends.
+pub async fn has_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT card_on_file FROM sandbox_subscriptions WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or(true))
+}
+
+/// The payment of the period starting `period_start` of subscription `id`, if charged.
+pub async fn find_renewal(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    period_start: OffsetDateTime,
+) -> Result<Option<Payment>, StoreError> {
+    sqlx::query_as!(
+        PaymentRecord,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                subscription_id, period_start, period_end, version, created_at, updated_at
+         FROM sandbox_payments
+         WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
+        account,
+        id,
+        period_start,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?
+    .map(PaymentRecord::decode)
+    .transpose()
+}
+
+/// The sandbox time of `account` (its clock's offset on the wall clock); `None` for an
+/// account the sandbox does not hold.
+pub async fn account_now(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT now() + clock_offset AS "now!" FROM sandbox_accounts WHERE account = $1"#,
+        account,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1859,106 +1961,4 @@ mod tests {
             r#"stored sandbox payment status is invalid: """#
         );
     }
-}
-
-// ---- Subscriptions made through the API (CreateSubscription).
-
-/// The customer's card on file on `account`: the card of its newest succeeded checkout
-/// payment, or of its newest subscription that has one (a trial checkout saves the card
-/// without charging it). `Some(true)` when that card fails every later charge (0341);
-/// `None` when the customer never gave a card.
-pub async fn find_card_on_file(
-    conn: &mut PgConnection,
-    account: &str,
-    customer: &str,
-) -> Result<Option<bool>, StoreError> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT c.fails AS "fails!" FROM (
-               SELECT p.fails_on_renewal AS fails, p.created_at
-               FROM sandbox_payments p
-               JOIN sandbox_checkout_sessions s ON s.account = p.account AND s.id = p.session_id
-               WHERE p.account = $1 AND s.customer = $2 AND p.status = 'succeeded'
-                 AND p.subscription_id IS NULL
-               UNION ALL
-               SELECT fails_on_renewal, created_at FROM sandbox_subscriptions
-               WHERE account = $1 AND customer = $2 AND card_on_file
-           ) c
-           ORDER BY c.created_at DESC LIMIT 1"#,
-        account,
-        customer,
-    )
-    .fetch_optional(conn)
-    .instrument(statement_span!("SELECT", "sandbox_payments"))
-    .await?)
-}
-
-/// Marks a subscription as having no card on file (a trial begun without one).
-pub async fn set_no_card_on_file(
-    conn: &mut PgConnection,
-    account: &str,
-    id: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE sandbox_subscriptions SET card_on_file = false WHERE account = $1 AND id = $2",
-        account,
-        id,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Whether a subscription has a card to charge when its trial ends.
-pub async fn has_card_on_file(
-    conn: &mut PgConnection,
-    account: &str,
-    id: &str,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar!(
-        "SELECT card_on_file FROM sandbox_subscriptions WHERE account = $1 AND id = $2",
-        account,
-        id,
-    )
-    .fetch_optional(conn)
-    .await?
-    .unwrap_or(true))
-}
-
-/// The payment of the period starting `period_start` of subscription `id`, if charged.
-pub async fn find_renewal(
-    conn: &mut PgConnection,
-    account: &str,
-    id: &str,
-    period_start: OffsetDateTime,
-) -> Result<Option<Payment>, StoreError> {
-    sqlx::query_as!(
-        PaymentRecord,
-        "SELECT account, id, session_id, client_reference, amount, currency, status,
-                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, period_end, version, created_at, updated_at
-         FROM sandbox_payments
-         WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
-        account,
-        id,
-        period_start,
-    )
-    .fetch_optional(conn)
-    .instrument(statement_span!("SELECT", "sandbox_payments"))
-    .await?
-    .map(PaymentRecord::decode)
-    .transpose()
-}
-
-/// The sandbox time of `account` (its clock's offset on the wall clock); `None` for an
-/// account the sandbox does not hold.
-pub async fn account_now(
-    conn: &mut PgConnection,
-    account: &str,
-) -> Result<Option<OffsetDateTime>, StoreError> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT now() + clock_offset AS "now!" FROM sandbox_accounts WHERE account = $1"#,
-        account,
-    )
-    .fetch_optional(conn)
-    .await?)
 }
