@@ -25,9 +25,14 @@ use crate::sandbox_page::{Env, FAILS_LATER, PAYS, env_of};
 /// The server with the sandbox, its delivery workers and inbox workers, and coffer.toml
 /// `settings`; a customer "alice" of tenant acme.
 async fn spawn(settings: &str) -> Env {
+    spawn_with_faults(settings, Arc::default()).await
+}
+
+/// [`spawn`], with the sandbox's fault switches `faults`.
+async fn spawn_with_faults(settings: &str, faults: Arc<Faults>) -> Env {
     let app = TestApp::spawn_configured(settings, &[], |config| {
         config.http_addr = Some("127.0.0.1:0".parse().unwrap());
-        config.sandbox = Some(sandbox_test_config(Arc::new(Faults::default())));
+        config.sandbox = Some(sandbox_test_config(faults));
         config.resolve_interval = StdDuration::from_millis(100);
         config.sweep_interval = StdDuration::from_millis(100);
         config.inbox = InboxConfig {
@@ -359,4 +364,35 @@ async fn bad_requests_name_the_field_and_unknown_ids_are_not_found() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(details(&e).1.iter().any(|f| f == "price_id"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_settled_by_the_retry_and_makes_one_subscription_and_one_charge() {
+    let faults = Arc::new(Faults::default());
+    let env = spawn_with_faults("", faults.clone()).await;
+    let (_, [monthly, _, _]) = plan(&env.app, "pro").await;
+    card_on_file(&env, PAYS).await;
+    // The sandbox makes the subscription and charges it, and the answer is lost.
+    faults.lose_next_answers(1);
+    let e = create_with(&env, create(&env.customer, &monthly, Some(0)), "lost")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // The retry under the same key settles it by asking the sandbox: the one it made.
+    let s = create_with(&env, create(&env.customer, &monthly, Some(0)), "lost")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, SubscriptionStatus::Active as i32);
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    let paid = charges(&env, &s.id).await;
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_eq!(paid[0].status, PaymentStatus::Succeeded as i32);
+    let (made, sandbox_made): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM subscriptions), (SELECT count(*) FROM sandbox_subscriptions)",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((made, sandbox_made), (1, 1));
 }

@@ -203,7 +203,7 @@ mod tests {
                 "client_reference_id": reference.to_string(), "amount": 5_800,
                 "currency": "USD", "status": "failed", "failure_code": "card_declined",
                 "card": {"brand": "visa", "last4": "0002"}, "amount_refunded": 0, "version": 2,
-                "subscription": null, "period_start": null,
+                "subscription": null, "period_start": null, "period_end": null,
             })
         );
     }
