@@ -28,6 +28,10 @@
 //! sandbox_webhook_secret_env = "ACME_SANDBOX_SECRET"
 //! past_due_grace = "3days"
 //! disputed_access = "deny"
+//! renewal_retries = 3                          # a failed renewal's retries
+//! renewal_retry_window = "7days"               # spread evenly over this
+//! dunning_end = "unpaid"                       # unpaid | canceled, once they run out
+//! trial_end_without_payment_method = "cancel"  # cancel | pause
 //! default_account = "stripe-main"
 //!
 //! [tenant.acme.amount_limits]
@@ -102,6 +106,16 @@ pub struct TenantSettings {
     /// Whether a subscription with a DISPUTED payment keeps access (`disputed_access =
     /// "allow"`) or loses it (`"deny"`); `None`: deny.
     pub disputed_access: Option<crate::domain::access::DisputedAccess>,
+    /// How many times a failed renewal is retried (`renewal_retries`, 1..=20); `None`: 3.
+    pub renewal_retries: Option<u32>,
+    /// The span the retries are spread over (`renewal_retry_window`, 1 hour..=60 days);
+    /// `None`: 7 days.
+    pub renewal_retry_window: Option<Duration>,
+    /// What a subscription whose retries ran out becomes (`dunning_end`); `None`: UNPAID.
+    pub dunning_end: Option<crate::domain::subscription::DunningEnd>,
+    /// What a trial ending without a payment method becomes
+    /// (`trial_end_without_payment_method`); `None`: CANCELED.
+    pub trial_end_without_payment_method: Option<crate::domain::subscription::MissingPaymentMethod>,
     /// The account checkouts use when they name none: a configured account of this tenant, or
     /// its sandbox account (`{tenant}-sandbox`), which exists only with the sandbox enabled.
     pub default_account: Option<AccountName>,
@@ -261,6 +275,10 @@ struct RawTenant {
     sandbox_webhook_secret_env: Option<String>,
     past_due_grace: Option<String>,
     disputed_access: Option<String>,
+    renewal_retries: Option<i64>,
+    renewal_retry_window: Option<String>,
+    dunning_end: Option<String>,
+    trial_end_without_payment_method: Option<String>,
     default_account: Option<String>,
 }
 
@@ -471,6 +489,10 @@ const TENANT_FIELDS: &[(&str, Kind)] = &[
     ("sandbox_webhook_secret_env", Kind::Str),
     ("past_due_grace", Kind::Str),
     ("disputed_access", Kind::Str),
+    ("renewal_retries", Kind::Int),
+    ("renewal_retry_window", Kind::Str),
+    ("dunning_end", Kind::Str),
+    ("trial_end_without_payment_method", Kind::Str),
     ("default_account", Kind::Str),
 ];
 
@@ -846,11 +868,62 @@ fn tenant_settings(
             )),
         })
         .transpose()?;
+    let renewal_retries = raw
+        .renewal_retries
+        .map(|n| match u32::try_from(n) {
+            Ok(n @ 1..=20) => Ok(n),
+            _ => Err(("renewal_retries", format!("{n} is not between 1 and 20"))),
+        })
+        .transpose()?;
+    let renewal_retry_window = raw
+        .renewal_retry_window
+        .map(|s| {
+            let d = humantime::parse_duration(&s).map_err(|e| {
+                (
+                    "renewal_retry_window",
+                    format!("{s:?} is not a duration such as \"7days\" or \"72h\": {e}"),
+                )
+            })?;
+            if d < Duration::from_secs(3_600) || d > Duration::from_secs(60 * 86_400) {
+                return Err((
+                    "renewal_retry_window",
+                    format!("{s:?} is not between 1 hour and 60 days"),
+                ));
+            }
+            Ok(d)
+        })
+        .transpose()?;
+    let dunning_end = raw
+        .dunning_end
+        .map(|s| {
+            crate::domain::subscription::DunningEnd::parse(&s).ok_or_else(|| {
+                (
+                    "dunning_end",
+                    format!("{s:?} is neither \"unpaid\" nor \"canceled\""),
+                )
+            })
+        })
+        .transpose()?;
+    let trial_end_without_payment_method = raw
+        .trial_end_without_payment_method
+        .map(|s| {
+            crate::domain::subscription::MissingPaymentMethod::parse(&s).ok_or_else(|| {
+                (
+                    "trial_end_without_payment_method",
+                    format!("{s:?} is neither \"cancel\" nor \"pause\""),
+                )
+            })
+        })
+        .transpose()?;
     let default_account = raw
         .default_account
         .map(|a| field("default_account", AccountName::parse(&a)))
         .transpose()?;
     Ok(TenantSettings {
+        renewal_retries,
+        renewal_retry_window,
+        dunning_end,
+        trial_end_without_payment_method,
         allowed_redirect_origins: origins,
         amount_limits,
         sandbox_webhook_secret,
@@ -926,6 +999,8 @@ mod tests {
             allowed_redirect_origins = ["https://shop.acme.example", "http://localhost:3000"]
             sandbox_webhook_secret_env = "STRIPE_WHSEC"
             past_due_grace = "3days"
+            renewal_retries = 1
+            dunning_end = "canceled"
             default_account = "stripe-main"
 
             [tenant.acme.amount_limits]
@@ -992,6 +1067,12 @@ mod tests {
             AmountLimits::new(1000, 1_000_000).unwrap()
         );
         assert_eq!(t.past_due_grace, Some(Duration::from_secs(3 * 86_400)));
+        assert_eq!(t.renewal_retries, Some(1));
+        assert_eq!(
+            t.dunning_end,
+            Some(crate::domain::subscription::DunningEnd::Canceled)
+        );
+        assert_eq!(t.renewal_retry_window, None);
         assert_eq!(t.default_account.as_ref().unwrap().as_str(), "stripe-main");
         assert!(t.sandbox_webhook_secret.is_some());
         // A tenant the file does not name has the defaults.
@@ -1225,6 +1306,22 @@ mod tests {
             (
                 "[tenant.acme.amount_limits]\nXYZ = { min = 100, max = 1000 }".into(),
                 r#"/etc/coffer.toml: tenant "acme": amount_limits: XYZ is not a currency Coffer supports"#,
+            ),
+            (
+                "[tenant.acme]\nrenewal_retries = 0".into(),
+                r#"/etc/coffer.toml: tenant "acme": renewal_retries: 0 is not between 1 and 20"#,
+            ),
+            (
+                "[tenant.acme]\nrenewal_retry_window = \"1s\"".into(),
+                r#"/etc/coffer.toml: tenant "acme": renewal_retry_window: "1s" is not between 1 hour and 60 days"#,
+            ),
+            (
+                "[tenant.acme]\ndunning_end = \"cancelled\"".into(),
+                r#"/etc/coffer.toml: tenant "acme": dunning_end: "cancelled" is neither "unpaid" nor "canceled""#,
+            ),
+            (
+                "[tenant.acme]\ntrial_end_without_payment_method = \"keep\"".into(),
+                r#"/etc/coffer.toml: tenant "acme": trial_end_without_payment_method: "keep" is neither "cancel" nor "pause""#,
             ),
             (
                 "[tenant.acme]\npast_due_grace = \"3\"".into(),

@@ -241,10 +241,9 @@ impl Server {
         let mut delivery = None;
         let providers = Providers::new(
             config.settings.clone(),
-            config
-                .sandbox
-                .as_ref()
-                .map(|sandbox| Sandbox::new(pool.clone(), sandbox.clone())),
+            config.sandbox.as_ref().map(|sandbox| {
+                Sandbox::new(pool.clone(), sandbox.clone()).with_settings(config.settings.clone())
+            }),
         )
         .with_adapters(&config.outbound)?;
         app = app.with_providers(providers);
@@ -413,7 +412,10 @@ impl Server {
                 .spawn(crate::providers::sandbox::clock::run_expirer(
                     app.pool.clone(),
                     sandbox.expire_interval,
-                    sandbox.dunning,
+                    crate::providers::sandbox::renewals::DunningTable::new(
+                        sandbox.dunning,
+                        Some(config.settings.clone()),
+                    ),
                     stop_claiming.clone(),
                 ));
         }

@@ -54,6 +54,8 @@ pub enum OpKind {
     /// A lifecycle change to a subscription (`coffer_id` is the change's own id, so each
     /// change is an operation of its own).
     UpdateSubscription,
+    /// Making a subscription without a checkout (`coffer_id` is the subscription's id).
+    CreateSubscription,
 }
 
 impl OpKind {
@@ -67,11 +69,12 @@ impl OpKind {
             OpKind::ExpireCheckoutSession => "expire_checkout_session",
             OpKind::Refund => "refund",
             OpKind::UpdateSubscription => "update_subscription",
+            OpKind::CreateSubscription => "create_subscription",
         }
     }
 
     /// Every kind; the table's check constraint must take each (a test compares them).
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 9] = [
         OpKind::CreateCustomer,
         OpKind::CreatePrice,
         OpKind::CreateMeter,
@@ -80,6 +83,7 @@ impl OpKind {
         OpKind::ExpireCheckoutSession,
         OpKind::Refund,
         OpKind::UpdateSubscription,
+        OpKind::CreateSubscription,
     ];
 
     fn parse(s: &str) -> Option<Self> {
@@ -97,7 +101,7 @@ impl OpKind {
                 ObjectKind::CheckoutSession
             }
             OpKind::Refund => ObjectKind::Refund,
-            OpKind::UpdateSubscription => ObjectKind::Subscription,
+            OpKind::UpdateSubscription | OpKind::CreateSubscription => ObjectKind::Subscription,
         }
     }
 }

@@ -308,19 +308,32 @@ pub async fn apply_payment(
     p: &ProviderPayment,
 ) -> Result<(), ApplyError> {
     let checkout = CheckoutId::from_uuid(p.client_reference);
-    lock_visible(tx, tenant, checkout).await?;
+    // A charge of a subscription CreateSubscription made names the subscription itself.
+    let created = match &p.renewal {
+        Some(_) => sub_store::find_creation(tx, tenant, p.client_reference)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    if !created {
+        lock_visible(tx, tenant, checkout).await?;
+    }
     let locked = match &p.renewal {
         None => store::lock_session_payment(tx, tenant, checkout)
             .await?
             .ok_or_else(|| refused(format!("checkout session {checkout} has no payment")))?,
         Some((provider_subscription, period_start)) => {
-            let (sub, _) = sub_store::lock_session_subscription(tx, tenant, checkout)
-                .await?
-                .ok_or_else(|| {
-                    refused(format!(
-                        "checkout session {checkout} has no subscription yet"
-                    ))
-                })?;
+            let found = if created {
+                let id = crate::domain::ids::SubscriptionId::from_uuid(p.client_reference);
+                sub_store::lock_subscription_versioned(tx, tenant, id).await?
+            } else {
+                sub_store::lock_session_subscription(tx, tenant, checkout).await?
+            };
+            let (sub, _) = found.ok_or_else(|| {
+                refused(format!(
+                    "the subscription of {checkout} is not recorded yet"
+                ))
+            })?;
             if sub.provider_subscription_id != *provider_subscription {
                 return Err(refused(format!(
                     "the renewal's subscription is not checkout session {checkout}'s"
@@ -332,7 +345,7 @@ pub async fn apply_payment(
                 tx,
                 tenant,
                 &sub,
-                *period_start,
+                (*period_start, p.period_end),
                 p.amount,
                 currency,
                 now_micros(),
@@ -559,6 +572,7 @@ pub fn with_sandbox_handlers(mut handlers: Handlers) -> Handlers {
 pub struct PaymentQuery {
     pub customer: Option<crate::domain::ids::CustomerId>,
     pub status: Option<PaymentStatus>,
+    pub subscription: Option<crate::domain::ids::SubscriptionId>,
     pub page_size: PageSize,
     pub page_token: Option<String>,
 }
@@ -614,7 +628,11 @@ impl Payments {
     ) -> Result<Page<Payment>, AppError> {
         let customer = query.customer.map(|c| c.to_string()).unwrap_or_default();
         let status = query.status.map(PaymentStatus::as_str).unwrap_or("");
-        let filters = FilterDigest::of(LIST_PAYMENTS, &[&customer, status]);
+        let subscription = query
+            .subscription
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let filters = FilterDigest::of(LIST_PAYMENTS, &[&customer, status, &subscription]);
         let after = page::start(query.page_token.as_deref(), filters)?.unwrap_or(uuid::Uuid::nil());
         let mut conn = self.reads.get().acquire().await?;
         let rows = store::list_payments(
@@ -622,6 +640,7 @@ impl Payments {
             ctx.tenant,
             query.customer,
             query.status,
+            query.subscription,
             after,
             query.page_size.get() as i64 + 1,
         )

@@ -12,7 +12,8 @@ use crate::store::replica::ReadPool;
 use super::customers::now_micros;
 use super::idempotency::{Done, IdempotentCall, Mutations};
 use super::journal::provider_error;
-use super::journal::{Journal, OpKind, OpStatus, Started};
+use super::journal::{CallFailed, Journal, OpKind, OpStatus, Started};
+use super::mirror::{Mirror, mirrored};
 use super::page::{self, Page};
 use super::providers::Providers;
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
@@ -31,8 +32,8 @@ use crate::domain::subscription::{
     SubscriptionStatus,
 };
 use crate::providers::{
-    ObjectKind, Operation, PlanChangePreview, ProviderObject, ProviderSubscription,
-    SubscriptionUpdate,
+    ObjectKind, Operation, PAYMENT_METHOD_REQUIRED, PlanChangePreview, ProviderError,
+    ProviderObject, ProviderSubscription, SubscriptionRequest, SubscriptionUpdate,
 };
 use crate::store::{audit, meters as meter_store, plans as store};
 use crate::store::{
@@ -48,6 +49,7 @@ pub const REASON_SUBSCRIPTION_NOT_FOUND: &str = "SUBSCRIPTION_NOT_FOUND";
 pub const REASON_PLAN_KEY_TAKEN: &str = "PLAN_KEY_TAKEN";
 pub const REASON_ILLEGAL_SUBSCRIPTION_TRANSITION: &str = "ILLEGAL_SUBSCRIPTION_TRANSITION";
 pub const REASON_SUBSCRIPTION_HAS_NO_PRICE: &str = "SUBSCRIPTION_HAS_NO_PRICE";
+pub const REASON_PAYMENT_METHOD_REQUIRED: &str = "PAYMENT_METHOD_REQUIRED";
 
 /// The list a page token of ListPlans belongs to.
 const LIST: &str = "coffer.v1.Subscriptions/ListPlans";
@@ -61,6 +63,17 @@ pub struct PlanChangeAsk {
     pub proration: Behavior,
     pub effective: Effective,
     pub proration_time: Option<time::OffsetDateTime>,
+}
+
+/// A CreateSubscription as asked, its fields well formed.
+#[derive(Debug, Clone)]
+pub struct NewSubscriptionAsk {
+    pub customer: crate::domain::ids::CustomerId,
+    pub price: PriceId,
+    pub quantity: u32,
+    /// `None`: the price's own trial.
+    pub trial_days: Option<crate::domain::subscription::TrialDays>,
+    pub account: Option<AccountName>,
 }
 
 /// Filters and position of a ListSubscriptions call.
@@ -258,6 +271,215 @@ impl Subscriptions {
             ctx.tenant,
             Some(ctx.key),
             verb,
+            "subscription",
+            id.as_uuid(),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| AppError::from_commit(e.into()))?;
+        drop(conn);
+        self.get_subscription(&ctx, id).await
+    }
+
+    /// Creates a subscription without a checkout (CreateSubscription), through the account's
+    /// provider and the journal, as the lifecycle changes are: what is asked is recorded under
+    /// the subscription's id first, so whoever applies the provider's answer (this call, its
+    /// event, or the resolver settling an unknown outcome) makes the same row.
+    #[tracing::instrument(skip_all)]
+    pub async fn create(
+        &self,
+        ctx: &TenantCtx,
+        call: Option<IdempotentCall>,
+        ask: NewSubscriptionAsk,
+    ) -> Result<Done<Subscription>, AppError> {
+        let this = self.clone();
+        let ctx = *ctx;
+        self.mutations
+            .run_external(&ctx, call, move |call| async move {
+                this.create_attempt(ctx, call, ask).await
+            })
+            .await
+    }
+
+    async fn create_attempt(
+        &self,
+        ctx: TenantCtx,
+        call: Option<IdempotentCall>,
+        ask: NewSubscriptionAsk,
+    ) -> Result<Subscription, AppError> {
+        let account = self
+            .providers
+            .resolve(ctx.tenant, ask.account.as_ref())
+            .await?;
+        let provider = account.for_op(Operation::CreateSubscription)?;
+        let mut conn = self.pool.acquire().await?;
+        let customer =
+            customer_store::find_customer(&mut conn, ctx.tenant, &CustomerRef::Id(ask.customer))
+                .await?
+                .ok_or_else(|| {
+                    AppError::not_found(
+                        super::checkout::REASON_CUSTOMER_NOT_FOUND,
+                        "customer not found",
+                    )
+                })?;
+        let prices =
+            store::find_prices_for_sale(&mut conn, ctx.tenant, &[ask.price.as_uuid()]).await?;
+        let sale = prices.get(&ask.price.as_uuid()).ok_or_else(|| {
+            AppError::not_found(super::checkout::REASON_PRICE_NOT_FOUND, "price not found")
+        })?;
+        let bad = |why: &str| AppError::Invalid(Violations::single("price_id", why.to_owned()));
+        if sale.archived {
+            return Err(bad("its plan is archived"));
+        }
+        let Billing::Recurring { trial_days, .. } = sale.price.billing else {
+            return Err(bad("must be a recurring price"));
+        };
+        if sale.price.meter.is_some() {
+            return Err(bad("a metered price is bought by checkout"));
+        }
+        if sale
+            .price
+            .money
+            .amount()
+            .checked_mul(i64::from(ask.quantity))
+            .is_none()
+        {
+            return Err(AppError::Invalid(Violations::single(
+                "quantity",
+                "is too large".to_owned(),
+            )));
+        }
+        let trial_days = ask.trial_days.map(|t| t.get()).unwrap_or(trial_days);
+        let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
+        let earlier = match idempotency {
+            Some((method, key)) => {
+                journal_store::find_by_idempotency_key(&mut conn, ctx.tenant, method, key).await?
+            }
+            None => None,
+        };
+        let id = earlier
+            .as_ref()
+            .map(|row| SubscriptionId::from_uuid(row.coffer_id))
+            .unwrap_or_else(SubscriptionId::generate);
+        if earlier
+            .as_ref()
+            .is_some_and(|row| row.status == OpStatus::Succeeded.as_str())
+        {
+            drop(conn);
+            return self.get_subscription(&ctx, id).await;
+        }
+        drop(conn);
+        // No connection is held while the provider is called: the customer and the price may
+        // be made there.
+        let provider_customer = mirrored(
+            &self.pool,
+            &self.journal,
+            ctx,
+            &account,
+            Mirror::Customer(&customer),
+        )
+        .await?;
+        let provider_price = mirrored(
+            &self.pool,
+            &self.journal,
+            ctx,
+            &account,
+            Mirror::Price {
+                id: ask.price,
+                name: &sale.plan_name,
+                unit: sale.price.money,
+                billing: sale.price.billing,
+                meter: None,
+            },
+        )
+        .await?;
+        let mut conn = self.pool.acquire().await?;
+        sub_store::insert_creation(
+            &mut conn,
+            ctx.tenant,
+            id,
+            &sub_store::Creation {
+                customer: customer.id,
+                price: ask.price,
+                quantity: ask.quantity,
+                account: account.name.as_str().to_owned(),
+            },
+        )
+        .await?;
+        let started = self
+            .journal
+            .begin(
+                &mut conn,
+                ctx.tenant,
+                &account.name,
+                OpKind::CreateSubscription,
+                id.as_uuid(),
+                idempotency,
+            )
+            .await?;
+        drop(conn);
+        let op = match started {
+            Started::Call(op) => op,
+            Started::Existing(op) => {
+                // Pending or unknown: the provider knows whether it made the subscription. If
+                // it did not, the operation is failed and asked again (a new generation).
+                if op.status != OpStatus::Succeeded
+                    && self.journal.settle(&op, &account).await?.is_none()
+                {
+                    return Box::pin(self.create_attempt(ctx, call, ask)).await;
+                }
+                return self.get_subscription(&ctx, id).await;
+            }
+        };
+        let sent = provider.create_subscription(
+            &account.name,
+            SubscriptionRequest {
+                client_reference: id.as_uuid(),
+                idempotency_key: op.idempotency_key(),
+                customer: provider_customer,
+                provider_price,
+                unit: sale.price.money,
+                billing: sale.price.billing,
+                quantity: ask.quantity,
+                trial_days,
+            },
+        );
+        let made = match self.journal.call(&op, account.kind, sent).await {
+            Ok(made) => made,
+            Err(CallFailed {
+                cause: ProviderError::Definitive { code, .. },
+                ..
+            }) if code == PAYMENT_METHOD_REQUIRED => {
+                return Err(AppError::rejected(
+                    RejectionKind::FailedPrecondition,
+                    REASON_PAYMENT_METHOD_REQUIRED,
+                    "the customer has no payment method on file (from an earlier checkout) \
+                     and the subscription has no trial",
+                ));
+            }
+            Err(failed) => return Err(failed.into()),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.journal
+            .apply(
+                &mut tx,
+                &op,
+                &account.name,
+                &ProviderObject::Subscription(made.subscription),
+            )
+            .await?;
+        // The first period's charge, made with it: shown at once, not only once its event
+        // arrives.
+        if let Some(payment) = &made.payment {
+            super::payments::apply_payment(&mut tx, ctx.tenant, payment).await?;
+        }
+        audit::insert_audit(
+            &mut tx,
+            ctx.tenant,
+            Some(ctx.key),
+            "subscription.created",
             "subscription",
             id.as_uuid(),
         )
@@ -589,16 +811,34 @@ fn illegal_change(e: &IllegalChange) -> AppError {
     })
 }
 
-/// A subscription a session made: created the first time (with the session's first line
-/// item's price and quantity, and named on the session), its state updated after.
+/// A subscription a session or CreateSubscription made: created the first time (with the
+/// session's first line item's price and quantity, and named on the session; or with what
+/// CreateSubscription asked, recorded under the subscription's id before the provider was
+/// called), its state updated after. The client reference is the session's id, or the
+/// subscription's own.
 pub async fn apply_subscription(
     tx: &mut PgConnection,
     tenant: TenantId,
     s: &ProviderSubscription,
 ) -> Result<(), ApplyError> {
-    let checkout = CheckoutId::from_uuid(s.client_reference);
-    lock_visible(tx, tenant, checkout).await?;
-    let id = match sub_store::lock_session_subscription(tx, tenant, checkout).await? {
+    let (existing, origin) = match sub_store::find_creation(tx, tenant, s.client_reference).await? {
+        Some(creation) => {
+            let id = SubscriptionId::from_uuid(s.client_reference);
+            (
+                sub_store::lock_subscription_versioned(tx, tenant, id).await?,
+                Origin::Created(id, creation),
+            )
+        }
+        None => {
+            let checkout = CheckoutId::from_uuid(s.client_reference);
+            lock_visible(tx, tenant, checkout).await?;
+            (
+                sub_store::lock_session_subscription(tx, tenant, checkout).await?,
+                Origin::Session(checkout),
+            )
+        }
+    };
+    let id = match existing {
         Some((current, version)) => {
             if s.version <= version {
                 return Ok(());
@@ -638,6 +878,41 @@ pub async fn apply_subscription(
             id
         }
         None => {
+            let checkout = match origin {
+                Origin::Session(checkout) => checkout,
+                Origin::Created(id, c) => {
+                    sub_store::insert_subscription(
+                        tx,
+                        tenant,
+                        &sub_store::NewSubscription {
+                            id,
+                            customer: c.customer,
+                            price: Some(c.price),
+                            quantity: c.quantity,
+                            status: s.status,
+                            current_period_start: s.current_period_start,
+                            current_period_end: s.current_period_end,
+                            trial_end: s.trial_end,
+                            account: &c.account,
+                            provider_id: &s.id,
+                            checkout: None,
+                            version: s.version,
+                        },
+                    )
+                    .await?;
+                    journal_store::insert_provider_object(
+                        tx,
+                        tenant,
+                        &c.account,
+                        ObjectKind::Subscription.as_str(),
+                        id.as_uuid(),
+                        &s.id,
+                    )
+                    .await?;
+                    tracing::debug!(subscription = %id, status = s.status.as_str(), "subscription created");
+                    return Ok(());
+                }
+            };
             let session = checkout_store::find_session(tx, tenant, checkout)
                 .await?
                 .ok_or_else(|| refused(format!("no checkout session {checkout}")))?;
@@ -660,7 +935,7 @@ pub async fn apply_subscription(
                     trial_end: s.trial_end,
                     account: &session.account,
                     provider_id: &s.id,
-                    checkout,
+                    checkout: Some(checkout),
                     version: s.version,
                 },
             )
@@ -679,4 +954,10 @@ pub async fn apply_subscription(
     };
     tracing::debug!(subscription = %id, status = s.status.as_str(), "subscription applied");
     Ok(())
+}
+
+/// Where a provider's subscription came from, by its client reference.
+enum Origin {
+    Session(CheckoutId),
+    Created(SubscriptionId, sub_store::Creation),
 }

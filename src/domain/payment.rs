@@ -168,7 +168,14 @@ impl RefundReason {
 pub struct Payment {
     pub id: PaymentId,
     pub customer: CustomerId,
-    pub checkout_session: CheckoutId,
+    /// The session that collected it; `None` for a charge of a subscription CreateSubscription
+    /// made.
+    pub checkout_session: Option<CheckoutId>,
+    /// The subscription whose period it pays (a renewal, a proration, or CreateSubscription's
+    /// first charge); `None` for a session's own payment.
+    pub subscription: Option<crate::domain::ids::SubscriptionId>,
+    /// The period it pays for: its start, and its end where known.
+    pub period: Option<(OffsetDateTime, Option<OffsetDateTime>)>,
     pub account: String,
     pub amount: i64,
     pub currency: Currency,

@@ -294,8 +294,8 @@ impl Lifecycle {
     }
 }
 
-/// A customer's subscription: made by a completed SUBSCRIPTION checkout, moved by the
-/// lifecycle calls and the provider's events.
+/// A customer's subscription: made by a completed SUBSCRIPTION checkout or by
+/// CreateSubscription, moved by the lifecycle calls and the provider's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub id: SubscriptionId,
@@ -314,7 +314,8 @@ pub struct Subscription {
     pub cancel_reason: String,
     pub account: String,
     pub provider_subscription_id: String,
-    pub checkout_session: CheckoutId,
+    /// The checkout session that made it; `None` for one made by CreateSubscription.
+    pub checkout_session: Option<CheckoutId>,
     pub created_at: OffsetDateTime,
 }
 
@@ -447,9 +448,185 @@ pub struct SubscriptionEvent {
     pub occurred_at: OffsetDateTime,
 }
 
+/// The longest trial CreateSubscription gives, in days (Stripe's `trial_period_days` limit).
+pub const MAX_TRIAL_DAYS: u32 = 730;
+
+/// The trial a CreateSubscription asks: 0 (none) up to [`MAX_TRIAL_DAYS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrialDays(u16);
+
+impl TrialDays {
+    pub fn parse(days: u32) -> Result<Self, crate::domain::Invalid> {
+        if days > MAX_TRIAL_DAYS {
+            return Err(crate::domain::Invalid::new(format!(
+                "must be between 0 and {MAX_TRIAL_DAYS}"
+            )));
+        }
+        Ok(Self(days as u16))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// The saved card a new subscription's charges go to, as far as a subscription's start
+/// cares: whether charging it off-session succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardOnFile {
+    Pays,
+    /// The sandbox's `4000 0000 0000 0341`: it paid once, at its checkout, and every later
+    /// (off-session) charge of it fails.
+    Declines,
+}
+
+/// How a subscription made through the API starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// TRIALING until the trial's end; nothing is charged now.
+    Trial,
+    /// The first period is charged now and paid: ACTIVE.
+    Paid,
+    /// The first period's charge failed: INCOMPLETE, as Stripe's
+    /// `payment_behavior=default_incomplete` leaves a subscription whose first invoice is not
+    /// paid. Nothing is retried; a new CreateSubscription (with another card) starts again.
+    FirstChargeFailed,
+}
+
+impl Start {
+    pub fn status(self) -> SubscriptionStatus {
+        match self {
+            Start::Trial => SubscriptionStatus::Trialing,
+            Start::Paid => SubscriptionStatus::Active,
+            Start::FirstChargeFailed => SubscriptionStatus::Incomplete,
+        }
+    }
+}
+
+/// Neither a trial nor a card to charge: nothing to start the subscription with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the customer has no payment method on file and the subscription has no trial")]
+pub struct PaymentMethodRequired;
+
+/// How a subscription made through the API starts: a trial whether or not a card is on file;
+/// else the card is charged for the first period; no card and no trial is refused.
+pub fn start(trial: TrialDays, card: Option<CardOnFile>) -> Result<Start, PaymentMethodRequired> {
+    match (trial.get(), card) {
+        (1.., _) => Ok(Start::Trial),
+        (0, Some(CardOnFile::Pays)) => Ok(Start::Paid),
+        (0, Some(CardOnFile::Declines)) => Ok(Start::FirstChargeFailed),
+        (0, None) => Err(PaymentMethodRequired),
+    }
+}
+
+/// What becomes of a trial that ends with no payment method on file (Stripe's
+/// `trial_settings.end_behavior.missing_payment_method`; tenant setting
+/// `trial_end_without_payment_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingPaymentMethod {
+    /// CANCELED at the trial's end (Stripe's `cancel`, Coffer's default).
+    #[default]
+    Cancel,
+    /// PAUSED at the trial's end (Stripe's `pause`): no access, nothing charged.
+    Pause,
+}
+
+impl MissingPaymentMethod {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cancel" => Some(Self::Cancel),
+            "pause" => Some(Self::Pause),
+            _ => None,
+        }
+    }
+
+    /// The status the trial ends in.
+    pub fn status(self) -> SubscriptionStatus {
+        match self {
+            Self::Cancel => SubscriptionStatus::Canceled,
+            Self::Pause => SubscriptionStatus::Paused,
+        }
+    }
+}
+
+/// What becomes of a subscription whose failed renewal is never paid (tenant setting
+/// `dunning_end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DunningEnd {
+    #[default]
+    Unpaid,
+    Canceled,
+}
+
+impl DunningEnd {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unpaid" => Some(Self::Unpaid),
+            "canceled" => Some(Self::Canceled),
+            _ => None,
+        }
+    }
+
+    pub fn status(self) -> SubscriptionStatus {
+        match self {
+            Self::Unpaid => SubscriptionStatus::Unpaid,
+            Self::Canceled => SubscriptionStatus::Canceled,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_starts_with_a_trial_or_the_card_or_is_refused() {
+        let none = TrialDays::parse(0).unwrap();
+        let week = TrialDays::parse(7).unwrap();
+        assert_eq!(start(week, None), Ok(Start::Trial));
+        assert_eq!(start(week, Some(CardOnFile::Declines)), Ok(Start::Trial));
+        assert_eq!(start(none, Some(CardOnFile::Pays)), Ok(Start::Paid));
+        assert_eq!(
+            start(none, Some(CardOnFile::Declines)),
+            Ok(Start::FirstChargeFailed)
+        );
+        assert_eq!(start(none, None), Err(PaymentMethodRequired));
+        assert_eq!(
+            Start::FirstChargeFailed.status(),
+            SubscriptionStatus::Incomplete
+        );
+        // Every start is a status the state machine can leave for ACTIVE.
+        for s in [Start::Trial, Start::Paid, Start::FirstChargeFailed] {
+            assert!(s.status().transition(SubscriptionStatus::Active).is_ok());
+        }
+    }
+
+    #[test]
+    fn trial_days_are_bounded() {
+        assert_eq!(TrialDays::parse(730).unwrap().get(), 730);
+        assert!(TrialDays::parse(731).is_err());
+    }
+
+    #[test]
+    fn a_trial_without_a_card_ends_canceled_or_paused_legally() {
+        assert_eq!(
+            MissingPaymentMethod::default(),
+            MissingPaymentMethod::Cancel
+        );
+        assert_eq!(
+            MissingPaymentMethod::parse("pause"),
+            Some(MissingPaymentMethod::Pause)
+        );
+        assert_eq!(MissingPaymentMethod::parse("Pause"), None);
+        for m in [MissingPaymentMethod::Cancel, MissingPaymentMethod::Pause] {
+            assert!(SubscriptionStatus::Trialing.transition(m.status()).is_ok());
+        }
+        assert_eq!(DunningEnd::parse("canceled"), Some(DunningEnd::Canceled));
+        assert_eq!(DunningEnd::parse("cancelled"), None);
+        for e in [DunningEnd::Unpaid, DunningEnd::Canceled] {
+            assert!(SubscriptionStatus::PastDue.transition(e.status()).is_ok());
+        }
+    }
     use proptest::prelude::*;
 
     fn t(s: i64) -> OffsetDateTime {

@@ -53,10 +53,20 @@ pub async fn list_payments(
             None
         }
     };
+    let subscription = if req.subscription_id.is_empty() {
+        Some(None)
+    } else {
+        v.check(
+            "subscription_id",
+            crate::domain::ids::SubscriptionId::parse(&req.subscription_id),
+        )
+        .map(Some)
+    };
     v.finish().map_err(|v| status::invalid(&v))?;
     let query = PaymentQuery {
         customer: customer.expect("checked"),
         status: status.expect("checked"),
+        subscription: subscription.expect("checked"),
         page_size: page_size.expect("checked"),
         page_token: Some(req.page_token.clone()),
     };
@@ -219,7 +229,10 @@ pub fn payment_to_proto(p: &Payment) -> pb::Payment {
     pb::Payment {
         id: p.id.to_string(),
         customer_id: p.customer.to_string(),
-        checkout_session_id: p.checkout_session.to_string(),
+        checkout_session_id: p
+            .checkout_session
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
         provider_account: p.account.clone(),
         amount: p.amount,
         currency: p.currency.code().to_owned(),
@@ -232,6 +245,9 @@ pub fn payment_to_proto(p: &Payment) -> pb::Payment {
         provider_payment_id: p.provider_payment_id.clone().unwrap_or_default(),
         create_time: Some(timestamp(p.created_at)),
         update_time: Some(timestamp(p.updated_at)),
+        subscription_id: p.subscription.map(|s| s.to_string()).unwrap_or_default(),
+        period_start: p.period.map(|(start, _)| timestamp(start)),
+        period_end: p.period.and_then(|(_, end)| end).map(timestamp),
     }
 }
 
@@ -262,7 +278,10 @@ pub fn subscription_to_proto(s: &Subscription) -> pb::Subscription {
         trial_end: s.trial_end.map(timestamp),
         provider_account: s.account.clone(),
         provider_subscription_id: s.provider_subscription_id.clone(),
-        checkout_session_id: s.checkout_session.to_string(),
+        checkout_session_id: s
+            .checkout_session
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
         create_time: Some(timestamp(s.created_at)),
         cancel_at_period_end: s.cancel_at_period_end,
         collection_paused: s.collection_paused,

@@ -161,6 +161,14 @@ pub const SERVICES: &[Service] = &[
                 false,
                 Unary,
             ),
+            // Made through the provider, idempotent.
+            rpc(
+                SUBSCRIPTIONS,
+                "CreateSubscription",
+                Some(Scope::Write),
+                true,
+                Unary,
+            ),
             // The lifecycle: changes through the provider, idempotent.
             rpc(
                 SUBSCRIPTIONS,

@@ -13,8 +13,9 @@ use super::pb::{self, get_plan_request::Lookup};
 use super::{Fingerprinted, idempotent_call, respond, status, tenant_ctx};
 use crate::app::App;
 use crate::app::idempotency::Replayable;
-use crate::app::subscriptions::{PlanChangeAsk, PlanQuery};
+use crate::app::subscriptions::{NewSubscriptionAsk, PlanChangeAsk, PlanQuery};
 use crate::domain::Violations;
+use crate::domain::account::AccountName;
 use crate::domain::customer::DisplayName;
 use crate::domain::ids::{CheckoutId, CustomerId, PlanId, PriceId, SubscriptionId};
 use crate::domain::meter::MeterKey;
@@ -26,7 +27,8 @@ use crate::domain::plan::{
 };
 use crate::domain::proration::{Behavior, LineKind};
 use crate::domain::subscription::{
-    Change, Effective, MAX_CANCEL_REASON, Subscription, SubscriptionStatus,
+    Change, Effective, MAX_CANCEL_REASON, MAX_TRIAL_DAYS, Subscription, SubscriptionStatus,
+    TrialDays,
 };
 
 // Full method names: idempotency keys are scoped per method.
@@ -37,6 +39,7 @@ const UNDO_CANCEL: &str = "/coffer.v1.Subscriptions/UndoCancelSubscription";
 const PAUSE: &str = "/coffer.v1.Subscriptions/PauseSubscription";
 const RESUME: &str = "/coffer.v1.Subscriptions/ResumeSubscription";
 const CHANGE_PLAN: &str = "/coffer.v1.Subscriptions/ChangeSubscriptionPlan";
+const CREATE_SUBSCRIPTION: &str = "/coffer.v1.Subscriptions/CreateSubscription";
 
 pub struct SubscriptionsService {
     app: App,
@@ -116,6 +119,56 @@ impl Subscriptions for SubscriptionsService {
             .map_err(|e| status::invalid(&Violations::single("id", e.0)))?;
         let done = self.app.subscriptions.archive_plan(&ctx, call, id).await?;
         Ok(respond(done, |p| to_proto(&p)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let ctx = tenant_ctx(&request)?;
+        let call = idempotent_call(request.metadata(), CREATE_SUBSCRIPTION, request.get_ref())?;
+        let r = request.get_ref();
+        let mut v = Violations::new();
+        let customer = v.check("customer_id", CustomerId::parse(&r.customer_id));
+        let price = v.check("price_id", PriceId::parse(&r.price_id));
+        let quantity = match u32::try_from(r.quantity) {
+            Ok(q @ 1..) => Some(q),
+            _ => {
+                v.add("quantity", "must be 1 or more");
+                None
+            }
+        };
+        let trial_days = match r.trial_days {
+            None => Some(None),
+            Some(days) => v
+                .check(
+                    "trial_days",
+                    u32::try_from(days)
+                        .map_err(|_| {
+                            crate::domain::Invalid::new(format!(
+                                "must be between 0 and {MAX_TRIAL_DAYS}"
+                            ))
+                        })
+                        .and_then(TrialDays::parse),
+                )
+                .map(Some),
+        };
+        let account = if r.account.is_empty() {
+            Some(None)
+        } else {
+            v.check("account", AccountName::parse(&r.account)).map(Some)
+        };
+        v.finish().map_err(|v| status::invalid(&v))?;
+        let ask = NewSubscriptionAsk {
+            customer: customer.expect("checked"),
+            price: price.expect("checked"),
+            quantity: quantity.expect("checked"),
+            trial_days: trial_days.expect("checked"),
+            account: account.expect("checked"),
+        };
+        let done = self.app.subscriptions.create(&ctx, call, ask).await?;
+        Ok(respond(done, |s| subscription_to_proto(&s)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -352,6 +405,7 @@ fn parse_id(id: &str) -> Result<SubscriptionId, Status> {
     SubscriptionId::parse(id).map_err(|e| status::invalid(&Violations::single("id", e.0)))
 }
 
+impl Fingerprinted for pb::CreateSubscriptionRequest {}
 impl Fingerprinted for pb::CancelSubscriptionRequest {}
 impl Fingerprinted for pb::UndoCancelSubscriptionRequest {}
 impl Fingerprinted for pb::PauseSubscriptionRequest {}
@@ -389,7 +443,10 @@ fn subscription_from_proto(p: &pb::Subscription) -> Option<Subscription> {
         cancel_reason: p.cancel_reason.clone(),
         account: p.provider_account.clone(),
         provider_subscription_id: p.provider_subscription_id.clone(),
-        checkout_session: CheckoutId::parse(&p.checkout_session_id).ok()?,
+        checkout_session: match p.checkout_session_id.as_str() {
+            "" => None,
+            id => Some(CheckoutId::parse(id).ok()?),
+        },
         created_at: from_timestamp(p.create_time.as_ref()?)?,
     })
 }

@@ -173,6 +173,9 @@ pub enum Operation {
     /// Opening the provider's customer portal for one customer
     /// ([`Provider::create_portal_session`]).
     CreatePortalSession,
+    /// Making a subscription without a checkout (CreateSubscription): charged to the
+    /// customer's card on file, or on a trial.
+    CreateSubscription,
 }
 
 impl Operation {
@@ -190,13 +193,13 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | meters (mirror, push) | portal |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|-----------------------|--------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | no                    | yes (its own page) |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | yes (billing meters)  | yes (billing portal) |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | yes (event ingestion) | yes (customer session) |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no                    | no     |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no                    | no     |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | create sub | meters (mirror, push) | portal |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|------------|-----------------------|--------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes        | no                    | yes (its own page) |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | not yet    | yes (billing meters)  | yes (billing portal) |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | no         | yes (event ingestion) | yes (customer session) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no         | no                    | no     |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no         | no                    | no     |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
 /// checkout has one line item); PayTabs has neither a customer nor a
@@ -208,12 +211,17 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
         // Stripe's item price update is in its client, not yet mapped through the trait.
-        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan),
+        // `POST /v1/subscriptions` is not mapped through the trait yet.
+        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan | CreateSubscription),
         // Polar's subscription calls are typed in its client but not made through the trait
         // yet: PROVIDER_UNSUPPORTED until they are.
         ProviderKind::Polar => !matches!(
             op,
-            ExpireCheckoutSession | CancelSubscription | PauseSubscription | ChangeSubscriptionPlan
+            ExpireCheckoutSession
+                | CancelSubscription
+                | PauseSubscription
+                | ChangeSubscriptionPlan
+                | CreateSubscription
         ),
         ProviderKind::PayTabs => !matches!(
             op,
@@ -227,6 +235,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | PushUsage
                 | ChangeSubscriptionPlan
                 | CreatePortalSession
+                | CreateSubscription
         ),
         ProviderKind::Hmac => false,
     }
@@ -483,6 +492,8 @@ pub struct ProviderPayment {
     /// A subscription's renewal charge: the provider's subscription id and the start of the
     /// period it pays for. `None` for a checkout session's own payment.
     pub renewal: Option<(String, OffsetDateTime)>,
+    /// A renewal's period end, where the provider says it.
+    pub period_end: Option<OffsetDateTime>,
     pub version: i64,
 }
 
@@ -519,6 +530,35 @@ pub struct SubscriptionUpdate {
     pub subscription: String,
     pub change: crate::domain::subscription::Change,
 }
+
+/// A subscription to make without a checkout (CreateSubscription).
+#[derive(Debug, Clone)]
+pub struct SubscriptionRequest {
+    /// Coffer's subscription id, sent as the client reference (Stripe: metadata).
+    pub client_reference: Uuid,
+    pub idempotency_key: String,
+    /// The provider's customer id; `None` where the provider has no customers.
+    pub customer: Option<String>,
+    /// The provider's price id, where the provider mirrors prices.
+    pub provider_price: Option<String>,
+    /// The price's unit amount and its billing (recurring), for providers that take it inline.
+    pub unit: Money,
+    pub billing: crate::domain::plan::Billing,
+    pub quantity: u32,
+    /// 0: no trial.
+    pub trial_days: u16,
+}
+
+/// A subscription the provider made, with its first period's charge when one was made now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSubscription {
+    pub subscription: ProviderSubscription,
+    pub payment: Option<ProviderPayment>,
+}
+
+/// The provider's code for a CreateSubscription it refused because the customer has no
+/// payment method on file and no trial was asked (Coffer answers `PAYMENT_METHOD_REQUIRED`).
+pub const PAYMENT_METHOD_REQUIRED: &str = "payment_method_required";
 
 /// What a plan change would charge or credit now, as the provider computes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -716,6 +756,24 @@ pub trait Provider: Send + Sync {
         })
     }
 
+    /// Makes a subscription for a customer without a checkout: on a trial, or charging the
+    /// first period to the customer's card on file now; only asked of providers that support
+    /// [`Operation::CreateSubscription`]. No card and no trial is a definitive
+    /// [`PAYMENT_METHOD_REQUIRED`]. A repeated request (the same client reference) answers the
+    /// subscription made, without making another.
+    fn create_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        _request: SubscriptionRequest,
+    ) -> BoxFuture<'a, Result<CreatedSubscription, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::definitive(
+                "unsupported",
+                "this provider's subscriptions cannot be made through Coffer",
+            ))
+        })
+    }
+
     /// What `change` would charge now on the subscription `subscription`, changing nothing;
     /// only asked of providers that support [`Operation::ChangeSubscriptionPlan`].
     fn preview_plan_change<'a>(
@@ -794,5 +852,8 @@ mod tests {
         assert!(supports(ProviderKind::Polar, CreatePortalSession));
         assert!(!supports(ProviderKind::PayTabs, CreatePortalSession));
         assert!(!supports(ProviderKind::Hmac, CreatePortalSession));
+        assert!(supports(ProviderKind::Sandbox, CreateSubscription));
+        assert!(!supports(ProviderKind::Polar, CreateSubscription));
+        assert!(!supports(ProviderKind::PayTabs, CreateSubscription));
     }
 }

@@ -8,7 +8,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{StoreError, corrupt};
-use crate::domain::ids::{CheckoutId, CustomerId, PaymentId, RefundId, TenantId};
+use crate::domain::ids::{CheckoutId, CustomerId, PaymentId, RefundId, SubscriptionId, TenantId};
 use crate::domain::money::Currency;
 use crate::domain::payment::{
     DisputeStatus, Payment, PaymentStatus, Refund, RefundReason, RefundStatus,
@@ -17,7 +17,10 @@ use crate::domain::payment::{
 struct PaymentRow {
     id: Uuid,
     customer_id: Uuid,
-    checkout_session_id: Uuid,
+    checkout_session_id: Option<Uuid>,
+    subscription_id: Option<Uuid>,
+    period_start: Option<OffsetDateTime>,
+    period_end: Option<OffsetDateTime>,
     account: String,
     amount: i64,
     currency: String,
@@ -37,7 +40,9 @@ impl PaymentRow {
         Ok(Payment {
             id: PaymentId::from_uuid(self.id),
             customer: CustomerId::from_uuid(self.customer_id),
-            checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
+            checkout_session: self.checkout_session_id.map(CheckoutId::from_uuid),
+            subscription: self.subscription_id.map(SubscriptionId::from_uuid),
+            period: self.period_start.map(|start| (start, self.period_end)),
             account: self.account,
             amount: self.amount,
             currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
@@ -94,12 +99,15 @@ pub async fn find_payment(
 ) -> Result<Option<Payment>, StoreError> {
     let row = sqlx::query_as!(
         PaymentRow,
-        "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
-                p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
-                p.amount_lost, p.provider_payment_id, p.created_at, p.updated_at
+        "SELECT p.id, p.customer_id, p.checkout_session_id, p.subscription_id, p.period_start,
+                p.period_end, p.account, p.amount, p.currency, p.status, p.failure_code,
+                p.card_brand, p.card_last4, p.amount_refunded, p.amount_lost,
+                p.provider_payment_id, p.created_at, p.updated_at
          FROM payments p
-         JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
-         WHERE p.tenant_id = $1 AND p.id = $2 AND s.provider_session_id IS NOT NULL",
+         LEFT JOIN checkout_sessions s
+                ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
+         WHERE p.tenant_id = $1 AND p.id = $2
+           AND (p.checkout_session_id IS NULL OR s.provider_session_id IS NOT NULL)",
         tenant.as_uuid(),
         id.as_uuid(),
     )
@@ -108,25 +116,32 @@ pub async fn find_payment(
     row.map(PaymentRow::into_domain).transpose()
 }
 
-/// The tenant's visible payments after `after`, by id, optionally of one customer and status.
+/// The tenant's visible payments after `after`, by id, optionally of one customer, status and
+/// subscription.
+#[allow(clippy::too_many_arguments)]
 pub async fn list_payments(
     conn: &mut PgConnection,
     tenant: TenantId,
     customer: Option<CustomerId>,
     status: Option<PaymentStatus>,
+    subscription: Option<SubscriptionId>,
     after: Uuid,
     limit: i64,
 ) -> Result<Vec<Payment>, StoreError> {
     let rows = sqlx::query_as!(
         PaymentRow,
-        "SELECT p.id, p.customer_id, p.checkout_session_id, p.account, p.amount, p.currency,
-                p.status, p.failure_code, p.card_brand, p.card_last4, p.amount_refunded,
-                p.amount_lost, p.provider_payment_id, p.created_at, p.updated_at
+        "SELECT p.id, p.customer_id, p.checkout_session_id, p.subscription_id, p.period_start,
+                p.period_end, p.account, p.amount, p.currency, p.status, p.failure_code,
+                p.card_brand, p.card_last4, p.amount_refunded, p.amount_lost,
+                p.provider_payment_id, p.created_at, p.updated_at
          FROM payments p
-         JOIN checkout_sessions s ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
-         WHERE p.tenant_id = $1 AND s.provider_session_id IS NOT NULL AND p.id > $2
+         LEFT JOIN checkout_sessions s
+                ON s.tenant_id = p.tenant_id AND s.id = p.checkout_session_id
+         WHERE p.tenant_id = $1 AND p.id > $2
+           AND (p.checkout_session_id IS NULL OR s.provider_session_id IS NOT NULL)
            AND ($3::uuid IS NULL OR p.customer_id = $3)
            AND ($4::text IS NULL OR p.status = $4)
+           AND ($6::uuid IS NULL OR p.subscription_id = $6)
          ORDER BY p.id
          LIMIT $5",
         tenant.as_uuid(),
@@ -134,6 +149,7 @@ pub async fn list_payments(
         customer.map(|c| c.as_uuid()),
         status.map(PaymentStatus::as_str),
         limit,
+        subscription.map(|s| s.as_uuid()),
     )
     .fetch_all(conn)
     .await?;
@@ -233,29 +249,31 @@ pub async fn lock_renewal_payment(
     conn: &mut PgConnection,
     tenant: TenantId,
     subscription: &crate::domain::subscription::Subscription,
-    period_start: OffsetDateTime,
+    period: (OffsetDateTime, Option<OffsetDateTime>),
     amount: i64,
     currency: Currency,
     now: OffsetDateTime,
 ) -> Result<LockedPayment, StoreError> {
+    let (period_start, period_end) = period;
     sqlx::query!(
         "INSERT INTO payments (tenant_id, id, customer_id, checkout_session_id, account, amount,
-                               currency, status, subscription_id, period_start, created_at,
-                               updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $9, $10, $10)
+                               currency, status, subscription_id, period_start, period_end,
+                               created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8, $9, $11, $10, $10)
          ON CONFLICT (tenant_id, subscription_id, period_start)
              WHERE subscription_id IS NOT NULL
          DO NOTHING",
         tenant.as_uuid(),
         PaymentId::generate().as_uuid(),
         subscription.customer.as_uuid(),
-        subscription.checkout_session.as_uuid(),
+        subscription.checkout_session.map(|c| c.as_uuid()),
         subscription.account,
         amount,
         currency.code(),
         subscription.id.as_uuid(),
         period_start,
         now,
+        period_end,
     )
     .execute(&mut *conn)
     .await?;

@@ -67,7 +67,7 @@ pub async fn events_after(
                   s.canceled_at, coalesce(s.cancel_reason, '') AS "cancel_reason!",
                   s.account AS "account!",
                   s.provider_subscription_id AS "provider_subscription_id!",
-                  s.checkout_session_id AS "checkout_session_id!",
+                  s.checkout_session_id,
                   s.created_at AS "created_at!"
            FROM subscription_events e
            CROSS JOIN LATERAL jsonb_populate_record(NULL::subscriptions, e.subscription) s

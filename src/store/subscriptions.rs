@@ -28,7 +28,7 @@ pub(super) struct SubscriptionRow {
     pub(super) cancel_reason: String,
     pub(super) account: String,
     pub(super) provider_subscription_id: String,
-    pub(super) checkout_session_id: Uuid,
+    pub(super) checkout_session_id: Option<Uuid>,
     pub(super) created_at: OffsetDateTime,
 }
 
@@ -51,7 +51,7 @@ impl SubscriptionRow {
             cancel_reason: self.cancel_reason,
             account: self.account,
             provider_subscription_id: self.provider_subscription_id,
-            checkout_session: CheckoutId::from_uuid(self.checkout_session_id),
+            checkout_session: self.checkout_session_id.map(CheckoutId::from_uuid),
             created_at: self.created_at,
         })
     }
@@ -69,7 +69,8 @@ pub struct NewSubscription<'a> {
     pub trial_end: Option<OffsetDateTime>,
     pub account: &'a str,
     pub provider_id: &'a str,
-    pub checkout: CheckoutId,
+    /// The session that made it; `None` for CreateSubscription's.
+    pub checkout: Option<CheckoutId>,
     pub version: i64,
 }
 
@@ -100,20 +101,22 @@ pub async fn insert_subscription(
         s.trial_end,
         s.account,
         s.provider_id,
-        s.checkout.as_uuid(),
+        s.checkout.map(|c| c.as_uuid()),
         s.version,
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query!(
-        "UPDATE checkout_sessions SET subscription_id = $3, updated_at = now()
-         WHERE tenant_id = $1 AND id = $2",
-        tenant.as_uuid(),
-        s.checkout.as_uuid(),
-        s.id.as_uuid(),
-    )
-    .execute(&mut *conn)
-    .await?;
+    if let Some(checkout) = s.checkout {
+        sqlx::query!(
+            "UPDATE checkout_sessions SET subscription_id = $3, updated_at = now()
+             WHERE tenant_id = $1 AND id = $2",
+            tenant.as_uuid(),
+            checkout.as_uuid(),
+            s.id.as_uuid(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     record_change(conn, tenant, s.id, ChangeKind::Created).await
 }
 
@@ -377,4 +380,87 @@ pub async fn apply_scheduled_price(
         return Ok(());
     }
     record_change(conn, tenant, id, ChangeKind::EntitlementsChanged).await
+}
+
+/// What a CreateSubscription asked, kept from before its provider call (see
+/// `subscription_creations`).
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub customer: CustomerId,
+    pub price: PriceId,
+    pub quantity: u32,
+    pub account: String,
+}
+
+/// Records what a CreateSubscription asks under the subscription's id; the same id again
+/// changes nothing (a retry's).
+pub async fn insert_creation(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+    c: &Creation,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO subscription_creations
+             (tenant_id, id, customer_id, price_id, quantity, account, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now())
+         ON CONFLICT (tenant_id, id) DO NOTHING",
+        tenant.as_uuid(),
+        id.as_uuid(),
+        c.customer.as_uuid(),
+        c.price.as_uuid(),
+        c.quantity as i32,
+        c.account,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The CreateSubscription recorded under `id`, if one was.
+pub async fn find_creation(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<Creation>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT customer_id, price_id, quantity, account FROM subscription_creations
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.as_uuid(),
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Creation {
+        customer: CustomerId::from_uuid(row.customer_id),
+        price: PriceId::from_uuid(row.price_id),
+        quantity: u32::try_from(row.quantity).map_err(|e| corrupt("quantity", e))?,
+        account: row.account,
+    }))
+}
+
+/// The subscription `id`, locked, with its applied version.
+pub async fn lock_subscription_versioned(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: SubscriptionId,
+) -> Result<Option<(Subscription, i64)>, StoreError> {
+    let Some(version) = sqlx::query_scalar!(
+        "SELECT provider_version FROM subscriptions
+         WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        tenant.as_uuid(),
+        id.as_uuid(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let found = find_subscription(conn, tenant, id)
+        .await?
+        .ok_or_else(|| corrupt("subscription", "missing under its lock"))?;
+    Ok(Some((found, version)))
 }

@@ -8,6 +8,7 @@ mod binary;
 mod checkout;
 mod config;
 mod config_file;
+mod create_subscription;
 mod customers;
 mod dev;
 mod e2e;

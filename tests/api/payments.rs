@@ -886,6 +886,7 @@ async fn payments_list_by_customer_and_status_a_page_at_a_time_and_stay_in_their
         page_token: token.into(),
         customer_id: customer_id.into(),
         status: status as i32,
+        subscription_id: String::new(),
     };
     let first = checkout
         .list_payments(req(list("", PaymentStatus::Unspecified, ""), &env.shop))
@@ -1276,6 +1277,7 @@ async fn a_dispute_marks_the_payment_disputed_and_its_close_settles_it() {
                 page_token: String::new(),
                 customer_id: String::new(),
                 status: PaymentStatus::Disputed as i32,
+                subscription_id: String::new(),
             },
             &env.shop,
         ))

@@ -357,7 +357,7 @@ async fn the_good_card_pays_and_its_events_are_queued_with_the_documented_object
             "client_reference_id": CheckoutId::parse(&s.id).unwrap().as_uuid().to_string(),
             "amount": 37_035, "currency": "USD", "status": "succeeded", "failure_code": null,
             "card": {"brand": "visa", "last4": "4242"}, "amount_refunded": 0, "version": 1,
-            "subscription": null, "period_start": null,
+            "subscription": null, "period_start": null, "period_end": null,
         })
     );
     let done = &events[1].1["data"]["object"];

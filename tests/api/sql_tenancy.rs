@@ -66,6 +66,10 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "a sandbox account's secret by its name, which belongs to one tenant",
     ),
     (
+        "clock_offset as \"now!\" from sandbox_accounts where account = $1",
+        "a sandbox account's clock by its name, which belongs to one tenant (CreateSubscription)",
+    ),
+    (
         "join sandbox_accounts a on a.account = s.account",
         "sandbox workers (delivery, expiry) read each account's clock by account name",
     ),

@@ -75,7 +75,7 @@ pub async fn expire_batch(
 pub async fn run_expirer(
     pool: PgPool,
     every: Duration,
-    dunning: super::renewals::Dunning,
+    dunning: super::renewals::DunningTable,
     stop: CancellationToken,
 ) {
     let every = every.max(Duration::from_millis(10));
@@ -93,7 +93,7 @@ pub async fn run_expirer(
                     tracing::info!(sessions = n, "sandbox sessions expired");
                 }
                 if n < BATCH as usize {
-                    let steps = super::renewals::run_due(&pool, None, dunning).await?;
+                    let steps = super::renewals::run_due(&pool, None, &dunning).await?;
                     if steps > 0 {
                         tracing::info!(steps, "sandbox renewals applied");
                     }

@@ -25,6 +25,7 @@
 
 pub mod card;
 pub mod clock;
+pub mod create;
 pub mod delivery;
 pub mod events;
 pub mod objects;
@@ -52,9 +53,10 @@ use sqlx::Connection as _;
 use self::events::EventType;
 use self::status::PaymentState;
 use super::{
-    CheckoutRequest, CustomerRequest, ObjectKind, PlanChangePreview, PortalRequest, Provider,
-    ProviderCheckout, ProviderError, ProviderObject, ProviderPayment, ProviderPortal,
-    ProviderRefund, ProviderSubscription, RefundRequest, SubscriptionUpdate,
+    CheckoutRequest, CreatedSubscription, CustomerRequest, ObjectKind, PlanChangePreview,
+    PortalRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPayment,
+    ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest, SubscriptionRequest,
+    SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
@@ -182,7 +184,8 @@ pub struct SandboxConfig {
     /// clock (a session's expiry a day later, a renewal a period later) stays far inside what
     /// Postgres and Coffer's timestamps hold, so none can fail to be written or read back.
     pub clock_horizon: Duration,
-    /// How failed renewals are retried, and what becomes of them when the retries run out.
+    /// How failed renewals are retried, and what becomes of them when the retries run out
+    /// (and of a trial ending without a card), where a tenant's settings say nothing.
     pub dunning: renewals::Dunning,
 }
 
@@ -211,11 +214,28 @@ impl Default for SandboxConfig {
 pub struct Sandbox {
     pool: PgPool,
     config: SandboxConfig,
+    dunning: renewals::DunningTable,
 }
 
 impl Sandbox {
     pub fn new(pool: PgPool, config: SandboxConfig) -> Self {
-        Self { pool, config }
+        let dunning = renewals::DunningTable::new(config.dunning, None);
+        Self {
+            pool,
+            config,
+            dunning,
+        }
+    }
+
+    /// Each tenant's dunning from `settings` (coffer.toml), over the config's.
+    pub fn with_settings(mut self, settings: Arc<crate::settings::Settings>) -> Self {
+        self.dunning = renewals::DunningTable::new(self.config.dunning, Some(settings));
+        self
+    }
+
+    /// Each tenant's dunning, as the renewal passes apply it.
+    pub fn dunning(&self) -> &renewals::DunningTable {
+        &self.dunning
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -265,12 +285,7 @@ impl Sandbox {
     /// Applies what is due on `account` (every account when `None`): renewals, retries,
     /// scheduled cancels, in order. Returns how many steps it made.
     pub async fn renew_due(&self, account: Option<&AccountName>) -> Result<usize, StoreError> {
-        renewals::run_due(
-            &self.pool,
-            account.map(AccountName::as_str),
-            self.config.dunning,
-        )
-        .await
+        renewals::run_due(&self.pool, account.map(AccountName::as_str), &self.dunning).await
     }
 
     fn checkout_url(&self, id: &str) -> String {
@@ -356,6 +371,7 @@ fn to_payment(row: store::Payment) -> ProviderPayment {
         card,
         amount_refunded: row.amount_refunded,
         renewal: row.renewal,
+        period_end: row.period_end,
         version: row.version,
     }
 }
@@ -771,6 +787,35 @@ impl Provider for Sandbox {
             .await
             .map_err(unavailable)?;
             self.answer(to_subscription(made?))
+        })
+    }
+
+    fn create_subscription<'a>(
+        &'a self,
+        account: &'a AccountName,
+        r: SubscriptionRequest,
+    ) -> BoxFuture<'a, Result<CreatedSubscription, ProviderError>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let made = async {
+                let mut tx = conn.begin().await?;
+                let now = store::account_now(&mut tx, account.as_str())
+                    .await?
+                    .unwrap_or_else(OffsetDateTime::now_utc);
+                // Whole seconds, as its events carry times: the answer and the events then
+                // name the same period (a payment is keyed by its period's start).
+                let now = now.replace_nanosecond(0).expect("0 is a valid nanosecond");
+                let made = create::make(&mut tx, account.as_str(), &r, now).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(made)
+            }
+            .await
+            .map_err(unavailable)?;
+            let (sub, payment) = made?;
+            self.answer(CreatedSubscription {
+                subscription: to_subscription(sub),
+                payment: payment.map(to_payment),
+            })
         })
     }
 

@@ -85,6 +85,7 @@ pub fn payment(p: &Payment) -> Value {
         "amount_refunded": p.amount_refunded,
         "subscription": p.renewal.as_ref().map(|(sub, _)| sub),
         "period_start": p.renewal.as_ref().map(|(_, start)| start.unix_timestamp()),
+        "period_end": p.period_end.map(OffsetDateTime::unix_timestamp),
         "version": p.version,
     })
 }
@@ -190,6 +191,7 @@ mod tests {
             fails_on_renewal: false,
             amount_refunded: 0,
             renewal: None,
+            period_end: None,
             version: 2,
             created_at: at(1),
             updated_at: at(2),
@@ -201,7 +203,7 @@ mod tests {
                 "client_reference_id": reference.to_string(), "amount": 5_800,
                 "currency": "USD", "status": "failed", "failure_code": "card_declined",
                 "card": {"brand": "visa", "last4": "0002"}, "amount_refunded": 0, "version": 2,
-                "subscription": null, "period_start": null,
+                "subscription": null, "period_start": null, "period_end": null,
             })
         );
     }

@@ -96,6 +96,7 @@ pub async fn make(
                 new_id: &id,
                 subscription: sub,
                 period_start: at,
+                period_end: sub.current_period_end,
                 amount: p.amount_due,
                 currency: &currency,
                 status: PaymentState::Succeeded,

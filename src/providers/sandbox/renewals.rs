@@ -13,6 +13,7 @@
 //!
 //! Statuses move through the domain's state machine ([`Lifecycle::moved`]), as Coffer's do.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgPool};
@@ -24,24 +25,22 @@ use super::objects;
 use super::page::add_months;
 use super::status::{PaymentState, SubscriptionState};
 use super::store::{self, Subscription};
+use crate::domain::ids::TenantId;
 use crate::domain::subscription::{Lifecycle, SubscriptionStatus};
+use crate::settings::Settings;
 use crate::store::{StoreError, corrupt};
 
-/// What becomes of a subscription whose failed renewal is never paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DunningEnd {
-    Unpaid,
-    Canceled,
-}
+pub use crate::domain::subscription::{DunningEnd, MissingPaymentMethod};
 
 /// The retry schedule of a failed renewal: `retries` more attempts spread evenly over
 /// `window` after the failure (3 over 7 days by default, Stripe's default schedule's span),
-/// then `end`.
+/// then `end`; and what a trial that ends with no card on file becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dunning {
     pub retries: u32,
     pub window: Duration,
     pub end: DunningEnd,
+    pub missing_payment_method: MissingPaymentMethod,
 }
 
 impl Default for Dunning {
@@ -50,6 +49,36 @@ impl Default for Dunning {
             retries: 3,
             window: Duration::from_secs(7 * 86_400),
             end: DunningEnd::Unpaid,
+            missing_payment_method: MissingPaymentMethod::Cancel,
+        }
+    }
+}
+
+/// Each tenant's [`Dunning`]: its coffer.toml settings (`renewal_retries`,
+/// `renewal_retry_window`, `dunning_end`, `trial_end_without_payment_method`) over `base`.
+#[derive(Clone, Default)]
+pub struct DunningTable {
+    base: Dunning,
+    settings: Option<Arc<Settings>>,
+}
+
+impl DunningTable {
+    pub fn new(base: Dunning, settings: Option<Arc<Settings>>) -> Self {
+        Self { base, settings }
+    }
+
+    pub fn of(&self, tenant: TenantId) -> Dunning {
+        let Some(settings) = &self.settings else {
+            return self.base;
+        };
+        let t = settings.tenant(tenant);
+        Dunning {
+            retries: t.renewal_retries.unwrap_or(self.base.retries),
+            window: t.renewal_retry_window.unwrap_or(self.base.window),
+            end: t.dunning_end.unwrap_or(self.base.end),
+            missing_payment_method: t
+                .trial_end_without_payment_method
+                .unwrap_or(self.base.missing_payment_method),
         }
     }
 }
@@ -67,16 +96,16 @@ impl Dunning {
 pub async fn run_due(
     pool: &PgPool,
     account: Option<&str>,
-    dunning: Dunning,
+    dunning: &DunningTable,
 ) -> Result<usize, StoreError> {
     let mut steps = 0;
     loop {
         let mut conn = pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let Some((sub, _tenant, now)) = store::lock_next_due(&mut tx, account).await? else {
+        let Some((sub, tenant, now)) = store::lock_next_due(&mut tx, account).await? else {
             return Ok(steps);
         };
-        step(&mut tx, &sub, now, dunning).await?;
+        step(&mut tx, &sub, now, dunning.of(tenant)).await?;
         tx.commit().await?;
         steps += 1;
     }
@@ -145,13 +174,7 @@ async fn step(
             current.moved(SubscriptionStatus::Active, at)
         } else if renewed.retries as u32 >= dunning.retries {
             renewed.next_retry_at = None;
-            current.moved(
-                match dunning.end {
-                    DunningEnd::Unpaid => SubscriptionStatus::Unpaid,
-                    DunningEnd::Canceled => SubscriptionStatus::Canceled,
-                },
-                at,
-            )
+            current.moved(dunning.end.status(), at)
         } else {
             renewed.next_retry_at = Some(dunning.retry_at(failed_at, renewed.retries as u32 + 1));
             Ok(current.clone())
@@ -163,6 +186,12 @@ async fn step(
         at = sub.current_period_end;
         let next = if sub.cancel_at_period_end {
             current.moved(SubscriptionStatus::Canceled, at)
+        } else if sub.status == SubscriptionState::Trialing
+            && !store::has_card_on_file(tx, &sub.account, &sub.id).await?
+        {
+            // A trial ends with nothing to charge: CANCELED or PAUSED, as the tenant says
+            // (Stripe's trial_settings.end_behavior.missing_payment_method). The period stays.
+            current.moved(dunning.missing_payment_method.status(), at)
         } else {
             renewed.current_period_start = at;
             renewed.current_period_end = add_months(at, months as u32);
@@ -184,6 +213,7 @@ async fn step(
                         new_id: &id,
                         subscription: sub,
                         period_start: at,
+                        period_end: renewed.current_period_end,
                         amount,
                         currency,
                         status,

@@ -57,29 +57,37 @@ impl From<PaymentState> for PaymentOutcome {
 /// `incomplete` (its first payment is taken on the hosted page before it exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionState {
+    /// Made by CreateSubscription, its first charge failed.
+    Incomplete,
     Trialing,
     Active,
     PastDue,
     Unpaid,
     Canceled,
+    /// A trial ended without a payment method, the tenant's setting saying pause.
+    Paused,
 }
 
 impl SubscriptionState {
-    pub const ALL: [SubscriptionState; 5] = [
+    pub const ALL: [SubscriptionState; 7] = [
+        SubscriptionState::Incomplete,
         SubscriptionState::Trialing,
         SubscriptionState::Active,
         SubscriptionState::PastDue,
         SubscriptionState::Unpaid,
         SubscriptionState::Canceled,
+        SubscriptionState::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            SubscriptionState::Incomplete => "incomplete",
             SubscriptionState::Trialing => "trialing",
             SubscriptionState::Active => "active",
             SubscriptionState::PastDue => "past_due",
             SubscriptionState::Unpaid => "unpaid",
             SubscriptionState::Canceled => "canceled",
+            SubscriptionState::Paused => "paused",
         }
     }
 
@@ -96,11 +104,13 @@ impl SubscriptionState {
 impl From<SubscriptionState> for SubscriptionStatus {
     fn from(s: SubscriptionState) -> Self {
         match s {
+            SubscriptionState::Incomplete => SubscriptionStatus::Incomplete,
             SubscriptionState::Trialing => SubscriptionStatus::Trialing,
             SubscriptionState::Active => SubscriptionStatus::Active,
             SubscriptionState::PastDue => SubscriptionStatus::PastDue,
             SubscriptionState::Unpaid => SubscriptionStatus::Unpaid,
             SubscriptionState::Canceled => SubscriptionStatus::Canceled,
+            SubscriptionState::Paused => SubscriptionStatus::Paused,
         }
     }
 }
@@ -138,13 +148,13 @@ mod tests {
 
     #[test]
     fn a_subscription_state_round_trips_and_is_coffers_status_of_the_same_name() {
-        // sandbox_subscriptions' CHECK: ('trialing', 'active', 'past_due', 'unpaid',
-        // 'canceled').
+        // sandbox_subscriptions' CHECK: ('incomplete', 'trialing', 'active', 'past_due',
+        // 'unpaid', 'canceled', 'paused').
         for s in SubscriptionState::ALL {
             assert_eq!(SubscriptionState::parse(s.as_str()), Some(s));
             assert_eq!(SubscriptionStatus::from(s).as_str(), s.as_str());
         }
-        for bad in ["paused", "incomplete", "Active", ""] {
+        for bad in ["incomplete_expired", "Active", ""] {
             assert_eq!(SubscriptionState::parse(bad), None, "{bad:?}");
         }
     }

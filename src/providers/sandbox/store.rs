@@ -699,6 +699,9 @@ pub struct Payment {
     pub amount_refunded: i64,
     /// A renewal's: the subscription and the period it pays for; `None` for a session's own.
     pub renewal: Option<(String, OffsetDateTime)>,
+    /// A renewal's: the end of the period it pays for (`None` for charges made before it was
+    /// kept).
+    pub period_end: Option<OffsetDateTime>,
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -720,6 +723,7 @@ struct PaymentRecord {
     amount_refunded: i64,
     subscription_id: Option<String>,
     period_start: Option<OffsetDateTime>,
+    period_end: Option<OffsetDateTime>,
     version: i64,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -741,6 +745,7 @@ impl PaymentRecord {
             fails_on_renewal: self.fails_on_renewal,
             amount_refunded: self.amount_refunded,
             renewal: self.subscription_id.zip(self.period_start),
+            period_end: self.period_end,
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -1020,7 +1025,7 @@ pub async fn record_attempt(
              version = sandbox_payments.version + 1, updated_at = EXCLUDED.updated_at
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at",
+                   subscription_id, period_start, period_end, version, created_at, updated_at",
         a.account,
         a.new_id,
         a.session_id,
@@ -1049,7 +1054,7 @@ pub async fn find_payment_for_session(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND session_id = $2 AND subscription_id IS NULL",
         account,
@@ -1079,7 +1084,7 @@ pub async fn settle_payment(
          WHERE account = $1 AND id = $2
          RETURNING account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at",
+                   subscription_id, period_start, period_end, version, created_at, updated_at",
         account,
         id,
         status.as_str(),
@@ -1313,6 +1318,8 @@ pub struct NewRenewal<'a> {
     pub new_id: &'a str,
     pub subscription: &'a Subscription,
     pub period_start: OffsetDateTime,
+    /// The end of the period it pays for.
+    pub period_end: OffsetDateTime,
     pub amount: i64,
     pub currency: &'a str,
     pub status: PaymentState,
@@ -1328,8 +1335,9 @@ pub async fn insert_renewal(
     sqlx::query!(
         "INSERT INTO sandbox_payments
              (account, id, session_id, client_reference, amount, currency, status, failure_code,
-              fails_on_renewal, subscription_id, period_start, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $11, $11)
+              fails_on_renewal, subscription_id, period_start, period_end, version, created_at,
+              updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $11, $11)
          ON CONFLICT (account, subscription_id, period_start) WHERE subscription_id IS NOT NULL
          DO NOTHING",
         r.account,
@@ -1343,6 +1351,7 @@ pub async fn insert_renewal(
         r.subscription.fails_on_renewal,
         r.subscription.id,
         r.period_start,
+        r.period_end,
     )
     .execute(&mut *conn)
     .instrument(statement_span!("INSERT", "sandbox_payments"))
@@ -1351,7 +1360,7 @@ pub async fn insert_renewal(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                    failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                   subscription_id, period_start, version, created_at, updated_at
+                   subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
         r.account,
@@ -1425,7 +1434,7 @@ pub async fn find_payment_by_reference(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments
          WHERE account = $1 AND client_reference = $2 AND subscription_id IS NULL",
         account,
@@ -1515,7 +1524,7 @@ pub async fn lock_payment(
         PaymentRecord,
         "SELECT account, id, session_id, client_reference, amount, currency, status,
                 failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
-                subscription_id, period_start, version, created_at, updated_at
+                subscription_id, period_start, period_end, version, created_at, updated_at
          FROM sandbox_payments WHERE account = $1 AND id = $2 FOR UPDATE",
         account,
         id,
@@ -1639,6 +1648,108 @@ pub async fn take_scheduled_amount(
     Ok(taken)
 }
 
+// ---- Subscriptions made through the API (CreateSubscription).
+
+/// The customer's card on file on `account`: the card of its newest succeeded checkout
+/// payment, or of its newest subscription that has one (a trial checkout saves the card
+/// without charging it). `Some(true)` when that card fails every later charge (0341);
+/// `None` when the customer never gave a card.
+pub async fn find_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    customer: &str,
+) -> Result<Option<bool>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT c.fails AS "fails!" FROM (
+               SELECT p.fails_on_renewal AS fails, p.created_at
+               FROM sandbox_payments p
+               JOIN sandbox_checkout_sessions s ON s.account = p.account AND s.id = p.session_id
+               WHERE p.account = $1 AND s.customer = $2 AND p.status = 'succeeded'
+                 AND p.subscription_id IS NULL
+               UNION ALL
+               SELECT fails_on_renewal, created_at FROM sandbox_subscriptions
+               WHERE account = $1 AND customer = $2 AND card_on_file
+           ) c
+           ORDER BY c.created_at DESC LIMIT 1"#,
+        account,
+        customer,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?)
+}
+
+/// Marks a subscription as having no card on file (a trial begun without one).
+pub async fn set_no_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE sandbox_subscriptions SET card_on_file = false WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a subscription has a card to charge when its trial ends.
+pub async fn has_card_on_file(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT card_on_file FROM sandbox_subscriptions WHERE account = $1 AND id = $2",
+        account,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or(true))
+}
+
+/// The payment of the period starting `period_start` of subscription `id`, if charged.
+pub async fn find_renewal(
+    conn: &mut PgConnection,
+    account: &str,
+    id: &str,
+    period_start: OffsetDateTime,
+) -> Result<Option<Payment>, StoreError> {
+    sqlx::query_as!(
+        PaymentRecord,
+        "SELECT account, id, session_id, client_reference, amount, currency, status,
+                failure_code, card_brand, card_last4, fails_on_renewal, amount_refunded,
+                subscription_id, period_start, period_end, version, created_at, updated_at
+         FROM sandbox_payments
+         WHERE account = $1 AND subscription_id = $2 AND period_start = $3",
+        account,
+        id,
+        period_start,
+    )
+    .fetch_optional(conn)
+    .instrument(statement_span!("SELECT", "sandbox_payments"))
+    .await?
+    .map(PaymentRecord::decode)
+    .transpose()
+}
+
+/// The sandbox time of `account` (its clock's offset on the wall clock); `None` for an
+/// account the sandbox does not hold.
+pub async fn account_now(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT now() + clock_offset AS "now!" FROM sandbox_accounts WHERE account = $1"#,
+        account,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1707,6 +1818,7 @@ mod tests {
             amount_refunded: 0,
             subscription_id: None,
             period_start: None,
+            period_end: None,
             version: 1,
             created_at: at(1),
             updated_at: at(1),
@@ -1817,9 +1929,9 @@ mod tests {
             corrupt_what(refund("canceled").decode()),
             "sandbox refund status"
         );
-        // Coffer knows paused; the sandbox never makes it.
+        // Coffer knows incomplete_expired; the sandbox never makes it.
         assert_eq!(
-            corrupt_what(subscription("paused").decode()),
+            corrupt_what(subscription("incomplete_expired").decode()),
             "sandbox subscription status"
         );
         let expired = ExpiredRecord {

@@ -74,6 +74,8 @@ struct Payment {
     subscription: Option<String>,
     #[serde(default)]
     period_start: Option<i64>,
+    #[serde(default)]
+    period_end: Option<i64>,
     version: i64,
 }
 
@@ -153,6 +155,7 @@ pub fn payment(v: &Value) -> Result<ProviderPayment, String> {
             (Some(sub), Some(start)) => Some((sub, time("period_start", start)?)),
             _ => None,
         },
+        period_end: p.period_end.map(|t| time("period_end", t)).transpose()?,
         version: p.version,
     })
 }

@@ -136,6 +136,7 @@ fn invoice_payment(
     let (amount, currency) = from_stripe(invoice.amount_paid, &invoice.currency)?;
     Ok(Some(ProviderPayment {
         renewal: None,
+        period_end: None,
         id: intent.id().to_owned(),
         client_reference: reference,
         amount,
@@ -181,6 +182,7 @@ pub fn payment(
     };
     Ok(ProviderPayment {
         renewal: None,
+        period_end: None,
         id: pi.id.clone(),
         client_reference: reference,
         amount,
