@@ -552,6 +552,8 @@ fn status_label(s: &PortalSubscription) -> (&'static str, &'static str) {
         SubscriptionState::Active => ("Active", "ok"),
         SubscriptionState::PastDue => ("Past due", "bad"),
         SubscriptionState::Unpaid => ("Unpaid", "bad"),
+        SubscriptionState::Incomplete => ("Incomplete", "bad"),
+        SubscriptionState::Paused => ("Paused", "warn"),
         SubscriptionState::Canceled => ("Canceled", "off"),
     }
 }
