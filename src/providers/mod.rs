@@ -168,8 +168,10 @@ pub enum Operation {
     CreateMeter,
     /// Sending usage to the provider's meters ([`Provider::push_usage`]).
     PushUsage,
-    /// Changing a subscription's price or quantity, and previewing what that charges.
+    /// Changing a subscription's price or quantity.
     ChangeSubscriptionPlan,
+    /// Previewing what a change of price or quantity charges ([`Provider::preview_plan_change`]).
+    PreviewPlanChange,
 }
 
 impl Operation {
@@ -187,16 +189,17 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | meters (mirror, push) |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|-----------------------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | no                    |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | yes (billing meters)  |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | yes (event ingestion) |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no                    |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no                    |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | preview change | meters (mirror, push) |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|----------------|-----------------------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | no                    |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | yes (billing meters)  |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | yes        | no        | yes         | no             | yes (event ingestion) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no             | no                    |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no             | no                    |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
-/// checkout has one line item); PayTabs has neither a customer nor a
+/// checkout has one line item); Polar subscriptions have no paused collection and no preview
+/// of a change; PayTabs has neither a customer nor a
 /// subscription object, so its accounts serve one-time payments and refunds; generic HMAC
 /// accounts only send webhooks. "Inline": the provider takes each line's amount in the
 /// checkout itself, so Coffer's prices are not mirrored there.
@@ -204,13 +207,10 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
-        // Stripe's item price update is in its client, not yet mapped through the trait.
-        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan),
-        // Polar's subscription calls are typed in its client but not made through the trait
-        // yet: PROVIDER_UNSUPPORTED until they are.
+        ProviderKind::Stripe => true,
         ProviderKind::Polar => !matches!(
             op,
-            ExpireCheckoutSession | CancelSubscription | PauseSubscription | ChangeSubscriptionPlan
+            ExpireCheckoutSession | PauseSubscription | PreviewPlanChange
         ),
         ProviderKind::PayTabs => !matches!(
             op,
@@ -223,6 +223,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | CreateMeter
                 | PushUsage
                 | ChangeSubscriptionPlan
+                | PreviewPlanChange
         ),
         ProviderKind::Hmac => false,
     }
@@ -474,6 +475,13 @@ pub struct ProviderSubscription {
     pub canceled_at: Option<OffsetDateTime>,
     /// The reason given with a cancel, as the provider keeps it; empty when none.
     pub cancel_reason: String,
+    /// The provider's id of the price the subscription charges (Stripe's item price, Polar's
+    /// product), mapped back to Coffer's price through the mirrored prices
+    /// (`provider_objects`); `None` where the provider takes amounts inline (the sandbox),
+    /// and then Coffer's price stays as Coffer last wrote it.
+    pub price: Option<String>,
+    /// How many of the price, where the provider says (Polar has no quantity: `None`).
+    pub quantity: Option<u32>,
     pub version: i64,
 }
 
@@ -687,7 +695,7 @@ pub trait Provider: Send + Sync {
     }
 
     /// What `change` would charge now on the subscription `subscription`, changing nothing;
-    /// only asked of providers that support [`Operation::ChangeSubscriptionPlan`].
+    /// only asked of providers that support [`Operation::PreviewPlanChange`].
     fn preview_plan_change<'a>(
         &'a self,
         _account: &'a AccountName,
@@ -741,7 +749,14 @@ mod tests {
         assert!(!supports(ProviderKind::PayTabs, CancelSubscription));
         assert!(supports(ProviderKind::Stripe, PauseSubscription));
         assert!(supports(ProviderKind::Sandbox, ChangeSubscriptionPlan));
-        assert!(!supports(ProviderKind::Polar, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Stripe, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Stripe, PreviewPlanChange));
+        assert!(supports(ProviderKind::Polar, CancelSubscription));
+        assert!(supports(ProviderKind::Polar, ChangeSubscriptionPlan));
+        assert!(!supports(ProviderKind::Polar, PauseSubscription));
+        assert!(!supports(ProviderKind::Polar, PreviewPlanChange));
         assert!(!supports(ProviderKind::PayTabs, ChangeSubscriptionPlan));
+        assert!(!supports(ProviderKind::PayTabs, PreviewPlanChange));
+        assert!(supports(ProviderKind::Sandbox, PreviewPlanChange));
     }
 }
