@@ -485,7 +485,7 @@ impl Stripe {
             .current_phase
             .as_ref()
             .or(schedule.phases.first())
-            .map(|p| p.start_date);
+            .and_then(|p| p.start_date);
         let _: wire::SubscriptionSchedule = self
             .client
             .send(

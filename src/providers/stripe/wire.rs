@@ -286,7 +286,8 @@ pub struct SubscriptionSchedule {
 /// When a schedule's phase starts and ends (Unix seconds).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SchedulePhaseSpan {
-    pub start_date: i64,
+    #[serde(default)]
+    pub start_date: Option<i64>,
     #[serde(default)]
     pub end_date: Option<i64>,
 }
