@@ -5,6 +5,7 @@
 //! that fails while an event is applied; subscriptions and customer portal sessions.
 
 mod fake;
+mod lifecycle;
 mod meters;
 
 use std::net::SocketAddr;
