@@ -557,6 +557,16 @@ pub fn update_schedule(id: &str, phases: &[Phase<'_>], change_id: Uuid) -> Call 
     )
 }
 
+/// Releases a subscription from its schedule (`POST /v1/subscription_schedules/{id}/release`):
+/// the subscription stays as it is, and the schedule's later phases are dropped.
+pub fn release_schedule(id: &str) -> Call {
+    Call::post(
+        "release_subscription_schedule",
+        format!("/v1/subscription_schedules/{id}/release"),
+        Form::new(),
+    )
+}
+
 pub fn retrieve_schedule(id: &str) -> Call {
     Call::get(
         "fetch_subscription_schedule",

@@ -758,6 +758,18 @@ impl Provider for Stripe {
                     let (sub, item) = self.subscription_item(id).await?;
                     match plan.effective {
                         Effective::Now => {
+                            // A change made now replaces one scheduled for the period's end
+                            // (as Coffer's own scheduled change is dropped): the schedule is
+                            // released first, so its next phase never applies.
+                            if let Some(schedule) = &sub.schedule {
+                                let _: wire::SubscriptionSchedule = self
+                                    .client
+                                    .send(
+                                        api::release_schedule(schedule.id()),
+                                        Some(format!("{key}-release")),
+                                    )
+                                    .await?;
+                            }
                             let change = api::PriceChange {
                                 item: &item,
                                 price: &plan.provider_price,

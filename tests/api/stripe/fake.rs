@@ -1127,6 +1127,22 @@ impl State {
             ("POST", ["v1", "subscription_schedules"]) => self.create_schedule(p)?,
             ("GET", ["v1", "subscription_schedules", id]) => get(self, id)?,
             ("POST", ["v1", "subscription_schedules", id]) => self.update_schedule(id, p)?,
+            ("POST", ["v1", "subscription_schedules", id, "release"]) => {
+                let mut schedule = get(self, id)?;
+                if schedule["status"] != "active" && schedule["status"] != "not_started" {
+                    return Err(invalid(
+                        "You cannot release a subscription schedule that is currently in the `released` status.",
+                        None,
+                    ));
+                }
+                let sub_id = schedule["subscription"].as_str().unwrap().to_owned();
+                let mut sub = get(self, &sub_id)?;
+                sub["schedule"] = Value::Null;
+                self.put(sub);
+                schedule["status"] = json!("released");
+                schedule["released_subscription"] = json!(sub_id);
+                self.put(schedule)
+            }
             ("POST", ["v1", "refunds"]) => self.create_refund(p)?,
             ("GET", ["v1", "refunds"]) => self.list("re_", p, "/v1/refunds", |_| true)?,
             ("GET", ["v1", "refunds", id]) => get(self, id)?,

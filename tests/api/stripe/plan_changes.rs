@@ -277,6 +277,18 @@ async fn a_change_at_period_end_is_a_stripe_schedule_that_the_renewal_applies() 
     assert_eq!(phases[1]["proration_behavior"], "none");
     assert_eq!(schedule["end_behavior"], "release");
     assert!(env.fake.objects("ii_").is_empty(), "nothing prorated");
+    // Asked again (another quantity): the same schedule's phases are replaced.
+    let again = change(
+        &id,
+        &max,
+        2,
+        Proration::None,
+        PlanChangeEffective::PeriodEnd,
+    );
+    subs.change_subscription_plan(idem(again, key, "stripe-later-2"))
+        .await
+        .unwrap();
+    assert_eq!(env.fake.objects("sub_sched_").len(), 1);
 
     // Stripe renews: the schedule's next phase, and its event, bring the price to Coffer.
     let rolled = env.fake.roll_period(&sub_id);
@@ -448,5 +460,51 @@ async fn stripe_subscription_events_reach_get_subscription_and_check_access() {
         })
         .await,
         "a revoke within one event"
+    );
+}
+
+#[tokio::test]
+async fn a_change_now_releases_a_change_scheduled_on_stripe() {
+    let env = Env::spawn().await;
+    let (id, sub_id, max, _) = active(&env).await;
+    let pro = env.subscription(&id).await.price_id;
+    let mut subs = env.app.subscriptions().await;
+    let key = &env.app.key;
+    subs.change_subscription_plan(idem(
+        change(
+            &id,
+            &max,
+            1,
+            Proration::None,
+            PlanChangeEffective::PeriodEnd,
+        ),
+        key,
+        "stripe-sched-1",
+    ))
+    .await
+    .unwrap();
+    let schedule = env.fake.object(&sub_id)["schedule"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let now = subs
+        .change_subscription_plan(idem(
+            change(&id, &pro, 3, Proration::None, PlanChangeEffective::Now),
+            key,
+            "stripe-now-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((now.price_id.as_str(), now.quantity), (pro.as_str(), 3));
+    assert_eq!(env.fake.object(&schedule)["status"], "released");
+    assert_eq!(env.fake.object(&sub_id)["schedule"], Value::Null);
+    // The renewal keeps the change made now.
+    let rolled = env.fake.roll_period(&sub_id);
+    env.apply("customer.subscription.updated", rolled).await;
+    let renewed = env.subscription(&id).await;
+    assert_eq!(
+        (renewed.price_id.as_str(), renewed.quantity),
+        (pro.as_str(), 3)
     );
 }
