@@ -6,8 +6,9 @@
 //!   read as triggers ([`events`]).
 //! - [`client`]: one account's requests through its outbound stack; [`error`]: Polar's
 //!   refusals as [`ProviderError`]s; [`wire`]: its JSON; [`map`]: its objects as the port's.
-//! - [`Polar`]: the [`Provider`], and what Polar offers beyond the port (subscription changes,
-//!   customer portal sessions).
+//! - [`Polar`]: the [`Provider`] (with the lifecycle calls: cancel at period end and undo,
+//!   revoke, product changes), and what Polar offers beyond the port (customer portal
+//!   sessions).
 //!
 //! # What Coffer's objects are on Polar
 //!

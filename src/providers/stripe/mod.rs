@@ -20,13 +20,19 @@
 //!   every object a session makes names Coffer's checkout; lines name their mirrored price, or
 //!   carry `price_data` inline; `subscription_data[trial_period_days]` for a trial.
 //! - **Refunds** of a payment intent with `metadata[coffer_refund_id]`.
+//! - **Subscription changes** (the lifecycle RPCs): cancel now (`DELETE`) or at the period's
+//!   end and its undoing, pause and resume collection, a plan change now (the first item's
+//!   price and quantity, `proration_behavior`, the preview's `proration_date`,
+//!   `metadata[coffer_change_id]`) or at the period's end (a subscription schedule whose next
+//!   phase is the new price; decision 0028), and its preview (`POST
+//!   /v1/invoices/create_preview`).
 //!
 //! # Events
 //!
 //! | Stripe event | fetched | Coffer change |
 //! |---|---|---|
 //! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | the session, with its payment intent, subscription and first invoice | session status; its payment's status and card; its subscription made or updated |
-//! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end |
+//! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end, flags, price and quantity |
 //! | `invoice.paid`, `invoice.payment_failed` | the invoice's subscription | likewise (a renewal paid or failed moves it) |
 //! | `payment_intent.succeeded`, `.payment_failed` | the payment intent and its charge | payment status, decline code, card |
 //! | `charge.refunded` | the charge's payment intent | payment kept current |
@@ -49,7 +55,8 @@
 //! - a **price**: by its lookup key (`GET /v1/prices?lookup_keys[]=coffer_<id>`), consistent;
 //! - a **customer** (made long after its Coffer id): Search by metadata, then the customers
 //!   made in the last hour, which Search may not show yet;
-//! - a **payment** or **subscription** by checkout id: Search by metadata.
+//! - a **payment** or **subscription** by checkout id: Search by metadata; the subscription a
+//!   plan change was made to, by the change's id (`metadata[coffer_change_id]`).
 //!
 //! Replaying the create under its idempotency key would also answer (Stripe keeps keys for
 //! 24 hours), but it is a write, which the journal never repeats blindly, and the port's
