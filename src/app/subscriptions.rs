@@ -233,6 +233,8 @@ impl Subscriptions {
             },
         );
         let changed = self.journal.call(&op, account.kind, sent).await?;
+        // A provider that reports its price (Stripe, Polar) had it applied with its answer.
+        let reports_price = changed.price.is_some();
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         self.journal
@@ -243,11 +245,13 @@ impl Subscriptions {
                 &ProviderObject::Subscription(changed),
             )
             .await?;
-        // The provider reports its own state, not Coffer's price: a plan change's price and
-        // quantity are written here, in the same transaction (or scheduled for the renewal
-        // that starts the next period, which apply_subscription applies).
+        // A provider that takes amounts inline (the sandbox) reports no price: a plan change's
+        // price and quantity are written here, in the same transaction. A change at the
+        // period's end is kept for the renewal that starts the next period, which
+        // apply_subscription applies.
         if let Some(plan) = &plan {
             match plan.effective {
+                Effective::Now if reports_price => {}
                 Effective::Now => {
                     sub_store::set_subscription_price(
                         &mut tx,

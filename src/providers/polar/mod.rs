@@ -850,7 +850,8 @@ impl Provider for Polar {
     /// (`PATCH {"cancel_at_period_end": true}`) and its undoing (`false`), cancel now
     /// (`DELETE`, Polar's revoke), and a plan change (`PATCH {"product_id", "proration_behavior"}`:
     /// PRORATE is `prorate`, ALWAYS_INVOICE `invoice`, PERIOD_END `next_period`; Polar has no
-    /// change made now without proration, so NONE now is refused). Polar has no paused
+    /// change made now without proration, so NONE now is refused, and no quantity, so a
+    /// quantity other than 1 is). Polar has no paused
     /// collection (not in the capability table, so never asked).
     fn update_subscription<'a>(
         &'a self,
@@ -874,6 +875,12 @@ impl Provider for Polar {
                     "Polar subscriptions have no paused collection",
                 )),
                 Change::ChangePlan(plan) => {
+                    if plan.quantity != 1 {
+                        return Err(definitive(
+                            "unsupported_quantity",
+                            "a Polar subscription sells one of its product",
+                        ));
+                    }
                     let proration = match (plan.effective, plan.proration) {
                         (Effective::PeriodEnd, _) => "next_period",
                         (Effective::Now, Behavior::Prorate) => "prorate",
