@@ -763,10 +763,14 @@ async fn apply_price(
     )
     .await?
     else {
-        tracing::warn!(
-            subscription = %current.id,
-            "the provider's subscription charges a price Coffer did not mirror; kept Coffer's"
-        );
+        // A subscription of an inline line has no Coffer price to map to; one of Coffer's
+        // prices moved to a price made elsewhere is worth an operator's look.
+        if current.price.is_some() {
+            tracing::warn!(
+                subscription = %current.id,
+                "the provider's subscription charges a price Coffer did not mirror; kept Coffer's"
+            );
+        }
         return Ok(());
     };
     let price = PriceId::from_uuid(price);
