@@ -15,7 +15,7 @@ use super::journal::provider_error;
 use super::journal::{CallFailed, Journal, OpKind, OpStatus, Started};
 use super::mirror::{Mirror, mirrored};
 use super::page::{self, Page};
-use super::providers::Providers;
+use super::providers::{Providers, Resolved};
 use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::account::AccountName;
@@ -159,6 +159,16 @@ impl Subscriptions {
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
         let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
         let provider = account.for_op(Operation::of_change(&change))?;
+        // A plan change names the provider's price, mirrored on first use; no connection is
+        // held while the provider is called.
+        let mut change = change;
+        if let Change::ChangePlan(plan) = &mut change
+            && plan.provider_price.is_empty()
+        {
+            drop(conn);
+            plan.provider_price = self.provider_price(&ctx, &account, plan.price).await?;
+            conn = self.pool.acquire().await?;
+        }
         let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
         let earlier = match idempotency {
             Some((method, key)) => {
@@ -235,6 +245,8 @@ impl Subscriptions {
             },
         );
         let changed = self.journal.call(&op, account.kind, sent).await?;
+        // A provider that reports its price (Stripe, Polar) had it applied with its answer.
+        let reports_price = changed.price.is_some();
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         self.journal
@@ -245,11 +257,13 @@ impl Subscriptions {
                 &ProviderObject::Subscription(changed),
             )
             .await?;
-        // The provider reports its own state, not Coffer's price: a plan change's price and
-        // quantity are written here, in the same transaction (or scheduled for the renewal
-        // that starts the next period, which apply_subscription applies).
+        // A provider that takes amounts inline (the sandbox) reports no price: a plan change's
+        // price and quantity are written here, in the same transaction. A change at the
+        // period's end is kept for the renewal that starts the next period, which
+        // apply_subscription applies.
         if let Some(plan) = &plan {
             match plan.effective {
+                Effective::Now if reports_price => {}
                 Effective::Now => {
                     sub_store::set_subscription_price(
                         &mut tx,
@@ -586,8 +600,10 @@ impl Subscriptions {
         let name = AccountName::parse(&sub.account)
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
         let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
+        let provider = account.for_op(Operation::PreviewPlanChange)?;
+        let mut plan = plan;
+        plan.provider_price = self.provider_price(ctx, &account, plan.price).await?;
         let change = Change::ChangePlan(plan);
-        let provider = account.for_op(Operation::of_change(&change))?;
         let now = self.providers.now(ctx.tenant, &account).await?;
         sub.lifecycle()
             .apply(&change, now)
@@ -599,6 +615,47 @@ impl Subscriptions {
             .preview_plan_change(&account.name, &sub.provider_subscription_id, plan)
             .await
             .map_err(provider_error)
+    }
+
+    /// The provider's id of a plan change's price on `account`, mirrored the first time
+    /// (`app::mirror`), for providers whose subscriptions name price objects (Stripe's
+    /// prices, Polar's products); empty for the ones that take amounts inline (the sandbox).
+    async fn provider_price(
+        &self,
+        ctx: &TenantCtx,
+        account: &Resolved,
+        price: PriceId,
+    ) -> Result<String, AppError> {
+        if !account.supports(Operation::CreatePrice) {
+            return Ok(String::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let found = store::find_prices_for_sale(&mut conn, ctx.tenant, &[price.as_uuid()]).await?;
+        drop(conn);
+        let sale = found
+            .get(&price.as_uuid())
+            .ok_or_else(|| AppError::internal("a plan change's price is missing"))?;
+        if sale.price.meter.is_some() {
+            return Err(AppError::Invalid(Violations::single(
+                "price_id",
+                "a metered price cannot be changed to on this account's provider",
+            )));
+        }
+        let made = mirrored(
+            &self.pool,
+            &self.journal,
+            *ctx,
+            account,
+            Mirror::Price {
+                id: price,
+                name: &sale.plan_name,
+                unit: sale.price.money,
+                billing: sale.price.billing,
+                meter: None,
+            },
+        )
+        .await?;
+        made.ok_or_else(|| AppError::internal("the provider mirrored no price"))
     }
 
     /// Creates a plan with its features and prices, in one statement. A key the tenant already
@@ -875,6 +932,7 @@ pub async fn apply_subscription(
                 },
             )
             .await?;
+            apply_price(tx, tenant, &current, s).await?;
             id
         }
         None => {
@@ -960,4 +1018,46 @@ pub async fn apply_subscription(
 enum Origin {
     Session(CheckoutId),
     Created(SubscriptionId, sub_store::Creation),
+}
+
+/// The provider's price and quantity of a subscription it reports, written when they differ
+/// from Coffer's (a plan change made on the provider, a lost answer settled by fetching, a
+/// schedule's next phase): the provider's price is mapped back to Coffer's through the
+/// mirrored prices. A provider that names no price (the sandbox takes amounts inline), or a
+/// price Coffer did not mirror (one set in the provider's dashboard), leaves Coffer's as it is.
+async fn apply_price(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    current: &Subscription,
+    s: &ProviderSubscription,
+) -> Result<(), ApplyError> {
+    let Some(provider_price) = s.price.as_deref() else {
+        return Ok(());
+    };
+    let Some(price) = journal_store::find_coffer_object(
+        tx,
+        tenant,
+        &current.account,
+        ObjectKind::Price.as_str(),
+        provider_price,
+    )
+    .await?
+    else {
+        // A subscription of an inline line has no Coffer price to map to; one of Coffer's
+        // prices moved to a price made elsewhere is worth an operator's look.
+        if current.price.is_some() {
+            tracing::warn!(
+                subscription = %current.id,
+                "the provider's subscription charges a price Coffer did not mirror; kept Coffer's"
+            );
+        }
+        return Ok(());
+    };
+    let price = PriceId::from_uuid(price);
+    let quantity = s.quantity.filter(|q| *q > 0).unwrap_or(current.quantity);
+    if current.price == Some(price) && current.quantity == quantity {
+        return Ok(());
+    }
+    sub_store::set_subscription_price(tx, tenant, current.id, price, quantity).await?;
+    Ok(())
 }

@@ -128,6 +128,8 @@ pub async fn check_access(
                 collection_paused: false,
                 canceled_at: None,
                 cancel_reason: String::new(),
+                price: None,
+                quantity: None,
                 version: 1,
             },
         )

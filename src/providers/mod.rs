@@ -168,7 +168,7 @@ pub enum Operation {
     CreateMeter,
     /// Sending usage to the provider's meters ([`Provider::push_usage`]).
     PushUsage,
-    /// Changing a subscription's price or quantity, and previewing what that charges.
+    /// Changing a subscription's price or quantity.
     ChangeSubscriptionPlan,
     /// Opening the provider's customer portal for one customer
     /// ([`Provider::create_portal_session`]).
@@ -176,6 +176,8 @@ pub enum Operation {
     /// Making a subscription without a checkout (CreateSubscription): charged to the
     /// customer's card on file, or on a trial.
     CreateSubscription,
+    /// Previewing what a change of price or quantity charges ([`Provider::preview_plan_change`]).
+    PreviewPlanChange,
 }
 
 impl Operation {
@@ -193,16 +195,17 @@ impl Operation {
 /// The capability table: whether `kind`'s accounts can do `op`. An operation an account's
 /// provider lacks is FAILED_PRECONDITION (`PROVIDER_UNSUPPORTED`) before anything is written.
 ///
-/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | create sub | meters (mirror, push) | portal |
-/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|------------|-----------------------|--------|
-/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes        | no                    | yes (its own page) |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | not yet     | not yet    | yes (billing meters)  | yes (billing portal) |
-/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | not yet    | no        | no          | no         | yes (event ingestion) | yes (customer session) |
-/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no         | no                    | no     |
-/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no         | no                    | no     |
+/// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | preview change | create sub | meters (mirror, push) | portal |
+/// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|----------------|------------|-----------------------|--------|
+/// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | yes        | no                    | yes (its own page) |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | not yet    | yes (billing meters)  | yes (billing portal) |
+/// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | yes        | no        | yes         | no             | no         | yes (event ingestion) | yes (customer session) |
+/// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no             | no         | no                    | no     |
+/// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no             | no         | no                    | no     |
 ///
 /// Polar checkouts cannot be expired through its API (and sell one product each, so a Polar
-/// checkout has one line item); PayTabs has neither a customer nor a
+/// checkout has one line item); Polar subscriptions have no paused collection and no preview
+/// of a change; PayTabs has neither a customer nor a
 /// subscription object, so its accounts serve one-time payments and refunds; generic HMAC
 /// accounts only send webhooks. "Inline": the provider takes each line's amount in the
 /// checkout itself, so Coffer's prices are not mirrored there.
@@ -210,18 +213,11 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
-        // Stripe's item price update is in its client, not yet mapped through the trait.
         // `POST /v1/subscriptions` is not mapped through the trait yet.
-        ProviderKind::Stripe => !matches!(op, ChangeSubscriptionPlan | CreateSubscription),
-        // Polar's subscription calls are typed in its client but not made through the trait
-        // yet: PROVIDER_UNSUPPORTED until they are.
+        ProviderKind::Stripe => !matches!(op, CreateSubscription),
         ProviderKind::Polar => !matches!(
             op,
-            ExpireCheckoutSession
-                | CancelSubscription
-                | PauseSubscription
-                | ChangeSubscriptionPlan
-                | CreateSubscription
+            ExpireCheckoutSession | PauseSubscription | PreviewPlanChange | CreateSubscription
         ),
         ProviderKind::PayTabs => !matches!(
             op,
@@ -236,6 +232,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
                 | ChangeSubscriptionPlan
                 | CreatePortalSession
                 | CreateSubscription
+                | PreviewPlanChange
         ),
         ProviderKind::Hmac => false,
     }
@@ -515,6 +512,13 @@ pub struct ProviderSubscription {
     pub canceled_at: Option<OffsetDateTime>,
     /// The reason given with a cancel, as the provider keeps it; empty when none.
     pub cancel_reason: String,
+    /// The provider's id of the price the subscription charges (Stripe's item price, Polar's
+    /// product), mapped back to Coffer's price through the mirrored prices
+    /// (`provider_objects`); `None` where the provider takes amounts inline (the sandbox),
+    /// and then Coffer's price stays as Coffer last wrote it.
+    pub price: Option<String>,
+    /// How many of the price, where the provider says (Polar has no quantity: `None`).
+    pub quantity: Option<u32>,
     pub version: i64,
 }
 
@@ -775,7 +779,7 @@ pub trait Provider: Send + Sync {
     }
 
     /// What `change` would charge now on the subscription `subscription`, changing nothing;
-    /// only asked of providers that support [`Operation::ChangeSubscriptionPlan`].
+    /// only asked of providers that support [`Operation::PreviewPlanChange`].
     fn preview_plan_change<'a>(
         &'a self,
         _account: &'a AccountName,
@@ -845,7 +849,12 @@ mod tests {
         assert!(!supports(ProviderKind::PayTabs, CancelSubscription));
         assert!(supports(ProviderKind::Stripe, PauseSubscription));
         assert!(supports(ProviderKind::Sandbox, ChangeSubscriptionPlan));
-        assert!(!supports(ProviderKind::Polar, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Stripe, ChangeSubscriptionPlan));
+        assert!(supports(ProviderKind::Stripe, PreviewPlanChange));
+        assert!(supports(ProviderKind::Polar, CancelSubscription));
+        assert!(supports(ProviderKind::Polar, ChangeSubscriptionPlan));
+        assert!(!supports(ProviderKind::Polar, PauseSubscription));
+        assert!(!supports(ProviderKind::Polar, PreviewPlanChange));
         assert!(!supports(ProviderKind::PayTabs, ChangeSubscriptionPlan));
         assert!(supports(ProviderKind::Sandbox, CreatePortalSession));
         assert!(supports(ProviderKind::Stripe, CreatePortalSession));
@@ -855,5 +864,7 @@ mod tests {
         assert!(supports(ProviderKind::Sandbox, CreateSubscription));
         assert!(!supports(ProviderKind::Polar, CreateSubscription));
         assert!(!supports(ProviderKind::PayTabs, CreateSubscription));
+        assert!(!supports(ProviderKind::PayTabs, PreviewPlanChange));
+        assert!(supports(ProviderKind::Sandbox, PreviewPlanChange));
     }
 }

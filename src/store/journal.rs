@@ -182,6 +182,27 @@ pub async fn insert_provider_object(
     Ok(())
 }
 
+/// Which of Coffer's objects of `kind` the provider's `provider_id` on `account` is, if
+/// Coffer made or mirrored it (the reverse of [`find_provider_object`]).
+pub async fn find_coffer_object(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    account: &str,
+    kind: &str,
+    provider_id: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT coffer_id FROM provider_objects
+         WHERE account = $2 AND provider_id = $4 AND tenant_id = $1 AND kind = $3",
+        tenant.as_uuid(),
+        account,
+        kind,
+        provider_id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 pub async fn find_provider_object(
     conn: &mut PgConnection,
     tenant: TenantId,

@@ -160,6 +160,8 @@ fn state(
         collection_paused: false,
         canceled_at: None,
         cancel_reason: String::new(),
+        price: None,
+        quantity: None,
         version,
     }
 }

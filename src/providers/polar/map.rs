@@ -210,6 +210,9 @@ pub fn subscription(s: &wire::Subscription) -> Result<ProviderSubscription, Prov
         collection_paused: false,
         canceled_at: s.canceled_at.as_deref().map(timestamp).transpose()?,
         cancel_reason: s.customer_cancellation_comment.clone().unwrap_or_default(),
+        // A Polar subscription sells one product (Coffer's mirrored price), with no quantity.
+        price: s.product_id.clone(),
+        quantity: None,
         version: version(&s.created_at, s.modified_at.as_deref())?,
     })
 }

@@ -6,8 +6,9 @@
 //!   read as triggers ([`events`]).
 //! - [`client`]: one account's requests through its outbound stack; [`error`]: Polar's
 //!   refusals as [`ProviderError`]s; [`wire`]: its JSON; [`map`]: its objects as the port's.
-//! - [`Polar`]: the [`Provider`], and what Polar offers beyond the port (subscription changes,
-//!   customer portal sessions).
+//! - [`Polar`]: the [`Provider`] (with the lifecycle calls: cancel at period end and undo,
+//!   revoke, product changes), and what Polar offers beyond the port (customer portal
+//!   sessions).
 //!
 //! # What Coffer's objects are on Polar
 //!
@@ -95,8 +96,8 @@ use crate::providers::outbound::Outbound;
 use crate::providers::{
     CheckoutItem, CheckoutRequest, CustomerRequest, MeterFormula, MeterRequest, ObjectKind,
     PortalRequest, PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject,
-    ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest, UsageEvent,
-    meter_event_name,
+    ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest, SubscriptionUpdate,
+    UsageEvent, meter_event_name,
 };
 
 /// Pages of 100 scanned, most recent first, to find a checkout or a refund by Coffer's id
@@ -416,6 +417,16 @@ impl Polar {
         id: &str,
         cancel: bool,
     ) -> Result<ProviderSubscription, ProviderError> {
+        self.cancel_keyed(id, cancel, Uuid::now_v7().simple().to_string())
+            .await
+    }
+
+    async fn cancel_keyed(
+        &self,
+        id: &str,
+        cancel: bool,
+        key: String,
+    ) -> Result<ProviderSubscription, ProviderError> {
         let body = wire::SubscriptionCancel {
             cancel_at_period_end: cancel,
         };
@@ -426,7 +437,7 @@ impl Polar {
                 Method::PATCH,
                 &["subscriptions", id],
                 Some(&body),
-                Some(Uuid::now_v7().simple().to_string()),
+                Some(key),
             )
             .await;
         self.subscription_change(id, result, cancel).await
@@ -437,6 +448,15 @@ impl Polar {
         &self,
         id: &str,
     ) -> Result<ProviderSubscription, ProviderError> {
+        self.revoke_keyed(id, Uuid::now_v7().simple().to_string())
+            .await
+    }
+
+    async fn revoke_keyed(
+        &self,
+        id: &str,
+        key: String,
+    ) -> Result<ProviderSubscription, ProviderError> {
         let result = self
             .client
             .write::<_, ()>(
@@ -444,21 +464,35 @@ impl Polar {
                 Method::DELETE,
                 &["subscriptions", id],
                 None,
-                Some(Uuid::now_v7().simple().to_string()),
+                Some(key),
             )
             .await;
         self.subscription_change(id, result, true).await
     }
 
-    /// Moves subscription `id` to another product (a price Coffer mirrored: its Polar id), with
-    /// the organization's default proration.
+    /// Moves subscription `id` to another product (a price Coffer mirrored: its Polar id),
+    /// with Polar's `proration_behavior` (`prorate`, `invoice`, `next_period`), or the
+    /// organization's default when `None`.
     pub async fn change_subscription_product(
         &self,
         id: &str,
         product: &str,
+        proration: Option<&str>,
+    ) -> Result<ProviderSubscription, ProviderError> {
+        self.change_product_keyed(id, product, proration, Uuid::now_v7().simple().to_string())
+            .await
+    }
+
+    async fn change_product_keyed(
+        &self,
+        id: &str,
+        product: &str,
+        proration: Option<&str>,
+        key: String,
     ) -> Result<ProviderSubscription, ProviderError> {
         let body = wire::SubscriptionProduct {
             product_id: product.to_owned(),
+            proration_behavior: proration.map(str::to_owned),
         };
         let sub: wire::Subscription = self
             .client
@@ -467,7 +501,7 @@ impl Polar {
                 Method::PATCH,
                 &["subscriptions", id],
                 Some(&body),
-                Some(Uuid::now_v7().simple().to_string()),
+                Some(key),
             )
             .await?;
         map::subscription(&sub)
@@ -828,6 +862,60 @@ impl Provider for Polar {
                 .write("refund", Method::POST, &["refunds", ""], Some(&body), None)
                 .await?;
             map::refund(&refund)
+        })
+    }
+
+    /// Lifecycle changes through Polar's subscription API: cancel at the period's end
+    /// (`PATCH {"cancel_at_period_end": true}`) and its undoing (`false`), cancel now
+    /// (`DELETE`, Polar's revoke), and a plan change (`PATCH {"product_id", "proration_behavior"}`:
+    /// PRORATE is `prorate`, ALWAYS_INVOICE `invoice`, PERIOD_END `next_period`; Polar has no
+    /// change made now without proration, so NONE now is refused, and no quantity, so a
+    /// quantity other than 1 is). Polar has no paused
+    /// collection (not in the capability table, so never asked).
+    fn update_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        r: SubscriptionUpdate,
+    ) -> BoxFuture<'a, Result<ProviderSubscription, ProviderError>> {
+        use crate::domain::proration::Behavior;
+        use crate::domain::subscription::{Change, Effective};
+        Box::pin(async move {
+            let id = r.subscription.as_str();
+            let key = r.idempotency_key.clone();
+            match &r.change {
+                Change::Cancel {
+                    at_period_end: true,
+                    ..
+                } => self.cancel_keyed(id, true, key).await,
+                Change::Cancel { .. } => self.revoke_keyed(id, key).await,
+                Change::UndoCancel => self.cancel_keyed(id, false, key).await,
+                Change::PauseCollection | Change::ResumeCollection => Err(definitive(
+                    "unsupported",
+                    "Polar subscriptions have no paused collection",
+                )),
+                Change::ChangePlan(plan) => {
+                    if plan.quantity != 1 {
+                        return Err(definitive(
+                            "unsupported_quantity",
+                            "a Polar subscription sells one of its product",
+                        ));
+                    }
+                    let proration = match (plan.effective, plan.proration) {
+                        (Effective::PeriodEnd, _) => "next_period",
+                        (Effective::Now, Behavior::Prorate) => "prorate",
+                        (Effective::Now, Behavior::AlwaysInvoice) => "invoice",
+                        (Effective::Now, Behavior::None) => {
+                            return Err(definitive(
+                                "unsupported_proration",
+                                "Polar prorates every change made now: ask PRORATE, \
+                                 ALWAYS_INVOICE, or PERIOD_END",
+                            ));
+                        }
+                    };
+                    self.change_product_keyed(id, &plan.provider_price, Some(proration), key)
+                        .await
+                }
+            }
         })
     }
 

@@ -350,6 +350,9 @@ pub struct SubscriptionCancel {
 #[derive(Debug, Serialize)]
 pub struct SubscriptionProduct {
     pub product_id: String,
+    /// `invoice`, `prorate`, `next_period`; absent: the organization's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proration_behavior: Option<String>,
 }
 
 /// `CustomerSessionCustomerExternalIDCreate`.

@@ -399,6 +399,9 @@ fn to_subscription(row: store::Subscription) -> ProviderSubscription {
         collection_paused: row.collection_paused,
         canceled_at: row.canceled_at,
         cancel_reason: row.cancel_reason,
+        // The sandbox takes amounts inline: Coffer's price is Coffer's to keep.
+        price: None,
+        quantity: None,
         version: row.version,
     }
 }

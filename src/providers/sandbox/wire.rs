@@ -185,6 +185,8 @@ pub fn subscription(v: &Value) -> Result<ProviderSubscription, String> {
         cancel_reason: s.cancel_reason.unwrap_or_default(),
         id: s.id,
         client_reference: reference(&s.client_reference_id)?,
+        price: None,
+        quantity: None,
         version: s.version,
     })
 }

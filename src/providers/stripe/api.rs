@@ -5,7 +5,8 @@
 //! Coffer's own ids travel with everything it makes, so anything can be found again by them:
 //! `metadata[coffer_customer_id]`, `metadata[coffer_price_id]` and `lookup_key`
 //! `coffer_<price id>`, a session's `client_reference_id` and `metadata[coffer_checkout_id]`
-//! (copied to its payment intent and subscription), `metadata[coffer_refund_id]`.
+//! (copied to its payment intent and subscription), `metadata[coffer_refund_id]`, and on a
+//! subscription the last plan change Coffer made to it, `metadata[coffer_change_id]`.
 
 use http::Method;
 use time::OffsetDateTime;
@@ -25,6 +26,8 @@ pub const EXTERNAL_ID_KEY: &str = "coffer_external_id";
 pub const PRICE_KEY: &str = "coffer_price_id";
 pub const CHECKOUT_KEY: &str = "coffer_checkout_id";
 pub const REFUND_KEY: &str = "coffer_refund_id";
+/// On a subscription (and its schedule): Coffer's id of the last plan change made to it.
+pub const CHANGE_KEY: &str = "coffer_change_id";
 
 /// Stripe's limits on a session's `expires_at`: 30 minutes to 24 hours after its creation.
 const MIN_SESSION_LIFE: time::Duration = time::Duration::minutes(30);
@@ -481,26 +484,106 @@ impl Proration {
     }
 }
 
-/// Moves the subscription's item `item` (`si_…`) to `price` with `quantity`.
-pub fn update_subscription_price(
-    id: &str,
-    item: &str,
-    price: &str,
-    quantity: u32,
-    proration: Proration,
-) -> Call {
+/// A move of a subscription's item to another price: what the update and its preview send.
+#[derive(Debug, Clone, Copy)]
+pub struct PriceChange<'a> {
+    /// The subscription item (`si_…`).
+    pub item: &'a str,
+    /// The mirrored Stripe price (`price_…`).
+    pub price: &'a str,
+    pub quantity: u32,
+    pub proration: Proration,
+    /// The time to prorate at (Unix seconds): the preview's, sent with the change, so the
+    /// change prorates exactly as previewed; `None`: Stripe's now.
+    pub proration_date: Option<i64>,
+}
+
+impl PriceChange<'_> {
+    fn items(&self) -> [Form; 1] {
+        [Form::new()
+            .text("id", self.item)
+            .text("price", self.price)
+            .text("quantity", self.quantity)]
+    }
+}
+
+/// Moves the subscription's item to another price and quantity now
+/// (`POST /v1/subscriptions/{id}`), with `metadata[coffer_change_id]` naming Coffer's change,
+/// so a lost answer is settled by finding the subscription it was made to.
+pub fn update_subscription_price(id: &str, change: &PriceChange<'_>, change_id: Uuid) -> Call {
     Call::post(
         "update_subscription",
         format!("/v1/subscriptions/{id}"),
         Form::new()
+            .maps("items", change.items())
+            .text("proration_behavior", change.proration.as_str())
+            .opt("proration_date", change.proration_date)
+            .map("metadata", Form::new().text(CHANGE_KEY, change_id)),
+    )
+}
+
+/// Puts a subscription under a schedule built from its current state
+/// (`POST /v1/subscription_schedules` with `from_subscription`): one phase, the current one.
+pub fn create_schedule_from(subscription: &str) -> Call {
+    Call::post(
+        "create_subscription_schedule",
+        "/v1/subscription_schedules".into(),
+        Form::new().text("from_subscription", subscription),
+    )
+}
+
+/// One phase of a schedule: its items, and when it starts and ends (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Phase<'a> {
+    pub price: &'a str,
+    pub quantity: u32,
+    pub start_date: Option<i64>,
+    pub end_date: Option<i64>,
+}
+
+/// Replaces a schedule's phases (`POST /v1/subscription_schedules/{id}`): the current phase
+/// until the period's end, then the new price, without proration; the schedule then releases
+/// the subscription (`end_behavior=release`), which goes on renewing at the new price.
+pub fn update_schedule(id: &str, phases: &[Phase<'_>], change_id: Uuid) -> Call {
+    Call::post(
+        "update_subscription_schedule",
+        format!("/v1/subscription_schedules/{id}"),
+        Form::new()
             .maps(
-                "items",
-                [Form::new()
-                    .text("id", item)
-                    .text("price", price)
-                    .text("quantity", quantity)],
+                "phases",
+                phases.iter().map(|p| {
+                    Form::new()
+                        .maps(
+                            "items",
+                            [Form::new()
+                                .text("price", p.price)
+                                .text("quantity", p.quantity)],
+                        )
+                        .opt("start_date", p.start_date)
+                        .opt("end_date", p.end_date)
+                        .text("proration_behavior", "none")
+                }),
             )
-            .text("proration_behavior", proration.as_str()),
+            .text("end_behavior", "release")
+            .map("metadata", Form::new().text(CHANGE_KEY, change_id)),
+    )
+}
+
+/// Releases a subscription from its schedule (`POST /v1/subscription_schedules/{id}/release`):
+/// the subscription stays as it is, and the schedule's later phases are dropped.
+pub fn release_schedule(id: &str) -> Call {
+    Call::post(
+        "release_subscription_schedule",
+        format!("/v1/subscription_schedules/{id}/release"),
+        Form::new(),
+    )
+}
+
+pub fn retrieve_schedule(id: &str) -> Call {
+    Call::get(
+        "fetch_subscription_schedule",
+        format!("/v1/subscription_schedules/{id}"),
+        Form::new(),
     )
 }
 
@@ -564,17 +647,9 @@ pub fn resume_subscription(id: &str, reset_billing_cycle: bool) -> Call {
     )
 }
 
-/// What the next invoice would be if the subscription's item moved to `price`
-/// (`POST /v1/invoices/create_preview`), prorated as of `proration_date`.
-pub fn preview_invoice(
-    customer: &str,
-    subscription: &str,
-    item: &str,
-    price: &str,
-    quantity: u32,
-    proration: Proration,
-    proration_date: Option<i64>,
-) -> Call {
+/// What the invoice of a change of price would be (`POST /v1/invoices/create_preview`),
+/// prorated as of `change.proration_date`; changes nothing.
+pub fn preview_invoice(customer: &str, subscription: &str, change: &PriceChange<'_>) -> Call {
     Call::post(
         "preview_invoice",
         "/v1/invoices/create_preview".into(),
@@ -584,15 +659,9 @@ pub fn preview_invoice(
             .map(
                 "subscription_details",
                 Form::new()
-                    .maps(
-                        "items",
-                        [Form::new()
-                            .text("id", item)
-                            .text("price", price)
-                            .text("quantity", quantity)],
-                    )
-                    .text("proration_behavior", proration.as_str())
-                    .opt("proration_date", proration_date),
+                    .maps("items", change.items())
+                    .text("proration_behavior", change.proration.as_str())
+                    .opt("proration_date", change.proration_date),
             ),
     )
 }
@@ -866,11 +935,51 @@ mod tests {
         );
         assert_eq!(c.form.encode(), "cancel_at_period_end=true");
 
-        let u = update_subscription_price("sub_1", "si_1", "price_2", 2, Proration::AlwaysInvoice);
+        let change = PriceChange {
+            item: "si_1",
+            price: "price_2",
+            quantity: 2,
+            proration: Proration::AlwaysInvoice,
+            proration_date: Some(1_800_000_000),
+        };
+        let u = update_subscription_price("sub_1", &change, Uuid::nil());
         assert_eq!(
             u.form.encode(),
             "items[0][id]=si_1&items[0][price]=price_2&items[0][quantity]=2\
-             &proration_behavior=always_invoice"
+             &proration_behavior=always_invoice&proration_date=1800000000\
+             &metadata[coffer_change_id]=00000000-0000-0000-0000-000000000000"
+        );
+        let s = update_schedule(
+            "sub_sched_1",
+            &[
+                Phase {
+                    price: "price_1",
+                    quantity: 1,
+                    start_date: Some(1_700_000_000),
+                    end_date: Some(1_800_000_000),
+                },
+                Phase {
+                    price: "price_2",
+                    quantity: 3,
+                    start_date: None,
+                    end_date: None,
+                },
+            ],
+            Uuid::nil(),
+        );
+        assert_eq!(s.path, "/v1/subscription_schedules/sub_sched_1");
+        assert_eq!(
+            s.form.encode(),
+            "phases[0][items][0][price]=price_1&phases[0][items][0][quantity]=1\
+             &phases[0][start_date]=1700000000&phases[0][end_date]=1800000000\
+             &phases[0][proration_behavior]=none\
+             &phases[1][items][0][price]=price_2&phases[1][items][0][quantity]=3\
+             &phases[1][proration_behavior]=none&end_behavior=release\
+             &metadata[coffer_change_id]=00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(
+            create_schedule_from("sub_1").form.encode(),
+            "from_subscription=sub_1"
         );
 
         let p = pause_collection("sub_1", PauseBehavior::Void, Some(1_800_000_000));
@@ -899,11 +1008,13 @@ mod tests {
         let v = preview_invoice(
             "cus_1",
             "sub_1",
-            "si_1",
-            "price_2",
-            1,
-            Proration::CreateProrations,
-            Some(1_800_000_000),
+            &PriceChange {
+                item: "si_1",
+                price: "price_2",
+                quantity: 1,
+                proration: Proration::CreateProrations,
+                proration_date: Some(1_800_000_000),
+            },
         );
         assert_eq!(
             (v.method.clone(), v.path.as_str()),

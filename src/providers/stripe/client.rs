@@ -12,13 +12,14 @@ use http::HeaderName;
 use http::header::AUTHORIZATION;
 use serde::de::DeserializeOwned;
 
-use super::api::{self, Call, PauseBehavior, Proration};
+use super::api::{self, Call, PauseBehavior, PriceChange};
 use super::error;
 use super::form::with_query;
 use super::wire;
 use crate::domain::account::{Account, AccountName, Secret};
 use crate::providers::ProviderError;
 use crate::providers::outbound::{Outbound, OutboundBody, OutboundRequest};
+use uuid::Uuid;
 
 /// The API version every request pins. Webhook endpoints should be created with the same
 /// version (docs/providers/stripe.md), since event payloads follow the endpoint's.
@@ -164,18 +165,16 @@ impl Client {
         .await
     }
 
-    /// Moves the subscription's item to another price.
+    /// Moves the subscription's item to another price now.
     pub async fn update_subscription_price(
         &self,
         id: &str,
-        item: &str,
-        price: &str,
-        quantity: u32,
-        proration: Proration,
+        change: &PriceChange<'_>,
+        change_id: Uuid,
         idempotency_key: String,
     ) -> Result<wire::Subscription, ProviderError> {
         self.send(
-            api::update_subscription_price(id, item, price, quantity, proration),
+            api::update_subscription_price(id, change, change_id),
             Some(idempotency_key),
         )
         .await
@@ -220,28 +219,15 @@ impl Client {
 
     /// The invoice a change of price would make; changes nothing (a POST all the same, so
     /// it carries a key).
-    #[allow(clippy::too_many_arguments)]
     pub async fn preview_invoice(
         &self,
         customer: &str,
         subscription: &str,
-        item: &str,
-        price: &str,
-        quantity: u32,
-        proration: Proration,
-        proration_date: Option<i64>,
+        change: &PriceChange<'_>,
         idempotency_key: String,
-    ) -> Result<wire::Invoice, ProviderError> {
+    ) -> Result<wire::InvoicePreview, ProviderError> {
         self.send(
-            api::preview_invoice(
-                customer,
-                subscription,
-                item,
-                price,
-                quantity,
-                proration,
-                proration_date,
-            ),
+            api::preview_invoice(customer, subscription, change),
             Some(idempotency_key),
         )
         .await

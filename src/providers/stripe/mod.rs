@@ -20,13 +20,19 @@
 //!   every object a session makes names Coffer's checkout; lines name their mirrored price, or
 //!   carry `price_data` inline; `subscription_data[trial_period_days]` for a trial.
 //! - **Refunds** of a payment intent with `metadata[coffer_refund_id]`.
+//! - **Subscription changes** (the lifecycle RPCs): cancel now (`DELETE`) or at the period's
+//!   end and its undoing, pause and resume collection, a plan change now (the first item's
+//!   price and quantity, `proration_behavior`, the preview's `proration_date`,
+//!   `metadata[coffer_change_id]`) or at the period's end (a subscription schedule whose next
+//!   phase is the new price; decision 0028), and its preview (`POST
+//!   /v1/invoices/create_preview`).
 //!
 //! # Events
 //!
 //! | Stripe event | fetched | Coffer change |
 //! |---|---|---|
 //! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | the session, with its payment intent, subscription and first invoice | session status; its payment's status and card; its subscription made or updated |
-//! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end |
+//! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end, flags, price and quantity |
 //! | `invoice.paid`, `invoice.payment_failed` | the invoice's subscription | likewise (a renewal paid or failed moves it) |
 //! | `payment_intent.succeeded`, `.payment_failed` | the payment intent and its charge | payment status, decline code, card |
 //! | `charge.refunded` | the charge's payment intent | payment kept current |
@@ -49,7 +55,8 @@
 //! - a **price**: by its lookup key (`GET /v1/prices?lookup_keys[]=coffer_<id>`), consistent;
 //! - a **customer** (made long after its Coffer id): Search by metadata, then the customers
 //!   made in the last hour, which Search may not show yet;
-//! - a **payment** or **subscription** by checkout id: Search by metadata.
+//! - a **payment** or **subscription** by checkout id: Search by metadata; the subscription a
+//!   plan change was made to, by the change's id (`metadata[coffer_change_id]`).
 //!
 //! Replaying the create under its idempotency key would also answer (Stripe keeps keys for
 //! 24 hours), but it is a write, which the journal never repeats blindly, and the port's
@@ -75,11 +82,13 @@ use self::api::{CHECKOUT_KEY, CUSTOMER_KEY, Call, PRICE_KEY, REFUND_KEY, Session
 use self::client::Client;
 use self::objects::{coffer_id, session_reference, version_now};
 use crate::domain::account::{Account, AccountName, ProviderKind};
+use crate::domain::proration::Behavior;
+use crate::domain::subscription::{Effective, PlanChange};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PortalRequest, PriceRequest,
-    Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPortal, ProviderRefund,
-    RefundRequest, SubscriptionUpdate, UsageEvent, meter_event_name,
+    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PlanChangePreview, PortalRequest,
+    PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPortal,
+    ProviderRefund, RefundRequest, SubscriptionUpdate, UsageEvent, meter_event_name,
 };
 
 /// How long a billing portal session is good for. Stripe does not answer it; an unused session
@@ -391,20 +400,137 @@ impl Stripe {
         }
     }
 
+    /// A session's subscription by its checkout id, or the one a plan change (by the change's
+    /// id, `metadata[coffer_change_id]`) was made to.
     async fn find_subscription(
         &self,
         reference: Uuid,
     ) -> Result<Option<ProviderObject>, ProviderError> {
         let version = version_now();
-        match self
+        if let Some(sub) = self
             .search_one::<wire::Subscription>("subscriptions", CHECKOUT_KEY, reference)
             .await?
         {
-            Some(sub) => Ok(Some(ProviderObject::Subscription(objects::subscription(
+            return Ok(Some(ProviderObject::Subscription(objects::subscription(
                 &sub, reference, version,
-            )?))),
+            )?)));
+        }
+        match self
+            .search_one::<wire::Subscription>("subscriptions", api::CHANGE_KEY, reference)
+            .await?
+        {
+            Some(sub) => Ok(self
+                .subscription_of(&sub, version)
+                .await?
+                .map(ProviderObject::Subscription)),
             None => Ok(None),
         }
+    }
+
+    /// The subscription `id` as it is now, with the item a plan change moves.
+    async fn subscription_item(
+        &self,
+        id: &str,
+    ) -> Result<(wire::Subscription, String), ProviderError> {
+        let sub = self
+            .client
+            .find::<wire::Subscription>(api::retrieve_subscription(id))
+            .await?
+            .ok_or_else(|| {
+                ProviderError::definitive("resource_missing", format!("no subscription {id}"))
+            })?;
+        let item = sub
+            .items
+            .as_ref()
+            .and_then(|l| l.data.first())
+            .map(|i| i.id.clone())
+            .ok_or_else(|| {
+                ProviderError::definitive("no_item", format!("subscription {id} has no item"))
+            })?;
+        Ok((sub, item))
+    }
+
+    /// A plan change at the period's end: the subscription is put under a schedule (or its
+    /// schedule is updated) whose current phase ends with the period and whose next phase
+    /// charges the new price, unprorated; Stripe then renews at the new price and the
+    /// schedule releases the subscription. Decision 0028.
+    async fn schedule_plan_change(
+        &self,
+        sub: &wire::Subscription,
+        plan: &PlanChange,
+        change_id: Uuid,
+        key: &str,
+    ) -> Result<(), ProviderError> {
+        let item = sub.items.as_ref().and_then(|l| l.data.first());
+        let current = item.and_then(|i| i.price.as_ref()).ok_or_else(|| {
+            ProviderError::definitive("no_item", "the subscription's item names no price")
+        })?;
+        let quantity = item
+            .and_then(|i| i.quantity)
+            .and_then(|q| u32::try_from(q).ok())
+            .unwrap_or(1);
+        let period_end = item
+            .and_then(|i| i.current_period_end)
+            .or(sub.current_period_end)
+            .ok_or_else(|| {
+                ProviderError::definitive("no_period", "the subscription has no period")
+            })?;
+        let schedule: wire::SubscriptionSchedule = match &sub.schedule {
+            Some(wire::Expandable::Object(s)) => (**s).clone(),
+            Some(wire::Expandable::Id(id)) => {
+                self.client
+                    .find(api::retrieve_schedule(id))
+                    .await?
+                    .ok_or_else(|| ProviderError::definitive("resource_missing", "schedule gone"))?
+            }
+            None => {
+                self.client
+                    .send(
+                        api::create_schedule_from(&sub.id),
+                        Some(format!("{key}-schedule")),
+                    )
+                    .await?
+            }
+        };
+        let start = schedule
+            .current_phase
+            .as_ref()
+            .or(schedule.phases.first())
+            .and_then(|p| p.start_date);
+        let _: wire::SubscriptionSchedule = self
+            .client
+            .send(
+                api::update_schedule(
+                    &schedule.id,
+                    &[
+                        api::Phase {
+                            price: &current.id,
+                            quantity,
+                            start_date: start,
+                            end_date: Some(period_end),
+                        },
+                        api::Phase {
+                            price: &plan.provider_price,
+                            quantity: plan.quantity,
+                            start_date: None,
+                            end_date: None,
+                        },
+                    ],
+                    change_id,
+                ),
+                Some(format!("{key}-phases")),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Coffer's proration as Stripe's `proration_behavior`.
+fn proration(behavior: Behavior) -> api::Proration {
+    match behavior {
+        Behavior::Prorate => api::Proration::CreateProrations,
+        Behavior::None => api::Proration::None,
+        Behavior::AlwaysInvoice => api::Proration::AlwaysInvoice,
     }
 }
 
@@ -663,12 +789,39 @@ impl Provider for Stripe {
                         .await?
                 }
                 Change::ResumeCollection => self.client.unpause_collection(id, key).await?,
-                // Not in the capability table for Stripe yet, so never asked.
-                Change::ChangePlan(_) => {
-                    return Err(ProviderError::definitive(
-                        "unsupported",
-                        "plan changes are not made through Coffer on Stripe yet",
-                    ));
+                Change::ChangePlan(plan) => {
+                    let (sub, item) = self.subscription_item(id).await?;
+                    match plan.effective {
+                        Effective::Now => {
+                            // A change made now replaces one scheduled for the period's end
+                            // (as Coffer's own scheduled change is dropped): the schedule is
+                            // released first, so its next phase never applies.
+                            if let Some(schedule) = &sub.schedule {
+                                let _: wire::SubscriptionSchedule = self
+                                    .client
+                                    .send(
+                                        api::release_schedule(schedule.id()),
+                                        Some(format!("{key}-release")),
+                                    )
+                                    .await?;
+                            }
+                            let change = api::PriceChange {
+                                item: &item,
+                                price: &plan.provider_price,
+                                quantity: plan.quantity,
+                                proration: proration(plan.proration),
+                                proration_date: plan.proration_time.map(|t| t.unix_timestamp()),
+                            };
+                            self.client
+                                .update_subscription_price(id, &change, r.client_reference, key)
+                                .await?
+                        }
+                        Effective::PeriodEnd => {
+                            self.schedule_plan_change(&sub, plan, r.client_reference, &key)
+                                .await?;
+                            self.subscription_item(id).await?.0
+                        }
+                    }
                 }
             };
             self.subscription_of(&sub, version).await?.ok_or_else(|| {
@@ -677,6 +830,57 @@ impl Provider for Stripe {
                     "the subscription names no Coffer checkout",
                 )
             })
+        })
+    }
+
+    /// Stripe's own invoice preview of the change (`POST /v1/invoices/create_preview`),
+    /// prorated at the asked time or now (whole seconds, the time answered), so the change
+    /// sent with that time prorates exactly as shown. What it charges is its proration lines'
+    /// sum, when positive: the next period's own charge, which a preview also shows, is not
+    /// the change's. A change at the period's end prorates nothing.
+    fn preview_plan_change<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        subscription: &'a str,
+        plan: &'a PlanChange,
+    ) -> BoxFuture<'a, Result<PlanChangePreview, ProviderError>> {
+        Box::pin(async move {
+            let (sub, item) = self.subscription_item(subscription).await?;
+            let at = plan
+                .proration_time
+                .unwrap_or_else(OffsetDateTime::now_utc)
+                .unix_timestamp();
+            let proration_time = OffsetDateTime::from_unix_timestamp(at)
+                .map_err(|e| ProviderError::definitive("invalid_proration_time", e.to_string()))?;
+            let customer = sub
+                .customer
+                .as_ref()
+                .map(|c| c.id().to_owned())
+                .ok_or_else(|| {
+                    ProviderError::definitive("no_customer", "the subscription names no customer")
+                })?;
+            let behavior = match plan.effective {
+                Effective::Now => plan.proration,
+                Effective::PeriodEnd => Behavior::None,
+            };
+            let change = api::PriceChange {
+                item: &item,
+                price: &plan.provider_price,
+                quantity: plan.quantity,
+                proration: proration(behavior),
+                proration_date: Some(at),
+            };
+            // A preview changes nothing; its key only makes the stack's retries safe.
+            let invoice = self
+                .client
+                .preview_invoice(
+                    &customer,
+                    subscription,
+                    &change,
+                    format!("preview-{}", Uuid::now_v7().simple()),
+                )
+                .await?;
+            Ok(objects::preview(&invoice, behavior, proration_time))
         })
     }
 

@@ -16,10 +16,11 @@ use super::money::from_stripe;
 use super::wire::{self, Expandable};
 use crate::domain::checkout::{PaymentStatus, Status};
 use crate::domain::payment::{DisputeStatus, RefundStatus};
+use crate::domain::proration::{Behavior, Line, LineKind};
 use crate::domain::subscription::SubscriptionStatus;
 use crate::providers::{
-    PaymentOutcome, ProviderCheckout, ProviderDispute, ProviderError, ProviderPayment,
-    ProviderRefund, ProviderSubscription,
+    PaymentOutcome, PlanChangePreview, ProviderCheckout, ProviderDispute, ProviderError,
+    ProviderPayment, ProviderRefund, ProviderSubscription,
 };
 
 /// The version of the answer to a request sent now: microseconds since the epoch.
@@ -228,8 +229,48 @@ pub fn subscription(
             .as_ref()
             .and_then(|d| d.comment.clone())
             .unwrap_or_default(),
+        price: item.and_then(|i| i.price.as_ref()).map(|p| p.id.clone()),
+        quantity: item
+            .and_then(|i| i.quantity)
+            .and_then(|q| u32::try_from(q).ok()),
         version,
     })
+}
+
+/// Stripe's invoice preview of a plan change as the port's: its proration lines (a credit
+/// negative, a charge positive) and their sum when positive — what the change adds, charged at
+/// once with `always_invoice`, on the next invoice with `create_prorations`. The preview's
+/// other lines (the next period's own charge) are not the change's. Without proration, nothing.
+pub fn preview(
+    invoice: &wire::InvoicePreview,
+    behavior: Behavior,
+    proration_time: OffsetDateTime,
+) -> PlanChangePreview {
+    let lines: Vec<Line> = if behavior == Behavior::None {
+        Vec::new()
+    } else {
+        invoice
+            .lines
+            .data
+            .iter()
+            .filter(|l| l.is_proration())
+            .map(|l| Line {
+                amount: l.amount,
+                kind: if l.amount < 0 {
+                    LineKind::UnusedTime
+                } else {
+                    LineKind::RemainingTime
+                },
+            })
+            .collect()
+    };
+    let net: i64 = lines.iter().map(|l| l.amount).sum();
+    PlanChangePreview {
+        amount_due: net.max(0),
+        currency: invoice.currency.to_ascii_uppercase(),
+        lines,
+        proration_time,
+    }
 }
 
 pub fn refund_status(status: Option<&str>) -> Result<RefundStatus, ProviderError> {

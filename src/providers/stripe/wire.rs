@@ -67,6 +67,7 @@ has_id!(
     Invoice,
     Refund,
     Dispute,
+    SubscriptionSchedule,
     Meter
 );
 
@@ -235,6 +236,11 @@ pub struct Charge {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscriptionItem {
     pub id: String,
+    /// The item's price (always an object).
+    #[serde(default)]
+    pub price: Option<Price>,
+    #[serde(default)]
+    pub quantity: Option<u64>,
     /// Where the billing period lives since API version 2025-03-31.basil.
     #[serde(default)]
     pub current_period_start: Option<i64>,
@@ -270,6 +276,76 @@ pub struct Subscription {
     pub pause_collection: Option<serde_json::Value>,
     #[serde(default)]
     pub cancellation_details: Option<CancellationDetails>,
+    #[serde(default)]
+    pub customer: Option<Expandable<Customer>>,
+    /// The schedule that manages it, when one does (`sub_sched_…`).
+    #[serde(default)]
+    pub schedule: Option<Expandable<SubscriptionSchedule>>,
+}
+
+/// A subscription schedule (`subscription_schedule`), as far as Coffer reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SubscriptionSchedule {
+    pub id: String,
+    #[serde(default)]
+    pub current_phase: Option<SchedulePhaseSpan>,
+    #[serde(default)]
+    pub phases: Vec<SchedulePhaseSpan>,
+}
+
+/// When a schedule's phase starts and ends (Unix seconds).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulePhaseSpan {
+    #[serde(default)]
+    pub start_date: Option<i64>,
+    #[serde(default)]
+    pub end_date: Option<i64>,
+}
+
+/// An invoice preview (`POST /v1/invoices/create_preview`): what it would charge, and its
+/// lines.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoicePreview {
+    #[serde(default)]
+    pub amount_due: i64,
+    pub currency: String,
+    pub lines: List<InvoiceLine>,
+}
+
+/// A line of an invoice.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoiceLine {
+    pub amount: i64,
+    /// Before 2025-03-31.basil.
+    #[serde(default)]
+    pub proration: Option<bool>,
+    /// Since 2025-03-31.basil.
+    #[serde(default)]
+    pub parent: Option<InvoiceLineParent>,
+}
+
+impl InvoiceLine {
+    /// Whether the line prorates a change (rather than charging a whole period).
+    pub fn is_proration(&self) -> bool {
+        self.parent
+            .as_ref()
+            .and_then(|p| p.subscription_item_details.as_ref())
+            .map(|d| d.proration)
+            .or(self.proration)
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InvoiceLineParent {
+    #[serde(default)]
+    pub subscription_item_details: Option<SubscriptionItemDetails>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SubscriptionItemDetails {
+    #[serde(default)]
+    pub proration: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

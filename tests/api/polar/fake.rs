@@ -88,6 +88,8 @@ pub struct Seen {
     pub idempotency_key: Option<String>,
     /// `Polar-Version`, the API version asked for.
     pub version: Option<String>,
+    /// The JSON body, when it had one (`Null` otherwise).
+    pub body: Value,
 }
 
 #[derive(Default)]
@@ -276,6 +278,7 @@ async fn handle(
             version: headers
                 .get("polar-version")
                 .map(|v| v.to_str().unwrap().to_owned()),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         });
         // Polar's version middleware: an API version it does not serve is a bare 404.
         if let Some(v) = headers.get("polar-version")
@@ -817,9 +820,32 @@ fn update_subscription(s: &mut State, id: &str, body: &Value) -> Response {
                 &body["product_id"],
             );
         }
+        // Polar's SubscriptionProrationBehavior; absent: the organization's default (prorate).
+        let behavior = match body.get("proration_behavior") {
+            None | Some(Value::Null) => "prorate",
+            Some(b) => match b.as_str() {
+                Some(b @ ("invoice" | "prorate" | "next_period" | "reset")) => b,
+                _ => {
+                    return validation(
+                        &[json!("body"), json!("proration_behavior")],
+                        "Input should be 'invoice', 'prorate', 'next_period' or 'reset'",
+                        "enum",
+                        b,
+                    );
+                }
+            },
+        };
         let product = product.to_owned();
         s.touch("subscriptions", id, |sub| {
-            sub["product_id"] = json!(product)
+            if behavior == "next_period" {
+                // Scheduled: applied when the next period starts.
+                sub["pending_update"] = json!({"product_id": product,
+                                               "applies_at": sub["current_period_end"]});
+            } else {
+                sub["product_id"] = json!(product);
+                sub["product"] = json!({"id": product});
+                sub["pending_update"] = Value::Null;
+            }
         });
     } else {
         return validation(&[json!("body")], "No update given.", "value_error", body);
@@ -931,6 +957,13 @@ impl FakePolar {
             .find(collection, id)
             .cloned()
             .unwrap_or_else(|| panic!("no {collection} {id} on the fake"))
+    }
+
+    /// Changes subscription `id` as Polar itself would (its clock, its dashboard); answers it.
+    pub fn update_subscription(&self, id: &str, change: impl FnOnce(&mut Value)) -> Value {
+        let mut s = self.state.lock().unwrap();
+        s.touch("subscriptions", id, change);
+        s.find("subscriptions", id).unwrap().clone()
     }
 
     /// The requests seen, in order.

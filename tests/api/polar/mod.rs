@@ -5,6 +5,7 @@
 //! that fails while an event is applied; subscriptions and customer portal sessions.
 
 mod fake;
+mod lifecycle;
 mod meters;
 
 use std::net::SocketAddr;
@@ -852,7 +853,7 @@ async fn subscriptions_start_change_and_end_as_polar_reports_them() {
     );
     let yearly_product = fake.all("products")[1]["id"].as_str().unwrap().to_owned();
     polar
-        .change_subscription_product(&sub, &yearly_product)
+        .change_subscription_product(&sub, &yearly_product, None)
         .await
         .unwrap();
     assert_eq!(
@@ -878,7 +879,9 @@ async fn subscriptions_start_change_and_end_as_polar_reports_them() {
         }
     }
     assert!(matches!(
-        polar.change_subscription_product("no-such", &yearly_product).await,
+        polar
+            .change_subscription_product("no-such", &yearly_product, None)
+            .await,
         Err(ProviderError::Definitive { code, .. }) if code == "not_found"
     ));
 

@@ -101,6 +101,8 @@ pub struct Logged {
     pub stripe_version: Option<String>,
     pub status: u16,
     pub at: std::time::Instant,
+    /// The request's parameters, nested as Stripe reads them.
+    pub params: Value,
 }
 
 struct Stored {
@@ -749,6 +751,266 @@ impl State {
         Ok(event)
     }
 
+    /// The proration lines of moving `sub`'s item to `items[0]` (price, quantity) at
+    /// `proration_date` (or now), to the second: a credit of the unused time on the old total
+    /// and a charge of the remaining time on the new, each rounded to the nearest minor unit
+    /// (halves away from zero). Also answers the new price object and quantity.
+    fn prorations(
+        &self,
+        sub: &Value,
+        items: &Value,
+        proration_date: Option<i64>,
+        param: &str,
+    ) -> Result<(Vec<Value>, Value, i64), Failure> {
+        let asked = items
+            .get(0)
+            .ok_or_else(|| invalid("Missing items", Some(param)))?;
+        let item = &sub["items"]["data"][0];
+        if text(asked, "id") != item["id"].as_str() {
+            return Err(invalid(
+                "Subscription item does not belong to this subscription.",
+                Some(&format!("{param}[0][id]")),
+            ));
+        }
+        let new_price = match text(asked, "price") {
+            Some(price) => self
+                .get(price)
+                .ok_or_else(|| missing(price, Some(&format!("{param}[0][price]"))))?,
+            None => item["price"].clone(),
+        };
+        let quantity = int(asked, "quantity")?.unwrap_or(item["quantity"].as_i64().unwrap_or(1));
+        let (start, end) = (
+            item["current_period_start"].as_i64().unwrap(),
+            item["current_period_end"].as_i64().unwrap(),
+        );
+        let at = proration_date.unwrap_or_else(now);
+        if at < start || at > end {
+            return Err(invalid(
+                "proration_date must be within the current period.",
+                Some("proration_date"),
+            ));
+        }
+        let old_total =
+            item["price"]["unit_amount"].as_i64().unwrap() * item["quantity"].as_i64().unwrap_or(1);
+        let new_total = new_price["unit_amount"].as_i64().unwrap() * quantity;
+        let share = |total: i64| -> i64 {
+            let (n, d) = (
+                i128::from(total) * i128::from(end - at),
+                i128::from(end - start),
+            );
+            (if 2 * (n % d) >= d { n / d + 1 } else { n / d }) as i64
+        };
+        let line = |amount: i64, description: &str| {
+            json!({"id": random_id("il"), "object": "line_item", "amount": amount,
+                   "currency": new_price["currency"], "description": description,
+                   "period": {"start": at, "end": end},
+                   "parent": {"type": "subscription_item_details",
+                              "subscription_item_details": {"proration": true,
+                                  "subscription": sub["id"], "subscription_item": item["id"]}}})
+        };
+        Ok((
+            vec![
+                line(-share(old_total), "Unused time"),
+                line(share(new_total), "Remaining time"),
+            ],
+            new_price,
+            quantity,
+        ))
+    }
+
+    /// A subscription's item moved to another price or quantity, prorated as
+    /// `proration_behavior` says: `create_prorations` (the default) leaves pending invoice
+    /// items for the next invoice, `always_invoice` invoices them now (paid at once when
+    /// positive), `none` prorates nothing.
+    fn change_items(&mut self, mut sub: Value, items: &Value, p: &Value) -> Result<Value, Failure> {
+        let behavior = text(p, "proration_behavior").unwrap_or("create_prorations");
+        if !["create_prorations", "always_invoice", "none"].contains(&behavior) {
+            return Err(invalid(
+                "Invalid proration_behavior",
+                Some("proration_behavior"),
+            ));
+        }
+        let (lines, price, quantity) =
+            self.prorations(&sub, items, int(p, "proration_date")?, "items")?;
+        let currency = price["currency"].clone();
+        match behavior {
+            "create_prorations" => {
+                for l in &lines {
+                    self.next();
+                    self.put(json!({"id": random_id("ii"), "object": "invoiceitem",
+                                    "amount": l["amount"], "currency": currency,
+                                    "proration": true, "subscription": sub["id"],
+                                    "customer": sub["customer"], "invoice": null,
+                                    "period": l["period"], "date": now()}));
+                }
+            }
+            "always_invoice" => {
+                let total: i64 = lines.iter().map(|l| l["amount"].as_i64().unwrap()).sum();
+                let due = total.max(0);
+                let invoice_id = random_id("in");
+                self.next();
+                self.put(json!({
+                    "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
+                    "amount_due": due, "amount_paid": due, "created": now(),
+                    "subscription": null, "billing_reason": "subscription_update",
+                    "customer": sub["customer"],
+                    "lines": {"object": "list", "has_more": false, "data": lines},
+                    "parent": {"type": "subscription_details", "quote_details": null,
+                               "subscription_details": {"subscription": sub["id"],
+                                                        "metadata": sub["metadata"]}},
+                }));
+                if due > 0 {
+                    let pi = pay(self, due, &currency, json!({}), &sub["customer"]);
+                    self.invoice_payments.insert(
+                        invoice_id.clone(),
+                        vec![json!({
+                            "id": random_id("inpay"), "object": "invoice_payment",
+                            "invoice": invoice_id, "status": "paid", "amount_paid": due,
+                            "payment": {"type": "payment_intent", "payment_intent": pi},
+                        })],
+                    );
+                }
+                sub["latest_invoice"] = json!(invoice_id);
+            }
+            _ => {}
+        }
+        sub["items"]["data"][0]["price"] = price;
+        sub["items"]["data"][0]["quantity"] = json!(quantity);
+        Ok(sub)
+    }
+
+    /// The invoice a subscription change would make (`POST /v1/invoices/create_preview`):
+    /// with `always_invoice`, the proration lines alone (the invoice made now); otherwise the
+    /// next period's invoice — its pending prorations (with `create_prorations`) and the next
+    /// period's charge at the new price.
+    fn preview_invoice(&self, p: &Value) -> Result<Value, Failure> {
+        let sub_id = text(p, "subscription")
+            .ok_or_else(|| invalid("Missing subscription", Some("subscription")))?;
+        let sub = self
+            .get(sub_id)
+            .ok_or_else(|| missing(sub_id, Some("subscription")))?;
+        if text(p, "customer").is_some_and(|c| sub["customer"] != c) {
+            return Err(invalid(
+                "The subscription belongs to another customer.",
+                Some("customer"),
+            ));
+        }
+        let details = &p["subscription_details"];
+        let behavior = text(details, "proration_behavior").unwrap_or("create_prorations");
+        let (prorations, price, quantity) = self.prorations(
+            &sub,
+            &details["items"],
+            int(details, "proration_date")?,
+            "subscription_details[items]",
+        )?;
+        let item = &sub["items"]["data"][0];
+        let (start, end) = (
+            item["current_period_start"].as_i64().unwrap(),
+            item["current_period_end"].as_i64().unwrap(),
+        );
+        let next = json!({"id": random_id("il"), "object": "line_item",
+            "amount": price["unit_amount"].as_i64().unwrap() * quantity,
+            "currency": price["currency"], "description": "Next period",
+            "period": {"start": end, "end": end + (end - start)},
+            "parent": {"type": "subscription_item_details",
+                       "subscription_item_details": {"proration": false,
+                           "subscription": sub["id"], "subscription_item": item["id"]}}});
+        let lines: Vec<Value> = match behavior {
+            "always_invoice" => prorations,
+            "none" => vec![next],
+            _ => prorations.into_iter().chain([next]).collect(),
+        };
+        let total: i64 = lines.iter().map(|l| l["amount"].as_i64().unwrap()).sum();
+        Ok(
+            json!({"id": null, "object": "invoice", "currency": price["currency"],
+                  "amount_due": total.max(0), "total": total, "subscription": null,
+                  "customer": sub["customer"],
+                  "lines": {"object": "list", "has_more": false, "data": lines}}),
+        )
+    }
+
+    /// A schedule made from a subscription: one phase, the current one (Stripe refuses a
+    /// subscription that already has a schedule).
+    fn create_schedule(&mut self, p: &Value) -> Result<Value, Failure> {
+        let sub_id = text(p, "from_subscription")
+            .ok_or_else(|| invalid("Missing from_subscription", Some("from_subscription")))?;
+        let mut sub = self
+            .get(sub_id)
+            .ok_or_else(|| missing(sub_id, Some("from_subscription")))?;
+        if !sub["schedule"].is_null() {
+            return Err(invalid(
+                "You cannot migrate a subscription that is already attached to a schedule.",
+                Some("from_subscription"),
+            ));
+        }
+        let item = &sub["items"]["data"][0];
+        let phase = json!({"start_date": item["current_period_start"],
+                           "end_date": item["current_period_end"],
+                           "items": [{"price": item["price"]["id"], "quantity": item["quantity"]}]});
+        let id = random_id("sub_sched");
+        self.next();
+        let schedule = self.put(json!({"id": id, "object": "subscription_schedule",
+            "status": "active", "subscription": sub_id, "end_behavior": "release",
+            "current_phase": {"start_date": phase["start_date"], "end_date": phase["end_date"]},
+            "phases": [phase], "metadata": {}, "customer": sub["customer"]}));
+        sub["schedule"] = json!(id);
+        self.put(sub);
+        Ok(schedule)
+    }
+
+    /// A schedule's phases replaced: the first must start when the current phase started.
+    fn update_schedule(&mut self, id: &str, p: &Value) -> Result<Value, Failure> {
+        let mut schedule = self.get(id).ok_or_else(|| missing(id, Some("schedule")))?;
+        let phases = p["phases"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| invalid("Missing phases", Some("phases")))?;
+        if int(&phases[0], "start_date")? != schedule["current_phase"]["start_date"].as_i64() {
+            return Err(invalid(
+                "You can not modify the start date of the current phase.",
+                Some("phases[0][start_date]"),
+            ));
+        }
+        for (i, phase) in phases.iter().enumerate() {
+            let price = text(&phase["items"][0], "price").unwrap_or_default();
+            if self.get(price).is_none() {
+                return Err(missing(
+                    price,
+                    Some(&format!("phases[{i}][items][0][price]")),
+                ));
+            }
+        }
+        // Stripe fills in each phase's dates: a phase starts when the one before ends, and
+        // one without an end lasts one billing period.
+        let sub = self
+            .get(schedule["subscription"].as_str().unwrap())
+            .unwrap();
+        let item = &sub["items"]["data"][0];
+        let length = item["current_period_end"].as_i64().unwrap()
+            - item["current_period_start"].as_i64().unwrap();
+        let mut start = schedule["current_phase"]["start_date"].as_i64().unwrap();
+        let mut filled = Vec::new();
+        for ph in &phases {
+            let begins = int(ph, "start_date")?.unwrap_or(start);
+            let ends = int(ph, "end_date")?.unwrap_or(begins + length);
+            filled.push(json!({"start_date": begins, "end_date": ends,
+                               "proration_behavior": ph["proration_behavior"],
+                               "items": [{"price": ph["items"][0]["price"],
+                                          "quantity": int(&ph["items"][0], "quantity")?.unwrap_or(1)}]}));
+            start = ends;
+        }
+        schedule["phases"] = json!(filled);
+        if let Some(b) = text(p, "end_behavior") {
+            schedule["end_behavior"] = json!(b);
+        }
+        if let Some(Value::Object(m)) = p.get("metadata") {
+            for (k, v) in m {
+                schedule["metadata"][k] = v.clone();
+            }
+        }
+        Ok(self.put(schedule))
+    }
+
     fn execute(&mut self, method: &Method, path: &str, p: &Value) -> Result<Value, Failure> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let expand: Vec<String> = p["expand"]
@@ -847,6 +1109,15 @@ impl State {
                 if let Some(v) = text(p, "cancel_at_period_end") {
                     sub["cancel_at_period_end"] = json!(v == "true");
                 }
+                // Metadata is merged key by key, as Stripe does.
+                if let Some(Value::Object(m)) = p.get("metadata") {
+                    for (k, v) in m {
+                        sub["metadata"][k] = v.clone();
+                    }
+                }
+                if let Some(items) = p.get("items") {
+                    sub = self.change_items(sub, items, p)?;
+                }
                 match p.get("pause_collection") {
                     Some(Value::String(empty)) if empty.is_empty() => {
                         sub["pause_collection"] = Value::Null;
@@ -867,6 +1138,32 @@ impl State {
                 self.put(sub)
             }
             ("GET", ["v1", "invoices", id]) => get(self, id)?,
+            ("POST", ["v1", "invoices", "create_preview"]) => self.preview_invoice(p)?,
+            ("GET", ["v1", "invoiceitems"]) => {
+                let sub = text(p, "subscription").map(str::to_owned);
+                self.list("ii_", p, "/v1/invoiceitems", |o| {
+                    sub.as_ref().is_none_or(|s| o["subscription"] == s.as_str())
+                })?
+            }
+            ("POST", ["v1", "subscription_schedules"]) => self.create_schedule(p)?,
+            ("GET", ["v1", "subscription_schedules", id]) => get(self, id)?,
+            ("POST", ["v1", "subscription_schedules", id]) => self.update_schedule(id, p)?,
+            ("POST", ["v1", "subscription_schedules", id, "release"]) => {
+                let mut schedule = get(self, id)?;
+                if schedule["status"] != "active" && schedule["status"] != "not_started" {
+                    return Err(invalid(
+                        "You cannot release a subscription schedule that is currently in the `released` status.",
+                        None,
+                    ));
+                }
+                let sub_id = schedule["subscription"].as_str().unwrap().to_owned();
+                let mut sub = get(self, &sub_id)?;
+                sub["schedule"] = Value::Null;
+                self.put(sub);
+                schedule["status"] = json!("released");
+                schedule["released_subscription"] = json!(sub_id);
+                self.put(schedule)
+            }
             ("POST", ["v1", "refunds"]) => self.create_refund(p)?,
             ("GET", ["v1", "refunds"]) => self.list("re_", p, "/v1/refunds", |_| true)?,
             ("GET", ["v1", "refunds", id]) => get(self, id)?,
@@ -1089,6 +1386,27 @@ impl FakeStripe {
                     .iter()
                     .find_map(|item| s.line(item).ok().and_then(|(_, _, r, _)| r))
                     .unwrap();
+                // The item's price: the line's price object (Coffer's mirrored prices), or one
+                // Stripe makes of the line's inline price_data.
+                let first_line = params["line_items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|item| s.line(item).ok().and_then(|(_, _, r, _)| r).is_some())
+                    .cloned()
+                    .unwrap();
+                let item_quantity = int(&first_line, "quantity").unwrap().unwrap_or(1);
+                let item_price = match text(&first_line, "price") {
+                    Some(price) => s.get(price).unwrap(),
+                    None => {
+                        let (currency, amount, recurring, _) = s.line(&first_line).unwrap();
+                        s.next();
+                        s.put(json!({"id": random_id("price"), "object": "price",
+                                     "currency": currency, "unit_amount": amount,
+                                     "recurring": recurring, "active": true, "metadata": {},
+                                     "lookup_key": null}))
+                    }
+                };
                 let months = match first_recurring["interval"].as_str().unwrap() {
                     "year" => 12,
                     _ => 1,
@@ -1106,9 +1424,11 @@ impl FakeStripe {
                     "trial_end": if trial > 0 { json!(end) } else { Value::Null },
                     "cancel_at_period_end": false, "pause_collection": null,
                     "items": {"object": "list", "has_more": false, "data": [{
-                        "id": random_id("si"), "object": "subscription_item", "quantity": 1,
+                        "id": random_id("si"), "object": "subscription_item",
+                        "quantity": item_quantity, "price": item_price,
                         "current_period_start": now, "current_period_end": end,
                     }]},
+                    "schedule": null, "latest_invoice": null,
                 }));
                 let paid = if trial > 0 { 0 } else { total };
                 let invoice_id = random_id("in");
@@ -1179,6 +1499,39 @@ impl FakeStripe {
                 "charge": charge, "created": now(), "livemode": false, "metadata": {},
                 "is_charge_refundable": false,
             }))
+        })
+    }
+
+    /// The subscription's period ends and the next begins (what Stripe's clock does): a
+    /// schedule's next phase takes effect (its price and quantity), and a schedule with no
+    /// phase left releases the subscription. Answers the subscription.
+    pub fn roll_period(&self, id: &str) -> Value {
+        self.with(|s| {
+            let mut sub = s.get(id).unwrap();
+            let item = sub["items"]["data"][0].clone();
+            let (start, end) = (
+                item["current_period_start"].as_i64().unwrap(),
+                item["current_period_end"].as_i64().unwrap(),
+            );
+            sub["items"]["data"][0]["current_period_start"] = json!(end);
+            sub["items"]["data"][0]["current_period_end"] = json!(end + (end - start));
+            if let Some(schedule_id) = sub["schedule"].as_str().map(str::to_owned) {
+                let mut schedule = s.get(&schedule_id).unwrap();
+                let phases = schedule["phases"].as_array().cloned().unwrap_or_default();
+                if let Some(next) = phases.get(1) {
+                    let price = s.get(next["items"][0]["price"].as_str().unwrap()).unwrap();
+                    sub["items"]["data"][0]["price"] = price;
+                    sub["items"]["data"][0]["quantity"] = next["items"][0]["quantity"].clone();
+                    schedule["phases"] = json!(phases[1..]);
+                }
+                if schedule["phases"].as_array().unwrap().len() <= 1 {
+                    schedule["status"] = json!("released");
+                    schedule["released_subscription"] = json!(id);
+                    sub["schedule"] = Value::Null;
+                }
+                s.put(schedule);
+            }
+            s.put(sub)
         })
     }
 
@@ -1336,6 +1689,7 @@ async fn handle(
                         stripe_version: version.clone(),
                         status,
                         at: std::time::Instant::now(),
+                        params: params.clone(),
                     });
                     return response;
                 }
@@ -1406,6 +1760,7 @@ async fn handle(
             stripe_version: version.clone(),
             status,
             at: std::time::Instant::now(),
+            params: params.clone(),
         });
         (status, body, replayed, slow)
     };

@@ -4,6 +4,7 @@
 
 mod fake;
 mod meters;
+mod plan_changes;
 
 use std::time::Duration;
 
