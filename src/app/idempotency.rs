@@ -602,7 +602,8 @@ pub type ClaimingWriteFn<R> = for<'c> fn(
     &'c mut PgConnection,
     &'c [R],
     &'c [ClaimRow],
-) -> BoxFuture<'c, Result<Vec<Option<Written>>, StoreError>>;
+)
+    -> BoxFuture<'c, Result<Vec<Option<Written>>, StoreError>>;
 
 /// Writes a batch of one-statement mutations in one transaction with the claims of their keys:
 /// `BEGIN`, one statement that claims the keys with their outcome and writes the rows (a
