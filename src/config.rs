@@ -227,7 +227,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COFFER_INBOX_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub inbox_workers: u32,
     /// Webhook events an inbox worker claims and applies in one transaction.
-    #[arg(long, env = "COFFER_INBOX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "COFFER_INBOX_BATCH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub inbox_batch: u32,
     /// How long an idle inbox worker waits before looking for due events again; also how
     /// often the inbox gauges are refreshed.

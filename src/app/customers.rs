@@ -57,9 +57,13 @@ impl Customers {
             pool.clone(),
             tasks,
             |conn, rows| {
-                Box::pin(idempotency::claim_and_write(conn, rows, |conn, rows| {
-                    Box::pin(store::insert_customers(conn, rows))
-                }))
+                Box::pin(idempotency::claim_and_write(
+                    conn,
+                    rows,
+                    |conn, rows, claims| {
+                        Box::pin(store::claim_and_insert_customers(conn, rows, claims))
+                    },
+                ))
             },
             |a, b| store::order_inserts(&a.row, &b.row),
         );

@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use super::TenantCtx;
 use super::error::{AppError, Rejection, RejectionKind, StoredStatus};
-use super::group_commit::{GroupCommit, WriteFn};
+use super::group_commit::GroupCommit;
 use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::ids::TenantId;
 use crate::store::StoreError;
@@ -593,46 +593,40 @@ pub struct Keyed<R> {
     pub claim: Option<ClaimRow>,
 }
 
-/// Writes a batch of one-statement mutations in one transaction: claims the keys (in
-/// [`store::order_claims`] order, so two batches cannot deadlock on them), runs `write` for
-/// the rows whose claim succeeded and the rows without a key, and commits once. A claim that
-/// meets another batch's uncommitted claim of the same key waits for that commit. `None` for
-/// a row whose key was held (by a committed outcome, a live claim-first attempt, or an earlier
-/// row of this batch): its caller reads the key once this batch has committed.
-pub async fn claim_and_write<R: Clone, O>(
+/// The statement that writes a batch of one-statement mutations together with the claims of
+/// their keys (in [`store::order_claims`] order): it claims each key *completed*, with the
+/// response the row's call answers, writes the rows whose key it claimed and those without a
+/// key, and stores the refusal instead for a claimed row it found a conflict for. One result
+/// per row: `None` for a row whose key was held. See `store::customers::claim_and_insert_customers`.
+pub type ClaimingWriteFn<R> = for<'c> fn(
+    &'c mut PgConnection,
+    &'c [R],
+    &'c [ClaimRow],
+)
+    -> BoxFuture<'c, Result<Vec<Option<Written>>, StoreError>>;
+
+/// Writes a batch of one-statement mutations in one transaction with the claims of their keys:
+/// `BEGIN`, one statement that claims the keys with their outcome and writes the rows (a
+/// second one only for rows refused), `COMMIT`. A key is written once, as the outcome, never
+/// first as a claim and then completed: nobody sees the key before the commit anyway. A claim
+/// that meets another batch's uncommitted claim of the same key waits for that commit. `None`
+/// for a row whose key was held (by a committed outcome, a live claim-first attempt, or an
+/// earlier row of this batch): its caller reads the key once this batch has committed.
+pub async fn claim_and_write<R: Clone>(
     conn: &mut PgConnection,
     rows: &[Keyed<R>],
-    write: WriteFn<R, O>,
-) -> Result<Vec<Option<O>>, StoreError> {
+    write: ClaimingWriteFn<R>,
+) -> Result<Vec<Option<Written>>, StoreError> {
     let mut claims: Vec<ClaimRow> = rows.iter().filter_map(|r| r.claim.clone()).collect();
+    let batch: Vec<R> = rows.iter().map(|r| r.row.clone()).collect();
     if claims.is_empty() {
         // Nothing to claim: the statement commits on its own.
-        let batch: Vec<R> = rows.iter().map(|r| r.row.clone()).collect();
-        return Ok(write(conn, &batch).await?.into_iter().map(Some).collect());
+        return write(conn, &batch, &[]).await;
     }
-    let mut tx = conn.begin().await?;
+    // Keys are locked in one order by every batch, so two batches cannot deadlock on them.
     claims.sort_by(store::order_claims);
-    let claimed: Vec<Uuid> = store::claim_keys(&mut tx, &claims)
-        .await?
-        .into_iter()
-        .zip(&claims)
-        .filter_map(|(won, c)| won.then_some(c.lease))
-        .collect();
-    let go: Vec<bool> = rows
-        .iter()
-        .map(|r| r.claim.as_ref().is_none_or(|c| claimed.contains(&c.lease)))
-        .collect();
-    let batch: Vec<R> = rows
-        .iter()
-        .zip(&go)
-        .filter(|(_, go)| **go)
-        .map(|(r, _)| r.row.clone())
-        .collect();
-    let mut written = if batch.is_empty() {
-        Vec::new()
-    } else {
-        write(&mut tx, &batch).await?
-    };
+    let mut tx = conn.begin().await?;
+    let written = write(&mut tx, &batch, &claims).await?;
     if written.len() != batch.len() {
         return Err(StoreError::Corrupt {
             what: "batch result",
@@ -640,11 +634,7 @@ pub async fn claim_and_write<R: Clone, O>(
         });
     }
     tx.commit().await?;
-    let mut written = written.drain(..);
-    Ok(go
-        .into_iter()
-        .map(|go| if go { written.next() } else { None })
-        .collect())
+    Ok(written)
 }
 
 impl Lease {

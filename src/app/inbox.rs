@@ -94,7 +94,7 @@ impl Default for InboxConfig {
     fn default() -> Self {
         Self {
             workers: 2,
-            batch: 32,
+            batch: 128,
             poll: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),

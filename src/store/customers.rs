@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{StoreError, corrupt};
 use crate::domain::customer::{Customer, CustomerRef, DisplayName, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
-use crate::store::idempotency::{Completion, Written};
+use crate::store::idempotency::{ClaimRow, Completion, RETENTION_SECS, Written};
 
 /// The unique index that makes external_id unique among a tenant's live customers.
 pub const EXTERNAL_ID_INDEX: &str = "customers_external_id_live";
@@ -211,6 +211,180 @@ pub async fn insert_customer(
     written
         .pop()
         .ok_or_else(|| super::corrupt("insert result", "no row"))
+}
+
+/// A batch of creates with the claims of their idempotency keys, in one transaction: one
+/// statement claims the keys *completed* (the response stored at once, since a create's
+/// response is known before it runs), inserts the customers of the rows whose key it claimed
+/// and of the rows without a key, and their audit rows; then, only for a row whose external id
+/// turned out taken, a second statement swaps its key's stored response for the refusal. So a
+/// key is written once, not claimed and then updated, and no key is looked up or locked again.
+/// `claims` must come in [`super::idempotency::order_claims`] order (the order keys are locked
+/// in), each row's claim carrying the lease of its row's completion; of several claims of one
+/// key, only the first is made. `conn` must be in a transaction, committed by the caller.
+/// One result per row, in the rows' order: `None` for a row whose key was held (by a committed
+/// outcome, a live claim-first attempt, or an earlier row of this batch).
+pub async fn claim_and_insert_customers(
+    conn: &mut PgConnection,
+    rows: &[CustomerInsert],
+    claims: &[ClaimRow],
+) -> Result<Vec<Option<Written>>, StoreError> {
+    let n = rows.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut external_id = Vec::with_capacity(n);
+    let mut email = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut by = Vec::with_capacity(n);
+    let mut lease = Vec::with_capacity(n);
+    for row in rows {
+        let c = &row.customer;
+        tenant.push(row.tenant.as_uuid());
+        id.push(c.id.as_uuid());
+        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
+        email.push(c.email.as_ref().map(Email::as_str));
+        name.push(c.name.as_ref().map(DisplayName::as_str));
+        metadata.push(Json(c.metadata.as_map()));
+        created_at.push(c.created_at);
+        by.push(row.by.as_uuid());
+        lease.push(row.completion.as_ref().map(|k| k.lease));
+    }
+    let m = claims.len();
+    let (mut k_tenant, mut k_method, mut k_key, mut k_fingerprint, mut k_lease, mut k_response) = (
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+    );
+    for (i, claim) in claims.iter().enumerate() {
+        // ON CONFLICT DO UPDATE cannot touch one row twice in a statement.
+        if i > 0 && super::idempotency::order_claims(&claims[i - 1], claim).is_eq() {
+            continue;
+        }
+        let Some(completion) = rows
+            .iter()
+            .filter_map(|r| r.completion.as_ref())
+            .find(|k| k.lease == claim.lease)
+        else {
+            return Err(super::corrupt("batch claim", "a claim without its row"));
+        };
+        k_tenant.push(claim.tenant.as_uuid());
+        k_method.push(claim.method);
+        k_key.push(claim.key.as_str());
+        k_fingerprint.push(&claim.fingerprint[..]);
+        k_lease.push(claim.lease);
+        k_response.push(&completion.response[..]);
+    }
+    let written = sqlx::query!(
+        r#"WITH claimed AS (
+               INSERT INTO idempotency_keys
+                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response)
+               SELECT tenant_id, method, key, fingerprint, 'completed', lease_id, now(), response
+               FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::bytea[], $14::uuid[],
+                           $15::bytea[])
+                   AS t(tenant_id, method, key, fingerprint, lease_id, response)
+               ON CONFLICT (tenant_id, method, key) DO UPDATE
+               SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
+                   lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
+                   response = EXCLUDED.response, status = NULL, created_at = now()
+               WHERE (idempotency_keys.state = 'in_flight'
+                      AND idempotency_keys.locked_until < now())
+                  OR idempotency_keys.created_at < now() - make_interval(secs => $16)
+               RETURNING lease_id),
+           input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::uuid[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
+                        lease_id, n)),
+           go AS (
+               SELECT i.*, i.lease_id IS NULL OR i.lease_id IN (SELECT lease_id FROM claimed)
+                          AS go
+               FROM input i),
+           c AS (
+               INSERT INTO customers
+                   (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
+               SELECT tenant_id, id, external_id, email, name, metadata, created_at, created_at
+               FROM go
+               WHERE go
+               ORDER BY n
+               ON CONFLICT (tenant_id, external_id)
+                   WHERE deleted_at IS NULL AND external_id IS NOT NULL
+                   DO NOTHING
+               RETURNING tenant_id, id),
+           a AS (
+               INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
+               SELECT c.tenant_id, i.key_id, 'customer.created', 'customer', c.id
+               FROM c JOIN input i ON i.id = c.id)
+           SELECT g.go AS "go!", c.id IS NOT NULL AS "applied!"
+           FROM go g LEFT JOIN c ON c.id = g.id
+           ORDER BY g.n"#,
+        &tenant,
+        &id,
+        &external_id as _,
+        &email as _,
+        &name as _,
+        &metadata as _,
+        &created_at,
+        &by,
+        &lease as _,
+        &k_tenant,
+        &k_method as _,
+        &k_key as _,
+        &k_fingerprint as _,
+        &k_lease,
+        &k_response as _,
+        RETENTION_SECS as f64,
+    )
+    .fetch_all(&mut *conn)
+    .instrument(super::statement_span!("INSERT", "customers"))
+    .await?;
+    if written.len() != rows.len() {
+        return Err(super::corrupt("batch result", "wrong number of rows"));
+    }
+    let mut results = Vec::with_capacity(n);
+    for (row, w) in rows.iter().zip(written) {
+        if !w.go {
+            results.push(None);
+            continue;
+        }
+        if let (false, Some(k)) = (w.applied, &row.completion) {
+            // The external id is taken: the key stores the refusal instead of the response,
+            // in the same transaction.
+            refuse_key(conn, row.tenant, k).await?;
+        }
+        results.push(Some(Written {
+            applied: w.applied,
+            completed: true,
+        }));
+    }
+    Ok(results)
+}
+
+/// Swaps the response a key was claimed with for the refusal (see
+/// [`claim_and_insert_customers`]).
+async fn refuse_key(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    k: &Completion,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE idempotency_keys SET response = NULL, status = $5
+         WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4",
+        tenant.as_uuid(),
+        k.method,
+        k.key.as_str(),
+        k.lease,
+        &k.refusal[..],
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
+    .await?;
+    Ok(())
 }
 
 /// Whether a live customer of the tenant other than `except` has `external_id`.
