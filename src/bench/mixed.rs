@@ -29,7 +29,7 @@ pub(super) struct Mixed {
 }
 
 /// What one call of the blend is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
     GetCustomer,
     ListCustomers,

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use super::suite::{Point, Scenario};
+use super::suite::{Point, Scenario, grouped};
 
 const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 520;
@@ -87,16 +87,14 @@ fn draw(scenario: Scenario, points: &[&Point]) -> DrawResult<Vec<u8>> {
         )?;
         let (left, right) = root.split_horizontally(WIDTH / 2);
         let levels: Vec<f64> = points.iter().map(|p| p.concurrency as f64).collect();
+        let x = |p: &&Point| (p.concurrency as f64).log2();
         let op_name = points[0].op.name.clone();
         let base_name = points[0].baseline.name.clone();
 
-        let op_rate: Vec<(f64, f64)> = points
-            .iter()
-            .map(|p| (p.concurrency as f64, p.op.item_rate()))
-            .collect();
+        let op_rate: Vec<(f64, f64)> = points.iter().map(|p| (x(p), p.op.item_rate())).collect();
         let base_rate: Vec<(f64, f64)> = points
             .iter()
-            .map(|p| (p.concurrency as f64, p.baseline.item_rate()))
+            .map(|p| (x(p), p.baseline.item_rate()))
             .collect();
         let top = op_rate
             .iter()
@@ -108,9 +106,9 @@ fn draw(scenario: Scenario, points: &[&Point]) -> DrawResult<Vec<u8>> {
         chart(
             &left,
             "Throughput",
-            &levels,
+            (scenario, &levels),
             0.0..top,
-            scenario.unit(),
+            (scenario.unit(), &|y| grouped(*y)),
             [(&op_name, &op_rate), (&base_name, &base_rate)],
         )?;
 
@@ -118,16 +116,11 @@ fn draw(scenario: Scenario, points: &[&Point]) -> DrawResult<Vec<u8>> {
         let floor = 0.01;
         let op_p99: Vec<(f64, f64)> = points
             .iter()
-            .map(|p| (p.concurrency as f64, p.op.quantile_ms(0.99).max(floor)))
+            .map(|p| (x(p), p.op.quantile_ms(0.99).max(floor)))
             .collect();
         let base_p99: Vec<(f64, f64)> = points
             .iter()
-            .map(|p| {
-                (
-                    p.concurrency as f64,
-                    p.baseline.quantile_ms(0.99).max(floor),
-                )
-            })
+            .map(|p| (x(p), p.baseline.quantile_ms(0.99).max(floor)))
             .collect();
         let (lo, hi) = op_p99
             .iter()
@@ -138,9 +131,15 @@ fn draw(scenario: Scenario, points: &[&Point]) -> DrawResult<Vec<u8>> {
         chart(
             &right,
             "p99 latency",
-            &levels,
+            (scenario, &levels),
             (lo / 1.5..hi * 1.5).log_scale(),
-            "p99 latency (ms, log scale)",
+            ("p99 latency (ms, log scale)", &|y| {
+                if *y >= 10.0 {
+                    format!("{y:.0}")
+                } else {
+                    format!("{y:.2}")
+                }
+            }),
             [(&op_name, &op_p99), (&base_name, &base_p99)],
         )?;
         root.present()?;
@@ -148,13 +147,14 @@ fn draw(scenario: Scenario, points: &[&Point]) -> DrawResult<Vec<u8>> {
     Ok(rgb)
 }
 
-/// One chart: x the operations in flight (log 2), the two series and their legend.
+/// One chart: x the operations in flight (on a log 2 scale, labelled at the powers of two),
+/// the two series and their legend.
 fn chart<DB: DrawingBackend, Y>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
-    levels: &[f64],
+    (scenario, levels): (Scenario, &[f64]),
     y: Y,
-    y_label: &str,
+    (y_label, y_format): (&str, &dyn Fn(&f64) -> String),
     series: [(&String, &Vec<(f64, f64)>); 2],
 ) -> DrawResult<()>
 where
@@ -165,23 +165,29 @@ where
     let (min, max) = levels
         .iter()
         .fold((f64::MAX, 0.0_f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    let (min, max) = if min >= max {
-        (min / 2.0, max * 2.0)
-    } else {
-        (min, max)
-    };
+    let (min, max) = (
+        min.log2().floor(),
+        max.log2().ceil().max(min.log2().floor() + 1.0),
+    );
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((min / 1.3..max * 1.3).log_scale(), y)?;
+        .build_cartesian_2d(min - 0.3..max + 0.3, y)?;
     chart
         .configure_mesh()
-        .x_desc("operations in flight (log scale)")
+        .x_desc(format!("{} (log scale)", scenario.in_flight()))
         .y_desc(y_label)
-        .x_labels(12)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels((max - min) as usize + 1)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{:.0}", x.round().exp2())
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(y_format)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()?;
@@ -213,4 +219,49 @@ fn encode(path: &Path, rgb: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     encoder.set_depth(png::BitDepth::Eight);
     encoder.write_header()?.write_image_data(rgb)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bench::{Cpu, Measurement};
+
+    fn measured(name: &str, ok: u64, p99_ms: u32) -> Measurement {
+        Measurement::from_parts(
+            name,
+            ok,
+            0,
+            Duration::from_secs(1),
+            vec![p99_ms * 1000; 10],
+            None,
+            ok,
+        )
+    }
+
+    #[test]
+    fn a_png_per_scenario() {
+        let points: Vec<Point> = [1, 4, 16, 64, 256]
+            .into_iter()
+            .map(|c| Point {
+                scenario: Scenario::Customers,
+                concurrency: c,
+                op: measured("grpc CreateCustomer", 300 * c.min(16) as u64, c as u32),
+                op_cpu: Cpu::default(),
+                baseline: measured("postgres INSERT", 500 * c.min(32) as u64, 1 + c as u32 / 4),
+                baseline_cpu: Cpu::default(),
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("coffer-plot-{}", uuid::Uuid::now_v7()));
+        let written = write(&points, &dir).expect("a font on this machine");
+        assert_eq!(written, vec![dir.join("customers.png")]);
+        let bytes = std::fs::read(&written[0]).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+        if std::env::var_os("COFFER_KEEP_PLOT").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("{}", written[0].display());
+        }
+    }
 }

@@ -74,6 +74,16 @@ impl Scenario {
             })
     }
 
+    /// What "in flight" counts for it.
+    pub fn in_flight(self) -> &'static str {
+        match self {
+            Self::UsageStream => "streams in flight (8 batches in flight each)",
+            Self::UsageBatch => "RecordUsage calls in flight",
+            Self::Webhooks | Self::WebhooksIngestOnly => "deliveries in flight",
+            _ => "calls in flight",
+        }
+    }
+
     /// What its throughput counts.
     pub fn unit(self) -> &'static str {
         match self {
@@ -113,7 +123,7 @@ fn per_1k(seconds: f64, items: u64) -> Option<f64> {
 }
 
 /// `12345.6` as `12 346`.
-fn grouped(x: f64) -> String {
+pub(super) fn grouped(x: f64) -> String {
     let digits = format!("{:.0}", x.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -186,7 +196,9 @@ pub fn report(suite: &Suite, args: &AllBenchArgs, how: &str) -> String {
             .join(" "),
     );
     r.push_str(
-        "Each baseline is measured just before its point, at the same concurrency. CPU is user + \
+        "Each baseline is measured just before its point, at the same concurrency (for \
+         usage-stream, as in `bench usage`: a stream keeps 8 batches in flight, a COPY worker \
+         one). CPU is user + \
          system seconds per 1 000 operations (an operation: a call; an event for the usage \
          scenarios; a delivery for webhooks) in the measured window, from /proc/<pid>/stat: the \
          server, the Postgres backends of the bench database, and the load generator.\n\n",
