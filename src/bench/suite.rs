@@ -707,7 +707,7 @@ mod tests {
             },
         };
         assert_eq!(point.ratio(), Some(0.25));
-        let table = markdown_table(&[point.clone()]);
+        let table = markdown_table(std::slice::from_ref(&point));
         let row = table.lines().nth(2).expect("a row");
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(
