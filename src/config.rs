@@ -437,6 +437,81 @@ pub enum BenchCommand {
     /// CheckAccess (warm: answered from the server's cache) for subscribed customers, against
     /// an empty gRPC call. Needs a server with the sandbox (`serve --dev`).
     CheckAccess(BenchArgs),
+    /// Every scenario at each concurrency level, each next to its baseline, with the CPU of
+    /// the server, Postgres and the load generator: a table (stdout and `<out>/latest.md`)
+    /// and plots. With `--dev` and no `--server-pid`, starts its own `serve --dev` servers.
+    All(AllBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AllBenchArgs {
+    /// The server to load (ignored when `--dev` starts its own).
+    #[arg(
+        long,
+        env = "COFFER_BENCH_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+    /// Its webhook sidecar's base URL (ignored when `--dev` starts its own).
+    #[arg(
+        long,
+        env = "COFFER_BENCH_WEBHOOKS_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// The server's process id, for its CPU per operation. Given, the suite loads the server
+    /// at --endpoint and --url; not given, `--dev` starts servers of its own (and knows
+    /// theirs), and without `--dev` the server's CPU is not reported.
+    #[arg(long, env = "COFFER_BENCH_SERVER_PID")]
+    pub server_pid: Option<i32>,
+    /// The sidecar of a second server run with `--inbox-workers 0`, for the ingest-only
+    /// webhooks scenario when the suite does not start its own (skipped without it).
+    #[arg(long, env = "COFFER_BENCH_INGEST_ONLY_URL")]
+    pub ingest_only_url: Option<String>,
+    /// That second server's process id.
+    #[arg(long, env = "COFFER_BENCH_INGEST_ONLY_PID")]
+    pub ingest_only_pid: Option<i32>,
+    /// API key with the write scope; defaults to the key `serve --dev` keeps.
+    #[arg(long, env = "COFFER_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The webhook account the deliveries are for (a Standard Webhooks account).
+    #[arg(long, env = "COFFER_BENCH_ACCOUNT", default_value = "dev-sandbox")]
+    pub account: String,
+    /// Its signing secret; without it, the one `sandbox_accounts` keeps for the account.
+    #[arg(long, env = "COFFER_BENCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Operations in flight at each point of the curves.
+    #[arg(
+        long,
+        env = "COFFER_BENCH_CONCURRENCY_LEVELS",
+        value_delimiter = ',',
+        default_value = "1,4,16,64,256"
+    )]
+    pub concurrency_levels: Vec<usize>,
+    /// How long each point is measured (its baseline too).
+    #[arg(long, env = "COFFER_BENCH_DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured load before each point.
+    #[arg(long, env = "COFFER_BENCH_WARMUP", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// gRPC connections the load is spread over.
+    #[arg(long, env = "COFFER_BENCH_CONNECTIONS", default_value_t = 4)]
+    pub connections: usize,
+    /// Only these scenarios (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', value_parser = crate::bench::Scenario::parse)]
+    pub scenarios: Vec<crate::bench::Scenario>,
+    /// Events loaded for usage-query's customer before measuring.
+    #[arg(long, env = "COFFER_BENCH_EVENTS", default_value_t = 100_000)]
+    pub events: u64,
+    /// Events per batch of the usage scenarios (at most 1 000).
+    #[arg(long, env = "COFFER_BENCH_BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
+    /// Where `latest.md` (and the started servers' logs) go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Where the PNG plots go (one per scenario); `--out` by default.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

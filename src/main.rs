@@ -77,6 +77,25 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.context("running the benchmark")?);
             Ok(())
         }
+        Command::Bench(BenchCommand::All(args)) => {
+            let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
+            let dev = find == Find::Dev;
+            let measured = bench_all(&args, &state_dir, &db, dev, &database.pool).await;
+            database.close().await;
+            let (report, plots) = measured?;
+            print!("{report}");
+            eprintln!(
+                "wrote {} and {} plots: {}",
+                args.out.join("latest.md").display(),
+                plots.len(),
+                plots
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Usage(args)) => {
             let database = open_database(&db, &state_dir, find, Announce::Stderr).await?;
             let report = coffer::bench::usage(&args, &state_dir, &database.pool).await;
@@ -85,6 +104,51 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `bench all`: with `--dev` and no `--server-pid`, against `serve --dev` servers of its own
+/// (this binary, state directory and database); otherwise against the servers named.
+async fn bench_all(
+    args: &coffer::config::AllBenchArgs,
+    state_dir: &Path,
+    db: &DbArgs,
+    dev: bool,
+    pool: &PgPool,
+) -> anyhow::Result<(String, Vec<std::path::PathBuf>)> {
+    use coffer::bench::{Launcher, Servers, Target};
+    let (servers, how) = if dev && args.server_pid.is_none() {
+        let launcher = Launcher {
+            exe: std::env::current_exe().context("finding this binary")?,
+            state_dir: state_dir.to_owned(),
+            database_name: db.database_name.clone(),
+            log_dir: args.out.clone(),
+        };
+        (
+            Servers::Start(launcher),
+            format!(
+                "against `serve --dev` servers started by the suite (database {})",
+                db.database_name
+            ),
+        )
+    } else {
+        let servers = Servers::Running {
+            default: Target {
+                endpoint: args.endpoint.clone(),
+                url: args.url.clone(),
+                pid: args.server_pid,
+            },
+            ingest_only: args.ingest_only_url.as_ref().map(|url| Target {
+                endpoint: args.endpoint.clone(),
+                url: url.clone(),
+                pid: args.ingest_only_pid,
+            }),
+        };
+        (servers, format!("against the server at {}", args.endpoint))
+    };
+    let suite = coffer::bench::all(args, state_dir, pool, servers)
+        .await
+        .context("running the benchmark suite")?;
+    Ok(coffer::bench::write_results(&suite, args, &how)?)
 }
 
 /// How long closing the pool may wait for connections still in use.

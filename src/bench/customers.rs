@@ -5,12 +5,9 @@
 use std::path::Path;
 
 use sqlx::PgPool;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
-use super::{BenchError, Report, bearer, connect, run_load};
+use super::{BenchError, Grpc, Load, Measurement, Report, empty_rpc, run_id, run_load};
 use crate::config::BenchArgs;
 use crate::grpc::pb::CreateCustomerRequest;
 use crate::grpc::pb::customers_client::CustomersClient;
@@ -21,93 +18,11 @@ pub async fn customers(
     state_dir: &Path,
     pool: &PgPool,
 ) -> Result<Report, BenchError> {
-    let bearer = bearer(args, state_dir)?;
-    let channels = connect(args).await?;
-    let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
-    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
-
-    // 1. The operation under test.
-    let create = {
-        let channel = channel.clone();
-        let bearer = bearer.clone();
-        let run = run.clone();
-        run_load(
-            "grpc CreateCustomer (idempotency key)",
-            args.concurrency,
-            args.warmup,
-            args.duration,
-            move |worker, seq| {
-                let mut client = CustomersClient::new(channel(worker));
-                let mut request = tonic::Request::new(CreateCustomerRequest {
-                    external_id: format!("bench-{run}-{seq}"),
-                    email: format!("bench-{seq}@example.com"),
-                    name: format!("Bench Customer {seq}"),
-                    metadata: Default::default(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", bearer.clone());
-                let idem = format!("bench-{run}-{seq}").parse().expect("ascii");
-                request.metadata_mut().insert("idempotency-key", idem);
-                async move { client.create_customer(request).await.map(|_| ()) }
-            },
-        )
-        .await
-    };
-
-    // 2. Baseline: the same rows straight into a copy of the customers table, one per
-    //    transaction, through a pool as large as the server's (--db-max-connections, the same
-    //    flag and default `serve` uses), so both sides get the same number of connections.
-    let baseline_pool = pool.clone();
-    store::create_baseline_table(&baseline_pool).await?;
-    let insert = {
-        let pool = baseline_pool.clone();
-        let run = run.clone();
-        let tenant = Uuid::now_v7();
-        run_load(
-            "postgres INSERT customer (1 row/tx)",
-            args.concurrency,
-            args.warmup,
-            args.duration,
-            move |_, seq| {
-                let pool = pool.clone();
-                let external_id = format!("base-{run}-{seq}");
-                async move {
-                    store::insert_baseline_row(
-                        &pool,
-                        tenant,
-                        &external_id,
-                        &format!("bench-{seq}@example.com"),
-                        &format!("Bench Customer {seq}"),
-                    )
-                    .await
-                }
-            },
-        )
-        .await
-    };
-    store::drop_baseline_table(&baseline_pool).await?;
-
-    // 3. Baseline: the cheapest gRPC call the server answers, on the same connections.
-    let empty = run_load(
-        "grpc health Check (empty RPC)",
-        args.concurrency,
-        args.warmup,
-        args.duration,
-        move |worker, _| {
-            let mut client = HealthClient::new(channel(worker));
-            async move {
-                client
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
-
+    let grpc = Grpc::of(args, state_dir).await?;
+    let load = Load::of(args);
+    let create = create_load(&grpc, load).await;
+    let insert = insert_baseline(pool, load).await?;
+    let empty = empty_rpc(&grpc, load).await;
     Ok(Report {
         title: format!(
             "coffer bench customers: {} workers over {} gRPC connections, {} Postgres connections for the baseline, {:?} each (after {:?} warm-up), {}",
@@ -125,4 +40,75 @@ pub async fn customers(
         ],
         notes: vec![],
     })
+}
+
+/// The operation under test: CreateCustomer, each call a new customer under its own
+/// idempotency key.
+pub(super) async fn create_load(grpc: &Grpc, load: Load) -> Measurement {
+    let grpc = grpc.clone();
+    let run = run_id();
+    run_load(
+        "grpc CreateCustomer (idempotency key)",
+        load.concurrency,
+        load.warmup,
+        load.duration,
+        move |worker, seq| {
+            let mut client = CustomersClient::new(grpc.channel(worker));
+            let request = create_request(&grpc, &run, seq);
+            async move { client.create_customer(request).await.map(|_| ()) }
+        },
+    )
+    .await
+}
+
+/// CreateCustomer for customer `seq` of run `run`, under its own idempotency key.
+pub(super) fn create_request(
+    grpc: &Grpc,
+    run: &str,
+    seq: u64,
+) -> tonic::Request<CreateCustomerRequest> {
+    let mut request = grpc.request(CreateCustomerRequest {
+        external_id: format!("bench-{run}-{seq}"),
+        email: format!("bench-{seq}@example.com"),
+        name: format!("Bench Customer {seq}"),
+        metadata: Default::default(),
+    });
+    let idem = format!("bench-{run}-{seq}").parse().expect("ascii");
+    request.metadata_mut().insert("idempotency-key", idem);
+    request
+}
+
+/// Baseline: the same rows straight into a copy of the customers table, one per transaction,
+/// through a pool as large as the server's (--db-max-connections, the same flag and default
+/// `serve` uses), so both sides get the same number of connections.
+pub(super) async fn insert_baseline(pool: &PgPool, load: Load) -> Result<Measurement, BenchError> {
+    store::create_baseline_table(pool).await?;
+    let measured = {
+        let pool = pool.clone();
+        let run = run_id();
+        let tenant = Uuid::now_v7();
+        run_load(
+            "postgres INSERT customer (1 row/tx)",
+            load.concurrency,
+            load.warmup,
+            load.duration,
+            move |_, seq| {
+                let pool = pool.clone();
+                let external_id = format!("base-{run}-{seq}");
+                async move {
+                    store::insert_baseline_row(
+                        &pool,
+                        tenant,
+                        &external_id,
+                        &format!("bench-{seq}@example.com"),
+                        &format!("Bench Customer {seq}"),
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+    };
+    store::drop_baseline_table(pool).await?;
+    Ok(measured)
 }

@@ -7,7 +7,11 @@
 //! one under test and its baselines.
 
 mod access;
+mod cpu;
 mod customers;
+mod mixed;
+mod plot;
+mod suite;
 mod usage;
 mod webhooks;
 
@@ -18,7 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use access::check_access;
+pub use cpu::{Cpu, CpuProbe};
 pub use customers::customers;
+pub use suite::{
+    Launcher, Point, Scenario, ServerProcess, Servers, Suite, SuiteError, Target, all,
+    markdown_table, ratio, write_results,
+};
 pub use usage::{usage, usage_query};
 pub use webhooks::webhooks;
 
@@ -40,13 +49,118 @@ pub enum BenchError {
     Webhooks(String),
 }
 
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// A scenario's load: operations in flight, and how long it is warmed up and then measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+impl Load {
+    fn of(args: &crate::config::BenchArgs) -> Self {
+        Self {
+            concurrency: args.concurrency,
+            warmup: args.warmup,
+            duration: args.duration,
+        }
+    }
+}
+
+/// The gRPC side of a benchmark: its connections to the server and its key.
+#[derive(Clone)]
+pub struct Grpc {
+    channels: Arc<Vec<tonic::transport::Channel>>,
+    bearer: Bearer,
+}
+
+impl Grpc {
+    /// `connections` gRPC connections to `endpoint`, calling with `bearer`.
+    pub async fn connect(
+        endpoint: &str,
+        connections: usize,
+        bearer: Bearer,
+    ) -> Result<Self, BenchError> {
+        let mut channels = Vec::new();
+        for _ in 0..connections.max(1) {
+            let failed = |source| BenchError::Connect {
+                endpoint: endpoint.to_owned(),
+                source,
+            };
+            let e = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).map_err(failed)?;
+            channels.push(e.tcp_nodelay(true).connect().await.map_err(failed)?);
+        }
+        Ok(Self {
+            channels: Arc::new(channels),
+            bearer,
+        })
+    }
+
+    async fn of(
+        args: &crate::config::BenchArgs,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, BenchError> {
+        Self::connect(&args.endpoint, args.connections, bearer(args, state_dir)?).await
+    }
+
+    /// The connection worker `worker` uses.
+    fn channel(&self, worker: usize) -> tonic::transport::Channel {
+        self.channels[worker % self.channels.len()].clone()
+    }
+
+    /// `message` as a request carrying the key.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        r
+    }
+}
+
+/// A short id of its own for each measured run, so rows and keys never collide across runs.
+fn run_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
+}
+
+/// The baseline of the gRPC reads: the cheapest call the server answers (health Check), on
+/// the same connections.
+pub async fn empty_rpc(grpc: &Grpc, load: Load) -> Measurement {
+    let grpc = grpc.clone();
+    run_load(
+        "grpc health Check (empty RPC)",
+        load.concurrency,
+        load.warmup,
+        load.duration,
+        move |worker, _| {
+            let mut client =
+                tonic_health::pb::health_client::HealthClient::new(grpc.channel(worker));
+            async move {
+                client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+}
+
 /// The `authorization` value for the key given, or the one `serve --dev` keeps.
 fn bearer(
     args: &crate::config::BenchArgs,
     state_dir: &std::path::Path,
-) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, BenchError> {
-    let key = match &args.key {
-        Some(k) => k.clone(),
+) -> Result<Bearer, BenchError> {
+    bearer_of(args.key.as_deref(), state_dir)
+}
+
+/// The `authorization` value for `key`, or for the one `serve --dev` keeps in `state_dir`.
+fn bearer_of(key: Option<&str>, state_dir: &std::path::Path) -> Result<Bearer, BenchError> {
+    let key = match key {
+        Some(k) => k.to_owned(),
         None => {
             let path = state_dir.join("dev-key");
             std::fs::read_to_string(&path)
@@ -58,23 +172,6 @@ fn bearer(
     format!("Bearer {key}")
         .parse()
         .map_err(|_| BenchError::NoKey("the key is not valid header text".into()))
-}
-
-/// `--connections` gRPC connections to the server.
-async fn connect(
-    args: &crate::config::BenchArgs,
-) -> Result<Vec<tonic::transport::Channel>, BenchError> {
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let failed = |source| BenchError::Connect {
-            endpoint: args.endpoint.clone(),
-            source,
-        };
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(args.endpoint.clone()).map_err(failed)?;
-        channels.push(endpoint.tcp_nodelay(true).connect().await.map_err(failed)?);
-    }
-    Ok(channels)
 }
 
 /// Throughput and latency of one operation under load.

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::{BenchError, Measurement, Report, bearer, connect, run_load};
+use super::{Bearer, BenchError, Grpc, Load, Measurement, Report, run_id, run_load};
 use crate::config::{UsageBenchArgs, UsageQueryBenchArgs};
 use crate::grpc::ReceiverStream;
 use crate::grpc::pb::customers_client::CustomersClient;
@@ -24,11 +24,9 @@ use crate::grpc::pb::{
 };
 use crate::store::bench as store;
 
-const METER: &str = "bench_tokens";
+pub(super) const METER: &str = "bench_tokens";
 /// Batches one stream keeps in flight (sent, not yet answered): the server's own pipeline.
 const IN_FLIGHT: usize = 8;
-
-type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 fn authorized<T>(message: T, bearer: &Bearer) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
@@ -77,126 +75,19 @@ pub async fn usage(
     pool: &PgPool,
 ) -> Result<Report, BenchError> {
     let common = &args.common;
-    let bearer = bearer(common, state_dir)?;
-    let channels = connect(common).await?;
-    let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
-    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let batch = args
-        .batch_size
-        .clamp(1, crate::domain::usage::MAX_EVENTS_PER_BATCH);
-    let repeats = ((batch as f64) * args.repeat_share.clamp(0.0, 1.0)).round() as usize;
-
-    // The meter (made once per database) and this run's customers.
-    ensure_meter(&channel(0), &bearer).await?;
-    let mut customers = CustomersClient::new(channel(0));
-    let mut names = Vec::new();
-    for i in 0..args.customers.max(1) {
-        let external_id = format!("bench-usage-{run}-{i}");
-        customers
-            .create_customer(authorized(
-                CreateCustomerRequest {
-                    external_id: external_id.clone(),
-                    ..Default::default()
-                },
-                &bearer,
-            ))
-            .await?;
-        names.push(external_id);
-    }
-    let names = Arc::new(names);
-    let batches = |worker: usize, run: &str| Batches {
-        run: run.to_owned(),
-        worker,
-        customers: names.clone(),
-        batch,
-        repeats,
-    };
-
-    // 1. StreamUsage: each worker one stream, IN_FLIGHT batches outstanding.
-    let streamed = {
-        let warm = format!("{run}w");
-        let _ = stream_load(&channel, &bearer, common.concurrency, common.warmup, |w| {
-            batches(w, &warm)
-        })
-        .await;
-        let label = format!("grpc StreamUsage ({batch}/batch, {repeats} repeats)");
-        let mut m = stream_load(
-            &channel,
-            &bearer,
-            common.concurrency,
-            common.duration,
-            |w| batches(w, &run),
-        )
-        .await;
-        m.name = label;
-        m
-    };
-
-    // 2. RecordUsage: one batch per call.
-    let recorded = {
-        let channel = channel.clone();
-        let bearer = bearer.clone();
-        let makers: Vec<Batches> = (0..common.concurrency)
-            .map(|w| batches(w, &format!("{run}r")))
-            .collect();
-        let makers = Arc::new(makers);
-        let seqs: Arc<Vec<std::sync::atomic::AtomicU64>> =
-            Arc::new((0..common.concurrency).map(|_| 0.into()).collect());
-        run_load(
-            &format!("grpc RecordUsage ({batch}/call, {repeats} repeats)"),
-            common.concurrency,
-            common.warmup,
-            common.duration,
-            move |worker, _| {
-                let seq = seqs[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let events = makers[worker].events(seq);
-                let mut client = UsageClient::new(channel(worker));
-                let request = authorized(RecordUsageRequest { events }, &bearer);
-                async move { client.record_usage(request).await.map(|_| ()) }
-            },
-        )
-        .await
-        .items_per_op(batch as u64)
-    };
-
-    // 3. Baseline: the same rows COPYed into a plain copy of usage_events, a batch per COPY,
-    //    at the same concurrency.
-    store::create_usage_baseline_table(pool).await?;
-    let copied = {
-        let pool = pool.clone();
-        let tenant = Uuid::now_v7();
-        let meter = Uuid::now_v7();
-        let customers: Arc<Vec<Uuid>> =
-            Arc::new((0..args.customers.max(1)).map(|_| Uuid::now_v7()).collect());
-        let run = run.clone();
-        run_load(
-            &format!("postgres COPY usage rows ({batch}/COPY)"),
-            common.concurrency,
-            common.warmup,
-            common.duration,
-            move |worker, seq| {
-                let pool = pool.clone();
-                let customers = customers.clone();
-                let run = run.clone();
-                async move {
-                    store::copy_usage_baseline(
-                        &pool, tenant, meter, &customers, &run, worker, seq, batch,
-                    )
-                    .await
-                }
-            },
-        )
-        .await
-        .items_per_op(batch as u64)
-    };
-    store::drop_usage_baseline_table(pool).await?;
-
+    let grpc = Grpc::of(common, state_dir).await?;
+    let load = Load::of(common);
+    let setup =
+        UsageSetup::prepare(&grpc, args.customers, args.batch_size, args.repeat_share).await?;
+    let streamed = setup.stream(load).await;
+    let recorded = setup.record(load).await;
+    let copied = setup.copy_baseline(pool, load).await?;
     Ok(Report {
         title: format!(
             "coffer bench usage: {} streams/workers over {} gRPC connections, {} events per batch, {:.0}% repeated ids, {} customers, {:?} each (after {:?} warm-up), {}",
             common.concurrency,
             common.connections.max(1),
-            batch,
+            setup.batch,
             args.repeat_share * 100.0,
             args.customers.max(1),
             common.duration,
@@ -212,11 +103,157 @@ pub async fn usage(
     })
 }
 
+/// The usage scenarios' customers and batches.
+pub(super) struct UsageSetup {
+    grpc: Grpc,
+    names: Arc<Vec<String>>,
+    batch: usize,
+    repeats: usize,
+}
+
+impl UsageSetup {
+    /// The meter (made once per database) and `customers` customers of this run; batches of
+    /// `batch_size` events, `repeat_share` of them repeating the previous batch's ids.
+    pub async fn prepare(
+        grpc: &Grpc,
+        customers: usize,
+        batch_size: usize,
+        repeat_share: f64,
+    ) -> Result<Self, BenchError> {
+        let run = run_id();
+        let batch = batch_size.clamp(1, crate::domain::usage::MAX_EVENTS_PER_BATCH);
+        let repeats = ((batch as f64) * repeat_share.clamp(0.0, 1.0)).round() as usize;
+        ensure_meter(&grpc.channel(0), &grpc.bearer).await?;
+        let mut client = CustomersClient::new(grpc.channel(0));
+        let mut names = Vec::new();
+        for i in 0..customers.max(1) {
+            let external_id = format!("bench-usage-{run}-{i}");
+            client
+                .create_customer(grpc.request(CreateCustomerRequest {
+                    external_id: external_id.clone(),
+                    ..Default::default()
+                }))
+                .await?;
+            names.push(external_id);
+        }
+        Ok(Self {
+            grpc: grpc.clone(),
+            names: Arc::new(names),
+            batch,
+            repeats,
+        })
+    }
+
+    /// The customers' external ids.
+    pub fn customers(&self) -> &Arc<Vec<String>> {
+        &self.names
+    }
+
+    fn batches(&self, worker: usize, run: &str) -> Batches {
+        Batches {
+            run: run.to_owned(),
+            worker,
+            customers: self.names.clone(),
+            batch: self.batch,
+            repeats: self.repeats,
+        }
+    }
+
+    /// StreamUsage: each worker one stream, [`IN_FLIGHT`] batches outstanding.
+    pub async fn stream(&self, load: Load) -> Measurement {
+        let warm = run_id();
+        let _ = stream_load(&self.grpc, load.concurrency, load.warmup, |w| {
+            self.batches(w, &warm)
+        })
+        .await;
+        let run = run_id();
+        let mut m = stream_load(&self.grpc, load.concurrency, load.duration, |w| {
+            self.batches(w, &run)
+        })
+        .await;
+        m.name = format!(
+            "grpc StreamUsage ({}/batch, {} repeats)",
+            self.batch, self.repeats
+        );
+        m
+    }
+
+    /// RecordUsage: one batch per call.
+    pub async fn record(&self, load: Load) -> Measurement {
+        let grpc = self.grpc.clone();
+        let run = run_id();
+        let makers: Arc<Vec<Batches>> = Arc::new(
+            (0..load.concurrency)
+                .map(|w| self.batches(w, &run))
+                .collect(),
+        );
+        let seqs: Arc<Vec<std::sync::atomic::AtomicU64>> =
+            Arc::new((0..load.concurrency).map(|_| 0.into()).collect());
+        run_load(
+            &format!(
+                "grpc RecordUsage ({}/call, {} repeats)",
+                self.batch, self.repeats
+            ),
+            load.concurrency,
+            load.warmup,
+            load.duration,
+            move |worker, _| {
+                let seq = seqs[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let events = makers[worker].events(seq);
+                let mut client = UsageClient::new(grpc.channel(worker));
+                let request = grpc.request(RecordUsageRequest { events });
+                async move { client.record_usage(request).await.map(|_| ()) }
+            },
+        )
+        .await
+        .items_per_op(self.batch as u64)
+    }
+
+    /// Baseline: the same rows COPYed into a plain copy of usage_events, a batch per COPY, at
+    /// the same concurrency.
+    pub async fn copy_baseline(
+        &self,
+        pool: &PgPool,
+        load: Load,
+    ) -> Result<Measurement, BenchError> {
+        let batch = self.batch;
+        store::create_usage_baseline_table(pool).await?;
+        let copied = {
+            let pool = pool.clone();
+            let tenant = Uuid::now_v7();
+            let meter = Uuid::now_v7();
+            let customers: Arc<Vec<Uuid>> =
+                Arc::new((0..self.names.len()).map(|_| Uuid::now_v7()).collect());
+            let run = run_id();
+            run_load(
+                &format!("postgres COPY usage rows ({batch}/COPY)"),
+                load.concurrency,
+                load.warmup,
+                load.duration,
+                move |worker, seq| {
+                    let pool = pool.clone();
+                    let customers = customers.clone();
+                    let run = run.clone();
+                    async move {
+                        store::copy_usage_baseline(
+                            &pool, tenant, meter, &customers, &run, worker, seq, batch,
+                        )
+                        .await
+                    }
+                },
+            )
+            .await
+            .items_per_op(batch as u64)
+        };
+        store::drop_usage_baseline_table(pool).await?;
+        Ok(copied)
+    }
+}
+
 /// Runs `streams` StreamUsage calls for `duration`, each keeping [`IN_FLIGHT`] batches
 /// outstanding; latency is from a batch's send to its answer.
 async fn stream_load(
-    channel: &(impl Fn(usize) -> Channel + Clone + Send + 'static),
-    bearer: &Bearer,
+    grpc: &Grpc,
     streams: usize,
     duration: Duration,
     batches: impl Fn(usize) -> Batches,
@@ -226,8 +263,8 @@ async fn stream_load(
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..streams {
         let maker = batches(worker);
-        let mut client = UsageClient::new(channel(worker));
-        let bearer = bearer.clone();
+        let mut client = UsageClient::new(grpc.channel(worker));
+        let bearer = grpc.bearer.clone();
         workers.spawn(async move {
             let (tx, rx) = mpsc::channel(IN_FLIGHT);
             let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -321,139 +358,17 @@ pub async fn usage_query(
     state_dir: &Path,
 ) -> Result<Report, BenchError> {
     let common = &args.common;
-    let bearer = bearer(common, state_dir)?;
-    let channels = connect(common).await?;
-    let channel = move |worker: usize| -> Channel { channels[worker % channels.len()].clone() };
-    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let customer = format!("bench-query-{run}");
-    ensure_meter(&channel(0), &bearer).await?;
-    CustomersClient::new(channel(0))
-        .create_customer(authorized(
-            CreateCustomerRequest {
-                external_id: customer.clone(),
-                ..Default::default()
-            },
-            &bearer,
-        ))
-        .await?;
-
-    // Load: one StreamUsage per connection, 1 000 events a batch.
-    let now = time::OffsetDateTime::now_utc();
-    let span = time::Duration::days(30);
-    let total = args.events.max(1);
-    let step_ns = span.whole_nanoseconds() / total as i128;
-    let loaded = Instant::now();
-    let streams = common.connections.max(1);
-    let mut loaders = tokio::task::JoinSet::new();
-    for s in 0..streams {
-        let mut client = UsageClient::new(channel(s));
-        let bearer = bearer.clone();
-        let customer = customer.clone();
-        let run = run.clone();
-        loaders.spawn(async move {
-            let (tx, rx) = mpsc::channel(IN_FLIGHT);
-            let producer = tokio::spawn(async move {
-                let mine: Vec<u64> = (s as u64..total).step_by(streams).collect();
-                for chunk in mine.chunks(1_000) {
-                    let events = chunk
-                        .iter()
-                        .map(|&i| {
-                            let at = now - span
-                                + time::Duration::nanoseconds((step_ns * i as i128) as i64);
-                            UsageEvent {
-                                event_id: format!("{run}-{i}"),
-                                customer: Some(pb::usage_event::Customer::ExternalId(
-                                    customer.clone(),
-                                )),
-                                meter_key: METER.into(),
-                                value: "1".into(),
-                                occurred_at: Some(prost_types::Timestamp {
-                                    seconds: at.unix_timestamp(),
-                                    nanos: at.nanosecond() as i32,
-                                }),
-                                properties: Default::default(),
-                            }
-                        })
-                        .collect();
-                    if tx.send(StreamUsageRequest { events }).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut answers = client
-                .stream_usage(authorized(ReceiverStream(rx), &bearer))
-                .await?
-                .into_inner();
-            let mut stored = 0u64;
-            while let Some(a) = answers.message().await? {
-                stored += a.accepted as u64;
-            }
-            let _ = producer.await;
-            Ok::<u64, tonic::Status>(stored)
-        });
-    }
-    let mut stored = 0;
-    while let Some(r) = loaders.join_next().await {
-        stored += r.expect("a loader panicked")?;
-    }
-    let load = Measurement::from_parts(
-        "load: StreamUsage, one customer over 30 days",
-        stored.div_ceil(1_000),
-        0,
-        loaded.elapsed(),
-        Vec::new(),
-        None,
-        stored,
-    );
-
-    let mut measurements = vec![load];
-    let from = now - span + time::Duration::minutes(7);
-    let to = now - time::Duration::minutes(3);
-    for (label, window) in [
-        ("grpc GetUsage 30 days, total", pb::UsageWindow::None),
-        ("grpc GetUsage 30 days, per day", pb::UsageWindow::Day),
-        ("grpc GetUsage 30 days, per hour", pb::UsageWindow::Hour),
+    let grpc = Grpc::of(common, state_dir).await?;
+    let load = Load::of(common);
+    let (query, loaded) = UsageQuery::prepare(&grpc, args.events).await?;
+    let stored = loaded.items;
+    let mut measurements = vec![loaded];
+    for window in [
+        pb::UsageWindow::None,
+        pb::UsageWindow::Day,
+        pb::UsageWindow::Hour,
     ] {
-        let channel = channel.clone();
-        let bearer = bearer.clone();
-        let customer = customer.clone();
-        measurements.push(
-            run_load(
-                label,
-                common.concurrency,
-                common.warmup,
-                common.duration,
-                move |worker, _| {
-                    let mut client = UsageClient::new(channel(worker));
-                    let request = authorized(
-                        pb::GetUsageRequest {
-                            customer: Some(pb::get_usage_request::Customer::ExternalId(
-                                customer.clone(),
-                            )),
-                            meter_key: METER.into(),
-                            from: Some(prost_types::Timestamp {
-                                seconds: from.unix_timestamp(),
-                                nanos: 0,
-                            }),
-                            to: Some(prost_types::Timestamp {
-                                seconds: to.unix_timestamp(),
-                                nanos: 0,
-                            }),
-                            window: window as i32,
-                        },
-                        &bearer,
-                    );
-                    async move {
-                        let r = client.get_usage(request).await?.into_inner();
-                        match r.total {
-                            Some(t) if t.events > 0 => Ok(()),
-                            _ => Err(tonic::Status::internal("no usage in the answer")),
-                        }
-                    }
-                },
-            )
-            .await,
-        );
+        measurements.push(query.load(window, load).await);
     }
     Ok(Report {
         title: format!(
@@ -469,6 +384,155 @@ pub async fn usage_query(
         ratios: Vec::new(),
         notes: Vec::new(),
     })
+}
+
+/// One customer with events over the last 30 days, and GetUsage over those 30 days.
+#[derive(Clone)]
+pub(super) struct UsageQuery {
+    grpc: Grpc,
+    customer: String,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+}
+
+impl UsageQuery {
+    /// Loads `events` events for a new customer, spread evenly over the last 30 days: one
+    /// StreamUsage per connection, 1 000 events a batch. Returns the load's measurement too.
+    pub async fn prepare(grpc: &Grpc, events: u64) -> Result<(Self, Measurement), BenchError> {
+        let run = run_id();
+        let customer = format!("bench-query-{run}");
+        ensure_meter(&grpc.channel(0), &grpc.bearer).await?;
+        CustomersClient::new(grpc.channel(0))
+            .create_customer(grpc.request(CreateCustomerRequest {
+                external_id: customer.clone(),
+                ..Default::default()
+            }))
+            .await?;
+
+        let now = time::OffsetDateTime::now_utc();
+        let span = time::Duration::days(30);
+        let total = events.max(1);
+        let step_ns = span.whole_nanoseconds() / total as i128;
+        let loaded = Instant::now();
+        let streams = grpc.channels.len();
+        let mut loaders = tokio::task::JoinSet::new();
+        for s in 0..streams {
+            let mut client = UsageClient::new(grpc.channel(s));
+            let bearer = grpc.bearer.clone();
+            let customer = customer.clone();
+            let run = run.clone();
+            loaders.spawn(async move {
+                let (tx, rx) = mpsc::channel(IN_FLIGHT);
+                let producer = tokio::spawn(async move {
+                    let mine: Vec<u64> = (s as u64..total).step_by(streams).collect();
+                    for chunk in mine.chunks(1_000) {
+                        let events = chunk
+                            .iter()
+                            .map(|&i| {
+                                let at = now - span
+                                    + time::Duration::nanoseconds((step_ns * i as i128) as i64);
+                                UsageEvent {
+                                    event_id: format!("{run}-{i}"),
+                                    customer: Some(pb::usage_event::Customer::ExternalId(
+                                        customer.clone(),
+                                    )),
+                                    meter_key: METER.into(),
+                                    value: "1".into(),
+                                    occurred_at: Some(prost_types::Timestamp {
+                                        seconds: at.unix_timestamp(),
+                                        nanos: at.nanosecond() as i32,
+                                    }),
+                                    properties: Default::default(),
+                                }
+                            })
+                            .collect();
+                        if tx.send(StreamUsageRequest { events }).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut answers = client
+                    .stream_usage(authorized(ReceiverStream(rx), &bearer))
+                    .await?
+                    .into_inner();
+                let mut stored = 0u64;
+                while let Some(a) = answers.message().await? {
+                    stored += a.accepted as u64;
+                }
+                let _ = producer.await;
+                Ok::<u64, tonic::Status>(stored)
+            });
+        }
+        let mut stored = 0;
+        while let Some(r) = loaders.join_next().await {
+            stored += r.expect("a loader panicked")?;
+        }
+        let load = Measurement::from_parts(
+            "load: StreamUsage, one customer over 30 days",
+            stored.div_ceil(1_000),
+            0,
+            loaded.elapsed(),
+            Vec::new(),
+            None,
+            stored,
+        );
+        let query = Self {
+            grpc: grpc.clone(),
+            customer,
+            from: now - span + time::Duration::minutes(7),
+            to: now - time::Duration::minutes(3),
+        };
+        Ok((query, load))
+    }
+
+    /// GetUsage over the 30 days in `window`s, failing unless it finds the events.
+    pub fn get(
+        &self,
+        window: pb::UsageWindow,
+        worker: usize,
+    ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static + use<> {
+        let mut client = UsageClient::new(self.grpc.channel(worker));
+        let request = self.grpc.request(pb::GetUsageRequest {
+            customer: Some(pb::get_usage_request::Customer::ExternalId(
+                self.customer.clone(),
+            )),
+            meter_key: METER.into(),
+            from: Some(prost_types::Timestamp {
+                seconds: self.from.unix_timestamp(),
+                nanos: 0,
+            }),
+            to: Some(prost_types::Timestamp {
+                seconds: self.to.unix_timestamp(),
+                nanos: 0,
+            }),
+            window: window as i32,
+        });
+        async move {
+            let r = client.get_usage(request).await?.into_inner();
+            match r.total {
+                Some(t) if t.events > 0 => Ok(()),
+                _ => Err(tonic::Status::internal("no usage in the answer")),
+            }
+        }
+    }
+
+    /// GetUsage over the 30 days in `window`s under `load`.
+    pub async fn load(&self, window: pb::UsageWindow, load: Load) -> Measurement {
+        let label = match window {
+            pb::UsageWindow::Day => "grpc GetUsage 30 days, per day",
+            pb::UsageWindow::Hour => "grpc GetUsage 30 days, per hour",
+            _ => "grpc GetUsage 30 days, total",
+        };
+        let this = self.clone();
+        run_load(
+            label,
+            load.concurrency,
+            load.warmup,
+            load.duration,
+            move |worker, _| this.get(window, worker),
+        )
+        .await
+    }
 }
 
 /// Makes the benchmark's SUM meter, unless an earlier run did.

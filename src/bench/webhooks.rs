@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{BenchError, Report, run_load};
+use super::{BenchError, Load, Measurement, Report, run_id, run_load};
 use crate::config::WebhooksBenchArgs;
 use crate::providers::signature::sign;
 use crate::store::bench as store;
@@ -49,7 +49,7 @@ fn unix_now() -> i64 {
 }
 
 /// A worker's connection to the sidecar, made at its first delivery and again after a failure.
-type Connection = Mutex<Option<SendRequest<Full<Bytes>>>>;
+pub(super) type Connection = Mutex<Option<SendRequest<Full<Bytes>>>>;
 
 /// Where the deliveries go.
 #[derive(Clone)]
@@ -94,17 +94,17 @@ impl Target {
 }
 
 /// The account's Standard Webhooks secret: given, or the one the sandbox keeps for it.
-async fn secret(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<String, BenchError> {
-    let secret = match &args.webhook_secret {
-        Some(s) => s.clone(),
-        None => store::sandbox_webhook_secret(pool, &args.account)
+async fn secret(account: &str, given: Option<&str>, pool: &PgPool) -> Result<String, BenchError> {
+    let secret = match given {
+        Some(s) => s.to_owned(),
+        None => store::sandbox_webhook_secret(pool, account)
             .await?
             .ok_or_else(|| {
                 BenchError::Webhooks(format!(
                     "no signing secret for account {:?}: set COFFER_BENCH_WEBHOOK_SECRET to the \
                      secret coffer.toml gives it (docs/operations.md, Performance), or name a \
                      sandbox account the server has made",
-                    args.account
+                    account
                 ))
             })?,
     };
@@ -163,26 +163,57 @@ async fn deliver(
 }
 
 pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report, BenchError> {
-    let target = Target::of(&args.url, &args.account)?;
-    let secret: Arc<str> = secret(args, pool).await?.into();
-    let concurrency = args.concurrency.max(1);
-    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let deliveries = Deliveries::prepare(
+        &args.url,
+        &args.account,
+        args.webhook_secret.as_deref(),
+        pool,
+    )
+    .await?;
+    let load = Load {
+        concurrency: args.concurrency.max(1),
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    // The baseline runs first: after the deliveries, the server's inbox workers are still
+    // settling their backlog, and would slow the baseline down.
+    let inserted = insert_baseline(pool, &args.account, load).await?;
+    let delivered = deliveries.load(load).await;
+    Ok(Report {
+        title: format!(
+            "coffer bench webhooks: {} deliveries in flight (one HTTP/1.1 connection each) to {}{}, {} Postgres connections for the baseline, {:?} each (after {:?} warm-up)",
+            load.concurrency,
+            args.url.trim_end_matches('/'),
+            deliveries.target.path,
+            pool.options().get_max_connections(),
+            args.duration,
+            args.warmup,
+        ),
+        measurements: vec![delivered, inserted],
+        ratios: vec![("deliveries/s / Postgres insert rows/s".into(), 0, 1)],
+        notes: vec![],
+    })
+}
 
-    // 1. Baseline: the same rows straight into a copy of webhook_events, one per transaction,
-    //    through a pool as large as the server's (--db-max-connections, the same flag and
-    //    default `serve` uses). It runs first: after the deliveries, the server's inbox
-    //    workers are still settling their backlog, and would slow the baseline down.
+/// Baseline: the same rows straight into a copy of webhook_events, one per transaction,
+/// through a pool as large as the server's (--db-max-connections, the same flag and default
+/// `serve` uses).
+pub(super) async fn insert_baseline(
+    pool: &PgPool,
+    account: &str,
+    load: Load,
+) -> Result<Measurement, BenchError> {
     store::create_webhook_baseline_table(pool).await?;
     let inserted = {
         let pool = pool.clone();
-        let account = args.account.clone();
-        let run = run.clone();
+        let account = account.to_owned();
+        let run = run_id();
         let tenant = Uuid::now_v7();
         run_load(
             "postgres INSERT webhook_event (1 row/tx)",
-            concurrency,
-            args.warmup,
-            args.duration,
+            load.concurrency,
+            load.warmup,
+            load.duration,
             move |_, seq| {
                 let pool = pool.clone();
                 let account = account.clone();
@@ -199,42 +230,69 @@ pub async fn webhooks(args: &WebhooksBenchArgs, pool: &PgPool) -> Result<Report,
         .await
     };
     store::drop_webhook_baseline_table(pool).await?;
+    Ok(inserted)
+}
 
-    // 2. Deliveries through the sidecar, each a new event.
-    let delivered = {
-        let connections: Arc<Vec<Connection>> =
-            Arc::new((0..concurrency).map(|_| Mutex::new(None)).collect());
-        let target = target.clone();
+/// Signed deliveries of new events to one account's `/webhooks/{account}`.
+#[derive(Clone)]
+pub(super) struct Deliveries {
+    target: Target,
+    secret: Arc<str>,
+    account: String,
+}
+
+/// Each worker's connection to the sidecar.
+pub(super) type Connections = Arc<Vec<Connection>>;
+
+impl Deliveries {
+    /// To the sidecar at `url`, signed with `secret` or the one the sandbox keeps for `account`.
+    pub async fn prepare(
+        url: &str,
+        account: &str,
+        secret: Option<&str>,
+        pool: &PgPool,
+    ) -> Result<Self, BenchError> {
+        Ok(Self {
+            target: Target::of(url, account)?,
+            secret: self::secret(account, secret, pool).await?.into(),
+            account: account.to_owned(),
+        })
+    }
+
+    /// `n` connections, made at each worker's first delivery.
+    pub fn connections(n: usize) -> Connections {
+        Arc::new((0..n).map(|_| Mutex::new(None)).collect())
+    }
+
+    /// Delivery `seq` of run `run`, each a new event, on `connection`.
+    pub async fn deliver(
+        &self,
+        connection: &Connection,
+        run: &str,
+        seq: u64,
+    ) -> Result<(), String> {
+        let id = format!("msg_bench_{run}_{seq}");
+        let body = event_body(&id, seq, unix_now());
+        deliver(connection, &self.target, &self.secret, &id, body).await
+    }
+
+    /// Deliveries through the sidecar from `load.concurrency` workers, each a new event.
+    pub async fn load(&self, load: Load) -> Measurement {
+        let connections = Self::connections(load.concurrency);
+        let this = self.clone();
+        let run = run_id();
         run_load(
-            &format!("http POST /webhooks/{} (signed)", args.account),
-            concurrency,
-            args.warmup,
-            args.duration,
+            &format!("http POST /webhooks/{} (signed)", self.account),
+            load.concurrency,
+            load.warmup,
+            load.duration,
             move |worker, seq| {
-                let connections = connections.clone();
-                let target = target.clone();
-                let secret = secret.clone();
-                let id = format!("msg_bench_{run}_{seq}");
-                let body = event_body(&id, seq, unix_now());
-                async move { deliver(&connections[worker], &target, &secret, &id, body).await }
+                let (connections, this, run) = (connections.clone(), this.clone(), run.clone());
+                async move { this.deliver(&connections[worker], &run, seq).await }
             },
         )
         .await
-    };
-
-    Ok(Report {
-        title: format!(
-            "coffer bench webhooks: {concurrency} deliveries in flight (one HTTP/1.1 connection each) to {}{}, {} Postgres connections for the baseline, {:?} each (after {:?} warm-up)",
-            args.url.trim_end_matches('/'),
-            target.path,
-            pool.options().get_max_connections(),
-            args.duration,
-            args.warmup,
-        ),
-        measurements: vec![delivered, inserted],
-        ratios: vec![("deliveries/s / Postgres insert rows/s".into(), 0, 1)],
-        notes: vec![],
-    })
+    }
 }
 
 #[cfg(test)]

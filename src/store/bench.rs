@@ -174,3 +174,13 @@ pub async fn session_tenant(
         .await?;
     Ok(crate::domain::ids::TenantId::from_uuid(tenant))
 }
+
+/// The pids of the Postgres backends connected to this pool's database (pg_stat_activity),
+/// for `bench all`'s CPU accounting.
+pub async fn backend_pids(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await?,
+    )
+}
