@@ -210,11 +210,67 @@ impl Answer {
     }
 }
 
-/// What the form keeps when it is shown again: never the number or the CVC.
+/// What a card form keeps when it is shown again: never the number or the CVC.
 #[derive(Default)]
-struct Kept {
-    expiry: String,
-    name: String,
+pub(super) struct Kept {
+    pub(super) expiry: String,
+    pub(super) name: String,
+}
+
+/// A card form's inputs (the number; expiry and CVC in a row; the name on the card), each with
+/// its error from `errors`, shared by the checkout page and the portal. The number and CVC are
+/// never written back: the person types them again.
+pub(super) fn card_fields(number_label: &str, errors: &[FieldError], kept: &Kept) -> String {
+    let field = |f: card::Field, label: &str, attrs: &str, value: &str| {
+        let error = errors.iter().find(|e| e.field == f);
+        let name = f.name();
+        let (aria, message) = match error {
+            Some(e) => (
+                format!(" aria-invalid=\"true\" aria-describedby=\"{name}-error\""),
+                format!(
+                    "<p class=\"error\" id=\"{name}-error\">{}</p>",
+                    esc(e.message)
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "<div><label for=\"{name}\">{label}</label>\
+             <input id=\"{name}\" name=\"{name}\" {attrs} value=\"{value}\"{aria}>{message}</div>",
+            label = esc(label),
+            value = esc(value),
+        )
+    };
+    format!(
+        "{number}<div class=\"row\">{expiry}{cvc}</div>{name}",
+        number = field(
+            card::Field::Number,
+            number_label,
+            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-number\" \
+             placeholder=\"1234 1234 1234 1234\" maxlength=\"23\" required",
+            "",
+        ),
+        expiry = field(
+            card::Field::Expiry,
+            "Expiry (MM / YY)",
+            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-exp\" placeholder=\"MM / YY\" \
+             maxlength=\"9\" required",
+            &kept.expiry,
+        ),
+        cvc = field(
+            card::Field::Cvc,
+            "CVC",
+            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-csc\" placeholder=\"123\" \
+             maxlength=\"4\" required",
+            "",
+        ),
+        name = field(
+            card::Field::Name,
+            "Name on card",
+            "type=\"text\" autocomplete=\"cc-name\" maxlength=\"100\" required",
+            &kept.name,
+        ),
+    )
 }
 
 async fn attempt(pool: &PgPool, id: &str, form: CardForm) -> Result<Answer, StoreError> {
@@ -755,25 +811,6 @@ fn checkout_page(
     let alert = alert
         .map(|a| format!("<div class=\"alert\" role=\"alert\">{}</div>", esc(a)))
         .unwrap_or_default();
-    let field = |f: card::Field, label: &str, attrs: &str, value: &str| {
-        let error = errors.iter().find(|e| e.field == f);
-        let name = f.name();
-        let (aria, message) = match error {
-            Some(e) => (
-                format!(" aria-invalid=\"true\" aria-describedby=\"{name}-error\""),
-                format!(
-                    "<p class=\"error\" id=\"{name}-error\">{}</p>",
-                    esc(e.message)
-                ),
-            ),
-            None => (String::new(), String::new()),
-        };
-        format!(
-            "<div><label for=\"{name}\">{label}</label>\
-             <input id=\"{name}\" name=\"{name}\" {attrs} value=\"{value}\"{aria}>{message}</div>",
-            value = esc(value),
-        )
-    };
     let summary_alert = if errors.is_empty() {
         String::new()
     } else {
@@ -788,7 +825,7 @@ fn checkout_page(
         "<h1>{title}</h1>{alert}{summary_alert}{summary}\
          <form class=\"box\" method=\"post\" action=\"/sandbox/checkout/{id}\" novalidate>\
          <h2>Card details</h2>{note}\
-         {number}<div class=\"row\">{expiry}{cvc}</div>{name}\
+         {fields}\
          <button type=\"submit\">{button}</button></form>\
          <details class=\"muted\"><summary>Sandbox test cards</summary><ul>\
          <li><code>4242 4242 4242 4242</code> succeeds</li>\
@@ -801,34 +838,7 @@ fn checkout_page(
         title = esc(&title),
         summary = summary(s),
         id = esc(&s.id),
-        // The number and CVC are never written back: the person types them again.
-        number = field(
-            card::Field::Number,
-            "Card number",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-number\" \
-             placeholder=\"1234 1234 1234 1234\" maxlength=\"23\" required",
-            "",
-        ),
-        expiry = field(
-            card::Field::Expiry,
-            "Expiry (MM / YY)",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-exp\" placeholder=\"MM / YY\" \
-             maxlength=\"9\" required",
-            &kept.expiry,
-        ),
-        cvc = field(
-            card::Field::Cvc,
-            "CVC",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-csc\" placeholder=\"123\" \
-             maxlength=\"4\" required",
-            "",
-        ),
-        name = field(
-            card::Field::Name,
-            "Name on card",
-            "type=\"text\" autocomplete=\"cc-name\" maxlength=\"100\" required",
-            &kept.name,
-        ),
+        fields = card_fields("Card number", errors, kept),
         button = esc(&button),
         cancel = esc(&s.cancel_url),
     );

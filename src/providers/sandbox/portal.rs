@@ -43,7 +43,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::card::{self, Behaviour, FieldError};
-use super::page::{esc, html, layout, money};
+use super::page::{Kept, card_fields, esc, html, layout, money};
 use super::status::{PaymentState, SubscriptionState};
 use super::store::{self, PortalPayment, PortalSession, PortalSubscription};
 use crate::domain::ids::TenantId;
@@ -261,13 +261,6 @@ async fn show(
         &Kept::default(),
     )
     .await
-}
-
-/// What the card form keeps when shown again: never the number or the CVC.
-#[derive(Default)]
-struct Kept {
-    expiry: String,
-    name: String,
 }
 
 async fn change_subscription(
@@ -653,60 +646,15 @@ fn card_form(
         ),
         None => "<p id=\"card-on-file\" class=\"muted\">No card on file.</p>".to_owned(),
     };
-    let field = |f: card::Field, label: &str, attrs: &str, value: &str| {
-        let error = errors.iter().find(|e| e.field == f);
-        let name = f.name();
-        let (aria, message) = match error {
-            Some(e) => (
-                format!(" aria-invalid=\"true\" aria-describedby=\"{name}-error\""),
-                format!(
-                    "<p class=\"error\" id=\"{name}-error\">{}</p>",
-                    esc(e.message)
-                ),
-            ),
-            None => (String::new(), String::new()),
-        };
-        format!(
-            "<div><label for=\"{name}\">{label}</label>\
-             <input id=\"{name}\" name=\"{name}\" {attrs} value=\"{value}\"{aria}>{message}</div>",
-            value = esc(value),
-        )
-    };
     format!(
         "<form class=\"box\" method=\"post\" action=\"/sandbox/portal/{token}/card\" novalidate>\
          <h2>Payment method</h2>{on_file}\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         {number}<div class=\"row\">{expiry}{cvc}</div>{name}\
+         {fields}\
          <button type=\"submit\" id=\"save-card\">Save new card</button></form>",
         token = esc(token),
         csrf = esc(&s.csrf),
-        number = field(
-            card::Field::Number,
-            "New card number",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-number\" \
-             placeholder=\"1234 1234 1234 1234\" maxlength=\"23\" required",
-            "",
-        ),
-        expiry = field(
-            card::Field::Expiry,
-            "Expiry (MM / YY)",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-exp\" placeholder=\"MM / YY\" \
-             maxlength=\"9\" required",
-            &kept.expiry,
-        ),
-        cvc = field(
-            card::Field::Cvc,
-            "CVC",
-            "type=\"text\" inputmode=\"numeric\" autocomplete=\"cc-csc\" placeholder=\"123\" \
-             maxlength=\"4\" required",
-            "",
-        ),
-        name = field(
-            card::Field::Name,
-            "Name on card",
-            "type=\"text\" autocomplete=\"cc-name\" maxlength=\"100\" required",
-            &kept.name,
-        ),
+        fields = card_fields("New card number", errors, kept),
     )
 }
 
