@@ -1042,3 +1042,29 @@ impl Provider for Stripe {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_without_a_payment_method_is_told_apart_from_other_missing_objects() {
+        let no_card = ProviderError::definitive(
+            "resource_missing",
+            "This customer has no attached payment source or default payment method. \
+             Please consider adding a default payment method. (request req_1)",
+        );
+        assert!(no_payment_method(&no_card));
+        let no_price = ProviderError::definitive(
+            "resource_missing",
+            "No such price: 'price_1' (parameter items[0][price]) (request req_2)",
+        );
+        assert!(!no_payment_method(&no_price));
+        let declined = ProviderError::Definitive {
+            code: "card_declined".into(),
+            message: "Your card was declined.".into(),
+            decline_code: Some("generic_decline".into()),
+        };
+        assert!(!no_payment_method(&declined));
+    }
+}
