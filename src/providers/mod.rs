@@ -198,7 +198,7 @@ impl Operation {
 /// | provider | customers | prices | payment checkout | subscription checkout | expire | refund | fetch | cancel sub | pause sub | change plan | preview change | create sub | meters (mirror, push) | portal |
 /// |----------|-----------|--------|------------------|-----------------------|--------|--------|-------|------------|-----------|-------------|----------------|------------|-----------------------|--------|
 /// | sandbox  | yes       | inline | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | yes        | no                    | yes (its own page) |
-/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | not yet    | yes (billing meters)  | yes (billing portal) |
+/// | stripe   | yes       | yes    | yes              | yes                   | yes    | yes    | yes   | yes        | yes       | yes         | yes            | yes        | yes (billing meters)  | yes (billing portal) |
 /// | polar    | yes       | yes    | yes              | yes                   | no     | yes    | yes   | yes        | no        | yes         | no             | no         | yes (event ingestion) | yes (customer session) |
 /// | paytabs  | no        | inline | yes              | no (no subscriptions) | no     | yes    | yes   | no         | no        | no          | no             | no         | no                    | no     |
 /// | hmac     | no        | no     | no               | no                    | no     | no     | no    | no         | no        | no          | no             | no         | no                    | no     |
@@ -213,8 +213,7 @@ pub fn supports(kind: ProviderKind, op: Operation) -> bool {
     use Operation::*;
     match kind {
         ProviderKind::Sandbox => !matches!(op, CreatePrice | CreateMeter | PushUsage),
-        // `POST /v1/subscriptions` is not mapped through the trait yet.
-        ProviderKind::Stripe => !matches!(op, CreateSubscription),
+        ProviderKind::Stripe => true,
         ProviderKind::Polar => !matches!(
             op,
             ExpireCheckoutSession | PauseSubscription | PreviewPlanChange | CreateSubscription
@@ -862,6 +861,7 @@ mod tests {
         assert!(!supports(ProviderKind::PayTabs, CreatePortalSession));
         assert!(!supports(ProviderKind::Hmac, CreatePortalSession));
         assert!(supports(ProviderKind::Sandbox, CreateSubscription));
+        assert!(supports(ProviderKind::Stripe, CreateSubscription));
         assert!(!supports(ProviderKind::Polar, CreateSubscription));
         assert!(!supports(ProviderKind::PayTabs, CreateSubscription));
         assert!(!supports(ProviderKind::PayTabs, PreviewPlanChange));

@@ -18,7 +18,7 @@ use crate::domain::checkout::Mode;
 use crate::domain::plan::{Billing, Interval};
 use crate::providers::{
     CheckoutRequest, CustomerRequest, MeterFormula, MeterRequest, PriceRequest, RefundRequest,
-    UsageEvent, meter_event_name,
+    SubscriptionRequest, UsageEvent, meter_event_name,
 };
 
 pub const CUSTOMER_KEY: &str = "coffer_customer_id";
@@ -28,6 +28,8 @@ pub const CHECKOUT_KEY: &str = "coffer_checkout_id";
 pub const REFUND_KEY: &str = "coffer_refund_id";
 /// On a subscription (and its schedule): Coffer's id of the last plan change made to it.
 pub const CHANGE_KEY: &str = "coffer_change_id";
+/// On a subscription CreateSubscription made: Coffer's subscription id (decision 0026).
+pub const SUBSCRIPTION_KEY: &str = "coffer_subscription_id";
 
 /// Stripe's limits on a session's `expires_at`: 30 minutes to 24 hours after its creation.
 const MIN_SESSION_LIFE: time::Duration = time::Duration::minutes(30);
@@ -435,6 +437,42 @@ pub fn retrieve_subscription(id: &str) -> Call {
         "fetch_subscription",
         format!("/v1/subscriptions/{id}"),
         Form::new(),
+    )
+}
+
+/// A subscription made without a checkout (`POST /v1/subscriptions`, CreateSubscription):
+/// the mirrored customer and price, `metadata[coffer_subscription_id]` naming Coffer's
+/// subscription, `trial_period_days` for a trial. `payment_behavior` is Stripe's default
+/// (`allow_incomplete`): without a trial the first invoice is charged now to the customer's
+/// default payment method (a decline leaves it `incomplete`, as the sandbox does), and a
+/// customer with none is refused with a 400 (decision 0026).
+pub fn create_subscription(r: &SubscriptionRequest, customer: &str, price: &str) -> Call {
+    let item = Form::new()
+        .text("price", price)
+        .text("quantity", r.quantity);
+    let mut form = Form::new()
+        .text("customer", customer)
+        .maps("items", [item])
+        .map(
+            "metadata",
+            Form::new().text(SUBSCRIPTION_KEY, r.client_reference),
+        );
+    if r.trial_days > 0 {
+        form = form.text("trial_period_days", r.trial_days);
+    }
+    Call::post("create_subscription", "/v1/subscriptions".into(), form)
+}
+
+/// Subscriptions created since `since` (any status), newest first, after `starting_after`.
+pub fn list_subscriptions(since: i64, starting_after: Option<&str>) -> Call {
+    Call::get(
+        "list_subscriptions",
+        "/v1/subscriptions".into(),
+        Form::new()
+            .map("created", Form::new().text("gte", since))
+            .text("status", "all")
+            .opt("starting_after", starting_after)
+            .text("limit", 100),
     )
 }
 
@@ -1026,6 +1064,47 @@ mod tests {
              &subscription_details[items][0][price]=price_2&subscription_details[items][0][quantity]=1\
              &subscription_details[proration_behavior]=create_prorations\
              &subscription_details[proration_date]=1800000000"
+        );
+    }
+
+    #[test]
+    fn create_subscription_names_coffers_subscription() {
+        let monthly = Billing::Recurring {
+            interval: Interval::Month,
+            count: 1,
+            trial_days: 0,
+        };
+        let mut r = SubscriptionRequest {
+            client_reference: REF,
+            idempotency_key: "op-1".into(),
+            customer: Some("cus_1".into()),
+            provider_price: Some("price_1".into()),
+            unit: usd(500),
+            billing: monthly,
+            quantity: 2,
+            trial_days: 14,
+        };
+        let c = create_subscription(&r, "cus_1", "price_1");
+        assert_eq!(
+            (c.method.clone(), c.path.as_str()),
+            (Method::POST, "/v1/subscriptions")
+        );
+        assert_eq!(
+            c.form.encode(),
+            format!(
+                "customer=cus_1&items[0][price]=price_1&items[0][quantity]=2\
+                 &metadata[coffer_subscription_id]={REF}&trial_period_days=14"
+            )
+        );
+        r.trial_days = 0;
+        let c = create_subscription(&r, "cus_1", "price_1");
+        assert!(!pairs(&c).iter().any(|(k, _)| k == "trial_period_days"));
+        assert!(!pairs(&c).iter().any(|(k, _)| k == "payment_behavior"));
+
+        let l = list_subscriptions(1_800_000_000, Some("sub_9"));
+        assert_eq!(
+            l.form.encode(),
+            "created[gte]=1800000000&status=all&starting_after=sub_9&limit=100"
         );
     }
 }

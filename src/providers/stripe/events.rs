@@ -20,13 +20,14 @@
 //!
 //! Objects Coffer did not make are ignored (`None`), read from the payload's markers, which
 //! never change once set: a session without Coffer's `client_reference_id` (a payment link's,
-//! say), a payment intent, subscription or invoice without `coffer_checkout_id` in its (or its
-//! subscription's) metadata, a refund without `coffer_refund_id`. Disputes and charges carry
+//! say), a payment intent without `coffer_checkout_id` in its metadata, a subscription or
+//! invoice without `coffer_checkout_id` or `coffer_subscription_id` (CreateSubscription's) in
+//! its (or its subscription's) metadata, a refund without `coffer_refund_id`. Disputes and charges carry
 //! no marker of their own; they are fetched, and found by their payment intent.
 
 use serde_json::Value;
 
-use super::api::{CHECKOUT_KEY, REFUND_KEY};
+use super::api::{CHECKOUT_KEY, REFUND_KEY, SUBSCRIPTION_KEY};
 use crate::providers::{ObjectKind, Trigger};
 
 /// What a stored event of `event_type` asks the inbox to fetch; `None` for a type Coffer
@@ -37,6 +38,10 @@ pub fn trigger(event_type: &str, payload: &[u8]) -> Option<Trigger> {
     let id = || text(object.get("id"));
     let marked =
         |metadata: Option<&Value>, key: &str| text(metadata.and_then(|m| m.get(key))).is_some();
+    // A subscription a session made, or one CreateSubscription made.
+    let subscription_marked = |metadata: Option<&Value>| {
+        marked(metadata, CHECKOUT_KEY) || marked(metadata, SUBSCRIPTION_KEY)
+    };
     let (kind, id) = match event_type {
         "checkout.session.completed"
         | "checkout.session.expired"
@@ -52,7 +57,7 @@ pub fn trigger(event_type: &str, payload: &[u8]) -> Option<Trigger> {
         | "customer.subscription.paused"
         | "customer.subscription.resumed"
         | "customer.subscription.trial_will_end" => {
-            let ours = marked(object.get("metadata"), CHECKOUT_KEY);
+            let ours = subscription_marked(object.get("metadata"));
             (ObjectKind::Subscription, id().filter(|_| ours)?)
         }
         "invoice.paid" | "invoice.payment_failed" => {
@@ -61,8 +66,8 @@ pub fn trigger(event_type: &str, payload: &[u8]) -> Option<Trigger> {
                 .and_then(|p| p.get("subscription_details"));
             // The old shape: `subscription` and `subscription_details.metadata` at the top.
             let old = object.get("subscription_details");
-            let ours = marked(details.and_then(|d| d.get("metadata")), CHECKOUT_KEY)
-                || marked(old.and_then(|d| d.get("metadata")), CHECKOUT_KEY);
+            let ours = subscription_marked(details.and_then(|d| d.get("metadata")))
+                || subscription_marked(old.and_then(|d| d.get("metadata")));
             let subscription = expandable_id(details.and_then(|d| d.get("subscription")))
                 .or_else(|| expandable_id(object.get("subscription")));
             (ObjectKind::Subscription, subscription.filter(|_| ours)?)
@@ -172,6 +177,23 @@ mod tests {
         }
         let manual = r#"{"id":"in_2","object":"invoice","subscription":null,"parent":null}"#;
         assert_eq!(event("invoice.paid", manual), None);
+    }
+
+    #[test]
+    fn subscriptions_create_subscription_made_are_ours() {
+        let created = r#"{"id":"sub_3","object":"subscription",
+            "metadata":{"coffer_subscription_id":"0190f2a0-0000-7000-8000-000000000003"}}"#;
+        assert_eq!(
+            event("customer.subscription.created", created),
+            is(ObjectKind::Subscription, "sub_3")
+        );
+        let invoice = r#"{"id":"in_3","object":"invoice","parent":{"type":"subscription_details",
+            "subscription_details":{"subscription":"sub_3",
+            "metadata":{"coffer_subscription_id":"0190f2a0-0000-7000-8000-000000000003"}}}}"#;
+        assert_eq!(
+            event("invoice.paid", invoice),
+            is(ObjectKind::Subscription, "sub_3")
+        );
     }
 
     #[test]

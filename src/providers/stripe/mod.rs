@@ -20,6 +20,11 @@
 //!   every object a session makes names Coffer's checkout; lines name their mirrored price, or
 //!   carry `price_data` inline; `subscription_data[trial_period_days]` for a trial.
 //! - **Refunds** of a payment intent with `metadata[coffer_refund_id]`.
+//! - **Subscriptions without a checkout** (CreateSubscription, `POST /v1/subscriptions`): the
+//!   mirrored customer and price, `metadata[coffer_subscription_id]` (Coffer's subscription
+//!   id, its client reference), `trial_period_days` for a trial; without one Stripe charges the
+//!   customer's default payment method now, and a customer with none is refused
+//!   (`PAYMENT_METHOD_REQUIRED`; decision 0026).
 //! - **Subscription changes** (the lifecycle RPCs): cancel now (`DELETE`) or at the period's
 //!   end and its undoing, pause and resume collection, a plan change now (the first item's
 //!   price and quantity, `proration_behavior`, the preview's `proration_date`,
@@ -56,7 +61,10 @@
 //! - a **customer** (made long after its Coffer id): Search by metadata, then the customers
 //!   made in the last hour, which Search may not show yet;
 //! - a **payment** or **subscription** by checkout id: Search by metadata; the subscription a
-//!   plan change was made to, by the change's id (`metadata[coffer_change_id]`).
+//!   plan change was made to, by the change's id (`metadata[coffer_change_id]`);
+//! - a subscription **CreateSubscription** made, by Coffer's subscription id: Search by
+//!   `metadata[coffer_subscription_id]`, then the subscriptions created since the id's time
+//!   (listed, as sessions are), which Search may not show yet.
 //!
 //! Replaying the create under its idempotency key would also answer (Stripe keeps keys for
 //! 24 hours), but it is a write, which the journal never repeats blindly, and the port's
@@ -78,7 +86,10 @@ use uuid::Uuid;
 
 pub use webhook::Webhooks;
 
-use self::api::{CHECKOUT_KEY, CUSTOMER_KEY, Call, PRICE_KEY, REFUND_KEY, SessionFilter, segment};
+use self::api::{
+    CHECKOUT_KEY, CUSTOMER_KEY, Call, PRICE_KEY, REFUND_KEY, SUBSCRIPTION_KEY, SessionFilter,
+    segment,
+};
 use self::client::Client;
 use self::objects::{coffer_id, session_reference, version_now};
 use crate::domain::account::{Account, AccountName, ProviderKind};
@@ -86,9 +97,10 @@ use crate::domain::proration::Behavior;
 use crate::domain::subscription::{Effective, PlanChange};
 use crate::providers::outbound::Outbound;
 use crate::providers::{
-    CheckoutRequest, CustomerRequest, MeterRequest, ObjectKind, PlanChangePreview, PortalRequest,
-    PriceRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPortal,
-    ProviderRefund, RefundRequest, SubscriptionUpdate, UsageEvent, meter_event_name,
+    CheckoutRequest, CreatedSubscription, CustomerRequest, MeterRequest, ObjectKind,
+    PAYMENT_METHOD_REQUIRED, PlanChangePreview, PortalRequest, PriceRequest, Provider,
+    ProviderCheckout, ProviderError, ProviderObject, ProviderPortal, ProviderRefund, RefundRequest,
+    SubscriptionRequest, SubscriptionUpdate, UsageEvent, meter_event_name,
 };
 
 /// How long a billing portal session is good for. Stripe does not answer it; an unused session
@@ -99,6 +111,15 @@ const PORTAL_LIFETIME: time::Duration = time::Duration::minutes(5);
 fn already_sent(e: &ProviderError) -> bool {
     matches!(e, ProviderError::Definitive { message, .. }
         if message.starts_with("An event already exists with identifier"))
+}
+
+/// Whether `e` is Stripe's refusal of a subscription whose customer has no payment method to
+/// charge (`resource_missing`: "This customer has no attached payment source or default
+/// payment method.").
+fn no_payment_method(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Definitive { code, message, .. }
+        if code == "resource_missing"
+            && (message.contains("payment source") || message.contains("payment method")))
 }
 
 /// Meter events in flight at once per push (see [`Stripe::push_usage`]).
@@ -204,14 +225,17 @@ impl Stripe {
             .map(ProviderObject::Subscription))
     }
 
-    /// A subscription as Stripe answered it, with the Coffer checkout that made it (its
-    /// metadata, or the session that names it); `None` for one Coffer did not make.
+    /// A subscription as Stripe answered it, with Coffer's reference: the checkout that made it
+    /// (its metadata, or the session that names it), or Coffer's own subscription id for one
+    /// CreateSubscription made; `None` for one Coffer did not make.
     async fn subscription_of(
         &self,
         sub: &wire::Subscription,
         version: i64,
     ) -> Result<Option<crate::providers::ProviderSubscription>, ProviderError> {
-        let reference = match coffer_id(&sub.metadata, CHECKOUT_KEY) {
+        let reference = match coffer_id(&sub.metadata, CHECKOUT_KEY)
+            .or_else(|| coffer_id(&sub.metadata, SUBSCRIPTION_KEY))
+        {
             Some(r) => Some(r),
             None => {
                 self.reference_by_session(SessionFilter {
@@ -400,8 +424,9 @@ impl Stripe {
         }
     }
 
-    /// A session's subscription by its checkout id, or the one a plan change (by the change's
-    /// id, `metadata[coffer_change_id]`) was made to.
+    /// A session's subscription by its checkout id, one CreateSubscription made by Coffer's
+    /// subscription id, or the one a plan change (by the change's id,
+    /// `metadata[coffer_change_id]`) was made to.
     async fn find_subscription(
         &self,
         reference: Uuid,
@@ -411,6 +436,11 @@ impl Stripe {
             .search_one::<wire::Subscription>("subscriptions", CHECKOUT_KEY, reference)
             .await?
         {
+            return Ok(Some(ProviderObject::Subscription(objects::subscription(
+                &sub, reference, version,
+            )?)));
+        }
+        if let Some(sub) = self.find_created_subscription(reference).await? {
             return Ok(Some(ProviderObject::Subscription(objects::subscription(
                 &sub, reference, version,
             )?)));
@@ -425,6 +455,27 @@ impl Stripe {
                 .map(ProviderObject::Subscription)),
             None => Ok(None),
         }
+    }
+
+    /// The subscription CreateSubscription made under Coffer's id `reference`: Search by
+    /// metadata, then the subscriptions created since the id's time, which Search may not
+    /// show yet (a strongly consistent read).
+    async fn find_created_subscription(
+        &self,
+        reference: Uuid,
+    ) -> Result<Option<wire::Subscription>, ProviderError> {
+        if let Some(sub) = self
+            .search_one::<wire::Subscription>("subscriptions", SUBSCRIPTION_KEY, reference)
+            .await?
+        {
+            return Ok(Some(sub));
+        }
+        let since = created_since(reference);
+        self.scan::<wire::Subscription>(
+            |after| api::list_subscriptions(since, after),
+            |s| coffer_id(&s.metadata, SUBSCRIPTION_KEY) == Some(reference),
+        )
+        .await
     }
 
     /// The subscription `id` as it is now, with the item a plan change moves.
@@ -833,6 +884,47 @@ impl Provider for Stripe {
         })
     }
 
+    /// `POST /v1/subscriptions` under the journal's idempotency key, with the mirrored customer
+    /// and price (the app mirrors both first). The first period's charge is not answered
+    /// here: its invoice's events bring it. No payment method and no trial is Stripe's 400
+    /// `resource_missing`, answered as [`PAYMENT_METHOD_REQUIRED`].
+    fn create_subscription<'a>(
+        &'a self,
+        _account: &'a AccountName,
+        r: SubscriptionRequest,
+    ) -> BoxFuture<'a, Result<CreatedSubscription, ProviderError>> {
+        Box::pin(async move {
+            let version = version_now();
+            let (Some(customer), Some(price)) = (&r.customer, &r.provider_price) else {
+                return Err(ProviderError::definitive(
+                    "not_mirrored",
+                    "a Stripe subscription needs the mirrored customer and price",
+                ));
+            };
+            let sub: wire::Subscription = self
+                .client
+                .send(
+                    api::create_subscription(&r, customer, price),
+                    Some(r.idempotency_key.clone()),
+                )
+                .await
+                .map_err(|e| {
+                    if no_payment_method(&e) {
+                        ProviderError::definitive(
+                            PAYMENT_METHOD_REQUIRED,
+                            "the customer has no default payment method and no trial was asked",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+            Ok(CreatedSubscription {
+                subscription: objects::subscription(&sub, r.client_reference, version)?,
+                payment: None,
+            })
+        })
+    }
+
     /// Stripe's own invoice preview of the change (`POST /v1/invoices/create_preview`),
     /// prorated at the asked time or now (whole seconds, the time answered), so the change
     /// sent with that time prorates exactly as shown. What it charges is its proration lines'
@@ -948,5 +1040,31 @@ impl Provider for Stripe {
                 ObjectKind::Dispute | ObjectKind::UsageBatch => Ok(None),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_without_a_payment_method_is_told_apart_from_other_missing_objects() {
+        let no_card = ProviderError::definitive(
+            "resource_missing",
+            "This customer has no attached payment source or default payment method. \
+             Please consider adding a default payment method. (request req_1)",
+        );
+        assert!(no_payment_method(&no_card));
+        let no_price = ProviderError::definitive(
+            "resource_missing",
+            "No such price: 'price_1' (parameter items[0][price]) (request req_2)",
+        );
+        assert!(!no_payment_method(&no_price));
+        let declined = ProviderError::Definitive {
+            code: "card_declined".into(),
+            message: "Your card was declined.".into(),
+            decline_code: Some("generic_decline".into()),
+        };
+        assert!(!no_payment_method(&declined));
     }
 }

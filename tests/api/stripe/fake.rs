@@ -531,6 +531,106 @@ impl State {
         Ok(self.put(session))
     }
 
+    /// `POST /v1/subscriptions` (`payment_behavior` Stripe's default, `allow_incomplete`):
+    /// `trialing` until `trial_end` with `trial_period_days`; else the first invoice is paid
+    /// now with the customer's `invoice_settings.default_payment_method`, and a customer with
+    /// none is Stripe's 400 `resource_missing`. One item: `items[0][price]` and `[quantity]`.
+    fn create_subscription(&mut self, p: &Value) -> Result<Value, Failure> {
+        let customer_id = text(p, "customer")
+            .ok_or_else(|| invalid("Missing required param: customer.", Some("customer")))?
+            .to_owned();
+        let customer = self
+            .get(&customer_id)
+            .ok_or_else(|| missing(&customer_id, Some("customer")))?;
+        let items = p["items"].as_array().cloned().unwrap_or_default();
+        let [item] = items.as_slice() else {
+            return Err(invalid(
+                "Coffer's fake takes exactly one item.",
+                Some("items"),
+            ));
+        };
+        let price_id = text(item, "price")
+            .ok_or_else(|| invalid("Missing required param: items[0][price].", Some("items")))?;
+        let price = self
+            .get(price_id)
+            .ok_or_else(|| missing(price_id, Some("items[0][price]")))?;
+        let Some(recurring) = price.get("recurring").filter(|r| !r.is_null()).cloned() else {
+            return Err(invalid(
+                "The price specified is set to `type=one_time` but this field only accepts prices with `type=recurring`.",
+                Some("items[0][price]"),
+            ));
+        };
+        let quantity = int(item, "quantity")?.unwrap_or(1);
+        let trial = int(p, "trial_period_days")?.unwrap_or(0);
+        let card = customer["invoice_settings"]["default_payment_method"].clone();
+        if trial == 0 && card.as_str().is_none() {
+            return Err(error(
+                400,
+                "invalid_request_error",
+                Some("resource_missing"),
+                "This customer has no attached payment source or default payment method. \
+                 Please consider adding a default payment method. For more information, visit \
+                 https://stripe.com/docs/billing/subscriptions/payment-methods-setting#payment-method-priority.",
+                None,
+            ));
+        }
+        let now = now();
+        let months = match recurring["interval"].as_str() {
+            Some("year") => 12,
+            _ => 1,
+        } * recurring["interval_count"].as_i64().unwrap_or(1);
+        let end = if trial > 0 {
+            now + trial * 86_400
+        } else {
+            now + months * 30 * 86_400
+        };
+        let metadata = metadata(p);
+        let sub_id = random_id("sub");
+        let invoice_id = random_id("in");
+        let paid = if trial > 0 {
+            0
+        } else {
+            price["unit_amount"].as_i64().unwrap_or(0) * quantity
+        };
+        let currency = price["currency"].clone();
+        self.next();
+        self.put(json!({
+            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
+            "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
+            "billing_reason": "subscription_create",
+            "parent": {"type": "subscription_details", "quote_details": null,
+                       "subscription_details": {"subscription": sub_id, "metadata": metadata}},
+        }));
+        if paid > 0 {
+            let pi = pay(self, paid, &currency, json!({}), &json!(customer_id));
+            self.invoice_payments.insert(
+                invoice_id.clone(),
+                vec![json!({
+                    "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
+                    "status": "paid", "amount_paid": paid,
+                    "payment": {"type": "payment_intent", "payment_intent": pi},
+                })],
+            );
+        }
+        self.next();
+        Ok(self.put(json!({
+            "id": sub_id, "object": "subscription",
+            "status": if trial > 0 { "trialing" } else { "active" },
+            "metadata": metadata,
+            "customer": customer_id, "created": now, "start_date": now,
+            "trial_start": if trial > 0 { json!(now) } else { Value::Null },
+            "trial_end": if trial > 0 { json!(end) } else { Value::Null },
+            "cancel_at_period_end": false, "pause_collection": null,
+            "default_payment_method": null,
+            "items": {"object": "list", "has_more": false, "data": [{
+                "id": random_id("si"), "object": "subscription_item",
+                "quantity": quantity, "price": price,
+                "current_period_start": now, "current_period_end": end,
+            }]},
+            "schedule": null, "latest_invoice": invoice_id,
+        })))
+    }
+
     fn create_refund(&mut self, p: &Value) -> Result<Value, Failure> {
         let pi_id = text(p, "payment_intent")
             .ok_or_else(|| invalid("Missing payment_intent", Some("payment_intent")))?;
@@ -1092,6 +1192,18 @@ impl State {
             }
             ("GET", ["v1", "payment_intents", id]) => get(self, id)?,
             ("GET", ["v1", "charges", id]) => get(self, id)?,
+            ("POST", ["v1", "subscriptions"]) => self.create_subscription(p)?,
+            // `status=all` is the only status Coffer asks; canceled ones are listed with it.
+            ("GET", ["v1", "subscriptions"]) => {
+                let customer = text(p, "customer").map(str::to_owned);
+                // (`sub_sched_…` ids share the prefix.)
+                self.list("sub_", p, "/v1/subscriptions", |o| {
+                    o["object"] == "subscription"
+                        && customer
+                            .as_ref()
+                            .is_none_or(|c| o["customer"] == c.as_str())
+                })?
+            }
             ("GET", ["v1", "subscriptions", "search"]) => {
                 self.search("sub_", p, "/v1/subscriptions/search")?
             }

@@ -2,6 +2,7 @@
 //! the fake's signed events through Coffer's sidecar into the inbox, whose workers fetch what
 //! each event names from the fake and apply it.
 
+mod create_subscription;
 mod fake;
 mod meters;
 mod plan_changes;
