@@ -28,6 +28,12 @@
 //! refusals as the transport encoded them (a full `google.rpc.Status` with its details), so a
 //! replay is byte-for-byte the first answer whatever later code would say. Malformed requests
 //! are refused before anything is claimed.
+//!
+//! An answer that stops being true (a portal link, a credential that works for an hour) says
+//! so ([`Replayable::lapse`]): it is stored with its expiry and the refusal that replaces it,
+//! replayed byte for byte until then, refused after, and its bytes are scrubbed by the sweeper
+//! (decision 0033). The key still never does two things: a replay after the lapse is refused,
+//! never run again.
 
 use std::time::Duration;
 
@@ -94,6 +100,22 @@ impl IdempotencyConfig {
 pub trait Replayable: Sized {
     fn encode_replay(&self) -> Vec<u8>;
     fn decode_replay(bytes: &[u8]) -> Option<Self>;
+    /// When this answer stops being one to hand back, and the refusal answered after; `None`
+    /// (the default): it is replayed for the key's whole retention.
+    fn lapse(&self) -> Option<Lapse> {
+        None
+    }
+}
+
+/// How long a stored answer is replayed, and what a replay is answered after that: for an
+/// answer that is a credential, so it is kept no longer than it works.
+#[derive(Debug, Clone)]
+pub struct Lapse {
+    /// From when the answer is stored (its commit, on the database's clock).
+    pub after: Duration,
+    /// A deterministic refusal (FAILED_PRECONDITION, with a stable reason), stored encoded
+    /// beside the answer and replayed as any stored refusal.
+    pub refusal: Rejection,
 }
 
 /// The SHA-256 of a request's deterministic encoding, output-only fields left out.
@@ -144,7 +166,8 @@ pub enum Claim<T> {
 
 /// The encoded outcome of an attempt, ready to store.
 pub enum Record {
-    Response(Vec<u8>),
+    /// The response, and when it lapses: after how long, and the encoded refusal then.
+    Response(Vec<u8>, Option<(Duration, Vec<u8>)>),
     Refusal(Vec<u8>),
 }
 
@@ -431,8 +454,23 @@ impl Mutations {
         F: FnOnce(Option<IdempotentCall>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, AppError>> + Send,
     {
+        self.run_external_for(ctx.tenant, call, work).await
+    }
+
+    /// [`Mutations::run_external`] for a tenant, with no caller: for a change Coffer makes on
+    /// its own under a key of its own (ending a provider's dunning).
+    pub async fn run_external_for<T, F, Fut>(
+        &self,
+        tenant: TenantId,
+        call: Option<IdempotentCall>,
+        work: F,
+    ) -> Result<Done<T>, AppError>
+    where
+        T: Replayable + Send + 'static,
+        F: FnOnce(Option<IdempotentCall>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, AppError>> + Send,
+    {
         let this = self.clone();
-        let tenant = ctx.tenant;
         let attempt = async move {
             let lease = match &call {
                 None => None,
@@ -505,6 +543,11 @@ impl Mutations {
         T: Replayable + Send + 'static,
         R: Send + Sync + 'static,
     {
+        // A create's answer is written by its own statement, which stores no expiry.
+        debug_assert!(
+            value.lapse().is_none(),
+            "a one-statement answer cannot lapse"
+        );
         let this = self.clone();
         let writes = writes.clone();
         let tenant = ctx.tenant;
@@ -651,7 +694,12 @@ impl Lease {
     /// released instead.
     pub fn record<T: Replayable>(&self, result: &Result<T, AppError>) -> Option<Record> {
         match result {
-            Ok(value) => Some(Record::Response(value.encode_replay())),
+            Ok(value) => Some(Record::Response(
+                value.encode_replay(),
+                value
+                    .lapse()
+                    .map(|l| (l.after, (self.call.encode_refusal)(&l.refusal))),
+            )),
             Err(AppError::Rejected(r)) if r.kind.is_deterministic() => {
                 Some(Record::Refusal((self.call.encode_refusal)(r)))
             }
@@ -677,7 +725,13 @@ impl Lease {
     /// only what the outcome records.
     async fn store(&self, tx: &mut PgConnection, record: &Record) -> Result<(), AppError> {
         let outcome = match record {
-            Record::Response(bytes) => Outcome::Response(bytes),
+            Record::Response(bytes, lapse) => Outcome::Response(
+                bytes,
+                lapse.as_ref().map(|(after, refusal)| store::Lapse {
+                    after_secs: after.as_secs_f64(),
+                    refusal,
+                }),
+            ),
             Record::Refusal(bytes) => Outcome::Status(bytes),
         };
         if store::complete_key(tx, self.key(), self.id, outcome).await? {

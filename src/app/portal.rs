@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use futures_core::future::BoxFuture;
 
-use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::error::Rejection;
+use super::idempotency::{Done, IdempotentCall, Lapse, Mutations};
 use super::journal::Journal;
 use super::mirror::{Mirror, mirrored};
 use super::providers::Providers;
@@ -30,6 +31,9 @@ use crate::providers::{Operation, PortalRequest};
 use crate::store::{customers as customer_store, portal as store};
 
 pub const REASON_CUSTOMER_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
+/// A replay of CreatePortalSession under a key whose link has expired: its stored answer is
+/// gone (the link was a credential), and a new link needs a new key.
+pub const REASON_PORTAL_SESSION_EXPIRED: &str = "PORTAL_SESSION_EXPIRED";
 
 /// How long a sandbox portal link works, on the account's clock. Stripe and Polar answer
 /// their own.
@@ -43,11 +47,37 @@ pub struct NewPortalSession {
     pub return_url: String,
 }
 
-/// A portal link. The URL is the customer's credential for the portal: never logged.
+/// A portal link. The URL is the customer's credential for the portal: never logged, and
+/// stored as an idempotent answer only while it works (decision 0033).
 #[derive(Clone)]
 pub struct PortalLink {
     pub url: String,
+    /// On the account's clock (a sandbox account's may be ahead of the wall clock).
     pub expires_at: OffsetDateTime,
+    /// How much longer the link works, measured on the account's clock when the provider
+    /// answered; `None` for a link decoded from a stored answer, which is never stored again.
+    pub works_for: Option<Duration>,
+}
+
+impl PortalLink {
+    /// The stored answer lapses when the link stops working: replayed until then, refused
+    /// with `PORTAL_SESSION_EXPIRED` after, and its URL scrubbed from the database.
+    pub fn lapse(&self) -> Option<Lapse> {
+        let works_for = self.works_for?;
+        Some(Lapse {
+            // A link already dead when answered (a clock moved meanwhile) is stored for no
+            // time at all: its first answer is its only one.
+            after: works_for.try_into().unwrap_or(std::time::Duration::ZERO),
+            refusal: Rejection {
+                kind: RejectionKind::FailedPrecondition,
+                reason: REASON_PORTAL_SESSION_EXPIRED.to_owned(),
+                message: "the portal link this idempotency key answered has expired; open a \
+                          new one under a new idempotency key"
+                    .to_owned(),
+                metadata: Vec::new(),
+            },
+        })
+    }
 }
 
 /// The portal's use cases. Cheap to clone.
@@ -140,6 +170,11 @@ impl Portal {
                 ),
             )
             .await?;
+        // What is left of the link's life once the provider answered, on its account's clock:
+        // the stored answer lapses no later than the link (the few milliseconds until the
+        // answer is stored aside).
+        let answered = self.providers.now(ctx.tenant, &account).await?;
+        let works_for = portal.expires_at - answered;
         let mut conn = self.pool.acquire().await?;
         store::insert_portal_session(
             &mut conn,
@@ -160,6 +195,7 @@ impl Portal {
         Ok(PortalLink {
             url: portal.url,
             expires_at: portal.expires_at,
+            works_for: Some(works_for),
         })
     }
 

@@ -1,5 +1,6 @@
 //! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
-//! never holds long locks; folds past hours' usage rollup rows into one per hour
+//! never holds long locks; scrubs stored answers that lapsed (portal links past their expiry,
+//! [`scrub_lapsed`]); folds past hours' usage rollup rows into one per hour
 //! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
 //! their unpaid payments ([`expire_sessions`]); removes the payloads of settled webhook events
 //! past their retention period (`Events::purge_payloads`); prunes the subscription change
@@ -12,7 +13,7 @@ use super::App;
 use crate::shutdown::CancellationToken;
 use time::OffsetDateTime;
 
-use crate::store::idempotency::delete_expired_keys;
+use crate::store::idempotency::{delete_expired_keys, scrub_lapsed_outcomes};
 use crate::store::payments::expire_due_sessions;
 use crate::store::stats;
 
@@ -31,6 +32,15 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        let scrubbed = tokio::select! {
+            scrubbed = scrub_lapsed(&app) => scrubbed,
+            () = stop.cancelled() => return,
+        };
+        match scrubbed {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(scrubbed = n, "scrubbed lapsed idempotent answers"),
+            Err(e) => tracing::warn!(error = %e, "idempotent answer scrub failed"),
         }
         let expired = tokio::select! {
             expired = expire_sessions(&app) => expired,
@@ -95,6 +105,14 @@ pub async fn sweep_once(app: &App) -> Result<u64, crate::store::StoreError> {
             return Ok(total);
         }
     }
+}
+
+/// Scrubs every stored idempotent answer past its expiry (a portal link that no longer
+/// works), in one statement; returns how many. A replay between the expiry and the scrub is
+/// already refused (`store::idempotency::find_key`): the sweep only takes the bytes away.
+pub async fn scrub_lapsed(app: &App) -> Result<u64, crate::store::StoreError> {
+    let mut conn = app.pool.acquire().await?;
+    scrub_lapsed_outcomes(&mut conn).await
 }
 
 /// Expires every OPEN checkout session whose `expires_at` has passed, and its CREATED,

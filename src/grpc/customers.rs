@@ -185,7 +185,12 @@ impl Replayable for PortalLink {
         Some(PortalLink {
             url: p.url,
             expires_at: from_timestamp(p.expire_time.as_ref()?)?,
+            works_for: None,
         })
+    }
+
+    fn lapse(&self) -> Option<crate::app::idempotency::Lapse> {
+        PortalLink::lapse(self)
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! A row is either `in_flight` (a claim: the attempt holding `lease_id` runs until
 //! `locked_until`) or `completed` (it holds the outcome: the encoded response, or the encoded
-//! `google.rpc.Status` of the caller's refusal). Every statement here succeeds for the
+//! `google.rpc.Status` of the caller's refusal). A completed response may lapse: stored with
+//! `expires_at` and the refusal that answers after it, it is replayed until then and scrubbed
+//! by [`scrub_lapsed_outcomes`] after (decision 0033). Every statement here succeeds for the
 //! expected outcomes — a key already held, already completed or taken over — and says which by
 //! what it returns, so none of them logs an error in the database with the key in it.
 
@@ -125,7 +127,7 @@ pub async fn claim_keys(
            ON CONFLICT (tenant_id, method, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
                lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
-               response = NULL, status = NULL, created_at = now()
+               response = NULL, status = NULL, expires_at = NULL, created_at = now()
            WHERE (idempotency_keys.state = 'in_flight'
                   AND idempotency_keys.locked_until < now())
               OR idempotency_keys.created_at < now() - make_interval(secs => $7)
@@ -157,13 +159,16 @@ pub async fn held(
     }))
 }
 
-/// The key as stored, if it exists.
+/// The key as stored, if it exists. A response past its `expires_at` reads as the refusal
+/// stored beside it, whether or not the sweeper has scrubbed it yet.
 pub async fn find_key(
     conn: &mut PgConnection,
     key: KeyRef<'_>,
 ) -> Result<Option<StoredKey>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT fingerprint, state = 'completed' AS "completed!", response, status
+        r#"SELECT fingerprint, state = 'completed' AS "completed!",
+                  CASE WHEN expires_at <= now() THEN NULL ELSE response END AS response,
+                  status
            FROM idempotency_keys WHERE tenant_id = $1 AND method = $2 AND key = $3"#,
         key.tenant.as_uuid(),
         key.method,
@@ -192,10 +197,19 @@ pub async fn find_key(
 /// The outcome to store.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
-    /// The encoded response.
-    Response(&'a [u8]),
+    /// The encoded response, and, for one that lapses, how long it is replayed (from the
+    /// commit that stores it, on the database's clock) and the encoded refusal replayed after.
+    Response(&'a [u8], Option<Lapse<'a>>),
     /// The encoded `google.rpc.Status` of a refusal.
     Status(&'a [u8]),
+}
+
+/// When a stored response stops being answered, and what is answered instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Lapse<'a> {
+    pub after_secs: f64,
+    /// The encoded `google.rpc.Status` answered once it has lapsed.
+    pub refusal: &'a [u8],
 }
 
 /// Stores the outcome of the attempt holding `lease`; `false` when that lease was lost (it ran
@@ -208,13 +222,15 @@ pub async fn complete_key(
     lease: Uuid,
     outcome: Outcome<'_>,
 ) -> Result<bool, StoreError> {
-    let (response, status) = match outcome {
-        Outcome::Response(r) => (Some(r), None),
-        Outcome::Status(s) => (None, Some(s)),
+    let (response, status, lapse_secs) = match outcome {
+        Outcome::Response(r, None) => (Some(r), None, None),
+        Outcome::Response(r, Some(lapse)) => (Some(r), Some(lapse.refusal), Some(lapse.after_secs)),
+        Outcome::Status(s) => (None, Some(s), None),
     };
     let done = sqlx::query!(
         "UPDATE idempotency_keys
-         SET state = 'completed', response = $5, status = $6
+         SET state = 'completed', response = $5, status = $6,
+             expires_at = now() + make_interval(secs => $7)
          WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4
            AND state = 'in_flight'",
         key.tenant.as_uuid(),
@@ -223,6 +239,7 @@ pub async fn complete_key(
         lease,
         response,
         status,
+        lapse_secs,
     )
     .execute(conn)
     .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
@@ -248,6 +265,21 @@ pub async fn release_key(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Scrubs every stored response past its `expires_at`, in one statement: the response goes,
+/// the refusal stored beside it stays (an ordinary stored refusal from then on, kept until
+/// the key's retention ends); returns how many. Set-based, not batched: only answers that
+/// lapse (portal links) carry an expiry, a few per hour, found through their partial index.
+pub async fn scrub_lapsed_outcomes(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        "UPDATE idempotency_keys SET response = NULL, expires_at = NULL
+         WHERE expires_at IS NOT NULL AND expires_at <= now()",
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Deletes up to `batch` keys past retention whose lease is not live; returns how many.

@@ -361,6 +361,153 @@ async fn the_portal_cancels_at_period_end_undoes_it_and_changes_the_card_through
     }
 }
 
+/// The stored idempotent answer of `key`: (response, status, seconds until it lapses).
+async fn stored(env: &Env, key: &str) -> (Option<Vec<u8>>, Option<Vec<u8>>, Option<f64>) {
+    sqlx::query_as(
+        "SELECT response, status, extract(epoch FROM expires_at - now())::float8
+         FROM idempotency_keys WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap()
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_portal_answer_replays_byte_exact_while_the_link_works_then_lapses_and_is_scrubbed() {
+    use prost::Message as _;
+
+    let app = TestApp::spawn_configured(
+        "[tenant.acme]\nallowed_redirect_origins = [\"https://shop.acme.example\"]\n",
+        &[],
+        |config| {
+            config.http_addr = Some("127.0.0.1:0".parse().unwrap());
+            config.sandbox = Some(SandboxConfig::default());
+        },
+    )
+    .await;
+    let env = env_of(app).await;
+    let mut customers = env.app.customers().await;
+    let key = &env.app.key;
+    // Another stored answer, which lapses never: the scrub leaves it alone.
+    let bob = customers
+        .create_customer(idem(
+            coffer::grpc::pb::CreateCustomerRequest {
+                external_id: "bob".into(),
+                ..Default::default()
+            },
+            key,
+            "bob-key",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+
+    let first = customers
+        .create_portal_session(idem(ask(&env.customer, RETURN), key, "portal-l"))
+        .await
+        .unwrap();
+    assert!(first.metadata().get("idempotent-replayed").is_none());
+    let first = first.into_inner();
+    let token = first.url.rsplit('/').next().unwrap().to_owned();
+
+    // While the link works: the same link, byte for byte, marked replayed.
+    let again = customers
+        .create_portal_session(idem(ask(&env.customer, RETURN), key, "portal-l"))
+        .await
+        .unwrap();
+    assert_eq!(again.metadata().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again.into_inner().encode_to_vec(), first.encode_to_vec());
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM sandbox_portal_sessions").await,
+        1
+    );
+    // Stored with the link's hour, and the refusal that follows it.
+    let (response, status, lapses_in) = stored(&env, "portal-l").await;
+    assert_eq!(response.as_deref(), Some(&first.encode_to_vec()[..]));
+    assert!(status.is_some());
+    let lapses_in = lapses_in.unwrap();
+    assert!((3500.0..=3600.0).contains(&lapses_in), "{lapses_in}");
+    // Nothing has lapsed: the sweep scrubs nothing.
+    let app = &env.app.app;
+    assert_eq!(coffer::app::sweeper::scrub_lapsed(app).await.unwrap(), 0);
+    assert!(stored(&env, "portal-l").await.0.is_some());
+
+    // The hour passes (on the database's clock, which the stored answer keeps): a replay is
+    // refused at once, before any sweep, and never runs again.
+    sqlx::query(
+        "UPDATE idempotency_keys SET expires_at = now() - interval '1 second'
+         WHERE key = 'portal-l'",
+    )
+    .execute(&env.app.pool)
+    .await
+    .unwrap();
+    let e = customers
+        .create_portal_session(idem(ask(&env.customer, RETURN), key, "portal-l"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(details(&e).0, "PORTAL_SESSION_EXPIRED");
+    assert!(!e.message().contains(&token));
+
+    // The sweep scrubs it in one statement: the URL and its token are gone from the table.
+    assert_eq!(coffer::app::sweeper::scrub_lapsed(app).await.unwrap(), 1);
+    let (response, status, lapses_in) = stored(&env, "portal-l").await;
+    assert_eq!(response, None);
+    assert_eq!(lapses_in, None);
+    let status = status.unwrap();
+    assert!(!holds(&status, token.as_bytes()));
+    let row: String = sqlx::query_scalar(
+        "SELECT to_jsonb(k)::text FROM idempotency_keys k WHERE key = 'portal-l'",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert!(!row.contains(&token));
+    let token_hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!row.contains(&token_hex));
+    // Replays keep the same refusal; another request under the key is still "reused".
+    let again = customers
+        .create_portal_session(idem(ask(&env.customer, RETURN), key, "portal-l"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(details(&again).0, "PORTAL_SESSION_EXPIRED");
+    let reused = customers
+        .create_portal_session(idem(
+            ask(&env.customer, "https://shop.acme.example/other"),
+            key,
+            "portal-l",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&reused).0, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM sandbox_portal_sessions").await,
+        1,
+        "no replay opened another session"
+    );
+
+    // Nothing else changed: the other stored answer is whole, and a fresh key opens a link.
+    let other: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT response FROM idempotency_keys WHERE key = 'bob-key'")
+            .fetch_one(&env.app.pool)
+            .await
+            .unwrap();
+    assert!(holds(&other.unwrap(), bob.as_bytes()));
+    let fresh = customers
+        .create_portal_session(idem(ask(&env.customer, RETURN), key, "portal-m"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(fresh.url, first.url);
+}
+
 #[tokio::test]
 async fn a_forged_or_expired_link_is_refused_and_changes_nothing() {
     let (env, _faults) = spawn().await;

@@ -62,6 +62,10 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "idempotency key retention sweeper, across tenants",
     ),
     (
+        "update idempotency_keys set response = null, expires_at = null",
+        "the sweeper scrubs lapsed idempotent answers (portal links), across tenants",
+    ),
+    (
         "select tenant_id, webhook_secret from sandbox_accounts where account = $1",
         "a sandbox account's secret by its name, which belongs to one tenant",
     ),
