@@ -280,6 +280,8 @@ impl Server {
             crate::app::triggers::Triggers::new(
                 app.checkout.providers().clone(),
                 app.checkout.journal().clone(),
+                app.subscriptions.clone(),
+                app.settings.clone(),
             ),
         );
         inbox.metrics().register(metrics.registry_mut());

@@ -476,7 +476,14 @@ impl Inbox {
         ) else {
             return Ok(Some(EventStatus::Ignored));
         };
-        let fetched = triggers.fetch(e.tenant, &e.account, &trigger).await;
+        let mut fetched = triggers.fetch(e.tenant, &e.account, &trigger).await;
+        // What the object asks of Coffer on the provider is done before it is applied, with
+        // no transaction open; failing, the event fails like a failed fetch and comes again.
+        if let Ok(Some(object)) = &fetched
+            && let Err(error) = triggers.act_on(e.tenant, &e.account, object).await
+        {
+            fetched = Err(error);
+        }
         let failure = match fetched {
             Ok(Some(object)) => {
                 let mut tx = self.pool.begin().await?;

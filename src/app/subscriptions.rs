@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::store::replica::ReadPool;
 
 use super::customers::now_micros;
-use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::idempotency::{Done, Fingerprint, IdempotentCall, Mutations};
 use super::journal::provider_error;
 use super::journal::{CallFailed, Journal, OpKind, OpStatus, Started};
 use super::mirror::{Mirror, mirrored};
@@ -20,16 +20,17 @@ use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::account::AccountName;
 use crate::domain::customer::CustomerRef;
+use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::ids::PriceId;
-use crate::domain::ids::{CheckoutId, PlanId, SubscriptionId, TenantId};
+use crate::domain::ids::{CheckoutId, KeyId, PlanId, SubscriptionId, TenantId};
 use crate::domain::meter::Aggregation;
 use crate::domain::page::{FilterDigest, PageSize};
 use crate::domain::plan::Billing;
 use crate::domain::plan::{self, NewPlan, Plan, PlanRef};
 use crate::domain::proration::Behavior;
 use crate::domain::subscription::{
-    Change, Effective, IllegalChange, Lifecycle, MAX_CANCEL_REASON, PlanChange, Subscription,
-    SubscriptionStatus,
+    Change, DunningEnd, Effective, IllegalChange, Lifecycle, MAX_CANCEL_REASON, PlanChange,
+    Subscription, SubscriptionStatus,
 };
 use crate::providers::{
     ObjectKind, Operation, PAYMENT_METHOD_REQUIRED, PlanChangePreview, ProviderError,
@@ -50,6 +51,18 @@ pub const REASON_PLAN_KEY_TAKEN: &str = "PLAN_KEY_TAKEN";
 pub const REASON_ILLEGAL_SUBSCRIPTION_TRANSITION: &str = "ILLEGAL_SUBSCRIPTION_TRANSITION";
 pub const REASON_SUBSCRIPTION_HAS_NO_PRICE: &str = "SUBSCRIPTION_HAS_NO_PRICE";
 pub const REASON_PAYMENT_METHOD_REQUIRED: &str = "PAYMENT_METHOD_REQUIRED";
+
+/// The idempotency scope ("method") of the cancels Coffer makes itself when a provider's
+/// retries ran out: keys apart from every RPC's, so no caller's key can collide with them.
+const DUNNING_END: &str = "coffer.internal/DunningEnd";
+/// The cancel reason Coffer gives the provider then.
+const DUNNING_END_REASON: &str = "payment retries exhausted (dunning_end = canceled)";
+
+/// How a refusal of Coffer's own dunning cancel is stored: its reason alone. No client ever
+/// replays these keys (their scope is no RPC's), so the transport's encoding is not needed.
+fn internal_refusal(r: &Rejection) -> Vec<u8> {
+    r.reason.clone().into_bytes()
+}
 
 /// The list a page token of ListPlans belongs to.
 const LIST: &str = "coffer.v1.Subscriptions/ListPlans";
@@ -135,29 +148,43 @@ impl Subscriptions {
         id: SubscriptionId,
         change: Change,
     ) -> Result<Done<Subscription>, AppError> {
+        self.change_as(ctx.tenant, Some(ctx.key), call, id, change)
+            .await
+    }
+
+    /// [`Subscriptions::change`] made by `actor`, the API key audited with it; `None` for a
+    /// change Coffer makes on its own (the end of a provider's dunning).
+    async fn change_as(
+        &self,
+        tenant: TenantId,
+        actor: Option<KeyId>,
+        call: Option<IdempotentCall>,
+        id: SubscriptionId,
+        change: Change,
+    ) -> Result<Done<Subscription>, AppError> {
         let this = self.clone();
-        let ctx = *ctx;
         self.mutations
-            .run_external(&ctx, call, move |call| async move {
-                this.change_attempt(ctx, call, id, change).await
+            .run_external_for(tenant, call, move |call| async move {
+                this.change_attempt(tenant, actor, call, id, change).await
             })
             .await
     }
 
     async fn change_attempt(
         &self,
-        ctx: TenantCtx,
+        tenant: TenantId,
+        actor: Option<KeyId>,
         call: Option<IdempotentCall>,
         id: SubscriptionId,
         change: Change,
     ) -> Result<Subscription, AppError> {
         let mut conn = self.pool.acquire().await?;
-        let sub = sub_store::find_subscription(&mut conn, ctx.tenant, id)
+        let sub = sub_store::find_subscription(&mut conn, tenant, id)
             .await?
             .ok_or_else(subscription_not_found)?;
         let name = AccountName::parse(&sub.account)
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
-        let account = self.providers.resolve(ctx.tenant, Some(&name)).await?;
+        let account = self.providers.resolve(tenant, Some(&name)).await?;
         let provider = account.for_op(Operation::of_change(&change))?;
         // A plan change names the provider's price, mirrored on first use; no connection is
         // held while the provider is called.
@@ -166,13 +193,16 @@ impl Subscriptions {
             && plan.provider_price.is_empty()
         {
             drop(conn);
+            // Coffer asks for no plan change of its own: one always has its caller.
+            let key = actor.ok_or_else(|| AppError::internal("a plan change without a caller"))?;
+            let ctx = TenantCtx { tenant, key };
             plan.provider_price = self.provider_price(&ctx, &account, plan.price).await?;
             conn = self.pool.acquire().await?;
         }
         let idempotency = call.as_ref().map(|c| (c.method, c.key.as_str()));
         let earlier = match idempotency {
             Some((method, key)) => {
-                journal_store::find_by_idempotency_key(&mut conn, ctx.tenant, method, key).await?
+                journal_store::find_by_idempotency_key(&mut conn, tenant, method, key).await?
             }
             None => None,
         };
@@ -181,7 +211,7 @@ impl Subscriptions {
             .as_ref()
             .is_some_and(|row| row.status == OpStatus::Succeeded.as_str());
         if !made {
-            let now = self.providers.now(ctx.tenant, &account).await?;
+            let now = self.providers.now(tenant, &account).await?;
             sub.lifecycle()
                 .apply(&change, now)
                 .map_err(|e| illegal_change(&e))?;
@@ -193,7 +223,7 @@ impl Subscriptions {
             .journal
             .begin(
                 &mut conn,
-                ctx.tenant,
+                tenant,
                 &account.name,
                 OpKind::UpdateSubscription,
                 change_id,
@@ -211,9 +241,9 @@ impl Subscriptions {
                 if op.status != OpStatus::Succeeded
                     && self.journal.settle(&op, &account).await?.is_none()
                 {
-                    return Box::pin(self.change_attempt(ctx, call, id, change)).await;
+                    return Box::pin(self.change_attempt(tenant, actor, call, id, change)).await;
                 }
-                return self.get_subscription(&ctx, id).await;
+                return self.find_subscription(tenant, id).await;
             }
         };
         let plan = match &change {
@@ -267,7 +297,7 @@ impl Subscriptions {
                 Effective::Now => {
                     sub_store::set_subscription_price(
                         &mut tx,
-                        ctx.tenant,
+                        tenant,
                         id,
                         plan.price,
                         plan.quantity,
@@ -275,25 +305,94 @@ impl Subscriptions {
                     .await?
                 }
                 Effective::PeriodEnd => {
-                    sub_store::schedule_price(&mut tx, ctx.tenant, id, plan.price, plan.quantity)
+                    sub_store::schedule_price(&mut tx, tenant, id, plan.price, plan.quantity)
                         .await?
                 }
             }
         }
-        audit::insert_audit(
-            &mut tx,
-            ctx.tenant,
-            Some(ctx.key),
-            verb,
-            "subscription",
-            id.as_uuid(),
-        )
-        .await?;
+        audit::insert_audit(&mut tx, tenant, actor, verb, "subscription", id.as_uuid()).await?;
         tx.commit()
             .await
             .map_err(|e| AppError::from_commit(e.into()))?;
         drop(conn);
-        self.get_subscription(&ctx, id).await
+        self.find_subscription(tenant, id).await
+    }
+
+    /// Ends a subscription's dunning the tenant's way where its provider stopped retrying and
+    /// left it PAST_DUE (Stripe's "leave the subscription past-due"; decision 0034). With
+    /// `dunning_end = "canceled"` Coffer cancels it now on the provider, through the lifecycle's
+    /// own cancel (journaled, audited with no key), once: under an idempotency key of its own
+    /// per subscription (the journal remembers it for good), and only while Coffer's row is
+    /// not already final. With `"unpaid"`, which no provider's API can set, nothing is sent:
+    /// the subscription stays PAST_DUE, and CheckAccess has denied it since its grace period
+    /// ended. A subscription Coffer does not know is left alone.
+    pub async fn end_dunning(
+        &self,
+        tenant: TenantId,
+        account: &AccountName,
+        s: &ProviderSubscription,
+        end: DunningEnd,
+    ) -> Result<(), AppError> {
+        if !s.retries_exhausted || end != DunningEnd::Canceled {
+            return Ok(());
+        }
+        let known = {
+            let mut conn = self.pool.acquire().await?;
+            journal_store::find_coffer_object(
+                &mut conn,
+                tenant,
+                account.as_str(),
+                ObjectKind::Subscription.as_str(),
+                &s.id,
+            )
+            .await?
+        };
+        let Some(id) = known.map(SubscriptionId::from_uuid) else {
+            tracing::warn!(
+                account = account.as_str(),
+                "a provider's dunning ended for a subscription Coffer does not know; left alone"
+            );
+            return Ok(());
+        };
+        let current = self.find_subscription(tenant, id).await?;
+        if matches!(
+            current.status,
+            SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
+        ) {
+            return Ok(());
+        }
+        let key = IdempotencyKey::parse(&format!("dunning-end-{}", id.as_uuid()))
+            .map_err(|e| AppError::internal(format!("dunning key: {}", e.0)))?;
+        let call = IdempotentCall {
+            key,
+            method: DUNNING_END,
+            fingerprint: Fingerprint::of(b"cancel now"),
+            encode_refusal: internal_refusal,
+        };
+        let change = Change::Cancel {
+            at_period_end: false,
+            reason: DUNNING_END_REASON.to_owned(),
+        };
+        let done = self.change_as(tenant, None, Some(call), id, change).await?;
+        tracing::info!(
+            subscription = %id,
+            status = done.value.status.as_str(),
+            replayed = done.replayed,
+            "the provider's retries ran out: canceled, as the tenant's dunning_end says"
+        );
+        Ok(())
+    }
+
+    /// A subscription of the tenant, by id.
+    async fn find_subscription(
+        &self,
+        tenant: TenantId,
+        id: SubscriptionId,
+    ) -> Result<Subscription, AppError> {
+        let mut conn = self.pool.acquire().await?;
+        sub_store::find_subscription(&mut conn, tenant, id)
+            .await?
+            .ok_or_else(subscription_not_found)
     }
 
     /// Creates a subscription without a checkout (CreateSubscription), through the account's

@@ -5,9 +5,15 @@
 //! any transaction, and applies it under the object's lock in one short transaction
 //! (`app::inbox`, its leased phase).
 //!
+//! A fetched subscription may also ask Coffer to act: one the provider stopped retrying and
+//! left PAST_DUE is ended the tenant's way ([`Triggers::act_on`], decision 0034), before it is
+//! applied, so a failure there (the provider down) makes the event wait and try again.
+//!
 //! An object Coffer does not know yet is found by Coffer's own id, which the provider echoes
 //! (`client_reference_id`, metadata): a webhook that races the API call that created the object
 //! updates the row that call wrote before calling, never a second one.
+
+use std::sync::Arc;
 
 use sqlx::PgConnection;
 
@@ -15,20 +21,57 @@ use super::AppError;
 use super::journal::Journal;
 use super::payments::{self, ApplyError};
 use super::providers::Providers;
+use super::subscriptions::Subscriptions;
 use crate::domain::account::AccountName;
 use crate::domain::ids::{CheckoutId, TenantId};
 use crate::providers::{Operation, ProviderObject, Trigger};
+use crate::settings::Settings;
 
-/// Fetches what triggers name. Cheap to clone.
+/// Fetches what triggers name, and acts on what the provider's state asks of Coffer. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Triggers {
     providers: Providers,
     journal: Journal,
+    subscriptions: Subscriptions,
+    settings: Arc<Settings>,
 }
 
 impl Triggers {
-    pub fn new(providers: Providers, journal: Journal) -> Self {
-        Self { providers, journal }
+    pub fn new(
+        providers: Providers,
+        journal: Journal,
+        subscriptions: Subscriptions,
+        settings: Arc<Settings>,
+    ) -> Self {
+        Self {
+            providers,
+            journal,
+            subscriptions,
+            settings,
+        }
+    }
+
+    /// What a fetched object asks Coffer to do on the provider before it is applied: a
+    /// subscription whose provider's retries ran out, left PAST_DUE, ends as the tenant's
+    /// `dunning_end` says ([`Subscriptions::end_dunning`]). Idempotent: an event seen again,
+    /// or another about the same subscription, finds the cancel already made.
+    pub async fn act_on(
+        &self,
+        tenant: TenantId,
+        account: &AccountName,
+        object: &ProviderObject,
+    ) -> Result<(), AppError> {
+        let ProviderObject::Subscription(s) = object else {
+            return Ok(());
+        };
+        if !s.retries_exhausted {
+            return Ok(());
+        }
+        let end = self.settings.tenant(tenant).dunning_end.unwrap_or_default();
+        self.subscriptions
+            .end_dunning(tenant, account, s, end)
+            .await
     }
 
     /// The current state of the object `trigger` names, from the provider of `account`

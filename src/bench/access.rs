@@ -154,6 +154,7 @@ impl Subscribed {
                     cancel_reason: String::new(),
                     price: None,
                     quantity: None,
+                    retries_exhausted: false,
                     version: 1,
                 },
             )

@@ -162,6 +162,7 @@ fn state(
         cancel_reason: String::new(),
         price: None,
         quantity: None,
+        retries_exhausted: false,
         version,
     }
 }

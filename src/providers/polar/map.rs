@@ -213,6 +213,8 @@ pub fn subscription(s: &wire::Subscription) -> Result<ProviderSubscription, Prov
         // A Polar subscription sells one product (Coffer's mirrored price), with no quantity.
         price: s.product_id.clone(),
         quantity: None,
+        // Polar ends its own dunning, revoking the subscription (decision 0034).
+        retries_exhausted: false,
         version: version(&s.created_at, s.modified_at.as_deref())?,
     })
 }

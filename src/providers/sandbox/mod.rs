@@ -402,6 +402,8 @@ fn to_subscription(row: store::Subscription) -> ProviderSubscription {
         // The sandbox takes amounts inline: Coffer's price is Coffer's to keep.
         price: None,
         quantity: None,
+        // Its renewals end its dunning themselves, in the tenant's end state.
+        retries_exhausted: false,
         version: row.version,
     }
 }

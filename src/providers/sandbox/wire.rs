@@ -187,6 +187,8 @@ pub fn subscription(v: &Value) -> Result<ProviderSubscription, String> {
         client_reference: reference(&s.client_reference_id)?,
         price: None,
         quantity: None,
+        // The sandbox's renewals end its dunning themselves, in the tenant's end state.
+        retries_exhausted: false,
         version: s.version,
     })
 }

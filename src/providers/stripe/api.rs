@@ -432,11 +432,14 @@ pub fn search_metadata(resource: &'static str, key: &str, value: &str) -> Call {
 // -------------------------------------------------------------------------------------------
 // Subscriptions and invoices
 
+/// A subscription with its latest invoice expanded: whether Stripe will try that invoice
+/// again (`next_payment_attempt`) is how Coffer learns that Stripe's retries ran out and left
+/// the subscription past due (decision 0034).
 pub fn retrieve_subscription(id: &str) -> Call {
     Call::get(
         "fetch_subscription",
         format!("/v1/subscriptions/{id}"),
-        Form::new(),
+        Form::new().texts("expand", ["latest_invoice"]),
     )
 }
 

@@ -233,8 +233,24 @@ pub fn subscription(
         quantity: item
             .and_then(|i| i.quantity)
             .and_then(|q| u32::try_from(q).ok()),
+        retries_exhausted: retries_exhausted(s, status),
         version,
     })
+}
+
+/// Whether Stripe has given up collecting the subscription's latest invoice and left the
+/// subscription past due (the dashboard's "leave the subscription past-due" once retries run
+/// out): past due, its latest invoice still open, collected automatically, attempted, and with
+/// no next attempt. Readable only where the invoice was expanded (a fetch); elsewhere `false`.
+fn retries_exhausted(s: &wire::Subscription, status: SubscriptionStatus) -> bool {
+    let Some(invoice) = s.latest_invoice.as_ref().and_then(Expandable::object) else {
+        return false;
+    };
+    status == SubscriptionStatus::PastDue
+        && invoice.status.as_deref() == Some("open")
+        && invoice.collection_method.as_deref() == Some("charge_automatically")
+        && invoice.attempted
+        && invoice.next_payment_attempt.is_none()
 }
 
 /// Stripe's invoice preview of a plan change as the port's: its proration lines (a credit

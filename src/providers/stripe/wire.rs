@@ -281,6 +281,9 @@ pub struct Subscription {
     /// The schedule that manages it, when one does (`sub_sched_…`).
     #[serde(default)]
     pub schedule: Option<Expandable<SubscriptionSchedule>>,
+    /// The newest invoice it made; expanded when fetched (its dunning state).
+    #[serde(default)]
+    pub latest_invoice: Option<Expandable<Invoice>>,
 }
 
 /// A subscription schedule (`subscription_schedule`), as far as Coffer reads it.
@@ -410,6 +413,19 @@ pub struct Invoice {
     /// Before 2025-03-31.basil.
     #[serde(default)]
     pub payment_intent: Option<Expandable<PaymentIntent>>,
+    /// `charge_automatically` (Stripe retries a failed payment on its schedule) or
+    /// `send_invoice`.
+    #[serde(default)]
+    pub collection_method: Option<String>,
+    /// Whether a payment has been attempted.
+    #[serde(default)]
+    pub attempted: bool,
+    #[serde(default)]
+    pub attempt_count: i64,
+    /// When Stripe will next try to collect it; null once its retries have run out (or for
+    /// an invoice it does not collect automatically).
+    #[serde(default)]
+    pub next_payment_attempt: Option<i64>,
 }
 
 impl Invoice {

@@ -263,7 +263,8 @@ fn metadata(v: &Value) -> Value {
 }
 
 /// The fields Stripe lets a request expand, on the objects the fake keeps.
-const EXPANDABLE: [&str; 7] = [
+const EXPANDABLE: [&str; 8] = [
+    "latest_invoice",
     "payment_intent",
     "latest_charge",
     "subscription",
@@ -1560,6 +1561,10 @@ impl FakeStripe {
                         "payment": {"type": "payment_intent", "payment_intent": pi},
                     })]);
                 }
+                // The first invoice is the subscription's latest, as on Stripe.
+                let mut sub = s.get(&sub_id).unwrap();
+                sub["latest_invoice"] = json!(invoice_id);
+                s.put(sub);
                 session["subscription"] = json!(sub_id);
                 session["invoice"] = json!(invoice_id);
                 session["payment_status"] = json!(if paid > 0 { "paid" } else { "no_payment_required" });
@@ -1644,6 +1649,57 @@ impl FakeStripe {
                 s.put(schedule);
             }
             s.put(sub)
+        })
+    }
+
+    /// A renewal whose payment fails (what Stripe's clock does when the card is declined):
+    /// the period rolls over ([`FakeStripe::roll_period`]), the period's invoice is finalized
+    /// `open`, collected automatically, attempted once and due to be tried again in three days
+    /// (`next_payment_attempt`, Smart Retries' schedule), and the subscription is `past_due`
+    /// with it as its `latest_invoice`. Answers the invoice, as `invoice.payment_failed`
+    /// carries it (2025-03-31.basil: the subscription under `parent.subscription_details`).
+    pub fn fail_renewal(&self, id: &str) -> Value {
+        let sub = self.roll_period(id);
+        self.with(|s| {
+            let item = &sub["items"]["data"][0];
+            let amount = item["price"]["unit_amount"].as_i64().unwrap()
+                * item["quantity"].as_i64().unwrap_or(1);
+            let invoice_id = random_id("in");
+            s.next();
+            let invoice = s.put(json!({
+                "id": invoice_id, "object": "invoice", "status": "open",
+                "collection_method": "charge_automatically", "currency": item["price"]["currency"],
+                "customer": sub["customer"], "amount_due": amount, "amount_paid": 0,
+                "amount_remaining": amount, "attempted": true, "attempt_count": 1,
+                "next_payment_attempt": now() + 3 * 86_400, "auto_advance": true,
+                "billing_reason": "subscription_cycle", "created": now(),
+                "period_start": item["current_period_start"], "period_end": item["current_period_end"],
+                "subscription": null,
+                "parent": {"type": "subscription_details", "quote_details": null,
+                           "subscription_details": {"subscription": id, "metadata": sub["metadata"]}},
+            }));
+            let mut sub = s.get(id).unwrap();
+            sub["status"] = json!("past_due");
+            sub["latest_invoice"] = json!(invoice_id);
+            s.put(sub);
+            invoice
+        })
+    }
+
+    /// Stripe tries the open invoice again and the card is declined again. On the `last` try
+    /// its retries have run out: `next_payment_attempt` is null, and with the dashboard's "leave
+    /// the subscription past-due" the subscription stays `past_due` and the invoice `open`.
+    /// Answers the invoice.
+    pub fn retry_fails(&self, invoice: &str, last: bool) -> Value {
+        self.with(|s| {
+            let mut inv = s.get(invoice).unwrap();
+            inv["attempt_count"] = json!(inv["attempt_count"].as_i64().unwrap() + 1);
+            inv["next_payment_attempt"] = if last {
+                Value::Null
+            } else {
+                json!(now() + 3 * 86_400)
+            };
+            s.put(inv)
         })
     }
 

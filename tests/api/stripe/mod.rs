@@ -3,6 +3,7 @@
 //! each event names from the fake and apply it.
 
 mod create_subscription;
+mod dunning;
 mod fake;
 mod meters;
 mod plan_changes;
@@ -74,6 +75,11 @@ impl Env {
 
     /// With more of coffer.toml (`extra`), e.g. another account.
     async fn spawn_on(fake: FakeStripe, extra: &str) -> Self {
+        Self::spawn_with(fake, extra, "").await
+    }
+
+    /// With more of coffer.toml (`extra`) and more of acme's settings (`tenant`).
+    async fn spawn_with(fake: FakeStripe, extra: &str, tenant: &str) -> Self {
         let toml = format!(
             r#"
 [[account]]
@@ -87,6 +93,7 @@ api_base = "{}"
 [tenant.acme]
 allowed_redirect_origins = ["https://shop.acme.example"]
 default_account = "{ACCOUNT}"
+{tenant}
 "#,
             fake.base()
         );
