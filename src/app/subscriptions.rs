@@ -319,13 +319,15 @@ impl Subscriptions {
     }
 
     /// Ends a subscription's dunning the tenant's way where its provider stopped retrying and
-    /// left it PAST_DUE (Stripe's "leave the subscription past-due"; decision 0034). With
+    /// left it PAST_DUE (Stripe's "leave the subscription past-due") or UNPAID (Stripe's "mark
+    /// as unpaid"; decision 0034). With
     /// `dunning_end = "canceled"` Coffer cancels it now on the provider, through the lifecycle's
     /// own cancel (journaled, audited with no key), once: under an idempotency key of its own
     /// per subscription (the journal remembers it for good), and only while Coffer's row is
     /// not already final. With `"unpaid"`, which no provider's API can set, nothing is sent:
-    /// the subscription stays PAST_DUE, and CheckAccess has denied it since its grace period
-    /// ended. A subscription Coffer does not know is left alone.
+    /// the subscription stays as the provider left it (PAST_DUE: CheckAccess has denied it
+    /// since its grace period ended; UNPAID: denied). A subscription Coffer does not know is
+    /// left alone.
     pub async fn end_dunning(
         &self,
         tenant: TenantId,

@@ -518,10 +518,11 @@ pub struct ProviderSubscription {
     pub price: Option<String>,
     /// How many of the price, where the provider says (Polar has no quantity: `None`).
     pub quantity: Option<u32>,
-    /// PAST_DUE, and the provider has stopped retrying the unpaid invoice and will leave the
-    /// subscription so (Stripe with "leave the subscription past-due" when retries run out):
-    /// Coffer then applies the tenant's `dunning_end` itself (decision 0034). Always `false`
-    /// where the provider ends its dunning on its own (the sandbox, Polar).
+    /// The provider's dunning ended without collecting and left the subscription short of
+    /// the tenant's end state: PAST_DUE with no retry left (Stripe's "leave the subscription
+    /// past-due"), or UNPAID (Stripe's "mark as unpaid"). Coffer then applies the tenant's
+    /// `dunning_end` itself (decision 0034). Always `false` where Coffer's own settings already
+    /// end the dunning (the sandbox) or the provider always cancels (Polar).
     pub retries_exhausted: bool,
     pub version: i64,
 }

@@ -238,11 +238,15 @@ pub fn subscription(
     })
 }
 
-/// Whether Stripe has given up collecting the subscription's latest invoice and left the
-/// subscription past due (the dashboard's "leave the subscription past-due" once retries run
-/// out): past due, its latest invoice still open, collected automatically, attempted, and with
-/// no next attempt. Readable only where the invoice was expanded (a fetch); elsewhere `false`.
+/// Whether Stripe's dunning has ended without collecting: `unpaid` (the dashboard's "mark the
+/// subscription as unpaid" once retries run out), or past due with Stripe given up on its
+/// latest invoice (the dashboard's "leave the subscription past-due"): that invoice still
+/// open, collected automatically, attempted, and with no next attempt. The invoice is readable
+/// only where it was expanded (a fetch); elsewhere a past-due subscription reads `false`.
 fn retries_exhausted(s: &wire::Subscription, status: SubscriptionStatus) -> bool {
+    if status == SubscriptionStatus::Unpaid {
+        return true;
+    }
     let Some(invoice) = s.latest_invoice.as_ref().and_then(Expandable::object) else {
         return false;
     };
@@ -424,6 +428,39 @@ mod tests {
             (p.id.as_str(), p.amount, p.status),
             ("pi_9", 2900, PaymentOutcome::Succeeded)
         );
+    }
+
+    #[test]
+    fn stripes_dunning_has_ended_only_without_a_next_attempt_or_when_unpaid() {
+        let of = |status: &str, invoice: &str| {
+            let s: wire::Subscription = serde_json::from_str(&format!(
+                r#"{{"id":"sub_1","status":"{status}","current_period_start":1800000000,
+                    "current_period_end":1802592000,"latest_invoice":{invoice}}}"#
+            ))
+            .unwrap();
+            subscription(&s, Uuid::nil(), 1).unwrap().retries_exhausted
+        };
+        let invoice = |next: &str, method: &str, state: &str| {
+            format!(
+                r#"{{"id":"in_1","object":"invoice","status":"{state}","currency":"usd",
+                    "collection_method":"{method}","attempted":true,"attempt_count":4,
+                    "next_payment_attempt":{next}}}"#
+            )
+        };
+        let given_up = invoice("null", "charge_automatically", "open");
+        assert!(of("past_due", &given_up));
+        assert!(!of(
+            "past_due",
+            &invoice("1800259200", "charge_automatically", "open")
+        ));
+        assert!(!of("past_due", &invoice("null", "send_invoice", "open")));
+        assert!(!of(
+            "past_due",
+            &invoice("null", "charge_automatically", "paid")
+        ));
+        assert!(!of("active", &given_up));
+        assert!(!of("past_due", r#""in_1""#), "not expanded: unknown");
+        assert!(of("unpaid", r#""in_1""#));
     }
 
     #[test]

@@ -89,6 +89,26 @@ async fn stripe_retries_run_out_and_coffer_cancels_once_when_the_tenant_ends_dun
 }
 
 #[tokio::test]
+async fn a_subscription_stripe_marked_unpaid_is_canceled_when_the_tenant_ends_dunning_canceled() {
+    // Stripe's dashboard says "mark as unpaid", the tenant says canceled: the tenant's word.
+    let env = Env::spawn_with(FakeStripe::start().await, "", "dunning_end = \"canceled\"").await;
+    let fake = &env.fake;
+    let (id, sub_id) = active(&env).await;
+    let invoice = fake.fail_renewal(&sub_id);
+    let last = fake.retry_fails(invoice["id"].as_str().unwrap(), true);
+    fake.update(&sub_id, |s| s["status"] = "unpaid".into());
+    env.apply("customer.subscription.updated", fake.object(&sub_id))
+        .await;
+    env.apply("invoice.payment_failed", last).await;
+    assert_eq!(
+        env.subscription(&id).await.status,
+        SubscriptionStatus::Canceled as i32
+    );
+    let path = format!("/v1/subscriptions/{sub_id}");
+    assert_eq!(fake.requests(Method::DELETE, &path).len(), 1);
+}
+
+#[tokio::test]
 async fn stripe_retries_run_out_with_unpaid_as_the_end_and_nothing_is_sent() {
     // The default end state, UNPAID: Stripe's API cannot set it, so Coffer sends nothing.
     let env = Env::spawn().await;
@@ -106,5 +126,116 @@ async fn stripe_retries_run_out_with_unpaid_as_the_end_and_nothing_is_sent() {
     assert!(
         fake.requests(Method::POST, &path).is_empty(),
         "nothing is asked of Stripe"
+    );
+}
+
+/// CheckAccess's answer for `customer`'s feature `reports`: (allowed, reason).
+async fn reports(env: &Env, customer: &str) -> (bool, i32) {
+    use coffer::grpc::pb::CheckAccessRequest;
+    use coffer::grpc::pb::check_access_request::Customer as Who;
+    let r = env
+        .app
+        .subscriptions()
+        .await
+        .check_access(req(
+            CheckAccessRequest {
+                customer: Some(Who::CustomerId(customer.into())),
+                features: vec!["reports".into()],
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    (r[0].allowed, r[0].reason)
+}
+
+/// Sets the Stripe subscription's current period to have started `days_ago`.
+fn period_started(fake: &FakeStripe, sub_id: &str, days_ago: i64) {
+    let start = fake::now() - days_ago * 86_400;
+    fake.update(sub_id, |s| {
+        s["items"]["data"][0]["current_period_start"] = start.into();
+        s["items"]["data"][0]["current_period_end"] = (start + 30 * 86_400).into();
+    });
+}
+
+#[tokio::test]
+async fn the_tenants_grace_period_holds_for_a_past_due_stripe_subscription() {
+    use coffer::grpc::pb::{AccessReason, CreatePlanRequest, Feature, Interval, Price};
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let key = &env.app.key;
+    let plan = env
+        .app
+        .subscriptions()
+        .await
+        .create_plan(req(
+            CreatePlanRequest {
+                key: "team".into(),
+                name: "Team".into(),
+                features: vec![Feature {
+                    key: "reports".into(),
+                    ..Default::default()
+                }],
+                prices: vec![Price {
+                    amount: 2_900,
+                    currency: "USD".into(),
+                    interval: Interval::Month as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let carol = customer(&env.app, key, "carol").await;
+    let opened = client(&env.app)
+        .await
+        .create_checkout_session(req(
+            session(
+                &carol,
+                CheckoutMode::Subscription,
+                vec![item(&plan.prices[0].id, 1)],
+            ),
+            key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let completed = fake.complete_session(&opened.provider_session_id);
+    env.apply("checkout.session.completed", completed).await;
+    let id = env.session(&opened.id).await.subscription_id;
+    let sub_id = env.subscription(&id).await.provider_subscription_id;
+    assert_eq!(
+        reports(&env, &carol).await,
+        (true, AccessReason::Active as i32)
+    );
+
+    // The renewal failed a day ago: PAST_DUE, within the default three days of grace.
+    let invoice = fake.fail_renewal(&sub_id);
+    period_started(fake, &sub_id, 1);
+    env.apply("invoice.payment_failed", invoice).await;
+    assert_eq!(
+        env.subscription(&id).await.status,
+        SubscriptionStatus::PastDue as i32
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            reports(&env, &carol).await == (true, AccessReason::PastDueGrace as i32)
+        })
+        .await
+    );
+    // Four days ago, Stripe still retrying: the grace is over, whatever Stripe's schedule.
+    period_started(fake, &sub_id, 4);
+    env.apply("customer.subscription.updated", fake.object(&sub_id))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            reports(&env, &carol).await == (false, AccessReason::PastDueGraceOver as i32)
+        })
+        .await
     );
 }
