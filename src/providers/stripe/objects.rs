@@ -138,6 +138,7 @@ fn invoice_payment(
     Ok(Some(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: intent.id().to_owned(),
         client_reference: reference,
         amount,
@@ -148,6 +149,34 @@ fn invoice_payment(
         amount_refunded: 0,
         version,
     }))
+}
+
+/// A subscription's invoice as the port's payment: the payment intent that paid it (or its
+/// latest declined attempt), carrying `sub`, the subscription it pays for, so both are applied
+/// together. The first invoice of a subscription a session made is that session's own
+/// payment (`renewal: None`, found by the checkout id); every other invoice — the first one
+/// of a subscription CreateSubscription made, every renewal (`subscription_cycle`), a
+/// change's — is the charge of the period its lines bill for, one per (subscription, period
+/// start) however often its events come.
+pub fn invoice_charge(
+    invoice: &wire::Invoice,
+    pi: &wire::PaymentIntent,
+    sub: ProviderSubscription,
+    session_made: bool,
+    version: i64,
+) -> Result<ProviderPayment, ProviderError> {
+    let mut p = payment(pi, sub.client_reference, version)?;
+    let sessions_own =
+        session_made && invoice.billing_reason.as_deref() == Some("subscription_create");
+    if !sessions_own {
+        let (start, end) = invoice
+            .lines_period()
+            .ok_or_else(|| unexpected("invoice without a billed period", &invoice.id))?;
+        p.renewal = Some((sub.id.clone(), time("invoice line period start", start)?));
+        p.period_end = Some(time("invoice line period end", end)?);
+    }
+    p.subscription = Some(Box::new(sub));
+    Ok(p)
 }
 
 /// A payment intent as Coffer's payment of the checkout `reference`.
@@ -184,6 +213,7 @@ pub fn payment(
     Ok(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: pi.id.clone(),
         client_reference: reference,
         amount,
@@ -326,6 +356,11 @@ pub fn dispute(
     Ok(ProviderDispute {
         id: d.id.clone(),
         client_reference: reference,
+        payment: d
+            .payment_intent
+            .as_ref()
+            .map(|pi| pi.id().to_owned())
+            .unwrap_or_default(),
         amount,
         currency,
         status: dispute_status(&d.status)?,

@@ -130,6 +130,9 @@ struct State {
     /// least 24 hours": the test can make it forget them, as a day would).
     meter_events: Vec<Value>,
     identifiers: std::collections::HashSet<String>,
+    /// How many seconds an object takes to show in Search (Stripe: "under normal operating
+    /// conditions, data is searchable in less than a minute"); 0 shows it at once.
+    search_lag: i64,
 }
 
 /// The fake, serving until dropped.
@@ -404,10 +407,12 @@ impl State {
                 Some("query"),
             ));
         };
+        let indexed_before = now() - self.search_lag;
         let data: Vec<Value> = self
             .newest(prefix)
             .into_iter()
             .filter(|o| o["metadata"][key] == value)
+            .filter(|o| self.search_lag == 0 || o["created"].as_i64().unwrap_or(0) < indexed_before)
             .collect();
         Ok(
             json!({"object": "search_result", "data": data, "has_more": false,
@@ -586,32 +591,20 @@ impl State {
         };
         let metadata = metadata(p);
         let sub_id = random_id("sub");
-        let invoice_id = random_id("in");
         let paid = if trial > 0 {
             0
         } else {
             price["unit_amount"].as_i64().unwrap_or(0) * quantity
         };
-        let currency = price["currency"].clone();
-        self.next();
-        self.put(json!({
-            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
-            "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
-            "billing_reason": "subscription_create",
-            "parent": {"type": "subscription_details", "quote_details": null,
-                       "subscription_details": {"subscription": sub_id, "metadata": metadata}},
-        }));
-        if paid > 0 {
-            let pi = pay(self, paid, &currency, json!({}), &json!(customer_id));
-            self.invoice_payments.insert(
-                invoice_id.clone(),
-                vec![json!({
-                    "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
-                    "status": "paid", "amount_paid": paid,
-                    "payment": {"type": "payment_intent", "payment_intent": pi},
-                })],
-            );
-        }
+        let invoice_id = self.subscription_invoice(
+            &sub_id,
+            &metadata,
+            &json!(customer_id),
+            (&price, quantity),
+            paid,
+            "subscription_create",
+            (now, end),
+        );
         self.next();
         Ok(self.put(json!({
             "id": sub_id, "object": "subscription",
@@ -629,6 +622,71 @@ impl State {
             }]},
             "schedule": null, "latest_invoice": invoice_id,
         })))
+    }
+
+    /// A subscription's invoice, finalized and paid at once by the customer's card when it
+    /// charges something (a succeeded payment intent, listed as the invoice's payment): one
+    /// line for the item over `period`, `billing_reason` as Stripe sets it
+    /// (`subscription_create`, `subscription_cycle`), the subscription's metadata copied to
+    /// `parent.subscription_details`. `period_start`/`period_end` are Stripe's "usage period"
+    /// (the period before a renewal's, a point for the first invoice). Its id.
+    #[allow(clippy::too_many_arguments)]
+    fn subscription_invoice(
+        &mut self,
+        sub_id: &str,
+        sub_metadata: &Value,
+        customer: &Value,
+        item: (&Value, i64),
+        amount: i64,
+        billing_reason: &str,
+        period: (i64, i64),
+    ) -> String {
+        let (price, quantity) = item;
+        let (start, end) = period;
+        let usage = if billing_reason == "subscription_cycle" {
+            (start - (end - start), start)
+        } else {
+            (start, start)
+        };
+        let currency = price["currency"].clone();
+        let invoice_id = random_id("in");
+        self.next();
+        self.put(json!({
+            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
+            "customer": customer, "amount_due": amount, "amount_paid": amount,
+            "amount_remaining": 0, "created": now(), "subscription": null,
+            "billing_reason": billing_reason, "collection_method": "charge_automatically",
+            "period_start": usage.0, "period_end": usage.1,
+            "parent": {"type": "subscription_details", "quote_details": null,
+                       "subscription_details": {"subscription": sub_id, "metadata": sub_metadata}},
+            "lines": {"object": "list", "has_more": false,
+                      "url": format!("/v1/invoices/{invoice_id}/lines"), "data": [{
+                "id": random_id("il"), "object": "line_item", "amount": amount,
+                "currency": currency, "invoice": invoice_id, "quantity": quantity,
+                "period": {"start": start, "end": end},
+                "pricing": {"type": "price_details", "unit_amount_decimal":
+                            price["unit_amount"].as_i64().unwrap_or(0).to_string(),
+                            "price_details": {"price": price["id"], "product": price["product"]}},
+                "parent": {"type": "subscription_item_details", "invoice_item_details": null,
+                           "subscription_item_details": {"subscription": sub_id,
+                               "subscription_item": null, "invoice_item": null,
+                               "proration": false, "proration_details": {"credited_items": null}}},
+            }]},
+        }));
+        if amount > 0 {
+            let pi = pay(self, amount, &currency, json!({}), customer);
+            let payment = json!({
+                "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
+                "status": "paid", "amount_paid": amount, "amount_requested": amount,
+                "currency": currency, "is_default": true, "livemode": false, "created": now(),
+                "payment": {"type": "payment_intent", "payment_intent": pi},
+            });
+            self.next();
+            self.put(payment.clone());
+            self.invoice_payments
+                .insert(invoice_id.clone(), vec![payment]);
+        }
+        invoice_id
     }
 
     fn create_refund(&mut self, p: &Value) -> Result<Value, Failure> {
@@ -1250,6 +1308,27 @@ impl State {
                 self.put(sub)
             }
             ("GET", ["v1", "invoices", id]) => get(self, id)?,
+            // Filtered by `invoice`, or by `payment[type]` and `payment[payment_intent]`.
+            ("GET", ["v1", "invoice_payments"]) => {
+                let invoice = text(p, "invoice").map(str::to_owned);
+                let by = p.get("payment").cloned();
+                if let Some(by) = &by
+                    && text(by, "type").is_none()
+                {
+                    return Err(invalid(
+                        "Missing required param: payment[type].",
+                        Some("payment[type]"),
+                    ));
+                }
+                self.list("inpay_", p, "/v1/invoice_payments", |o| {
+                    invoice.as_ref().is_none_or(|i| o["invoice"] == i.as_str())
+                        && by.as_ref().is_none_or(|b| {
+                            o["payment"]["type"] == b["type"]
+                                && b.get("payment_intent")
+                                    .is_none_or(|pi| o["payment"]["payment_intent"] == *pi)
+                        })
+                })?
+            }
             ("POST", ["v1", "invoices", "create_preview"]) => self.preview_invoice(p)?,
             ("GET", ["v1", "invoiceitems"]) => {
                 let sub = text(p, "subscription").map(str::to_owned);
@@ -1543,23 +1622,15 @@ impl FakeStripe {
                     "schedule": null, "latest_invoice": null,
                 }));
                 let paid = if trial > 0 { 0 } else { total };
-                let invoice_id = random_id("in");
-                s.next();
-                s.put(json!({
-                    "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
-                    "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
-                    "billing_reason": "subscription_create",
-                    "parent": {"type": "subscription_details", "quote_details": null,
-                               "subscription_details": {"subscription": sub_id, "metadata": sub_metadata}},
-                }));
-                if paid > 0 {
-                    let pi = pay(s, paid, &currency, json!({}), &session["customer"]);
-                    s.invoice_payments.insert(invoice_id.clone(), vec![json!({
-                        "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
-                        "status": "paid", "amount_paid": paid,
-                        "payment": {"type": "payment_intent", "payment_intent": pi},
-                    })]);
-                }
+                let invoice_id = s.subscription_invoice(
+                    &sub_id,
+                    &sub_metadata,
+                    &session["customer"],
+                    (&item_price, item_quantity),
+                    paid,
+                    "subscription_create",
+                    (now, end),
+                );
                 session["subscription"] = json!(sub_id);
                 session["invoice"] = json!(invoice_id);
                 session["payment_status"] = json!(if paid > 0 { "paid" } else { "no_payment_required" });
@@ -1644,6 +1715,40 @@ impl FakeStripe {
                 s.put(schedule);
             }
             s.put(sub)
+        })
+    }
+
+    /// Objects take `secs` to show in Search (0: at once), as Stripe's Search may lag.
+    pub fn set_search_lag(&self, secs: i64) {
+        self.with(|s| s.search_lag = secs);
+    }
+
+    /// The subscription renews (Stripe's clock reaching its period's end): the next period
+    /// begins ([`FakeStripe::roll_period`]) and its `subscription_cycle` invoice is paid with
+    /// the customer's card. Answers the invoice.
+    pub fn renew(&self, id: &str) -> Value {
+        let sub = self.roll_period(id);
+        self.with(|s| {
+            let item = &sub["items"]["data"][0];
+            let quantity = item["quantity"].as_i64().unwrap_or(1);
+            let amount = item["price"]["unit_amount"].as_i64().unwrap() * quantity;
+            let period = (
+                item["current_period_start"].as_i64().unwrap(),
+                item["current_period_end"].as_i64().unwrap(),
+            );
+            let invoice = s.subscription_invoice(
+                id,
+                &sub["metadata"],
+                &sub["customer"],
+                (&item["price"], quantity),
+                amount,
+                "subscription_cycle",
+                period,
+            );
+            let mut sub = sub.clone();
+            sub["latest_invoice"] = json!(invoice);
+            s.put(sub);
+            s.get(&invoice).unwrap()
         })
     }
 

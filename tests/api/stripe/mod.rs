@@ -74,6 +74,15 @@ impl Env {
 
     /// With more of coffer.toml (`extra`), e.g. another account.
     async fn spawn_on(fake: FakeStripe, extra: &str) -> Self {
+        Self::spawn_configured(fake, extra, "").await
+    }
+
+    /// With more settings of the tenant acme (`tenant`, lines of `[tenant.acme]`).
+    async fn spawn_with_tenant(tenant: &str) -> Self {
+        Self::spawn_configured(FakeStripe::start().await, "", tenant).await
+    }
+
+    async fn spawn_configured(fake: FakeStripe, extra: &str, tenant: &str) -> Self {
         let toml = format!(
             r#"
 [[account]]
@@ -87,6 +96,7 @@ api_base = "{}"
 [tenant.acme]
 allowed_redirect_origins = ["https://shop.acme.example"]
 default_account = "{ACCOUNT}"
+{tenant}
 "#,
             fake.base()
         );
