@@ -952,6 +952,20 @@ mod tests {
     }
 
     #[test]
+    fn an_invoice_with_its_payments_and_the_invoice_a_payment_intent_paid() {
+        assert_eq!(retrieve_invoice("in_1").form.encode(), "expand[0]=payments");
+        let l = invoice_payments_of("pi_1");
+        assert_eq!(
+            (l.method.clone(), l.path.as_str()),
+            (Method::GET, "/v1/invoice_payments")
+        );
+        assert_eq!(
+            l.form.encode(),
+            "payment[type]=payment_intent&payment[payment_intent]=pi_1&limit=1"
+        );
+    }
+
+    #[test]
     fn reads_and_searches() {
         assert_eq!(
             retrieve_session("cs_1").form.encode(),

@@ -38,11 +38,11 @@
 //! |---|---|---|
 //! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | the session, with its payment intent, subscription and first invoice | session status; its payment's status and card; its subscription made or updated |
 //! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end, flags, price and quantity |
-//! | `invoice.paid`, `invoice.payment_failed` | the invoice's subscription | likewise (a renewal paid or failed moves it) |
+//! | `invoice.paid`, `.payment_succeeded`, `.payment_failed` | the invoice, its subscription, and the payment intent that paid it | the subscription as above; the invoice's charge as a payment of it, one per period (a session's first invoice: the session's payment) |
 //! | `payment_intent.succeeded`, `.payment_failed` | the payment intent and its charge | payment status, decline code, card |
-//! | `charge.refunded` | the charge's payment intent | payment kept current |
+//! | `charge.refunded` | the charge's payment intent (an invoice's: that invoice, found by `/v1/invoice_payments`) | payment kept current |
 //! | `refund.updated`, `refund.failed` | the refund | refund status (a pending refund settles) |
-//! | `charge.dispute.created`, `.updated`, `.closed` | the dispute, with its payment intent | dispute recorded; payment DISPUTED, SUCCEEDED again when won, amount lost when lost |
+//! | `charge.dispute.created`, `.updated`, `.closed` | the dispute, with its payment intent (and an invoice's subscription) | dispute recorded on the payment of that payment intent; payment DISPUTED, SUCCEEDED again when won, amount lost when lost |
 //!
 //! Any other type is ignored, as is an event about an object Coffer did not make
 //! ([`events`]).

@@ -446,6 +446,74 @@ mod tests {
     }
 
     #[test]
+    fn an_invoice_is_the_charge_of_the_period_its_lines_bill_or_a_sessions_own_payment() {
+        let sub: wire::Subscription = serde_json::from_str(
+            r#"{"id":"sub_1","status":"active","items":{"object":"list","has_more":false,
+                "data":[{"id":"si_1","current_period_start":1802592000,"current_period_end":1805184000}]}}"#,
+        )
+        .unwrap();
+        let sub = subscription(&sub, Uuid::parse_str(REF).unwrap(), 9).unwrap();
+        let pi: wire::PaymentIntent = serde_json::from_str(
+            r#"{"id":"pi_2","amount":2500,"currency":"usd","status":"succeeded",
+                "latest_charge":{"id":"ch_2","amount":2500,"amount_refunded":0,"currency":"usd",
+                  "payment_method_details":{"card":{"brand":"visa","last4":"4242"}}}}"#,
+        )
+        .unwrap();
+        let invoice = |reason: &str| -> wire::Invoice {
+            serde_json::from_str(&format!(
+                r#"{{"id":"in_2","status":"paid","amount_due":2500,"amount_paid":2500,
+                    "currency":"usd","billing_reason":"{reason}",
+                    "period_start":1800000000,"period_end":1802592000,
+                    "lines":{{"object":"list","has_more":false,"data":[{{"amount":2500,
+                      "period":{{"start":1802592000,"end":1805184000}},
+                      "parent":{{"subscription_item_details":{{"proration":false}}}}}}]}},
+                    "payments":{{"object":"list","has_more":false,"data":[
+                      {{"status":"canceled","payment":{{"type":"payment_intent","payment_intent":"pi_1"}}}},
+                      {{"status":"paid","payment":{{"type":"payment_intent","payment_intent":"pi_2"}}}}]}}}}"#
+            ))
+            .unwrap()
+        };
+        let renewal = invoice("subscription_cycle");
+        assert_eq!(
+            renewal.intent().map(Expandable::id),
+            Some("pi_2"),
+            "the paid one"
+        );
+        // A renewal: the period its line bills, not the invoice's own (the period before).
+        let p = invoice_charge(&renewal, &pi, sub.clone(), true, 9).unwrap();
+        let (on, start) = p.renewal.clone().unwrap();
+        assert_eq!(
+            (on.as_str(), start.unix_timestamp()),
+            ("sub_1", 1_802_592_000)
+        );
+        assert_eq!(p.period_end.unwrap().unix_timestamp(), 1_805_184_000);
+        assert_eq!(
+            (p.id.as_str(), p.amount, p.currency.as_str()),
+            ("pi_2", 2500, "USD")
+        );
+        assert_eq!(p.client_reference, Uuid::parse_str(REF).unwrap());
+        assert_eq!(p.subscription.as_deref(), Some(&sub));
+        // The first invoice of a session's subscription is the session's own payment; that of
+        // one CreateSubscription made is its first period's charge.
+        let first = invoice("subscription_create");
+        assert_eq!(
+            invoice_charge(&first, &pi, sub.clone(), true, 9)
+                .unwrap()
+                .renewal,
+            None
+        );
+        assert!(
+            invoice_charge(&first, &pi, sub.clone(), false, 9)
+                .unwrap()
+                .renewal
+                .is_some()
+        );
+        let mut lineless = invoice("subscription_cycle");
+        lineless.lines = None;
+        assert!(invoice_charge(&lineless, &pi, sub, false, 9).is_err());
+    }
+
+    #[test]
     fn a_trialing_subscription_from_the_old_shape() {
         let s: wire::Subscription = serde_json::from_str(
             r#"{"id":"sub_1","status":"trialing","current_period_start":1800000000,
