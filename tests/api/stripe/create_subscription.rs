@@ -506,6 +506,51 @@ async fn each_paid_invoice_of_a_created_subscription_is_one_payment_however_its_
     assert_eq!(charges(&env, &made.id).await.len(), 2);
 }
 
+/// A renewal whose card is declined is that period's payment FAILED (the subscription
+/// PAST_DUE); Stripe's retry that pays the same invoice makes the same payment SUCCEEDED.
+#[tokio::test]
+async fn a_declined_renewal_is_a_failed_payment_until_stripes_retry_pays_it() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let price = team_plan(&env).await;
+    let jo = customer(&env.app, &env.app.key, "jo").await;
+    let (made, stripe_sub) = paid_subscription(&env, &jo, &price).await;
+    let sub_id = made.provider_subscription_id.clone();
+    let first = fake.object(stripe_sub["latest_invoice"].as_str().unwrap());
+    env.apply("invoice.paid", first).await;
+
+    let renewal = fake.renew(&sub_id);
+    let declined = fake.decline_invoice(renewal["id"].as_str().unwrap(), "insufficient_funds");
+    fake.update(&sub_id, |s| s["status"] = "past_due".into());
+    env.apply("invoice.payment_failed", declined).await;
+    let paid = charges(&env, &made.id).await;
+    assert_eq!(paid.len(), 2, "{paid:?}");
+    assert_eq!(
+        paid[1].status,
+        PaymentStatus::Failed as i32,
+        "{:?}",
+        paid[1]
+    );
+    assert_eq!(paid[1].failure_code, "insufficient_funds");
+    assert_eq!(paid[1].amount, 2_500);
+    assert_eq!(
+        env.subscription(&made.id).await.status,
+        SubscriptionStatus::PastDue as i32
+    );
+
+    let retried = fake.pay_invoice(renewal["id"].as_str().unwrap());
+    fake.update(&sub_id, |s| s["status"] = "active".into());
+    env.apply("invoice.paid", retried).await;
+    let after = charges(&env, &made.id).await;
+    assert_eq!(after.len(), 2, "the same period's payment: {after:?}");
+    assert_eq!(after[1].id, paid[1].id);
+    assert_eq!(after[1].status, PaymentStatus::Succeeded as i32);
+    assert_eq!(
+        env.subscription(&made.id).await.status,
+        SubscriptionStatus::Active as i32
+    );
+}
+
 /// CheckAccess for `reports`: (allowed, reason).
 async fn reports(env: &Env, customer: &str) -> (bool, i32) {
     let r = env

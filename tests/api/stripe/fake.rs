@@ -1752,6 +1752,61 @@ impl FakeStripe {
         })
     }
 
+    /// The invoice's charge is declined with `decline_code` (a renewal's card failing): the
+    /// invoice stays `open`, its payment intent asks for another payment method, its charge
+    /// failed and its invoice payment is `open`. Answers the invoice.
+    pub fn decline_invoice(&self, id: &str, decline_code: &str) -> Value {
+        self.set_invoice_paid(id, false, Some(decline_code))
+    }
+
+    /// Stripe's retry of the invoice succeeds with the same payment intent. Answers the
+    /// invoice.
+    pub fn pay_invoice(&self, id: &str) -> Value {
+        self.set_invoice_paid(id, true, None)
+    }
+
+    fn set_invoice_paid(&self, id: &str, paid: bool, decline_code: Option<&str>) -> Value {
+        self.with(|s| {
+            let mut invoice = s.get(id).unwrap();
+            let due = invoice["amount_due"].as_i64().unwrap();
+            invoice["status"] = json!(if paid { "paid" } else { "open" });
+            invoice["amount_paid"] = json!(if paid { due } else { 0 });
+            invoice["amount_remaining"] = json!(if paid { 0 } else { due });
+            let mut payments = s.invoice_payments[id].clone();
+            for p in &mut payments {
+                p["status"] = json!(if paid { "paid" } else { "open" });
+                p["amount_paid"] = json!(if paid { due } else { 0 });
+                let pi = p["payment"]["payment_intent"].as_str().unwrap().to_owned();
+                let mut intent = s.get(&pi).unwrap();
+                intent["status"] = json!(if paid {
+                    "succeeded"
+                } else {
+                    "requires_payment_method"
+                });
+                intent["amount_received"] = json!(if paid { due } else { 0 });
+                intent["last_payment_error"] = match decline_code {
+                    Some(code) => json!({"type": "card_error", "code": "card_declined",
+                                         "decline_code": code}),
+                    None => Value::Null,
+                };
+                let charge = intent["latest_charge"].as_str().unwrap().to_owned();
+                s.put(intent);
+                let mut c = s.get(&charge).unwrap();
+                c["status"] = json!(if paid { "succeeded" } else { "failed" });
+                c["paid"] = json!(paid);
+                c["failure_code"] = if paid {
+                    Value::Null
+                } else {
+                    json!("card_declined")
+                };
+                s.put(c);
+                s.put(p.clone());
+            }
+            s.invoice_payments.insert(id.to_owned(), payments);
+            s.put(invoice)
+        })
+    }
+
     /// Builds Stripe's event of `event_type` about `object` (as it is now, or a snapshot).
     pub fn event(&self, event_type: &str, object: Value) -> Value {
         let n = self.with(|s| s.next());
