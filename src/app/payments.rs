@@ -301,12 +301,17 @@ pub async fn apply_checkout(
 }
 
 /// A payment's state: status, decline code and card, on the session's payment, or on the
-/// period's payment of a subscription's renewal (made the first time it is reported).
+/// period's payment of a subscription's renewal (made the first time it is reported). A
+/// payment that carries its subscription (a Stripe invoice's) applies the subscription first,
+/// so the charge of a subscription whose own event has not come yet finds its row.
 pub async fn apply_payment(
     tx: &mut PgConnection,
     tenant: TenantId,
     p: &ProviderPayment,
 ) -> Result<(), ApplyError> {
+    if let Some(sub) = &p.subscription {
+        super::subscriptions::apply_subscription(tx, tenant, sub).await?;
+    }
     let checkout = CheckoutId::from_uuid(p.client_reference);
     // A charge of a subscription CreateSubscription made names the subscription itself.
     let created = match &p.renewal {
@@ -403,11 +408,7 @@ pub async fn apply_dispute(
     tenant: TenantId,
     d: &ProviderDispute,
 ) -> Result<(), ApplyError> {
-    let checkout = CheckoutId::from_uuid(d.client_reference);
-    lock_visible(tx, tenant, checkout).await?;
-    let locked = store::lock_session_payment(tx, tenant, checkout)
-        .await?
-        .ok_or_else(|| refused(format!("checkout session {checkout} has no payment")))?;
+    let (locked, subscription) = disputed_payment(tx, tenant, d).await?;
     if !matches!(
         locked.status,
         PaymentStatus::Succeeded | PaymentStatus::Disputed
@@ -450,19 +451,90 @@ pub async fn apply_dispute(
         metrics().payment(to);
         // A disputed payment may take its subscription's access away (and a won dispute give
         // it back): the subscription's entitlements changed, in this transaction.
-        if let Some((sub, _)) =
-            crate::store::subscriptions::lock_session_subscription(tx, tenant, checkout).await?
-        {
+        let subscription = match subscription {
+            Some(id) => Some(id),
+            None => sub_store::lock_session_subscription(
+                tx,
+                tenant,
+                CheckoutId::from_uuid(d.client_reference),
+            )
+            .await?
+            .map(|(sub, _)| sub.id),
+        };
+        if let Some(sub) = subscription {
             crate::store::subscription_events::record_change(
                 tx,
                 tenant,
-                sub.id,
+                sub,
                 crate::domain::subscription::ChangeKind::EntitlementsChanged,
             )
             .await?;
         }
     }
     Ok(())
+}
+
+/// The payment a dispute is about, locked, and the subscription it is a charge of when the
+/// reference names one CreateSubscription made. A charge is found by the provider's payment id
+/// Coffer recorded when it applied the payment (`provider_objects`): among the charges of the
+/// subscription CreateSubscription made, or of the checkout session's subscription when the
+/// disputed payment is not the session's own (a renewal's). A charge not recorded yet (its
+/// invoice's event still on the way) refuses, and the dispute's event retries.
+async fn disputed_payment(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    d: &ProviderDispute,
+) -> Result<
+    (
+        store::LockedPayment,
+        Option<crate::domain::ids::SubscriptionId>,
+    ),
+    ApplyError,
+> {
+    let charge = async |tx: &mut PgConnection, account: &str| -> Result<_, ApplyError> {
+        let Some(found) = journal_store::find_coffer_object(
+            tx,
+            tenant,
+            account,
+            ObjectKind::Payment.as_str(),
+            &d.payment,
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(store::lock_payment(tx, tenant, PaymentId::from_uuid(found)).await?)
+    };
+    if let Some(creation) = sub_store::find_creation(tx, tenant, d.client_reference).await? {
+        let sub = crate::domain::ids::SubscriptionId::from_uuid(d.client_reference);
+        let locked = charge(tx, &creation.account).await?.ok_or_else(|| {
+            refused(format!(
+                "the disputed charge of subscription {sub} is not recorded yet; retrying"
+            ))
+        })?;
+        return Ok((locked, Some(sub)));
+    }
+    let checkout = CheckoutId::from_uuid(d.client_reference);
+    lock_visible(tx, tenant, checkout).await?;
+    let own = store::lock_session_payment(tx, tenant, checkout).await?;
+    if let Some(own) = &own
+        && (d.payment.is_empty() || own.provider_payment_id.as_deref() == Some(d.payment.as_str()))
+    {
+        return Ok((own.clone(), None));
+    }
+    let account = match &own {
+        Some(own) => Some(own.account.clone()),
+        None => sub_store::lock_session_subscription(tx, tenant, checkout)
+            .await?
+            .map(|(sub, _)| sub.account),
+    };
+    let renewal = match account {
+        Some(account) if !d.payment.is_empty() => charge(tx, &account).await?,
+        _ => None,
+    };
+    renewal
+        .map(|locked| (locked, None))
+        .ok_or_else(|| refused(format!("checkout session {checkout} has no such payment")))
 }
 
 /// A refund's state; once it leaves PENDING its amount is taken off the payment's pending

@@ -62,8 +62,16 @@ impl Triggers {
         account: &AccountName,
         object: &ProviderObject,
     ) -> Result<(), AppError> {
-        let ProviderObject::Subscription(s) = object else {
-            return Ok(());
+        // An invoice's payment carries the subscription it bills: a renewal's last failed
+        // retry (`invoice.payment_failed`) may be the only event Stripe sends when its retries
+        // run out and it leaves the subscription past due.
+        let s = match object {
+            ProviderObject::Subscription(s) => s,
+            ProviderObject::Payment(p) => match p.subscription.as_deref() {
+                Some(s) => s,
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
         };
         if !s.retries_exhausted {
             return Ok(());

@@ -490,6 +490,10 @@ pub struct ProviderPayment {
     pub renewal: Option<(String, OffsetDateTime)>,
     /// A renewal's period end, where the provider says it.
     pub period_end: Option<OffsetDateTime>,
+    /// The subscription the charge pays for, when the provider's object carries both (a
+    /// Stripe invoice): applied first, so a charge never waits for its subscription's own
+    /// event (boxed: most payments are without).
+    pub subscription: Option<Box<ProviderSubscription>>,
     pub version: i64,
 }
 
@@ -655,8 +659,12 @@ pub enum ProviderObject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderDispute {
     pub id: String,
-    /// Coffer's checkout session id of the disputed payment (its payment's client reference).
+    /// Coffer's checkout session id of the disputed payment (its payment's client reference),
+    /// or Coffer's subscription id for a charge of a subscription CreateSubscription made.
     pub client_reference: Uuid,
+    /// The provider's id of the disputed payment (as recorded on Coffer's payment), which
+    /// tells a subscription's charges apart; empty where the provider names none.
+    pub payment: String,
     pub amount: i64,
     pub currency: String,
     pub status: crate::domain::payment::DisputeStatus,

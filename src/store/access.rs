@@ -29,14 +29,20 @@ pub async fn holdings(
     if !exists {
         return Ok(None);
     }
-    // A payment is a subscription's when it was made by the same checkout session.
+    // A payment is a subscription's when it was made by the same checkout session, or names
+    // the subscription (a renewal's, or a charge of one CreateSubscription made, which has no
+    // session).
     let rows = sqlx::query!(
         r#"SELECT s.id, s.status, s.current_period_start, s.current_period_end, s.trial_end,
                   s.cancel_at_period_end,
-                  EXISTS (SELECT 1 FROM payments p
-                          WHERE p.tenant_id = s.tenant_id
-                            AND p.checkout_session_id = s.checkout_session_id
-                            AND p.status = 'disputed') AS "disputed!",
+                  (EXISTS (SELECT 1 FROM payments p
+                           WHERE p.tenant_id = s.tenant_id
+                             AND p.checkout_session_id = s.checkout_session_id
+                             AND p.status = 'disputed')
+                   OR EXISTS (SELECT 1 FROM payments p
+                              WHERE p.tenant_id = s.tenant_id
+                                AND p.subscription_id = s.id
+                                AND p.status = 'disputed')) AS "disputed!",
                   ARRAY(SELECT f.key FROM plan_features f
                         WHERE f.tenant_id = s.tenant_id AND f.plan_id = s.plan_id
                         ORDER BY f.position) AS "features!",

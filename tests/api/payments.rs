@@ -1247,6 +1247,8 @@ async fn a_dispute_marks_the_payment_disputed_and_its_close_settles_it() {
             let dispute = ProviderDispute {
                 id: id.into(),
                 client_reference: checkout,
+                // The session's own payment, which the sandbox names no differently.
+                payment: String::new(),
                 amount,
                 currency: "USD".into(),
                 status,

@@ -173,6 +173,7 @@ pub fn payment(t: &Transaction, version: i64) -> Result<Option<ProviderPayment>,
     Ok(Some(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: t.tran_ref.clone(),
         client_reference: required_coffer_id(t)?,
         amount: minor(t)?,

@@ -164,6 +164,7 @@ pub fn payment(o: &wire::Order) -> Result<ProviderPayment, ProviderError> {
     Ok(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: o.id.clone(),
         client_reference: required(&o.metadata, CHECKOUT_KEY, "order", &o.id)?,
         amount: o.net_amount,

@@ -372,6 +372,7 @@ fn to_payment(row: store::Payment) -> ProviderPayment {
         amount_refunded: row.amount_refunded,
         renewal: row.renewal,
         period_end: row.period_end,
+        subscription: None,
         version: row.version,
     }
 }

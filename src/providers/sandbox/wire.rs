@@ -156,6 +156,7 @@ pub fn payment(v: &Value) -> Result<ProviderPayment, String> {
             _ => None,
         },
         period_end: p.period_end.map(|t| time("period_end", t)).transpose()?,
+        subscription: None,
         version: p.version,
     })
 }

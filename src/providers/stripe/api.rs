@@ -479,8 +479,33 @@ pub fn list_subscriptions(since: i64, starting_after: Option<&str>) -> Call {
     )
 }
 
+/// An invoice with its payments (`payments` is includable only: without the expansion the
+/// invoice does not say which payment intent paid it).
 pub fn retrieve_invoice(id: &str) -> Call {
-    Call::get("fetch_invoice", format!("/v1/invoices/{id}"), Form::new())
+    Call::get(
+        "fetch_invoice",
+        format!("/v1/invoices/{id}"),
+        Form::new().texts("expand", ["payments"]),
+    )
+}
+
+/// The invoice payment made by the payment intent `intent` (`GET /v1/invoice_payments`
+/// filtered by `payment[type]=payment_intent` and `payment[payment_intent]`): how a charge of
+/// an invoice names its invoice since 2025-03-31.basil, which took `invoice` off the payment
+/// intent.
+pub fn invoice_payments_of(intent: &str) -> Call {
+    Call::get(
+        "list_invoice_payments",
+        "/v1/invoice_payments".into(),
+        Form::new()
+            .map(
+                "payment",
+                Form::new()
+                    .text("type", "payment_intent")
+                    .text("payment_intent", intent),
+            )
+            .text("limit", 1),
+    )
 }
 
 /// Cancels a subscription now (`DELETE /v1/subscriptions/{id}`), optionally invoicing what is
@@ -926,6 +951,20 @@ mod tests {
         assert_eq!(
             refund.form.encode(),
             format!("payment_intent=pi_1&amount=700&metadata[coffer_refund_id]={r}")
+        );
+    }
+
+    #[test]
+    fn an_invoice_with_its_payments_and_the_invoice_a_payment_intent_paid() {
+        assert_eq!(retrieve_invoice("in_1").form.encode(), "expand[0]=payments");
+        let l = invoice_payments_of("pi_1");
+        assert_eq!(
+            (l.method.clone(), l.path.as_str()),
+            (Method::GET, "/v1/invoice_payments")
+        );
+        assert_eq!(
+            l.form.encode(),
+            "payment[type]=payment_intent&payment[payment_intent]=pi_1&limit=1"
         );
     }
 

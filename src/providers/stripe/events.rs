@@ -7,11 +7,19 @@
 //! |---|---|---|
 //! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | checkout session | `data.object.id` |
 //! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | subscription | `data.object.id` |
-//! | `invoice.paid`, `invoice.payment_failed` | subscription | `data.object.parent.subscription_details.subscription`, or `data.object.subscription` (before 2025-03-31.basil) |
+//! | `invoice.paid`, `.payment_succeeded`, `.payment_failed` | the invoice's payment (with its subscription) | `data.object.id` (an `in_…` id) |
 //! | `payment_intent.succeeded`, `.payment_failed` | payment | `data.object.id` |
 //! | `charge.refunded` | payment | `data.object.payment_intent` |
 //! | `refund.updated`, `refund.failed` | refund | `data.object.id` |
 //! | `charge.dispute.created`, `.updated`, `.closed` | dispute | `data.object.id` |
+//!
+//! An invoice's events fetch the invoice as a payment: its payment intent, and the
+//! subscription it pays for (the adapter reads all three), so a subscription's every paid
+//! invoice — its first, each renewal — is one of Coffer's payments and moves the subscription
+//! in the same transaction; an invoice that charged nothing (a trial's) moves only the
+//! subscription. Whether the invoice is Coffer's is read from its subscription's metadata,
+//! which the invoice copies (`parent.subscription_details.metadata`; before
+//! 2025-03-31.basil `subscription_details.metadata`).
 //!
 //! `charge.refunded` fetches the charge's payment intent, not its refunds: a charge lists
 //! none unless expanded, and a refund Coffer asked for is already recorded from the refund
@@ -60,7 +68,7 @@ pub fn trigger(event_type: &str, payload: &[u8]) -> Option<Trigger> {
             let ours = subscription_marked(object.get("metadata"));
             (ObjectKind::Subscription, id().filter(|_| ours)?)
         }
-        "invoice.paid" | "invoice.payment_failed" => {
+        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => {
             let details = object
                 .get("parent")
                 .and_then(|p| p.get("subscription_details"));
@@ -70,7 +78,10 @@ pub fn trigger(event_type: &str, payload: &[u8]) -> Option<Trigger> {
                 || subscription_marked(old.and_then(|d| d.get("metadata")));
             let subscription = expandable_id(details.and_then(|d| d.get("subscription")))
                 .or_else(|| expandable_id(object.get("subscription")));
-            (ObjectKind::Subscription, subscription.filter(|_| ours)?)
+            // The invoice itself, fetched as its payment (the adapter reads its subscription
+            // too); an invoice of no subscription is not Coffer's.
+            subscription.filter(|_| ours)?;
+            (ObjectKind::Payment, id()?)
         }
         "payment_intent.succeeded" | "payment_intent.payment_failed" => {
             let ours = marked(object.get("metadata"), CHECKOUT_KEY);
@@ -171,9 +182,13 @@ mod tests {
         let old = format!(
             r#"{{"id":"in_1","object":"invoice","subscription":"sub_1","subscription_details":{{"metadata":{OURS}}}}}"#
         );
-        for t in ["invoice.paid", "invoice.payment_failed"] {
-            assert_eq!(event(t, &new), is(ObjectKind::Subscription, "sub_1"));
-            assert_eq!(event(t, &old), is(ObjectKind::Subscription, "sub_1"));
+        for t in [
+            "invoice.paid",
+            "invoice.payment_succeeded",
+            "invoice.payment_failed",
+        ] {
+            assert_eq!(event(t, &new), is(ObjectKind::Payment, "in_1"), "{t}");
+            assert_eq!(event(t, &old), is(ObjectKind::Payment, "in_1"), "{t}");
         }
         let manual = r#"{"id":"in_2","object":"invoice","subscription":null,"parent":null}"#;
         assert_eq!(event("invoice.paid", manual), None);
@@ -192,7 +207,7 @@ mod tests {
             "metadata":{"coffer_subscription_id":"0190f2a0-0000-7000-8000-000000000003"}}}}"#;
         assert_eq!(
             event("invoice.paid", invoice),
-            is(ObjectKind::Subscription, "sub_3")
+            is(ObjectKind::Payment, "in_3")
         );
     }
 

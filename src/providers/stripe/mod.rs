@@ -38,11 +38,11 @@
 //! |---|---|---|
 //! | `checkout.session.completed`, `.expired`, `.async_payment_succeeded`, `.async_payment_failed` | the session, with its payment intent, subscription and first invoice | session status; its payment's status and card; its subscription made or updated |
 //! | `customer.subscription.created`, `.updated`, `.deleted`, `.paused`, `.resumed`, `.trial_will_end` | the subscription | subscription status, period, trial end, flags, price and quantity |
-//! | `invoice.paid`, `invoice.payment_failed` | the invoice's subscription | likewise (a renewal paid or failed moves it) |
+//! | `invoice.paid`, `.payment_succeeded`, `.payment_failed` | the invoice, its subscription, and the payment intent that paid it | the subscription as above; the invoice's charge as a payment of it, one per period (a session's first invoice: the session's payment) |
 //! | `payment_intent.succeeded`, `.payment_failed` | the payment intent and its charge | payment status, decline code, card |
-//! | `charge.refunded` | the charge's payment intent | payment kept current |
+//! | `charge.refunded` | the charge's payment intent (an invoice's: that invoice, found by `/v1/invoice_payments`) | payment kept current |
 //! | `refund.updated`, `refund.failed` | the refund | refund status (a pending refund settles) |
-//! | `charge.dispute.created`, `.updated`, `.closed` | the dispute, with its payment intent | dispute recorded; payment DISPUTED, SUCCEEDED again when won, amount lost when lost |
+//! | `charge.dispute.created`, `.updated`, `.closed` | the dispute, with its payment intent (and an invoice's subscription) | dispute recorded on the payment of that payment intent; payment DISPUTED, SUCCEEDED again when won, amount lost when lost |
 //!
 //! Any other type is ignored, as is an event about an object Coffer did not make
 //! ([`events`]).
@@ -182,7 +182,12 @@ impl Stripe {
         Ok(list.data.first().and_then(session_reference))
     }
 
+    /// A payment by its payment intent, or by the invoice it pays (`in_…`, what an invoice's
+    /// events name): see [`Stripe::invoice`].
     async fn payment(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        if id.starts_with("in_") {
+            return self.invoice(id).await;
+        }
         let version = version_now();
         let Some(pi) = self
             .client
@@ -201,13 +206,79 @@ impl Stripe {
                 .await?
             }
         };
-        // Not one of Coffer's: nothing Coffer could apply it to.
+        // An invoice's charge (a subscription's) carries no metadata and no session: it is
+        // the invoice's payment.
         let Some(reference) = reference else {
-            return Ok(None);
+            return match self.invoice_paid_by(id).await? {
+                Some(invoice) => self.invoice(&invoice).await,
+                // Not one of Coffer's: nothing Coffer could apply it to.
+                None => Ok(None),
+            };
         };
         Ok(Some(ProviderObject::Payment(objects::payment(
             &pi, reference, version,
         )?)))
+    }
+
+    /// The invoice the payment intent `intent` pays, when it pays one.
+    async fn invoice_paid_by(&self, intent: &str) -> Result<Option<String>, ProviderError> {
+        let list: wire::List<wire::InvoicePayment> = self
+            .client
+            .send(api::invoice_payments_of(intent), None)
+            .await?;
+        Ok(list
+            .data
+            .into_iter()
+            .find_map(|p| p.invoice)
+            .map(|i| i.id().to_owned()))
+    }
+
+    /// Invoice `id` of one of Coffer's subscriptions as its charge
+    /// ([`objects::invoice_charge`]: the payment intent, read whole, with the subscription it
+    /// pays for), or the subscription alone when the invoice charged nothing (a trial's) or
+    /// was not tried yet; `None` for an invoice of no subscription of Coffer's. All three are
+    /// read now, so the payment and the subscription are as new as the fetch.
+    async fn invoice(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
+        let version = version_now();
+        let Some(invoice) = self
+            .client
+            .find::<wire::Invoice>(api::retrieve_invoice(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(sub_id) = invoice.subscription_id().and_then(segment) else {
+            return Ok(None);
+        };
+        let Some(sub) = self
+            .client
+            .find::<wire::Subscription>(api::retrieve_subscription(sub_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let session_made = coffer_id(&sub.metadata, SUBSCRIPTION_KEY).is_none();
+        let Some(subscription) = self.subscription_of(&sub, version).await? else {
+            return Ok(None);
+        };
+        let Some(intent) = invoice.intent().filter(|_| invoice.amount_due > 0) else {
+            return Ok(Some(ProviderObject::Subscription(subscription)));
+        };
+        let pi = match intent.object() {
+            Some(pi) => pi.clone(),
+            None => self
+                .client
+                .find::<wire::PaymentIntent>(api::retrieve_payment_intent(intent.id()))
+                .await?
+                .ok_or_else(|| {
+                    ProviderError::definitive(
+                        "resource_missing",
+                        format!("invoice {id}'s payment intent is gone"),
+                    )
+                })?,
+        };
+        objects::invoice_charge(&invoice, &pi, subscription, session_made, version)
+            .map(|p| Some(ProviderObject::Payment(p)))
     }
 
     async fn subscription(&self, id: &str) -> Result<Option<ProviderObject>, ProviderError> {
@@ -275,6 +346,14 @@ impl Stripe {
                     ..Default::default()
                 })
                 .await?;
+        }
+        // A charge of a subscription's invoice: the invoice's subscription names Coffer's.
+        if reference.is_none()
+            && let Some(intent) = &intent
+            && let Some(invoice) = self.invoice_paid_by(intent).await?
+            && let Some(ProviderObject::Payment(p)) = self.invoice(&invoice).await?
+        {
+            reference = Some(p.client_reference);
         }
         let Some(reference) = reference else {
             return Ok(None);

@@ -138,6 +138,7 @@ fn invoice_payment(
     Ok(Some(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: intent.id().to_owned(),
         client_reference: reference,
         amount,
@@ -148,6 +149,34 @@ fn invoice_payment(
         amount_refunded: 0,
         version,
     }))
+}
+
+/// A subscription's invoice as the port's payment: the payment intent that paid it (or its
+/// latest declined attempt), carrying `sub`, the subscription it pays for, so both are applied
+/// together. The first invoice of a subscription a session made is that session's own
+/// payment (`renewal: None`, found by the checkout id); every other invoice — the first one
+/// of a subscription CreateSubscription made, every renewal (`subscription_cycle`), a
+/// change's — is the charge of the period its lines bill for, one per (subscription, period
+/// start) however often its events come.
+pub fn invoice_charge(
+    invoice: &wire::Invoice,
+    pi: &wire::PaymentIntent,
+    sub: ProviderSubscription,
+    session_made: bool,
+    version: i64,
+) -> Result<ProviderPayment, ProviderError> {
+    let mut p = payment(pi, sub.client_reference, version)?;
+    let sessions_own =
+        session_made && invoice.billing_reason.as_deref() == Some("subscription_create");
+    if !sessions_own {
+        let (start, end) = invoice
+            .lines_period()
+            .ok_or_else(|| unexpected("invoice without a billed period", &invoice.id))?;
+        p.renewal = Some((sub.id.clone(), time("invoice line period start", start)?));
+        p.period_end = Some(time("invoice line period end", end)?);
+    }
+    p.subscription = Some(Box::new(sub));
+    Ok(p)
 }
 
 /// A payment intent as Coffer's payment of the checkout `reference`.
@@ -184,6 +213,7 @@ pub fn payment(
     Ok(ProviderPayment {
         renewal: None,
         period_end: None,
+        subscription: None,
         id: pi.id.clone(),
         client_reference: reference,
         amount,
@@ -346,6 +376,11 @@ pub fn dispute(
     Ok(ProviderDispute {
         id: d.id.clone(),
         client_reference: reference,
+        payment: d
+            .payment_intent
+            .as_ref()
+            .map(|pi| pi.id().to_owned())
+            .unwrap_or_default(),
         amount,
         currency,
         status: dispute_status(&d.status)?,
@@ -461,6 +496,74 @@ mod tests {
         assert!(!of("active", &given_up));
         assert!(!of("past_due", r#""in_1""#), "not expanded: unknown");
         assert!(of("unpaid", r#""in_1""#));
+    }
+
+    #[test]
+    fn an_invoice_is_the_charge_of_the_period_its_lines_bill_or_a_sessions_own_payment() {
+        let sub: wire::Subscription = serde_json::from_str(
+            r#"{"id":"sub_1","status":"active","items":{"object":"list","has_more":false,
+                "data":[{"id":"si_1","current_period_start":1802592000,"current_period_end":1805184000}]}}"#,
+        )
+        .unwrap();
+        let sub = subscription(&sub, Uuid::parse_str(REF).unwrap(), 9).unwrap();
+        let pi: wire::PaymentIntent = serde_json::from_str(
+            r#"{"id":"pi_2","amount":2500,"currency":"usd","status":"succeeded",
+                "latest_charge":{"id":"ch_2","amount":2500,"amount_refunded":0,"currency":"usd",
+                  "payment_method_details":{"card":{"brand":"visa","last4":"4242"}}}}"#,
+        )
+        .unwrap();
+        let invoice = |reason: &str| -> wire::Invoice {
+            serde_json::from_str(&format!(
+                r#"{{"id":"in_2","status":"paid","amount_due":2500,"amount_paid":2500,
+                    "currency":"usd","billing_reason":"{reason}",
+                    "period_start":1800000000,"period_end":1802592000,
+                    "lines":{{"object":"list","has_more":false,"data":[{{"amount":2500,
+                      "period":{{"start":1802592000,"end":1805184000}},
+                      "parent":{{"subscription_item_details":{{"proration":false}}}}}}]}},
+                    "payments":{{"object":"list","has_more":false,"data":[
+                      {{"status":"canceled","payment":{{"type":"payment_intent","payment_intent":"pi_1"}}}},
+                      {{"status":"paid","payment":{{"type":"payment_intent","payment_intent":"pi_2"}}}}]}}}}"#
+            ))
+            .unwrap()
+        };
+        let renewal = invoice("subscription_cycle");
+        assert_eq!(
+            renewal.intent().map(Expandable::id),
+            Some("pi_2"),
+            "the paid one"
+        );
+        // A renewal: the period its line bills, not the invoice's own (the period before).
+        let p = invoice_charge(&renewal, &pi, sub.clone(), true, 9).unwrap();
+        let (on, start) = p.renewal.clone().unwrap();
+        assert_eq!(
+            (on.as_str(), start.unix_timestamp()),
+            ("sub_1", 1_802_592_000)
+        );
+        assert_eq!(p.period_end.unwrap().unix_timestamp(), 1_805_184_000);
+        assert_eq!(
+            (p.id.as_str(), p.amount, p.currency.as_str()),
+            ("pi_2", 2500, "USD")
+        );
+        assert_eq!(p.client_reference, Uuid::parse_str(REF).unwrap());
+        assert_eq!(p.subscription.as_deref(), Some(&sub));
+        // The first invoice of a session's subscription is the session's own payment; that of
+        // one CreateSubscription made is its first period's charge.
+        let first = invoice("subscription_create");
+        assert_eq!(
+            invoice_charge(&first, &pi, sub.clone(), true, 9)
+                .unwrap()
+                .renewal,
+            None
+        );
+        assert!(
+            invoice_charge(&first, &pi, sub.clone(), false, 9)
+                .unwrap()
+                .renewal
+                .is_some()
+        );
+        let mut lineless = invoice("subscription_cycle");
+        lineless.lines = None;
+        assert!(invoice_charge(&lineless, &pi, sub, false, 9).is_err());
     }
 
     #[test]

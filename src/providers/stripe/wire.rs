@@ -319,6 +319,10 @@ pub struct InvoicePreview {
 #[derive(Debug, Clone, Deserialize)]
 pub struct InvoiceLine {
     pub amount: i64,
+    /// The time the line bills for (a subscription line: its period, or the part of it a
+    /// proration covers).
+    #[serde(default)]
+    pub period: Option<LinePeriod>,
     /// Before 2025-03-31.basil.
     #[serde(default)]
     pub proration: Option<bool>,
@@ -337,6 +341,13 @@ impl InvoiceLine {
             .or(self.proration)
             .unwrap_or(false)
     }
+}
+
+/// A line's `period` (Unix seconds).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LinePeriod {
+    pub start: i64,
+    pub end: i64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -385,6 +396,9 @@ pub struct InvoicePaymentMethod {
 /// expanded.
 #[derive(Debug, Clone, Deserialize)]
 pub struct InvoicePayment {
+    /// The invoice it pays (listed by `GET /v1/invoice_payments`).
+    #[serde(default)]
+    pub invoice: Option<Expandable<Invoice>>,
     #[serde(default)]
     pub payment: InvoicePaymentMethod,
     /// `open`, `paid`, `canceled`.
@@ -403,6 +417,13 @@ pub struct Invoice {
     #[serde(default)]
     pub amount_paid: i64,
     pub currency: String,
+    /// `subscription_create`, `subscription_cycle`, `subscription_update`, `manual`, …
+    #[serde(default)]
+    pub billing_reason: Option<String>,
+    /// Its lines (the first ten; a subscription's invoice has one per item, and its
+    /// prorations).
+    #[serde(default)]
+    pub lines: Option<List<InvoiceLine>>,
     /// Before 2025-03-31.basil.
     #[serde(default)]
     pub subscription: Option<Expandable<Subscription>>,
@@ -437,6 +458,32 @@ impl Invoice {
             .and_then(|d| d.subscription.as_ref())
             .or(self.subscription.as_ref())
             .map(Expandable::id)
+    }
+
+    /// The time its lines bill for: the earliest start and the latest end. For a
+    /// subscription's first or renewal invoice that is the period it pays (the invoice's own
+    /// `period_start`/`period_end` are the *previous* period's, by Stripe's definition).
+    pub fn lines_period(&self) -> Option<(i64, i64)> {
+        let periods = self
+            .lines
+            .iter()
+            .flat_map(|l| &l.data)
+            .filter_map(|l| l.period);
+        periods.fold(None, |acc, p| match acc {
+            None => Some((p.start, p.end)),
+            Some((s, e)) => Some((s.min(p.start), e.max(p.end))),
+        })
+    }
+
+    /// The payment intent that paid it (its `paid` invoice payment), else the latest one
+    /// tried (a declined attempt); the old shape's `payment_intent` before 2025-03-31.basil.
+    pub fn intent(&self) -> Option<&Expandable<PaymentIntent>> {
+        let payments = || self.payments.iter().flat_map(|l| &l.data);
+        payments()
+            .filter(|p| p.status.as_deref() == Some("paid"))
+            .find_map(|p| p.payment.payment_intent.as_ref())
+            .or_else(|| payments().find_map(|p| p.payment.payment_intent.as_ref()))
+            .or(self.payment_intent.as_ref())
     }
 }
 

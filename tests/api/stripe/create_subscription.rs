@@ -5,15 +5,20 @@
 
 use std::time::Duration;
 
-use coffer::grpc::pb::{CreateSubscriptionRequest, Subscription, SubscriptionStatus};
+use coffer::grpc::pb::check_access_request::Customer as Who;
+use coffer::grpc::pb::{
+    AccessReason, CheckAccessRequest, CreatePlanRequest, CreateSubscriptionRequest, Feature,
+    GetPaymentRequest, Interval, ListPaymentsRequest, Payment, PaymentStatus, Price,
+    RefundPaymentRequest, RefundStatus, Subscription, SubscriptionStatus,
+};
 use http::Method;
 use serde_json::{Value, json};
 use tonic::Code;
 
 use super::fake::Fault;
 use super::{Env, uuid_of};
-use crate::checkout::{customer, plan};
-use crate::helpers::{details, eventually, idem};
+use crate::checkout::{client, customer, plan};
+use crate::helpers::{details, eventually, idem, req};
 
 const PATH: &str = "/v1/subscriptions";
 
@@ -299,6 +304,403 @@ async fn a_lost_answer_is_settled_by_finding_the_one_subscription() {
     assert_ne!(retried.id, first.id);
     assert_eq!(retried.status, SubscriptionStatus::Trialing as i32);
     assert_eq!(env.fake.executions(&key), 1);
+    assert_eq!(stripe_subscriptions(&env).len(), 2);
+    assert_eq!(env.subscriptions().await.len(), 2);
+}
+
+/// The plan "team": the switch feature `reports`, and a monthly price of 12.50 USD without a
+/// trial. Its price's id.
+async fn team_plan(env: &Env) -> String {
+    env.app
+        .subscriptions()
+        .await
+        .create_plan(req(
+            CreatePlanRequest {
+                key: "team".into(),
+                name: "Team".into(),
+                features: vec![Feature {
+                    key: "reports".into(),
+                    ..Default::default()
+                }],
+                prices: vec![Price {
+                    amount: 1_250,
+                    currency: "USD".into(),
+                    interval: Interval::Month as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .prices[0]
+        .id
+        .clone()
+}
+
+/// `who`'s subscription to two of `price`, charged at once on Stripe: a first ask mirrors the
+/// customer and is refused for want of a card, then the customer saves one (her default
+/// payment method) and the second ask is paid. The subscription, and Stripe's.
+async fn paid_subscription(env: &Env, who: &str, price: &str) -> (Subscription, Value) {
+    let e = create_with(env, create(who, price, None), &format!("{who}-no-card"))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).0, "PAYMENT_METHOD_REQUIRED");
+    let cus = env
+        .fake
+        .objects("cus_")
+        .into_iter()
+        .find(|c| c["metadata"]["coffer_customer_id"] == uuid_of(who))
+        .expect("the customer is mirrored");
+    env.fake.update(cus["id"].as_str().unwrap(), |c| {
+        c["invoice_settings"] = json!({"default_payment_method": "pm_card_visa"});
+    });
+    let made = create_with(env, create(who, price, None), &format!("{who}-paid"))
+        .await
+        .unwrap();
+    assert_eq!(made.status, SubscriptionStatus::Active as i32, "{made:?}");
+    let stripe_sub = env.fake.object(&made.provider_subscription_id);
+    (made, stripe_sub)
+}
+
+/// The subscription's payments, by period (ListPayments filtered by subscription_id).
+async fn charges(env: &Env, subscription: &str) -> Vec<Payment> {
+    let mut payments = client(&env.app)
+        .await
+        .list_payments(req(
+            ListPaymentsRequest {
+                page_size: 100,
+                subscription_id: subscription.into(),
+                ..Default::default()
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .payments;
+    payments.sort_by_key(|p| p.period_start.as_ref().map(|t| t.seconds));
+    payments
+}
+
+/// The payment intent that paid the fake's invoice `invoice`.
+fn intent_of(env: &Env, invoice: &Value) -> String {
+    let payments = env
+        .fake
+        .objects("inpay_")
+        .into_iter()
+        .filter(|p| p["invoice"] == invoice["id"])
+        .collect::<Vec<_>>();
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    payments[0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The first invoice and a renewal's, each delivered twice and out of order: two payments of
+/// the subscription, exact amounts, its customer, the period each pays for; refundable, and
+/// Stripe's `charge.refunded` for a charge with no metadata is found through its invoice.
+#[tokio::test]
+async fn each_paid_invoice_of_a_created_subscription_is_one_payment_however_its_events_come() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let price = team_plan(&env).await;
+    let gina = customer(&env.app, &env.app.key, "gina").await;
+    let (made, stripe_sub) = paid_subscription(&env, &gina, &price).await;
+    let sub_id = made.provider_subscription_id.clone();
+    let first = fake.object(stripe_sub["latest_invoice"].as_str().unwrap());
+    assert_eq!(first["billing_reason"], "subscription_create");
+    // Stripe's clock renews it: the next period's invoice is paid.
+    let second = fake.renew(&sub_id);
+    assert_eq!(second["billing_reason"], "subscription_cycle");
+
+    env.apply("invoice.paid", second.clone()).await;
+    env.apply("invoice.payment_succeeded", first.clone()).await;
+    env.apply("invoice.paid", first.clone()).await;
+    env.apply("invoice.paid", second.clone()).await;
+
+    let paid = charges(&env, &made.id).await;
+    assert_eq!(paid.len(), 2, "one payment per invoice: {paid:?}");
+    for (payment, invoice) in paid.iter().zip([&first, &second]) {
+        assert_eq!(
+            payment.status,
+            PaymentStatus::Succeeded as i32,
+            "{payment:?}"
+        );
+        assert_eq!((payment.amount, payment.currency.as_str()), (2_500, "USD"));
+        assert_eq!(payment.customer_id, gina);
+        assert_eq!(payment.subscription_id, made.id);
+        assert!(payment.checkout_session_id.is_empty());
+        assert_eq!(payment.provider_payment_id, intent_of(&env, invoice));
+        assert_eq!(
+            payment.period_start.as_ref().unwrap().seconds,
+            invoice["lines"]["data"][0]["period"]["start"]
+                .as_i64()
+                .unwrap()
+        );
+        assert_eq!(
+            (payment.card_brand.as_str(), payment.card_last4.as_str()),
+            ("visa", "4242")
+        );
+    }
+    // The subscription follows Stripe, in the same transactions: its second period.
+    let sub = env.subscription(&made.id).await;
+    assert_eq!(
+        sub.current_period_start.unwrap().seconds,
+        fake.object(&sub_id)["items"]["data"][0]["current_period_start"]
+            .as_i64()
+            .unwrap()
+    );
+    let got = client(&env.app)
+        .await
+        .get_payment(req(
+            GetPaymentRequest {
+                id: paid[1].id.clone(),
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, paid[1]);
+
+    // A refund of part of the renewal: against its payment intent on Stripe.
+    let refund = client(&env.app)
+        .await
+        .refund_payment(idem(
+            RefundPaymentRequest {
+                payment_id: paid[1].id.clone(),
+                amount: Some(700),
+                ..Default::default()
+            },
+            &env.app.key,
+            "refund-renewal",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (refund.status, refund.amount),
+        (RefundStatus::Succeeded as i32, 700)
+    );
+    let pi = intent_of(&env, &second);
+    assert_eq!(
+        fake.object(&refund.provider_refund_id)["payment_intent"],
+        pi.as_str()
+    );
+    // Stripe's event of it names the charge, whose payment intent carries no metadata: the
+    // payment is found through the invoice it paid.
+    let charge = fake.object(fake.object(&pi)["latest_charge"].as_str().unwrap());
+    env.apply("charge.refunded", charge).await;
+    assert!(
+        !fake
+            .requests(Method::GET, "/v1/invoice_payments")
+            .is_empty()
+    );
+    let refunded = env.payment(&paid[1].id).await;
+    assert_eq!(refunded.amount_refunded, 700);
+    assert_eq!(refunded.status, PaymentStatus::Succeeded as i32);
+    assert_eq!(charges(&env, &made.id).await.len(), 2);
+}
+
+/// A renewal whose card is declined is that period's payment FAILED (the subscription
+/// PAST_DUE); Stripe's retry that pays the same invoice makes the same payment SUCCEEDED.
+#[tokio::test]
+async fn a_declined_renewal_is_a_failed_payment_until_stripes_retry_pays_it() {
+    let env = Env::spawn().await;
+    let fake = &env.fake;
+    let price = team_plan(&env).await;
+    let jo = customer(&env.app, &env.app.key, "jo").await;
+    let (made, stripe_sub) = paid_subscription(&env, &jo, &price).await;
+    let sub_id = made.provider_subscription_id.clone();
+    let first = fake.object(stripe_sub["latest_invoice"].as_str().unwrap());
+    env.apply("invoice.paid", first).await;
+
+    let renewal = fake.renew(&sub_id);
+    let declined = fake.decline_invoice(renewal["id"].as_str().unwrap(), "insufficient_funds");
+    fake.update(&sub_id, |s| s["status"] = "past_due".into());
+    env.apply("invoice.payment_failed", declined).await;
+    let paid = charges(&env, &made.id).await;
+    assert_eq!(paid.len(), 2, "{paid:?}");
+    assert_eq!(
+        paid[1].status,
+        PaymentStatus::Failed as i32,
+        "{:?}",
+        paid[1]
+    );
+    assert_eq!(paid[1].failure_code, "insufficient_funds");
+    assert_eq!(paid[1].amount, 2_500);
+    assert_eq!(
+        env.subscription(&made.id).await.status,
+        SubscriptionStatus::PastDue as i32
+    );
+
+    let retried = fake.pay_invoice(renewal["id"].as_str().unwrap());
+    fake.update(&sub_id, |s| s["status"] = "active".into());
+    env.apply("invoice.paid", retried).await;
+    let after = charges(&env, &made.id).await;
+    assert_eq!(after.len(), 2, "the same period's payment: {after:?}");
+    assert_eq!(after[1].id, paid[1].id);
+    assert_eq!(after[1].status, PaymentStatus::Succeeded as i32);
+    assert_eq!(
+        env.subscription(&made.id).await.status,
+        SubscriptionStatus::Active as i32
+    );
+}
+
+/// CheckAccess for `reports`: (allowed, reason).
+async fn reports(env: &Env, customer: &str) -> (bool, i32) {
+    let r = env
+        .app
+        .subscriptions()
+        .await
+        .check_access(req(
+            CheckAccessRequest {
+                customer: Some(Who::CustomerId(customer.into())),
+                features: vec!["reports".into()],
+            },
+            &env.app.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    (r[0].allowed, r[0].reason)
+}
+
+/// A chargeback of a created subscription's first charge (no checkout session behind it): the
+/// payment is DISPUTED, and CheckAccess follows the tenant's `disputed_access` — denied by
+/// default until the dispute is won, kept with `allow`.
+#[tokio::test]
+async fn a_dispute_of_a_created_subscriptions_charge_disputes_its_payment_and_access_follows() {
+    let active = AccessReason::Active as i32;
+    let disputed = AccessReason::PaymentDisputed as i32;
+    for (setting, while_disputed) in [
+        ("", (false, disputed)),
+        ("disputed_access = \"allow\"", (true, active)),
+    ] {
+        let env = Env::spawn_with_tenant(setting).await;
+        let fake = &env.fake;
+        let price = team_plan(&env).await;
+        let hana = customer(&env.app, &env.app.key, "hana").await;
+        let (made, stripe_sub) = paid_subscription(&env, &hana, &price).await;
+        let invoice = fake.object(stripe_sub["latest_invoice"].as_str().unwrap());
+        env.apply("invoice.paid", invoice.clone()).await;
+        let [payment] = charges(&env, &made.id).await.try_into().unwrap();
+        assert_eq!(reports(&env, &hana).await, (true, active), "{setting}");
+
+        let pi = intent_of(&env, &invoice);
+        let dispute = fake.open_dispute(&pi, 2_500, "fraudulent");
+        env.apply("charge.dispute.created", dispute.clone()).await;
+        let now = env.payment(&payment.id).await;
+        assert_eq!(now.status, PaymentStatus::Disputed as i32, "{setting}");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                reports(&env, &hana).await == while_disputed
+            })
+            .await,
+            "{setting}: {:?}",
+            reports(&env, &hana).await
+        );
+
+        // Won: SUCCEEDED again, and access with it.
+        let id = dispute["id"].as_str().unwrap();
+        let closed = fake.update(id, |d| d["status"] = "won".into());
+        env.apply("charge.dispute.closed", closed).await;
+        assert_eq!(
+            env.payment(&payment.id).await.status,
+            PaymentStatus::Succeeded as i32
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                reports(&env, &hana).await == (true, active)
+            })
+            .await,
+            "{setting}"
+        );
+    }
+}
+
+/// The create's answer is lost and Stripe's Search has not indexed the subscription yet: the
+/// resolver's search finds nothing and the list of recent subscriptions finds it, so it is
+/// settled once, and the retry under the same key answers it with nothing made again.
+#[tokio::test]
+async fn a_lost_answer_is_found_by_the_list_while_search_lags() {
+    let env = Env::spawn().await;
+    let (ivy, monthly, _) = customer_and_plan(&env, "ivy").await;
+    // The customer and the price are mirrored first, by a call whose answer is not lost.
+    let first = create_with(&env, create(&ivy, &monthly, Some(3)), "warm-up")
+        .await
+        .unwrap();
+    env.fake.set_search_lag(3_600);
+    env.fake.fail(
+        Method::POST,
+        PATH,
+        usize::MAX,
+        Fault::Slow(Duration::from_millis(900)),
+    );
+    let e = create_with(&env, create(&ivy, &monthly, Some(5)), "lost-2")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::Unavailable, "PROVIDER_OUTCOME_UNKNOWN")
+    );
+    let key = env.fake.requests(Method::POST, PATH)[1]
+        .idempotency_key
+        .clone()
+        .unwrap();
+    assert_eq!(env.fake.executions(&key), 1);
+    let made = stripe_subscriptions(&env)[0].clone();
+    env.fake.clear_faults();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM provider_operations
+                  WHERE kind = 'create_subscription' AND status = 'succeeded'",
+            )
+            .fetch_one(&env.app.pool)
+            .await
+            .unwrap()
+                == 2
+        })
+        .await,
+        "the resolver settles it"
+    );
+    // Search was asked and answered nothing; the list of recent subscriptions found it.
+    let searches = env.fake.requests(Method::GET, "/v1/subscriptions/search");
+    assert!(
+        searches.iter().any(|r| r.params["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("metadata['coffer_subscription_id']")),
+        "{searches:?}"
+    );
+    let lists = env.fake.requests(Method::GET, PATH);
+    assert!(!lists.is_empty(), "the list fallback was read");
+    for list in &lists {
+        assert_eq!(list.params["status"], "all");
+        let since: i64 = list.params["created"]["gte"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(since <= made["created"].as_i64().unwrap());
+    }
+    let retried = create_with(&env, create(&ivy, &monthly, Some(5)), "lost-2")
+        .await
+        .unwrap();
+    assert_ne!(retried.id, first.id);
+    assert_eq!(retried.provider_subscription_id, made["id"]);
+    assert_eq!(
+        made["metadata"]["coffer_subscription_id"],
+        uuid_of(&retried.id)
+    );
+    assert_eq!(retried.status, SubscriptionStatus::Trialing as i32);
+    assert_eq!(env.fake.executions(&key), 1, "made once");
     assert_eq!(stripe_subscriptions(&env).len(), 2);
     assert_eq!(env.subscriptions().await.len(), 2);
 }

@@ -130,6 +130,9 @@ struct State {
     /// least 24 hours": the test can make it forget them, as a day would).
     meter_events: Vec<Value>,
     identifiers: std::collections::HashSet<String>,
+    /// How many seconds an object takes to show in Search (Stripe: "under normal operating
+    /// conditions, data is searchable in less than a minute"); 0 shows it at once.
+    search_lag: i64,
 }
 
 /// The fake, serving until dropped.
@@ -405,10 +408,12 @@ impl State {
                 Some("query"),
             ));
         };
+        let indexed_before = now() - self.search_lag;
         let data: Vec<Value> = self
             .newest(prefix)
             .into_iter()
             .filter(|o| o["metadata"][key] == value)
+            .filter(|o| self.search_lag == 0 || o["created"].as_i64().unwrap_or(0) < indexed_before)
             .collect();
         Ok(
             json!({"object": "search_result", "data": data, "has_more": false,
@@ -587,32 +592,20 @@ impl State {
         };
         let metadata = metadata(p);
         let sub_id = random_id("sub");
-        let invoice_id = random_id("in");
         let paid = if trial > 0 {
             0
         } else {
             price["unit_amount"].as_i64().unwrap_or(0) * quantity
         };
-        let currency = price["currency"].clone();
-        self.next();
-        self.put(json!({
-            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
-            "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
-            "billing_reason": "subscription_create",
-            "parent": {"type": "subscription_details", "quote_details": null,
-                       "subscription_details": {"subscription": sub_id, "metadata": metadata}},
-        }));
-        if paid > 0 {
-            let pi = pay(self, paid, &currency, json!({}), &json!(customer_id));
-            self.invoice_payments.insert(
-                invoice_id.clone(),
-                vec![json!({
-                    "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
-                    "status": "paid", "amount_paid": paid,
-                    "payment": {"type": "payment_intent", "payment_intent": pi},
-                })],
-            );
-        }
+        let invoice_id = self.subscription_invoice(
+            &sub_id,
+            &metadata,
+            &json!(customer_id),
+            (&price, quantity),
+            paid,
+            "subscription_create",
+            (now, end),
+        );
         self.next();
         Ok(self.put(json!({
             "id": sub_id, "object": "subscription",
@@ -630,6 +623,71 @@ impl State {
             }]},
             "schedule": null, "latest_invoice": invoice_id,
         })))
+    }
+
+    /// A subscription's invoice, finalized and paid at once by the customer's card when it
+    /// charges something (a succeeded payment intent, listed as the invoice's payment): one
+    /// line for the item over `period`, `billing_reason` as Stripe sets it
+    /// (`subscription_create`, `subscription_cycle`), the subscription's metadata copied to
+    /// `parent.subscription_details`. `period_start`/`period_end` are Stripe's "usage period"
+    /// (the period before a renewal's, a point for the first invoice). Its id.
+    #[allow(clippy::too_many_arguments)]
+    fn subscription_invoice(
+        &mut self,
+        sub_id: &str,
+        sub_metadata: &Value,
+        customer: &Value,
+        item: (&Value, i64),
+        amount: i64,
+        billing_reason: &str,
+        period: (i64, i64),
+    ) -> String {
+        let (price, quantity) = item;
+        let (start, end) = period;
+        let usage = if billing_reason == "subscription_cycle" {
+            (start - (end - start), start)
+        } else {
+            (start, start)
+        };
+        let currency = price["currency"].clone();
+        let invoice_id = random_id("in");
+        self.next();
+        self.put(json!({
+            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
+            "customer": customer, "amount_due": amount, "amount_paid": amount,
+            "amount_remaining": 0, "created": now(), "subscription": null,
+            "billing_reason": billing_reason, "collection_method": "charge_automatically",
+            "period_start": usage.0, "period_end": usage.1,
+            "parent": {"type": "subscription_details", "quote_details": null,
+                       "subscription_details": {"subscription": sub_id, "metadata": sub_metadata}},
+            "lines": {"object": "list", "has_more": false,
+                      "url": format!("/v1/invoices/{invoice_id}/lines"), "data": [{
+                "id": random_id("il"), "object": "line_item", "amount": amount,
+                "currency": currency, "invoice": invoice_id, "quantity": quantity,
+                "period": {"start": start, "end": end},
+                "pricing": {"type": "price_details", "unit_amount_decimal":
+                            price["unit_amount"].as_i64().unwrap_or(0).to_string(),
+                            "price_details": {"price": price["id"], "product": price["product"]}},
+                "parent": {"type": "subscription_item_details", "invoice_item_details": null,
+                           "subscription_item_details": {"subscription": sub_id,
+                               "subscription_item": null, "invoice_item": null,
+                               "proration": false, "proration_details": {"credited_items": null}}},
+            }]},
+        }));
+        if amount > 0 {
+            let pi = pay(self, amount, &currency, json!({}), customer);
+            let payment = json!({
+                "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
+                "status": "paid", "amount_paid": amount, "amount_requested": amount,
+                "currency": currency, "is_default": true, "livemode": false, "created": now(),
+                "payment": {"type": "payment_intent", "payment_intent": pi},
+            });
+            self.next();
+            self.put(payment.clone());
+            self.invoice_payments
+                .insert(invoice_id.clone(), vec![payment]);
+        }
+        invoice_id
     }
 
     fn create_refund(&mut self, p: &Value) -> Result<Value, Failure> {
@@ -1251,6 +1309,27 @@ impl State {
                 self.put(sub)
             }
             ("GET", ["v1", "invoices", id]) => get(self, id)?,
+            // Filtered by `invoice`, or by `payment[type]` and `payment[payment_intent]`.
+            ("GET", ["v1", "invoice_payments"]) => {
+                let invoice = text(p, "invoice").map(str::to_owned);
+                let by = p.get("payment").cloned();
+                if let Some(by) = &by
+                    && text(by, "type").is_none()
+                {
+                    return Err(invalid(
+                        "Missing required param: payment[type].",
+                        Some("payment[type]"),
+                    ));
+                }
+                self.list("inpay_", p, "/v1/invoice_payments", |o| {
+                    invoice.as_ref().is_none_or(|i| o["invoice"] == i.as_str())
+                        && by.as_ref().is_none_or(|b| {
+                            o["payment"]["type"] == b["type"]
+                                && b.get("payment_intent")
+                                    .is_none_or(|pi| o["payment"]["payment_intent"] == *pi)
+                        })
+                })?
+            }
             ("POST", ["v1", "invoices", "create_preview"]) => self.preview_invoice(p)?,
             ("GET", ["v1", "invoiceitems"]) => {
                 let sub = text(p, "subscription").map(str::to_owned);
@@ -1544,23 +1623,15 @@ impl FakeStripe {
                     "schedule": null, "latest_invoice": null,
                 }));
                 let paid = if trial > 0 { 0 } else { total };
-                let invoice_id = random_id("in");
-                s.next();
-                s.put(json!({
-                    "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
-                    "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
-                    "billing_reason": "subscription_create",
-                    "parent": {"type": "subscription_details", "quote_details": null,
-                               "subscription_details": {"subscription": sub_id, "metadata": sub_metadata}},
-                }));
-                if paid > 0 {
-                    let pi = pay(s, paid, &currency, json!({}), &session["customer"]);
-                    s.invoice_payments.insert(invoice_id.clone(), vec![json!({
-                        "id": random_id("inpay"), "object": "invoice_payment", "invoice": invoice_id,
-                        "status": "paid", "amount_paid": paid,
-                        "payment": {"type": "payment_intent", "payment_intent": pi},
-                    })]);
-                }
+                let invoice_id = s.subscription_invoice(
+                    &sub_id,
+                    &sub_metadata,
+                    &session["customer"],
+                    (&item_price, item_quantity),
+                    paid,
+                    "subscription_create",
+                    (now, end),
+                );
                 // The first invoice is the subscription's latest, as on Stripe.
                 let mut sub = s.get(&sub_id).unwrap();
                 sub["latest_invoice"] = json!(invoice_id);
@@ -1653,34 +1724,24 @@ impl FakeStripe {
     }
 
     /// A renewal whose payment fails (what Stripe's clock does when the card is declined):
-    /// the period rolls over ([`FakeStripe::roll_period`]), the period's invoice is finalized
-    /// `open`, collected automatically, attempted once and due to be tried again in three days
-    /// (`next_payment_attempt`, Smart Retries' schedule), and the subscription is `past_due`
-    /// with it as its `latest_invoice`. Answers the invoice, as `invoice.payment_failed`
-    /// carries it (2025-03-31.basil: the subscription under `parent.subscription_details`).
+    /// the period renews ([`FakeStripe::renew`]) and its invoice's charge is declined
+    /// ([`FakeStripe::decline_invoice`]); the invoice stays `open`, collected automatically,
+    /// attempted once and due to be tried again in three days (`next_payment_attempt`, Smart
+    /// Retries' schedule), and the subscription is `past_due` with it as its `latest_invoice`.
+    /// Answers the invoice, as `invoice.payment_failed` carries it.
     pub fn fail_renewal(&self, id: &str) -> Value {
-        let sub = self.roll_period(id);
+        let invoice = self.renew(id);
+        let invoice_id = invoice["id"].as_str().unwrap().to_owned();
+        self.decline_invoice(&invoice_id, "insufficient_funds");
         self.with(|s| {
-            let item = &sub["items"]["data"][0];
-            let amount = item["price"]["unit_amount"].as_i64().unwrap()
-                * item["quantity"].as_i64().unwrap_or(1);
-            let invoice_id = random_id("in");
-            s.next();
-            let invoice = s.put(json!({
-                "id": invoice_id, "object": "invoice", "status": "open",
-                "collection_method": "charge_automatically", "currency": item["price"]["currency"],
-                "customer": sub["customer"], "amount_due": amount, "amount_paid": 0,
-                "amount_remaining": amount, "attempted": true, "attempt_count": 1,
-                "next_payment_attempt": now() + 3 * 86_400, "auto_advance": true,
-                "billing_reason": "subscription_cycle", "created": now(),
-                "period_start": item["current_period_start"], "period_end": item["current_period_end"],
-                "subscription": null,
-                "parent": {"type": "subscription_details", "quote_details": null,
-                           "subscription_details": {"subscription": id, "metadata": sub["metadata"]}},
-            }));
+            let mut invoice = s.get(&invoice_id).unwrap();
+            invoice["attempted"] = json!(true);
+            invoice["attempt_count"] = json!(1);
+            invoice["next_payment_attempt"] = json!(now() + 3 * 86_400);
+            invoice["auto_advance"] = json!(true);
+            let invoice = s.put(invoice);
             let mut sub = s.get(id).unwrap();
             sub["status"] = json!("past_due");
-            sub["latest_invoice"] = json!(invoice_id);
             s.put(sub);
             invoice
         })
@@ -1700,6 +1761,95 @@ impl FakeStripe {
                 json!(now() + 3 * 86_400)
             };
             s.put(inv)
+        })
+    }
+
+    /// Objects take `secs` to show in Search (0: at once), as Stripe's Search may lag.
+    pub fn set_search_lag(&self, secs: i64) {
+        self.with(|s| s.search_lag = secs);
+    }
+
+    /// The subscription renews (Stripe's clock reaching its period's end): the next period
+    /// begins ([`FakeStripe::roll_period`]) and its `subscription_cycle` invoice is paid with
+    /// the customer's card. Answers the invoice.
+    pub fn renew(&self, id: &str) -> Value {
+        let sub = self.roll_period(id);
+        self.with(|s| {
+            let item = &sub["items"]["data"][0];
+            let quantity = item["quantity"].as_i64().unwrap_or(1);
+            let amount = item["price"]["unit_amount"].as_i64().unwrap() * quantity;
+            let period = (
+                item["current_period_start"].as_i64().unwrap(),
+                item["current_period_end"].as_i64().unwrap(),
+            );
+            let invoice = s.subscription_invoice(
+                id,
+                &sub["metadata"],
+                &sub["customer"],
+                (&item["price"], quantity),
+                amount,
+                "subscription_cycle",
+                period,
+            );
+            let mut sub = sub.clone();
+            sub["latest_invoice"] = json!(invoice);
+            s.put(sub);
+            s.get(&invoice).unwrap()
+        })
+    }
+
+    /// The invoice's charge is declined with `decline_code` (a renewal's card failing): the
+    /// invoice stays `open`, its payment intent asks for another payment method, its charge
+    /// failed and its invoice payment is `open`. Answers the invoice.
+    pub fn decline_invoice(&self, id: &str, decline_code: &str) -> Value {
+        self.set_invoice_paid(id, false, Some(decline_code))
+    }
+
+    /// Stripe's retry of the invoice succeeds with the same payment intent. Answers the
+    /// invoice.
+    pub fn pay_invoice(&self, id: &str) -> Value {
+        self.set_invoice_paid(id, true, None)
+    }
+
+    fn set_invoice_paid(&self, id: &str, paid: bool, decline_code: Option<&str>) -> Value {
+        self.with(|s| {
+            let mut invoice = s.get(id).unwrap();
+            let due = invoice["amount_due"].as_i64().unwrap();
+            invoice["status"] = json!(if paid { "paid" } else { "open" });
+            invoice["amount_paid"] = json!(if paid { due } else { 0 });
+            invoice["amount_remaining"] = json!(if paid { 0 } else { due });
+            let mut payments = s.invoice_payments[id].clone();
+            for p in &mut payments {
+                p["status"] = json!(if paid { "paid" } else { "open" });
+                p["amount_paid"] = json!(if paid { due } else { 0 });
+                let pi = p["payment"]["payment_intent"].as_str().unwrap().to_owned();
+                let mut intent = s.get(&pi).unwrap();
+                intent["status"] = json!(if paid {
+                    "succeeded"
+                } else {
+                    "requires_payment_method"
+                });
+                intent["amount_received"] = json!(if paid { due } else { 0 });
+                intent["last_payment_error"] = match decline_code {
+                    Some(code) => json!({"type": "card_error", "code": "card_declined",
+                                         "decline_code": code}),
+                    None => Value::Null,
+                };
+                let charge = intent["latest_charge"].as_str().unwrap().to_owned();
+                s.put(intent);
+                let mut c = s.get(&charge).unwrap();
+                c["status"] = json!(if paid { "succeeded" } else { "failed" });
+                c["paid"] = json!(paid);
+                c["failure_code"] = if paid {
+                    Value::Null
+                } else {
+                    json!("card_declined")
+                };
+                s.put(c);
+                s.put(p.clone());
+            }
+            s.invoice_payments.insert(id.to_owned(), payments);
+            s.put(invoice)
         })
     }
 

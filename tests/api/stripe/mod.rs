@@ -78,6 +78,11 @@ impl Env {
         Self::spawn_with(fake, extra, "").await
     }
 
+    /// With more settings of the tenant acme (`tenant`, lines of `[tenant.acme]`).
+    async fn spawn_with_tenant(tenant: &str) -> Self {
+        Self::spawn_with(FakeStripe::start().await, "", tenant).await
+    }
+
     /// With more of coffer.toml (`extra`) and more of acme's settings (`tenant`).
     async fn spawn_with(fake: FakeStripe, extra: &str, tenant: &str) -> Self {
         let toml = format!(
