@@ -302,3 +302,72 @@ async fn a_lost_answer_is_settled_by_finding_the_one_subscription() {
     assert_eq!(stripe_subscriptions(&env).len(), 2);
     assert_eq!(env.subscriptions().await.len(), 2);
 }
+
+/// A declined first invoice leaves the subscription INCOMPLETE; Stripe expires it after 23
+/// hours, telling it as `customer.subscription.updated` or `.deleted` with the status
+/// `incomplete_expired`: either way Coffer's row becomes INCOMPLETE_EXPIRED (final), not
+/// CANCELED.
+#[tokio::test]
+async fn an_incomplete_subscription_expired_by_stripe_is_incomplete_expired_by_either_event() {
+    let env = Env::spawn().await;
+    let (_, [monthly, _, _]) = plan(&env.app, "pro").await;
+    for (who, event) in [
+        ("fay", "customer.subscription.updated"),
+        ("gus", "customer.subscription.deleted"),
+    ] {
+        let someone = customer(&env.app, &env.app.key, who).await;
+        // Refused without a card, the create has mirrored the customer all the same.
+        let e = create_with(
+            &env,
+            create(&someone, &monthly, Some(0)),
+            &format!("{who}-0"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(details(&e).0, "PAYMENT_METHOD_REQUIRED");
+        let cus_id = env
+            .fake
+            .objects("cus_")
+            .into_iter()
+            .find(|c| c["metadata"]["coffer_customer_id"] == uuid_of(&someone))
+            .expect("the mirrored customer")["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Her default payment method declines every charge (Stripe's test method).
+        env.fake.update(&cus_id, |c| {
+            c["invoice_settings"] = json!({"default_payment_method": "pm_card_chargeCustomerFail"});
+        });
+        let made = create_with(
+            &env,
+            create(&someone, &monthly, Some(0)),
+            &format!("{who}-1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            made.status,
+            SubscriptionStatus::Incomplete as i32,
+            "{made:?}"
+        );
+
+        let now = super::fake::now();
+        let expired = env.fake.update(&made.provider_subscription_id, |s| {
+            s["status"] = json!("incomplete_expired");
+            s["ended_at"] = json!(now);
+        });
+        env.apply(event, expired).await;
+        let got = env
+            .subscriptions()
+            .await
+            .into_iter()
+            .find(|s| s.id == made.id)
+            .unwrap();
+        assert_eq!(
+            got.status,
+            SubscriptionStatus::IncompleteExpired as i32,
+            "{event}: {got:?}"
+        );
+        assert!(got.canceled_at.is_none(), "{got:?}");
+    }
+}

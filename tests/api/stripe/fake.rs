@@ -534,7 +534,9 @@ impl State {
     /// `POST /v1/subscriptions` (`payment_behavior` Stripe's default, `allow_incomplete`):
     /// `trialing` until `trial_end` with `trial_period_days`; else the first invoice is paid
     /// now with the customer's `invoice_settings.default_payment_method`, and a customer with
-    /// none is Stripe's 400 `resource_missing`. One item: `items[0][price]` and `[quantity]`.
+    /// none is Stripe's 400 `resource_missing`; Stripe's test method `pm_card_chargeCustomerFail`
+    /// (attaches, declines every charge) leaves the invoice open and the subscription
+    /// `incomplete`. One item: `items[0][price]` and `[quantity]`.
     fn create_subscription(&mut self, p: &Value) -> Result<Value, Failure> {
         let customer_id = text(p, "customer")
             .ok_or_else(|| invalid("Missing required param: customer.", Some("customer")))?
@@ -587,16 +589,19 @@ impl State {
         let metadata = metadata(p);
         let sub_id = random_id("sub");
         let invoice_id = random_id("in");
-        let paid = if trial > 0 {
+        let due = if trial > 0 {
             0
         } else {
             price["unit_amount"].as_i64().unwrap_or(0) * quantity
         };
+        let declines = trial == 0 && card == "pm_card_chargeCustomerFail";
+        let paid = if declines { 0 } else { due };
         let currency = price["currency"].clone();
         self.next();
         self.put(json!({
-            "id": invoice_id, "object": "invoice", "status": "paid", "currency": currency,
-            "amount_due": paid, "amount_paid": paid, "created": now, "subscription": null,
+            "id": invoice_id, "object": "invoice",
+            "status": if declines { "open" } else { "paid" }, "currency": currency,
+            "amount_due": due, "amount_paid": paid, "created": now, "subscription": null,
             "billing_reason": "subscription_create",
             "parent": {"type": "subscription_details", "quote_details": null,
                        "subscription_details": {"subscription": sub_id, "metadata": metadata}},
@@ -615,7 +620,7 @@ impl State {
         self.next();
         Ok(self.put(json!({
             "id": sub_id, "object": "subscription",
-            "status": if trial > 0 { "trialing" } else { "active" },
+            "status": if trial > 0 { "trialing" } else if declines { "incomplete" } else { "active" },
             "metadata": metadata,
             "customer": customer_id, "created": now, "start_date": now,
             "trial_start": if trial > 0 { json!(now) } else { Value::Null },
