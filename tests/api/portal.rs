@@ -625,7 +625,7 @@ async fn the_portal_pauses_and_resumes_collection_through_coffer() {
 }
 
 #[tokio::test]
-async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
+async fn a_browser_cancels_undoes_pauses_resumes_and_changes_the_card_in_the_portal() {
     use fantoccini::{ClientBuilder, Locator};
 
     use crate::sandbox_page::{artefacts, chromedriver, find_binary};
@@ -699,6 +699,44 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
             .await?;
         let undone = !subscription(&env, &id).await.cancel_at_period_end;
 
+        // Pause collection: the page says so and offers to resume; then resume.
+        browser
+            .find(Locator::Id(&format!("pause-{provider_id}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Id(&format!("resume-{provider_id}")))
+            .await?;
+        let paused_text = browser
+            .find(Locator::Css(&format!(
+                "[data-subscription='{provider_id}']"
+            )))
+            .await?
+            .text()
+            .await?;
+        let paused = subscription(&env, &id).await.collection_paused;
+        let shot = browser.screenshot().await?;
+        std::fs::write(dir.join("portal-paused.png"), &shot).unwrap();
+        std::fs::write(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/portal-paused.png"),
+            &shot,
+        )
+        .unwrap();
+        browser
+            .find(Locator::Id(&format!("resume-{provider_id}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Id(&format!("pause-{provider_id}")))
+            .await?;
+        let resumed = !subscription(&env, &id).await.collection_paused;
+
         for (field, text) in [
             ("number", FAILS_LATER),
             ("expiry", "12 / 34"),
@@ -732,11 +770,26 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
             browser.screenshot().await?,
         )
         .unwrap();
-        Ok::<_, fantoccini::error::CmdError>((canceled, undone, on_file))
+        Ok::<_, fantoccini::error::CmdError>((
+            canceled,
+            undone,
+            (paused, paused_text, resumed),
+            on_file,
+        ))
     }
     .await;
     let _ = browser.close().await;
-    let (canceled, undone, on_file) = result.expect("the browser used the portal");
+    let (canceled, undone, (paused, paused_text, resumed), on_file) =
+        result.expect("the browser used the portal");
+    assert!(
+        paused,
+        "GetSubscription showed collection_paused after the click"
+    );
+    assert!(
+        paused_text.contains("Collection paused"),
+        "the page says so: {paused_text}"
+    );
+    assert!(resumed, "and cleared after resuming");
     assert!(
         canceled,
         "GetSubscription showed cancel_at_period_end after the click"
