@@ -371,3 +371,53 @@ async fn an_incomplete_subscription_expired_by_stripe_is_incomplete_expired_by_e
         assert!(got.canceled_at.is_none(), "{got:?}");
     }
 }
+
+/// A trial that ended without a payment method is `paused` on Stripe; ResumeSubscription on it
+/// is Stripe's resume (`POST /v1/subscriptions/{id}/resume`, a new billing cycle from now),
+/// not the unset of `pause_collection`, and its answer makes the row ACTIVE.
+#[tokio::test]
+async fn resume_subscription_on_a_paused_stripe_subscription_is_stripes_resume() {
+    use coffer::grpc::pb::ResumeSubscriptionRequest;
+    let env = Env::spawn().await;
+    let (hal, monthly, _) = customer_and_plan(&env, "hal").await;
+    let made = create_with(&env, create(&hal, &monthly, Some(7)), "trial")
+        .await
+        .unwrap();
+    let sub_id = made.provider_subscription_id.clone();
+    let paused = env.fake.update(&sub_id, |s| s["status"] = json!("paused"));
+    env.apply("customer.subscription.paused", paused).await;
+    let listed = env.subscriptions().await;
+    assert_eq!(listed[0].status, SubscriptionStatus::Paused as i32);
+
+    let resumed = env
+        .app
+        .subscriptions()
+        .await
+        .resume_subscription(idem(
+            ResumeSubscriptionRequest {
+                id: made.id.clone(),
+            },
+            &env.app.key,
+            "resume-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resumed.status,
+        SubscriptionStatus::Active as i32,
+        "{resumed:?}"
+    );
+    let path = format!("/v1/subscriptions/{sub_id}/resume");
+    let sent = env.fake.requests(Method::POST, &path);
+    assert_eq!(sent.len(), 1, "{:?}", env.fake.all_requests());
+    assert_eq!(sent[0].params["billing_cycle_anchor"], "now");
+    assert!(sent[0].idempotency_key.is_some());
+    // Not the pause_collection unset a paused collection's resume sends.
+    assert!(
+        env.fake
+            .requests(Method::POST, &format!("/v1/subscriptions/{sub_id}"))
+            .iter()
+            .all(|r| r.params.get("pause_collection").is_none())
+    );
+}

@@ -1244,6 +1244,27 @@ impl State {
                 }
                 self.put(sub)
             }
+            // Stripe's resume of a `paused` subscription: active again, and with
+            // `billing_cycle_anchor=now` a new period from now (the fake invoices nothing).
+            ("POST", ["v1", "subscriptions", id, "resume"]) => {
+                let mut sub = get(self, id)?;
+                if sub["status"] != "paused" {
+                    return Err(invalid(
+                        "Subscription cannot be resumed because it is not paused.",
+                        None,
+                    ));
+                }
+                sub["status"] = json!("active");
+                if text(p, "billing_cycle_anchor") == Some("now") {
+                    let now = now();
+                    let item = &mut sub["items"]["data"][0];
+                    let length = item["current_period_end"].as_i64().unwrap_or(now)
+                        - item["current_period_start"].as_i64().unwrap_or(now);
+                    item["current_period_start"] = json!(now);
+                    item["current_period_end"] = json!(now + length.max(30 * 86_400));
+                }
+                self.put(sub)
+            }
             ("DELETE", ["v1", "subscriptions", id]) => {
                 let mut sub = get(self, id)?;
                 if sub["status"] == "canceled" {
