@@ -899,7 +899,9 @@ pub async fn apply_subscription(
     tenant: TenantId,
     s: &ProviderSubscription,
 ) -> Result<(), ApplyError> {
-    let (existing, origin) = match sub_store::find_creation(tx, tenant, s.client_reference).await? {
+    // Locked: two appliers of a created subscription racing (the retry settling a lost answer
+    // and the resolver, say) would otherwise both see no row and both insert it.
+    let (existing, origin) = match sub_store::lock_creation(tx, tenant, s.client_reference).await? {
         Some(creation) => {
             let id = SubscriptionId::from_uuid(s.client_reference);
             (
