@@ -245,6 +245,7 @@ impl Portal {
                 reason: "asked in the customer portal".to_owned(),
             },
             PortalAction::UndoCancel => Change::UndoCancel,
+            PortalAction::PauseCollection => Change::PauseCollection,
             PortalAction::ResumeCollection => Change::ResumeCollection,
         };
         match self.subscriptions.change(&ctx, None, id, change).await {

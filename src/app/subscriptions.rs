@@ -185,6 +185,11 @@ impl Subscriptions {
         let name = AccountName::parse(&sub.account)
             .map_err(|e| AppError::internal(format!("stored account: {}", e.0)))?;
         let account = self.providers.resolve(tenant, Some(&name)).await?;
+        // Resuming a PAUSED subscription is another call than resuming paused collection.
+        let change = match change {
+            Change::ResumeCollection => Change::resume_of(sub.status),
+            other => other,
+        };
         let provider = account.for_op(Operation::of_change(&change))?;
         // A plan change names the provider's price, mirrored on first use; no connection is
         // held while the provider is called.
@@ -259,6 +264,7 @@ impl Subscriptions {
             Change::UndoCancel => "subscription.cancel_undone",
             Change::PauseCollection => "subscription.collection_paused",
             Change::ResumeCollection => "subscription.collection_resumed",
+            Change::Resume => "subscription.resumed",
             Change::ChangePlan(PlanChange {
                 effective: Effective::Now,
                 ..
@@ -274,7 +280,22 @@ impl Subscriptions {
                 change,
             },
         );
-        let changed = self.journal.call(&op, account.kind, sent).await?;
+        let changed = match self.journal.call(&op, account.kind, sent).await {
+            Ok(changed) => changed,
+            // Resuming a PAUSED subscription charges the card on file: without one it is
+            // refused, as CreateSubscription without a card or trial is.
+            Err(CallFailed {
+                cause: ProviderError::Definitive { code, .. },
+                ..
+            }) if code == PAYMENT_METHOD_REQUIRED => {
+                return Err(AppError::rejected(
+                    RejectionKind::FailedPrecondition,
+                    REASON_PAYMENT_METHOD_REQUIRED,
+                    "the customer has no payment method on file to charge the resumed period",
+                ));
+            }
+            Err(failed) => return Err(failed.into()),
+        };
         // A provider that reports its price (Stripe, Polar) had it applied with its answer.
         let reports_price = changed.price.is_some();
         let mut conn = self.pool.acquire().await?;
@@ -979,7 +1000,9 @@ pub async fn apply_subscription(
     tenant: TenantId,
     s: &ProviderSubscription,
 ) -> Result<(), ApplyError> {
-    let (existing, origin) = match sub_store::find_creation(tx, tenant, s.client_reference).await? {
+    // Locked: two appliers of a created subscription racing (the retry settling a lost answer
+    // and the resolver, say) would otherwise both see no row and both insert it.
+    let (existing, origin) = match sub_store::lock_creation(tx, tenant, s.client_reference).await? {
         Some(creation) => {
             let id = SubscriptionId::from_uuid(s.client_reference);
             (

@@ -102,6 +102,11 @@ pub enum Change {
     UndoCancel,
     PauseCollection,
     ResumeCollection,
+    /// Resume a PAUSED subscription (a trial that ended without a payment method), as
+    /// Stripe's `POST /v1/subscriptions/{id}/resume` does: a new period starts now and is
+    /// charged at once to the card on file. ResumeSubscription asks it when the status is
+    /// PAUSED ([`Change::resume_of`]); the provider's answer says whether the charge paid.
+    Resume,
     /// A change of price or quantity (ChangeSubscriptionPlan), now or at the period's end.
     ChangePlan(PlanChange),
 }
@@ -143,7 +148,19 @@ impl Change {
             Change::UndoCancel => "have a scheduled cancel undone",
             Change::PauseCollection => "have its collection paused",
             Change::ResumeCollection => "have its collection resumed",
+            Change::Resume => "be resumed",
             Change::ChangePlan(_) => "change its plan",
+        }
+    }
+
+    /// What "resume" means for a subscription in `status`: a PAUSED one (its trial ended
+    /// without a card) is resumed with a new, charged period; any other has its paused
+    /// collection resumed (Stripe's `pause_collection` unset), which is judged as such.
+    pub fn resume_of(status: SubscriptionStatus) -> Change {
+        if status == SubscriptionStatus::Paused {
+            Change::Resume
+        } else {
+            Change::ResumeCollection
         }
     }
 }
@@ -241,6 +258,14 @@ impl Lifecycle {
                     return Err(refuse(": its collection is not paused"));
                 }
                 next.collection_paused = false;
+            }
+            Change::Resume => {
+                if self.status != Paused {
+                    return Err(refuse(""));
+                }
+                // ACTIVE when the charge pays; the provider's answer is what is applied, and
+                // a declined charge leaves it PAUSED.
+                next.status = self.status.transition(Active).map_err(|_| refuse(""))?;
             }
             Change::ChangePlan(_) => {
                 // Only a subscription with a period being paid for changes price.
@@ -694,12 +719,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn resume_of_a_paused_subscription_starts_it_and_any_other_resumes_collection() {
+        assert_eq!(
+            Change::resume_of(SubscriptionStatus::Paused),
+            Change::Resume
+        );
+        let paused = Lifecycle::new(SubscriptionStatus::Paused);
+        assert_eq!(
+            paused.apply(&Change::Resume, t(1)).unwrap().status,
+            SubscriptionStatus::Active
+        );
+        for s in [SubscriptionStatus::Active, SubscriptionStatus::Trialing] {
+            assert_eq!(Change::resume_of(s), Change::ResumeCollection);
+            assert_eq!(
+                Lifecycle::new(s)
+                    .apply(&Change::Resume, t(1))
+                    .unwrap_err()
+                    .to_string(),
+                format!("a {} subscription cannot be resumed", s.as_str())
+            );
+        }
+        // A PAUSED subscription has no paused collection to resume.
+        assert!(paused.apply(&Change::ResumeCollection, t(1)).is_err());
+    }
+
     fn change() -> impl Strategy<Value = Change> {
         prop_oneof![
             any::<bool>().prop_map(cancel),
             Just(Change::UndoCancel),
             Just(Change::PauseCollection),
             Just(Change::ResumeCollection),
+            Just(Change::Resume),
         ]
     }
 

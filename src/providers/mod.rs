@@ -186,7 +186,9 @@ impl Operation {
         use crate::domain::subscription::Change;
         match change {
             Change::Cancel { .. } | Change::UndoCancel => Operation::CancelSubscription,
-            Change::PauseCollection | Change::ResumeCollection => Operation::PauseSubscription,
+            Change::PauseCollection | Change::ResumeCollection | Change::Resume => {
+                Operation::PauseSubscription
+            }
             Change::ChangePlan(_) => Operation::ChangeSubscriptionPlan,
         }
     }

@@ -442,6 +442,35 @@ pub async fn find_creation(
     }))
 }
 
+/// The CreateSubscription recorded under `id`, locked until the transaction ends: whoever
+/// applies the provider's subscription first (the call's answer, its event, the resolver)
+/// holds it while it makes the row, so a concurrent applier waits and then finds that row
+/// instead of inserting a second one.
+pub async fn lock_creation(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<Creation>, StoreError> {
+    let Some(row) = sqlx::query!(
+        "SELECT customer_id, price_id, quantity, account FROM subscription_creations
+         WHERE tenant_id = $1 AND id = $2
+         FOR UPDATE",
+        tenant.as_uuid(),
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Creation {
+        customer: CustomerId::from_uuid(row.customer_id),
+        price: PriceId::from_uuid(row.price_id),
+        quantity: u32::try_from(row.quantity).map_err(|e| corrupt("quantity", e))?,
+        account: row.account,
+    }))
+}
+
 /// The subscription `id`, locked, with its applied version.
 pub async fn lock_subscription_versioned(
     conn: &mut PgConnection,

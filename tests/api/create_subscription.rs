@@ -24,7 +24,7 @@ use crate::sandbox_page::{Env, FAILS_LATER, PAYS, env_of};
 
 /// The server with the sandbox, its delivery workers and inbox workers, and coffer.toml
 /// `settings`; a customer "alice" of tenant acme.
-async fn spawn(settings: &str) -> Env {
+pub(crate) async fn spawn(settings: &str) -> Env {
     spawn_with_faults(settings, Arc::default()).await
 }
 
@@ -51,7 +51,7 @@ async fn spawn_with_faults(settings: &str, faults: Arc<Faults>) -> Env {
 }
 
 /// Alice pays a one-time checkout with `card`: the sandbox keeps the card on file.
-async fn card_on_file(env: &Env, card: &str) {
+pub(crate) async fn card_on_file(env: &Env, card: &str) {
     let s = env
         .open(session(
             &env.customer,
@@ -62,7 +62,11 @@ async fn card_on_file(env: &Env, card: &str) {
     env.pay(&s, card).await;
 }
 
-fn create(customer: &str, price: &str, trial_days: Option<i64>) -> CreateSubscriptionRequest {
+pub(crate) fn create(
+    customer: &str,
+    price: &str,
+    trial_days: Option<i64>,
+) -> CreateSubscriptionRequest {
     CreateSubscriptionRequest {
         customer_id: customer.into(),
         price_id: price.into(),
@@ -72,7 +76,7 @@ fn create(customer: &str, price: &str, trial_days: Option<i64>) -> CreateSubscri
     }
 }
 
-async fn create_with(
+pub(crate) async fn create_with(
     env: &Env,
     r: CreateSubscriptionRequest,
     key: &str,
@@ -85,7 +89,7 @@ async fn create_with(
 }
 
 /// The subscription's charges, oldest first (ListPayments filtered by subscription_id).
-async fn charges(env: &Env, id: &str) -> Vec<Payment> {
+pub(crate) async fn charges(env: &Env, id: &str) -> Vec<Payment> {
     CheckoutClient::new(env.app.channel().await)
         .list_payments(req(
             ListPaymentsRequest {
@@ -101,7 +105,7 @@ async fn charges(env: &Env, id: &str) -> Vec<Payment> {
         .payments
 }
 
-async fn advance(env: &Env, to: OffsetDateTime) {
+pub(crate) async fn advance(env: &Env, to: OffsetDateTime) {
     SandboxClient::new(env.app.channel().await)
         .advance_clock(req(
             AdvanceClockRequest {
@@ -117,7 +121,7 @@ async fn advance(env: &Env, to: OffsetDateTime) {
         .unwrap();
 }
 
-async fn reaches(env: &Env, id: &str, status: SubscriptionStatus) -> Subscription {
+pub(crate) async fn reaches(env: &Env, id: &str, status: SubscriptionStatus) -> Subscription {
     let ok = eventually(SETTLE, || async {
         subscription(env, id).await.status == status as i32
     })
@@ -127,7 +131,7 @@ async fn reaches(env: &Env, id: &str, status: SubscriptionStatus) -> Subscriptio
     s
 }
 
-fn at(t: &prost_types::Timestamp) -> OffsetDateTime {
+pub(crate) fn at(t: &prost_types::Timestamp) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.seconds).unwrap()
 }
 
@@ -218,6 +222,144 @@ async fn the_0341_card_on_file_is_declined_and_the_subscription_is_incomplete() 
     assert_eq!(paid[0].status, PaymentStatus::Failed as i32);
     assert_eq!(paid[0].failure_code, "card_declined");
     assert_eq!(paid[0].amount, 5_800);
+}
+
+#[tokio::test]
+async fn an_incomplete_subscription_expires_23_hours_after_it_was_made_on_the_sandbox_clock() {
+    let env = spawn("").await;
+    let (_, [monthly, _, _]) = plan(&env.app, "pro").await;
+    card_on_file(&env, FAILS_LATER).await;
+    let s = create_with(&env, create(&env.customer, &monthly, Some(0)), "k")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, SubscriptionStatus::Incomplete as i32);
+    let made = at(s.current_period_start.as_ref().unwrap());
+    // Not yet: a minute short of 23 hours it is still waiting for its first charge.
+    advance(&env, made + Duration::hours(23) - Duration::minutes(1)).await;
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    assert_eq!(
+        subscription(&env, &s.id).await.status,
+        SubscriptionStatus::Incomplete as i32
+    );
+    advance(&env, made + Duration::hours(23) + Duration::minutes(1)).await;
+    let expired = reaches(&env, &s.id, SubscriptionStatus::IncompleteExpired).await;
+    assert!(expired.canceled_at.is_none());
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    // Final: a month later nothing renews, nothing more is charged, and it stays expired.
+    advance(&env, made + Duration::days(40)).await;
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    assert_eq!(
+        subscription(&env, &s.id).await.status,
+        SubscriptionStatus::IncompleteExpired as i32
+    );
+    let paid = charges(&env, &s.id).await;
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_eq!(paid[0].status, PaymentStatus::Failed as i32);
+    // The sandbox sent it as an update carrying the new status, signed, through the inbox.
+    let (kind, status): (String, String) = sqlx::query_as(
+        "SELECT event_type, status FROM webhook_events
+         WHERE convert_from(payload, 'UTF8')::jsonb->'data'->'object'->>'status'
+               = 'incomplete_expired'",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), status.as_str()),
+        ("subscription.updated", "processed")
+    );
+    // A lifecycle call on it is refused, naming the status.
+    let e = env
+        .app
+        .subscriptions()
+        .await
+        .cancel_subscription(idem(
+            coffer::grpc::pb::CancelSubscriptionRequest {
+                id: s.id.clone(),
+                at_period_end: false,
+                reason: String::new(),
+            },
+            &env.app.key,
+            "c",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("incomplete_expired"), "{e:?}");
+}
+
+#[tokio::test]
+async fn resume_subscription_on_a_paused_trial_needs_a_card_then_charges_a_new_period_from_now() {
+    use coffer::grpc::pb::ResumeSubscriptionRequest;
+    let env = spawn("[tenant.acme]\ntrial_end_without_payment_method = \"pause\"\n").await;
+    let (_, [monthly, _, _]) = plan(&env.app, "pro").await;
+    let s = create_with(&env, create(&env.customer, &monthly, Some(3)), "t")
+        .await
+        .unwrap()
+        .into_inner();
+    let trial_end = at(s.trial_end.as_ref().unwrap());
+    let later = trial_end + Duration::days(2);
+    advance(&env, later).await;
+    reaches(&env, &s.id, SubscriptionStatus::Paused).await;
+    let resume = |key: &'static str| {
+        let env = &env;
+        let id = s.id.clone();
+        async move {
+            env.app
+                .subscriptions()
+                .await
+                .resume_subscription(idem(ResumeSubscriptionRequest { id }, &env.app.key, key))
+                .await
+        }
+    };
+    // No card on file: refused, nothing charged, still PAUSED.
+    let e = resume("r1").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(details(&e).0, "PAYMENT_METHOD_REQUIRED");
+    assert!(charges(&env, &s.id).await.is_empty());
+    assert_eq!(
+        subscription(&env, &s.id).await.status,
+        SubscriptionStatus::Paused as i32
+    );
+
+    // Alice pays a checkout: that card is on file, and the resume charges it.
+    card_on_file(&env, PAYS).await;
+    let resumed = resume("r2").await.unwrap().into_inner();
+    assert_eq!(resumed.status, SubscriptionStatus::Active as i32);
+    let start = at(resumed.current_period_start.as_ref().unwrap());
+    assert!(
+        start >= later && start < later + Duration::minutes(5),
+        "the new period starts at the sandbox clock's now: {start} after {later}"
+    );
+    let days = (at(resumed.current_period_end.as_ref().unwrap()) - start).whole_days();
+    assert!((28..=31).contains(&days), "one monthly period: {days} days");
+    assert!(
+        eventually(SETTLE, || async {
+            let paid = charges(&env, &s.id).await;
+            paid.len() == 1 && paid[0].status == PaymentStatus::Succeeded as i32
+        })
+        .await
+    );
+    let paid = charges(&env, &s.id).await;
+    assert_eq!(paid[0].amount, 5_800);
+    assert_eq!(at(paid[0].period_start.as_ref().unwrap()), start);
+    // A replay answers the same and charges nothing more; resuming again is refused (it is
+    // ACTIVE, its collection not paused).
+    let again = resume("r2").await.unwrap().into_inner();
+    assert_eq!(again.current_period_start, resumed.current_period_start);
+    let e = resume("r3").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(details(&e).0, "ILLEGAL_SUBSCRIPTION_TRANSITION");
+    assert!(eventually(SETTLE, || all_delivered_and_processed(&env)).await);
+    assert_eq!(charges(&env, &s.id).await.len(), 1);
+    // And it renews a period later.
+    advance(&env, start + Duration::days(32)).await;
+    assert!(
+        eventually(SETTLE, || async { charges(&env, &s.id).await.len() == 2 }).await,
+        "{:?}",
+        charges(&env, &s.id).await
+    );
 }
 
 #[tokio::test]

@@ -579,8 +579,200 @@ async fn a_forged_or_expired_link_is_refused_and_changes_nothing() {
     assert_eq!(get(&local(&env, &fresh)).await.status, StatusCode::OK);
 }
 
+/// Saves `number` as the card in the portal at `url`, answering the redirect to the page.
+async fn save_card(url: &str, number: &str) -> Answer {
+    let page = get(url).await;
+    post(
+        &format!("{url}/card"),
+        &[
+            ("csrf", &csrf(&page.body)),
+            ("number", number),
+            ("expiry", "12 / 34"),
+            ("cvc", "123"),
+            ("name", "Ada Lovelace"),
+        ],
+    )
+    .await
+}
+
 #[tokio::test]
-async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
+async fn a_card_added_in_the_portal_resumes_a_paused_trial_with_a_period_charged_from_now() {
+    use crate::create_subscription::{at, charges, create, create_with, reaches};
+    use coffer::grpc::pb::PaymentStatus;
+    use time::Duration as Span;
+
+    let env = crate::create_subscription::spawn(
+        "[tenant.acme]\ntrial_end_without_payment_method = \"pause\"\n",
+    )
+    .await;
+    let (_, [monthly, _, _]) = crate::checkout::plan(&env.app, "pro").await;
+    let s = create_with(&env, create(&env.customer, &monthly, Some(3)), "t")
+        .await
+        .unwrap()
+        .into_inner();
+    let later = at(s.trial_end.as_ref().unwrap()) + Span::days(5);
+    crate::create_subscription::advance(&env, later).await;
+    reaches(&env, &s.id, SubscriptionStatus::Paused).await;
+    let provider_id = subscription(&env, &s.id).await.provider_subscription_id;
+    let url = local(&env, &open_portal(&env).await);
+    let page = get(&url).await;
+    assert!(
+        page.body.contains("Add a card below to resume"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("No card on file."));
+
+    let saved = save_card(&url, PAYS).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let active = reaches(&env, &s.id, SubscriptionStatus::Active).await;
+    let start = at(active.current_period_start.as_ref().unwrap());
+    assert!(
+        start >= later && start < later + Span::minutes(5),
+        "the new period starts at the sandbox clock's now: {start} after {later}"
+    );
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || async {
+            let paid = charges(&env, &s.id).await;
+            paid.len() == 1 && paid[0].status == PaymentStatus::Succeeded as i32
+        })
+        .await,
+        "{:?}",
+        charges(&env, &s.id).await
+    );
+    let paid = charges(&env, &s.id).await;
+    assert_eq!(paid[0].amount, 5_800);
+    assert_eq!(at(paid[0].period_start.as_ref().unwrap()), start);
+    assert_eq!(
+        at(paid[0].period_end.as_ref().unwrap()),
+        at(active.current_period_end.as_ref().unwrap())
+    );
+    // The page shows it renewing; a second card changes the card, not the period.
+    let page = get(&url).await;
+    assert!(page.body.contains("Renews on"), "{}", page.body);
+    assert!(page.body.contains(&format!("id=\"pause-{provider_id}\"")));
+    save_card(&url, PAYS).await;
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || {
+            crate::e2e::all_delivered_and_processed(&env)
+        })
+        .await
+    );
+    assert_eq!(charges(&env, &s.id).await.len(), 1);
+    assert_eq!(
+        subscription(&env, &s.id).await.current_period_start,
+        active.current_period_start
+    );
+}
+
+#[tokio::test]
+async fn a_card_added_in_the_portal_pays_an_incomplete_subscriptions_first_charge() {
+    use crate::create_subscription::{at, card_on_file, charges, create, create_with, reaches};
+    use coffer::grpc::pb::PaymentStatus;
+    use time::Duration as Span;
+
+    let env = crate::create_subscription::spawn("").await;
+    let (_, [monthly, _, _]) = crate::checkout::plan(&env.app, "pro").await;
+    card_on_file(&env, FAILS_LATER).await;
+    let s = create_with(&env, create(&env.customer, &monthly, Some(0)), "k")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, SubscriptionStatus::Incomplete as i32);
+    let url = local(&env, &open_portal(&env).await);
+    assert!(get(&url).await.body.contains("Add a card below to pay it"));
+    // Another 0341 card fails the same way: still INCOMPLETE.
+    save_card(&url, FAILS_LATER).await;
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || {
+            crate::e2e::all_delivered_and_processed(&env)
+        })
+        .await
+    );
+    assert_eq!(
+        subscription(&env, &s.id).await.status,
+        SubscriptionStatus::Incomplete as i32
+    );
+    save_card(&url, PAYS).await;
+    let active = reaches(&env, &s.id, SubscriptionStatus::Active).await;
+    // Its period is the one it was made with; its one charge is now paid.
+    assert_eq!(active.current_period_start, s.current_period_start);
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || async {
+            let paid = charges(&env, &s.id).await;
+            paid.len() == 1 && paid[0].status == PaymentStatus::Succeeded as i32
+        })
+        .await,
+        "{:?}",
+        charges(&env, &s.id).await
+    );
+    // Paid in time, it never expires.
+    crate::create_subscription::advance(
+        &env,
+        at(s.current_period_start.as_ref().unwrap()) + Span::hours(24),
+    )
+    .await;
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || {
+            crate::e2e::all_delivered_and_processed(&env)
+        })
+        .await
+    );
+    assert_eq!(
+        subscription(&env, &s.id).await.status,
+        SubscriptionStatus::Active as i32
+    );
+}
+
+#[tokio::test]
+async fn the_portal_pauses_and_resumes_collection_through_coffer() {
+    let (env, _faults) = spawn().await;
+    let id = active_subscription(&env).await;
+    let provider_id = subscription(&env, &id).await.provider_subscription_id;
+    let url = local(&env, &open_portal(&env).await);
+    let page = get(&url).await;
+    assert!(page.body.contains("Pause payments"));
+    let action = format!("{url}/subscriptions/{provider_id}");
+    let audited = || {
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE action = 'subscription.collection_paused'",
+        )
+    };
+    let paused = post(&action, &[("csrf", &csrf(&page.body)), ("action", "pause")]).await;
+    assert_eq!(paused.status, StatusCode::SEE_OTHER, "{}", paused.body);
+    assert!(paused.location.unwrap().ends_with("?notice=pause"));
+    // The RPC's use case: Coffer's row, audited as the key that opened the session.
+    let s = subscription(&env, &id).await;
+    assert!(s.collection_paused);
+    assert_eq!(s.status, SubscriptionStatus::Active as i32);
+    assert_eq!(audited().await, 1);
+    let page = get(&format!("{url}?notice=pause")).await;
+    assert!(page.body.contains("Collection paused"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Payments on your subscription are paused.")
+    );
+    assert!(page.body.contains(&format!("id=\"resume-{provider_id}\"")));
+    assert!(!page.body.contains(&format!("id=\"pause-{provider_id}\"")));
+    // Pausing again is what the domain allows (already so); resuming clears it.
+    let resumed = post(
+        &action,
+        &[("csrf", &csrf(&page.body)), ("action", "resume")],
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::SEE_OTHER);
+    assert!(!subscription(&env, &id).await.collection_paused);
+    assert!(
+        get(&url)
+            .await
+            .body
+            .contains(&format!("id=\"pause-{provider_id}\""))
+    );
+}
+
+#[tokio::test]
+async fn a_browser_cancels_undoes_pauses_resumes_and_changes_the_card_in_the_portal() {
     use fantoccini::{ClientBuilder, Locator};
 
     use crate::sandbox_page::{artefacts, chromedriver, find_binary};
@@ -654,6 +846,44 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
             .await?;
         let undone = !subscription(&env, &id).await.cancel_at_period_end;
 
+        // Pause collection: the page says so and offers to resume; then resume.
+        browser
+            .find(Locator::Id(&format!("pause-{provider_id}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Id(&format!("resume-{provider_id}")))
+            .await?;
+        let paused_text = browser
+            .find(Locator::Css(&format!(
+                "[data-subscription='{provider_id}']"
+            )))
+            .await?
+            .text()
+            .await?;
+        let paused = subscription(&env, &id).await.collection_paused;
+        let shot = browser.screenshot().await?;
+        std::fs::write(dir.join("portal-paused.png"), &shot).unwrap();
+        std::fs::write(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/portal-paused.png"),
+            &shot,
+        )
+        .unwrap();
+        browser
+            .find(Locator::Id(&format!("resume-{provider_id}")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Id(&format!("pause-{provider_id}")))
+            .await?;
+        let resumed = !subscription(&env, &id).await.collection_paused;
+
         for (field, text) in [
             ("number", FAILS_LATER),
             ("expiry", "12 / 34"),
@@ -687,11 +917,26 @@ async fn a_browser_cancels_undoes_and_changes_the_card_in_the_portal() {
             browser.screenshot().await?,
         )
         .unwrap();
-        Ok::<_, fantoccini::error::CmdError>((canceled, undone, on_file))
+        Ok::<_, fantoccini::error::CmdError>((
+            canceled,
+            undone,
+            (paused, paused_text, resumed),
+            on_file,
+        ))
     }
     .await;
     let _ = browser.close().await;
-    let (canceled, undone, on_file) = result.expect("the browser used the portal");
+    let (canceled, undone, (paused, paused_text, resumed), on_file) =
+        result.expect("the browser used the portal");
+    assert!(
+        paused,
+        "GetSubscription showed collection_paused after the click"
+    );
+    assert!(
+        paused_text.contains("Collection paused"),
+        "the page says so: {paused_text}"
+    );
+    assert!(resumed, "and cleared after resuming");
     assert!(
         canceled,
         "GetSubscription showed cancel_at_period_end after the click"

@@ -889,10 +889,12 @@ impl Provider for Polar {
                 } => self.cancel_keyed(id, true, key).await,
                 Change::Cancel { .. } => self.revoke_keyed(id, key).await,
                 Change::UndoCancel => self.cancel_keyed(id, false, key).await,
-                Change::PauseCollection | Change::ResumeCollection => Err(definitive(
-                    "unsupported",
-                    "Polar subscriptions have no paused collection",
-                )),
+                Change::PauseCollection | Change::ResumeCollection | Change::Resume => {
+                    Err(definitive(
+                        "unsupported",
+                        "Polar subscriptions have no paused collection",
+                    ))
+                }
                 Change::ChangePlan(plan) => {
                     if plan.quantity != 1 {
                         return Err(definitive(

@@ -21,6 +21,10 @@ use crate::domain::subscription::{self as domain, CardOnFile, Start, TrialDays};
 use crate::providers::{PAYMENT_METHOD_REQUIRED, ProviderError, SubscriptionRequest};
 use crate::store::StoreError;
 
+/// How long an INCOMPLETE subscription waits for its first charge to be paid before it is
+/// INCOMPLETE_EXPIRED: Stripe's 23 hours.
+pub const INCOMPLETE_FOR: Duration = Duration::hours(23);
+
 /// Makes the subscription `r` asks on `account` (at the account's time `now`), with its first
 /// charge and the events reporting both, in the caller's transaction; or answers the one made
 /// already for the same client reference. The inner error is the sandbox's refusal.
@@ -102,6 +106,8 @@ pub async fn make(
             currency,
             period_months: months as i32,
             now,
+            // Stripe expires a subscription whose first invoice stays unpaid 23 hours.
+            expires_at: (start == Start::FirstChargeFailed).then(|| now + INCOMPLETE_FOR),
         },
     )
     .await?;

@@ -27,11 +27,12 @@
 //! - `refund`: `id`, `payment`, `client_reference_id` (Coffer's refund id), `amount`,
 //!   `currency`, `status` (`pending|succeeded|failed`), `version`.
 //! - `subscription`: `id`, `checkout_session`, `client_reference_id` (Coffer's checkout id),
-//!   `customer`, `status` (`trialing|active|canceled`), `current_period_start`,
-//!   `current_period_end`, `trial_end` (or null), `cancel_at_period_end`, `collection_paused`,
-//!   `canceled_at` (or null), `cancel_reason` (empty when none), `version`. Sent as
-//!   `subscription.created`, `subscription.updated` (a scheduled cancel, undone, paused or
-//!   resumed collection) and `subscription.deleted` (canceled).
+//!   `customer`, `status` (`incomplete|incomplete_expired|trialing|active|past_due|unpaid|
+//!   canceled|paused`), `current_period_start`, `current_period_end`, `trial_end` (or null),
+//!   `cancel_at_period_end`, `collection_paused`, `canceled_at` (or null), `cancel_reason`
+//!   (empty when none), `version`. Sent as `subscription.created`, `subscription.updated` (a
+//!   scheduled cancel, undone, paused or resumed collection, a renewal, an INCOMPLETE one
+//!   expired, a PAUSED one resumed) and `subscription.deleted` (canceled).
 
 use serde_json::{Value, json};
 use sqlx::PgConnection;

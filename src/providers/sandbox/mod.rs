@@ -53,10 +53,10 @@ use sqlx::Connection as _;
 use self::events::EventType;
 use self::status::PaymentState;
 use super::{
-    CheckoutRequest, CreatedSubscription, CustomerRequest, ObjectKind, PlanChangePreview,
-    PortalRequest, Provider, ProviderCheckout, ProviderError, ProviderObject, ProviderPayment,
-    ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest, SubscriptionRequest,
-    SubscriptionUpdate,
+    CheckoutRequest, CreatedSubscription, CustomerRequest, ObjectKind, PAYMENT_METHOD_REQUIRED,
+    PlanChangePreview, PortalRequest, Provider, ProviderCheckout, ProviderError, ProviderObject,
+    ProviderPayment, ProviderPortal, ProviderRefund, ProviderSubscription, RefundRequest,
+    SubscriptionRequest, SubscriptionUpdate,
 };
 use crate::domain::account::{AccountName, ProviderKind, Secret};
 use crate::domain::checkout::{Mode, PaymentStatus, Status};
@@ -743,6 +743,35 @@ impl Provider for Sandbox {
                         )));
                     }
                 };
+                if r.change == Change::Resume {
+                    // A PAUSED subscription resumes onto the card on file: its own (one the
+                    // portal saved), else the customer's from a later checkout; none is
+                    // refused, as Stripe's resume without a payment method is.
+                    let mut row = row;
+                    if !store::has_card_on_file(&mut tx, account.as_str(), &row.id).await? {
+                        let Some(fails) =
+                            store::find_card_on_file(&mut tx, account.as_str(), &row.customer)
+                                .await?
+                        else {
+                            return Ok(Err(ProviderError::definitive(
+                                PAYMENT_METHOD_REQUIRED,
+                                "the customer has no payment method on file",
+                            )));
+                        };
+                        store::adopt_card(&mut tx, account.as_str(), &row.id, fails).await?;
+                        row.fails_on_renewal = fails;
+                    }
+                    store::record_subscription_change(
+                        &mut tx,
+                        account.as_str(),
+                        &row.id,
+                        r.client_reference,
+                    )
+                    .await?;
+                    let resumed = renewals::resume(&mut tx, &row, now).await?;
+                    tx.commit().await?;
+                    return Ok(Ok(resumed));
+                }
                 if let Change::ChangePlan(plan) = &r.change
                     && let Err(e) = plan_change::make(&mut tx, &row, plan, now).await?
                 {

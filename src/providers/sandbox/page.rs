@@ -513,6 +513,7 @@ async fn complete(
                 currency: &s.currency,
                 period_months: months as i32,
                 now: s.now,
+                expires_at: None,
             },
         )
         .await?;

@@ -2,10 +2,14 @@
 //!
 //! - `GET /sandbox/portal/{token}`: the customer's subscriptions, card on file and payments,
 //!   with a form per action (no JavaScript).
-//! - `POST /sandbox/portal/{token}/subscriptions/{id}`: `action=cancel|undo|resume`, a cancel
-//!   at the period's end, undoing it, or resuming paused collection.
+//! - `POST /sandbox/portal/{token}/subscriptions/{id}`: `action=cancel|undo|pause|resume`, a
+//!   cancel at the period's end, undoing it, pausing collection (Stripe's `pause_collection`:
+//!   the status stays, nothing is charged), or resuming it (a PAUSED subscription resumes with
+//!   a new, charged period, as ResumeSubscription does).
 //! - `POST /sandbox/portal/{token}/card`: a new card (the checkout page's test cards and rules),
-//!   which becomes the customer's card on file: its renewals charge it.
+//!   which becomes the customer's card on file: its renewals charge it, and the customer's
+//!   subscriptions waiting for a card are charged on it at once (a PAUSED one resumes with a
+//!   new period, an INCOMPLETE one has its first charge tried again; `renewals::card_added`).
 //!
 //! The token is the session's credential: 256 random bits, stored as its SHA-256
 //! (`sandbox_portal_sessions`), good until the session's `expires_at` on the account's clock,
@@ -72,7 +76,9 @@ pub enum PortalAction {
     CancelAtPeriodEnd,
     /// Take back a scheduled cancel.
     UndoCancel,
-    /// Resume paused collection.
+    /// Pause collection (PauseSubscription's change).
+    PauseCollection,
+    /// Resume paused collection, or a PAUSED subscription (ResumeSubscription's change).
     ResumeCollection,
 }
 
@@ -81,6 +87,7 @@ impl PortalAction {
         match s {
             "cancel" => Some(Self::CancelAtPeriodEnd),
             "undo" => Some(Self::UndoCancel),
+            "pause" => Some(Self::PauseCollection),
             "resume" => Some(Self::ResumeCollection),
             _ => None,
         }
@@ -90,6 +97,7 @@ impl PortalAction {
         match self {
             Self::CancelAtPeriodEnd => "cancel",
             Self::UndoCancel => "undo",
+            Self::PauseCollection => "pause",
             Self::ResumeCollection => "resume",
         }
     }
@@ -209,6 +217,7 @@ fn csrf_ok(s: &PortalSession, posted: &str) -> bool {
 enum Notice {
     Canceled,
     Undone,
+    Paused,
     Resumed,
     CardChanged,
 }
@@ -221,6 +230,7 @@ impl Notice {
         match value {
             "cancel" => Some(Self::Canceled),
             "undo" => Some(Self::Undone),
+            "pause" => Some(Self::Paused),
             "resume" => Some(Self::Resumed),
             "card" => Some(Self::CardChanged),
             _ => None,
@@ -231,6 +241,7 @@ impl Notice {
         match self {
             Self::Canceled => "Your subscription will end at the close of the current period.",
             Self::Undone => "Your subscription will continue.",
+            Self::Paused => "Payments on your subscription are paused.",
             Self::Resumed => "Payments on your subscription have resumed.",
             Self::CardChanged => "Your card was saved. Future payments will use it.",
         }
@@ -427,6 +438,9 @@ async fn change_card(
             s.now,
         )
         .await?;
+        // What waited for a card is charged on it now, in the same transaction, its events
+        // sent as every change's are.
+        super::renewals::card_added(&mut tx, &s.account, &s.customer, s.now).await?;
         tx.commit().await?;
         Ok::<_, StoreError>(())
     }
@@ -539,13 +553,14 @@ fn every(months: Option<i32>) -> &'static str {
 
 fn status_label(s: &PortalSubscription) -> (&'static str, &'static str) {
     match s.status {
-        _ if s.collection_paused => ("Paused", "warn"),
+        _ if s.collection_paused => ("Collection paused", "warn"),
         SubscriptionState::Trialing => ("Trial", "ok"),
         SubscriptionState::Active if s.cancel_at_period_end => ("Cancels soon", "warn"),
         SubscriptionState::Active => ("Active", "ok"),
         SubscriptionState::PastDue => ("Past due", "bad"),
         SubscriptionState::Unpaid => ("Unpaid", "bad"),
         SubscriptionState::Incomplete => ("Incomplete", "bad"),
+        SubscriptionState::IncompleteExpired => ("Expired", "off"),
         SubscriptionState::Paused => ("Paused", "warn"),
         SubscriptionState::Canceled => ("Canceled", "off"),
     }
@@ -562,7 +577,15 @@ fn subscription_box(s: &PortalSession, sub: &PortalSubscription, token: &str) ->
         _ => String::new(),
     };
     let when = match sub.status {
-        SubscriptionState::Canceled => "This subscription has ended.".to_owned(),
+        SubscriptionState::Canceled | SubscriptionState::IncompleteExpired => {
+            "This subscription has ended.".to_owned()
+        }
+        SubscriptionState::Paused => {
+            "Paused: your trial ended without a card. Add a card below to resume.".to_owned()
+        }
+        SubscriptionState::Incomplete => {
+            "Its first payment failed. Add a card below to pay it.".to_owned()
+        }
         _ if sub.cancel_at_period_end => format!(
             "Ends on <strong>{}</strong>; you keep access until then.",
             date(sub.current_period_end)
@@ -571,30 +594,43 @@ fn subscription_box(s: &PortalSession, sub: &PortalSubscription, token: &str) ->
             "Trial ends on <strong>{}</strong>.",
             date(sub.trial_end.unwrap_or(sub.current_period_end))
         ),
-        _ if sub.collection_paused => "Payments are paused.".to_owned(),
+        _ if sub.collection_paused => {
+            "Collection paused: nothing is charged until you resume payments.".to_owned()
+        }
         _ => format!(
             "Renews on <strong>{}</strong>.",
             date(sub.current_period_end)
         ),
     };
-    let (action, button, style) = match sub.status {
-        SubscriptionState::Canceled => (None, "", ""),
-        _ if sub.cancel_at_period_end => (Some("undo"), "Keep my subscription", ""),
-        _ if sub.collection_paused => (Some("resume"), "Resume payments", ""),
-        _ => (Some("cancel"), "Cancel subscription", " class=\"fail\""),
+    // Each action the state allows, as the domain's rules do: pausing collection needs a
+    // TRIALING or ACTIVE subscription without a scheduled cancel to show beside.
+    let actions: &[(&str, &str, &str)] = match sub.status {
+        SubscriptionState::Canceled
+        | SubscriptionState::IncompleteExpired
+        | SubscriptionState::Incomplete
+        | SubscriptionState::Paused => &[],
+        _ if sub.cancel_at_period_end => &[("undo", "Keep my subscription", "")],
+        _ if sub.collection_paused => &[("resume", "Resume payments", "")],
+        SubscriptionState::Trialing | SubscriptionState::Active => &[
+            ("pause", "Pause payments", " class=\"quiet\""),
+            ("cancel", "Cancel subscription", " class=\"fail\""),
+        ],
+        _ => &[("cancel", "Cancel subscription", " class=\"fail\"")],
     };
-    let form = match action {
-        Some(action) => format!(
-            "<form method=\"post\" action=\"/sandbox/portal/{token}/subscriptions/{id}\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <input type=\"hidden\" name=\"action\" value=\"{action}\">\
-             <button type=\"submit\" id=\"{action}-{id}\"{style}>{button}</button></form>",
-            token = esc(token),
-            id = esc(&sub.id),
-            csrf = esc(&s.csrf),
-        ),
-        None => String::new(),
-    };
+    let form: String = actions
+        .iter()
+        .map(|(action, button, style)| {
+            format!(
+                "<form method=\"post\" action=\"/sandbox/portal/{token}/subscriptions/{id}\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"action\" value=\"{action}\">\
+                 <button type=\"submit\" id=\"{action}-{id}\"{style}>{button}</button></form>",
+                token = esc(token),
+                id = esc(&sub.id),
+                csrf = esc(&s.csrf),
+            )
+        })
+        .collect();
     format!(
         "<div class=\"box sub\" data-subscription=\"{id}\"><div class=\"head\"><h2>{name}</h2>\
          <span class=\"pill {class}\">{label}</span></div>\
@@ -674,6 +710,7 @@ const PORTAL_STYLE: &str = "<style>\
 .pill.ok{background:#e3f6e8;color:#1b6b34}.pill.warn{background:#fff4d6;color:#7a4f00}\
 .pill.bad{background:#fdecea;color:#8a1c1c}.pill.off{background:#eceff3;color:#5b6470}\
 .sub form button{margin-top:.25rem}\
+.sub form button.quiet{background:#fff;color:#1f2937;border:1px solid #c6ccd4;margin-top:.75rem}\
 .notice{background:#e3f6e8;border:1px solid #b7e1c2;color:#1b6b34;border-radius:.375rem;padding:.75rem;margin-bottom:1rem}\
 </style>";
 
@@ -798,6 +835,10 @@ mod tests {
         assert_eq!(Notice::parse(Some("notice=<script>")), None);
         assert_eq!(Notice::parse(None), None);
         assert_eq!(PortalAction::parse("undo"), Some(PortalAction::UndoCancel));
-        assert_eq!(PortalAction::parse("pause"), None);
+        assert_eq!(
+            PortalAction::parse("pause"),
+            Some(PortalAction::PauseCollection)
+        );
+        assert_eq!(PortalAction::parse("stop"), None);
     }
 }

@@ -1,7 +1,13 @@
 //! Renewals and dunning on the sandbox clock: what falls due as an account's time passes —
 //! a period ends (a scheduled cancel takes effect, or the next period is charged to the card
-//! on file, a trial's end included), and a failed charge is retried on the dunning schedule
-//! until it is paid or the retries run out (UNPAID or CANCELED, as configured).
+//! on file, a trial's end included), a failed charge is retried on the dunning schedule
+//! until it is paid or the retries run out (UNPAID or CANCELED, as configured), and an
+//! INCOMPLETE subscription whose first charge is still unpaid 23 hours after it was made
+//! becomes INCOMPLETE_EXPIRED (Stripe's rule; its expiry is kept in `next_retry_at`).
+//!
+//! Also here, as they charge the way a renewal does: [`resume`], which starts a PAUSED
+//! subscription's new period now and charges it (Stripe's resume), and [`card_added`], what a
+//! new card on file does to the customer's subscriptions that wait for one.
 //!
 //! One step is one transaction: the earliest due subscription, locked (`SKIP LOCKED`, so
 //! passes on several replicas share the work), moved one boundary on, with its payment and
@@ -143,19 +149,17 @@ async fn step(
     let retry_due = sub
         .next_retry_at
         .filter(|at| *at <= sub.current_period_end && *at <= now);
-    let mut renewed = store::Renewed {
-        status: sub.status,
-        current_period_start: sub.current_period_start,
-        current_period_end: sub.current_period_end,
-        cancel_at_period_end: sub.cancel_at_period_end,
-        collection_paused: sub.collection_paused,
-        canceled_at: sub.canceled_at,
-        retries: sub.retries,
-        next_retry_at: sub.next_retry_at,
-        unpaid_payment: sub.unpaid_payment.clone(),
-    };
+    let mut renewed = renewed_of(sub);
     let at;
-    if let (Some(retry_at), Some(unpaid)) = (retry_due, sub.unpaid_payment.as_deref()) {
+    if sub.status == SubscriptionState::Incomplete {
+        // Its first charge was never paid: it expires, finally, at the time set when it was
+        // made. Nothing is charged.
+        at = sub.next_retry_at.unwrap_or(now);
+        let next = current
+            .moved(SubscriptionStatus::IncompleteExpired, at)
+            .map_err(|e| corrupt("sandbox renewal", e))?;
+        apply(&mut renewed, &next)?;
+    } else if let (Some(retry_at), Some(unpaid)) = (retry_due, sub.unpaid_payment.as_deref()) {
         // A retry of the unpaid period's charge: the card on file is tried again.
         at = retry_at;
         let (status, code) = charge(sub);
@@ -253,6 +257,145 @@ async fn step(
     )
     .await?;
     Ok(())
+}
+
+/// Resumes a PAUSED subscription `sub` (locked by the caller) at the account's time `now`, as
+/// Stripe's `POST /v1/subscriptions/{id}/resume` does: a new period starts now and is charged
+/// at once to the card on file. Paid: ACTIVE with that period. Declined (the 0341 card): the
+/// failed payment is kept and the subscription stays PAUSED with its period, for the next
+/// card or resume to try again. Queues the payment's and the subscription's events. The
+/// caller has checked that a card is on file.
+pub async fn resume(
+    tx: &mut sqlx::PgConnection,
+    sub: &Subscription,
+    now: OffsetDateTime,
+) -> Result<Subscription, StoreError> {
+    let (Some(amount), Some(currency), Some(months)) =
+        (sub.amount, sub.currency.as_deref(), sub.period_months)
+    else {
+        return Err(corrupt("sandbox subscription", "resumed without a price"));
+    };
+    // Whole seconds, as events carry them: a payment is keyed by its period's start.
+    let now = now.replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let end = add_months(now, months as u32);
+    let amount = store::take_scheduled_amount(tx, &sub.account, &sub.id)
+        .await?
+        .unwrap_or(amount);
+    let (status, code) = charge(sub);
+    let payment = store::insert_renewal(
+        tx,
+        store::NewRenewal {
+            account: &sub.account,
+            new_id: &format!("py_sbx_{}", Uuid::now_v7().simple()),
+            subscription: sub,
+            period_start: now,
+            period_end: end,
+            amount,
+            currency,
+            status,
+            failure_code: code,
+        },
+    )
+    .await?;
+    emit_payment(tx, &sub.account, &payment, now).await?;
+    let mut renewed = renewed_of(sub);
+    if payment.status == PaymentState::Succeeded {
+        let next = lifecycle_of(sub)
+            .moved(SubscriptionStatus::Active, now)
+            .map_err(|e| corrupt("sandbox resume", e))?;
+        apply(&mut renewed, &next)?;
+        renewed.current_period_start = now;
+        renewed.current_period_end = end;
+        renewed.retries = 0;
+        renewed.unpaid_payment = None;
+    }
+    let written = store::write_renewal(tx, &sub.account, &sub.id, &renewed).await?;
+    events::emit(
+        tx,
+        &sub.account,
+        EventType::SubscriptionUpdated,
+        &objects::subscription(&written),
+        now,
+    )
+    .await?;
+    Ok(written)
+}
+
+/// What a card newly on file (the portal's card change, already saved) does to `customer`'s
+/// subscriptions that wait for one, at the account's time `now`, in the caller's
+/// transaction: a PAUSED one (its trial ended without a card) is resumed ([`resume`]); an
+/// INCOMPLETE one has its declined first charge tried again on the new card, ACTIVE when it
+/// pays. Returns how many it touched.
+pub async fn card_added(
+    tx: &mut sqlx::PgConnection,
+    account: &str,
+    customer: &str,
+    now: OffsetDateTime,
+) -> Result<usize, StoreError> {
+    let waiting = store::lock_waiting_for_card(tx, account, customer).await?;
+    for sub in &waiting {
+        match sub.status {
+            SubscriptionState::Paused => {
+                resume(tx, sub, now).await?;
+            }
+            SubscriptionState::Incomplete => pay_first_charge(tx, sub, now).await?,
+            _ => {}
+        }
+    }
+    Ok(waiting.len())
+}
+
+/// Tries an INCOMPLETE subscription's first charge again on the card now on file: paid, it is
+/// ACTIVE with the period it was made with (Stripe's incomplete subscription whose first
+/// invoice is paid); declined, it stays INCOMPLETE and still expires when it would have.
+async fn pay_first_charge(
+    tx: &mut sqlx::PgConnection,
+    sub: &Subscription,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let Some(first) = store::find_renewal(tx, &sub.account, &sub.id, sub.created_at).await? else {
+        return Err(corrupt(
+            "sandbox subscription",
+            "incomplete without its first charge",
+        ));
+    };
+    let now = now.replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let (status, code) = charge(sub);
+    let payment = store::settle_payment(tx, &sub.account, &first.id, status, code, now).await?;
+    emit_payment(tx, &sub.account, &payment, now).await?;
+    if payment.status != PaymentState::Succeeded {
+        return Ok(());
+    }
+    let next = lifecycle_of(sub)
+        .moved(SubscriptionStatus::Active, now)
+        .map_err(|e| corrupt("sandbox first charge", e))?;
+    let mut renewed = renewed_of(sub);
+    apply(&mut renewed, &next)?;
+    let written = store::write_renewal(tx, &sub.account, &sub.id, &renewed).await?;
+    events::emit(
+        tx,
+        &sub.account,
+        EventType::SubscriptionUpdated,
+        &objects::subscription(&written),
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The row as it is, to change and write back.
+fn renewed_of(sub: &Subscription) -> store::Renewed {
+    store::Renewed {
+        status: sub.status,
+        current_period_start: sub.current_period_start,
+        current_period_end: sub.current_period_end,
+        cancel_at_period_end: sub.cancel_at_period_end,
+        collection_paused: sub.collection_paused,
+        canceled_at: sub.canceled_at,
+        retries: sub.retries,
+        next_retry_at: sub.next_retry_at,
+        unpaid_payment: sub.unpaid_payment.clone(),
+    }
 }
 
 /// The lifecycle's state onto the row to write.

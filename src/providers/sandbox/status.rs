@@ -51,14 +51,17 @@ impl From<PaymentState> for PaymentOutcome {
     }
 }
 
-/// A sandbox subscription's status: it starts `trialing` or `active`; a failed renewal makes
-/// it `past_due`, its retries running out `unpaid` (or `canceled`); a cancel ends it
-/// `canceled`. It is never `paused` (collection pauses with the status unchanged) nor
-/// `incomplete` (its first payment is taken on the hosted page before it exists).
+/// A sandbox subscription's status: it starts `trialing` or `active` (or, made by
+/// CreateSubscription with a declined first charge, `incomplete`, which ends
+/// `incomplete_expired` after 23 hours unless paid); a failed renewal makes it `past_due`, its
+/// retries running out `unpaid` (or `canceled`); a cancel ends it `canceled`; a trial that ends
+/// without a card may end `paused` until a card resumes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionState {
     /// Made by CreateSubscription, its first charge failed.
     Incomplete,
+    /// Incomplete for 23 hours, its first charge never paid: final.
+    IncompleteExpired,
     Trialing,
     Active,
     PastDue,
@@ -69,8 +72,9 @@ pub enum SubscriptionState {
 }
 
 impl SubscriptionState {
-    pub const ALL: [SubscriptionState; 7] = [
+    pub const ALL: [SubscriptionState; 8] = [
         SubscriptionState::Incomplete,
+        SubscriptionState::IncompleteExpired,
         SubscriptionState::Trialing,
         SubscriptionState::Active,
         SubscriptionState::PastDue,
@@ -82,6 +86,7 @@ impl SubscriptionState {
     pub fn as_str(self) -> &'static str {
         match self {
             SubscriptionState::Incomplete => "incomplete",
+            SubscriptionState::IncompleteExpired => "incomplete_expired",
             SubscriptionState::Trialing => "trialing",
             SubscriptionState::Active => "active",
             SubscriptionState::PastDue => "past_due",
@@ -105,6 +110,7 @@ impl From<SubscriptionState> for SubscriptionStatus {
     fn from(s: SubscriptionState) -> Self {
         match s {
             SubscriptionState::Incomplete => SubscriptionStatus::Incomplete,
+            SubscriptionState::IncompleteExpired => SubscriptionStatus::IncompleteExpired,
             SubscriptionState::Trialing => SubscriptionStatus::Trialing,
             SubscriptionState::Active => SubscriptionStatus::Active,
             SubscriptionState::PastDue => SubscriptionStatus::PastDue,
@@ -148,13 +154,13 @@ mod tests {
 
     #[test]
     fn a_subscription_state_round_trips_and_is_coffers_status_of_the_same_name() {
-        // sandbox_subscriptions' CHECK: ('incomplete', 'trialing', 'active', 'past_due',
-        // 'unpaid', 'canceled', 'paused').
+        // sandbox_subscriptions' CHECK: ('incomplete', 'incomplete_expired', 'trialing',
+        // 'active', 'past_due', 'unpaid', 'canceled', 'paused').
         for s in SubscriptionState::ALL {
             assert_eq!(SubscriptionState::parse(s.as_str()), Some(s));
             assert_eq!(SubscriptionStatus::from(s).as_str(), s.as_str());
         }
-        for bad in ["incomplete_expired", "Active", ""] {
+        for bad in ["expired", "Active", ""] {
             assert_eq!(SubscriptionState::parse(bad), None, "{bad:?}");
         }
     }

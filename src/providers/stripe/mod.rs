@@ -891,7 +891,8 @@ impl Provider for Stripe {
     }
 
     /// Stripe's own calls for each change: DELETE (cancel now), `cancel_at_period_end`,
-    /// `pause_collection` (invoices voided while paused, Stripe's usual choice) and its unset.
+    /// `pause_collection` (invoices voided while paused, Stripe's usual choice) and its unset,
+    /// and `POST …/resume` for a `paused` subscription.
     fn update_subscription<'a>(
         &'a self,
         _account: &'a AccountName,
@@ -919,6 +920,9 @@ impl Provider for Stripe {
                         .await?
                 }
                 Change::ResumeCollection => self.client.unpause_collection(id, key).await?,
+                // A `paused` subscription: Stripe's resume, a new billing cycle from now,
+                // invoiced at once.
+                Change::Resume => self.client.resume_subscription(id, true, key).await?,
                 Change::ChangePlan(plan) => {
                     let (sub, item) = self.subscription_item(id).await?;
                     match plan.effective {

@@ -704,3 +704,122 @@ async fn a_lost_answer_is_found_by_the_list_while_search_lags() {
     assert_eq!(stripe_subscriptions(&env).len(), 2);
     assert_eq!(env.subscriptions().await.len(), 2);
 }
+
+/// A declined first invoice leaves the subscription INCOMPLETE; Stripe expires it after 23
+/// hours, telling it as `customer.subscription.updated` or `.deleted` with the status
+/// `incomplete_expired`: either way Coffer's row becomes INCOMPLETE_EXPIRED (final), not
+/// CANCELED.
+#[tokio::test]
+async fn an_incomplete_subscription_expired_by_stripe_is_incomplete_expired_by_either_event() {
+    let env = Env::spawn().await;
+    let (_, [monthly, _, _]) = plan(&env.app, "pro").await;
+    for (who, event) in [
+        ("fay", "customer.subscription.updated"),
+        ("gus", "customer.subscription.deleted"),
+    ] {
+        let someone = customer(&env.app, &env.app.key, who).await;
+        // Refused without a card, the create has mirrored the customer all the same.
+        let e = create_with(
+            &env,
+            create(&someone, &monthly, Some(0)),
+            &format!("{who}-0"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(details(&e).0, "PAYMENT_METHOD_REQUIRED");
+        let cus_id = env
+            .fake
+            .objects("cus_")
+            .into_iter()
+            .find(|c| c["metadata"]["coffer_customer_id"] == uuid_of(&someone))
+            .expect("the mirrored customer")["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Her default payment method declines every charge (Stripe's test method).
+        env.fake.update(&cus_id, |c| {
+            c["invoice_settings"] = json!({"default_payment_method": "pm_card_chargeCustomerFail"});
+        });
+        let made = create_with(
+            &env,
+            create(&someone, &monthly, Some(0)),
+            &format!("{who}-1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            made.status,
+            SubscriptionStatus::Incomplete as i32,
+            "{made:?}"
+        );
+
+        let now = super::fake::now();
+        let expired = env.fake.update(&made.provider_subscription_id, |s| {
+            s["status"] = json!("incomplete_expired");
+            s["ended_at"] = json!(now);
+        });
+        env.apply(event, expired).await;
+        let got = env
+            .subscriptions()
+            .await
+            .into_iter()
+            .find(|s| s.id == made.id)
+            .unwrap();
+        assert_eq!(
+            got.status,
+            SubscriptionStatus::IncompleteExpired as i32,
+            "{event}: {got:?}"
+        );
+        assert!(got.canceled_at.is_none(), "{got:?}");
+    }
+}
+
+/// A trial that ended without a payment method is `paused` on Stripe; ResumeSubscription on it
+/// is Stripe's resume (`POST /v1/subscriptions/{id}/resume`, a new billing cycle from now),
+/// not the unset of `pause_collection`, and its answer makes the row ACTIVE.
+#[tokio::test]
+async fn resume_subscription_on_a_paused_stripe_subscription_is_stripes_resume() {
+    use coffer::grpc::pb::ResumeSubscriptionRequest;
+    let env = Env::spawn().await;
+    let (hal, monthly, _) = customer_and_plan(&env, "hal").await;
+    let made = create_with(&env, create(&hal, &monthly, Some(7)), "trial")
+        .await
+        .unwrap();
+    let sub_id = made.provider_subscription_id.clone();
+    let paused = env.fake.update(&sub_id, |s| s["status"] = json!("paused"));
+    env.apply("customer.subscription.paused", paused).await;
+    let listed = env.subscriptions().await;
+    assert_eq!(listed[0].status, SubscriptionStatus::Paused as i32);
+
+    let resumed = env
+        .app
+        .subscriptions()
+        .await
+        .resume_subscription(idem(
+            ResumeSubscriptionRequest {
+                id: made.id.clone(),
+            },
+            &env.app.key,
+            "resume-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resumed.status,
+        SubscriptionStatus::Active as i32,
+        "{resumed:?}"
+    );
+    let path = format!("/v1/subscriptions/{sub_id}/resume");
+    let sent = env.fake.requests(Method::POST, &path);
+    assert_eq!(sent.len(), 1, "{:?}", env.fake.all_requests());
+    assert_eq!(sent[0].params["billing_cycle_anchor"], "now");
+    assert!(sent[0].idempotency_key.is_some());
+    // Not the pause_collection unset a paused collection's resume sends.
+    assert!(
+        env.fake
+            .requests(Method::POST, &format!("/v1/subscriptions/{sub_id}"))
+            .iter()
+            .all(|r| r.params.get("pause_collection").is_none())
+    );
+}

@@ -540,7 +540,9 @@ impl State {
     /// `POST /v1/subscriptions` (`payment_behavior` Stripe's default, `allow_incomplete`):
     /// `trialing` until `trial_end` with `trial_period_days`; else the first invoice is paid
     /// now with the customer's `invoice_settings.default_payment_method`, and a customer with
-    /// none is Stripe's 400 `resource_missing`. One item: `items[0][price]` and `[quantity]`.
+    /// none is Stripe's 400 `resource_missing`; Stripe's test method `pm_card_chargeCustomerFail`
+    /// (attaches, declines every charge) leaves the invoice open and the subscription
+    /// `incomplete`. One item: `items[0][price]` and `[quantity]`.
     fn create_subscription(&mut self, p: &Value) -> Result<Value, Failure> {
         let customer_id = text(p, "customer")
             .ok_or_else(|| invalid("Missing required param: customer.", Some("customer")))?
@@ -592,24 +594,29 @@ impl State {
         };
         let metadata = metadata(p);
         let sub_id = random_id("sub");
-        let paid = if trial > 0 {
+        let due = if trial > 0 {
             0
         } else {
             price["unit_amount"].as_i64().unwrap_or(0) * quantity
         };
+        // Stripe's test card that attaches but declines every charge.
+        let declines = trial == 0 && card == "pm_card_chargeCustomerFail";
         let invoice_id = self.subscription_invoice(
             &sub_id,
             &metadata,
             &json!(customer_id),
             (&price, quantity),
-            paid,
+            due,
             "subscription_create",
             (now, end),
         );
+        if declines {
+            self.set_invoice_paid(&invoice_id, false, Some("generic_decline"));
+        }
         self.next();
         Ok(self.put(json!({
             "id": sub_id, "object": "subscription",
-            "status": if trial > 0 { "trialing" } else { "active" },
+            "status": if trial > 0 { "trialing" } else if declines { "incomplete" } else { "active" },
             "metadata": metadata,
             "customer": customer_id, "created": now, "start_date": now,
             "trial_start": if trial > 0 { json!(now) } else { Value::Null },
@@ -688,6 +695,48 @@ impl State {
                 .insert(invoice_id.clone(), vec![payment]);
         }
         invoice_id
+    }
+
+    /// The invoice's charge paid, or declined with `decline_code`: the invoice, its invoice
+    /// payments, their payment intents and charges moved together. Answers the invoice.
+    fn set_invoice_paid(&mut self, id: &str, paid: bool, decline_code: Option<&str>) -> Value {
+        let mut invoice = self.get(id).unwrap();
+        let due = invoice["amount_due"].as_i64().unwrap();
+        invoice["status"] = json!(if paid { "paid" } else { "open" });
+        invoice["amount_paid"] = json!(if paid { due } else { 0 });
+        invoice["amount_remaining"] = json!(if paid { 0 } else { due });
+        let mut payments = self.invoice_payments[id].clone();
+        for p in &mut payments {
+            p["status"] = json!(if paid { "paid" } else { "open" });
+            p["amount_paid"] = json!(if paid { due } else { 0 });
+            let pi = p["payment"]["payment_intent"].as_str().unwrap().to_owned();
+            let mut intent = self.get(&pi).unwrap();
+            intent["status"] = json!(if paid {
+                "succeeded"
+            } else {
+                "requires_payment_method"
+            });
+            intent["amount_received"] = json!(if paid { due } else { 0 });
+            intent["last_payment_error"] = match decline_code {
+                Some(code) => json!({"type": "card_error", "code": "card_declined",
+                                     "decline_code": code}),
+                None => Value::Null,
+            };
+            let charge = intent["latest_charge"].as_str().unwrap().to_owned();
+            self.put(intent);
+            let mut c = self.get(&charge).unwrap();
+            c["status"] = json!(if paid { "succeeded" } else { "failed" });
+            c["paid"] = json!(paid);
+            c["failure_code"] = if paid {
+                Value::Null
+            } else {
+                json!("card_declined")
+            };
+            self.put(c);
+            self.put(p.clone());
+        }
+        self.invoice_payments.insert(id.to_owned(), payments);
+        self.put(invoice)
     }
 
     fn create_refund(&mut self, p: &Value) -> Result<Value, Failure> {
@@ -1298,6 +1347,27 @@ impl State {
                 }
                 self.put(sub)
             }
+            // Stripe's resume of a `paused` subscription: active again, and with
+            // `billing_cycle_anchor=now` a new period from now (the fake invoices nothing).
+            ("POST", ["v1", "subscriptions", id, "resume"]) => {
+                let mut sub = get(self, id)?;
+                if sub["status"] != "paused" {
+                    return Err(invalid(
+                        "Subscription cannot be resumed because it is not paused.",
+                        None,
+                    ));
+                }
+                sub["status"] = json!("active");
+                if text(p, "billing_cycle_anchor") == Some("now") {
+                    let now = now();
+                    let item = &mut sub["items"]["data"][0];
+                    let length = item["current_period_end"].as_i64().unwrap_or(now)
+                        - item["current_period_start"].as_i64().unwrap_or(now);
+                    item["current_period_start"] = json!(now);
+                    item["current_period_end"] = json!(now + length.max(30 * 86_400));
+                }
+                self.put(sub)
+            }
             ("DELETE", ["v1", "subscriptions", id]) => {
                 let mut sub = get(self, id)?;
                 if sub["status"] == "canceled" {
@@ -1812,45 +1882,7 @@ impl FakeStripe {
     }
 
     fn set_invoice_paid(&self, id: &str, paid: bool, decline_code: Option<&str>) -> Value {
-        self.with(|s| {
-            let mut invoice = s.get(id).unwrap();
-            let due = invoice["amount_due"].as_i64().unwrap();
-            invoice["status"] = json!(if paid { "paid" } else { "open" });
-            invoice["amount_paid"] = json!(if paid { due } else { 0 });
-            invoice["amount_remaining"] = json!(if paid { 0 } else { due });
-            let mut payments = s.invoice_payments[id].clone();
-            for p in &mut payments {
-                p["status"] = json!(if paid { "paid" } else { "open" });
-                p["amount_paid"] = json!(if paid { due } else { 0 });
-                let pi = p["payment"]["payment_intent"].as_str().unwrap().to_owned();
-                let mut intent = s.get(&pi).unwrap();
-                intent["status"] = json!(if paid {
-                    "succeeded"
-                } else {
-                    "requires_payment_method"
-                });
-                intent["amount_received"] = json!(if paid { due } else { 0 });
-                intent["last_payment_error"] = match decline_code {
-                    Some(code) => json!({"type": "card_error", "code": "card_declined",
-                                         "decline_code": code}),
-                    None => Value::Null,
-                };
-                let charge = intent["latest_charge"].as_str().unwrap().to_owned();
-                s.put(intent);
-                let mut c = s.get(&charge).unwrap();
-                c["status"] = json!(if paid { "succeeded" } else { "failed" });
-                c["paid"] = json!(paid);
-                c["failure_code"] = if paid {
-                    Value::Null
-                } else {
-                    json!("card_declined")
-                };
-                s.put(c);
-                s.put(p.clone());
-            }
-            s.invoice_payments.insert(id.to_owned(), payments);
-            s.put(invoice)
-        })
+        self.with(|s| s.set_invoice_paid(id, paid, decline_code))
     }
 
     /// Builds Stripe's event of `event_type` about `object` (as it is now, or a snapshot).
