@@ -22,6 +22,20 @@ pub const REASON_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
 pub const REASON_EXTERNAL_ID_TAKEN: &str = "CUSTOMER_EXTERNAL_ID_TAKEN";
 pub const REASON_HAS_LIVE_SUBSCRIPTION: &str = "CUSTOMER_HAS_LIVE_SUBSCRIPTION";
 
+/// How a batch of creates is written with the claims of their keys: one statement in
+/// autocommit, or, when a concurrent create of the same external id aborted it, the
+/// transaction that finds the conflict ([`idempotency::claim_and_write`]).
+static WRITES: idempotency::ClaimingWrites<CustomerInsert> = idempotency::ClaimingWrites {
+    at_once: |conn, rows, claims| {
+        Box::pin(store::claim_and_insert_customers_at_once(
+            conn, rows, claims,
+        ))
+    },
+    in_transaction: |conn, rows, claims| {
+        Box::pin(store::claim_and_insert_customers(conn, rows, claims))
+    },
+};
+
 /// The list a page token of ListCustomers belongs to.
 const LIST: &str = "coffer.v1.Customers/ListCustomers";
 
@@ -56,15 +70,7 @@ impl Customers {
             "customer inserts",
             pool.clone(),
             tasks,
-            |conn, rows| {
-                Box::pin(idempotency::claim_and_write(
-                    conn,
-                    rows,
-                    |conn, rows, claims| {
-                        Box::pin(store::claim_and_insert_customers(conn, rows, claims))
-                    },
-                ))
-            },
+            |conn, rows| Box::pin(idempotency::claim_and_write(conn, rows, &WRITES)),
             |a, b| store::order_inserts(&a.row, &b.row),
         );
         Self {

@@ -637,10 +637,11 @@ pub struct Keyed<R> {
 }
 
 /// The statement that writes a batch of one-statement mutations together with the claims of
-/// their keys (in [`store::order_claims`] order): it claims each key *completed*, with the
-/// response the row's call answers, writes the rows whose key it claimed and those without a
-/// key, and stores the refusal instead for a claimed row it found a conflict for. One result
-/// per row: `None` for a row whose key was held. See `store::customers::claim_and_insert_customers`.
+/// their keys (in [`store::order_claims`] order), in a transaction: it claims each key
+/// *completed*, with the response the row's call answers, writes the rows whose key it claimed
+/// and those without a key, and stores the refusal instead for a claimed row it found a
+/// conflict for. One result per row: `None` for a row whose key was held. See
+/// `store::customers::claim_and_insert_customers`.
 pub type ClaimingWriteFn<R> = for<'c> fn(
     &'c mut PgConnection,
     &'c [R],
@@ -648,35 +649,67 @@ pub type ClaimingWriteFn<R> = for<'c> fn(
 )
     -> BoxFuture<'c, Result<Vec<Option<Written>>, StoreError>>;
 
-/// Writes a batch of one-statement mutations in one transaction with the claims of their keys:
-/// `BEGIN`, one statement that claims the keys with their outcome and writes the rows (a
-/// second one only for rows refused), `COMMIT`. A key is written once, as the outcome, never
-/// first as a claim and then completed: nobody sees the key before the commit anyway. A claim
-/// that meets another batch's uncommitted claim of the same key waits for that commit. `None`
-/// for a row whose key was held (by a committed outcome, a live claim-first attempt, or an
-/// earlier row of this batch): its caller reads the key once this batch has committed.
+/// The same write as one statement in autocommit, for the batches it can decide alone: the
+/// refusal decided before the change, and a conflict it could not foresee (a concurrent
+/// writer's) failing the whole statement, so that it wrote nothing. `Ok(None)`: it wrote
+/// nothing, and the batch must go through the [`ClaimingWriteFn`]. See
+/// `store::customers::claim_and_insert_customers_at_once`.
+pub type ClaimingWriteAtOnceFn<R> =
+    for<'c> fn(
+        &'c mut PgConnection,
+        &'c [R],
+        &'c [ClaimRow],
+    ) -> BoxFuture<'c, Result<Option<Vec<Option<Written>>>, StoreError>>;
+
+/// How a batch of one-statement mutations is written with the claims of their keys: at once
+/// when it can be, else in a transaction.
+pub struct ClaimingWrites<R> {
+    pub at_once: ClaimingWriteAtOnceFn<R>,
+    pub in_transaction: ClaimingWriteFn<R>,
+}
+
+/// Writes a batch of one-statement mutations with the claims of their keys. A key is written
+/// once, as the outcome, never first as a claim and then completed: nobody sees the key before
+/// the commit anyway. First as one statement in autocommit (`writes.at_once`): one round trip
+/// and one implicit transaction, all or nothing, where `BEGIN`, the statement and `COMMIT`
+/// would be three. When that statement cannot decide the batch alone (a conflict raised by a
+/// concurrent writer aborted it, or the batch repeats what one statement cannot order) it wrote
+/// nothing, and the batch runs in a transaction (`writes.in_transaction`): `BEGIN`, one
+/// statement that claims the keys and writes the rows (a second one only for rows refused),
+/// `COMMIT`. Either way the outcome commits with the change or not at all, and a claim that
+/// meets another batch's uncommitted claim of the same key waits for that commit. `None` for a
+/// row whose key was held (by a committed outcome, a live claim-first attempt, or an earlier
+/// row of this batch): its caller reads the key once this batch has committed.
 pub async fn claim_and_write<R: Clone>(
     conn: &mut PgConnection,
     rows: &[Keyed<R>],
-    write: ClaimingWriteFn<R>,
+    writes: &ClaimingWrites<R>,
 ) -> Result<Vec<Option<Written>>, StoreError> {
     let mut claims: Vec<ClaimRow> = rows.iter().filter_map(|r| r.claim.clone()).collect();
     let batch: Vec<R> = rows.iter().map(|r| r.row.clone()).collect();
     if claims.is_empty() {
         // Nothing to claim: the statement commits on its own.
-        return write(conn, &batch, &[]).await;
+        return (writes.in_transaction)(conn, &batch, &[]).await;
     }
     // Keys are locked in one order by every batch, so two batches cannot deadlock on them.
     claims.sort_by(store::order_claims);
-    let mut tx = conn.begin().await?;
-    let written = write(&mut tx, &batch, &claims).await?;
+    let written = match (writes.at_once)(conn, &batch, &claims).await? {
+        Some(written) => written,
+        None => {
+            let mut tx = conn.begin().await?;
+            let written = (writes.in_transaction)(&mut tx, &batch, &claims).await?;
+            if written.len() == batch.len() {
+                tx.commit().await?;
+            }
+            written
+        }
+    };
     if written.len() != batch.len() {
         return Err(StoreError::Corrupt {
             what: "batch result",
             detail: "wrong number of rows".into(),
         });
     }
-    tx.commit().await?;
     Ok(written)
 }
 

@@ -1,6 +1,7 @@
 //! The customers table.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -80,18 +81,27 @@ pub fn order_inserts(a: &CustomerInsert, b: &CustomerInsert) -> std::cmp::Orderi
     key(a).cmp(&key(b))
 }
 
-/// Inserts customers and their audit rows in one statement, and for each row with a
-/// completion also stores its outcome under its idempotency key: the response when the
-/// customer was written, the refusal when a live customer of the tenant already has its
-/// external id (in the table, or earlier in the same batch). The conflict is an expected
-/// outcome, so the statement finds it (`ON CONFLICT DO NOTHING`) rather than failing, and the
-/// external id never reaches the database's error log. A key's row is locked for the statement
-/// and must still carry the row's lease; if another attempt took it over, nothing is written
-/// for that row and `completed` is false. One result per row, in the rows' order.
-pub async fn insert_customers(
+/// The one-round-trip form of [`claim_and_insert_customers`], for a batch under idempotency
+/// keys: one statement, run in autocommit (its own implicit transaction, so still all or
+/// nothing), claims the keys *completed* and inserts the customers and their audit rows. The
+/// refusal is decided before the insert: a row whose external id a live customer of the tenant
+/// already has (as the statement's snapshot sees it) stores the refusal under its key instead
+/// of the response and writes no customer. The customers' insert has no `ON CONFLICT`: an
+/// external id that a concurrent create committed after the snapshot is a unique violation on
+/// [`EXTERNAL_ID_INDEX`], which aborts the whole statement, and this answers `None` — nothing
+/// was written, and the caller runs the batch through [`claim_and_insert_customers`] in a
+/// transaction, which finds the conflict without failing. `None` too, without a statement, for
+/// a batch in which two rows (not under one key) give the same external id: which of them
+/// wins depends on the other's claim, which one statement cannot see. `claims` as for
+/// [`claim_and_insert_customers`]; one result per row, in the rows' order.
+pub async fn claim_and_insert_customers_at_once(
     conn: &mut PgConnection,
     rows: &[CustomerInsert],
-) -> Result<Vec<Written>, StoreError> {
+    claims: &[ClaimRow],
+) -> Result<Option<Vec<Option<Written>>>, StoreError> {
+    if external_id_repeated(rows) {
+        return Ok(None);
+    }
     let n = rows.len();
     let mut tenant = Vec::with_capacity(n);
     let mut id = Vec::with_capacity(n);
@@ -101,11 +111,7 @@ pub async fn insert_customers(
     let mut metadata = Vec::with_capacity(n);
     let mut created_at = Vec::with_capacity(n);
     let mut by = Vec::with_capacity(n);
-    let mut method = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
     let mut lease = Vec::with_capacity(n);
-    let mut response = Vec::with_capacity(n);
-    let mut refusal = Vec::with_capacity(n);
     for row in rows {
         let c = &row.customer;
         tenant.push(row.tenant.as_uuid());
@@ -116,57 +122,67 @@ pub async fn insert_customers(
         metadata.push(Json(c.metadata.as_map()));
         created_at.push(c.created_at);
         by.push(row.by.as_uuid());
-        let k = row.completion.as_ref();
-        method.push(k.map(|k| k.method));
-        key.push(k.map(|k| k.key.as_str()));
-        lease.push(k.map(|k| k.lease));
-        response.push(k.map(|k| &k.response[..]));
-        refusal.push(k.map(|k| &k.refusal[..]));
+        lease.push(row.completion.as_ref().map(|k| k.lease));
     }
+    let k = ClaimArrays::of(rows, claims)?;
     let written = sqlx::query!(
         r#"WITH input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::text[],
-                                    $10::text[], $11::uuid[], $12::bytea[], $13::bytea[])
+                                    $6::jsonb[], $7::timestamptz[], $8::uuid[], $9::uuid[])
                    WITH ORDINALITY
                    AS t(tenant_id, id, external_id, email, name, metadata, created_at, key_id,
-                        method, key, lease_id, response, refusal, n)),
-           lease AS (
-               -- One index lookup per row, whatever the batch's size: a join here would let
-               -- the planner scan the whole table for a large batch.
-               SELECT i.id, l.kctid
-               FROM input i
-               CROSS JOIN LATERAL (
-                   SELECT k.ctid AS kctid FROM idempotency_keys k
-                   WHERE k.tenant_id = i.tenant_id AND k.method = i.method AND k.key = i.key
-                     AND k.lease_id = i.lease_id AND k.state = 'in_flight'
-                   FOR UPDATE) l),
+                        lease_id, n)),
+           pre AS (
+               -- A scalar subquery stays one index probe per row whatever the plan: the pool's
+               -- generic plans could turn a join into a scan of the whole table.
+               SELECT i.*,
+                      COALESCE((SELECT true FROM customers x
+                                WHERE x.tenant_id = i.tenant_id
+                                  AND x.external_id = i.external_id
+                                  AND x.deleted_at IS NULL
+                                LIMIT 1), false) AS taken
+               FROM input i),
+           claimed AS (
+               INSERT INTO idempotency_keys
+                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response,
+                    status)
+               SELECT k.tenant_id, k.method, k.key, k.fingerprint, 'completed', k.lease_id, now(),
+                      CASE WHEN p.taken THEN NULL ELSE k.response END,
+                      CASE WHEN p.taken THEN k.refusal END
+               FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::bytea[], $14::uuid[],
+                           $15::bytea[], $16::bytea[])
+                   WITH ORDINALITY
+                   AS k(tenant_id, method, key, fingerprint, lease_id, response, refusal, ord)
+               JOIN pre p ON p.lease_id = k.lease_id
+               -- The order keys are locked in, as in every batch.
+               ORDER BY k.ord
+               ON CONFLICT (tenant_id, method, key) DO UPDATE
+               SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
+                   lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
+                   response = EXCLUDED.response, status = EXCLUDED.status, created_at = now()
+               WHERE (idempotency_keys.state = 'in_flight'
+                      AND idempotency_keys.locked_until < now())
+                  OR idempotency_keys.created_at < now() - make_interval(secs => $17)
+               RETURNING lease_id),
+           go AS (
+               SELECT p.*, p.lease_id IS NULL OR p.lease_id IN (SELECT lease_id FROM claimed)
+                          AS go
+               FROM pre p),
            c AS (
                INSERT INTO customers
                    (tenant_id, id, external_id, email, name, metadata, created_at, updated_at)
                SELECT tenant_id, id, external_id, email, name, metadata, created_at, created_at
-               FROM input
-               WHERE key IS NULL OR id IN (SELECT id FROM lease)
+               FROM go
+               WHERE go AND NOT taken
                ORDER BY n
-               ON CONFLICT (tenant_id, external_id)
-                   WHERE deleted_at IS NULL AND external_id IS NOT NULL
-                   DO NOTHING
                RETURNING tenant_id, id),
            a AS (
                INSERT INTO audit_log (tenant_id, key_id, action, object_type, object_id)
                SELECT c.tenant_id, i.key_id, 'customer.created', 'customer', c.id
-               FROM c JOIN input i ON i.id = c.id),
-           k AS (
-               UPDATE idempotency_keys k
-               SET state = 'completed',
-                   response = CASE WHEN c.id IS NOT NULL THEN i.response END,
-                   status = CASE WHEN c.id IS NULL THEN i.refusal END
-               FROM lease l JOIN input i ON i.id = l.id LEFT JOIN c ON c.id = i.id
-               WHERE k.ctid = l.kctid
-               RETURNING i.id)
-           SELECT c.id IS NOT NULL AS "applied!", k.id IS NOT NULL AS "completed!"
-           FROM input i LEFT JOIN c ON c.id = i.id LEFT JOIN k ON k.id = i.id
-           ORDER BY i.n"#,
+               FROM c JOIN input i ON i.id = c.id)
+           SELECT g.go AS "go!", c.id IS NOT NULL AS "applied!"
+           FROM go g LEFT JOIN c ON c.id = g.id
+           ORDER BY g.n"#,
         &tenant,
         &id,
         &external_id as _,
@@ -175,42 +191,113 @@ pub async fn insert_customers(
         &metadata as _,
         &created_at,
         &by,
-        &method as _,
-        &key as _,
         &lease as _,
-        &response as _,
-        &refusal as _,
+        &k.tenant,
+        &k.method as _,
+        &k.key as _,
+        &k.fingerprint as _,
+        &k.lease,
+        &k.response as _,
+        &k.refusal as _,
+        RETENTION_SECS as f64,
     )
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .instrument(super::statement_span!("INSERT", "customers"))
-    .await?;
-    Ok(written
-        .into_iter()
-        .map(|r| Written {
-            applied: r.applied,
-            completed: r.completed,
-        })
-        .collect())
+    .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(e) => {
+            let e = StoreError::from(e);
+            if e.unique_violation() == Some(EXTERNAL_ID_INDEX) {
+                // A concurrent create took the external id after the snapshot; the statement
+                // wrote nothing.
+                return Ok(None);
+            }
+            return Err(e);
+        }
+    };
+    if written.len() != rows.len() {
+        return Err(super::corrupt("batch result", "wrong number of rows"));
+    }
+    Ok(Some(
+        written
+            .into_iter()
+            .map(|w| {
+                w.go.then_some(Written {
+                    applied: w.applied,
+                    completed: true,
+                })
+            })
+            .collect(),
+    ))
 }
 
-/// Inserts one customer (see [`insert_customers`]).
-pub async fn insert_customer(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    by: KeyId,
-    customer: &Customer,
-    completion: Option<Completion>,
-) -> Result<Written, StoreError> {
-    let row = CustomerInsert {
-        tenant,
-        by,
-        customer: customer.clone(),
-        completion,
-    };
-    let mut written = insert_customers(conn, std::slice::from_ref(&row)).await?;
-    written
-        .pop()
-        .ok_or_else(|| super::corrupt("insert result", "no row"))
+/// Whether two rows give one tenant's external id other than as the same key's duplicates (of
+/// which at most one is written).
+fn external_id_repeated(rows: &[CustomerInsert]) -> bool {
+    let mut seen: HashMap<(Uuid, &str), Option<(&str, &str)>> = HashMap::new();
+    for row in rows {
+        let Some(external_id) = &row.customer.external_id else {
+            continue;
+        };
+        let key = row.completion.as_ref().map(|k| (k.method, k.key.as_str()));
+        match seen.entry((row.tenant.as_uuid(), external_id.as_str())) {
+            Entry::Vacant(v) => {
+                v.insert(key);
+            }
+            Entry::Occupied(o) if key.is_some() && *o.get() == key => {}
+            Entry::Occupied(_) => return true,
+        }
+    }
+    false
+}
+
+/// The claims of a batch as the arrays a statement unnests, each with its row's two possible
+/// outcomes. Of several claims of one key only the first is kept: `ON CONFLICT DO UPDATE`
+/// cannot touch one row twice in a statement.
+struct ClaimArrays<'a> {
+    tenant: Vec<Uuid>,
+    method: Vec<&'static str>,
+    key: Vec<&'a str>,
+    fingerprint: Vec<&'a [u8]>,
+    lease: Vec<Uuid>,
+    response: Vec<&'a [u8]>,
+    refusal: Vec<&'a [u8]>,
+}
+
+impl<'a> ClaimArrays<'a> {
+    fn of(rows: &'a [CustomerInsert], claims: &'a [ClaimRow]) -> Result<Self, StoreError> {
+        let m = claims.len();
+        let mut k = ClaimArrays {
+            tenant: Vec::with_capacity(m),
+            method: Vec::with_capacity(m),
+            key: Vec::with_capacity(m),
+            fingerprint: Vec::with_capacity(m),
+            lease: Vec::with_capacity(m),
+            response: Vec::with_capacity(m),
+            refusal: Vec::with_capacity(m),
+        };
+        for (i, claim) in claims.iter().enumerate() {
+            if i > 0 && super::idempotency::order_claims(&claims[i - 1], claim).is_eq() {
+                continue;
+            }
+            let Some(completion) = rows
+                .iter()
+                .filter_map(|r| r.completion.as_ref())
+                .find(|c| c.lease == claim.lease)
+            else {
+                return Err(super::corrupt("batch claim", "a claim without its row"));
+            };
+            k.tenant.push(claim.tenant.as_uuid());
+            k.method.push(claim.method);
+            k.key.push(claim.key.as_str());
+            k.fingerprint.push(&claim.fingerprint[..]);
+            k.lease.push(claim.lease);
+            k.response.push(&completion.response[..]);
+            k.refusal.push(&completion.refusal[..]);
+        }
+        Ok(k)
+    }
 }
 
 /// A batch of creates with the claims of their idempotency keys, in one transaction: one
@@ -251,34 +338,7 @@ pub async fn claim_and_insert_customers(
         by.push(row.by.as_uuid());
         lease.push(row.completion.as_ref().map(|k| k.lease));
     }
-    let m = claims.len();
-    let (mut k_tenant, mut k_method, mut k_key, mut k_fingerprint, mut k_lease, mut k_response) = (
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-    );
-    for (i, claim) in claims.iter().enumerate() {
-        // ON CONFLICT DO UPDATE cannot touch one row twice in a statement.
-        if i > 0 && super::idempotency::order_claims(&claims[i - 1], claim).is_eq() {
-            continue;
-        }
-        let Some(completion) = rows
-            .iter()
-            .filter_map(|r| r.completion.as_ref())
-            .find(|k| k.lease == claim.lease)
-        else {
-            return Err(super::corrupt("batch claim", "a claim without its row"));
-        };
-        k_tenant.push(claim.tenant.as_uuid());
-        k_method.push(claim.method);
-        k_key.push(claim.key.as_str());
-        k_fingerprint.push(&claim.fingerprint[..]);
-        k_lease.push(claim.lease);
-        k_response.push(&completion.response[..]);
-    }
+    let k = ClaimArrays::of(rows, claims)?;
     let written = sqlx::query!(
         r#"WITH claimed AS (
                INSERT INTO idempotency_keys
@@ -332,12 +392,12 @@ pub async fn claim_and_insert_customers(
         &created_at,
         &by,
         &lease as _,
-        &k_tenant,
-        &k_method as _,
-        &k_key as _,
-        &k_fingerprint as _,
-        &k_lease,
-        &k_response as _,
+        &k.tenant,
+        &k.method as _,
+        &k.key as _,
+        &k.fingerprint as _,
+        &k.lease,
+        &k.response as _,
         RETENTION_SECS as f64,
     )
     .fetch_all(&mut *conn)

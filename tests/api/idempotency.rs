@@ -613,10 +613,18 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
                     Box::pin(async move {
                         let customer = customer(external_id);
                         tokio::time::sleep(wait).await;
-                        coffer::store::customers::insert_customer(
-                            conn, ctx.tenant, ctx.key, &customer, None,
+                        sqlx::query(
+                            "INSERT INTO customers (tenant_id, id, external_id, created_at,
+                                                    updated_at)
+                             VALUES ($1, $2, $3, $4, $4)",
                         )
-                        .await?;
+                        .bind(ctx.tenant.as_uuid())
+                        .bind(customer.id.as_uuid())
+                        .bind(external_id)
+                        .bind(customer.created_at)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(coffer::store::StoreError::from)?;
                         Ok(customer)
                     })
                 })
@@ -651,78 +659,6 @@ async fn an_attempt_that_lost_its_lease_rolls_back() {
     let third: Done<Customer> = attempt("third", Duration::ZERO).await.unwrap();
     assert!(third.replayed);
     assert_eq!(third.value.id, second.value.id);
-}
-
-/// The one-statement path: a statement carrying a lease that was taken over writes nothing and
-/// completes nothing; the holder's statement does both.
-#[tokio::test]
-async fn a_one_statement_create_under_a_lost_lease_writes_nothing() {
-    use coffer::store::idempotency::{ClaimRow, Completion, KeyRef, claim_keys, find_key};
-    let app = TestApp::spawn().await;
-    let (tenant, api_key) = app
-        .app
-        .tenants
-        .create_tenant(&coffer::domain::auth::TenantName::parse("lease").unwrap())
-        .await
-        .unwrap();
-    let mut conn = app.pool.acquire().await.unwrap();
-    let idempotency_key = IdempotencyKey::parse("one").unwrap();
-    let key = KeyRef {
-        tenant,
-        method: "/test/One",
-        key: &idempotency_key,
-    };
-    let (stale, holder) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let claim = |lease, lease_secs| ClaimRow {
-        tenant,
-        method: key.method,
-        key: idempotency_key.clone(),
-        fingerprint: [7; 32],
-        lease,
-        lease_secs,
-    };
-    // A lease that has already run out, then a second attempt taking the key over.
-    assert!(claim_keys(&mut conn, &[claim(stale, -1.0)]).await.unwrap() == [true]);
-    assert!(claim_keys(&mut conn, &[claim(holder, 60.0)]).await.unwrap() == [true]);
-    let completion = |lease| Completion {
-        method: key.method,
-        key: idempotency_key.clone(),
-        lease,
-        response: b"response".to_vec(),
-        refusal: b"refusal".to_vec(),
-    };
-    let written = coffer::store::customers::insert_customer(
-        &mut conn,
-        tenant,
-        api_key.id(),
-        &customer("late"),
-        Some(completion(stale)),
-    )
-    .await
-    .unwrap();
-    assert!(!written.applied && !written.completed, "{written:?}");
-    let written = coffer::store::customers::insert_customer(
-        &mut conn,
-        tenant,
-        api_key.id(),
-        &customer("holder"),
-        Some(completion(holder)),
-    )
-    .await
-    .unwrap();
-    assert!(written.applied && written.completed, "{written:?}");
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT external_id FROM customers WHERE tenant_id = $1")
-            .bind(tenant.as_uuid())
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rows, vec!["holder"]);
-    let stored = find_key(&mut conn, key).await.unwrap().unwrap();
-    assert!(matches!(
-        stored.state,
-        coffer::store::idempotency::StoredState::Response(ref r) if r == b"response"
-    ));
 }
 
 /// A commit whose answer is lost may have been applied: the caller is told UNKNOWN
@@ -801,4 +737,207 @@ async fn a_commit_whose_answer_was_lost_is_outcome_unknown() {
     })
     .await;
     assert!(made, "the commit went through");
+}
+
+/// What a refusal says, all of it: code, message and the encoded details.
+fn refusal(status: &tonic::Status) -> (Code, String, Vec<u8>) {
+    (
+        status.code(),
+        status.message().to_owned(),
+        status.details().to_vec(),
+    )
+}
+
+/// A create runs as one statement in autocommit, its refusal decided before the insert. An
+/// external id another session commits after that statement's snapshot aborts the statement
+/// (nothing written) and the batch is written again in a transaction: the caller is answered
+/// exactly as a create that found the id taken beforehand, the key stores that refusal, and
+/// the id still has one customer. Rolled back instead, the waiting create goes through.
+#[tokio::test]
+async fn a_create_racing_a_committed_external_id_falls_back_and_answers_the_same() {
+    let app = TestApp::spawn().await;
+    let mut c = app.customers().await;
+    let tenant = coffer::domain::ids::TenantId::from_uuid(
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap(),
+    );
+    // The refusal when the id was taken before the create's statement began.
+    c.create_customer(idem(create("taken"), &app.key, "t-1"))
+        .await
+        .unwrap();
+    let before = c
+        .create_customer(idem(create("taken"), &app.key, "t-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&before).0, "CUSTOMER_EXTERNAL_ID_TAKEN");
+
+    // The same id committed by another session while the create waits on it.
+    let held = hold_external_id(&app.pool, tenant, "raced").await;
+    let (mut waiting, key) = (c.clone(), app.key.clone());
+    let call = tokio::spawn(async move {
+        waiting
+            .create_customer(idem(create("raced"), &key, "r-1"))
+            .await
+    });
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    held.commit().await.unwrap();
+    let raced = call.await.unwrap().unwrap_err();
+    let (code, message, _) = refusal(&before);
+    assert_eq!((raced.code(), raced.message()), (code, message.as_str()));
+    assert_eq!(details(&raced), details(&before));
+    let replay = c
+        .create_customer(idem(create("raced"), &app.key, "r-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&replay), refusal(&raced), "the stored refusal");
+    let stored: (Option<Vec<u8>>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT response, status FROM idempotency_keys WHERE key = 'r-1' AND state = 'completed'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(stored.0.is_none() && stored.1.is_some(), "{stored:?}");
+    let raced_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customers WHERE external_id = 'raced'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(raced_rows, 1, "only the other session's");
+
+    // Rolled back: the waiting create inserts its customer and stores its response.
+    let held = hold_external_id(&app.pool, tenant, "freed").await;
+    let (mut waiting, key) = (c.clone(), app.key.clone());
+    let call = tokio::spawn(async move {
+        waiting
+            .create_customer(idem(create("freed"), &key, "f-1"))
+            .await
+    });
+    assert!(one_session_waits_on_a_lock(&app.pool).await);
+    held.rollback().await.unwrap();
+    let made = call.await.unwrap().unwrap();
+    assert!(!replayed(&made));
+    let again = c
+        .create_customer(idem(create("freed"), &app.key, "f-1"))
+        .await
+        .unwrap();
+    assert!(replayed(&again));
+    assert_eq!(again.get_ref(), made.get_ref());
+}
+
+/// Concurrent duplicates of a create whose external id another session holds and then commits:
+/// the first attempt's statement is aborted and its batch rewritten in a transaction while the
+/// duplicates wait on the key; every call is answered with the same refusal, the key stores it
+/// once, and no second customer appears. Then many creates of one external id under different
+/// keys at once (batches holding the id twice go through the transaction; concurrent batches
+/// race on the id): one customer, and every other call refused exactly as its replay says.
+#[tokio::test]
+async fn concurrent_creates_of_one_external_id_answer_as_one_transaction_would() {
+    let app = TestApp::spawn().await;
+    let channel = app.channel().await;
+    let key = Arc::new(app.key.clone());
+    let tenant = coffer::domain::ids::TenantId::from_uuid(
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap(),
+    );
+    let held = hold_external_id(&app.pool, tenant, "dup").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut c = pb::customers_client::CustomersClient::new(channel.clone());
+        let key = key.clone();
+        calls.spawn(async move {
+            c.create_customer(idem(create("dup"), &key, "same-key"))
+                .await
+        });
+    }
+    // At least the first statement waits on the held id (the others on it, or queued).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+                >= 1
+        })
+        .await
+    );
+    held.commit().await.unwrap();
+    let mut answers = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        let err = result.unwrap().expect_err("the id is taken");
+        answers.push(refusal(&err));
+    }
+    assert_eq!(details_of(&answers[0]), "CUSTOMER_EXTERNAL_ID_TAKEN");
+    answers.dedup();
+    assert_eq!(answers.len(), 1, "every duplicate answers the one refusal");
+    let mut c = app.customers().await;
+    let replay = c
+        .create_customer(idem(create("dup"), &app.key, "same-key"))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&replay), answers[0]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE external_id = 'dup'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    // One external id under forty keys at once.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let mut c = pb::customers_client::CustomersClient::new(channel.clone());
+        let key = key.clone();
+        calls.spawn(async move {
+            let k = format!("many-{i}");
+            let answer = c.create_customer(idem(create("one"), &key, &k)).await;
+            (k, answer)
+        });
+    }
+    let mut made = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            (k, Ok(response)) => made.push((k, response.into_inner())),
+            (k, Err(status)) => refused.push((k, refusal(&status))),
+        }
+    }
+    assert_eq!(made.len(), 1, "one create of the id succeeds");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE external_id = 'one'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let (made_key, customer) = &made[0];
+    let again = c
+        .create_customer(idem(create("one"), &app.key, made_key))
+        .await
+        .unwrap();
+    assert!(replayed(&again));
+    assert_eq!(again.get_ref(), customer);
+    let first = refused[0].1.clone();
+    assert_eq!(details_of(&first), "CUSTOMER_EXTERNAL_ID_TAKEN");
+    for (k, answer) in &refused {
+        assert_eq!(answer, &first, "every refusal is the same");
+        let replay = c
+            .create_customer(idem(create("one"), &app.key, k))
+            .await
+            .unwrap_err();
+        assert_eq!(&refusal(&replay), answer, "the refusal {k} stored");
+    }
+}
+
+/// The reason of an encoded refusal.
+fn details_of(answer: &(Code, String, Vec<u8>)) -> String {
+    details(&tonic::Status::with_details(
+        answer.0,
+        answer.1.clone(),
+        answer.2.clone().into(),
+    ))
+    .0
 }
