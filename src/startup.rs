@@ -386,6 +386,11 @@ impl Server {
             sweeper::STATISTICS_EVERY,
             workers.clone(),
         ));
+        app.tasks.spawn(sweeper::fold_usage(
+            app.clone(),
+            sweeper::FOLD_EVERY,
+            workers.clone(),
+        ));
         // The change feed: keeps CheckAccess's cache fresh and wakes the change streams.
         app.tasks.spawn(
             app.changes

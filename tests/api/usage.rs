@@ -1018,9 +1018,10 @@ async fn scan(
 }
 
 /// GetUsage's answers equal a scan of the raw events over random ranges (ends on the second,
-/// the minute or the hour), for every aggregation and window, with the rollups part folded
-/// and part not, then all folded: the hour rollups, the minute rollups and the events read at
-/// the edges add up to exactly what the events say.
+/// the minute, the hour or midnight; ranges of whole days, partial days and none), for every
+/// aggregation and window, with the rollups part folded and part not, then all folded: the
+/// day, hour and minute rollups and the events read at the edges add up to exactly what the
+/// events say.
 #[tokio::test]
 async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
     use proptest::prelude::{Just, Strategy, prop_oneof};
@@ -1032,9 +1033,9 @@ async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
     let mut u = setup(&app, k, &["ada"]).await;
     let b = base();
     let mut runner = TestRunner::deterministic();
-    // Events in a few busy minutes of a few hours over two days, some at the same instant.
+    // Events in a few busy minutes of a few hours over three days, some at the same instant.
     let instant = (
-        0i64..48,
+        0i64..72,
         prop_oneof![Just(0i64), Just(59), 0i64..60],
         0i64..60,
     )
@@ -1071,11 +1072,12 @@ async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
     }
 
     let edge = prop_oneof![
-        0i64..2 * DAY + HOUR,
-        (0i64..49 * 60).prop_map(|m| m * 60),
-        (0i64..49).prop_map(|h| h * HOUR),
+        0i64..3 * DAY + HOUR,
+        (0i64..73 * 60).prop_map(|m| m * 60),
+        (0i64..73).prop_map(|h| h * HOUR),
+        (0i64..4).prop_map(|d| d * DAY),
     ];
-    let ranges = proptest::collection::vec((edge.clone(), edge), 24)
+    let ranges = proptest::collection::vec((edge.clone(), edge), 32)
         .new_tree(&mut runner)
         .unwrap()
         .current();
@@ -1115,10 +1117,13 @@ async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
         }
         app.app.usage.maintain().await.unwrap();
     }
-    let unfolded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM usage_rollups_minute WHERE shard <> 0")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(unfolded, 0, "the sweeper folds past minutes too");
+    for table in ["usage_rollups_minute", "usage_rollups_day"] {
+        let unfolded: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE shard <> 0"
+        )))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(unfolded, 0, "the sweeper folds past periods of {table} too");
+    }
 }
