@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How often expired idempotency keys are swept.
     pub sweep_interval: Duration,
+    /// How often the usage rollups' rows of past periods are folded ([`sweeper::fold_usage`]).
+    pub usage_fold_interval: Duration,
     /// The inbox workers: how many, their batches and polling, retries, and the handlers.
     pub inbox: InboxConfig,
     /// Idempotency leases and the work timeout under them.
@@ -145,6 +147,7 @@ impl Default for ServerConfig {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::ZERO,
             sweep_interval: Duration::from_secs(300),
+            usage_fold_interval: sweeper::FOLD_EVERY,
             inbox: InboxConfig::default(),
             idempotency: IdempotencyConfig::default(),
             drain_timeout: Duration::from_secs(10),
@@ -386,6 +389,11 @@ impl Server {
         app.tasks.spawn(sweeper::keep_statistics(
             app.clone(),
             sweeper::STATISTICS_EVERY,
+            workers.clone(),
+        ));
+        app.tasks.spawn(sweeper::fold_usage(
+            app.clone(),
+            config.usage_fold_interval,
             workers.clone(),
         ));
         // The change feed: keeps CheckAccess's cache fresh and wakes the change streams.

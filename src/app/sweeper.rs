@@ -1,11 +1,11 @@
 //! Retention: deletes idempotency keys past their 24-hour retention, in small batches so it
 //! never holds long locks; scrubs stored answers that lapsed (portal links past their expiry,
-//! [`scrub_lapsed`]); folds past hours' usage rollup rows into one per hour
-//! (`Usage::maintain`); expires checkout sessions still OPEN past their `expires_at`, with
+//! [`scrub_lapsed`]); expires checkout sessions still OPEN past their `expires_at`, with
 //! their unpaid payments ([`expire_sessions`]); removes the payloads of settled webhook events
 //! past their retention period (`Events::purge_payloads`); prunes the subscription change
 //! outbox past its retention (`Changes::prune`). Apart, and more often: keeps the planner's
-//! statistics of Coffer's tables current ([`keep_statistics`]).
+//! statistics of Coffer's tables current ([`keep_statistics`]) and folds the usage rollups'
+//! per-connection rows of past minutes, hours and days into one each ([`fold_usage`]).
 
 use std::time::Duration;
 
@@ -56,15 +56,6 @@ pub async fn run(app: App, every: Duration, stop: CancellationToken) {
                 )
             }
             Err(e) => tracing::warn!(error = %e, "checkout expiry failed"),
-        }
-        let maintained = tokio::select! {
-            done = app.usage.maintain() => done,
-            () = stop.cancelled() => return,
-        };
-        match maintained {
-            Ok(0) => {}
-            Ok(folded) => tracing::info!(groups_folded = folded, "usage rollups folded"),
-            Err(e) => tracing::warn!(error = ?e, "usage rollup fold failed"),
         }
         let purged = tokio::select! {
             done = app.events.purge_payloads() => done,
@@ -131,6 +122,31 @@ pub async fn expire_sessions(app: &App) -> Result<(u64, u64), crate::store::Stor
         metrics.payments_expired(p);
         if s < BATCH as u64 {
             return Ok((sessions, payments));
+        }
+    }
+}
+
+/// How often [`fold_usage`] folds: a read costs the rollup rows it finds, one per writing
+/// connection until folded, so past periods are folded within seconds rather than at the
+/// sweep's minutes. A pass with nothing to fold is one index probe per level.
+pub const FOLD_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs until shutdown: folds the usage rollups' per-connection rows of past periods
+/// (`Usage::maintain`) every `every`.
+pub async fn fold_usage(app: App, every: Duration, stop: CancellationToken) {
+    loop {
+        let maintained = tokio::select! {
+            done = app.usage.maintain() => done,
+            () = stop.cancelled() => return,
+        };
+        match maintained {
+            Ok(0) => {}
+            Ok(folded) => tracing::debug!(groups_folded = folded, "usage rollups folded"),
+            Err(e) => tracing::warn!(error = ?e, "usage rollup fold failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -518,8 +518,8 @@ impl Usage {
         balance_at(&mut conn, ctx.tenant, customer, meter.id, now).await
     }
 
-    /// Folds the rollup rows of past hours and minutes into one per hour and per minute;
-    /// returns how many it folded.
+    /// Folds the rollup rows of past minutes, hours and days into one per minute, hour and
+    /// day; returns how many it folded.
     pub async fn maintain(&self) -> Result<u64, AppError> {
         let now = super::customers::now_micros();
         let mut conn = self.pool.acquire().await?;
@@ -527,10 +527,17 @@ impl Usage {
         // moved on (a late event is folded in by a later pass).
         let hours_before = now - time::Duration::minutes(61);
         let minutes_before = now - time::Duration::minutes(2);
+        let days_before = now - time::Duration::DAY - time::Duration::minutes(1);
         let mut folded = 0;
         for _ in 0..100 {
-            let n =
-                usage_store::fold_rollups(&mut conn, hours_before, minutes_before, 1_000).await?;
+            let n = usage_store::fold_rollups(
+                &mut conn,
+                hours_before,
+                minutes_before,
+                days_before,
+                1_000,
+            )
+            .await?;
             folded += n;
             if n == 0 {
                 break;

@@ -397,7 +397,8 @@ pub(super) struct UsageQuery {
 
 impl UsageQuery {
     /// Loads `events` events for a new customer, spread evenly over the last 30 days: one
-    /// StreamUsage per connection, 1 000 events a batch. Returns the load's measurement too.
+    /// StreamUsage per connection, 1 000 events a batch, then waits for the server to fold
+    /// their rollups. Returns the load's measurement too.
     pub async fn prepare(grpc: &Grpc, events: u64) -> Result<(Self, Measurement), BenchError> {
         let run = run_id();
         let customer = format!("bench-query-{run}");
@@ -476,6 +477,11 @@ impl UsageQuery {
             None,
             stored,
         );
+        // A customer's 30 days arrive over 30 days, and the server folds each past period's
+        // per-connection rollup rows within seconds (`sweeper::FOLD_EVERY`); loaded in a
+        // minute, they are folded just after. Wait for that, so the reads measured are the
+        // steady state's and the fold's one-off work is not counted in their window.
+        tokio::time::sleep(2 * crate::app::sweeper::FOLD_EVERY + Duration::from_secs(1)).await;
         let query = Self {
             grpc: grpc.clone(),
             customer,

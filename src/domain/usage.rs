@@ -406,11 +406,50 @@ pub struct GrantSpan {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// The UTC days (their midnights) within which the grants active in an hour change: a grant
+/// made during the day after its first hour, or expiring after its start and before its last
+/// hour. In any other day every hour draws on the same grants in the same order, so the day's
+/// usage drawn at once (as one entry at its midnight, [`balance`]) draws exactly what its
+/// hours drawn one by one would: a balance reads a day rollup row for each such day and hour
+/// rows only for these, so its cost follows the grants and the days, not the hours.
+pub fn days_with_grant_changes(
+    grants: impl IntoIterator<Item = (OffsetDateTime, Option<OffsetDateTime>)>,
+) -> Vec<OffsetDateTime> {
+    let day_of = |t: OffsetDateTime| {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        t.replace_time(time::Time::MIDNIGHT)
+    };
+    let mut days = Vec::new();
+    for (granted_at, expires_at) in grants {
+        // Active in hour h from the hour it was made in: a change within the day unless made
+        // in its first hour.
+        let d = day_of(granted_at);
+        if granted_at >= d + Duration::HOUR {
+            days.push(d);
+        }
+        // Inactive from the hour that starts at or after its expiry: a change within the day
+        // unless that is the day's first hour (expiry at or before midnight + 0) or past its
+        // last (expiry after 23:00, when every hour of the day still has it).
+        if let Some(e) = expires_at {
+            let d = day_of(e);
+            let from_day_start = e - d;
+            if from_day_start > Duration::ZERO && from_day_start <= Duration::hours(23) {
+                days.push(d);
+            }
+        }
+    }
+    days.sort();
+    days.dedup();
+    days
+}
+
 /// Works out a balance at `now` from the grants and the meter's usage per UTC hour since the
-/// oldest of them (expired grants count too: they drew on usage while they lasted). Usage of the hour starting at `h` draws on the grants
-/// made before `h + 1 hour` that are not expired at `h`, soonest expiry first (grants that
-/// never expire last, then oldest first), so credits that would lapse are used before those
-/// that would not. Usage beyond every grant is not a debt: the balance stops at zero.
+/// oldest of them (expired grants count too: they drew on usage while they lasted), or per
+/// whole day for a day outside [`days_with_grant_changes`] (an entry at its midnight). Usage
+/// of the hour starting at `h` draws on the grants made before `h + 1 hour` that are not
+/// expired at `h`, soonest expiry first (grants that never expire last, then oldest first), so
+/// credits that would lapse are used before those that would not. Usage beyond every grant is
+/// not a debt: the balance stops at zero.
 pub fn balance(
     grants: &[GrantSpan],
     hours: &[(OffsetDateTime, Units)],
@@ -457,6 +496,64 @@ pub fn balance(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drawing a day without grant changes at once draws what its hours one by one draw, over
+    /// random grants (made and expiring at any second, some never) and hourly usage.
+    #[test]
+    fn a_day_without_grant_changes_draws_as_its_hours() {
+        let day0 = OffsetDateTime::from_unix_timestamp(1_793_491_200).unwrap(); // a UTC midnight
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for _ in 0..300 {
+            let grants: Vec<GrantSpan> = (0..1 + next(4))
+                .map(|_| {
+                    let granted_at = day0 + Duration::seconds(next(6 * 86_400) as i64);
+                    let expires_at = match next(3) {
+                        0 => None,
+                        // Some on the hour and at midnight exactly, the edge cases.
+                        1 => Some(granted_at + Duration::hours(1 + next(72) as i64)),
+                        _ => Some(granted_at + Duration::seconds(1 + next(4 * 86_400) as i64)),
+                    };
+                    GrantSpan {
+                        amount: Units::parse(&format!("{}", 1 + next(500))).unwrap(),
+                        granted_at,
+                        expires_at,
+                    }
+                })
+                .collect();
+            let mut hours: Vec<(OffsetDateTime, Units)> = Vec::new();
+            for h in 0..8 * 24 {
+                if next(4) != 0 {
+                    let used = Units::parse(&format!("{}", next(40))).unwrap();
+                    hours.push((day0 + Duration::hours(h), used));
+                }
+            }
+            let changes =
+                days_with_grant_changes(grants.iter().map(|g| (g.granted_at, g.expires_at)));
+            let mut collapsed: Vec<(OffsetDateTime, Units)> = Vec::new();
+            for &(h, used) in &hours {
+                let day = h.replace_time(time::Time::MIDNIGHT);
+                if changes.contains(&day) {
+                    collapsed.push((h, used));
+                } else if let Some(last) = collapsed.last_mut().filter(|(d, _)| *d == day) {
+                    last.1 = last.1.checked_add(used).unwrap();
+                } else {
+                    collapsed.push((day, used));
+                }
+            }
+            let now = day0 + Duration::days(8);
+            assert_eq!(
+                balance(&grants, &hours, now),
+                balance(&grants, &collapsed, now),
+                "{grants:?}"
+            );
+        }
+    }
 
     #[test]
     fn quantities_are_exact_decimals() {

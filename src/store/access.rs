@@ -1,5 +1,5 @@
 //! What `CheckAccess` reads on a cache miss: a customer's subscriptions with their plans'
-//! features, and a meter's usage in a period from the hourly rollups (never the events).
+//! features, and a meter's usage in a period from the rollups (never more than a minute's events).
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -90,10 +90,11 @@ pub async fn holdings(
 }
 
 /// A meter's id and its customer's usage total since `since` (a COUNT or SUM meter: the sum
-/// of its values), exactly: whole hours from the hour rollups, the whole minutes of the hour
-/// `since` falls in from the minute rollups, and only the seconds before its first whole
-/// minute from the events, so the cost does not grow with the events; `None` when the tenant
-/// has no meter with that key.
+/// of its values), exactly: whole UTC days from the day rollups, the whole hours of the day
+/// `since` falls in from the hour rollups, the whole minutes of its hour from the minute
+/// rollups, and only the seconds before its first whole minute from the events, so the cost
+/// does not grow with the events (a month is about 30 day rows); `None` when the tenant has no
+/// meter with that key.
 pub async fn period_usage(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -109,12 +110,19 @@ pub async fn period_usage(
                                  THEN interval '0' ELSE interval '1 minute' END AS first_minute,
                       date_trunc('hour', $4::timestamptz, 'UTC')
                           + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour)
+                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
+                      date_trunc('day', $4::timestamptz, 'UTC')
+                          + CASE WHEN date_trunc('day', $4::timestamptz, 'UTC') = $4
+                                 THEN interval '0' ELSE interval '1 day' END AS first_day)
            SELECT m.id,
                   trim_scale(
-                      coalesce((SELECT sum(r.total) FROM usage_rollups r
+                      coalesce((SELECT sum(d.total) FROM usage_rollups_day d
+                                WHERE d.tenant_id = $1 AND d.customer_id = $2
+                                  AND d.meter_id = m.id AND d.day >= b.first_day), 0)
+                    + coalesce((SELECT sum(r.total) FROM usage_rollups r
                                 WHERE r.tenant_id = $1 AND r.customer_id = $2
-                                  AND r.meter_id = m.id AND r.hour >= b.first_hour), 0)
+                                  AND r.meter_id = m.id AND r.hour >= b.first_hour
+                                  AND r.hour < b.first_day), 0)
                     + coalesce((SELECT sum(x.total) FROM usage_rollups_minute x
                                 WHERE x.tenant_id = $1 AND x.customer_id = $2
                                   AND x.meter_id = m.id AND x.minute >= b.first_minute
