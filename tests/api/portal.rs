@@ -953,3 +953,50 @@ async fn a_browser_cancels_undoes_pauses_resumes_and_changes_the_card_in_the_por
     );
     drop(driver);
 }
+
+/// A card saved in the portal by a customer with no subscription yet is their card on file:
+/// CreateSubscription charges it (ACTIVE, one succeeded charge), and a 0341 card saved after
+/// it is the one the next CreateSubscription tries (declined: INCOMPLETE).
+#[tokio::test]
+async fn a_card_saved_in_the_portal_is_the_one_create_subscription_charges() {
+    use crate::create_subscription::{charges, create, create_with};
+    use coffer::grpc::pb::PaymentStatus;
+
+    let env = crate::create_subscription::spawn("").await;
+    let (_, [monthly, _, _]) = crate::checkout::plan(&env.app, "pro").await;
+    let e = create_with(&env, create(&env.customer, &monthly, Some(0)), "before")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        crate::helpers::details(&e).0,
+        "PAYMENT_METHOD_REQUIRED",
+        "no card yet"
+    );
+    let url = local(&env, &open_portal(&env).await);
+    save_card(&url, PAYS).await;
+    let s = create_with(&env, create(&env.customer, &monthly, Some(0)), "after")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, SubscriptionStatus::Active as i32, "{s:?}");
+    assert!(
+        crate::helpers::eventually(crate::e2e::SETTLE, || async {
+            let paid = charges(&env, &s.id).await;
+            paid.len() == 1 && paid[0].status == PaymentStatus::Succeeded as i32
+        })
+        .await,
+        "{:?}",
+        charges(&env, &s.id).await
+    );
+
+    save_card(&url, FAILS_LATER).await;
+    let declined = create_with(&env, create(&env.customer, &monthly, Some(0)), "later")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        declined.status,
+        SubscriptionStatus::Incomplete as i32,
+        "{declined:?}"
+    );
+}

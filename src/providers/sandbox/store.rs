@@ -1696,8 +1696,8 @@ pub async fn take_scheduled_amount(
 // ---- Subscriptions made through the API (CreateSubscription).
 
 /// The customer's card on file on `account`: the card of its newest succeeded checkout
-/// payment, or of its newest subscription that has one (a trial checkout saves the card
-/// without charging it). `Some(true)` when that card fails every later charge (0341);
+/// payment, of its newest subscription that has one (a trial checkout saves the card
+/// without charging it), or the one it saved in the portal, whichever is newest. `Some(true)` when that card fails every later charge (0341);
 /// `None` when the customer never gave a card.
 pub async fn find_card_on_file(
     conn: &mut PgConnection,
@@ -1714,6 +1714,9 @@ pub async fn find_card_on_file(
                UNION ALL
                SELECT fails_on_renewal, created_at FROM sandbox_subscriptions
                WHERE account = $1 AND customer = $2 AND card_on_file
+               UNION ALL
+               SELECT card_fails_on_renewal, card_updated_at FROM sandbox_customers
+               WHERE account = $1 AND id = $2 AND card_fails_on_renewal IS NOT NULL
            ) c
            ORDER BY c.created_at DESC LIMIT 1"#,
         account,
@@ -2270,13 +2273,15 @@ pub async fn set_customer_card(
 ) -> Result<u64, StoreError> {
     sqlx::query!(
         "UPDATE sandbox_customers
-         SET card_brand = $3, card_last4 = $4, card_updated_at = $5, version = version + 1
+         SET card_brand = $3, card_last4 = $4, card_updated_at = $5,
+             card_fails_on_renewal = $6, version = version + 1
          WHERE account = $1 AND id = $2",
         account,
         customer,
         brand,
         last4,
         now,
+        fails_on_renewal,
     )
     .execute(&mut *conn)
     .instrument(statement_span!("UPDATE", "sandbox_customers"))
