@@ -108,7 +108,7 @@ impl Customers {
                 &ctx,
                 call,
                 customer.clone(),
-                external_id_taken(),
+                Some(external_id_taken()),
                 &self.inserts,
                 move |completion| CustomerInsert {
                     tenant: ctx.tenant,

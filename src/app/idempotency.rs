@@ -527,7 +527,8 @@ impl Mutations {
     /// Runs a mutation whose work is one statement that records its own outcome: a create,
     /// whose response (`value`) is known before it runs because Coffer picks the id and the
     /// timestamps, and whose one possible refusal (`refusal`, a conflict the statement finds
-    /// without failing) is known too. The one-transaction use, group-committed: `writes`
+    /// without failing) is known too; `None` for a write that cannot be refused once it runs
+    /// (a credit grant, whose customer and meter were found before). The one-transaction use, group-committed: `writes`
     /// claims the keys of a batch of rows, runs their statement and commits once (see
     /// [`claim_and_write`]), so under load a create shares its commit with the others.
     pub async fn run_statement<T, R>(
@@ -535,7 +536,7 @@ impl Mutations {
         ctx: &TenantCtx,
         call: Option<IdempotentCall>,
         value: T,
-        refusal: Rejection,
+        refusal: Option<Rejection>,
         writes: &GroupCommit<Keyed<R>, Option<Written>>,
         row: impl FnOnce(Option<Completion>) -> R + Send + 'static,
     ) -> Result<Done<T>, AppError>
@@ -561,7 +562,12 @@ impl Mutations {
                     key: call.key.clone(),
                     lease: claim.lease,
                     response: value.encode_replay(),
-                    refusal: (call.encode_refusal)(&refusal),
+                    // Stored only for a row the statement refuses, which it never does
+                    // without a refusal to store.
+                    refusal: refusal
+                        .as_ref()
+                        .map(|r| (call.encode_refusal)(r))
+                        .unwrap_or_default(),
                 });
             // Not bounded by the work timeout: a row handed to a batch may be written after
             // its caller stopped waiting, so giving up here could not honestly say "nothing
@@ -602,7 +608,10 @@ impl Mutations {
                     }),
                     Some(_),
                 ) => Err(in_use()),
-                (Some(_), _) => Err(AppError::Rejected(refusal)),
+                (Some(_), _) => Err(refusal.map_or_else(
+                    || AppError::internal("a write that cannot be refused was not applied"),
+                    AppError::Rejected,
+                )),
                 (None, Some(call)) => this.held(tenant, &call).await?,
                 (None, None) => Err(AppError::internal("an unkeyed row was not written")),
             }

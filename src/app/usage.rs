@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
 use super::group_commit::GroupCommit;
-use super::idempotency::{Done, IdempotentCall, Mutations};
+use super::idempotency::{self, Done, IdempotentCall, Keyed, Mutations, Written};
 use super::page::{self, Page};
-use super::{AppError, RejectionKind, TenantCtx};
+use super::{AppError, Rejection, RejectionKind, TenantCtx};
 use crate::domain::Violations;
 use crate::domain::customer::CustomerRef;
 use crate::domain::ids::{CustomerId, GrantId, MeterId, TenantId};
@@ -26,8 +26,8 @@ use crate::domain::usage::{
     self, Balance, Figure, Grant, GrantSpan, NewGrant, RejectReason, Rejected, Units, UsageEvent,
     UsageQuery, UsageReport, UsageWindow, WindowFigure,
 };
-use crate::store::meters as store;
-use crate::store::usage::{self as usage_store, EventBatch, EventRow, WindowRow};
+use crate::store::meters::{self as store, MeterInsert};
+use crate::store::usage::{self as usage_store, EventBatch, EventRow, GrantInsert, WindowRow};
 
 pub const REASON_METER_NOT_FOUND: &str = "METER_NOT_FOUND";
 pub const REASON_METER_KEY_TAKEN: &str = "METER_KEY_TAKEN";
@@ -93,6 +93,35 @@ pub struct Recorded {
     pub rejected: Vec<Rejected>,
 }
 
+/// How a batch of grants is written with the claims of their keys: one statement, in
+/// autocommit ([`idempotency::claim_and_write`]). Nothing in it can be refused or raced, so it
+/// always decides its batch alone, and the transactional form (the same statement, committed by
+/// the caller) is never needed but kept for the mechanism's shape.
+static GRANT_WRITES: idempotency::ClaimingWrites<GrantInsert> = idempotency::ClaimingWrites {
+    at_once: |conn, rows, claims| {
+        Box::pin(async move {
+            usage_store::claim_and_insert_grants(conn, rows, claims)
+                .await
+                .map(Some)
+        })
+    },
+    in_transaction: |conn, rows, claims| {
+        Box::pin(usage_store::claim_and_insert_grants(conn, rows, claims))
+    },
+};
+
+/// How a batch of meter creates is written with the claims of their keys: one statement in
+/// autocommit, or, when a concurrent create of the same meter key aborted it, the transaction
+/// that finds the conflict ([`idempotency::claim_and_write`]), as for customers.
+static METER_WRITES: idempotency::ClaimingWrites<MeterInsert> = idempotency::ClaimingWrites {
+    at_once: |conn, rows, claims| {
+        Box::pin(store::claim_and_insert_meters_at_once(conn, rows, claims))
+    },
+    in_transaction: |conn, rows, claims| {
+        Box::pin(store::claim_and_insert_meters(conn, rows, claims))
+    },
+};
+
 /// The list a page token of ListMeters belongs to.
 const LIST: &str = "coffer.v1.Usage/ListMeters";
 
@@ -106,6 +135,10 @@ pub struct Usage {
     mutations: Mutations,
     /// Batches of events committed together.
     ingest: GroupCommit<EventBatch, u32>,
+    /// Concurrent grants share a statement and a commit.
+    grants: GroupCommit<Keyed<GrantInsert>, Option<Written>>,
+    /// Concurrent meter creates share a statement and a commit.
+    meter_inserts: GroupCommit<Keyed<MeterInsert>, Option<Written>>,
     meters: Arc<Mutex<HashMap<(TenantId, MeterKey), Meter>>>,
     metrics: UsageMetrics,
 }
@@ -120,7 +153,7 @@ impl Usage {
         let ingest = GroupCommit::new(
             "usage events",
             pool.clone(),
-            tasks,
+            tasks.clone(),
             |conn, batches| Box::pin(usage_store::insert_event_batches(conn, batches)),
             usage_store::order_batches,
         )
@@ -129,11 +162,27 @@ impl Usage {
             MAX_EVENTS_PER_STATEMENT,
             MAX_EVENTS_QUEUED,
         );
+        let meter_inserts = GroupCommit::new(
+            "meter inserts",
+            pool.clone(),
+            tasks.clone(),
+            |conn, rows| Box::pin(idempotency::claim_and_write(conn, rows, &METER_WRITES)),
+            |a, b| store::order_inserts(&a.row, &b.row),
+        );
+        let grants = GroupCommit::new(
+            "credit grants",
+            pool.clone(),
+            tasks,
+            |conn, rows| Box::pin(idempotency::claim_and_write(conn, rows, &GRANT_WRITES)),
+            |a, b| usage_store::order_grants(&a.row, &b.row),
+        );
         Self {
             reads: ReadPool::primary_only(pool.clone()),
             pool,
             mutations,
             ingest,
+            grants,
+            meter_inserts,
             meters: Arc::default(),
             metrics: UsageMetrics::default(),
         }
@@ -143,8 +192,9 @@ impl Usage {
         &self.metrics
     }
 
-    /// Creates a meter. A key the tenant already uses is the statement finding the conflict,
-    /// not a failed insert; the refusal is stored under the idempotency key like any outcome.
+    /// Creates a meter. A key the tenant already uses is the statement finding the conflict
+    /// before its insert (or, racing a concurrent create, the transaction after it), not a
+    /// failed insert; the refusal is stored under the idempotency key like any outcome.
     pub async fn create_meter(
         &self,
         ctx: &TenantCtx,
@@ -159,20 +209,25 @@ impl Usage {
             reading: new.reading,
             created_at: super::customers::now_micros(),
         };
+        // The one-statement use, group-committed with concurrent creates (decision 0037).
         self.mutations
-            .run_atomic(ctx, call, move |conn| {
-                Box::pin(async move {
-                    if store::insert_meter(conn, tenant, &meter).await? {
-                        Ok(meter)
-                    } else {
-                        Err(AppError::rejected(
-                            RejectionKind::AlreadyExists,
-                            REASON_METER_KEY_TAKEN,
-                            "the tenant already has a meter with this key",
-                        ))
-                    }
-                })
-            })
+            .run_statement(
+                ctx,
+                call,
+                meter.clone(),
+                Some(Rejection {
+                    kind: RejectionKind::AlreadyExists,
+                    reason: REASON_METER_KEY_TAKEN.to_owned(),
+                    message: "the tenant already has a meter with this key".to_owned(),
+                    metadata: Vec::new(),
+                }),
+                &self.meter_inserts,
+                move |completion| MeterInsert {
+                    tenant,
+                    meter,
+                    completion,
+                },
+            )
             .await
     }
 
@@ -494,13 +549,21 @@ impl Usage {
             reason: new.reason,
         };
         let tenant = ctx.tenant;
+        // The one-statement use: the key claimed completed, the grant written, group-committed
+        // with concurrent grants (decision 0037).
         self.mutations
-            .run_atomic(ctx, call, move |conn| {
-                Box::pin(async move {
-                    usage_store::insert_grant(conn, tenant, &grant).await?;
-                    Ok(grant)
-                })
-            })
+            .run_statement(
+                ctx,
+                call,
+                grant.clone(),
+                None,
+                &self.grants,
+                move |completion| GrantInsert {
+                    tenant,
+                    grant,
+                    completion,
+                },
+            )
             .await
     }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{StoreError, corrupt};
 use crate::domain::customer::{Customer, CustomerRef, DisplayName, Email, ExternalId, Metadata};
 use crate::domain::ids::{CustomerId, KeyId, TenantId};
-use crate::store::idempotency::{ClaimRow, Completion, RETENTION_SECS, Written};
+use crate::store::idempotency::{ClaimArrays, ClaimRow, Completion, RETENTION_SECS, Written};
 
 /// The unique index that makes external_id unique among a tenant's live customers.
 pub const EXTERNAL_ID_INDEX: &str = "customers_external_id_live";
@@ -124,7 +124,7 @@ pub async fn claim_and_insert_customers_at_once(
         by.push(row.by.as_uuid());
         lease.push(row.completion.as_ref().map(|k| k.lease));
     }
-    let k = ClaimArrays::of(rows, claims)?;
+    let k = ClaimArrays::of(rows.iter().map(|r| r.completion.as_ref()), claims)?;
     let written = sqlx::query!(
         r#"WITH input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -252,54 +252,6 @@ fn external_id_repeated(rows: &[CustomerInsert]) -> bool {
     false
 }
 
-/// The claims of a batch as the arrays a statement unnests, each with its row's two possible
-/// outcomes. Of several claims of one key only the first is kept: `ON CONFLICT DO UPDATE`
-/// cannot touch one row twice in a statement.
-struct ClaimArrays<'a> {
-    tenant: Vec<Uuid>,
-    method: Vec<&'static str>,
-    key: Vec<&'a str>,
-    fingerprint: Vec<&'a [u8]>,
-    lease: Vec<Uuid>,
-    response: Vec<&'a [u8]>,
-    refusal: Vec<&'a [u8]>,
-}
-
-impl<'a> ClaimArrays<'a> {
-    fn of(rows: &'a [CustomerInsert], claims: &'a [ClaimRow]) -> Result<Self, StoreError> {
-        let m = claims.len();
-        let mut k = ClaimArrays {
-            tenant: Vec::with_capacity(m),
-            method: Vec::with_capacity(m),
-            key: Vec::with_capacity(m),
-            fingerprint: Vec::with_capacity(m),
-            lease: Vec::with_capacity(m),
-            response: Vec::with_capacity(m),
-            refusal: Vec::with_capacity(m),
-        };
-        for (i, claim) in claims.iter().enumerate() {
-            if i > 0 && super::idempotency::order_claims(&claims[i - 1], claim).is_eq() {
-                continue;
-            }
-            let Some(completion) = rows
-                .iter()
-                .filter_map(|r| r.completion.as_ref())
-                .find(|c| c.lease == claim.lease)
-            else {
-                return Err(super::corrupt("batch claim", "a claim without its row"));
-            };
-            k.tenant.push(claim.tenant.as_uuid());
-            k.method.push(claim.method);
-            k.key.push(claim.key.as_str());
-            k.fingerprint.push(&claim.fingerprint[..]);
-            k.lease.push(claim.lease);
-            k.response.push(&completion.response[..]);
-            k.refusal.push(&completion.refusal[..]);
-        }
-        Ok(k)
-    }
-}
-
 /// A batch of creates with the claims of their idempotency keys, in one transaction: one
 /// statement claims the keys *completed* (the response stored at once, since a create's
 /// response is known before it runs), inserts the customers of the rows whose key it claimed
@@ -338,7 +290,7 @@ pub async fn claim_and_insert_customers(
         by.push(row.by.as_uuid());
         lease.push(row.completion.as_ref().map(|k| k.lease));
     }
-    let k = ClaimArrays::of(rows, claims)?;
+    let k = ClaimArrays::of(rows.iter().map(|r| r.completion.as_ref()), claims)?;
     let written = sqlx::query!(
         r#"WITH claimed AS (
                INSERT INTO idempotency_keys
@@ -415,7 +367,7 @@ pub async fn claim_and_insert_customers(
         if let (false, Some(k)) = (w.applied, &row.completion) {
             // The external id is taken: the key stores the refusal instead of the response,
             // in the same transaction.
-            refuse_key(conn, row.tenant, k).await?;
+            super::idempotency::refuse_key(conn, row.tenant, k).await?;
         }
         results.push(Some(Written {
             applied: w.applied,
@@ -423,28 +375,6 @@ pub async fn claim_and_insert_customers(
         }));
     }
     Ok(results)
-}
-
-/// Swaps the response a key was claimed with for the refusal (see
-/// [`claim_and_insert_customers`]).
-async fn refuse_key(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    k: &Completion,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE idempotency_keys SET response = NULL, status = $5
-         WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4",
-        tenant.as_uuid(),
-        k.method,
-        k.key.as_str(),
-        k.lease,
-        &k.refusal[..],
-    )
-    .execute(conn)
-    .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
-    .await?;
-    Ok(())
 }
 
 /// Whether a live customer of the tenant other than `except` has `external_id`.

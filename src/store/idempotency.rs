@@ -85,6 +85,81 @@ pub fn order_claims(a: &ClaimRow, b: &ClaimRow) -> std::cmp::Ordering {
     ))
 }
 
+/// The claims of a batch as the arrays a statement unnests, each with its row's two possible
+/// outcomes. Of several claims of one key only the first is kept: `ON CONFLICT DO UPDATE`
+/// cannot touch one row twice in a statement.
+pub struct ClaimArrays<'a> {
+    pub tenant: Vec<Uuid>,
+    pub method: Vec<&'static str>,
+    pub key: Vec<&'a str>,
+    pub fingerprint: Vec<&'a [u8]>,
+    pub lease: Vec<Uuid>,
+    pub response: Vec<&'a [u8]>,
+    pub refusal: Vec<&'a [u8]>,
+}
+
+impl<'a> ClaimArrays<'a> {
+    /// `completions`: each row's completion (`None` for a row without a key).
+    pub fn of(
+        completions: impl Iterator<Item = Option<&'a Completion>> + Clone,
+        claims: &'a [ClaimRow],
+    ) -> Result<Self, StoreError> {
+        let m = claims.len();
+        let mut k = ClaimArrays {
+            tenant: Vec::with_capacity(m),
+            method: Vec::with_capacity(m),
+            key: Vec::with_capacity(m),
+            fingerprint: Vec::with_capacity(m),
+            lease: Vec::with_capacity(m),
+            response: Vec::with_capacity(m),
+            refusal: Vec::with_capacity(m),
+        };
+        for (i, claim) in claims.iter().enumerate() {
+            if i > 0 && order_claims(&claims[i - 1], claim).is_eq() {
+                continue;
+            }
+            let Some(completion) = completions
+                .clone()
+                .flatten()
+                .find(|c| c.lease == claim.lease)
+            else {
+                return Err(super::corrupt("batch claim", "a claim without its row"));
+            };
+            k.tenant.push(claim.tenant.as_uuid());
+            k.method.push(claim.method);
+            k.key.push(claim.key.as_str());
+            k.fingerprint.push(&claim.fingerprint[..]);
+            k.lease.push(claim.lease);
+            k.response.push(&completion.response[..]);
+            k.refusal.push(&completion.refusal[..]);
+        }
+        Ok(k)
+    }
+}
+
+/// Swaps the response a key was claimed with for the refusal, in the claiming transaction: for
+/// a one-statement create whose conflict the statement found without failing (see
+/// `super::customers::claim_and_insert_customers`).
+pub async fn refuse_key(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    k: &Completion,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE idempotency_keys SET response = NULL, status = $5
+         WHERE tenant_id = $1 AND method = $2 AND key = $3 AND lease_id = $4",
+        tenant.as_uuid(),
+        k.method,
+        k.key.as_str(),
+        k.lease,
+        &k.refusal[..],
+    )
+    .execute(conn)
+    .instrument(super::statement_span!("UPDATE", "idempotency_keys"))
+    .await?;
+    Ok(())
+}
+
 /// Claims each row's key for the attempt identified by its lease, in one statement; `true`
 /// for a row whose claim succeeded: the key was new, its previous claim's lease ran out (its
 /// holder crashed or hung), or its stored outcome is past retention. Commits on its own,

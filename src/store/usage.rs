@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::domain::ids::{CustomerId, GrantId, MeterId, TenantId};
 use crate::domain::usage::{self, Grant, Properties, UsageWindow};
+use crate::store::idempotency::{ClaimArrays, ClaimRow, Completion, RETENTION_SECS, Written};
 
 /// One event ready to store: ids resolved, value read, window checked.
 #[derive(Debug, Clone)]
@@ -664,28 +665,131 @@ pub struct GrantRow {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-pub async fn insert_grant(
+/// A grant to insert and, under an idempotency key, what completes the key in the same
+/// statement.
+#[derive(Debug, Clone)]
+pub struct GrantInsert {
+    pub tenant: TenantId,
+    pub grant: Grant,
+    pub completion: Option<Completion>,
+}
+
+/// The order a batch inserts grants in. Nothing about a grant can conflict (its id is new, and
+/// its customer and meter were found before; their foreign keys take shared locks), so this
+/// only makes batches deterministic.
+pub fn order_grants(a: &GrantInsert, b: &GrantInsert) -> std::cmp::Ordering {
+    (a.tenant.as_uuid(), a.grant.id.as_uuid()).cmp(&(b.tenant.as_uuid(), b.grant.id.as_uuid()))
+}
+
+/// A batch of grants with the claims of their idempotency keys, in one statement: it claims
+/// each key *completed* with its response (a grant's response is known before it runs), and
+/// inserts the grants of the rows whose key it claimed and of the rows without one. A grant
+/// has no refusal the statement could find (its customer and meter were looked up before, and
+/// neither is ever removed), so unlike customers' there is no second form: run in autocommit,
+/// the statement is the whole transaction; in a transaction, the caller commits. `claims` as
+/// for [`super::customers::claim_and_insert_customers`]; one result per row, in the rows'
+/// order: `None` for a row whose key was held.
+pub async fn claim_and_insert_grants(
     conn: &mut PgConnection,
-    tenant: TenantId,
-    grant: &Grant,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "INSERT INTO credit_grants
-             (tenant_id, id, customer_id, meter_id, amount, granted_at, expires_at, reason)
-         VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8)",
-        tenant.as_uuid(),
-        grant.id.as_uuid(),
-        grant.customer.as_uuid(),
-        grant.meter.as_uuid(),
-        grant.amount.as_str(),
-        grant.granted_at,
-        grant.expires_at,
-        grant.reason.as_deref(),
+    rows: &[GrantInsert],
+    claims: &[ClaimRow],
+) -> Result<Vec<Option<Written>>, StoreError> {
+    let n = rows.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut customer = Vec::with_capacity(n);
+    let mut meter = Vec::with_capacity(n);
+    let mut amount = Vec::with_capacity(n);
+    let mut granted_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut lease = Vec::with_capacity(n);
+    for row in rows {
+        let g = &row.grant;
+        tenant.push(row.tenant.as_uuid());
+        id.push(g.id.as_uuid());
+        customer.push(g.customer.as_uuid());
+        meter.push(g.meter.as_uuid());
+        amount.push(g.amount.as_str());
+        granted_at.push(g.granted_at);
+        expires_at.push(g.expires_at);
+        reason.push(g.reason.as_deref());
+        lease.push(row.completion.as_ref().map(|k| k.lease));
+    }
+    let k = ClaimArrays::of(rows.iter().map(|r| r.completion.as_ref()), claims)?;
+    let written = sqlx::query!(
+        r#"WITH claimed AS (
+               INSERT INTO idempotency_keys
+                   (tenant_id, method, key, fingerprint, state, lease_id, locked_until, response)
+               SELECT tenant_id, method, key, fingerprint, 'completed', lease_id, now(), response
+               FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::bytea[], $14::uuid[],
+                           $15::bytea[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, method, key, fingerprint, lease_id, response, ord)
+               -- The order keys are locked in, as in every batch.
+               ORDER BY ord
+               ON CONFLICT (tenant_id, method, key) DO UPDATE
+               SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
+                   lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
+                   response = EXCLUDED.response, status = NULL, created_at = now()
+               WHERE (idempotency_keys.state = 'in_flight'
+                      AND idempotency_keys.locked_until < now())
+                  OR idempotency_keys.created_at < now() - make_interval(secs => $16)
+               RETURNING lease_id),
+           input AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                    $6::timestamptz[], $7::timestamptz[], $8::text[], $9::uuid[])
+                   WITH ORDINALITY
+                   AS t(tenant_id, id, customer_id, meter_id, amount, granted_at, expires_at,
+                        reason, lease_id, n)),
+           go AS (
+               SELECT i.*, i.lease_id IS NULL OR i.lease_id IN (SELECT lease_id FROM claimed)
+                          AS go
+               FROM input i),
+           g AS (
+               INSERT INTO credit_grants
+                   (tenant_id, id, customer_id, meter_id, amount, granted_at, expires_at, reason)
+               SELECT tenant_id, id, customer_id, meter_id, amount::numeric, granted_at,
+                      expires_at, reason
+               FROM go
+               WHERE go
+               ORDER BY n
+               RETURNING id)
+           SELECT go.go AS "go!", g.id IS NOT NULL AS "applied!"
+           FROM go LEFT JOIN g ON g.id = go.id
+           ORDER BY go.n"#,
+        &tenant,
+        &id,
+        &customer,
+        &meter,
+        &amount as _,
+        &granted_at,
+        &expires_at as _,
+        &reason as _,
+        &lease as _,
+        &k.tenant,
+        &k.method as _,
+        &k.key as _,
+        &k.fingerprint as _,
+        &k.lease,
+        &k.response as _,
+        RETENTION_SECS as f64,
     )
-    .execute(conn)
+    .fetch_all(&mut *conn)
     .instrument(super::statement_span!("INSERT", "credit_grants"))
     .await?;
-    Ok(())
+    if written.len() != rows.len() {
+        return Err(super::corrupt("batch result", "wrong number of rows"));
+    }
+    Ok(written
+        .into_iter()
+        .map(|w| {
+            w.go.then_some(Written {
+                applied: w.applied,
+                completed: true,
+            })
+        })
+        .collect())
 }
 
 /// Every grant of a customer's meter that a balance at `now` depends on (the live ones, and

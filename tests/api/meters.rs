@@ -214,3 +214,116 @@ async fn a_key_is_unique_per_tenant_and_creates_are_idempotent() {
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(meter_rows(&app).await, 2);
 }
+
+/// CreateMeter on the one-statement path: thirty concurrent calls under one key write one
+/// meter, none is told IN_USE (a duplicate waits on the key for the batch's commit), exactly
+/// one did the work, and every answer is byte for byte the replay's.
+#[tokio::test]
+async fn concurrent_duplicate_creates_under_one_key_write_one_meter_and_answer_alike() {
+    use prost::Message as _;
+    let app = TestApp::spawn().await;
+    let u = app.usage().await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(30));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let (mut u, key, barrier) = (u.clone(), app.key.clone(), barrier.clone());
+        calls.spawn(async move {
+            barrier.wait().await;
+            let response = u
+                .create_meter(idem(
+                    meter("seats", Aggregation::Latest, "seats"),
+                    &key,
+                    "m-once",
+                ))
+                .await
+                .expect("a duplicate waits and replays, never IN_USE");
+            let replayed = response
+                .metadata()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true");
+            (replayed, response.into_inner().encode_to_vec())
+        });
+    }
+    let (mut fresh, mut answers) = (0, Vec::new());
+    while let Some(result) = calls.join_next().await {
+        let (replayed, bytes) = result.unwrap();
+        fresh += usize::from(!replayed);
+        answers.push(bytes);
+    }
+    assert_eq!(fresh, 1, "exactly one call did the work");
+    let replay = u
+        .clone()
+        .create_meter(idem(
+            meter("seats", Aggregation::Latest, "seats"),
+            &app.key,
+            "m-once",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .encode_to_vec();
+    assert!(
+        answers.iter().all(|a| *a == replay),
+        "every answer is the replay's"
+    );
+    assert_eq!(meter_rows(&app).await, 1);
+}
+
+/// Concurrent creates of one meter key under different idempotency keys (batches holding the
+/// key twice, and batches racing each other, both go through the transaction): one meter, one
+/// success, every other call METER_KEY_TAKEN, and each key's answer stored, so a replay under
+/// it is the same answer.
+#[tokio::test]
+async fn concurrent_creates_of_one_meter_key_get_one_winner_and_stored_refusals() {
+    let app = TestApp::spawn().await;
+    let u = app.usage().await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (mut u, key, barrier) = (u.clone(), app.key.clone(), barrier.clone());
+        calls.spawn(async move {
+            barrier.wait().await;
+            let answer = u
+                .create_meter(idem(
+                    meter("tokens", Aggregation::Sum, "tokens"),
+                    &key,
+                    &format!("race-{i}"),
+                ))
+                .await
+                .map(|r| r.into_inner().id)
+                .map_err(|e| (e.code(), details(&e).0));
+            (i, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        answers.push(result.unwrap());
+    }
+    let winners = answers.iter().filter(|(_, a)| a.is_ok()).count();
+    assert_eq!(winners, 1, "{answers:?}");
+    for (_, a) in &answers {
+        if let Err(refusal) = a {
+            assert_eq!(
+                *refusal,
+                (Code::AlreadyExists, "METER_KEY_TAKEN".to_string())
+            );
+        }
+    }
+    assert_eq!(meter_rows(&app).await, 1);
+    let mut u = u.clone();
+    for (i, first) in answers {
+        let again = u
+            .create_meter(idem(
+                meter("tokens", Aggregation::Sum, "tokens"),
+                &app.key,
+                &format!("race-{i}"),
+            ))
+            .await
+            .map(|r| r.into_inner().id)
+            .map_err(|e| (e.code(), details(&e).0));
+        assert_eq!(
+            again, first,
+            "the replay under race-{i} is its first answer"
+        );
+    }
+}

@@ -1200,3 +1200,122 @@ async fn the_fold_skips_rows_a_writer_holds_and_counts_them_later() {
     let t = got.total.unwrap();
     assert_eq!((t.value.as_str(), t.events), ("240", 120));
 }
+
+/// The rows a `SELECT count(*)` counts, read directly.
+async fn rows_of(app: &TestApp, table: &'static str) -> i64 {
+    let sql = match table {
+        "credit_grants" => "SELECT count(*) FROM credit_grants",
+        "meters" => "SELECT count(*) FROM meters",
+        other => panic!("no count for {other}"),
+    };
+    sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap()
+}
+
+/// GrantCredits on the one-statement path: thirty concurrent calls under one key write one
+/// grant; every one is answered (none IN_USE: a duplicate waits on the key for the batch's
+/// commit), exactly one did the work, and every answer is byte for byte the replay's. Calls
+/// under other keys, in the same batches, each write their own grant.
+#[tokio::test]
+async fn concurrent_duplicate_grants_under_one_key_write_one_grant_and_answer_alike() {
+    use prost::Message as _;
+    let app = TestApp::spawn().await;
+    let u = setup(&app, &app.key, &["ada"]).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (mut u, key, barrier) = (u.clone(), app.key.clone(), barrier.clone());
+        // Thirty under one key, ten under keys of their own.
+        let idempotency_key = if i < 30 {
+            "grant-once".to_string()
+        } else {
+            format!("grant-{i}")
+        };
+        calls.spawn(async move {
+            barrier.wait().await;
+            let response = u
+                .grant_credits(idem(
+                    GrantCreditsRequest {
+                        customer: Some(pb::grant_credits_request::Customer::ExternalId(
+                            "ada".into(),
+                        )),
+                        meter_key: "tokens".into(),
+                        amount: "100".into(),
+                        expires_at: None,
+                        reason: "welcome credit".into(),
+                    },
+                    &key,
+                    &idempotency_key,
+                ))
+                .await
+                .expect("a duplicate waits and replays, never IN_USE");
+            let replayed = response
+                .metadata()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true");
+            (i < 30, replayed, response.into_inner().encode_to_vec())
+        });
+    }
+    let (mut fresh, mut answers) = (0, Vec::new());
+    while let Some(result) = calls.join_next().await {
+        let (under_one_key, replayed, bytes) = result.unwrap();
+        if under_one_key {
+            fresh += usize::from(!replayed);
+            answers.push(bytes);
+        } else {
+            assert!(!replayed, "a key of its own is not a replay");
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one call did the work");
+    let replay = grant(
+        &mut u.clone(),
+        &app.key,
+        "ada",
+        "tokens",
+        "100",
+        None,
+        "grant-once",
+    )
+    .await
+    .unwrap()
+    .encode_to_vec();
+    assert!(
+        answers.iter().all(|a| *a == replay),
+        "every answer is the replay's bytes"
+    );
+    assert_eq!(
+        rows_of(&app, "credit_grants").await,
+        11,
+        "one grant per key"
+    );
+    assert_eq!(
+        balance(&mut u.clone(), &app.key, "ada", "tokens")
+            .await
+            .granted,
+        "1100"
+    );
+}
+
+/// A grant's refusals stay as they were: an unknown customer is NOT_FOUND, decided before the
+/// key is claimed (so the key stays free for a corrected retry), and a grant on a meter that
+/// does not add up is refused the same way; nothing is written.
+#[tokio::test]
+async fn grant_refusals_write_nothing_and_leave_the_key_free() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada"]).await;
+    let err = grant(&mut u, &app.key, "nobody", "tokens", "5", None, "g")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(details(&err).0, "CUSTOMER_NOT_FOUND");
+    let err = grant(&mut u, &app.key, "ada", "peak", "5", None, "g2")
+        .await
+        .unwrap_err();
+    assert_eq!(details(&err).0, "METER_NOT_ADDITIVE", "{err:?}");
+    assert_eq!(rows_of(&app, "credit_grants").await, 0);
+    // The same key, now with a request that can be granted: it runs.
+    let g = grant(&mut u, &app.key, "ada", "tokens", "5", None, "g")
+        .await
+        .unwrap();
+    assert_eq!(g.amount, "5");
+    assert_eq!(rows_of(&app, "credit_grants").await, 1);
+}
