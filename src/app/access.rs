@@ -8,7 +8,7 @@
 //! from the same computation as GetBalance. Each map is bounded and cleared when full.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,10 @@ struct Cache {
     holdings: Mutex<HashMap<Key, Arc<Option<Vec<Holding>>>>>,
     /// Moves on every invalidation, so a load that began before one is not kept.
     generation: AtomicU64,
+    /// Set once the change feed has its starting position: a load that began before could
+    /// hold a change committed before that position, which the feed will never report, so
+    /// until then nothing is kept.
+    live: AtomicBool,
     external: Mutex<HashMap<(TenantId, ExternalId), (CustomerId, Instant)>>,
     usage: Mutex<HashMap<UsageKey, (MeterUsage, Instant)>>,
 }
@@ -81,6 +85,12 @@ impl Access {
             settings,
             cache: Arc::default(),
         }
+    }
+
+    /// The change feed has its starting position: from now on a load may be kept, since every
+    /// change committed after it began will reach [`Access::invalidate`].
+    pub fn feed_started(&self) {
+        self.cache.live.store(true, Ordering::SeqCst);
     }
 
     /// Forgets what is cached about a customer's subscriptions (the change feed calls this).
@@ -186,11 +196,12 @@ impl Access {
         if let Some(h) = lock(&self.cache.holdings).get(&(tenant, customer)) {
             return Ok(h.clone());
         }
+        let live = self.cache.live.load(Ordering::SeqCst);
         let generation = self.cache.generation.load(Ordering::SeqCst);
         let mut conn = self.pool.acquire().await?;
         let loaded = Arc::new(store::holdings(&mut conn, tenant, customer).await?);
         let mut cached = lock(&self.cache.holdings);
-        if self.cache.generation.load(Ordering::SeqCst) == generation {
+        if live && self.cache.generation.load(Ordering::SeqCst) == generation {
             bounded_insert(&mut cached, (tenant, customer), loaded.clone());
         }
         Ok(loaded)

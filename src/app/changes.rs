@@ -112,6 +112,7 @@ impl Changes {
             }
         };
         self.position.send_replace(position);
+        access.feed_started();
         let mut seen = HashSet::new();
         let mut listener = None;
         // When to try LISTEN again after it failed: polling carries on meanwhile, and a

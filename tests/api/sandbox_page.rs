@@ -933,6 +933,11 @@ async fn no_card_number_or_cvc_reaches_a_log_line_or_a_span() {
     // From here on: the migrations, applied at the start, name the test cards in comments.
     let env = spawn().await;
     let (_, [monthly, _, _]) = plan(&env.app, &env.app.key).await;
+    // While one dispatcher is alive in the process, tracing-core takes a shortcut: a callsite
+    // first hit on another thread (another test's server) has its interest computed from
+    // that thread's default alone, none, and cached as "never" for every thread. A second
+    // live dispatcher turns the shortcut off, so every callsite asks this one too.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
     // Other tests of this process, on other threads, may have hit a callsite for the first time
     // while this subscriber was being registered; its interest, computed without it, would
