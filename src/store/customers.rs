@@ -102,28 +102,17 @@ pub async fn claim_and_insert_customers_at_once(
     if external_id_repeated(rows) {
         return Ok(None);
     }
-    let n = rows.len();
-    let mut tenant = Vec::with_capacity(n);
-    let mut id = Vec::with_capacity(n);
-    let mut external_id = Vec::with_capacity(n);
-    let mut email = Vec::with_capacity(n);
-    let mut name = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut created_at = Vec::with_capacity(n);
-    let mut by = Vec::with_capacity(n);
-    let mut lease = Vec::with_capacity(n);
-    for row in rows {
-        let c = &row.customer;
-        tenant.push(row.tenant.as_uuid());
-        id.push(c.id.as_uuid());
-        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
-        email.push(c.email.as_ref().map(Email::as_str));
-        name.push(c.name.as_ref().map(DisplayName::as_str));
-        metadata.push(Json(c.metadata.as_map()));
-        created_at.push(c.created_at);
-        by.push(row.by.as_uuid());
-        lease.push(row.completion.as_ref().map(|k| k.lease));
-    }
+    let Columns {
+        tenant,
+        id,
+        external_id,
+        email,
+        name,
+        metadata,
+        created_at,
+        by,
+        lease,
+    } = Columns::of(rows);
     let k = ClaimArrays::of(rows.iter().map(|r| r.completion.as_ref()), claims)?;
     let written = sqlx::query!(
         r#"WITH input AS (
@@ -232,6 +221,51 @@ pub async fn claim_and_insert_customers_at_once(
     ))
 }
 
+/// A batch of customer rows as the column arrays the batch statements `UNNEST`, in the rows'
+/// order: both forms of the claiming insert bind the same nine.
+struct Columns<'a> {
+    tenant: Vec<Uuid>,
+    id: Vec<Uuid>,
+    external_id: Vec<Option<&'a str>>,
+    email: Vec<Option<&'a str>>,
+    name: Vec<Option<&'a str>>,
+    metadata: Vec<Json<&'a BTreeMap<String, String>>>,
+    created_at: Vec<OffsetDateTime>,
+    by: Vec<Uuid>,
+    lease: Vec<Option<Uuid>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &'a [CustomerInsert]) -> Self {
+        let n = rows.len();
+        let mut c = Columns {
+            tenant: Vec::with_capacity(n),
+            id: Vec::with_capacity(n),
+            external_id: Vec::with_capacity(n),
+            email: Vec::with_capacity(n),
+            name: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+            by: Vec::with_capacity(n),
+            lease: Vec::with_capacity(n),
+        };
+        for row in rows {
+            let r = &row.customer;
+            c.tenant.push(row.tenant.as_uuid());
+            c.id.push(r.id.as_uuid());
+            c.external_id
+                .push(r.external_id.as_ref().map(ExternalId::as_str));
+            c.email.push(r.email.as_ref().map(Email::as_str));
+            c.name.push(r.name.as_ref().map(DisplayName::as_str));
+            c.metadata.push(Json(r.metadata.as_map()));
+            c.created_at.push(r.created_at);
+            c.by.push(row.by.as_uuid());
+            c.lease.push(row.completion.as_ref().map(|k| k.lease));
+        }
+        c
+    }
+}
+
 /// Whether two rows give one tenant's external id other than as the same key's duplicates (of
 /// which at most one is written).
 fn external_id_repeated(rows: &[CustomerInsert]) -> bool {
@@ -268,28 +302,17 @@ pub async fn claim_and_insert_customers(
     rows: &[CustomerInsert],
     claims: &[ClaimRow],
 ) -> Result<Vec<Option<Written>>, StoreError> {
-    let n = rows.len();
-    let mut tenant = Vec::with_capacity(n);
-    let mut id = Vec::with_capacity(n);
-    let mut external_id = Vec::with_capacity(n);
-    let mut email = Vec::with_capacity(n);
-    let mut name = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut created_at = Vec::with_capacity(n);
-    let mut by = Vec::with_capacity(n);
-    let mut lease = Vec::with_capacity(n);
-    for row in rows {
-        let c = &row.customer;
-        tenant.push(row.tenant.as_uuid());
-        id.push(c.id.as_uuid());
-        external_id.push(c.external_id.as_ref().map(ExternalId::as_str));
-        email.push(c.email.as_ref().map(Email::as_str));
-        name.push(c.name.as_ref().map(DisplayName::as_str));
-        metadata.push(Json(c.metadata.as_map()));
-        created_at.push(c.created_at);
-        by.push(row.by.as_uuid());
-        lease.push(row.completion.as_ref().map(|k| k.lease));
-    }
+    let Columns {
+        tenant,
+        id,
+        external_id,
+        email,
+        name,
+        metadata,
+        created_at,
+        by,
+        lease,
+    } = Columns::of(rows);
     let k = ClaimArrays::of(rows.iter().map(|r| r.completion.as_ref()), claims)?;
     let written = sqlx::query!(
         r#"WITH claimed AS (
@@ -358,7 +381,7 @@ pub async fn claim_and_insert_customers(
     if written.len() != rows.len() {
         return Err(super::corrupt("batch result", "wrong number of rows"));
     }
-    let mut results = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(rows.len());
     for (row, w) in rows.iter().zip(written) {
         if !w.go {
             results.push(None);
