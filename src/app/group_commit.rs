@@ -111,14 +111,25 @@ impl<R, O> Clone for GroupCommit<R, O> {
     }
 }
 
-/// How many batches of one kind may be written at once: an eighth of the pool, at least one
-/// (rows queue while it writes, and it takes them all next). Fewer writers make larger
-/// batches, and each statement's fixed cost is shared by more rows: with the default pool of
-/// 16, two writers instead of four took bench webhooks from 10 500 to 12 400 deliveries/s and
-/// CreateCustomer from 5 000 to 6 200 calls/s on the 2-core development machine; StreamUsage
-/// did not move (its rows are already batches), and eight writers were slower still.
+/// How many batches of one kind may be written at once, for rows that are each one call's row
+/// (a customer, a webhook event, a claim): one writer per 16 connections of the pool, at least
+/// one. Such a statement costs mostly its fixed part (parse, plan, executor set-up, commit), so
+/// fewer writers make larger batches and each fixed cost is shared by more rows; rows queue
+/// while the writer writes, and it takes them all next. With the default pool of 16, one writer
+/// instead of two took CreateCustomer from 0.91-0.94x to 1.06-1.12x of the single-row insert
+/// baseline at 64 in flight, and the default webhooks from 0.92-0.95x to 1.04-1.05x
+/// (BENCHMARKS.md, "One writer per kind"); two instead of four had taken webhooks from 10 500
+/// to 12 400 deliveries/s before.
 pub fn writers_for(pool: &PgPool) -> usize {
-    (pool.options().get_max_connections() as usize / 8).max(1)
+    (pool.options().get_max_connections() as usize / 16).max(1)
+}
+
+/// Writers for rows that are themselves batches ([`GroupCommit::weighed`], a client's usage
+/// events): twice [`writers_for`]. Such a statement costs mostly its rows, and a second writer
+/// executes while the first commits: one writer instead of two took StreamUsage from 2.4-2.7x
+/// to 1.8-1.9x of the COPY baseline.
+pub fn weighed_writers_for(pool: &PgPool) -> usize {
+    2 * writers_for(pool)
 }
 
 impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
@@ -166,6 +177,7 @@ impl<R: Send + Sync + 'static, O: Send + 'static> GroupCommit<R, O> {
                 weight,
                 max_batch,
                 max_queued,
+                slots: Arc::new(Semaphore::new(weighed_writers_for(&inner.pool))),
                 ..inner
             }),
         }
