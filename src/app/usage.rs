@@ -27,7 +27,9 @@ use crate::domain::usage::{
     UsageQuery, UsageReport, UsageWindow, WindowFigure,
 };
 use crate::store::meters::{self as store, MeterInsert};
-use crate::store::usage::{self as usage_store, EventBatch, EventRow, GrantInsert, WindowRow};
+use crate::store::usage::{
+    self as usage_store, EventBatch, EventRow, GrantInsert, WindowRow, WindowsOf,
+};
 
 pub const REASON_METER_NOT_FOUND: &str = "METER_NOT_FOUND";
 pub const REASON_METER_KEY_TAKEN: &str = "METER_KEY_TAKEN";
@@ -430,7 +432,7 @@ impl Usage {
         found
             .first()
             .map(|(id, _)| CustomerId::from_uuid(*id))
-            .ok_or_else(|| AppError::not_found(REASON_CUSTOMER_NOT_FOUND, "customer not found"))
+            .ok_or_else(customer_not_found)
     }
 
     async fn meter(&self, tenant: TenantId, key: &MeterKey) -> Result<Meter, AppError> {
@@ -461,13 +463,43 @@ impl Usage {
             );
         }
         violations.finish().map_err(AppError::Invalid)?;
-        let customer = self.customer_id(ctx.tenant, &q.customer).await?;
         let meter = self.meter(ctx.tenant, &q.meter).await?;
+        // The customer is found by the read itself: one round trip, not two.
         let mut conn = self.reads.get().acquire().await?;
-        let rows = usage_store::usage_windows(
-            &mut conn, ctx.tenant, customer, meter.id, q.from, q.to, q.window,
+        let found = usage_store::usage_windows(
+            &mut conn,
+            ctx.tenant,
+            WindowsOf::Live(&q.customer),
+            meter.id,
+            q.from,
+            q.to,
+            q.window,
         )
         .await?;
+        let (customer, rows) = match found {
+            Some(found) => (found.customer, found.rows),
+            // A replica may not have a customer created a moment ago: the primary says
+            // whether it exists, and then reads its usage.
+            None if self.reads.on_replica() => {
+                drop(conn);
+                let customer = self.customer_id(ctx.tenant, &q.customer).await?;
+                conn = self.pool.acquire().await?;
+                let rows = usage_store::usage_windows(
+                    &mut conn,
+                    ctx.tenant,
+                    WindowsOf::Known(customer),
+                    meter.id,
+                    q.from,
+                    q.to,
+                    q.window,
+                )
+                .await?
+                .map(|w| w.rows)
+                .unwrap_or_default();
+                (customer, rows)
+            }
+            None => return Err(customer_not_found()),
+        };
         let distinct = if meter.reading.aggregation() == Aggregation::UniqueCount {
             usage_store::unique_counts(
                 &mut conn, ctx.tenant, customer, meter.id, q.from, q.to, q.window,
@@ -639,6 +671,10 @@ pub(crate) async fn balance_at(
         .map(|(h, total)| Ok((*h, units(total)?)))
         .collect::<Result<Vec<_>, AppError>>()?;
     Ok(usage::balance(&grants, &hours, now))
+}
+
+fn customer_not_found() -> AppError {
+    AppError::not_found(REASON_CUSTOMER_NOT_FOUND, "customer not found")
 }
 
 /// The windows of `[from, to)` as (start, end, bucket): each clipped to the range, the bucket

@@ -465,13 +465,15 @@ async fn period_total(
         let rows = crate::store::usage::usage_windows(
             conn,
             tenant,
-            customer,
+            crate::store::usage::WindowsOf::Known(customer),
             meter,
             from,
             to,
             UsageWindow::None,
         )
-        .await?;
+        .await?
+        .map(|w| w.rows)
+        .unwrap_or_default();
         let Some(total) = rows.into_iter().find(|r| r.bucket.is_none()) else {
             return Ok(Units::ZERO);
         };

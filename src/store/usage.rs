@@ -14,6 +14,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::customer::CustomerRef;
 use crate::domain::ids::{CustomerId, GrantId, MeterId, TenantId};
 use crate::domain::usage::{self, Grant, Properties, UsageWindow};
 use crate::store::idempotency::{ClaimArrays, ClaimRow, Completion, RETENTION_SECS, Written};
@@ -287,23 +288,56 @@ pub struct WindowRow {
     pub latest_value: String,
 }
 
+/// Whose usage [`usage_windows`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum WindowsOf<'a> {
+    /// A live customer by id or external id, found by the read itself: a caller's reference.
+    Live(&'a CustomerRef),
+    /// A customer Coffer already holds the id of (a subscription's), live or not.
+    Known(CustomerId),
+}
+
+/// What [`usage_windows`] read: the customer it found and its rows.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    pub customer: CustomerId,
+    pub rows: Vec<WindowRow>,
+}
+
 /// The aggregates of a customer's meter over `[from, to)`, per window and in total: whole UTC
 /// days from the day rollups (unless the windows are hours), the whole hours around them from
 /// the hour rollups, the whole minutes of the partial hours at either end from the minute
 /// rollups, and only the seconds around those minutes from the events. A 30-day read is about
 /// 30 day rows, at most 23 hour and 59 minute rows an end and two minutes' events, however
 /// many events the range holds (times the writing connections until the sweeper folds them).
+///
+/// The customer is found in the same statement (one round trip per GetUsage, not two); `None`
+/// when there is no such customer (for [`WindowsOf::Live`], no live one).
 pub async fn usage_windows(
     conn: &mut PgConnection,
     tenant: TenantId,
-    customer: CustomerId,
+    customer: WindowsOf<'_>,
     meter: MeterId,
     from: OffsetDateTime,
     to: OffsetDateTime,
     window: UsageWindow,
-) -> Result<Vec<WindowRow>, StoreError> {
+) -> Result<Option<Windows>, StoreError> {
+    let (id, external, any_state) = match customer {
+        WindowsOf::Live(CustomerRef::Id(id)) => (Some(id.as_uuid()), None, false),
+        WindowsOf::Live(CustomerRef::External(x)) => (None, Some(x.as_str()), false),
+        WindowsOf::Known(id) => (Some(id.as_uuid()), None, true),
+    };
     let rows = sqlx::query!(
-        r#"WITH b0 AS (
+        r#"WITH who AS (
+               -- Two plain lookups, by id and by external id (the other one's parameter is
+               -- NULL and finds nothing), each on its own unique index.
+               SELECT c.id AS customer FROM customers c
+               WHERE c.tenant_id = $1 AND c.id = $2 AND ($8::bool OR c.deleted_at IS NULL)
+               UNION ALL
+               SELECT c.id FROM customers c
+               WHERE c.tenant_id = $1 AND c.external_id = $7 AND c.deleted_at IS NULL
+               LIMIT 1),
+           b0 AS (
                SELECT date_trunc('hour', $4::timestamptz, 'UTC')
                           + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
                                  THEN interval '0' ELSE interval '1 hour' END AS first_hour,
@@ -358,28 +392,28 @@ pub async fn usage_windows(
                -- said one customer held every row (86 ms instead of 0.4). `hour` is each
                -- part's hour, or its day for the day rows (only day and total windows read
                -- them).
-               SELECT d.* FROM bounds b CROSS JOIN LATERAL (
+               SELECT d.* FROM who w CROSS JOIN bounds b CROSS JOIN LATERAL (
                    SELECT d.day AS hour, d.events, d.total, d.max_value, d.latest_at,
                           d.latest_event_id, d.latest_value
                    FROM usage_rollups_day d
-                   WHERE d.tenant_id = $1 AND d.customer_id = $2 AND d.meter_id = $3
+                   WHERE d.tenant_id = $1 AND d.customer_id = w.customer AND d.meter_id = $3
                      AND d.day >= b.first_day AND d.day < b.last_day OFFSET 0) d
                UNION ALL
-               SELECT r.* FROM hours h CROSS JOIN LATERAL (
+               SELECT r.* FROM who w CROSS JOIN hours h CROSS JOIN LATERAL (
                    SELECT r.hour, r.events, r.total, r.max_value, r.latest_at,
                           r.latest_event_id, r.latest_value
                    FROM usage_rollups r
-                   WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
+                   WHERE r.tenant_id = $1 AND r.customer_id = w.customer AND r.meter_id = $3
                      AND r.hour >= h.lo AND r.hour < h.hi OFFSET 0) r
                UNION ALL
-               SELECT m.* FROM cuts c CROSS JOIN LATERAL (
+               SELECT m.* FROM who w CROSS JOIN cuts c CROSS JOIN LATERAL (
                    SELECT date_trunc('hour', m.minute, 'UTC') AS hour, m.events, m.total,
                           m.max_value, m.latest_at, m.latest_event_id, m.latest_value
                    FROM usage_rollups_minute m
-                   WHERE m.tenant_id = $1 AND m.customer_id = $2 AND m.meter_id = $3
+                   WHERE m.tenant_id = $1 AND m.customer_id = w.customer AND m.meter_id = $3
                      AND m.minute >= c.first_minute AND m.minute < c.last_minute OFFSET 0) m
                UNION ALL
-               SELECT x.* FROM seconds g CROSS JOIN LATERAL (
+               SELECT x.* FROM who w CROSS JOIN seconds g CROSS JOIN LATERAL (
                    SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, count(*) AS events,
                           sum(e.value) AS total, max(e.value) AS max_value,
                           (array_agg(e.occurred_at
@@ -389,14 +423,17 @@ pub async fn usage_windows(
                           (array_agg(e.value
                               ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_value
                    FROM usage_events e
-                   WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
+                   WHERE e.tenant_id = $1 AND e.customer_id = w.customer AND e.meter_id = $3
                      AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
                    GROUP BY 1 OFFSET 0) x),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
                       * FROM parts)
-           SELECT bucket, grouping(bucket) = 1 AS "is_total!",
+           -- The empty grouping set gives the total row even with no parts, so the answer
+           -- always says whom it found.
+           SELECT (SELECT customer FROM who) AS customer,
+                  bucket, grouping(bucket) = 1 AS "is_total!",
                   coalesce(sum(events), 0)::int8 AS "events!",
                   trim_scale(coalesce(sum(total), 0))::text AS "total!",
                   trim_scale(coalesce(max(max_value), 0))::text AS "max_value!",
@@ -407,26 +444,34 @@ pub async fn usage_windows(
            GROUP BY GROUPING SETS ((bucket), ())
            ORDER BY 2 DESC, 1"#,
         tenant.as_uuid(),
-        customer.as_uuid(),
+        id,
         meter.as_uuid(),
         from,
         to,
         window.as_str(),
+        external,
+        any_state,
     )
     .fetch_all(conn)
     .instrument(super::statement_span!("SELECT", "usage_rollups"))
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| r.is_total || r.bucket.is_some())
-        .map(|r| WindowRow {
-            bucket: if r.is_total { None } else { r.bucket },
-            events: r.events,
-            total: r.total,
-            max_value: r.max_value,
-            latest_value: r.latest_value,
-        })
-        .collect())
+    let Some(customer) = rows.iter().find_map(|r| r.customer) else {
+        return Ok(None);
+    };
+    Ok(Some(Windows {
+        customer: CustomerId::from_uuid(customer),
+        rows: rows
+            .into_iter()
+            .filter(|r| r.is_total || r.bucket.is_some())
+            .map(|r| WindowRow {
+                bucket: if r.is_total { None } else { r.bucket },
+                events: r.events,
+                total: r.total,
+                max_value: r.max_value,
+                latest_value: r.latest_value,
+            })
+            .collect(),
+    }))
 }
 
 /// The distinct keys of a UNIQUE_COUNT meter over `[from, to)`, per window and in total

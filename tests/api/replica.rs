@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use coffer::app::App;
 use coffer::domain::auth::TenantName;
-use coffer::grpc::pb::{CreateCustomerRequest, ListCustomersRequest};
+use coffer::grpc::pb::usage_client::UsageClient;
+use coffer::grpc::pb::{
+    Aggregation, CreateCustomerRequest, CreateMeterRequest, GetUsageRequest, ListCustomersRequest,
+    UsageWindow, get_usage_request,
+};
 use coffer::pg_local::{self, LocateError};
 use coffer::store::pool::{self, PoolConfig};
 use sqlx::postgres::PgConnectOptions;
@@ -145,6 +149,18 @@ async fn lists_are_served_by_the_replica_within_its_lag_bound_and_by_the_primary
     );
 
     let mut customers = served.customers().await;
+    let mut usage = UsageClient::connect(served.grpc.clone()).await.unwrap();
+    usage
+        .create_meter(req(
+            CreateMeterRequest {
+                key: "calls".into(),
+                aggregation: Aggregation::Count as i32,
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap();
     let create = |x: &str| CreateCustomerRequest {
         external_id: x.into(),
         email: format!("{x}@example.com"),
@@ -187,6 +203,40 @@ async fn lists_are_served_by_the_replica_within_its_lag_bound_and_by_the_primary
         .await
         .expect("a Get reads the primary: it sees the caller's own write");
     assert_eq!(got.into_inner().external_id, "second");
+    // GetUsage finds its customer in the replica's own read; one the replica does not have
+    // yet is looked up on the primary and answered, not refused NOT_FOUND.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let usage_of = |x: &str| GetUsageRequest {
+        customer: Some(get_usage_request::Customer::ExternalId(x.into())),
+        meter_key: "calls".into(),
+        from: Some(prost_types::Timestamp {
+            seconds: now - 3600,
+            nanos: 0,
+        }),
+        to: Some(prost_types::Timestamp {
+            seconds: now + 60,
+            nanos: 0,
+        }),
+        window: UsageWindow::Hour as i32,
+    };
+    let read = usage
+        .get_usage(req(usage_of("second"), &key))
+        .await
+        .expect("a customer the replica has not replayed yet is found on the primary")
+        .into_inner();
+    assert_eq!(read.total.unwrap().events, 0);
+    assert!(
+        before_first.elapsed() < max_lag,
+        "the replica was still in use for that read"
+    );
+    let unknown = usage
+        .get_usage(req(usage_of("nobody"), &key))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
     // Past the bound, reads fall back to the primary, though replay is still paused.
     assert!(

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, details, idem, one_session_waits_on_a_lock, req};
+use crate::helpers::{TestApp, by_external_id, details, idem, one_session_waits_on_a_lock, req};
 
 const HOUR: i64 = 3_600;
 const DAY: i64 = 24 * HOUR;
@@ -1318,4 +1318,82 @@ async fn grant_refusals_write_nothing_and_leave_the_key_free() {
         .unwrap();
     assert_eq!(g.amount, "5");
     assert_eq!(rows_of(&app, "credit_grants").await, 1);
+}
+
+/// GetUsage finds its customer in the read itself: by external id and by id the same answer;
+/// an unknown external id, an unknown id and a deleted customer are NOT_FOUND
+/// `CUSTOMER_NOT_FOUND`, with a meter that exists and one that does not.
+#[tokio::test]
+async fn get_usage_finds_live_customers_by_either_reference_and_no_others() {
+    let app = TestApp::spawn().await;
+    let mut u = setup(&app, &app.key, &["ada", "bob"]).await;
+    let b = base();
+    record(
+        &mut u,
+        &app.key,
+        vec![
+            event("e1", "ada", "tokens", "5", b + 60),
+            event("e2", "ada", "tokens", "7", b + 7200),
+            event("e3", "bob", "tokens", "100", b + 60),
+        ],
+    )
+    .await;
+    let mut c = app.customers().await;
+    let mut id_of = async |x: &str| {
+        c.get_customer(req(by_external_id(x), &app.key))
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    };
+    let (ada, bob) = (id_of("ada").await, id_of("bob").await);
+    let query = |customer: pb::get_usage_request::Customer| GetUsageRequest {
+        customer: Some(customer),
+        meter_key: "tokens".into(),
+        from: Some(ts(b)),
+        to: Some(ts(b + DAY)),
+        window: UsageWindow::Hour as i32,
+    };
+    use pb::get_usage_request::Customer::{CustomerId as Id, ExternalId};
+    let by_external = u
+        .get_usage(req(query(ExternalId("ada".into())), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_id = u
+        .get_usage(req(query(Id(ada.clone())), &app.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(total(&by_external), ("12".to_owned(), 2));
+    assert_eq!(by_external, by_id);
+
+    let not_found = |r: Result<tonic::Response<pb::GetUsageResponse>, tonic::Status>| {
+        let err = r.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert_eq!(details(&err).0, "CUSTOMER_NOT_FOUND");
+    };
+    not_found(
+        u.get_usage(req(query(ExternalId("nobody".into())), &app.key))
+            .await,
+    );
+    not_found(
+        u.get_usage(req(
+            query(Id("customer_01jd9x8k3ff3d9r6h2a7q4w5tz".into())),
+            &app.key,
+        ))
+        .await,
+    );
+    c.delete_customer(req(pb::DeleteCustomerRequest { id: bob.clone() }, &app.key))
+        .await
+        .unwrap();
+    not_found(
+        u.get_usage(req(query(ExternalId("bob".into())), &app.key))
+            .await,
+    );
+    not_found(u.get_usage(req(query(Id(bob)), &app.key)).await);
+    // Another tenant's customer is no customer of this one.
+    let other = app.tenant("globex").await;
+    setup(&app, &other, &[]).await;
+    not_found(u.get_usage(req(query(Id(ada)), &other)).await);
 }
