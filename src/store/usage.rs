@@ -148,17 +148,17 @@ pub async fn insert_event_batches(
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
                    max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
+                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
+                                                      excluded.latest_event_id,
+                                                      r.latest_at, r.latest_event_id)
                                     THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
+                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
+                                                         excluded.latest_event_id,
+                                                         r.latest_at, r.latest_event_id)
                                        THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
+                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
+                                                            excluded.latest_event_id,
+                                                            r.latest_at, r.latest_event_id)
                                           THEN excluded.latest_event_id
                                           ELSE r.latest_event_id END),
            rolled AS (
@@ -178,17 +178,17 @@ pub async fn insert_event_batches(
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
                    max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
+                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
+                                                      excluded.latest_event_id,
+                                                      r.latest_at, r.latest_event_id)
                                     THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
+                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
+                                                         excluded.latest_event_id,
+                                                         r.latest_at, r.latest_event_id)
                                        THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
+                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
+                                                            excluded.latest_event_id,
+                                                            r.latest_at, r.latest_event_id)
                                           THEN excluded.latest_event_id
                                           ELSE r.latest_event_id END),
            days AS (
@@ -208,17 +208,17 @@ pub async fn insert_event_batches(
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
                    max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
+                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
+                                                      excluded.latest_event_id,
+                                                      r.latest_at, r.latest_event_id)
                                     THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
+                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
+                                                         excluded.latest_event_id,
+                                                         r.latest_at, r.latest_event_id)
                                        THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
+                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
+                                                            excluded.latest_event_id,
+                                                            r.latest_at, r.latest_event_id)
                                           THEN excluded.latest_event_id
                                           ELSE r.latest_event_id END),
            keys AS (
@@ -555,141 +555,10 @@ pub async fn fold_rollups(
     days_before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, StoreError> {
+    // The merge is `fold_rollup_level` (migration 0057), once for each level.
     let folded = sqlx::query_scalar!(
-        r#"WITH groups AS (
-               SELECT DISTINCT tenant_id, customer_id, meter_id, hour
-               FROM usage_rollups
-               WHERE hour < $1 AND shard <> 0
-               LIMIT $3),
-           locked AS (
-               SELECT r.ctid AS row FROM usage_rollups r
-               JOIN groups g USING (tenant_id, customer_id, meter_id, hour)
-               FOR UPDATE OF r SKIP LOCKED),
-           moved AS (
-               DELETE FROM usage_rollups r USING locked l WHERE r.ctid = l.row
-               RETURNING r.*),
-           hours AS (
-               INSERT INTO usage_rollups AS r
-                   (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, hour, 0, sum(events), sum(total),
-                      max(max_value),
-                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                    latest_event_id DESC))[1],
-                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                          latest_event_id DESC))[1],
-                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                       latest_event_id DESC))[1]
-               FROM moved
-               GROUP BY tenant_id, customer_id, meter_id, hour
-               ON CONFLICT (tenant_id, customer_id, meter_id, hour, shard) DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END
-               RETURNING 1),
-           minute_groups AS (
-               SELECT DISTINCT tenant_id, customer_id, meter_id, minute
-               FROM usage_rollups_minute
-               WHERE minute < $2 AND shard <> 0
-               LIMIT $3),
-           locked_minutes AS (
-               SELECT r.ctid AS row FROM usage_rollups_minute r
-               JOIN minute_groups g USING (tenant_id, customer_id, meter_id, minute)
-               FOR UPDATE OF r SKIP LOCKED),
-           moved_minutes AS (
-               DELETE FROM usage_rollups_minute r USING locked_minutes l WHERE r.ctid = l.row
-               RETURNING r.*),
-           minutes AS (
-               INSERT INTO usage_rollups_minute AS r
-                   (tenant_id, customer_id, meter_id, minute, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, minute, 0, sum(events), sum(total),
-                      max(max_value),
-                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                    latest_event_id DESC))[1],
-                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                          latest_event_id DESC))[1],
-                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                       latest_event_id DESC))[1]
-               FROM moved_minutes
-               GROUP BY tenant_id, customer_id, meter_id, minute
-               ON CONFLICT (tenant_id, customer_id, meter_id, minute, shard) DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END
-               RETURNING 1),
-           day_groups AS (
-               SELECT DISTINCT tenant_id, customer_id, meter_id, day
-               FROM usage_rollups_day
-               WHERE day < $4 AND shard <> 0
-               LIMIT $3),
-           locked_days AS (
-               SELECT r.ctid AS row FROM usage_rollups_day r
-               JOIN day_groups g USING (tenant_id, customer_id, meter_id, day)
-               FOR UPDATE OF r SKIP LOCKED),
-           moved_days AS (
-               DELETE FROM usage_rollups_day r USING locked_days l WHERE r.ctid = l.row
-               RETURNING r.*),
-           days AS (
-               INSERT INTO usage_rollups_day AS r
-                   (tenant_id, customer_id, meter_id, day, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, day, 0, sum(events), sum(total),
-                      max(max_value),
-                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                    latest_event_id DESC))[1],
-                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                          latest_event_id DESC))[1],
-                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                       latest_event_id DESC))[1]
-               FROM moved_days
-               GROUP BY tenant_id, customer_id, meter_id, day
-               ON CONFLICT (tenant_id, customer_id, meter_id, day, shard) DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                         > (r.latest_at, r.latest_event_id)
-                                         OR r.latest_at IS NULL
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                            > (r.latest_at, r.latest_event_id)
-                                            OR r.latest_at IS NULL
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN (excluded.latest_at, excluded.latest_event_id)
-                                               > (r.latest_at, r.latest_event_id)
-                                               OR r.latest_at IS NULL
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END
-               RETURNING 1)
-           SELECT ((SELECT count(*) FROM hours) + (SELECT count(*) FROM minutes)
-                   + (SELECT count(*) FROM days))::int8 AS "folded!""#,
+        r#"SELECT (fold_rollup_level('hour', $1, $3) + fold_rollup_level('minute', $2, $3)
+                   + fold_rollup_level('day', $4, $3))::int8 AS "folded!""#,
         hours_before,
         minutes_before,
         limit,
