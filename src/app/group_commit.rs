@@ -128,7 +128,7 @@ pub fn writers_for(pool: &PgPool) -> usize {
 /// events): twice [`writers_for`]. Such a statement costs mostly its rows, and a second writer
 /// executes while the first commits: one writer instead of two took StreamUsage from 2.4-2.7x
 /// to 1.8-1.9x of the COPY baseline.
-pub fn weighed_writers_for(pool: &PgPool) -> usize {
+fn weighed_writers_for(pool: &PgPool) -> usize {
     2 * writers_for(pool)
 }
 

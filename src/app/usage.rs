@@ -464,41 +464,29 @@ impl Usage {
         }
         violations.finish().map_err(AppError::Invalid)?;
         let meter = self.meter(ctx.tenant, &q.meter).await?;
-        // The customer is found by the read itself: one round trip, not two.
-        let mut conn = self.reads.get().acquire().await?;
-        let found = usage_store::usage_windows(
-            &mut conn,
-            ctx.tenant,
-            WindowsOf::Live(&q.customer),
-            meter.id,
-            q.from,
-            q.to,
-            q.window,
-        )
-        .await?;
-        let (customer, rows) = match found {
-            Some(found) => (found.customer, found.rows),
-            // A replica may not have a customer created a moment ago: the primary says
-            // whether it exists, and then reads its usage.
-            None if self.reads.on_replica() => {
-                drop(conn);
-                let customer = self.customer_id(ctx.tenant, &q.customer).await?;
-                conn = self.pool.acquire().await?;
-                let rows = usage_store::usage_windows(
-                    &mut conn,
-                    ctx.tenant,
-                    WindowsOf::Known(customer),
-                    meter.id,
-                    q.from,
-                    q.to,
-                    q.window,
-                )
-                .await?
-                .map(|w| w.rows)
-                .unwrap_or_default();
-                (customer, rows)
-            }
-            None => return Err(customer_not_found()),
+        // The customer is found by the read itself: one round trip, not two. A replica may
+        // not have a customer created a moment ago, so its "no such customer" is asked again
+        // of the primary, the same read.
+        let read = async |pool: &sqlx::PgPool| -> Result<_, AppError> {
+            let mut conn = pool.acquire().await?;
+            let found = usage_store::usage_windows(
+                &mut conn,
+                ctx.tenant,
+                WindowsOf::Live(&q.customer),
+                meter.id,
+                q.from,
+                q.to,
+                q.window,
+            )
+            .await?;
+            Ok((conn, found))
+        };
+        let (mut conn, found) = match read(self.reads.get()).await? {
+            (_, None) if self.reads.on_replica() => read(&self.pool).await?,
+            read => read,
+        };
+        let Some(usage_store::Windows { customer, rows }) = found else {
+            return Err(customer_not_found());
         };
         let distinct = if meter.reading.aggregation() == Aggregation::UniqueCount {
             usage_store::unique_counts(
