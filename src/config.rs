@@ -549,6 +549,11 @@ pub struct UsageQueryBenchArgs {
     /// Events loaded for the one customer before measuring.
     #[arg(long, env = "COFFER_BENCH_EVENTS", default_value_t = 1_000_000)]
     pub events: u64,
+    /// Measure a customer an earlier run loaded (the external id it printed) instead of loading
+    /// a new one: repeated measurements of one data set without the load's minutes. The range
+    /// is the 30 days before now, so reuse it within minutes of its load.
+    #[arg(long)]
+    pub customer: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

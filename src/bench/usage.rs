@@ -360,9 +360,17 @@ pub async fn usage_query(
     let common = &args.common;
     let grpc = Grpc::of(common, state_dir).await?;
     let load = Load::of(common);
-    let (query, loaded) = UsageQuery::prepare(&grpc, args.events).await?;
-    let stored = loaded.items;
-    let mut measurements = vec![loaded];
+    let (query, mut measurements, stored) = match &args.customer {
+        Some(customer) => {
+            let now = time::OffsetDateTime::now_utc();
+            (UsageQuery::of(&grpc, customer.clone(), now), Vec::new(), 0)
+        }
+        None => {
+            let (query, loaded) = UsageQuery::prepare(&grpc, args.events).await?;
+            let stored = loaded.items;
+            (query, vec![loaded], stored)
+        }
+    };
     for window in [
         pb::UsageWindow::None,
         pb::UsageWindow::Day,
@@ -372,8 +380,13 @@ pub async fn usage_query(
     }
     Ok(Report {
         title: format!(
-            "coffer bench usage-query: {} events for one customer over 30 days; GetUsage from {} workers over {} connections, {:?} each (after {:?} warm-up), {}",
-            stored,
+            "coffer bench usage-query: {} events for one customer over 30 days ({}); GetUsage from {} workers over {} connections, {:?} each (after {:?} warm-up), {}",
+            if args.customer.is_some() {
+                "loaded before".to_owned()
+            } else {
+                stored.to_string()
+            },
+            query.customer,
             common.concurrency,
             common.connections.max(1),
             common.duration,
@@ -482,13 +495,17 @@ impl UsageQuery {
         // minute, they are folded just after. Wait for that, so the reads measured are the
         // steady state's and the fold's one-off work is not counted in their window.
         tokio::time::sleep(2 * crate::app::sweeper::FOLD_EVERY + Duration::from_secs(1)).await;
-        let query = Self {
+        Ok((Self::of(grpc, customer, now), load))
+    }
+
+    /// GetUsage of `customer`'s 30 days before `now`, both ends off the hour and the minute.
+    pub fn of(grpc: &Grpc, customer: String, now: time::OffsetDateTime) -> Self {
+        Self {
             grpc: grpc.clone(),
             customer,
-            from: now - span + time::Duration::minutes(7),
+            from: now - time::Duration::days(30) + time::Duration::minutes(7),
             to: now - time::Duration::minutes(3),
-        };
-        Ok((query, load))
+        }
     }
 
     /// GetUsage over the 30 days in `window`s, failing unless it finds the events.

@@ -149,9 +149,8 @@ pub async fn claim_and_insert_customers_at_once(
                SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
                    lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                    response = EXCLUDED.response, status = EXCLUDED.status, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $17)
+               WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                          idempotency_keys.created_at, $17)
                RETURNING lease_id),
            go AS (
                SELECT p.*, p.lease_id IS NULL OR p.lease_id IN (SELECT lease_id FROM claimed)
@@ -326,9 +325,8 @@ pub async fn claim_and_insert_customers(
                SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
                    lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                    response = EXCLUDED.response, status = NULL, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $16)
+               WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                          idempotency_keys.created_at, $16)
                RETURNING lease_id),
            input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],

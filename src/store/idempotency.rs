@@ -203,9 +203,8 @@ pub async fn claim_keys(
            SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',
                lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                response = NULL, status = NULL, expires_at = NULL, created_at = now()
-           WHERE (idempotency_keys.state = 'in_flight'
-                  AND idempotency_keys.locked_until < now())
-              OR idempotency_keys.created_at < now() - make_interval(secs => $7)
+           WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                      idempotency_keys.created_at, $7)
            RETURNING lease_id"#,
         &tenant,
         &method as _,

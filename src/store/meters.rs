@@ -159,9 +159,8 @@ pub async fn claim_and_insert_meters_at_once(
                SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
                    lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                    response = EXCLUDED.response, status = EXCLUDED.status, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $16)
+               WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                          idempotency_keys.created_at, $16)
                RETURNING lease_id),
            go AS (
                SELECT p.*, p.lease_id IS NULL OR p.lease_id IN (SELECT lease_id FROM claimed)
@@ -269,9 +268,8 @@ pub async fn claim_and_insert_meters(
                SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
                    lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                    response = EXCLUDED.response, status = NULL, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $15)
+               WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                          idempotency_keys.created_at, $15)
                RETURNING lease_id),
            input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],

@@ -380,6 +380,8 @@ pub async fn usage_windows(
                                  THEN interval '0' ELSE interval '1 minute' END AS first_minute,
                       date_trunc('minute', g.hi, 'UTC') AS last_minute
                FROM edges g WHERE g.lo < g.hi),
+           -- Each range of seconds lies inside one minute, so inside one hour: its events
+           -- are summed as one part, with no grouping (or sort) per event.
            seconds AS (
                SELECT c.lo, least(c.first_minute, c.hi) AS hi FROM cuts c
                UNION ALL
@@ -413,19 +415,27 @@ pub async fn usage_windows(
                    WHERE m.tenant_id = $1 AND m.customer_id = w.customer AND m.meter_id = $3
                      AND m.minute >= c.first_minute AND m.minute < c.last_minute OFFSET 0) m
                UNION ALL
+               -- The range's newest event is one more probe of the index, read backwards,
+               -- instead of ordered aggregates that sort every event of the range.
                SELECT x.* FROM who w CROSS JOIN seconds g CROSS JOIN LATERAL (
-                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, count(*) AS events,
-                          sum(e.value) AS total, max(e.value) AS max_value,
-                          (array_agg(e.occurred_at
-                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_at,
-                          (array_agg(e.event_id
-                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_event_id,
-                          (array_agg(e.value
-                              ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS latest_value
-                   FROM usage_events e
-                   WHERE e.tenant_id = $1 AND e.customer_id = w.customer AND e.meter_id = $3
-                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
-                   GROUP BY 1 OFFSET 0) x),
+                   SELECT date_trunc('hour', g.lo, 'UTC') AS hour, a.events, a.total,
+                          a.max_value, l.occurred_at AS latest_at, l.event_id AS latest_event_id,
+                          l.value AS latest_value
+                   FROM (SELECT count(*) AS events, sum(e.value) AS total,
+                                max(e.value) AS max_value
+                         FROM usage_events e
+                         WHERE e.tenant_id = $1 AND e.customer_id = w.customer
+                           AND e.meter_id = $3
+                           AND e.occurred_at >= g.lo AND e.occurred_at < g.hi) a
+                   CROSS JOIN LATERAL (
+                       SELECT e.occurred_at, e.event_id, e.value
+                       FROM usage_events e
+                       WHERE e.tenant_id = $1 AND e.customer_id = w.customer
+                         AND e.meter_id = $3
+                         AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+                       ORDER BY e.occurred_at DESC, e.event_id DESC
+                       LIMIT 1) l
+                   OFFSET 0) x),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
@@ -646,9 +656,8 @@ pub async fn claim_and_insert_grants(
                SET fingerprint = EXCLUDED.fingerprint, state = 'completed',
                    lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until,
                    response = EXCLUDED.response, status = NULL, created_at = now()
-               WHERE (idempotency_keys.state = 'in_flight'
-                      AND idempotency_keys.locked_until < now())
-                  OR idempotency_keys.created_at < now() - make_interval(secs => $16)
+               WHERE idempotency_key_open(idempotency_keys.state, idempotency_keys.locked_until,
+                                          idempotency_keys.created_at, $16)
                RETURNING lease_id),
            input AS (
                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
