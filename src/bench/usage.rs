@@ -360,17 +360,20 @@ pub async fn usage_query(
     let common = &args.common;
     let grpc = Grpc::of(common, state_dir).await?;
     let load = Load::of(common);
-    let (query, mut measurements, stored) = match &args.customer {
+    let (query, loaded) = match &args.customer {
         Some(customer) => {
             let now = time::OffsetDateTime::now_utc();
-            (UsageQuery::of(&grpc, customer.clone(), now), Vec::new(), 0)
+            (UsageQuery::of(&grpc, customer.clone(), now), None)
         }
         None => {
             let (query, loaded) = UsageQuery::prepare(&grpc, args.events).await?;
-            let stored = loaded.items;
-            (query, vec![loaded], stored)
+            (query, Some(loaded))
         }
     };
+    let events = loaded
+        .as_ref()
+        .map_or("an earlier run's".to_owned(), |l| l.items.to_string());
+    let mut measurements: Vec<Measurement> = loaded.into_iter().collect();
     for window in [
         pb::UsageWindow::None,
         pb::UsageWindow::Day,
@@ -381,11 +384,7 @@ pub async fn usage_query(
     Ok(Report {
         title: format!(
             "coffer bench usage-query: {} events for one customer over 30 days ({}); GetUsage from {} workers over {} connections, {:?} each (after {:?} warm-up), {}",
-            if args.customer.is_some() {
-                "loaded before".to_owned()
-            } else {
-                stored.to_string()
-            },
+            events,
             query.customer,
             common.concurrency,
             common.connections.max(1),
