@@ -105,15 +105,9 @@ pub async fn period_usage(
     let row = sqlx::query!(
         r#"WITH b AS (
                SELECT $4::timestamptz AS since,
-                      date_trunc('minute', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('minute', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 minute' END AS first_minute,
-                      date_trunc('hour', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
-                      date_trunc('day', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('day', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 day' END AS first_day)
+                      utc_ceil('minute', $4) AS first_minute,
+                      utc_ceil('hour', $4) AS first_hour,
+                      utc_ceil('day', $4) AS first_day)
            SELECT m.id,
                   trim_scale(
                       coalesce((SELECT sum(d.total) FROM usage_rollups_day d

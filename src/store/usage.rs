@@ -223,10 +223,13 @@ pub async fn insert_event_batches(
                                           ELSE r.latest_event_id END),
            keys AS (
                INSERT INTO usage_unique_keys
-                   (tenant_id, customer_id, meter_id, hour, shard, key)
-               SELECT DISTINCT tenant_id, customer_id, meter_id, hour, pg_backend_pid(),
-                      unique_key
-               FROM fresh WHERE unique_key IS NOT NULL
+                   (tenant_id, customer_id, meter_id, grain, period, shard, key)
+               SELECT DISTINCT f.tenant_id, f.customer_id, f.meter_id, g.grain,
+                      CASE g.grain WHEN 'minute' THEN f.minute WHEN 'hour' THEN f.hour
+                                   ELSE f.day END,
+                      pg_backend_pid(), f.unique_key
+               FROM fresh f CROSS JOIN (VALUES ('minute'), ('hour'), ('day')) AS g (grain)
+               WHERE f.unique_key IS NOT NULL
                ON CONFLICT DO NOTHING)
            -- One row per batch, not per stored event: thousands fewer rows to send and read.
            SELECT batch AS "batch!", count(*)::int4 AS "stored!" FROM fresh GROUP BY batch"#,
@@ -337,55 +340,9 @@ pub async fn usage_windows(
                SELECT c.id FROM customers c
                WHERE c.tenant_id = $1 AND c.external_id = $7 AND c.deleted_at IS NULL
                LIMIT 1),
-           b0 AS (
-               SELECT date_trunc('hour', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
-                      date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour,
-                      date_trunc('day', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('day', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 day' END AS first_day,
-                      date_trunc('day', $5::timestamptz, 'UTC') AS last_day),
-           -- Whole days only when the windows are not hours and the range holds one; else
-           -- the day range is empty and the hour ranges below cover every whole hour.
-           bounds AS (
-               SELECT first_hour, last_hour,
-                      CASE WHEN $6::text <> 'hour' AND first_day < last_day
-                           THEN first_day ELSE last_hour END AS first_day,
-                      CASE WHEN $6::text <> 'hour' AND first_day < last_day
-                           THEN last_day ELSE last_hour END AS last_day
-               FROM b0),
-           -- The whole hours before the first whole day and after the last, as two plain
-           -- ranges (an OR of ranges would make the index scan the whole range).
-           hours AS (
-               SELECT b.first_hour AS lo, b.first_day AS hi FROM bounds b
-               UNION ALL
-               SELECT b.last_day, b.last_hour FROM bounds b),
-           -- The partial hours at either end as two plain ranges: [from, first whole hour)
-           -- and [end of the last whole hour, to). When the range lies inside one hour the
-           -- first covers it all and the second is empty.
-           edges AS (
-               SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
-               FROM bounds b
-               UNION ALL
-               SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
-           -- Each partial hour is cut into its whole minutes, read from the minute rollups,
-           -- and the seconds before its first whole minute and after its last, read from the
-           -- events: an end costs at most 59 minute rows and two minutes' events, however
-           -- many events its hour holds.
-           cuts AS (
-               SELECT g.lo, g.hi,
-                      date_trunc('minute', g.lo, 'UTC')
-                          + CASE WHEN date_trunc('minute', g.lo, 'UTC') = g.lo
-                                 THEN interval '0' ELSE interval '1 minute' END AS first_minute,
-                      date_trunc('minute', g.hi, 'UTC') AS last_minute
-               FROM edges g WHERE g.lo < g.hi),
-           -- Each range of seconds lies inside one minute, so inside one hour: its events
-           -- are summed as one part, with no grouping (or sort) per event.
-           seconds AS (
-               SELECT c.lo, least(c.first_minute, c.hi) AS hi FROM cuts c
-               UNION ALL
-               SELECT greatest(c.last_minute, c.first_minute), c.hi FROM cuts c),
+           -- The range's parts: whole days (unless the windows are hours), whole hours,
+           -- whole minutes and the seconds around them (migration 0059).
+           cut AS (SELECT * FROM usage_range_parts($4, $5, $6::text <> 'hour')),
            parts AS (
                -- LATERAL: the bounds drive each index scan, whatever a generic plan
                -- guesses about the rows on either side. OFFSET 0 keeps each subquery a
@@ -394,31 +351,35 @@ pub async fn usage_windows(
                -- said one customer held every row (86 ms instead of 0.4). `hour` is each
                -- part's hour, or its day for the day rows (only day and total windows read
                -- them).
-               SELECT d.* FROM who w CROSS JOIN bounds b CROSS JOIN LATERAL (
+               SELECT d.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
                    SELECT d.day AS hour, d.events, d.total, d.max_value, d.latest_at,
                           d.latest_event_id, d.latest_value
                    FROM usage_rollups_day d
                    WHERE d.tenant_id = $1 AND d.customer_id = w.customer AND d.meter_id = $3
-                     AND d.day >= b.first_day AND d.day < b.last_day OFFSET 0) d
+                     AND d.day >= p.lo AND d.day < p.hi OFFSET 0) d
+               WHERE p.grain = 'day'
                UNION ALL
-               SELECT r.* FROM who w CROSS JOIN hours h CROSS JOIN LATERAL (
+               SELECT r.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
                    SELECT r.hour, r.events, r.total, r.max_value, r.latest_at,
                           r.latest_event_id, r.latest_value
                    FROM usage_rollups r
                    WHERE r.tenant_id = $1 AND r.customer_id = w.customer AND r.meter_id = $3
-                     AND r.hour >= h.lo AND r.hour < h.hi OFFSET 0) r
+                     AND r.hour >= p.lo AND r.hour < p.hi OFFSET 0) r
+               WHERE p.grain = 'hour'
                UNION ALL
-               SELECT m.* FROM who w CROSS JOIN cuts c CROSS JOIN LATERAL (
+               SELECT m.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
                    SELECT date_trunc('hour', m.minute, 'UTC') AS hour, m.events, m.total,
                           m.max_value, m.latest_at, m.latest_event_id, m.latest_value
                    FROM usage_rollups_minute m
                    WHERE m.tenant_id = $1 AND m.customer_id = w.customer AND m.meter_id = $3
-                     AND m.minute >= c.first_minute AND m.minute < c.last_minute OFFSET 0) m
+                     AND m.minute >= p.lo AND m.minute < p.hi OFFSET 0) m
+               WHERE p.grain = 'minute'
                UNION ALL
-               -- The range's newest event is one more probe of the index, read backwards,
+               -- A range of seconds is summed as one part, with no grouping (or sort) per
+               -- event; its newest event is one more probe of the index, read backwards,
                -- instead of ordered aggregates that sort every event of the range.
-               SELECT x.* FROM who w CROSS JOIN seconds g CROSS JOIN LATERAL (
-                   SELECT date_trunc('hour', g.lo, 'UTC') AS hour, a.events, a.total,
+               SELECT x.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', p.lo, 'UTC') AS hour, a.events, a.total,
                           a.max_value, l.occurred_at AS latest_at, l.event_id AS latest_event_id,
                           l.value AS latest_value
                    FROM (SELECT count(*) AS events, sum(e.value) AS total,
@@ -426,16 +387,17 @@ pub async fn usage_windows(
                          FROM usage_events e
                          WHERE e.tenant_id = $1 AND e.customer_id = w.customer
                            AND e.meter_id = $3
-                           AND e.occurred_at >= g.lo AND e.occurred_at < g.hi) a
+                           AND e.occurred_at >= p.lo AND e.occurred_at < p.hi) a
                    CROSS JOIN LATERAL (
                        SELECT e.occurred_at, e.event_id, e.value
                        FROM usage_events e
                        WHERE e.tenant_id = $1 AND e.customer_id = w.customer
                          AND e.meter_id = $3
-                         AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
+                         AND e.occurred_at >= p.lo AND e.occurred_at < p.hi
                        ORDER BY e.occurred_at DESC, e.event_id DESC
                        LIMIT 1) l
-                   OFFSET 0) x),
+                   OFFSET 0) x
+               WHERE p.grain = 'second'),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
@@ -485,7 +447,10 @@ pub async fn usage_windows(
 }
 
 /// The distinct keys of a UNIQUE_COUNT meter over `[from, to)`, per window and in total
-/// (None): full hours from `usage_unique_keys`, partial hours from the events.
+/// (None), read as [`usage_windows`] reads its figures: the keys of whole days (unless the
+/// windows are hours), whole hours and whole minutes from `usage_unique_keys`, and only the
+/// seconds around those minutes from the events. The rows it reads grow with the distinct keys
+/// (an exact count needs them), not with the events.
 pub async fn unique_counts(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -496,32 +461,25 @@ pub async fn unique_counts(
     window: UsageWindow,
 ) -> Result<HashMap<Option<OffsetDateTime>, i64>, StoreError> {
     let rows = sqlx::query!(
-        r#"WITH bounds AS (
-               SELECT date_trunc('hour', $4::timestamptz, 'UTC')
-                          + CASE WHEN date_trunc('hour', $4::timestamptz, 'UTC') = $4
-                                 THEN interval '0' ELSE interval '1 hour' END AS first_hour,
-                      date_trunc('hour', $5::timestamptz, 'UTC') AS last_hour),
-           -- The partial hours at either end, read from the events as two plain ranges (an
-           -- OR of ranges would make the index scan the whole range): [from, first whole
-           -- hour) and [end of the last whole hour, to). When the range lies inside one hour
-           -- the first covers it all and the second is empty.
-           edges AS (
-               SELECT $4::timestamptz AS lo, least(b.first_hour, $5::timestamptz) AS hi
-               FROM bounds b
-               UNION ALL
-               SELECT greatest(b.last_hour, b.first_hour), $5::timestamptz FROM bounds b),
+        r#"WITH cut AS (SELECT * FROM usage_range_parts($4, $5, $6::text <> 'hour')),
+           -- `hour` is each key's hour, or its day for the day rows (which only day and
+           -- total windows read). LATERAL and OFFSET 0 as in `usage_windows`.
            keys AS (
-               SELECT k.* FROM bounds b CROSS JOIN LATERAL (
-                   SELECT k.hour, k.key FROM usage_unique_keys k
+               SELECT k.* FROM cut p CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', k.period, 'UTC') AS hour, k.key
+                   FROM usage_unique_keys k
                    WHERE k.tenant_id = $1 AND k.customer_id = $2 AND k.meter_id = $3
-                     AND k.hour >= b.first_hour AND k.hour < b.last_hour OFFSET 0) k
+                     AND k.grain = p.grain AND k.period >= p.lo AND k.period < p.hi
+                   OFFSET 0) k
+               WHERE p.grain <> 'second'
                UNION ALL
-               SELECT x.* FROM edges g CROSS JOIN LATERAL (
-                   SELECT date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.unique_key AS key
+               SELECT x.* FROM cut p CROSS JOIN LATERAL (
+                   SELECT date_trunc('hour', p.lo, 'UTC') AS hour, e.unique_key AS key
                    FROM usage_events e
                    WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_id = $3
-                     AND e.occurred_at >= g.lo AND e.occurred_at < g.hi
-                     AND e.unique_key IS NOT NULL OFFSET 0) x),
+                     AND e.occurred_at >= p.lo AND e.occurred_at < p.hi
+                     AND e.unique_key IS NOT NULL OFFSET 0) x
+               WHERE p.grain = 'second'),
            windowed AS (
                SELECT CASE $6::text WHEN 'hour' THEN hour
                                     WHEN 'day' THEN date_trunc('day', hour, 'UTC') END AS bucket,
@@ -774,7 +732,8 @@ pub async fn balance_inputs(
                SELECT r.hour, r.total FROM usage_rollups r
                WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
                  AND r.hour >= greatest(c.day, date_trunc('hour', $4::timestamptz, 'UTC'))
-                 AND r.hour < c.day + interval '1 day' OFFSET 0) r
+                 -- 24 hours, not '1 day': a UTC day in any session time zone.
+                 AND r.hour < c.day + interval '24 hours' OFFSET 0) r
            GROUP BY r.hour
            ORDER BY 1"#,
         tenant.as_uuid(),
