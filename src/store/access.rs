@@ -90,9 +90,9 @@ pub async fn holdings(
 }
 
 /// A meter's id and its customer's usage total since `since` (a COUNT or SUM meter: the sum
-/// of its values), exactly: whole UTC days from the day rollups, the whole hours of the day
-/// `since` falls in from the hour rollups, the whole minutes of its hour from the minute
-/// rollups, and only the seconds before its first whole minute from the events, so the cost
+/// of its values), exactly: whole UTC days, the whole hours of the day `since` falls in and
+/// the whole minutes of its hour from `usage_rollups`, and only the seconds before its first
+/// whole minute from the events (`usage_range_parts`), so the cost
 /// does not grow with the events (a month is about 30 day rows); `None` when the tenant has no
 /// meter with that key.
 pub async fn period_usage(
@@ -103,29 +103,24 @@ pub async fn period_usage(
     since: OffsetDateTime,
 ) -> Result<Option<(MeterId, String)>, StoreError> {
     let row = sqlx::query!(
-        r#"WITH b AS (
-               SELECT $4::timestamptz AS since,
-                      utc_ceil('minute', $4) AS first_minute,
-                      utc_ceil('hour', $4) AS first_hour,
-                      utc_ceil('day', $4) AS first_day)
-           SELECT m.id,
-                  trim_scale(
-                      coalesce((SELECT sum(d.total) FROM usage_rollups_day d
-                                WHERE d.tenant_id = $1 AND d.customer_id = $2
-                                  AND d.meter_id = m.id AND d.day >= b.first_day), 0)
-                    + coalesce((SELECT sum(r.total) FROM usage_rollups r
-                                WHERE r.tenant_id = $1 AND r.customer_id = $2
-                                  AND r.meter_id = m.id AND r.hour >= b.first_hour
-                                  AND r.hour < b.first_day), 0)
-                    + coalesce((SELECT sum(x.total) FROM usage_rollups_minute x
-                                WHERE x.tenant_id = $1 AND x.customer_id = $2
-                                  AND x.meter_id = m.id AND x.minute >= b.first_minute
-                                  AND x.minute < b.first_hour), 0)
-                    + coalesce((SELECT sum(e.value) FROM usage_events e
-                                WHERE e.tenant_id = $1 AND e.customer_id = $2
-                                  AND e.meter_id = m.id AND e.occurred_at >= b.since
-                                  AND e.occurred_at < b.first_minute), 0))::text AS "total!"
-           FROM meters m CROSS JOIN b WHERE m.tenant_id = $1 AND m.key = $3"#,
+        r#"SELECT m.id,
+                  trim_scale(coalesce((
+                      -- The parts of [since, forever), read as `usage::usage_windows` reads
+                      -- them: rollup rows of whole days, hours and minutes, events of the
+                      -- seconds before the first whole minute.
+                      SELECT sum(x.total)
+                      FROM usage_range_parts($4, 'infinity', true) p CROSS JOIN LATERAL (
+                          SELECT r.total FROM usage_rollups r
+                          WHERE r.tenant_id = $1 AND r.customer_id = $2
+                            AND r.meter_id = m.id AND p.grain <> 'second'
+                            AND r.grain = p.grain AND r.period >= p.lo AND r.period < p.hi
+                          UNION ALL
+                          SELECT e.value FROM usage_events e
+                          WHERE e.tenant_id = $1 AND e.customer_id = $2
+                            AND e.meter_id = m.id AND p.grain = 'second'
+                            AND e.occurred_at >= p.lo AND e.occurred_at < p.hi) x), 0))::text
+                      AS "total!"
+           FROM meters m WHERE m.tenant_id = $1 AND m.key = $3"#,
         tenant.as_uuid(),
         customer.as_uuid(),
         meter,

@@ -1,8 +1,8 @@
 //! Usage events, rollups and credit grants.
 //!
 //! One statement stores a batch: it inserts the events whose (tenant, id) is new, and folds
-//! those into `usage_rollups_minute`, `usage_rollups` and `usage_rollups_day` (and, for
-//! UNIQUE_COUNT meters, `usage_unique_keys`). One statement is one transaction, so an event is
+//! those into `usage_rollups` by minute, hour and day (and, for UNIQUE_COUNT meters,
+//! `usage_unique_keys`). One statement is one transaction, so an event is
 //! never stored without its rollups.
 
 use std::collections::HashMap;
@@ -116,19 +116,16 @@ pub async fn insert_event_batches(
                          unique_key),
            fresh AS MATERIALIZED (
                SELECT s.*, i.batch, i.latest,
-                      date_trunc('minute', s.occurred_at, 'UTC') AS minute,
-                      date_trunc('hour', s.occurred_at, 'UTC') AS hour,
-                      date_trunc('day', s.occurred_at, 'UTC') AS day
+                      date_trunc('minute', s.occurred_at, 'UTC') AS minute
                FROM stored s JOIN input i USING (tenant_id, event_id)),
            -- Per minute, count, sum and max hash-aggregate; only LATEST meters' events are
-           -- sorted for their newest. The hours are then folded from the minutes, not from
-           -- the events again, and the days from the minutes too.
+           -- sorted for their newest.
            by_minute AS MATERIALIZED (
                SELECT g.*, l.occurred_at AS latest_at, l.event_id AS latest_event_id,
                       l.value AS latest_value
-               FROM (SELECT tenant_id, customer_id, meter_id, minute, hour, day,
-                            count(*) AS events, sum(value) AS total, max(value) AS max_value
-                     FROM fresh GROUP BY tenant_id, customer_id, meter_id, minute, hour, day) g
+               FROM (SELECT tenant_id, customer_id, meter_id, minute, count(*) AS events,
+                            sum(value) AS total, max(value) AS max_value
+                     FROM fresh GROUP BY tenant_id, customer_id, meter_id, minute) g
                LEFT JOIN (
                      SELECT DISTINCT ON (tenant_id, customer_id, meter_id, minute)
                             tenant_id, customer_id, meter_id, minute, occurred_at, event_id, value
@@ -136,75 +133,31 @@ pub async fn insert_event_batches(
                      ORDER BY tenant_id, customer_id, meter_id, minute,
                               occurred_at DESC, event_id DESC) l
                    USING (tenant_id, customer_id, meter_id, minute)),
-           -- Rollup rows are this connection's own, so no lock order is needed here.
-           minutes AS (
-               INSERT INTO usage_rollups_minute AS r
-                   (tenant_id, customer_id, meter_id, minute, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, minute, pg_backend_pid(), events, total,
-                      max_value, latest_at, latest_event_id, latest_value
-               FROM by_minute
-               ON CONFLICT (tenant_id, customer_id, meter_id, minute, shard) DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
-                                                      excluded.latest_event_id,
-                                                      r.latest_at, r.latest_event_id)
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
-                                                         excluded.latest_event_id,
-                                                         r.latest_at, r.latest_event_id)
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
-                                                            excluded.latest_event_id,
-                                                            r.latest_at, r.latest_event_id)
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END),
+           -- Every grain's rows in one upsert with one merge: the minutes as they are, the
+           -- hours and days folded from the minutes, not from the events again. Rollup rows
+           -- are this connection's own, so no lock order is needed here.
            rolled AS (
                INSERT INTO usage_rollups AS r
-                   (tenant_id, customer_id, meter_id, hour, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, hour, pg_backend_pid(), sum(events),
-                      sum(total), max(max_value),
-                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                    latest_event_id DESC))[1],
-                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                          latest_event_id DESC))[1],
-                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                       latest_event_id DESC))[1]
-               FROM by_minute GROUP BY tenant_id, customer_id, meter_id, hour
-               ON CONFLICT (tenant_id, customer_id, meter_id, hour, shard) DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
-                                                      excluded.latest_event_id,
-                                                      r.latest_at, r.latest_event_id)
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
-                                                         excluded.latest_event_id,
-                                                         r.latest_at, r.latest_event_id)
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
-                                                            excluded.latest_event_id,
-                                                            r.latest_at, r.latest_event_id)
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END),
-           days AS (
-               INSERT INTO usage_rollups_day AS r
-                   (tenant_id, customer_id, meter_id, day, shard, events, total, max_value,
-                    latest_at, latest_event_id, latest_value)
-               SELECT tenant_id, customer_id, meter_id, day, pg_backend_pid(), sum(events),
-                      sum(total), max(max_value),
-                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
-                                                    latest_event_id DESC))[1],
-                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
-                                                          latest_event_id DESC))[1],
-                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
-                                                       latest_event_id DESC))[1]
-               FROM by_minute GROUP BY tenant_id, customer_id, meter_id, day
-               ON CONFLICT (tenant_id, customer_id, meter_id, day, shard) DO UPDATE SET
+                   (tenant_id, customer_id, meter_id, grain, period, shard, events, total,
+                    max_value, latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, 'minute', minute, pg_backend_pid(),
+                      events, total, max_value, latest_at, latest_event_id, latest_value
+               FROM by_minute
+               UNION ALL
+               SELECT m.tenant_id, m.customer_id, m.meter_id, g.grain,
+                      date_trunc(g.grain, m.minute, 'UTC'), pg_backend_pid(), sum(m.events),
+                      sum(m.total), max(m.max_value),
+                      (array_agg(m.latest_at ORDER BY m.latest_at DESC NULLS LAST,
+                                                      m.latest_event_id DESC))[1],
+                      (array_agg(m.latest_event_id ORDER BY m.latest_at DESC NULLS LAST,
+                                                            m.latest_event_id DESC))[1],
+                      (array_agg(m.latest_value ORDER BY m.latest_at DESC NULLS LAST,
+                                                         m.latest_event_id DESC))[1]
+               FROM by_minute m CROSS JOIN (VALUES ('hour'), ('day')) AS g (grain)
+               GROUP BY m.tenant_id, m.customer_id, m.meter_id, g.grain,
+                        date_trunc(g.grain, m.minute, 'UTC')
+               ON CONFLICT (tenant_id, customer_id, meter_id, grain, period, shard)
+               DO UPDATE SET
                    events = r.events + excluded.events,
                    total = r.total + excluded.total,
                    max_value = greatest(r.max_value, excluded.max_value),
@@ -225,9 +178,7 @@ pub async fn insert_event_batches(
                INSERT INTO usage_unique_keys
                    (tenant_id, customer_id, meter_id, grain, period, shard, key)
                SELECT DISTINCT f.tenant_id, f.customer_id, f.meter_id, g.grain,
-                      CASE g.grain WHEN 'minute' THEN f.minute WHEN 'hour' THEN f.hour
-                                   ELSE f.day END,
-                      pg_backend_pid(), f.unique_key
+                      date_trunc(g.grain, f.minute, 'UTC'), pg_backend_pid(), f.unique_key
                FROM fresh f CROSS JOIN (VALUES ('minute'), ('hour'), ('day')) AS g (grain)
                WHERE f.unique_key IS NOT NULL
                ON CONFLICT DO NOTHING)
@@ -349,31 +300,16 @@ pub async fn usage_windows(
                -- subquery: flattened into a join, the planner may scan the rollups whole
                -- and filter them by the bounds, which it did once the tables' statistics
                -- said one customer held every row (86 ms instead of 0.4). `hour` is each
-               -- part's hour, or its day for the day rows (only day and total windows read
+               -- row's hour, or its day for the day rows (only day and total windows read
                -- them).
-               SELECT d.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
-                   SELECT d.day AS hour, d.events, d.total, d.max_value, d.latest_at,
-                          d.latest_event_id, d.latest_value
-                   FROM usage_rollups_day d
-                   WHERE d.tenant_id = $1 AND d.customer_id = w.customer AND d.meter_id = $3
-                     AND d.day >= p.lo AND d.day < p.hi OFFSET 0) d
-               WHERE p.grain = 'day'
-               UNION ALL
                SELECT r.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
-                   SELECT r.hour, r.events, r.total, r.max_value, r.latest_at,
-                          r.latest_event_id, r.latest_value
+                   SELECT date_trunc('hour', r.period, 'UTC') AS hour, r.events, r.total,
+                          r.max_value, r.latest_at, r.latest_event_id, r.latest_value
                    FROM usage_rollups r
                    WHERE r.tenant_id = $1 AND r.customer_id = w.customer AND r.meter_id = $3
-                     AND r.hour >= p.lo AND r.hour < p.hi OFFSET 0) r
-               WHERE p.grain = 'hour'
-               UNION ALL
-               SELECT m.* FROM who w CROSS JOIN cut p CROSS JOIN LATERAL (
-                   SELECT date_trunc('hour', m.minute, 'UTC') AS hour, m.events, m.total,
-                          m.max_value, m.latest_at, m.latest_event_id, m.latest_value
-                   FROM usage_rollups_minute m
-                   WHERE m.tenant_id = $1 AND m.customer_id = w.customer AND m.meter_id = $3
-                     AND m.minute >= p.lo AND m.minute < p.hi OFFSET 0) m
-               WHERE p.grain = 'minute'
+                     AND r.grain = p.grain AND r.period >= p.lo AND r.period < p.hi
+                   OFFSET 0) r
+               WHERE p.grain <> 'second'
                UNION ALL
                -- A range of seconds is summed as one part, with no grouping (or sort) per
                -- event; its newest event is one more probe of the index, read backwards,
@@ -514,8 +450,8 @@ pub async fn unique_counts(
 /// fold takes in: nothing is counted twice or lost. The fold never waits on a writer: it
 /// leaves the rows a writer holds (`SKIP LOCKED`) to a later pass, and merges into a group's
 /// folded row if it left that one. Waiting could deadlock, since a writer's one statement holds
-/// the minute, hour and day rows of its batch while the fold takes a level at a time (seen with
-/// the fold every 10 s while a month of events was loaded).
+/// the minute, hour and day rows of its batch in an order of its own (seen with the fold every
+/// 10 s while a month of events was loaded).
 pub async fn fold_rollups(
     conn: &mut PgConnection,
     hours_before: OffsetDateTime,
@@ -523,14 +459,64 @@ pub async fn fold_rollups(
     days_before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    // The merge is `fold_rollup_level` (migration 0057), once for each level.
+    // Each grain's groups are found on `usage_rollups_unfolded`; the merge is the ingestion
+    // upsert's (a group's folded row may exist already: a late writer's delta was folded
+    // after it).
     let folded = sqlx::query_scalar!(
-        r#"SELECT (fold_rollup_level('hour', $1, $3) + fold_rollup_level('minute', $2, $3)
-                   + fold_rollup_level('day', $4, $3))::int8 AS "folded!""#,
-        hours_before,
+        r#"WITH groups AS (
+               SELECT g.* FROM (VALUES ('minute', $1::timestamptz), ('hour', $2),
+                                       ('day', $3)) AS l (grain, before)
+               CROSS JOIN LATERAL (
+                   SELECT DISTINCT tenant_id, customer_id, meter_id, grain, period
+                   FROM usage_rollups
+                   WHERE grain = l.grain AND period < l.before AND shard <> 0
+                   LIMIT $4) g),
+           locked AS (
+               SELECT r.ctid AS row FROM usage_rollups r
+               JOIN groups g USING (tenant_id, customer_id, meter_id, grain, period)
+               WHERE r.shard <> 0
+               FOR UPDATE OF r SKIP LOCKED),
+           moved AS (
+               DELETE FROM usage_rollups r USING locked l WHERE r.ctid = l.row
+               RETURNING r.*),
+           merged AS (
+               INSERT INTO usage_rollups AS r
+                   (tenant_id, customer_id, meter_id, grain, period, shard, events, total,
+                    max_value, latest_at, latest_event_id, latest_value)
+               SELECT tenant_id, customer_id, meter_id, grain, period, 0, sum(events),
+                      sum(total), max(max_value),
+                      (array_agg(latest_at ORDER BY latest_at DESC NULLS LAST,
+                                                    latest_event_id DESC))[1],
+                      (array_agg(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                                                          latest_event_id DESC))[1],
+                      (array_agg(latest_value ORDER BY latest_at DESC NULLS LAST,
+                                                       latest_event_id DESC))[1]
+               FROM moved
+               GROUP BY tenant_id, customer_id, meter_id, grain, period
+               ON CONFLICT (tenant_id, customer_id, meter_id, grain, period, shard)
+               DO UPDATE SET
+                   events = r.events + excluded.events,
+                   total = r.total + excluded.total,
+                   max_value = greatest(r.max_value, excluded.max_value),
+                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
+                                                      excluded.latest_event_id,
+                                                      r.latest_at, r.latest_event_id)
+                                    THEN excluded.latest_at ELSE r.latest_at END,
+                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
+                                                         excluded.latest_event_id,
+                                                         r.latest_at, r.latest_event_id)
+                                       THEN excluded.latest_value ELSE r.latest_value END,
+                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
+                                                            excluded.latest_event_id,
+                                                            r.latest_at, r.latest_event_id)
+                                          THEN excluded.latest_event_id
+                                          ELSE r.latest_event_id END
+               RETURNING 1)
+           SELECT count(*) AS "folded!" FROM merged"#,
         minutes_before,
-        limit,
+        hours_before,
         days_before,
+        limit,
     )
     .fetch_one(conn)
     .instrument(super::statement_span!("UPDATE", "usage_rollups"))
@@ -721,20 +707,22 @@ pub async fn balance_inputs(
     let changes =
         usage::days_with_grant_changes(grants.iter().map(|g| (g.granted_at, g.expires_at)));
     let hours = sqlx::query!(
-        r#"SELECT d.day AS "hour!", sum(d.total)::text AS "total!"
-           FROM usage_rollups_day d
+        r#"SELECT d.period AS "hour!", sum(d.total)::text AS "total!"
+           FROM usage_rollups d
            WHERE d.tenant_id = $1 AND d.customer_id = $2 AND d.meter_id = $3
-             AND d.day >= date_trunc('day', $4::timestamptz, 'UTC') AND d.day <> ALL($5)
-           GROUP BY d.day
+             AND d.grain = 'day' AND d.period >= date_trunc('day', $4::timestamptz, 'UTC')
+             AND d.period <> ALL($5)
+           GROUP BY d.period
            UNION ALL
-           SELECT r.hour, sum(r.total)::text
+           SELECT r.period, sum(r.total)::text
            FROM unnest($5::timestamptz[]) AS c(day) CROSS JOIN LATERAL (
-               SELECT r.hour, r.total FROM usage_rollups r
+               SELECT r.period, r.total FROM usage_rollups r
                WHERE r.tenant_id = $1 AND r.customer_id = $2 AND r.meter_id = $3
-                 AND r.hour >= greatest(c.day, date_trunc('hour', $4::timestamptz, 'UTC'))
+                 AND r.grain = 'hour'
+                 AND r.period >= greatest(c.day, date_trunc('hour', $4::timestamptz, 'UTC'))
                  -- 24 hours, not '1 day': a UTC day in any session time zone.
-                 AND r.hour < c.day + interval '24 hours' OFFSET 0) r
-           GROUP BY r.hour
+                 AND r.period < c.day + interval '24 hours' OFFSET 0) r
+           GROUP BY r.period
            ORDER BY 1"#,
         tenant.as_uuid(),
         customer.as_uuid(),

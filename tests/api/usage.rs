@@ -1117,14 +1117,15 @@ async fn get_usage_equals_a_scan_of_the_events_over_random_ranges() {
         }
         app.app.usage.maintain().await.unwrap();
     }
-    for table in ["usage_rollups_minute", "usage_rollups_day"] {
-        let unfolded: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {table} WHERE shard <> 0"
-        )))
+    for grain in ["minute", "hour", "day"] {
+        let unfolded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM usage_rollups WHERE grain = $1 AND shard <> 0",
+        )
+        .bind(grain)
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        assert_eq!(unfolded, 0, "the sweeper folds past periods of {table} too");
+        assert_eq!(unfolded, 0, "the sweeper folds past {grain}s");
     }
 }
 
@@ -1162,14 +1163,16 @@ async fn the_fold_skips_rows_a_writer_holds_and_counts_them_later() {
 
     // Hold one row of each level, as a writer's open statement would.
     let mut writer = app.pool.begin().await.unwrap();
-    for table in ["usage_rollups", "usage_rollups_minute", "usage_rollups_day"] {
-        let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE shard <> 0 LIMIT 1 FOR UPDATE) x"
-        )))
+    for grain in ["minute", "hour", "day"] {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM usage_rollups
+                                   WHERE grain = $1 AND shard <> 0 LIMIT 1 FOR UPDATE) x",
+        )
+        .bind(grain)
         .fetch_one(&mut *writer)
         .await
         .unwrap();
-        assert_eq!(held, 1, "{table} has a shard row to hold");
+        assert_eq!(held, 1, "there is a {grain} shard row to hold");
     }
     let folded = tokio::time::timeout(Duration::from_secs(5), app.app.usage.maintain())
         .await
@@ -1184,16 +1187,17 @@ async fn the_fold_skips_rows_a_writer_holds_and_counts_them_later() {
     writer.commit().await.unwrap();
 
     app.app.usage.maintain().await.unwrap();
-    for table in ["usage_rollups", "usage_rollups_minute", "usage_rollups_day"] {
-        let unfolded: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {table} WHERE shard <> 0"
-        )))
+    for grain in ["minute", "hour", "day"] {
+        let unfolded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM usage_rollups WHERE grain = $1 AND shard <> 0",
+        )
+        .bind(grain)
         .fetch_one(&app.pool)
         .await
         .unwrap();
         assert_eq!(
             unfolded, 0,
-            "{table}: the held rows are folded by the next pass"
+            "{grain}s: the held rows are folded by the next pass"
         );
     }
     let got = usage(&mut u, k, "ada", "tokens", from, to, UsageWindow::Day).await;
