@@ -407,6 +407,9 @@ pub(super) struct UsageQuery {
     to: time::OffsetDateTime,
 }
 
+/// How far back usage-query's events go, and so the range it reads.
+const QUERY_SPAN: time::Duration = time::Duration::days(30);
+
 impl UsageQuery {
     /// Loads `events` events for a new customer, spread evenly over the last 30 days: one
     /// StreamUsage per connection, 1 000 events a batch, then waits for the server to fold
@@ -423,7 +426,7 @@ impl UsageQuery {
             .await?;
 
         let now = time::OffsetDateTime::now_utc();
-        let span = time::Duration::days(30);
+        let span = QUERY_SPAN;
         let total = events.max(1);
         let step_ns = span.whole_nanoseconds() / total as i128;
         let loaded = Instant::now();
@@ -502,7 +505,7 @@ impl UsageQuery {
         Self {
             grpc: grpc.clone(),
             customer,
-            from: now - time::Duration::days(30) + time::Duration::minutes(7),
+            from: now - QUERY_SPAN + time::Duration::minutes(7),
             to: now - time::Duration::minutes(3),
         }
     }

@@ -158,22 +158,9 @@ pub async fn insert_event_batches(
                         date_trunc(g.grain, m.minute, 'UTC')
                ON CONFLICT (tenant_id, customer_id, meter_id, grain, period, shard)
                DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
-                                                      excluded.latest_event_id,
-                                                      r.latest_at, r.latest_event_id)
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
-                                                         excluded.latest_event_id,
-                                                         r.latest_at, r.latest_event_id)
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
-                                                            excluded.latest_event_id,
-                                                            r.latest_at, r.latest_event_id)
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END),
+                   -- The merge (migration 0061): sums add, maxima and newest win.
+                   (events, total, max_value, latest_at, latest_event_id, latest_value)
+                       = ROW((rollup_merged(r, excluded)).*)),
            keys AS (
                INSERT INTO usage_unique_keys
                    (tenant_id, customer_id, meter_id, grain, period, shard, key)
@@ -499,22 +486,9 @@ pub async fn fold_rollups(
                GROUP BY tenant_id, customer_id, meter_id, grain, period
                ON CONFLICT (tenant_id, customer_id, meter_id, grain, period, shard)
                DO UPDATE SET
-                   events = r.events + excluded.events,
-                   total = r.total + excluded.total,
-                   max_value = greatest(r.max_value, excluded.max_value),
-                   latest_at = CASE WHEN rollup_newer(excluded.latest_at,
-                                                      excluded.latest_event_id,
-                                                      r.latest_at, r.latest_event_id)
-                                    THEN excluded.latest_at ELSE r.latest_at END,
-                   latest_value = CASE WHEN rollup_newer(excluded.latest_at,
-                                                         excluded.latest_event_id,
-                                                         r.latest_at, r.latest_event_id)
-                                       THEN excluded.latest_value ELSE r.latest_value END,
-                   latest_event_id = CASE WHEN rollup_newer(excluded.latest_at,
-                                                            excluded.latest_event_id,
-                                                            r.latest_at, r.latest_event_id)
-                                          THEN excluded.latest_event_id
-                                          ELSE r.latest_event_id END
+                   -- The merge (migration 0061): sums add, maxima and newest win.
+                   (events, total, max_value, latest_at, latest_event_id, latest_value)
+                       = ROW((rollup_merged(r, excluded)).*)
                RETURNING 1)
            SELECT count(*) AS "folded!" FROM merged"#,
         minutes_before,
